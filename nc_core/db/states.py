@@ -1,0 +1,30 @@
+"""Run statuses and the one table of legal transitions."""
+from __future__ import annotations
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+# from-status -> allowed to-statuses. A finished run is immutable; a retry is a new attempt that
+# re-queues it (FAILED/CANCELLED -> QUEUED) through `retry`, never through a worker write.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
+    RUNNING: frozenset({QUEUED, SUCCEEDED, FAILED, CANCELLED}),  # QUEUED: lease expired, re-queued
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset({QUEUED}),  # retry
+    CANCELLED: frozenset({QUEUED}),  # retry
+}
+
+
+class IllegalTransition(ValueError):
+    """A status change that the state machine forbids (HTTP 409)."""
+
+    def __init__(self, run_id: int, current: str, target: str):
+        super().__init__(f"run {run_id}: cannot go from {current!r} to {target!r}; "
+                         f"allowed from {current!r}: {sorted(TRANSITIONS[current]) or 'none (finished)'}")
+        self.run_id, self.current, self.target = run_id, current, target
+
+
+def check_transition(run_id: int, current: str, target: str) -> None:
+    if target not in TRANSITIONS.get(current, frozenset()):
+        raise IllegalTransition(run_id, current, target)

@@ -1,0 +1,225 @@
+"""Declarative, validated run and sweep specifications (pydantic v2, torch-free)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits", "gaussian")
+MODELS = ("mlp", "resnet18", "resnet34", "resnet50", "wide_resnet50", "vgg11", "vgg13", "vgg16", "vgg19")
+HEADS = ("learned", "fixed_etf", "implicit_etf")
+LOSSES = ("ce", "mse", "rescaled_mse", "focal", "label_smoothing")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lbfgs")
+LR_SCHEDULES = ("constant", "step", "multistep", "cosine")
+SPLITS = ("train", "test")
+
+# Classes per dataset; gaussian takes `data.gaussian_classes`.
+DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSpec(_Frozen):
+    """Dataset and its modifiers (random labels, label noise, subsets, imbalance, augmentation)."""
+
+    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: str | None = None  # data root for torchvision datasets (default: settings.data_root)
+    download: bool = False  # never download unless asked
+    random_labels: bool = False  # seeded permutation-free uniform relabelling of the train split
+    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of train labels replaced uniformly
+    per_class: PositiveInt | None = None  # first n samples of each class (train split)
+    class_counts: list[PositiveInt] | None = None  # explicit imbalanced train counts, one per class
+    imbalance_factor: Annotated[float, Field(gt=0, le=1)] = 1.0  # n_k = floor(n_max * f^(k/(K-1)))
+    train_size: PositiveInt | None = None  # gaussian: train samples; others: cap on the train split
+    test_size: PositiveInt | None = None  # gaussian / digits: test samples
+    augment: Literal["none", "crop_flip"] = "none"
+    gaussian_classes: Annotated[int, Field(ge=2)] = 10
+    gaussian_dim: PositiveInt = 32
+    gaussian_spread: NonNegFloat = 1.0  # within-class std relative to unit-norm class centres
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSpec":
+        if self.class_counts is not None and self.imbalance_factor != 1.0:
+            raise ValueError("data.class_counts and data.imbalance_factor are exclusive: give one of them")
+        if self.class_counts is not None and self.per_class is not None:
+            raise ValueError("data.class_counts and data.per_class are exclusive: give one of them")
+        k = self.num_classes
+        if self.class_counts is not None and len(self.class_counts) != k:
+            raise ValueError(f"data.class_counts: expected {k} counts (one per class of {self.name}), got {len(self.class_counts)}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return self.gaussian_classes if self.name == "gaussian" else DATASET_CLASSES[self.name]
+
+
+class ModelSpec(_Frozen):
+    """Backbone: MLP, ResNet, WideResNet or VGG, with feature dimension and temperature."""
+
+    name: Literal[MODELS] = "mlp"  # type: ignore[valid-type]
+    width: PositiveFloat = 128  # MLP hidden units; ResNet/VGG channel multiplier; WRN-50 bottleneck factor
+    depth: PositiveInt = 3  # MLP: number of Linear-BN-ReLU blocks
+    batch_norm: bool = True
+    stem: Literal["cifar", "imagenet"] = "cifar"  # ResNet stem: 3x3 stride 1 (cifar) or 7x7 + maxpool
+    feature_dim: PositiveInt | None = None  # d; None = the architecture's natural width
+    temperature: PositiveFloat | None = None  # features = tau * h / ||h|| when set
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if self.name == "mlp" and self.width != int(self.width):
+            raise ValueError(f"model.width: an MLP needs an integer number of hidden units, got {self.width}")
+        return self
+
+
+class HeadSpec(_Frozen):
+    """Classifier head: learned linear, fixed simplex ETF, or implicit nearest ETF; deep-linear depth."""
+
+    name: Literal[HEADS] = "learned"  # type: ignore[valid-type]
+    bias: bool = True
+    depth_linear: PositiveInt = 1  # number of linear layers (bias-free ones before the classifier)
+    delta: NonNegFloat = 1e-3  # implicit ETF proximal weight
+    hidden: PositiveInt | None = None  # width of the extra linear layers (default d)
+
+
+class LossSpec(_Frozen):
+    """Training loss and its hyper-parameters."""
+
+    name: Literal[LOSSES] = "ce"  # type: ignore[valid-type]
+    target_scale: PositiveFloat = 1.0  # mse: targets = scale * onehot
+    M: PositiveFloat = 1.0  # rescaled mse target value
+    k: PositiveFloat = 1.0  # rescaled mse true-class weight
+    gamma: NonNegFloat = 3.0  # focal
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.05  # label smoothing
+
+
+class OptimSpec(_Frozen):
+    """Optimizer, weight decay (joint or separate λ_W / λ_H) and gradient clipping."""
+
+    name: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    weight_decay: NonNegFloat = 5e-4
+    history_size: PositiveInt = 10  # lbfgs
+    sep_decay: bool = False  # λ_W = weight_decay on the head only, λ_H = feature_decay on features
+    feature_decay: NonNegFloat = 1e-4
+    grad_clip: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimSpec":
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("optim.nesterov: needs optim.name='sgd' with optim.momentum > 0")
+        return self
+
+
+class LRScheduleSpec(_Frozen):
+    """Learning-rate schedule; multistep milestones are epochs (int) or fractions of training (<1)."""
+
+    name: Literal[LR_SCHEDULES] = "constant"  # type: ignore[valid-type]
+    step_size: PositiveInt = 40
+    gamma: PositiveFloat = 0.1
+    milestones: list[PositiveFloat] = Field(default_factory=list)
+
+
+class EvalSpec(_Frozen):
+    """Which epochs to measure NC metrics on, and on which splits."""
+
+    every: PositiveInt | None = 1
+    epochs: list[PositiveInt] | None = None  # explicit list (overrides every/log_points)
+    log_points: PositiveInt | None = None  # ~n log-spaced epochs in 1..E (overrides every)
+    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"])
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalSpec":
+        if not self.splits:
+            raise ValueError("eval.splits: expected at least one of 'train', 'test'")
+        return self
+
+
+class CheckpointSpec(_Frozen):
+    """Which epochs to checkpoint (the last epoch always is)."""
+
+    every: PositiveInt = 1
+    keep_last: PositiveInt | None = 2  # None keeps every checkpoint (needed by validate jobs)
+
+
+class UFMSpec(_Frozen):
+    """Unconstrained-feature-model direct optimisation (free features H + deep linear classifier)."""
+
+    class_counts: list[PositiveInt] = Field(default_factory=lambda: [100, 100, 100, 100])
+    dim: PositiveInt = 64
+    depth_linear: PositiveInt = 1
+    bias: bool = True
+    lambda_w: NonNegFloat = 5e-4
+    lambda_h: NonNegFloat = 5e-4
+    lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    iterations: PositiveInt = 30000
+    eval_every: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _check(self) -> "UFMSpec":
+        if len(self.class_counts) < 2:
+            raise ValueError(f"ufm.class_counts: expected at least 2 classes, got {len(self.class_counts)}")
+        return self
+
+
+class RunSpec(_Frozen):
+    """One training (or UFM) run: everything a worker needs to execute, resume and report it."""
+
+    kind: Literal["train", "ufm"] = "train"
+    seed: int = 0
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 128
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    deterministic: bool = True
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    ufm: UFMSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunSpec":
+        from nc_core.spec_rules import check_run
+
+        check_run(self)
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        if self.kind == "ufm":
+            return len(self.ufm.class_counts) if self.ufm else 4
+        return self.data.num_classes
+
+
+def field_paths(model: type[BaseModel] = RunSpec, prefix: str = "") -> list[str]:
+    """All dotted leaf field paths of a spec model, e.g. ``loss.name``, ``model.width``."""
+    paths: list[str] = []
+    for name, info in model.model_fields.items():
+        sub = _submodel(info.annotation)
+        if sub is not None:
+            paths.extend(field_paths(sub, f"{prefix}{name}."))
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

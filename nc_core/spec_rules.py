@@ -1,0 +1,85 @@
+"""Cross-field validation of a RunSpec: combinations the trainer cannot run, named by field."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nc_core.spec import RunSpec
+
+# Natural feature dimension of each backbone at width 1 (MLP: its hidden width).
+_NATURAL_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "wide_resnet50": 2048,
+                "vgg11": 512, "vgg13": 512, "vgg16": 512, "vgg19": 512}
+
+
+def feature_dim(spec: "RunSpec") -> int:
+    """Dimension d of the features the classifier head sees."""
+    m = spec.model
+    if m.feature_dim is not None:
+        return m.feature_dim
+    if m.name == "mlp":
+        return int(m.width)
+    if m.name in ("wide_resnet50",):
+        return _NATURAL_DIM[m.name]
+    return max(1, int(round(_NATURAL_DIM[m.name] * m.width)))
+
+
+def check_run(spec: "RunSpec") -> None:
+    """Raise ValueError naming the fields of an impossible combination."""
+    if spec.kind == "ufm":
+        if spec.ufm is None:
+            raise ValueError("ufm: kind='ufm' needs a 'ufm' section (class_counts, dim, lambda_w, …)")
+        return
+    if spec.ufm is not None:
+        raise ValueError("ufm: only allowed with kind='ufm'")
+    k = spec.data.num_classes
+    d = feature_dim(spec)
+    head = spec.head
+    if head.name in ("fixed_etf", "implicit_etf") and d < k - 1:
+        raise ValueError(f"head.name={head.name!r} needs model.feature_dim >= K-1 = {k - 1} "
+                         f"(a {k}-class simplex ETF spans K-1 dimensions), got d = {d}")
+    if head.name == "implicit_etf" and head.depth_linear != 1:
+        raise ValueError("head.depth_linear: the implicit ETF head is a single layer; expected 1, "
+                         f"got {head.depth_linear}")
+    if head.name == "implicit_etf" and spec.optim.name == "lbfgs":
+        raise ValueError("optim.name='lbfgs' with head.name='implicit_etf' is not supported: the implicit "
+                         "ETF's moving averages change inside the LBFGS closure; use sgd, adam or adamw")
+    if head.name == "fixed_etf" and head.depth_linear != 1:
+        raise ValueError(f"head.depth_linear: a fixed ETF head has no hidden linear layers; expected 1, got {head.depth_linear}")
+    if spec.loss.name in ("focal", "label_smoothing", "ce") and spec.model.temperature is not None and spec.model.temperature <= 0:
+        raise ValueError("model.temperature: expected > 0")
+    if spec.data.name == "gaussian" and spec.model.name != "mlp":
+        raise ValueError(f"model.name={spec.model.name!r}: the gaussian dataset is a flat vector; use model.name='mlp'")
+    if spec.data.name == "digits" and spec.model.name not in ("mlp",) and spec.model.stem == "imagenet":
+        raise ValueError("model.stem='imagenet' downsamples 8x8 digits images to nothing; use stem='cifar'")
+    if spec.data.augment == "crop_flip" and spec.data.name == "gaussian":
+        raise ValueError("data.augment='crop_flip' needs image data; gaussian features cannot be cropped")
+    if spec.schedule.name == "multistep" and not spec.schedule.milestones:
+        raise ValueError("schedule.milestones: multistep needs at least one milestone (epochs, or fractions < 1)")
+    ev = spec.eval
+    if ev.epochs is not None and max(ev.epochs) > spec.epochs:
+        raise ValueError(f"eval.epochs: {max(ev.epochs)} is past the last epoch {spec.epochs}")
+    if spec.precision == "bf16" and spec.optim.name == "lbfgs":
+        raise ValueError("precision='bf16' with optim.name='lbfgs': LBFGS line search needs fp32")
+
+
+def eval_epochs(spec: "RunSpec") -> list[int]:
+    """Sorted 1-based epochs at which NC metrics are measured (the last epoch always is)."""
+    e = spec.epochs
+    ev = spec.eval
+    if ev.epochs is not None:
+        chosen = set(ev.epochs)
+    elif ev.log_points is not None:
+        import math
+
+        n = ev.log_points
+        chosen = {max(1, min(e, round(math.exp(i * math.log(e) / max(1, n - 1))))) for i in range(n)}
+    else:
+        chosen = set(range(ev.every or 1, e + 1, ev.every or 1))
+    chosen.add(e)
+    return sorted(chosen)
+
+
+def checkpoint_epochs(spec: "RunSpec") -> list[int]:
+    """Sorted 1-based epochs after which a checkpoint is written (the last epoch always is)."""
+    every = spec.checkpoint.every
+    return sorted(set(range(every, spec.epochs + 1, every)) | {spec.epochs})

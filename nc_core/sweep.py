@@ -1,0 +1,141 @@
+"""Sweep specifications: a base RunSpec, grid and zipped axes, seeds → de-duplicated RunSpecs."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nc_core.spec import RunSpec, field_paths
+
+
+class SpecError(ValueError):
+    """A sweep-level error that names the offending field path."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SweepSpec(BaseModel):
+    """A sweep: base run × grid axes (cartesian) × zipped axes (parallel) × seeds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    max_runs: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepSpec":
+        valid = set(field_paths())
+        for section in ("grid", "zip"):
+            for path, values in getattr(self, section).items():
+                if path not in valid:
+                    close = sorted(p for p in valid if p.split(".")[0] == path.split(".")[0])[:12]
+                    raise ValueError(f"{section}.{path}: unknown field; valid fields include {', '.join(close or sorted(valid)[:12])}")
+                if path == "seed":
+                    raise ValueError(f"{section}.seed: use the 'seeds' list for seeds")
+                if not values:
+                    raise ValueError(f"{section}.{path}: expected a non-empty list of values")
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"zip: all zipped axes must have the same length, got lengths {sorted(lengths)}")
+        if not self.seeds:
+            raise ValueError("seeds: expected at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: duplicate seeds")
+        return self
+
+    @property
+    def size(self) -> int:
+        """Number of runs before de-duplication."""
+        n = len(self.seeds)
+        for v in self.grid.values():
+            n *= len(v)
+        if self.zip:
+            n *= len(next(iter(self.zip.values())))
+        return n
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.grid) + list(self.zip)
+
+
+def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in a nested dict, creating sub-dicts."""
+    parts = path.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def get_path(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for p in path.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
+def canonical_json(spec: RunSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(spec: RunSpec) -> str:
+    """sha256 of the canonical JSON (sorted keys, defaults included)."""
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+
+
+def _error_path(prefix: str, err: dict[str, Any]) -> str:
+    loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
+    return f"{prefix}.{loc}" if loc else prefix
+
+
+def expand(sweep: SweepSpec) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """Expand to (RunSpec, grid values) pairs: grid × zip × seeds, de-duplicated, order stable."""
+    if sweep.size > sweep.max_runs:
+        raise SpecError("max_runs", f"the sweep expands to {sweep.size} runs, above the cap of {sweep.max_runs}")
+    grid_items = list(sweep.grid.items())
+    zip_len = len(next(iter(sweep.zip.values()))) if sweep.zip else 1
+    out: list[tuple[RunSpec, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*(values for _, values in grid_items)):
+        for zi in range(zip_len):
+            for seed in sweep.seeds:
+                tree = json.loads(json.dumps(sweep.base))
+                axes: dict[str, Any] = {}
+                for (path, _), value in zip(grid_items, combo):
+                    set_path(tree, path, value)
+                    axes[path] = value
+                for path, values in sweep.zip.items():
+                    set_path(tree, path, values[zi])
+                    axes[path] = values[zi]
+                tree["seed"] = seed
+                try:
+                    run = RunSpec.model_validate(tree)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    where = ", ".join(f"{k}={v!r}" for k, v in axes.items())
+                    msg = err.get("msg", str(exc))
+                    loc = ".".join(str(x) for x in err.get("loc", ()))
+                    section = "grid" if loc in sweep.grid else "zip" if loc in sweep.zip else "base"
+                    raise SpecError(_error_path(section, err), f"{msg} (run with {where or 'base values'})") from None
+                h = spec_hash(run)
+                if h in seen:
+                    continue
+                seen.add(h)
+                out.append((run, axes))
+    return out
