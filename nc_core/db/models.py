@@ -74,7 +74,9 @@ class Run(Base):
 
 class Metric(Base):
     __tablename__ = "metric"
-    __table_args__ = (UniqueConstraint("run_id", "epoch", "split", "key", name="uq_metric_point"),)
+    # Column order serves the series query (run_id, split, key) ORDER BY epoch; upserts name the
+    # same column set (ON CONFLICT matches by set, on PostgreSQL and SQLite).
+    __table_args__ = (UniqueConstraint("run_id", "split", "key", "epoch", name="uq_metric_point"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))

@@ -1,0 +1,1 @@
+"""Alembic migrations for the ncsweep database (the only way the schema is created)."""

@@ -1,0 +1,56 @@
+"""Alembic environment: URL from the config (caller) or Settings; batch mode for SQLite."""
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import pool
+
+from nc_core.db.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    from nc_core.settings import Settings
+
+    return Settings().resolved_database_url()
+
+
+def _configure(**kwargs) -> None:  # noqa: ANN003
+    url = kwargs.get("url") or kwargs["connection"].engine.url.render_as_string(hide_password=False)
+    context.configure(target_metadata=target_metadata, render_as_batch=str(url).startswith("sqlite"),
+                      compare_type=True, **kwargs)
+
+
+def run_migrations_offline() -> None:
+    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:  # a caller (tests, migrate.upgrade) passed its own connection
+        _configure(connection=connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    from sqlalchemy import create_engine
+
+    engine = create_engine(_url(), poolclass=pool.NullPool)  # no cached engine: closes (and checkpoints) at the end
+    try:
+        with engine.connect() as conn:
+            _configure(connection=conn)
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,56 @@
+"""Resident-tensor mini-batches with on-device, generator-driven crop+flip augmentation."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AUGMENTS = ("none", "crop_flip")
+
+
+def crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random crop after zero padding (4 px at 32 px, scaled: max(1, round(4·H/32))) + horizontal flip.
+
+    Vectorised as one gather; the draws come from ``generator`` (on its own device), so a saved
+    generator state replays the same augmentations. Zero padding = the mean colour after normalisation.
+    """
+    b, _, h, w = x.shape  # (B, C, H, W)
+    pad = max(1, round(4 * h / 32))
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(x.device)  # (B,)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev).to(x.device)  # (B,)
+    flip = (torch.rand(b, generator=generator, device=gdev) < 0.5).to(x.device)  # (B,)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # (B, W)
+    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,
+            augment: str = "none", drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mini-batches of resident tensors; the permutation and augmentation draws use ``generator``."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"batches: unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
+    if augment == "crop_flip" and x.ndim != 4:
+        raise ValueError(f"batches: crop_flip needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) != len(y):
+        raise ValueError(f"batches: x has {len(x)} rows but y has {len(y)}")
+    n = len(x)
+    if shuffle:
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        order = torch.randperm(n, generator=generator, device=gdev).to(x.device)  # (N,)
+    else:
+        order = torch.arange(n, device=x.device)  # (N,)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        if drop_last and len(idx) < batch_size:
+            break
+        xb, yb = x[idx], y[idx]
+        if augment == "crop_flip":
+            xb = crop_flip(xb, generator)
+        yield xb, yb

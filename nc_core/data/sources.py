@@ -1,0 +1,183 @@
+"""Raw dataset sources (torchvision files, bundled digits, synthetic gaussian) -> CPU tensors in [0, 1]."""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nc_core.registry import DATASETS
+from nc_core.spec import RunSpec
+
+
+class MissingDataError(FileNotFoundError):
+    """Dataset files are not where the spec says; the message names the paths and the fixes."""
+
+
+@dataclass
+class RawData:
+    """Un-normalised splits on the CPU: x float32 (N, C, H, W) in [0, 1] or (N, D); y int64 (N,)."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    mean: tuple[float, ...]  # per channel (images) / per input (gaussian: zeros)
+    std: tuple[float, ...]
+
+
+def rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent numpy stream ``stream`` of run seed ``seed`` (one per random decision)."""
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, stream]))
+
+
+def missing(name: str, root: Path, looked_for: list[Path], extra: str = "") -> MissingDataError:
+    paths = ", ".join(str(p) for p in looked_for)
+    return MissingDataError(
+        f"dataset {name!r}: files not found under data root {root} (looked for {paths}){extra}. "
+        f"Fix: put the {name} files there in the torchvision layout, or set data.download=true in the "
+        f"spec to let torchvision fetch them, or point data.root (or the NCSWEEP_DATA_ROOT environment "
+        f"variable) at a directory that holds them.")
+
+
+# ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx files)
+_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx_gz(path: Path) -> np.ndarray:
+    """Parse a gzip-compressed idx (SN3 'Pascal Vincent') uint8 file."""
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    magic = int.from_bytes(data[:4], "big")
+    ndim, dtype_code = magic % 256, magic // 256
+    if dtype_code != 0x08:
+        raise ValueError(f"{path}: expected an idx uint8 file (type 0x08), got type {dtype_code:#x}")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _mnist_like(spec: RunSpec, root: Path, folder: str, tv_name: str, mean: float, std: float) -> RawData:
+    raw = root / folder / "raw"
+    names = [n for pair in _IDX.values() for n in pair]
+    have_raw = all((raw / n).is_file() for n in names)
+    have_gz = all((raw / f"{n}.gz").is_file() for n in names)
+    splits: dict[str, tuple[Tensor, Tensor]] = {}
+    if have_raw or spec.data.download:
+        import torchvision.datasets as tvd
+
+        for split in ("train", "test"):
+            try:
+                ds = getattr(tvd, tv_name)(str(root), train=split == "train", download=spec.data.download)
+            except RuntimeError as err:
+                raise missing(spec.data.name, root, [raw / n for n in names], f" ({err})") from err
+            splits[split] = (ds.data, ds.targets)
+    elif have_gz:
+        for split, (img, lab) in _IDX.items():
+            x = torch.from_numpy(_read_idx_gz(raw / f"{img}.gz").copy())
+            splits[split] = (x, torch.from_numpy(_read_idx_gz(raw / f"{lab}.gz").astype(np.int64)))
+    else:
+        raise missing(spec.data.name, root, [raw / n for n in names] + [raw / "<same>.gz"])
+    (trx, try_), (tex, tey) = splits["train"], splits["test"]
+    return RawData(trx[:, None].float() / 255.0, try_.long(), tex[:, None].float() / 255.0, tey.long(),
+                   (mean,), (std,))
+
+
+@DATASETS.register("mnist")
+def _mnist(spec: RunSpec, root: Path) -> RawData:
+    return _mnist_like(spec, root, "MNIST", "MNIST", 0.1307, 0.3081)
+
+
+@DATASETS.register("fashion_mnist")
+def _fashion_mnist(spec: RunSpec, root: Path) -> RawData:
+    return _mnist_like(spec, root, "FashionMNIST", "FashionMNIST", 0.2860, 0.3530)
+
+
+# ---------------------------------------------------------------- CIFAR / SVHN (md5-checked by torchvision)
+def _torchvision_split(spec: RunSpec, root: Path, expected: list[Path], make) -> tuple[np.ndarray, np.ndarray]:
+    if not spec.data.download and not all(p.exists() for p in expected):
+        raise missing(spec.data.name, root, expected)
+    try:
+        ds = make()
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted" (md5 mismatch)
+        raise missing(spec.data.name, root, expected, f"; torchvision says: {err}") from err
+    labels = getattr(ds, "targets", None)
+    return np.asarray(ds.data), np.asarray(labels if labels is not None else ds.labels)
+
+
+def _cifar(spec: RunSpec, root: Path, cls: str, folder: str, mean, std) -> RawData:
+    import torchvision.datasets as tvd
+
+    out = []
+    for train in (True, False):
+        x, y = _torchvision_split(spec, root, [root / folder], lambda: getattr(tvd, cls)(
+            str(root), train=train, download=spec.data.download))
+        out += [torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255.0).contiguous(),  # (N, 3, 32, 32)
+                torch.from_numpy(y.astype(np.int64))]
+    return RawData(*out, mean, std)
+
+
+@DATASETS.register("cifar10")
+def _cifar10(spec: RunSpec, root: Path) -> RawData:
+    return _cifar(spec, root, "CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+@DATASETS.register("cifar100")
+def _cifar100(spec: RunSpec, root: Path) -> RawData:
+    return _cifar(spec, root, "CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+@DATASETS.register("svhn")
+def _svhn(spec: RunSpec, root: Path) -> RawData:
+    import torchvision.datasets as tvd
+
+    out = []
+    for split in ("train", "test"):
+        x, y = _torchvision_split(spec, root, [root / f"{split}_32x32.mat"], lambda: tvd.SVHN(
+            str(root), split=split, download=spec.data.download))
+        out += [torch.from_numpy(x).float().div(255.0), torch.from_numpy(y.astype(np.int64))]  # (N, 3, 32, 32)
+    return RawData(*out, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+
+
+# ---------------------------------------------------------------- bundled and synthetic
+@DATASETS.register("digits")
+def _digits(spec: RunSpec, root: Path) -> RawData:
+    """sklearn's bundled 8×8 digits (1797 images, 1×8×8), seeded stratified split (test 25% by default)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = x.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    test_size = spec.data.test_size if spec.data.test_size is not None else 0.25
+    if isinstance(test_size, int) and not 10 <= test_size <= len(y) - 10:
+        raise ValueError(f"data.test_size: digits has {len(y)} images; expected 10..{len(y) - 10} test images, got {test_size}")
+    trx, tex, try_, tey = train_test_split(x, y, test_size=test_size, stratify=y,
+                                           random_state=spec.seed & 0xFFFFFFFF)
+    mean, std = float(trx.mean()), float(trx.std())
+    return RawData(torch.from_numpy(trx), torch.from_numpy(try_.astype(np.int64)),
+                   torch.from_numpy(tex), torch.from_numpy(tey.astype(np.int64)), (mean,), (std,))
+
+
+@DATASETS.register("gaussian")
+def _gaussian(spec: RunSpec, root: Path) -> RawData:
+    """K random unit-norm centres in R^D; x = centre + spread·z/√D (so E‖x − centre‖² = spread²).
+
+    Balanced labels; train_size / test_size default to 100·K each.
+    """
+    d = spec.data
+    k, dim = d.gaussian_classes, d.gaussian_dim
+    centres = rng(spec.seed, 0).standard_normal((k, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)  # (K, D)
+
+    def draw(n: int, stream: int) -> tuple[Tensor, Tensor]:
+        g = rng(spec.seed, stream)
+        y = g.permutation(np.arange(n) % k)  # (n,) balanced
+        x = centres[y] + d.gaussian_spread * g.standard_normal((n, dim)) / np.sqrt(dim)  # (n, D)
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+    trx, try_ = draw(d.train_size or 100 * k, 1)
+    tex, tey = draw(d.test_size or 100 * k, 2)
+    return RawData(trx, try_, tex, tey, (0.0,), (1.0,))

@@ -1,0 +1,213 @@
+"""Run lifecycle in SQL: lease claims, fenced heartbeats/metric upserts/finish, expiry, events."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from nc_core.db import states
+from nc_core.db.models import Checkpoint, Event, Metric, Run
+
+TASK_NAMES = {"train": "ncsweep.train", "validate": "ncsweep.validate", "ufm": "ncsweep.ufm"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def aware(ts: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every timestamp we write is UTC."""
+    if ts is None or ts.tzinfo is not None:
+        return ts
+    return ts.replace(tzinfo=timezone.utc)
+
+
+def add_event(session: Session, kind: str, run_id: int | None, sweep_id: int | None, **payload: Any) -> None:
+    """Append one row to the change feed (read by SSE consumers)."""
+    session.execute(insert(Event).values(kind=kind, run_id=run_id, sweep_id=sweep_id, payload=payload, at=utcnow()))
+
+
+def _fence(session: Session, run_id: int, owner: str, now: datetime, **values: Any) -> tuple | None:
+    """UPDATE the run iff `owner` holds its lease (row lock on PostgreSQL, write lock on SQLite).
+
+    Returns (sweep_id, cancel_requested) or None when the lease is lost.
+    """
+    stmt = (update(Run).where(Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)
+            .values(updated_at=now, **values).returning(Run.sweep_id, Run.cancel_requested)
+            .execution_options(synchronize_session=False))
+    return session.execute(stmt).first()
+
+
+def claim(session: Session, run_id: int, owner: str, lease_s: float, *, now: datetime | None = None) -> Run | None:
+    """Take the run's lease (queued, or running with an expired lease) → running, attempt + 1.
+
+    Returns None when it is not claimable (another holder, finished, cancel requested): a duplicate
+    delivery is then a no-op. Commits.
+    """
+    now = now or utcnow()
+    claimable = or_(Run.status == states.QUEUED,
+                    and_(Run.status == states.RUNNING, Run.lease_expires_at < now, Run.attempt < Run.max_attempts))
+    stmt = (update(Run).where(Run.id == run_id, claimable, Run.cancel_requested.is_(False))
+            .values(status=states.RUNNING, attempt=Run.attempt + 1, lease_owner=owner, worker_name=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_s), error=None, updated_at=now,
+                    started_at=func.coalesce(Run.started_at, now))
+            .returning(Run.sweep_id, Run.attempt).execution_options(synchronize_session=False))
+    row = session.execute(stmt).first()
+    if row is None:
+        session.rollback()
+        return None
+    add_event(session, "status", run_id, row.sweep_id, status=states.RUNNING, attempt=row.attempt, worker=owner)
+    session.commit()
+    return session.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
+
+
+def cancel_queued(session: Session, run_id: int) -> bool:
+    """A queued run whose cancel was requested becomes cancelled (when a worker meets its message)."""
+    row = session.execute(update(Run).where(Run.id == run_id, Run.status == states.QUEUED, Run.cancel_requested.is_(True))
+                          .values(status=states.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
+                          .returning(Run.sweep_id).execution_options(synchronize_session=False)).first()
+    if row is not None:
+        add_event(session, "status", run_id, row.sweep_id, status=states.CANCELLED)
+    return row is not None
+
+
+def heartbeat(session: Session, run_id: int, owner: str, lease_s: float, *, epoch: int | None = None,
+              step: int | None = None, epochs_total: int | None = None, steps_total: int | None = None,
+              samples_per_s: float | None = None, eta_s: float | None = None, now: datetime | None = None) -> bool:
+    """Extend the lease and record progress. False = lease lost or cancel requested: stop the job."""
+    now = now or utcnow()
+    progress = {k: v for k, v in dict(epoch=epoch, step=step, epochs_total=epochs_total, steps_total=steps_total,
+                                      samples_per_s=_finite(samples_per_s), eta_s=_finite(eta_s)).items() if v is not None}
+    row = _fence(session, run_id, owner, now, lease_expires_at=now + timedelta(seconds=lease_s), **progress)
+    if row is None:
+        return False
+    if progress:
+        add_event(session, "progress", run_id, row.sweep_id, **progress)
+    return not row.cancel_requested
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _upsert(session: Session, table: Any, rows: list[dict], keys: list[str], update_cols: list[str]) -> None:
+    """INSERT … ON CONFLICT (keys) DO UPDATE, for PostgreSQL and SQLite."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise RuntimeError(f"upsert: expected a postgresql or sqlite database, got {name!r}")
+    stmt = dialect_insert(table)
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update_cols})
+    session.execute(stmt, rows)
+
+
+def upsert_metrics(session: Session, run_id: int, owner: str, epoch: int, split: str,
+                   metrics: dict[str, Any], version: int) -> bool:
+    """Write one metric row per key (NaN/inf → NULL); retries overwrite. False = not the lease holder."""
+    now = utcnow()
+    fence = _fence(session, run_id, owner, now)
+    if fence is None:
+        return False
+    rows = [{"run_id": run_id, "epoch": int(epoch), "split": split, "key": str(k), "value": _finite(v),
+             "metric_version": int(version), "created_at": now}
+            for k, v in metrics.items() if not str(k).startswith("_") and isinstance(v, (int, float))]
+    if rows:
+        _upsert(session, Metric.__table__, rows, ["run_id", "split", "key", "epoch"],
+                ["value", "metric_version", "created_at"])
+        add_event(session, "metric", run_id, fence.sweep_id, epoch=int(epoch), split=split, n=len(rows))
+    return True
+
+
+def record_checkpoint(session: Session, run_id: int, owner: str, epoch: int, uri: str, nbytes: int,
+                      sha256: str) -> bool:
+    """Upsert the checkpoint row of (run, epoch). False = not the lease holder."""
+    now = utcnow()
+    if _fence(session, run_id, owner, now) is None:
+        return False
+    _upsert(session, Checkpoint.__table__, [{"run_id": run_id, "epoch": int(epoch), "uri": uri,
+                                             "bytes": int(nbytes), "sha256": sha256, "created_at": now}],
+            ["run_id", "epoch"], ["uri", "bytes", "sha256", "created_at"])
+    return True
+
+
+def finish(session: Session, run_id: int, owner: str, status: str, error: str | None = None) -> bool:
+    """running → succeeded | failed | cancelled, only by the lease holder. False = lease lost."""
+    states.check_transition(run_id, states.RUNNING, status)
+    now = utcnow()
+    row = _fence(session, run_id, owner, now, status=status, error=error, finished_at=now, lease_expires_at=None)
+    if row is None:
+        return False
+    add_event(session, "status", run_id, row.sweep_id, status=status, error=error)
+    return True
+
+
+def expired_runs(session: Session, now: datetime | None = None) -> list[Run]:
+    """Running runs whose lease has expired (their worker died or lost the database)."""
+    now = now or utcnow()
+    return list(session.scalars(select(Run).where(Run.status == states.RUNNING, Run.lease_expires_at < now)
+                                .order_by(Run.id)))
+
+
+def requeue_expired(session: Session, now: datetime | None = None,
+                    max_attempts: int | None = None) -> tuple[list[int], list[int]]:
+    """Expired leases → queued again (attempts left), else failed (or cancelled if requested)."""
+    now = now or utcnow()
+    requeued, failed = [], []
+    for run in expired_runs(session, now):
+        limit = max_attempts if max_attempts is not None else run.max_attempts
+        if run.cancel_requested:
+            target, error = states.CANCELLED, None
+        elif run.attempt < limit:
+            target, error = states.QUEUED, None
+        else:
+            target = states.FAILED
+            error = (f"worker lost: the lease of {run.lease_owner or 'a worker'} expired on attempt "
+                     f"{run.attempt} of {limit}; no attempts left")
+        values: dict[str, Any] = dict(status=target, lease_owner=None, lease_expires_at=None, updated_at=now)
+        if target != states.QUEUED:
+            values.update(error=error, finished_at=now)
+        done = session.execute(update(Run).where(Run.id == run.id, Run.status == states.RUNNING,
+                                                 Run.lease_expires_at < now).values(**values)
+                               .execution_options(synchronize_session=False)).rowcount
+        if done:
+            add_event(session, "status", run.id, run.sweep_id, status=target, error=error, reason="lease expired")
+            (requeued if target == states.QUEUED else failed).append(run.id)
+    return requeued, failed
+
+
+def stale_queued(session: Session, older_than: datetime, limit: int = 10_000) -> list[tuple[int, str]]:
+    """(id, kind) of queued runs untouched since `older_than`: their message may be lost."""
+    rows = session.execute(select(Run.id, Run.kind).where(Run.status == states.QUEUED, Run.updated_at < older_than,
+                                                          Run.cancel_requested.is_(False))
+                           .order_by(Run.id).limit(limit))
+    return [(r.id, r.kind) for r in rows]
+
+
+def count_queued(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Run).where(Run.status == states.QUEUED)) or 0
+
+
+def touch(session: Session, run_ids: Iterable[int], now: datetime | None = None) -> None:
+    """Mark queued runs as just (re-)sent, so the reconciler waits a grace period again."""
+    ids = list(run_ids)
+    if ids:
+        session.execute(update(Run).where(Run.id.in_(ids), Run.status == states.QUEUED)
+                        .values(updated_at=now or utcnow()).execution_options(synchronize_session=False))
+
+
+def kinds(session: Session, run_ids: Iterable[int]) -> dict[int, str]:
+    """{run id: kind} (train / validate / ufm) for sending their task messages."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    return {r.id: r.kind for r in session.execute(select(Run.id, Run.kind).where(Run.id.in_(ids)))}

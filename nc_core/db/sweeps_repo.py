@@ -1,0 +1,246 @@
+"""Sweep and run creation, status changes from the API (cancel/retry/extend) and run queries."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import Integer, case, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from nc_core.db.models import Checkpoint, Metric, Run, Sweep
+from nc_core.db.states import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, check_transition
+from nc_core.spec import RunSpec
+from nc_core.sweep import SweepSpec, spec_hash
+
+Job = tuple[str, int]  # (kind, run_id): what the enqueuer sends
+RETRYABLE = (FAILED, CANCELLED)
+PRIMARY_KINDS = ("train", "ufm")  # runs that a sweep's grid defines (validate runs hang off them)
+
+
+class StateConflict(RuntimeError):
+    """A state-dependent refusal that is not a single status transition (HTTP 409)."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run_rows(sweep_id: int, expanded: Iterable[tuple[RunSpec, dict[str, Any]]], *, max_attempts: int) -> list[dict]:
+    """Insert parameter rows for expanded (RunSpec, grid values) pairs (status queued)."""
+    t = now()
+    return [{"sweep_id": sweep_id, "kind": spec.kind, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash(spec),
+             "grid": axes, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
+             "attempt": 0, "max_attempts": max_attempts, "epochs_total": spec.epochs if spec.kind == "train" else 0,
+             "epoch": 0, "step": 0, "steps_total": 0, "created_at": t, "updated_at": t} for spec, axes in expanded]
+
+
+def insert_runs(session: Session, rows: Sequence[dict]) -> list[Job]:
+    """Bulk insert (executemany with RETURNING, batched by SQLAlchemy) → [(kind, id)] in row order."""
+    if not rows:
+        return []
+    result = session.execute(insert(Run).returning(Run.kind, Run.id, sort_by_parameter_order=True), list(rows))
+    return [(kind, run_id) for kind, run_id in result]
+
+
+def create_sweep(session: Session, spec: SweepSpec, expanded: list[tuple[RunSpec, dict[str, Any]]], *,
+                 owner: str = "", max_attempts: int = 3) -> tuple[int, list[Job]]:
+    """Insert the sweep and its runs (caller commits, then enqueues the returned jobs)."""
+    sweep = Sweep(name=spec.name, spec=spec.model_dump(mode="json"), axes=spec.axes, owner=owner, created_at=now())
+    session.add(sweep)
+    session.flush()
+    return sweep.id, insert_runs(session, run_rows(sweep.id, expanded, max_attempts=max_attempts))
+
+
+def existing_hashes(session: Session, sweep_id: int) -> set[str]:
+    q = select(Run.spec_hash).where(Run.sweep_id == sweep_id, Run.parent_run_id.is_(None))
+    return set(session.scalars(q))
+
+
+def get_sweep(session: Session, sweep_id: int, *, lock: bool = False) -> Sweep | None:
+    q = select(Sweep).where(Sweep.id == sweep_id)
+    return session.scalar(q.with_for_update() if lock else q)
+
+
+def get_run(session: Session, run_id: int) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Per sweep: runs, counts per status, cancel_requested, progress (finished + running epoch fraction)."""
+    frac = case((Run.epochs_total > 0, func.least(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0) \
+        if session.bind.dialect.name == "postgresql" else \
+        case((Run.epochs_total > 0, func.min(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0)
+    q = (select(Run.sweep_id, Run.status, func.count(), func.sum(frac), func.sum(Run.cancel_requested.cast(Integer)))
+         .where(Run.sweep_id.in_(sweep_ids)).group_by(Run.sweep_id, Run.status))
+    out = {sid: {"runs": 0, "counts": {}, "progress": 0.0, "cancel_requested": 0} for sid in sweep_ids}
+    done: dict[int, float] = {sid: 0.0 for sid in sweep_ids}
+    for sid, status, n, fsum, creq in session.execute(q):
+        st = out[sid]
+        st["runs"] += n
+        st["counts"][status] = n
+        st["cancel_requested"] += int(creq or 0)
+        done[sid] += n if status in FINISHED else float(fsum or 0.0) if status == RUNNING else 0.0
+    for sid, st in out.items():
+        st["progress"] = round(done[sid] / st["runs"], 6) if st["runs"] else 0.0
+    return out
+
+
+def sweep_eta(session: Session, sweep_id: int) -> float | None:
+    """Rough ETA in seconds: (queued runs × mean finished-run duration + running remainder) / running."""
+    rows = session.execute(select(Run.status, Run.started_at, Run.finished_at, Run.eta_s)
+                           .where(Run.sweep_id == sweep_id, Run.status.in_((QUEUED, RUNNING, "succeeded")))).all()
+    durations = [(f - s).total_seconds() for st, s, f, _ in rows if st == "succeeded" and s and f]
+    running = [eta for st, _, _, eta in rows if st == RUNNING]
+    queued = sum(1 for st, *_ in rows if st == QUEUED)
+    if not queued and not running:
+        return 0.0 if rows else None
+    if queued and not durations:
+        return None
+    mean = sum(durations) / len(durations) if durations else 0.0
+    remaining = queued * mean + sum(eta if eta is not None else mean for eta in running)
+    return round(remaining / max(1, len(running)), 1)
+
+
+def list_sweeps(session: Session, limit: int, offset: int) -> tuple[int, list[Sweep]]:
+    total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+    rows = session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset))
+    return total, list(rows)
+
+
+def cancel_run(session: Session, run_id: int) -> str:
+    """queued → cancelled now; running → cancel_requested (the worker stops at the next step).
+    Returns 'cancelled' or 'cancel_requested'; IllegalTransition for finished runs."""
+    for _ in range(3):  # a worker may claim or finish the run between our read and our write
+        status = session.scalar(select(Run.status).where(Run.id == run_id))
+        base = update(Run).where(Run.id == run_id, Run.status == status)
+        if status == QUEUED:
+            values = dict(status=CANCELLED, cancel_requested=True, finished_at=now(), updated_at=now())
+            outcome = "cancelled"
+        elif status == RUNNING:
+            values, outcome = dict(cancel_requested=True, updated_at=now()), "cancel_requested"
+        else:
+            check_transition(run_id, status, CANCELLED)
+            continue
+        if session.execute(base.values(**values)).rowcount:
+            return outcome
+    raise StateConflict(f"run {run_id}: status kept changing; try again")
+
+
+def cancel_sweep(session: Session, sweep_id: int) -> dict[str, int]:
+    """Cancel every queued run, flag every running run; finished runs are untouched."""
+    t = now()
+    cancelled = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == QUEUED)
+                                .values(status=CANCELLED, cancel_requested=True, finished_at=t, updated_at=t)).rowcount
+    flagged = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RUNNING,
+                                                Run.cancel_requested.is_(False))
+                              .values(cancel_requested=True, updated_at=t)).rowcount
+    return {"cancelled": cancelled, "cancel_requested": flagged}
+
+
+def _requeue_values(extra_attempts: int) -> dict[str, Any]:
+    t = now()
+    return dict(status=QUEUED, cancel_requested=False, error=None, lease_owner=None, lease_expires_at=None,
+                finished_at=None, worker_name=None, updated_at=t, max_attempts=Run.attempt + extra_attempts)
+
+
+def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
+    """failed/cancelled → queued (attempt keeps counting; max_attempts = attempt + extra_attempts)."""
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
+    if status == RUNNING:
+        raise StateConflict(f"run {run_id} is running; only failed or cancelled runs can be retried")
+    check_transition(run_id, status, QUEUED)
+    row = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RETRYABLE))
+                          .values(**_requeue_values(extra_attempts)).returning(Run.kind, Run.id)).first()
+    if row is None:
+        raise StateConflict(f"run {run_id}: status changed while retrying; try again")
+    return row[0], row[1]
+
+
+def retry_sweep(session: Session, sweep_id: int, *, extra_attempts: int) -> list[Job]:
+    """Re-queue every failed/cancelled run of the sweep; StateConflict if there is none."""
+    rows = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status.in_(RETRYABLE))
+                           .values(**_requeue_values(extra_attempts)).returning(Run.kind, Run.id)).all()
+    if not rows:
+        raise StateConflict(f"sweep {sweep_id} has no failed or cancelled runs to retry")
+    return sorted(((kind, run_id) for kind, run_id in rows), key=lambda j: j[1])
+
+
+def checkpoint_epochs(session: Session, run_id: int) -> list[int]:
+    return list(session.scalars(select(Checkpoint.epoch).where(Checkpoint.run_id == run_id).order_by(Checkpoint.epoch)))
+
+
+def create_validate_run(session: Session, parent: Run, options: dict[str, Any], *, epochs_total: int,
+                        max_attempts: int) -> Job:
+    """A 'validate' run recomputing metrics from the parent's checkpoints (caller checked them)."""
+    key = json.dumps({"parent": parent.spec_hash, "options": options}, sort_keys=True)
+    h = hashlib.sha256(key.encode()).hexdigest()
+    clash = session.scalar(select(Run.id).where(Run.sweep_id == parent.sweep_id, Run.kind == "validate",
+                                                Run.parent_run_id == parent.id, Run.spec_hash == h))
+    if clash is not None:
+        raise StateConflict(f"run {clash} already validates run {parent.id} with these options; retry it instead")
+    t = now()
+    values = {"sweep_id": parent.sweep_id, "kind": "validate", "parent_run_id": parent.id, "spec": parent.spec,
+              "spec_hash": h, "grid": parent.grid, "seed": parent.seed, "options": options, "status": QUEUED,
+              "max_attempts": max_attempts, "epochs_total": epochs_total, "created_at": t,
+              "updated_at": t}
+    return insert_runs(session, [values])[0]
+
+
+# ---- queries: runs by spec field, metric series, per-run values at an epoch -------------------
+
+def spec_condition(path: str, kind: str, value: Any):  # noqa: ANN201 - a SQL boolean expression
+    """`run.spec[path] == value` for a scalar leaf; kind is 'str' | 'num' | 'bool' (see spec_filters)."""
+    elem = Run.spec[tuple(path.split("."))]
+    if value is None:
+        return elem.as_string().is_(None)
+    if kind == "bool":
+        return elem.as_boolean() == bool(value)
+    if kind == "num":
+        return elem.as_float() == float(value)
+    return elem.as_string() == str(value)
+
+
+def query_runs(session: Session, *, sweep_id: int | None = None, status: str | None = None, kind: str | None = None,
+               filters: Sequence[tuple[str, str, Any]] = (), limit: int = 100, offset: int = 0) -> tuple[int, list[Run]]:
+    """Runs matching every filter (path, kind, value), ordered by id; returns (total, page)."""
+    conds = [spec_condition(p, k, v) for p, k, v in filters]
+    if sweep_id is not None:
+        conds.append(Run.sweep_id == sweep_id)
+    if status is not None:
+        conds.append(Run.status == status)
+    if kind is not None:
+        conds.append(Run.kind == kind)
+    total = session.scalar(select(func.count()).select_from(Run).where(*conds)) or 0
+    page = session.scalars(select(Run).where(*conds).order_by(Run.id).limit(limit).offset(offset))
+    return total, list(page)
+
+
+def metric_series(session: Session, run_id: int, split: str | None, key: str | None) -> list[tuple]:
+    """(split, key, epoch, value) rows of one run, ordered; served by the (run_id, split, key, epoch) index."""
+    q = select(Metric.split, Metric.key, Metric.epoch, Metric.value).where(Metric.run_id == run_id)
+    if split is not None:
+        q = q.where(Metric.split == split)
+    if key is not None:
+        q = q.where(Metric.key == key)
+    return list(session.execute(q.order_by(Metric.split, Metric.key, Metric.epoch)))
+
+
+def sweep_values(session: Session, sweep_id: int, split: str, keys: Sequence[str] | None,
+                 epoch: int | None) -> tuple[list[tuple[int, dict]], list[tuple[int, str, float | None]]]:
+    """The sweep's primary runs (id, spec) and their (run_id, key, value) rows at `epoch`
+    (None: the last epoch each run has in `split`)."""
+    runs = list(session.execute(select(Run.id, Run.spec).where(Run.sweep_id == sweep_id,
+                                                               Run.kind.in_(PRIMARY_KINDS)).order_by(Run.id)))
+    run_ids = select(Run.id).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).scalar_subquery()
+    q = select(Metric.run_id, Metric.key, Metric.value).where(Metric.split == split)
+    if keys:
+        q = q.where(Metric.key.in_(list(keys)))
+    if epoch is None:
+        last = (select(Metric.run_id.label("rid"), func.max(Metric.epoch).label("e"))
+                .where(Metric.split == split, Metric.run_id.in_(run_ids)).group_by(Metric.run_id).subquery())
+        q = q.join(last, (Metric.run_id == last.c.rid) & (Metric.epoch == last.c.e))
+    else:
+        q = q.where(Metric.epoch == epoch, Metric.run_id.in_(run_ids))
+    return [(rid, spec) for rid, spec in runs], [tuple(r) for r in session.execute(q)]

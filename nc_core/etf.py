@@ -1,0 +1,142 @@
+"""Simplex equiangular tight frames: construction, closed-form nearest ETF, distances, differentiable polar factor."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "etf_gram",
+    "helmert_basis",
+    "simplex_etf",
+    "polar",
+    "nearest_etf",
+    "etf_distance",
+    "etf_pair_distance",
+]
+
+_F64 = torch.float64
+
+
+def _check_k(K: int) -> int:
+    if int(K) != K or K < 2:
+        raise ValueError(f"number of classes: expected an integer K >= 2, got {K!r}")
+    return int(K)
+
+
+def etf_gram(K: int, *, dtype: torch.dtype = _F64, device=None) -> torch.Tensor:
+    """M̃ = (I_K − 11ᵀ/K)/√(K−1): the normalised simplex-ETF Gram matrix, ‖M̃‖_F = 1 (nc-spec notation)."""
+    K = _check_k(K)
+    eye = torch.eye(K, dtype=dtype, device=device)  # (K, K)
+    return (eye - 1.0 / K) / math.sqrt(K - 1)  # (K, K)
+
+
+def helmert_basis(K: int, *, dtype: torch.dtype = _F64, device=None) -> torch.Tensor:
+    """Orthonormal basis Q (K × (K−1)) of the complement of 1 (Helmert columns): QᵀQ = I, QQᵀ = I − 11ᵀ/K."""
+    K = _check_k(K)
+    Q = torch.zeros(K, K - 1, dtype=dtype, device=device)  # (K, K-1)
+    for j in range(K - 1):
+        norm = math.sqrt((j + 1) * (j + 2))
+        Q[: j + 1, j] = 1.0 / norm
+        Q[j + 1, j] = -(j + 1) / norm
+    return Q
+
+
+def simplex_etf(K: int, d: int, *, unit_columns: bool = False, dtype: torch.dtype = _F64,
+                device=None) -> torch.Tensor:
+    """A simplex ETF E ∈ R^{d×K} for any d ≥ K−1, built from the Helmert basis Q of 1⊥.
+
+    E = [Qᵀ; 0]/√(K−1): columns sum to zero (E1 = 0), EᵀE = (I − 11ᵀ/K)/(K−1) = M̃/√(K−1) and
+    ‖E‖_F = 1, so E is a point P M̃ of the normalised-ETF set used by the ETF distances (Guiding,
+    Markou et al. 2024). ``unit_columns=True`` returns √K·E: unit columns with pairwise cosine
+    −1/(K−1) (the classical simplex ETF of Papyan et al. 2020). Only the first K−1 rows are non-zero.
+    """
+    K = _check_k(K)
+    if int(d) != d or d < K - 1:
+        raise ValueError(f"simplex_etf: a K-simplex ETF needs d >= K-1 = {K - 1}, got d={d!r}")
+    E = torch.zeros(int(d), K, dtype=dtype, device=device)  # (d, K)
+    E[: K - 1] = helmert_basis(K, dtype=dtype, device=device).T / math.sqrt(K - 1)
+    return E * math.sqrt(K) if unit_columns else E
+
+
+class _Polar(torch.autograd.Function):
+    """Polar factor Q = UVᵀ of a tall full-column-rank A (m ≥ n) with a backward that is stable at
+    repeated singular values (the generic SVD backward divides by σ_i² − σ_j² and is not)."""
+
+    @staticmethod
+    def forward(ctx, A):
+        U, S, Vh = torch.linalg.svd(A, full_matrices=False)  # (.., m, n), (.., n), (.., n, n)
+        ctx.save_for_backward(U, S, Vh)
+        return U @ Vh  # (.., m, n)
+
+    @staticmethod
+    def backward(ctx, G):
+        U, S, Vh = ctx.saved_tensors
+        V = Vh.mT  # (.., n, n)
+        Z = U.mT @ G @ V  # (.., n, n)
+        denom = S[..., :, None] + S[..., None, :]  # (.., n, n) σ_i + σ_j
+        grad = U @ ((Z - Z.mT) / denom) @ Vh  # (.., m, n) tangent part: U Ω Vᵀ
+        if U.shape[-2] > U.shape[-1]:
+            GV = G @ V  # (.., m, n)
+            resid = GV - U @ (U.mT @ GV)  # (.., m, n) (I − UUᵀ) G V
+            grad = grad + (resid / S[..., None, :]) @ Vh  # (I − UUᵀ) G V Σ⁻¹ Vᵀ
+        return grad
+
+
+def polar(A: torch.Tensor) -> torch.Tensor:
+    """Orthogonal polar factor polar(A) = U Vᵀ of the thin SVD A = UΣVᵀ (batched over leading dims).
+
+    It solves max_{XᵀX = I} ⟨X, A⟩ (orthogonal Procrustes); differentiable through a custom autograd
+    rule dQ = U Ω Vᵀ + (I − UUᵀ) dA V Σ⁻¹ Vᵀ with Ω_ij = (X_ij − X_ji)/(σ_i + σ_j), X = Uᵀ dA V, which
+    stays finite when singular values coincide (e.g. at an exact ETF). Needs full rank (σ_min > 0)
+    for a unique factor and a finite gradient. Used by the implicit-ETF head: polar((2/√(K−1)) Y M + δ·Prox)
+    (nc-spec §4 closed form). Wide inputs (m < n) are handled through the transpose.
+    """
+    if A.ndim < 2:
+        raise ValueError(f"polar: expected a matrix (..., m, n), got shape {tuple(A.shape)}")
+    if A.shape[-2] >= A.shape[-1]:
+        return _Polar.apply(A)
+    return _Polar.apply(A.mT).mT
+
+
+def _check_frame(Y: torch.Tensor, name: str = "Y") -> tuple[int, int]:
+    if Y.ndim < 2:
+        raise ValueError(f"{name}: expected a d × K matrix, got shape {tuple(Y.shape)}")
+    d, K = int(Y.shape[-2]), int(Y.shape[-1])
+    _check_k(K)
+    if d < K - 1:
+        raise ValueError(f"{name}: a simplex ETF with K={K} needs d >= K-1 = {K - 1}, got d={d}")
+    return d, K
+
+
+def nearest_etf(Y: torch.Tensor) -> torch.Tensor:
+    """Nearest normalised simplex ETF P* M̃ to Y ∈ R^{d×K} over P ∈ St(d, K) (Guiding `ETF_distance.py`).
+
+    Closed form (nc-spec §2.6): with the thin SVD Y M̃ = UΣVᵀ, P* M̃ = U_r V_rᵀ M̃ over the r = K−1
+    non-zero singular values (M̃1 = 0 makes the K-th one zero). No iterative solver. The answer is
+    unique when σ_{K−1}(Y M̃) > 0. Valid for any d ≥ K−1 (the K−1-dimensional ETF needs no more).
+    """
+    d, K = _check_frame(Y)
+    Mt = etf_gram(K, dtype=Y.dtype, device=Y.device)  # (K, K)
+    U, _, Vh = torch.linalg.svd(Y @ Mt, full_matrices=False)  # (.., d, m), (.., m), (.., m, K)
+    r = K - 1
+    return U[..., :, :r] @ Vh[..., :r, :] @ Mt  # (.., d, K)
+
+
+def etf_distance(Y: torch.Tensor) -> torch.Tensor:
+    """min_{P ∈ St(d,K)} ‖Y − P M̃‖_F² = ‖Y‖² + 1 − 2‖Y M̃‖_* (closed form, nc-spec §2.6).
+
+    For a Frobenius-normalised Y (Y = Wᵀ/‖W‖ or H̃/‖H̃‖) this is 2 − 2‖Y M̃‖_* (Guiding
+    `seed_statistics.py` W_ETF_dist / H_ETF_dist). Evaluated as ‖Y − nearest_etf(Y)‖² (same value, but
+    relative accuracy is kept near collapse, where 2 − 2‖Y M̃‖_* cancels to an absolute 1e-16).
+    """
+    D = Y - nearest_etf(Y)  # (.., d, K)
+    return (D * D).sum(dim=(-2, -1))
+
+
+def etf_pair_distance(Y1: torch.Tensor, Y2: torch.Tensor) -> torch.Tensor:
+    """‖P₁M̃ − P₂M̃‖_F² between the nearest ETFs of two frames (Guiding ETF_WH_dist)."""
+    if Y1.shape != Y2.shape:
+        raise ValueError(f"etf_pair_distance: shapes differ: {tuple(Y1.shape)} vs {tuple(Y2.shape)}")
+    D = nearest_etf(Y1) - nearest_etf(Y2)  # (.., d, K)
+    return (D * D).sum(dim=(-2, -1))

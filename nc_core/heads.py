@@ -1,0 +1,230 @@
+"""Classifier heads: learned deep-linear, fixed simplex ETF, implicit nearest ETF (nc-spec §1.4, §4)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nc_core.etf import helmert_basis
+from nc_core.registry import HEADS
+from nc_core.spec import HeadSpec
+
+
+def _simplex_etf(num_classes: int, dim: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Simplex ETF W (K, d) with unit rows and W Wᵀ = K/(K−1)(I − 11ᵀ/K).
+
+    d ≥ K: √(K/(K−1))(I − 11ᵀ/K)·eye(K, d) (tding1's zero padding); d = K−1: √(K/(K−1))·Q with Q the
+    Helmert basis of 1^⊥ (K, K−1).
+    """
+    k = num_classes
+    if dim < k - 1:
+        raise ValueError(f"a {k}-class simplex ETF needs d >= K-1 = {k - 1}, got d = {dim}")
+    scale = math.sqrt(k / (k - 1))
+    if dim >= k:
+        centred = torch.eye(k, dtype=torch.float64) - 1.0 / k  # (K, K)
+        return (scale * centred @ torch.eye(k, dim, dtype=torch.float64)).to(dtype)  # (K, d)
+    return (scale * helmert_basis(k, dtype=torch.float64)).to(dtype)  # (K, K-1), columns ⟂ 1
+
+
+class _Polar(torch.autograd.Function):
+    """Polar factor Q = U Vᵀ of A = U Σ Vᵀ (d ≥ K) with the analytic derivative, rank-deficient A allowed.
+
+    Unlike ``nc_core.etf.polar`` (which divides by σ), Σ⁺ drops σ ≈ 0: the implicit-ETF head's first
+    solve polar(Y M) has σ_K = 0 (M1 = 0), and W = √(K/(K−1)) M Xᵀ does not see that direction.
+
+    Backward (stable at repeated singular values, unlike autograd through the SVD):
+    ∂ℓ/∂A = U[(Γ − Γᵀ) ⊘ (σ_i + σ_j)]Vᵀ + (I − UUᵀ) G V Σ⁺ Vᵀ, Γ = UᵀGV, G = ∂ℓ/∂Q.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor) -> Tensor:  # type: ignore[override]
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)  # (d, K), (K,), (K, K)
+        ctx.save_for_backward(u, s, vh)
+        return u @ vh  # (d, K)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        u, s, vh = ctx.saved_tensors
+        v = vh.mT  # (K, K)
+        gamma = u.mT @ g @ v  # (K, K)
+        denom = s[:, None] + s[None, :]  # (K, K)
+        tiny = torch.finfo(s.dtype).eps * s.max().clamp_min(torch.finfo(s.dtype).tiny)
+        inner = torch.where(denom > tiny, (gamma - gamma.mT) / denom.clamp_min(tiny), torch.zeros_like(gamma))
+        s_pinv = torch.where(s > tiny * s.shape[0], 1.0 / s.clamp_min(tiny), torch.zeros_like(s))  # (K,)
+        gv = g @ v  # (d, K)
+        outer = (gv - u @ (u.mT @ gv)) * s_pinv[None, :] @ vh  # (d, K)
+        return u @ inner @ vh + outer
+
+
+def _polar(a: Tensor) -> Tensor:
+    """Polar factor of ``a`` (d, K): orthonormal columns (d ≥ K) or rows (d < K); differentiable."""
+    if a.ndim != 2:
+        raise ValueError(f"polar: expected a (d, K) matrix, got shape {tuple(a.shape)}")
+    return _Polar.apply(a) if a.shape[0] >= a.shape[1] else _Polar.apply(a.mT).mT
+
+
+class Head(nn.Module):
+    """A classifier head: forward(h (B, d), y (B,) | None) -> logits (B, K)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.dim, self.num_classes = dim, num_classes
+
+    def effective_weight(self) -> Tensor:
+        """The (K, d) linear map from features to logits."""
+        raise NotImplementedError
+
+    def effective_bias(self) -> Tensor | None:
+        """The (K,) logit offset, or None for a bias-free head."""
+        raise NotImplementedError
+
+    def decayed_parameters(self) -> list[nn.Parameter]:
+        """Parameters that carry λ_W under sep_decay (linear weights; biases are not decayed)."""
+        return []
+
+
+@HEADS.register("learned")
+class LearnedHead(Head):
+    """Deep-linear head: depth_linear−1 bias-free Linear layers (d→hidden→…→hidden), then Linear(hidden→K)."""
+
+    def __init__(self, spec: HeadSpec, dim: int, num_classes: int) -> None:
+        super().__init__(dim, num_classes)
+        hidden = spec.hidden or dim
+        widths = [dim] + [hidden] * (spec.depth_linear - 1)
+        layers = [nn.Linear(widths[i], widths[i + 1], bias=False) for i in range(spec.depth_linear - 1)]
+        layers.append(nn.Linear(widths[-1], num_classes, bias=spec.bias))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            h = layer(h)
+        return h  # (B, K)
+
+    def effective_weight(self) -> Tensor:
+        w = self.layers[0].weight  # (hidden | K, d)
+        for layer in self.layers[1:]:
+            w = layer.weight @ w
+        return w  # (K, d) = W_L ⋯ W_1
+
+    def effective_bias(self) -> Tensor | None:
+        return self.layers[-1].bias
+
+    def decayed_parameters(self) -> list[nn.Parameter]:
+        return [layer.weight for layer in self.layers]
+
+
+@HEADS.register("fixed_etf")
+class FixedETFHead(Head):
+    """W = simplex ETF (K, d), a frozen buffer (tding1 ``--ETF_fc``); the bias, if any, is trained."""
+
+    def __init__(self, spec: HeadSpec, dim: int, num_classes: int) -> None:
+        super().__init__(dim, num_classes)
+        if spec.depth_linear != 1:
+            raise ValueError(f"fixed_etf head: expected depth_linear = 1, got {spec.depth_linear}")
+        self.register_buffer("weight", _simplex_etf(num_classes, dim))  # (K, d)
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if spec.bias else None  # (K,)
+
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        return F.linear(h, self.weight.to(h.dtype), None if self.bias is None else self.bias.to(h.dtype))
+
+    def effective_weight(self) -> Tensor:
+        return self.weight
+
+    def effective_bias(self) -> Tensor | None:
+        return self.bias
+
+
+def _ema_rate(t: int) -> float:
+    """α_t = 2/(t+2), floored at 1e-4 (α_0 = 1 copies the first batch)."""
+    return max(2.0 / (t + 2.0), 1e-4)
+
+
+def implicit_etf_solve(h: Tensor, y: Tensor, f_prev: Tensor, t: int, prox: Tensor | None, *,
+                       num_classes: int, delta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One training step of the nearest-ETF layer (nc-spec §4, closed form), pure and differentiable.
+
+    Returns (W (K, d), f̄ (d,), F (d, K), X (d, K)): F = α·[m_1 … m_K] + (1−α)·F_prev for classes present
+    (absent classes keep F_prev), m_k = batch class mean − f̄; Y = F/‖F‖_F, M = I − 11ᵀ/K;
+    X = polar((2/√(K−1)) Y M + δ·Prox), first call X = polar(Y M); W = √(K/(K−1)) M Xᵀ.
+    Gradients reach h through the current-batch term of F and through f̄.
+    """
+    k = num_classes
+    fbar = h.mean(dim=0)  # (d,)
+    onehot = F.one_hot(y.long(), k).to(h.dtype)  # (B, K)
+    counts = onehot.sum(dim=0)  # (K,)
+    means = (h.mT @ onehot) / counts.clamp_min(1.0) - fbar[:, None]  # (d, K)
+    alpha = _ema_rate(t)
+    f_new = torch.where(counts[None, :] > 0, alpha * means + (1.0 - alpha) * f_prev.detach(), f_prev.detach())  # (d, K)
+    y_norm = f_new / f_new.norm().clamp_min(torch.finfo(h.dtype).tiny)  # (d, K)
+    m = torch.eye(k, dtype=h.dtype, device=h.device) - 1.0 / k  # (K, K)
+    ym = y_norm @ m  # (d, K)
+    if prox is None:  # first call: the feasibility solve, no proximal term (X·1 is free; W ignores it)
+        x = _polar(ym)  # (d, K)
+    else:
+        x = _polar((2.0 / math.sqrt(k - 1)) * ym + delta * prox.detach())  # (d, K)
+    w = math.sqrt(k / (k - 1)) * m @ x.mT  # (K, d)
+    return w, fbar, f_new, x
+
+
+@HEADS.register("implicit_etf")
+class ImplicitETFHead(Head):
+    """Implicit nearest-ETF classifier (Guiding ``--declarative_ETF``), not an optimizer parameter.
+
+    Training (needs y): W from :func:`implicit_etf_solve`, b = −W f̄_batch (if head.bias), logits = W f + b.
+    Eval: the stored W of the last training step and b = −W·f̄_run, f̄_run a running mean of batch
+    means with the same α schedule (not the eval batch's mean, so eval logits do not depend on batching).
+    State (F, t, Prox, W, b, f̄_run) lives in buffers, so it checkpoints and resumes with the model.
+    """
+
+    def __init__(self, spec: HeadSpec, dim: int, num_classes: int) -> None:
+        super().__init__(dim, num_classes)
+        if spec.depth_linear != 1:
+            raise ValueError(f"implicit_etf head: expected depth_linear = 1, got {spec.depth_linear}")
+        # d = K−1 works too: Y M, the first polar(Y M) and hence every X have rows ⟂ 1 (exact ETF W).
+        self.delta, self.use_bias = spec.delta, spec.bias
+        self.register_buffer("ema", torch.zeros(dim, num_classes))  # (d, K) F
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # t
+        self.register_buffer("prox", torch.zeros(dim, num_classes))  # (d, K) previous X
+        self.register_buffer("weight", _simplex_etf(num_classes, dim))  # (K, d)
+        self.register_buffer("bias", torch.zeros(num_classes))  # (K,)
+        self.register_buffer("fbar_run", torch.zeros(dim))  # (d,)
+
+    def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        if not self.training:
+            out = F.linear(h, self.weight.to(h.dtype))  # (B, K)
+            return out + self.bias.to(h.dtype) if self.use_bias else out
+        if y is None:
+            raise ValueError("implicit_etf head: training forward needs the labels y (B,), got None")
+        t = int(self.steps)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            hf = h.float()  # (B, d)
+            w, fbar, f_new, x = implicit_etf_solve(hf, y, self.ema, t, self.prox if t > 0 else None,
+                                                   num_classes=self.num_classes, delta=self.delta)
+            logits = hf @ w.mT  # (B, K)
+            if self.use_bias:
+                logits = logits - (w @ fbar)[None, :]
+        with torch.no_grad():
+            alpha = _ema_rate(t)
+            self.ema.copy_(f_new)
+            self.prox.copy_(x)
+            self.weight.copy_(w)
+            self.fbar_run.mul_(1.0 - alpha).add_(alpha * fbar)
+            self.bias.copy_(-(w @ self.fbar_run) if self.use_bias else torch.zeros_like(self.bias))
+            self.steps.add_(1)
+        return logits
+
+    def effective_weight(self) -> Tensor:
+        return self.weight
+
+    def effective_bias(self) -> Tensor | None:
+        return self.bias if self.use_bias else None
+
+
+def build_head(spec: HeadSpec, dim: int, num_classes: int) -> Head:
+    """The head named by ``spec.name`` for features of dimension ``dim`` and ``num_classes`` classes."""
+    return HEADS.build(spec.name, spec, dim, num_classes)
+
+
+__all__ = ["Head", "LearnedHead", "FixedETFHead", "ImplicitETFHead", "build_head", "implicit_etf_solve"]

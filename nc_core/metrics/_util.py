@@ -1,0 +1,145 @@
+"""Shared helpers for nc_core.metrics: input conversion and validation, NaN reasons, small linear algebra."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+F64 = torch.float64
+EPS64 = float(torch.finfo(F64).eps)
+
+
+class MetricUndefined(Exception):
+    """Raised by a metric that is undefined for its input; the suite turns it into NaN + ``reason``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MetricDict(dict):
+    """A plain ``dict[str, float]`` plus ``reasons``: key → why that value is NaN.
+
+    Every value is a Python float. ``dict(result)`` or JSON serialisation drops ``reasons``; call
+    :func:`result_reasons` first when the reasons must travel.
+    """
+
+    def __init__(self, *args, reasons: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reasons: dict[str, str] = dict(reasons or {})
+
+
+def result_reasons(result: dict[str, float]) -> dict[str, str]:
+    """Reasons for the NaN values of a metric result (``{}`` when none is NaN).
+
+    Works on a :class:`MetricDict`; for a plain dict the NaN keys get a generic reason.
+    """
+    reasons = dict(getattr(result, "reasons", {}) or {})
+    for key, value in result.items():
+        if isinstance(value, float) and math.isnan(value) and key not in reasons:
+            reasons[key] = "NaN (the reason was lost: result copied into a plain dict)"
+    return {k: v for k, v in reasons.items() if k in result}
+
+
+def to_tensor(x: Any, name: str) -> torch.Tensor:
+    """A torch tensor view of ``x`` (torch tensor, numpy array or nested sequence), detached."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from exc
+    if arr.dtype == object:
+        raise ValueError(f"{name}: expected a numeric array, got dtype object ({type(x).__name__})")
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr).copy()
+    return torch.from_numpy(arr)
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def check_features(x: Any, *, dim: int | None = None, name: str = "features") -> torch.Tensor:
+    """Validate a (B, d) real feature batch (finite, 2-D, matching ``dim``); returns a tensor, dtype kept."""
+    t = to_tensor(x, name)
+    if t.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (N, d), got shape {tuple(t.shape)}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected real numbers, got dtype {t.dtype}")
+    if dim is not None and t.shape[1] != dim:
+        raise ValueError(f"{name}: expected feature dimension d = {dim}, got shape {tuple(t.shape)}")
+    if t.is_floating_point() and t.numel():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+    return t
+
+
+def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels") -> torch.Tensor:
+    """Validate integer labels of shape (n,) in 0..K−1; returns an int64 tensor."""
+    t = to_tensor(y, name)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},) to match the features, got {tuple(t.shape)}")
+    if not _is_int(t):
+        raise ValueError(f"{name}: expected integer class indices, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if n and num_classes is not None:
+        lo, hi = (int(v) for v in torch.stack([t.min(), t.max()]).tolist())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name}: expected values in 0..K-1 = 0..{num_classes - 1}, got min {lo}, max {hi}")
+    return t
+
+
+def check_num_classes(K: Any) -> int:
+    if isinstance(K, bool) or int(K) != K or K < 2:
+        raise ValueError(f"num_classes: expected an integer K >= 2, got {K!r}")
+    return int(K)
+
+
+def check_classifier(weight: Any, bias: Any, K: int, d: int, device) -> tuple:
+    """Validate W (K, d) and b (K,) → float64 tensors on ``device`` (None stays None)."""
+    W = b = None
+    if weight is not None:
+        W = to_tensor(weight, "weight")
+        if tuple(W.shape) != (K, d):
+            raise ValueError(f"weight: expected shape (K, d) = ({K}, {d}), got {tuple(W.shape)}")
+        W = W.to(device=device, dtype=F64)
+        if not bool(torch.isfinite(W).all()):
+            raise ValueError("weight: expected finite values, got NaN/inf entries")
+    if bias is not None:
+        b = to_tensor(bias, "bias")
+        if tuple(b.shape) != (K,):
+            raise ValueError(f"bias: expected shape (K,) = ({K},), got {tuple(b.shape)}")
+        b = b.to(device=device, dtype=F64)
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError("bias: expected finite values, got NaN/inf entries")
+    return W, b
+
+
+def fro(A: torch.Tensor) -> float:
+    """Frobenius norm as a Python float."""
+    return float(torch.linalg.norm(A))
+
+
+def normalised_gap(A: torch.Tensor, target: torch.Tensor, what: str) -> float:
+    """‖A/‖A‖_F − target‖_F, undefined when A = 0."""
+    n = fro(A)
+    if not n > 0:
+        raise MetricUndefined(f"{what} is zero, cannot be normalised")
+    return fro(A / n - target)
+
+
+def pinv_keep(eigs: torch.Tensor, n: int, max_rank: int | None = None) -> torch.Tensor:
+    """Mask of eigenvalues kept by a pseudo-inverse with scipy's cutoff |λ| > n·eps·max|λ| (n × n matrix)
+    — optionally also at most the ``max_rank`` largest ones (a known rank bound)."""
+    a = eigs.abs()
+    keep = a > n * EPS64 * a.max()
+    if max_rank is not None and int(keep.sum()) > max_rank:
+        order = torch.argsort(a, descending=True)
+        keep = torch.zeros_like(keep)
+        keep[order[:max_rank]] = True
+    return keep

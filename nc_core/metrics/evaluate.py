@@ -1,0 +1,119 @@
+"""evaluate_split: one forward pass over a split → acc, loss and every NC metric (second pass only if needed)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from ._util import F64, MetricDict, check_classifier, check_features, check_labels, check_num_classes
+from .ncc import SampleStats
+from .stats import CHUNK_BYTES, ClassStats
+from .suite import _compute
+
+
+def _run(forward: Callable, batch: Any, K: int, d: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise ValueError(f"batches: expected (x, y) pairs, got {type(batch).__name__}")
+    x, y = batch[0], batch[1]
+    out = forward(x)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError(f"forward: expected (features (B, d), logits (B, K)), got {type(out).__name__}")
+    feats = check_features(out[0], dim=d)
+    B = feats.shape[0]
+    logits = torch.as_tensor(out[1])
+    if tuple(logits.shape) != (B, K):
+        raise ValueError(f"forward: expected logits of shape (B, K) = ({B}, {K}), got {tuple(logits.shape)}")
+    labels = check_labels(torch.as_tensor(y).to(feats.device), n=B, num_classes=K)
+    return feats, logits, labels
+
+
+def _regroup(kept: list, rows: int) -> list:
+    """Concatenate consecutive (features, labels) batches into chunks of about ``rows`` rows, dropping
+    the originals as it goes (peak memory ≈ the kept features + one chunk)."""
+    groups, fs, ys, n = [], [], [], 0
+    while kept:
+        f, y = kept.pop(0)
+        fs.append(f), ys.append(y)
+        n += f.shape[0]
+        if n >= rows or not kept:
+            groups.append((torch.cat(fs), torch.cat(ys)))
+            fs, ys, n = [], [], 0
+    return groups
+
+
+def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+                   batches: Iterable, *, num_classes: int, weight: Any = None, bias: Any = None,
+                   loss_fn: Callable | None = None, gof: Mapping[str, Any] | None = None,
+                   max_resident_bytes: int = 2**31) -> MetricDict:
+    """Metrics of one split: ``acc`` (top-1, percent), ``loss`` (mean of ``loss_fn``; omitted without it)
+    and every NC key of :func:`compute_metrics`.
+
+    ``forward(x) -> (features (B, d), logits (B, K))``; ``batches`` a re-iterable of (x, y) on the
+    device (e.g. a DataLoader with deterministic transforms; call ``model.eval()`` first). Runs under
+    ``torch.inference_mode``. While the features fit in ``max_resident_bytes`` they stay on the device
+    and one pass suffices; otherwise the per-sample metrics (NCC, cosine margins, and the nuclear
+    ratios when the ClassStats has no per-class scatter) take a second pass — impossible for a
+    one-shot iterator, whose per-sample keys are then NaN with a reason. ``loss_fn(logits, y)`` may
+    return the batch mean (scalar) or per-sample losses (B,).
+    """
+    K = check_num_classes(num_classes)
+    one_shot = isinstance(batches, Iterator)
+    with torch.inference_mode():
+        stats: ClassStats | None = None
+        kept: list = []
+        resident, used, n = True, 0, 0
+        correct = loss_sum = None
+        for batch in batches:
+            feats, logits, y = _run(forward, batch, K, stats.dim if stats is not None else None)
+            B = feats.shape[0]
+            n += B
+            hits = (logits.argmax(1) == y.to(logits.device)).sum()
+            correct = hits if correct is None else correct + hits
+            if loss_fn is not None:
+                lv = torch.as_tensor(loss_fn(logits, y.to(logits.device)))
+                if lv.ndim == 0:
+                    lv = lv.to(F64) * B
+                elif tuple(lv.shape) == (B,):
+                    lv = lv.to(F64).sum()
+                else:
+                    raise ValueError(f"loss_fn: expected a scalar or shape ({B},), got {tuple(lv.shape)}")
+                loss_sum = lv if loss_sum is None else loss_sum + lv
+            if stats is None:
+                stats = ClassStats(K, feats.shape[1], feats.device)
+            if resident:
+                nbytes = feats.numel() * feats.element_size() + y.numel() * y.element_size()
+                if used + nbytes <= max_resident_bytes:
+                    kept.append((feats, y))
+                    used += nbytes
+                    continue
+                resident = False
+                for f, yy in kept:
+                    stats._update_checked(f, yy)
+                kept.clear()
+            stats._update_checked(feats, y)
+        if stats is None or n == 0:
+            raise ValueError("batches: expected at least one non-empty batch, got none")
+        W, b = check_classifier(weight, bias, K, stats.dim, stats.device)
+        needs_samples = W is not None or not stats.per_class
+        samples, reason = None, None
+        if resident:
+            groups = _regroup(kept, max(1, CHUNK_BYTES // (8 * stats.dim)))
+            for f, yy in groups:
+                stats._update_checked(f, yy)
+            if needs_samples:
+                samples = SampleStats._from_groups(stats, groups, W, b)
+            del groups
+        elif needs_samples and one_shot:
+            reason = ("features exceeded max_resident_bytes and batches is a one-shot iterator: "
+                      "no second pass for the per-sample metrics")
+        elif needs_samples:
+            samples = SampleStats(stats, W, b)
+            for batch in batches:
+                feats, _, y = _run(forward, batch, K, stats.dim)
+                samples._update_checked(feats, y)
+        out = _compute(stats, W, b, gof, samples, no_sample_reason=reason)
+        out["acc"] = 100.0 * float(correct) / n
+        if loss_fn is not None:
+            out["loss"] = float(loss_sum) / n
+    return out

@@ -1,0 +1,139 @@
+"""NC1 metrics (within-class variability) from class statistics: nc1, nc1_svd, nc1_quotient, cdnv, vci, traces, nuclear ratios."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._util import EPS64, MetricUndefined, pinv_keep
+
+
+def _span_eig(hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of Σ = hcᵀhc/K (d × d) through the K × K Gram: returns λ (r,) and U (d, r), all pairs
+    (ascending), U_j = hcᵀ v_j / √(K λ_j) — the K-dimensional-span shortcut (rank Σ ≤ K)."""
+    K = hc.shape[0]
+    lam, V = torch.linalg.eigh(hc @ hc.T / K)  # (K,), (K, K)
+    return lam, V
+
+
+def _trace_ratio_in_span(sigma_w: torch.Tensor, hc: torch.Tensor, lam: torch.Tensor, V: torch.Tensor,
+                         keep: torch.Tensor) -> float:
+    """Σ_{j kept} u_jᵀ Σ_W u_j / λ_j with u_j = hcᵀ v_j/√(K λ_j): Tr(Σ_W Σ⁺) restricted to kept pairs."""
+    K = hc.shape[0]
+    lam_k = lam[keep]  # (r,)
+    U = hc.T @ V[:, keep] / torch.sqrt(K * lam_k)  # (d, r) orthonormal eigenvectors of hcᵀhc/K
+    quad = (U * (sigma_w @ U)).sum(0)  # (r,) u_jᵀ Σ_W u_j
+    return float((quad / lam_k).sum())
+
+
+def nc1(sigma_w: torch.Tensor, hc: torch.Tensor) -> float:
+    """NC1 = Tr(Σ_W Σ_B⁺)/K, Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ (Papyan et al. 2020).
+
+    Pseudo-inverse as scipy.linalg.pinv on the d × d float64 Σ_B: singular values > d·eps·σ_max are
+    inverted. Computed exactly in the ≤ K-dim span of the centred means (``hc`` (K, d) rows μ_k − μ_G)
+    through the K × K Gram, keeping at most min(d, K−1) components (rank bound of Σ_B).
+    Seeds: all five research repos (`collapse_metric`, `NC1_collapse_metric`).
+    """
+    K, d = hc.shape
+    lam, V = _span_eig(hc)
+    if not float(lam.max()) > 0:
+        raise MetricUndefined("Σ_B = 0 (all class means coincide), NC1 undefined")
+    keep = pinv_keep(lam, d, max_rank=min(d, K - 1))
+    return _trace_ratio_in_span(sigma_w, hc, lam, V, keep) / K
+
+
+def nc1_svd(sigma_w: torch.Tensor, hbar: torch.Tensor) -> float:
+    """NC1 (Papyan/Han, rhubarbwu `covariance_ratio(metric='svd')`) = Tr(Σ_W U diag(1/s) Uᵀ)/K over the
+    top K−1 eigenpairs (U, s) of Σ̄_B = (1/K) Σ_k (μ_k − μ̄)(μ_k − μ̄)ᵀ (centred at the unweighted μ̄).
+
+    The seed uses `svds(k=K−1)`, which needs K−1 < d: NaN otherwise. NaN as well when Σ̄_B has rank
+    < K−1 (the top K−1 components would include a zero one). ``hbar`` (K, d) rows μ_k − μ̄.
+    """
+    K, d = hbar.shape
+    if not K - 1 < d:
+        raise MetricUndefined(f"nc1_svd needs K-1 < d (svds with k=K-1), got K={K}, d={d}")
+    lam, V = _span_eig(hbar)
+    keep = torch.zeros_like(lam, dtype=torch.bool)
+    keep[1:] = True  # ascending order: the K−1 largest
+    if not float(lam[1]) > d * EPS64 * float(lam[-1]):
+        raise MetricUndefined("the unweighted Σ_B has rank < K-1, its top K-1 components include a zero one")
+    return _trace_ratio_in_span(sigma_w, hbar, lam, V, keep) / K
+
+
+def nc1_quotient(sigma_w: torch.Tensor, hbar: torch.Tensor) -> float:
+    """NC1 quotient (Tirer et al.; rhubarbwu `covariance_ratio(metric='quotient')`) = Tr(Σ_W)/Tr(Σ̄_B),
+    Σ̄_B centred at the unweighted μ̄ (``hbar`` (K, d) rows μ_k − μ̄)."""
+    K = hbar.shape[0]
+    tb = float((hbar * hbar).sum()) / K
+    if not tb > 0:
+        raise MetricUndefined("Tr(Σ_B) = 0 (all class means coincide)")
+    return float(torch.trace(sigma_w)) / tb
+
+
+def cdnv(class_var: torch.Tensor, means: torch.Tensor) -> float:
+    """Class-distance normalised variance (Galanti et al. 2021; rhubarbwu `variability_cdnv`):
+    mean over pairs i < j of (V_i + V_j)/(2‖μ_i − μ_j‖²), V_k = (1/n_k) Σ_{i∈k} ‖h_i − μ_k‖².
+
+    ``class_var`` (K,) V_k, ``means`` (K, d). Distances from explicit differences (no Gram cancellation).
+    """
+    K = means.shape[0]
+    total = 0.0
+    for i in range(K - 1):
+        diff = means[i + 1:] - means[i]  # (K-1-i, d)
+        dist2 = (diff * diff).sum(1)  # (K-1-i,)
+        if not bool((dist2 > 0).all()):
+            raise MetricUndefined("two class means coincide, CDNV divides by zero")
+        total += float(((class_var[i] + class_var[i + 1:]) / (2.0 * dist2)).sum())
+    return total / (K * (K - 1) / 2)
+
+
+def vci(sigma_w: torch.Tensor, hc: torch.Tensor) -> float:
+    """Variability collapse index (Guiding `compute_Variability_Collapse_index`):
+    VCI = 1 − Tr(Σ_T⁺ Σ_B)/min(d, K−1), Σ_T = Σ_B + Σ_W, pinv cutoff d·eps·σ_max (float64).
+
+    Tr(Σ_T⁺ Σ_B) = Σ_j ‖hc q_j‖²/(K λ_j) over the kept eigenpairs (λ_j, q_j) of the d × d Σ_T.
+    """
+    K, d = hc.shape
+    sigma_t = sigma_w + hc.T @ hc / K  # (d, d)
+    lam, Q = torch.linalg.eigh(sigma_t)  # (d,), (d, d)
+    if not float(lam.abs().max()) > 0:
+        raise MetricUndefined("Σ_T = 0 (all features identical), VCI undefined")
+    keep = pinv_keep(lam, d)
+    proj = hc @ Q[:, keep]  # (K, r)
+    tr = float(((proj * proj).sum(0) / (K * lam[keep])).sum())
+    return 1.0 - tr / min(d, K - 1)
+
+
+def trace_sw(sigma_w: torch.Tensor) -> float:
+    """Tr(Σ_W), Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (MSE repo `compute_Sigma_W`)."""
+    return float(torch.trace(sigma_w))
+
+
+def trace_sb(hc: torch.Tensor) -> float:
+    """Tr(Σ_B) = (1/K) Σ_k ‖μ_k − μ_G‖² (MSE repo `compute_Sigma_B`); ``hc`` (K, d) rows μ_k − μ_G."""
+    return float((hc * hc).sum()) / hc.shape[0]
+
+
+def class_rank_ratio(gram: torch.Tensor, n_rows: int) -> float:
+    """‖X_k‖_*/‖X_k‖_F of an uncentred class matrix X_k (n_k × d) from its Gram X_kᵀX_k (d × d):
+    singular values = √eig(X_kᵀX_k) (float64 eigvalsh) over the min(n_k, d) largest eigenvalues (rank
+    bound) that exceed d·eps·λ_max (pinv-style cutoff: smaller eigenvalues of a Gram are rounding
+    noise, so singular values below √(d·eps)·σ_max count as 0 — exact for rank-deficient classes)."""
+    ev = torch.linalg.eigvalsh(gram)  # (d,) ascending
+    ev = ev[max(0, ev.shape[0] - int(n_rows)):]  # (min(n_k, d),)
+    ev = ev[ev > gram.shape[0] * EPS64 * ev[-1]]
+    fro2 = float(torch.trace(gram))
+    if not fro2 > 0:
+        raise MetricUndefined("a class feature matrix is zero, ‖X_k‖_*/‖X_k‖_F undefined")
+    return float(ev.sqrt().sum()) / math.sqrt(fro2)
+
+
+def nuclear_frobenius(ratios: torch.Tensor) -> float:
+    """mean_k ‖X_k‖_*/‖X_k‖_F, X_k the uncentred class feature matrix (MSE `compute_nuclear_frobenius`).
+    → 1 for a collapsed class (rank-one rows ≈ μ_k). ``ratios`` (K,)."""
+    return float(ratios.mean())
+
+
+def numerical_rank(ratios: torch.Tensor) -> float:
+    """mean_k (‖X_k‖_*/‖X_k‖_F)² (Guiding `compute_numerical_rank`). ``ratios`` (K,)."""
+    return float((ratios * ratios).mean())

@@ -1,0 +1,182 @@
+"""Per-sample metrics (NCC agreement, cosine margins, per-class rank ratios) as a second-pass accumulator."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._util import F64, MetricUndefined, check_classifier, check_features, check_labels
+from .nc1 import class_rank_ratio
+from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
+
+
+def ncc_predict(dots: torch.Tensor, mc: torch.Tensor) -> torch.Tensor:
+    """Nearest class centre argmin_k ‖h − μ_k‖² (Papyan et al. 2020 NC4; Guiding `compute_NCC_match`,
+    rhubarbwu `clf_ncc_agreement`), with h and μ_k both shifted by μ_G (distances unchanged, no
+    large-offset cancellation): argmin_k ‖μ_k − μ_G‖² − 2 (h − μ_G)·(μ_k − μ_G).
+    ``dots`` (B, K) = (h − μ_G)·(μ_k − μ_G), ``mc`` (K, d) rows μ_k − μ_G → (B,)."""
+    return ((mc * mc).sum(1)[None, :] - 2.0 * dots).argmin(1)
+
+
+def _margin(C: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """c_{i,y_i} − max_{k≠y_i} c_ik for a (B, K) score matrix."""
+    true = C.gather(1, y[:, None]).squeeze(1)  # (B,)
+    other = C.scatter(1, y[:, None], float("-inf")).amax(1)  # (B,)
+    return true - other
+
+
+def cosine_margins(dots: torch.Tensor, xc_norm: torch.Tensor, wc_norm: torch.Tensor,
+                   y: torch.Tensor) -> torch.Tensor:
+    """Cosine margins (Guiding `compute_margin`): c_ik = cos(h_i − μ_G, w_k − w̄) and margin_i =
+    c_{i,y_i} − max_{k≠y_i} c_ik. ``dots`` (B, K) = (h_i − μ_G)·(w_k − w̄), ``xc_norm`` (B,),
+    ``wc_norm`` (K,). A zero vector has cosine 0."""
+    den = (xc_norm[:, None] * wc_norm[None, :]).clamp_min(1e-300)  # (B, K)
+    return _margin(dots / den, y)  # (B,)
+
+
+def logit_cosine_margins(logits: torch.Tensor, xc_norm: torch.Tensor, wc_norm: torch.Tensor,
+                         y: torch.Tensor) -> torch.Tensor:
+    """MSE repo `compute_margin` variant: c_ik = w_kᵀh_i/(‖h_i − μ_G‖·‖w_k − w̄‖) — uncentred numerator
+    (the logit minus its bias, ``logits`` (B, K) = h Wᵀ), centred denominator (may leave [−1, 1])."""
+    den = (xc_norm[:, None] * wc_norm[None, :]).clamp_min(1e-300)  # (B, K)
+    return _margin(logits / den, y)  # (B,)
+
+
+class SampleStats:
+    """Second pass over the features, given the final :class:`ClassStats` of the same split.
+
+    Accumulates: NCC agreement counts (needs W), cosine margins (needs W; the N margins are kept as
+    floats — never the features), and, when ``class_gram`` (default: the ClassStats has no per-class
+    scatter and K·d²·8 ≤ 1 GiB), per-class scatter about the final means for the nuclear-norm ratios.
+    Batch order and splitting do not matter.
+    """
+
+    def __init__(self, stats: ClassStats, weight: Any = None, bias: Any = None, *,
+                 class_gram: bool | None = None):
+        if not isinstance(stats, ClassStats):
+            raise ValueError(f"stats: expected a ClassStats, got {type(stats).__name__}")
+        self.stats = stats
+        K, d = stats.num_classes, stats.dim
+        dev = stats.device
+        self.W, self.b = check_classifier(weight, bias, K, d, dev)
+        self.empty_classes = stats.empty_classes
+        self._shift = stats.shift  # (d,) work in the ClassStats' shifted frame
+        self._rel_g = stats.relative_global_mean()  # (d,) μ_G − shift
+        self._rel_means = stats.relative_means()  # (K, d) μ_k − shift
+        self._mu_g = stats.global_mean  # (d,)
+        self._means = stats.means  # (K, d)
+        self._mc = stats.centred_means("global")  # (K, d) μ_k − μ_G
+        if self.W is not None:
+            wc = self.W - self.W.mean(0)  # (K, d) rows w_k − w̄
+            self._wc_norm = torch.linalg.vector_norm(wc, dim=1)  # (K,)
+            self._proj = torch.cat([self.W, wc, self._mc]).T.contiguous()  # (d, 3K)
+            self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
+        self.num_samples = 0
+        self._match = torch.zeros((), dtype=torch.int64, device=dev)
+        self._agree = torch.zeros((), dtype=torch.int64, device=dev)
+        self._margins: list[torch.Tensor] = []
+        self._margins_logit: list[torch.Tensor] = []
+        if class_gram is None:
+            class_gram = not stats.per_class and K * d * d * 8 <= PER_CLASS_AUTO_BYTES
+        self.class_gram = bool(class_gram)
+        self._grams = torch.zeros(K, d, d, dtype=F64, device=dev) if self.class_gram else None  # (K, d, d)
+        self.class_ratios: torch.Tensor | None = None  # (K,) ‖X_k‖_*/‖X_k‖_F once known
+        self.class_ratio_reason = ("per-class Gram matrices not accumulated (K·d² too large or "
+                                   "class_gram=False)")
+
+    def update(self, features: Any, labels: Any) -> "SampleStats":
+        """Add a batch (B, d) / (B,) of the same split the ClassStats was built from."""
+        x = check_features(features, dim=self.stats.dim)
+        y = check_labels(labels, n=x.shape[0], num_classes=self.stats.num_classes)
+        self._update_checked(x, y)
+        return self
+
+    def _update_checked(self, x: torch.Tensor, y: torch.Tensor, grams: bool = True) -> None:
+        dev = self.stats.device
+        x, y = x.to(dev), y.to(dev)
+        rows = max(1, CHUNK_BYTES // (8 * max(self.stats.dim, self.stats.num_classes)))
+        for start in range(0, x.shape[0], rows):
+            self._chunk(x[start:start + rows], y[start:start + rows], grams)
+        self.num_samples += int(x.shape[0])
+
+    def _chunk(self, x: torch.Tensor, y: torch.Tensor, grams: bool) -> None:
+        xs = x.to(F64) - self._shift  # (B, d) h − shift
+        if self.W is not None:
+            K = self.stats.num_classes
+            xc = xs - self._rel_g  # (B, d) h − μ_G: no large-offset cancellation in the products
+            P = xc @ self._proj  # (B, 3K): [xc·w_k | xc·(w_k − w̄) | xc·(μ_k − μ_G)]
+            logits = P[:, :K] + self._w_mu  # (B, K) bias-free logits W h
+            xc_norm = torch.linalg.vector_norm(xc, dim=1)  # (B,)
+            if not self.empty_classes:
+                ncc = ncc_predict(P[:, 2 * K:], self._mc)  # (B,)
+                full = logits + self.b if self.b is not None else logits  # (B, K)
+                self._match += (ncc == full.argmax(1)).sum()
+                self._agree += (ncc == logits.argmax(1)).sum()
+            self._margins.append(cosine_margins(P[:, K:2 * K], xc_norm, self._wc_norm, y))
+            self._margins_logit.append(logit_cosine_margins(logits, xc_norm, self._wc_norm, y))
+        if grams and self._grams is not None and not self.empty_classes:
+            r = xs - self._rel_means[y]  # (B, d) h − μ_{y}
+            for k in torch.unique(y).tolist():
+                rk = r[y == k]  # (n_k, d)
+                self._grams[k].addmm_(rk.T, rk)
+
+    # -------------------------------------------------------------- results
+    @property
+    def ncc_match(self) -> int:
+        """Samples with NCC(h) = argmax(Wh + b)."""
+        return int(self._match)
+
+    @property
+    def ncc_agree(self) -> int:
+        """Samples with NCC(h) = argmax(Wh) (bias ignored)."""
+        return int(self._agree)
+
+    @property
+    def margins(self) -> torch.Tensor:
+        """(N,) cosine margins (Guiding convention), in batch order."""
+        return torch.cat(self._margins) if self._margins else torch.zeros(0, dtype=F64)
+
+    @property
+    def margins_logit(self) -> torch.Tensor:
+        """(N,) MSE-repo cosine margins (uncentred numerator), in batch order."""
+        return torch.cat(self._margins_logit) if self._margins_logit else torch.zeros(0, dtype=F64)
+
+    def finalize(self) -> "SampleStats":
+        """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""
+        if self.class_ratios is None and self._grams is not None and not self.empty_classes:
+            n, mean = self.stats.counts, self._means
+            self._set_ratios((self._grams[k] + n[k] * torch.outer(mean[k], mean[k]), int(n[k]))
+                             for k in range(self.stats.num_classes))
+        return self
+
+    def _set_ratios(self, grams) -> None:
+        try:
+            self.class_ratios = torch.tensor([class_rank_ratio(g, n) for g, n in grams], dtype=F64)  # (K,)
+        except MetricUndefined as exc:
+            self.class_ratio_reason = exc.reason
+
+    @classmethod
+    def from_features(cls, stats: ClassStats, features: Any, labels: Any, weight: Any = None,
+                      bias: Any = None) -> "SampleStats":
+        """All features at hand (resident): one call; per-class ratios computed class by class
+        (d × d memory) when the ClassStats has no per-class scatter."""
+        x = check_features(features, dim=stats.dim)
+        y = check_labels(labels, n=x.shape[0], num_classes=stats.num_classes)
+        return cls._from_groups(stats, [(x, y)], weight, bias)
+
+    @classmethod
+    def _from_groups(cls, stats: ClassStats, groups: list, weight: Any = None,
+                     bias: Any = None) -> "SampleStats":
+        """Resident features as a list of validated (features (B, d), labels (B,)) chunks."""
+        self = cls(stats, weight, bias, class_gram=False)
+        for x, y in groups:
+            self._update_checked(x, y, grams=False)
+        if not stats.per_class and not self.empty_classes:
+            dev = stats.device
+
+            def class_rows(k: int) -> torch.Tensor:
+                parts = [x.to(dev)[y.to(dev) == k] for x, y in groups]
+                return torch.cat(parts).to(F64)  # (n_k, d)
+
+            self._set_ratios((xk.T @ xk, xk.shape[0]) for xk in map(class_rows, range(stats.num_classes)))
+        return self

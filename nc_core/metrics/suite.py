@@ -1,0 +1,243 @@
+"""The metric suite: every key of metrics.md from ClassStats (+ SampleStats, W, b, GOF), and the one-call nc_metrics."""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Callable, Mapping
+
+import torch
+
+from . import etfdist, gof as gofm, nc1, nc2, nc3
+from ._util import (F64, MetricDict, MetricUndefined, check_classifier, check_features, check_labels,
+                    check_num_classes)
+from .ncc import SampleStats
+from .stats import ClassStats
+
+METRIC_VERSION = 1
+
+METRIC_KEYS: tuple[str, ...] = (
+    "nc1", "nc1_svd", "nc1_quotient", "cdnv", "vci", "trace_sw", "trace_sb",
+    "nc2_w", "nc2_w_uncentered", "nc2_h", "nc2_h_unweighted", "nc2_w_identity", "nc2_h_identity",
+    "equinorm_w", "equinorm_h", "equinorm_diff", "gnc2_dist", "gnc2_log",
+    "nc3", "nc3_uncentered", "nc3_identity", "nc3_w_sub_h", "nc3_w_sub_h_centered", "nc3_uniform_duality",
+    "wh_b", "ncc_mismatch", "ncc_agreement",
+    "cos_margin_mean", "cos_margin_min", "cos_margin_median", "cos_margin_mean_logit",
+    "nuclear_frobenius", "numerical_rank",
+    "etf_dist_w", "etf_dist_h", "etf_dist_wh", "wh_dist",
+    "nc2_w_gof", "nc2_h_gof", "nc3_wh_gof", "nc3_w_sub_h_gof",
+    "acc", "loss",
+)
+
+
+class _Ctx:
+    """Lazily derived float64 quantities; a property raises MetricUndefined when it cannot exist."""
+
+    def __init__(self, stats: ClassStats, W, b, gof, samples: SampleStats | None,
+                 no_sample_reason: str | None = None):
+        self.stats, self.W, self.b, self.gof, self.samples = stats, W, b, gof, samples
+        self.no_sample_reason = no_sample_reason
+        self.K, self.d = stats.num_classes, stats.dim
+
+    @cached_property
+    def n_total(self) -> int:
+        n = self.stats.num_samples
+        if n == 0:
+            raise MetricUndefined("no samples")
+        return n
+
+    @cached_property
+    def mu_g(self) -> torch.Tensor:
+        _ = self.n_total
+        return self.stats.global_mean  # (d,)
+
+    @cached_property
+    def means(self) -> torch.Tensor:
+        _ = self.n_total
+        empty = self.stats.empty_classes
+        if empty:
+            raise MetricUndefined(f"class(es) {empty} have no sample in this split")
+        return self.stats.means  # (K, d)
+
+    @cached_property
+    def hc(self) -> torch.Tensor:
+        _ = self.means
+        return self.stats.centred_means("global")  # (K, d) rows μ_k − μ_G (H̃ᵀ)
+
+    @cached_property
+    def hbar(self) -> torch.Tensor:
+        _ = self.means
+        return self.stats.centred_means("unweighted")  # (K, d) rows μ_k − μ̄
+
+    @cached_property
+    def sigma_w(self) -> torch.Tensor:
+        _ = self.n_total
+        return self.stats.sigma_w  # (d, d)
+
+    @cached_property
+    def class_var(self) -> torch.Tensor:
+        _ = self.means
+        return self.stats.class_ss / self.stats.counts  # (K,)
+
+    @cached_property
+    def ratios(self) -> torch.Tensor:
+        means = self.means
+        cs = self.stats.class_scatter
+        if cs is not None:
+            n = self.stats.counts
+            grams = (cs[k] + n[k] * torch.outer(means[k], means[k]) for k in range(self.K))  # (d, d)
+            return torch.tensor([nc1.class_rank_ratio(g, int(n[k])) for k, g in enumerate(grams)], dtype=F64)
+        if self.samples is None:
+            raise MetricUndefined(self.no_sample_reason or
+                                  "needs per-class scatter: ClassStats(per_class=True) or a SampleStats pass")
+        self.samples.finalize()
+        if self.samples.class_ratios is None:
+            raise MetricUndefined(self.samples.class_ratio_reason)
+        return self.samples.class_ratios  # (K,)
+
+    @cached_property
+    def sample(self) -> SampleStats:
+        if self.samples is None:
+            raise MetricUndefined(self.no_sample_reason or
+                                  "per-sample metric: pass per_sample=SampleStats(...) (a second pass)")
+        if self.samples.W is None:
+            raise MetricUndefined("per-sample metric: the SampleStats was built without the classifier weight")
+        if self.samples.num_samples != self.n_total:
+            raise MetricUndefined(f"SampleStats saw {self.samples.num_samples} samples, ClassStats "
+                                  f"{self.n_total}: not the same split")
+        return self.samples
+
+    @cached_property
+    def ncc(self) -> SampleStats:
+        _ = self.means
+        return self.sample
+
+    @cached_property
+    def targets(self) -> dict:
+        return gofm.gof_targets(gofm.parse_gof(self.gof, self.stats.counts))
+
+
+def _median(v: torch.Tensor) -> float:
+    s = torch.sort(v).values
+    n = s.shape[0]
+    return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
+
+
+# key → (needs, fn(ctx)); needs: "W" (omitted without weight), "gof" (omitted without gof)
+_REGISTRY: dict[str, tuple[tuple[str, ...], Callable[[_Ctx], float]]] = {
+    "nc1": ((), lambda c: nc1.nc1(c.sigma_w, c.hc)),
+    "nc1_svd": ((), lambda c: nc1.nc1_svd(c.sigma_w, c.hbar)),
+    "nc1_quotient": ((), lambda c: nc1.nc1_quotient(c.sigma_w, c.hbar)),
+    "cdnv": ((), lambda c: nc1.cdnv(c.class_var, c.means)),
+    "vci": ((), lambda c: nc1.vci(c.sigma_w, c.hc)),
+    "trace_sw": ((), lambda c: nc1.trace_sw(c.sigma_w)),
+    "trace_sb": ((), lambda c: nc1.trace_sb(c.hc)),
+    "nc2_w": (("W",), lambda c: nc2.nc2_w(c.W)),
+    "nc2_w_uncentered": (("W",), lambda c: nc2.nc2_w_uncentered(c.W)),
+    "nc2_h": ((), lambda c: nc2.nc2_h(c.hc)),
+    "nc2_h_unweighted": ((), lambda c: nc2.nc2_h_unweighted(c.hbar)),
+    "nc2_w_identity": (("W",), lambda c: nc2.nc2_w_identity(c.W)),
+    "nc2_h_identity": ((), lambda c: nc2.nc2_h_identity(c.means)),
+    "equinorm_w": (("W",), lambda c: nc2.equinorm_w(c.W)),
+    "equinorm_h": ((), lambda c: nc2.equinorm_h(c.hc)),
+    "equinorm_diff": (("W",), lambda c: nc2.equinorm_diff(c.W, c.hc)),
+    "gnc2_dist": ((), lambda c: nc2.gnc2_dist(c.hbar)),
+    "gnc2_log": ((), lambda c: nc2.gnc2_log(c.hbar)),
+    "nc3": (("W",), lambda c: nc3.nc3(c.W, c.hc)),
+    "nc3_uncentered": (("W",), lambda c: nc3.nc3_uncentered(c.W, c.hc)),
+    "nc3_identity": (("W",), lambda c: nc3.nc3_identity(c.W, c.means)),
+    "nc3_w_sub_h": (("W",), lambda c: nc3.nc3_w_sub_h(c.W, c.means)),
+    "nc3_w_sub_h_centered": (("W",), lambda c: nc3.nc3_w_sub_h_centered(c.W, c.hc)),
+    "nc3_uniform_duality": (("W",), lambda c: nc3.nc3_uniform_duality(c.W, c.hbar)),
+    "wh_b": (("W",), lambda c: nc3.wh_b(c.W, c.b, c.mu_g)),
+    "ncc_mismatch": (("W",), lambda c: 100.0 - 100.0 * c.ncc.ncc_match / c.n_total),
+    "ncc_agreement": (("W",), lambda c: c.ncc.ncc_agree / c.n_total),
+    "cos_margin_mean": (("W",), lambda c: float(c.sample.margins.mean())),
+    "cos_margin_min": (("W",), lambda c: float(c.sample.margins.min())),
+    "cos_margin_median": (("W",), lambda c: _median(c.sample.margins)),
+    "cos_margin_mean_logit": (("W",), lambda c: float(c.sample.margins_logit.mean())),
+    "nuclear_frobenius": ((), lambda c: nc1.nuclear_frobenius(c.ratios)),
+    "numerical_rank": ((), lambda c: nc1.numerical_rank(c.ratios)),
+    "etf_dist_w": (("W",), lambda c: etfdist.etf_dist_w(c.W)),
+    "etf_dist_h": ((), lambda c: etfdist.etf_dist_h(c.hc)),
+    "etf_dist_wh": (("W",), lambda c: etfdist.etf_dist_wh(c.W, c.hc)),
+    "wh_dist": (("W",), lambda c: etfdist.wh_dist(c.W, c.hc)),
+    "nc2_w_gof": (("W", "gof"), lambda c: gofm.nc2_w_gof(c.W, c.targets["d1"])),
+    "nc2_h_gof": (("gof",), lambda c: gofm.nc2_h_gof(c.means, c.targets["d2"])),
+    "nc3_wh_gof": (("W", "gof"), lambda c: gofm.nc3_wh_gof(c.W, c.means, c.targets["d3"])),
+    "nc3_w_sub_h_gof": (("W", "gof"), lambda c: gofm.nc3_w_sub_h_gof(c.W, c.means, c.targets["d4"])),
+}
+
+
+def compute_metrics(stats: ClassStats, weight: Any = None, bias: Any = None, *,
+                    gof: Mapping[str, Any] | None = None,
+                    per_sample: SampleStats | None = None) -> MetricDict:
+    """Every metric key computable from ``stats`` (+ W (K, d), b (K,), GOF parameters, a SampleStats).
+
+    Omitted keys: those needing W when ``weight`` is None; GOF keys when ``gof`` is None; ``acc``/``loss``
+    (only :func:`evaluate_split` measures them). Undefined values are NaN and explained in
+    ``result.reasons`` (see :func:`result_reasons`). A missing ``bias`` means a bias-free model (b = 0 in
+    ``wh_b`` and ``ncc_mismatch``).
+    """
+    return _compute(stats, weight, bias, gof, per_sample)
+
+
+def _compute(stats, weight, bias, gof, per_sample, no_sample_reason: str | None = None) -> MetricDict:
+    if not isinstance(stats, ClassStats):
+        raise ValueError(f"stats: expected a ClassStats, got {type(stats).__name__}")
+    W, b = check_classifier(weight, bias, stats.num_classes, stats.dim, stats.device)
+    if gof is not None:
+        _parse_gof_early(gof, stats.counts)  # ValueError for malformed gof input, before any work
+    ctx = _Ctx(stats, W, b, gof, per_sample, no_sample_reason)
+    out = MetricDict()
+    for key in METRIC_KEYS:
+        if key not in _REGISTRY:
+            continue
+        needs, fn = _REGISTRY[key]
+        if ("W" in needs and W is None) or ("gof" in needs and gof is None):
+            continue
+        try:
+            out[key] = float(fn(ctx))
+        except MetricUndefined as exc:
+            out[key], out.reasons[key] = float("nan"), exc.reason
+        except torch.linalg.LinAlgError as exc:  # pragma: no cover - non-convergent eigensolver
+            out[key], out.reasons[key] = float("nan"), f"linear algebra failed: {exc}"
+    return out
+
+
+def _parse_gof_early(gof, counts) -> None:
+    """Raise ValueError on a malformed ``gof``; undefined-but-well-formed cases become NaN later."""
+    try:
+        gofm.parse_gof(gof, counts)
+    except MetricUndefined:
+        pass
+
+
+def nc_metrics(features: Any, labels: Any, weight: Any = None, bias: Any = None, *,
+               num_classes: int | None = None, gof: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """One call: all metrics of a split from its features (N, d) and labels (N,) (numpy or torch, any
+    device; computed in float64 on that device). ``weight`` (K, d) / ``bias`` (K,) add the classifier
+    metrics; ``gof`` = {weight_decay, feature_decay, depth_linear[, class_counts]} adds the GOF metrics.
+    K defaults to max(label) + 1. Returns a :class:`MetricDict` (NaN values explained in ``.reasons``).
+    """
+    x = check_features(features)
+    n, d = x.shape
+    if n == 0:
+        raise ValueError("features: expected at least one sample, got 0 rows")
+    if num_classes is None:
+        y = check_labels(labels, n=n, num_classes=None)
+        lo, hi = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
+        if lo < 0:
+            raise ValueError(f"labels: expected values >= 0, got min {lo}")
+        if hi + 1 < 2:
+            raise ValueError(f"num_classes: inferred K = max(label) + 1 = {hi + 1}; NC metrics need K >= 2 "
+                             "(pass num_classes)")
+        K = hi + 1
+    else:
+        K = check_num_classes(num_classes)
+        y = check_labels(labels, n=n, num_classes=K)
+    W, b = check_classifier(weight, bias, K, d, x.device)
+    stats = ClassStats(K, d, x.device)
+    stats._update_checked(x, y)
+    samples = None
+    if W is not None or not stats.per_class:
+        samples = SampleStats._from_groups(stats, [(x, y)], W, b)
+    return compute_metrics(stats, W, b, gof=gof, per_sample=samples)

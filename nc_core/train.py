@@ -1,0 +1,281 @@
+"""One readable training loop: fit(spec) → summary, resumable from atomic checkpoints, NC metrics at eval epochs."""
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nc_core.spec import RunSpec
+from nc_core.spec_rules import checkpoint_epochs, eval_epochs
+from nc_core.sweep import spec_hash
+from nc_core.training import checkpoint as ck
+from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
+from nc_core.training.report import NullReporter, Reporter, TrainingDiverged
+from nc_core.training.runtime import autocast, determinism, epoch_seed, resolve_device, seed_everything
+from nc_core.training.schedule import build_scheduler
+
+__all__ = ["Reporter", "NullReporter", "TrainingDiverged", "fit", "validate_checkpoints", "run_spec"]
+EVAL_BATCH = 1024  # evaluation batch size (no gradients; BN in eval mode, so the value is batch-independent)
+
+
+class _Stopped(Exception):
+    """Raised inside an epoch when the reporter asks to stop."""
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds (built once, restored from a checkpoint on resume)."""
+
+    spec: RunSpec
+    device: torch.device
+    reporter: Any
+    workdir: Path
+    data: Any
+    x: dict[str, torch.Tensor]  # split -> (N, C, H, W) or (N, D) on device
+    y: dict[str, torch.Tensor]  # split -> (N,)
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    loss_fn: Any
+    gen: torch.Generator
+    takes_y: bool
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)  # backbone output of the last forward
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.y["train"].shape[0] // self.spec.batch_size)
+
+
+def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Path) -> _Run:
+    from nc_core.data import load_data
+    from nc_core.losses import build_loss
+    from nc_core.models import build_model
+
+    seed_everything(spec.seed)
+    data = load_data(spec, device)
+    model = build_model(spec, data.input_shape, data.num_classes).to(device)
+    x = {"train": data.train_x, "test": data.test_x}
+    if device.type == "cuda" and data.train_x.dim() == 4:  # conv nets: NHWC kernels
+        model = model.to(memory_format=torch.channels_last)
+        x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+    opt = build_optimizer(spec, model)
+    r = _Run(spec, device, reporter, Path(workdir), data, x, {"train": data.train_y, "test": data.test_y}, model,
+             opt, build_scheduler(spec, opt), build_loss(spec.loss, data.num_classes),
+             torch.Generator(device=device), "y" in inspect.signature(model.forward).parameters)
+    if spec.optim.sep_decay:  # λ_H acts on the un-normalised backbone output, before any temperature scaling
+        model.backbone.register_forward_hook(lambda m, i, out: r.raw.__setitem__("h", out))
+    return r
+
+
+def _forward(r: _Run, xb: torch.Tensor, yb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return r.model(xb, yb) if r.takes_y else r.model(xb)  # (B, d), (B, K)
+
+
+def _step(r: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns (data loss, logits), both detached."""
+    spec, out = r.spec, {}
+
+    def closure() -> torch.Tensor:
+        r.opt.zero_grad(set_to_none=True)
+        with autocast(spec, r.device):
+            feats, logits = _forward(r, xb, yb)  # (B, d), (B, K)
+            loss = r.loss_fn(logits, yb)
+            total = loss + feature_penalty(spec, r.raw.get("h", feats)) + closure_weight_decay(spec, r.model)
+        total.backward()
+        if spec.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(r.model.parameters(), spec.optim.grad_clip)
+        out.setdefault("loss", (loss.detach(), logits.detach()))  # LBFGS: the first evaluation
+        return total
+
+    if spec.optim.name == "lbfgs":
+        r.opt.step(closure)
+    else:
+        closure()
+        r.opt.step()
+    return out["loss"]
+
+
+def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
+    """One pass over the shuffled, augmented train split; returns running loss/acc from the same forwards."""
+    from nc_core.data import batches
+
+    spec, S = r.spec, r.steps_per_epoch
+    r.model.train()
+    r.gen.manual_seed(epoch_seed(spec.seed, epoch))  # the order depends on (seed, epoch) only: resumable
+    loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)
+    correct = torch.zeros((), dtype=torch.long, device=r.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=r.device)
+    n, t0 = 0, time.perf_counter()
+    it = batches(r.x["train"], r.y["train"], spec.batch_size, shuffle=True, generator=r.gen,
+                 augment=spec.data.augment)
+    for step, (xb, yb) in enumerate(it):
+        if r.reporter.should_stop():
+            raise _Stopped
+        loss, logits = _step(r, xb, yb)
+        loss_sum += loss.double() * yb.shape[0]
+        correct += (logits.argmax(1) == yb).sum()
+        n += yb.shape[0]
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        if r.device.type == "cpu" or step % 32 == 31 or step == S - 1:  # a host sync at most every 32 steps
+            if (bad := int(first_bad)) >= 0:
+                raise TrainingDiverged(epoch, bad)
+        r.reporter.on_progress(epoch, step + 1, S, n / max(time.perf_counter() - t0, 1e-9))
+    return {"running_loss": float(loss_sum) / max(n, 1), "running_acc": 100.0 * int(correct) / max(n, 1),
+            "lr": r.opt.param_groups[0]["lr"]}
+
+
+def _gof(spec: RunSpec) -> dict | None:
+    """GOF hyper-parameters for bias-free separate-decay runs (nc-spec §2.7), else None."""
+    if not spec.optim.sep_decay or spec.head.bias:
+        return None
+    return {"weight_decay": spec.optim.weight_decay, "feature_decay": spec.optim.feature_decay,
+            "depth_linear": spec.head.depth_linear}
+
+
+@torch.no_grad()
+def _evaluate(r: _Run, splits: list[str]) -> dict[str, dict[str, float]]:
+    """NC metrics + acc/loss per split from one un-augmented pass, with the head's effective W and b."""
+    from nc_core.metrics import evaluate_split
+
+    r.model.eval()
+    head = r.model.head
+    weight = head.effective_weight().detach().float()  # (K, d)
+    bias = head.effective_bias()
+    bias = None if bias is None else bias.detach().float()  # (K,)
+
+    def forward(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(r.spec, r.device):
+            feats, logits = _forward(r, xb, None)
+        return feats.float(), logits.float()  # (B, d), (B, K)
+
+    out = {}
+    for split in splits:
+        out[split] = evaluate_split(forward, _Split(r.x[split], r.y[split], max(EVAL_BATCH, r.spec.batch_size)),
+                                    num_classes=r.data.num_classes, loss_fn=r.loss_fn, weight=weight, bias=bias,
+                                    gof=_gof(r.spec))
+    return out
+
+
+class _Split:
+    """Re-iterable un-augmented batches of one split in a fixed order (evaluate_split may take two passes)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __iter__(self):
+        from nc_core.data import batches
+
+        return batches(self.x, self.y, self.batch_size, shuffle=False, generator=None, augment="none")
+
+
+def _state(r: _Run, epoch: int, final: dict) -> dict[str, Any]:
+    """Checkpoint payload: model (incl. head buffers), optimizer, scheduler, all RNG states, epoch."""
+    return {"format": 1, "epoch": epoch, "spec_hash": spec_hash(r.spec), "spec": r.spec.model_dump(mode="json"),
+            "model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "scheduler": r.sched.state_dict(),
+            "rng": ck.rng_state(), "data_generator": r.gen.get_state(), "final": final}
+
+
+def _restore(r: _Run, state: dict[str, Any]) -> None:
+    if state["spec_hash"] != spec_hash(r.spec):
+        raise ValueError(f"{r.workdir / 'ckpt'} holds checkpoints of a different spec (hash {state['spec_hash'][:12]}); "
+                         "use another workdir or resume=False")
+    r.model.load_state_dict(state["model"])
+    r.opt.load_state_dict(state["optimizer"])
+    r.sched.load_state_dict(state["scheduler"])
+    ck.set_rng_state(state["rng"])
+    r.gen.set_state(state["data_generator"])
+
+
+def _save(r: _Run, epoch: int, state: dict[str, Any]) -> None:
+    path, nbytes, sha = ck.save_checkpoint(r.workdir, epoch, state)
+    ck.prune(r.workdir, r.spec.checkpoint.keep_last, protect=epoch)
+    r.reporter.on_checkpoint(epoch, str(path), nbytes, sha)
+
+
+def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:
+    """Train ``spec`` (kind 'train'); checkpoints in ``workdir/ckpt``; resumes from the newest one.
+
+    A cooperative stop (``reporter.should_stop()``) saves the last *completed* epoch (if not saved yet)
+    and returns ``stopped=True``; the partial epoch is redone on resume, with the same data order.
+    Returns {"epochs_done", "stopped", "final": {split: metrics of the last evaluated epoch}}.
+    """
+    if spec.kind != "train":
+        raise ValueError(f"kind: fit() trains kind='train' specs, got {spec.kind!r}; use run_spec()")
+    reporter = reporter or NullReporter()
+    device = resolve_device(spec)
+    with determinism(spec.deterministic, device):
+        r = _build(spec, device, reporter, workdir)
+        start, final = 0, {}
+        if not resume:
+            for path in ck.list_checkpoints(workdir).values():
+                path.unlink()
+        elif (state := ck.load_newest(workdir)) is not None:  # on the CPU: RNG states must stay CPU tensors
+            _restore(r, state)
+            start, final = state["epoch"], state["final"]
+        reporter.on_start(spec.epochs, r.steps_per_epoch)
+        return _loop(r, start, final)
+
+
+def _loop(r: _Run, start: int, final: dict) -> dict:
+    spec = r.spec
+    evals, ckpts = set(eval_epochs(spec)), set(checkpoint_epochs(spec))
+    saved, pending = start if start else None, None  # pending: in-memory state of the last unsaved epoch
+    if saved is None:
+        pending = (0, copy.deepcopy(_state(r, 0, final)))
+    for epoch in range(start + 1, spec.epochs + 1):
+        try:
+            running = _train_epoch(r, epoch)
+        except _Stopped:
+            if pending is not None and pending[0] == epoch - 1:
+                _save(r, *pending)
+            return {"epochs_done": epoch - 1, "stopped": True, "final": final}
+        r.sched.step()
+        metrics = _evaluate(r, spec.eval.splits) if epoch in evals else {}
+        metrics.setdefault("train", {}).update(running)
+        for split, m in metrics.items():
+            r.reporter.on_metrics(epoch, split, m)
+        final = {**final, **{s: dict(m) for s, m in metrics.items() if epoch in evals}}
+        if epoch in ckpts:
+            _save(r, epoch, _state(r, epoch, final))
+            pending = None
+        else:
+            pending = (epoch, copy.deepcopy(_state(r, epoch, final)))
+    return {"epochs_done": spec.epochs, "stopped": False, "final": final}
+
+
+def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int] | None = None,
+                         splits: list[str] | None = None, reporter: Reporter | None = None) -> dict:
+    """Recompute metrics from stored checkpoints (the validate job): {"epochs", "metrics": {epoch: {split: m}}}."""
+    reporter = reporter or NullReporter()
+    splits = list(splits or spec.eval.splits)
+    available = ck.list_checkpoints(workdir)
+    want = sorted(available) if epochs is None else sorted(set(epochs))
+    missing = [e for e in want if e not in available]
+    if missing or not want:
+        raise FileNotFoundError(
+            f"validate: no checkpoint for epoch(s) {missing or 'any'} in {ck.ckpt_dir(workdir)}; available epochs: "
+            f"{list(available)} (checkpoint.keep_last={spec.checkpoint.keep_last}; set it to null to keep all)")
+    device = resolve_device(spec)
+    results: dict[int, dict[str, dict[str, float]]] = {}
+    with determinism(spec.deterministic, device):
+        r = _build(spec, device, reporter, workdir)
+        for e in want:
+            r.model.load_state_dict(ck.load_checkpoint(available[e])["model"])
+            results[e] = _evaluate(r, splits)
+            for split, m in results[e].items():
+                reporter.on_metrics(e, split, m)
+    return {"epochs": want, "metrics": results}
+
+
+def run_spec(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path) -> dict:
+    """Dispatch on spec.kind: 'train' → fit(), 'ufm' → nc_core.ufm.fit_ufm()."""
+    if spec.kind == "ufm":
+        from nc_core.ufm import fit_ufm
+
+        return fit_ufm(spec, reporter, workdir=workdir)
+    return fit(spec, reporter, workdir=workdir)

@@ -1,0 +1,1 @@
+"""Training helpers: optimizers and decay, LR schedules, atomic checkpoints."""

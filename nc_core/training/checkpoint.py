@@ -1,0 +1,109 @@
+"""Atomic checkpoints `ckpt/epoch_XXXX.pt`: save (tmp + fsync + rename), sha256, keep_last pruning, discovery."""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+
+
+def ckpt_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / "ckpt"
+
+
+def ckpt_path(workdir: str | Path, epoch: int) -> Path:
+    return ckpt_dir(workdir) / f"epoch_{epoch:04d}.pt"
+
+
+def list_checkpoints(workdir: str | Path) -> dict[int, Path]:
+    """{epoch: path} of the complete checkpoints in ``workdir/ckpt`` (temporary files ignored)."""
+    d = ckpt_dir(workdir)
+    if not d.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in d.iterdir() if (m := _NAME.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and python RNG states."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(workdir: str | Path, epoch: int, state: dict[str, Any]) -> tuple[Path, int, str]:
+    """Write ``state`` atomically as ``ckpt/epoch_XXXX.pt``; returns (path, nbytes, sha256)."""
+    path = ckpt_path(workdir, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the complete new one
+    _fsync_dir(path.parent)
+    return path, path.stat().st_size, sha256_file(path)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def prune(workdir: str | Path, keep_last: int | None, *, protect: int | None = None) -> list[int]:
+    """Delete all but the ``keep_last`` newest checkpoints (None keeps all); returns deleted epochs."""
+    if keep_last is None:
+        return []
+    epochs = list(list_checkpoints(workdir))
+    doomed = [e for e in epochs[:-keep_last] if e != protect] if len(epochs) > keep_last else []
+    for e in doomed:
+        ckpt_path(workdir, e).unlink(missing_ok=True)
+    return doomed
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    # weights_only=False: our own files hold numpy/python RNG states (tuples, ndarrays)
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest readable checkpoint (a corrupt newest file falls back to the one before), or None."""
+    for epoch, path in reversed(list_checkpoints(workdir).items()):
+        try:
+            return load_checkpoint(path, map_location)
+        except Exception:  # truncated/corrupt file: try an older one
+            continue
+    return None

@@ -1,0 +1,51 @@
+"""The Reporter protocol fit() talks to, a no-op reporter, and the divergence error."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """Callbacks from fit()/fit_ufm(); the worker writes DB rows, the CLI draws a progress bar."""
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None: ...
+
+    def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
+        """Called after every optimizer step (``step`` = steps done in ``epoch``); the reporter throttles."""
+
+    def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None: ...
+
+    def should_stop(self) -> bool:
+        """Cooperative cancel, polled at every step boundary."""
+
+
+class NullReporter:
+    """Implements every Reporter callback as a no-op."""
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        pass
+
+    def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
+        pass
+
+    def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite at (epoch, step) (1-based epoch, 0-based step)."""
+
+    def __init__(self, epoch: int, step: int, value: float | None = None):
+        what = f" (loss = {value})" if value is not None else ""
+        super().__init__(f"training diverged at epoch {epoch}, step {step}: non-finite loss{what}; "
+                         "lower optim.lr, add optim.grad_clip, or use precision='fp32'")
+        self.epoch = epoch
+        self.step = step

@@ -1,0 +1,60 @@
+"""Device choice, seeding, determinism and autocast shared by fit() and fit_ufm()."""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+
+from nc_core.spec import RunSpec
+
+
+def resolve_device(spec: RunSpec) -> torch.device:
+    """spec.device ('auto' = cuda when available); asking for cuda without one is an error."""
+    if spec.device == "cpu":
+        return torch.device("cpu")
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' requested but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the data-order/augmentation generator for ``epoch``: a pure function of (seed, epoch)."""
+    a, b = np.random.SeedSequence([seed % 2**63, epoch]).generate_state(2)
+    return (int(a) << 31) ^ int(b)  # < 2**63
+
+
+@contextmanager
+def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """torch.use_deterministic_algorithms (strict on CPU, warn-only on CUDA) for the block; restored after."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if enabled:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    else:
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]
+
+
+def autocast(spec: RunSpec, device: torch.device):
+    """bf16 autocast (CUDA or CPU) when spec.precision == 'bf16', else a no-op context."""
+    if spec.precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

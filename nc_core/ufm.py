@@ -1,0 +1,100 @@
+"""Unconstrained-feature-model direct optimisation (nc-spec §5.1): free features H and a deep linear classifier."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from nc_core.spec import RunSpec
+from nc_core.training import checkpoint as ck
+from nc_core.training.report import NullReporter, Reporter, TrainingDiverged
+from nc_core.training.runtime import determinism, resolve_device, seed_everything
+
+
+class UFM(torch.nn.Module):
+    """H (N, d) free features, W_1..W_{L-1} (d, d) bias-free, W_L (K, d) with optional bias b (K,)."""
+
+    def __init__(self, counts: list[int], dim: int, depth: int, bias: bool, generator: torch.Generator):
+        super().__init__()
+        K, N = len(counts), sum(counts)
+        g = generator
+        self.H = torch.nn.Parameter(0.1 * torch.randn(N, dim, generator=g))  # (N, d), N(0, 0.1²)
+        shapes = [(dim, dim)] * (depth - 1) + [(K, dim)]
+        self.Ws = torch.nn.ParameterList([torch.nn.Parameter(0.1 * torch.randn(s, generator=g)) for s in shapes])
+        bound = 1.0 / math.sqrt(dim)  # nn.Linear's default bias init
+        self.b = torch.nn.Parameter((torch.rand(K, generator=g) * 2 - 1) * bound) if bias else None  # (K,)
+        labels = torch.repeat_interleave(torch.arange(K), torch.tensor(counts))  # (N,)
+        self.register_buffer("labels", labels[torch.randperm(N, generator=g)])  # shuffled, as the seed does
+
+    def weight(self) -> torch.Tensor:
+        """Product W_L ⋯ W_1 (K, d)."""
+        W = self.Ws[0]
+        for layer in self.Ws[1:]:
+            W = layer @ W
+        return W
+
+    def objective(self, lambda_w: float, lambda_h: float) -> torch.Tensor:
+        """(1/2N)‖W Hᵀ + b1ᵀ − Yᵀ‖² + λ_W/2 Σ_l‖W_l‖² + λ_H/2 ‖H‖² (bias not decayed)."""
+        N, K = self.H.shape[0], self.Ws[-1].shape[0]
+        logits = self.H @ self.weight().T  # (N, K)
+        if self.b is not None:
+            logits = logits + self.b
+        Y = torch.nn.functional.one_hot(self.labels, K).to(logits.dtype)  # (N, K)
+        data = (logits - Y).pow(2).sum() / (2 * N)
+        decay = sum(W.pow(2).sum() for W in self.Ws)
+        return data + 0.5 * lambda_w * decay + 0.5 * lambda_h * self.H.pow(2).sum()
+
+
+def _metrics(model: UFM, spec: RunSpec, objective: float) -> dict[str, float]:
+    from nc_core.metrics import nc_metrics
+
+    u = spec.ufm
+    W = model.weight().detach()  # (K, d)
+    b = None if model.b is None else model.b.detach()
+    gof = None if u.bias else {"weight_decay": u.lambda_w, "feature_decay": u.lambda_h, "depth_linear": u.depth_linear}
+    m = nc_metrics(model.H.detach(), model.labels, W, b, num_classes=len(u.class_counts), gof=gof)
+    m["loss"] = objective  # the full UFM objective (data + both decays)
+    if "acc" not in m:
+        logits = model.H.detach() @ W.T + (0 if b is None else b)
+        m["acc"] = 100.0 * (logits.argmax(1) == model.labels).double().mean().item()
+    return m
+
+
+def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path) -> dict:
+    """Full-batch SGD with momentum on the UFM objective; metrics every ``ufm.eval_every`` iterations.
+
+    ``epoch`` in reporter calls is the iteration count; the split is "train". The final state (H, W_l, b,
+    labels) is saved as ``ckpt/epoch_<iterations>.pt``; UFM runs are seconds long and restart from scratch.
+    """
+    if spec.kind != "ufm" or spec.ufm is None:
+        raise ValueError(f"kind: fit_ufm() needs kind='ufm' with a ufm section, got kind={spec.kind!r}")
+    reporter, u = reporter or NullReporter(), spec.ufm
+    device = resolve_device(spec)
+    with determinism(spec.deterministic, device):
+        seed_everything(spec.seed)
+        g = torch.Generator().manual_seed(spec.seed)
+        model = UFM(u.class_counts, u.dim, u.depth_linear, u.bias, g).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=u.lr, momentum=u.momentum)
+        reporter.on_start(u.iterations, 1)
+        final, t0, it = {}, time.perf_counter(), 0
+        for it in range(1, u.iterations + 1):
+            if reporter.should_stop():
+                return {"epochs_done": it - 1, "stopped": True, "final": final}
+            opt.zero_grad(set_to_none=True)
+            loss = model.objective(u.lambda_w, u.lambda_h)
+            loss.backward()
+            opt.step()
+            check = it % u.eval_every == 0 or it == u.iterations
+            if (device.type == "cpu" or check) and not math.isfinite(value := loss.item()):
+                raise TrainingDiverged(it, 0, value)
+            reporter.on_progress(it, 1, 1, it / max(time.perf_counter() - t0, 1e-9))
+            if check:
+                with torch.no_grad():
+                    final = {"train": _metrics(model, spec, model.objective(u.lambda_w, u.lambda_h).item())}
+                reporter.on_metrics(it, "train", final["train"])
+        state = {"epoch": it, "model": model.state_dict(), "spec": spec.model_dump(mode="json")}
+        path, nbytes, sha = ck.save_checkpoint(workdir, it, state)
+        reporter.on_checkpoint(it, str(path), nbytes, sha)
+    return {"epochs_done": u.iterations, "stopped": False, "final": final}

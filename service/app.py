@@ -1,0 +1,38 @@
+"""FastAPI app factory: settings, session factory, enqueuer, error handlers, routers."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from fastapi import FastAPI
+
+from nc_core.db.session import session_factory
+from nc_core.settings import Settings, get_settings
+from service.enqueue import CeleryEnqueuer, Enqueuer, broker_ping
+from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.routers import health, metrics, runs, sweeps, workers
+from service.routers import events, plots, prom  # telemetry/live/plots/prometheus (issue 5)
+from service import dashboard
+
+
+def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None,
+               broker_check: Callable[[], None] | None = None) -> FastAPI:
+    """Build the API. `enqueuer` defaults to Celery on settings.broker_url (tests pass a fake);
+    `broker_check` (used by /readyz) defaults to a ping of settings.broker_url.
+    Serve with: uvicorn --factory service.app:create_app"""
+    settings = settings or get_settings()
+    app = FastAPI(title="ncsweep", version="0.1.0", docs_url="/docs",
+                  description="Job queue for neural-collapse training sweeps. Mutating endpoints need "
+                              "'Authorization: Bearer <token>' (ncsweep token create).")
+    app.state.settings = settings
+    app.state.database_url = settings.resolved_database_url()
+    app.state.session_factory = session_factory(app.state.database_url)
+    app.state.enqueuer = enqueuer or CeleryEnqueuer(settings.broker_url, visibility_timeout=settings.visibility_timeout)
+    app.state.broker_check = broker_check or functools.partial(broker_ping, settings.broker_url)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    for module in (health, sweeps, runs, metrics, workers):
+        app.include_router(module.router)
+    for module in (events, plots, prom, dashboard):
+        app.include_router(module.router)
+    return app

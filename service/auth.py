@@ -1,0 +1,78 @@
+"""Bearer tokens: sha256-hashed in api_token; write endpoints need a write/admin-scope token."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nc_core.db.models import ApiToken
+from nc_core.db.session import session_scope
+from service.deps import SessionDep, SettingsDep
+
+SCOPES = ("read", "write", "admin")
+WRITE_SCOPES = frozenset({"write", "admin"})
+TOKEN_PREFIX = "ncs_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_token(session: Session, name: str = "", scope: str = "write") -> str:
+    """Insert a new token (hashed) into `session` and return the plain token (shown once)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(name=name, token_hash=hash_token(token), scope=scope))
+    return token
+
+
+def create_token(url: str, name: str = "", scope: str = "write") -> str:
+    """Create a token in the database at `url` (the CLI's `ncsweep token create`); returns it once."""
+    with session_scope(url) as session:
+        return add_token(session, name, scope)
+
+
+def revoke_token(url: str, token: str) -> bool:
+    """Mark a token revoked; False if it is unknown."""
+    with session_scope(url) as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+        if row is None:
+            return False
+        row.revoked = True
+        return True
+
+
+def _unauthorized(msg: str) -> HTTPException:
+    return HTTPException(401, msg, headers={"WWW-Authenticate": "Bearer"})
+
+
+def lookup_token(session: Session, request: Request) -> ApiToken:
+    """The valid token of the request, or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise _unauthorized("missing 'Authorization: Bearer <token>' header (create one with `ncsweep token create`)")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("expected 'Authorization: Bearer <token>'")
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip())))
+    if row is None or row.revoked:
+        raise _unauthorized("invalid or revoked token")
+    return row
+
+
+def require_write(request: Request, session: SessionDep, settings: SettingsDep) -> ApiToken | None:
+    """Dependency of every mutating endpoint: 401 without a valid token, 403 for read-only scope."""
+    if not settings.auth_required:
+        return None
+    row = lookup_token(session, request)
+    if row.scope not in WRITE_SCOPES:
+        raise HTTPException(403, f"token {row.name!r} has scope {row.scope!r}; this endpoint needs 'write' or 'admin'")
+    return row
+
+
+WriteAuth = Annotated[ApiToken | None, Depends(require_write)]

@@ -1,0 +1,435 @@
+"""The `ncsweep` command line: start the stack, submit sweeps, watch them, query results, export, plot."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from nc_core.settings import Settings
+from service.client import ApiError, Client, Unreachable
+
+app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+out = Console()
+err = Console(stderr=True)
+
+
+class Ctx:
+    """Settings and a lazily built client, shared by the commands of one invocation."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client.from_settings(self.settings)
+        return self._client
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          api: Optional[str] = typer.Option(None, "--api", envvar="NCSWEEP_API_URL", help="API base URL"),
+          home: Optional[Path] = typer.Option(None, "--home", envvar="NCSWEEP_HOME", help="state directory"),
+          token: Optional[str] = typer.Option(None, "--token", help="bearer token (default: NCSWEEP_TOKEN or <home>/token)")):
+    overrides: dict[str, Any] = {}
+    if api:
+        overrides["api_url"] = api
+    if home:
+        overrides["home"] = home
+    if token:
+        overrides["token"] = token
+    ctx.obj = Ctx(Settings(**overrides))
+
+
+def _ctx(ctx: typer.Context) -> Ctx:
+    return ctx.obj
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers for {what}, got {text!r}") from None
+
+
+def _csv(text: Optional[str]) -> Optional[list[str]]:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+@app.command()
+def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-example", help="submit the bundled example sweep"),
+       home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: settings.home)")):
+    """Start the embedded stack (SQLite + Redis + workers + API) under one directory."""
+    from service import embedded
+
+    embedded.main(home=home or _ctx(ctx).settings.home, example=example)
+
+
+@app.command()
+def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: one CPU worker)")):
+    """Start one worker process per GPU (or one CPU worker) against the configured broker and DB."""
+    from worker import launch
+
+    launch.main(_ints(gpus, "--gpus") if gpus else None)
+
+
+@token_app.command("create")
+def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name"),
+                 scope: str = typer.Option("write", "--scope", help="read | write | admin"),
+                 save: bool = typer.Option(False, "--save", help="also write it to <home>/token")):
+    """Create an API token in the configured database and print it (shown once)."""
+    from nc_core.db.migrate import upgrade
+    from service.auth import SCOPES, create_token
+
+    if scope not in SCOPES:
+        raise typer.BadParameter(f"expected one of {', '.join(SCOPES)}, got {scope!r}", param_hint="--scope")
+    settings = _ctx(ctx).settings
+    url = settings.resolved_database_url()
+    upgrade(url)
+    token = create_token(url, name, scope)
+    if save:
+        path = Path(settings.home).expanduser() / "token"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+    out.print(token, highlight=False)
+
+
+@app.command()
+def submit(ctx: typer.Context, path: Path = typer.Argument(..., exists=True, dir_okay=False, help="sweep YAML or JSON")):
+    """Submit a sweep; prints its id and run count."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(spec, dict):
+        raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec), got {type(spec).__name__}")
+    res = _ctx(ctx).client.submit(spec)
+    extra = f", {res['duplicates']} duplicates dropped" if res.get("duplicates") else ""
+    queued = "" if res.get("enqueued", True) else " (broker unreachable: runs stay queued)"
+    out.print(f"sweep {res['sweep_id']}: {res['runs']} runs{extra}{queued}", highlight=False)
+
+
+@app.command()
+def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typer.Option(False, "--once"),
+          interval: float = typer.Option(1.0, "--interval", help="refresh seconds"),
+          max_rows: int = typer.Option(25, "--max-rows", help="runs shown (running first)")):
+    """Live progress bars per run and for the sweep, plus workers; exits when the sweep finishes."""
+    from rich.live import Live
+
+    client = _ctx(ctx).client
+
+    def snapshot() -> tuple[Any, bool]:
+        detail = client.sweep(sweep)
+        runs = list(client.iter_runs(sweep_id=sweep))
+        workers = client.workers()
+        done = bool(runs) and all(r["status"] in FINISHED for r in runs)
+        return watch_view(detail, runs, workers, max_rows), done
+
+    view, done = snapshot()
+    if once:
+        out.print(view)
+        return
+    with Live(view, console=out, refresh_per_second=4) as live:
+        while not done:
+            time.sleep(interval)
+            view, done = snapshot()
+            live.update(view)
+    out.print(f"sweep {sweep} finished", highlight=False)
+
+
+@app.command()
+def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"),
+         status: Optional[str] = typer.Option(None, "--status"),
+         filter: list[str] = typer.Option([], "--filter", help="AXIS=VALUE on the run spec, e.g. loss.name=mse"),
+         limit: int = typer.Option(200, "--limit")):
+    """List runs (optionally of one sweep, with one status, matching spec filters)."""
+    filters = dict(parse_filter(f) for f in filter)
+    rows = []
+    for run in _ctx(ctx).client.iter_runs(sweep_id=sweep, status=status, filters=filters):
+        rows.append(run)
+        if len(rows) >= limit:
+            break
+    out.print(runs_table(rows))
+
+
+@app.command()
+def results(ctx: typer.Context, sweep: int = typer.Argument(...),
+            group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all)"),
+            keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys"),
+            split: str = typer.Option("test", "--split")):
+    """Final-epoch results grouped by axes: mean ± std over seeds."""
+    body = _ctx(ctx).client.results(sweep, _csv(group_by), _csv(keys), split)
+    out.print(results_table(body, sweep, split))
+
+
+@app.command()
+def export(ctx: typer.Context, sweep: int = typer.Argument(...),
+           format: str = typer.Option("csv", "--format", help="csv | parquet"),
+           out_path: Path = typer.Option(..., "--out", help="output file")):
+    """Every metric row of a sweep with its run's axes and seed, as CSV or Parquet."""
+    if format not in ("csv", "parquet"):
+        raise typer.BadParameter(f"expected csv or parquet, got {format!r}", param_hint="--format")
+    client = _ctx(ctx).client
+    axes = client.sweep(sweep).get("axes") or []
+    rows = []
+    for run in client.iter_runs(sweep_id=sweep):
+        for m in client.run_metrics(run["id"]):
+            rows.append({"run_id": run["id"], "status": run["status"], "seed": run["seed"],
+                         **{a: (run.get("grid") or {}).get(a) for a in axes},
+                         "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"]})
+    write_rows(rows, ["run_id", "status", "seed", *axes, "epoch", "split", "key", "value"], format, out_path)
+    out.print(f"wrote {len(rows)} rows to {out_path}", highlight=False)
+
+
+@app.command()
+def workers(ctx: typer.Context):
+    """Workers with status (busy/idle/lost), GPU use and their run's progress."""
+    out.print(workers_table(_ctx(ctx).client.workers()))
+
+
+@app.command()
+def cancel(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None),
+           run: Optional[int] = typer.Option(None, "--run", help="cancel one run instead of a sweep")):
+    """Cancel a sweep's unfinished runs, or one run (running runs stop at the next step)."""
+    _need_one(sweep, run)
+    out.print(action_line("cancel", _ctx(ctx).client.cancel(sweep, run)), highlight=False)
+
+
+@app.command()
+def retry(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None),
+          run: Optional[int] = typer.Option(None, "--run", help="retry one run instead of a sweep")):
+    """Re-queue a sweep's failed/cancelled runs, or one run."""
+    _need_one(sweep, run)
+    out.print(action_line("retry", _ctx(ctx).client.retry(sweep, run)), highlight=False)
+
+
+def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
+    if (sweep is None) == (run is None):
+        raise typer.BadParameter("give a SWEEP id or --run ID (one of them)")
+
+
+@app.command()
+def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (margins: the run id unless --run)"),
+         kind: str = typer.Option("dynamics", "--kind", help="dynamics | heatmap | margins"),
+         out_path: Path = typer.Option(..., "--out"), keys: Optional[str] = typer.Option(None, "--keys"),
+         split: Optional[str] = typer.Option(None, "--split"), x: Optional[str] = typer.Option(None, "--x"),
+         y: Optional[str] = typer.Option(None, "--y"), key: str = typer.Option("acc", "--key"),
+         mode: str = typer.Option("value", "--mode", help="heatmap: value | diff_vs | variance"),
+         ref: Optional[str] = typer.Option(None, "--ref", help="heatmap diff_vs: AXIS:VALUE"),
+         run: Optional[int] = typer.Option(None, "--run", help="margins: the run")):
+    """Save a PNG: NC dynamics, a grid heatmap, or a run's cosine margins."""
+    client = _ctx(ctx).client
+    if kind == "dynamics":
+        png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split)
+    elif kind == "heatmap":
+        if not x or not y:
+            raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y epochs)")
+        png = client.png(f"/sweeps/{sweep}/plots/heatmap.png", x=x, y=y, key=key, split=split or "test",
+                         mode=mode, ref=ref)
+    elif kind == "margins":
+        png = client.png(f"/runs/{run if run is not None else sweep}/plots/margins.png")
+    else:
+        raise typer.BadParameter(f"expected dynamics, heatmap or margins, got {kind!r}", param_hint="--kind")
+    out_path.write_bytes(png)
+    out.print(f"wrote {out_path} ({len(png)} bytes)", highlight=False)
+
+
+# -- terminal rendering (rich) -------------------------------------------------------------------
+FINISHED = ("succeeded", "failed", "cancelled")
+STATUS_STYLE = {"queued": "grey50", "running": "cyan", "succeeded": "green", "failed": "red",
+                "cancelled": "yellow", "busy": "cyan", "idle": "green", "lost": "red", "stopped": "grey50"}
+
+
+def _bar(fraction: float, width: int = 24) -> Any:
+    from rich.progress_bar import ProgressBar
+
+    return ProgressBar(total=1.0, completed=max(0.0, min(1.0, fraction or 0.0)), width=width)
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _status(text: str) -> str:
+    return f"[{STATUS_STYLE.get(text, 'white')}]{text}[/]"
+
+
+def _grid(run: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in (run.get("grid") or {}).items()) + f" seed={run.get('seed')}"
+
+
+def run_fraction(run: dict) -> float:
+    if run["status"] == "succeeded":
+        return 1.0
+    total = run.get("epochs_total") or 0
+    steps = run.get("steps_total") or 0
+    within = (run.get("step") or 0) / steps if steps else 0.0
+    return min(1.0, ((run.get("epoch") or 0) + within) / total) if total else 0.0
+
+
+def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    head = Table.grid(padding=(0, 2))
+    frac = detail.get("progress")
+    frac = frac if frac is not None else (sum(map(run_fraction, runs)) / len(runs) if runs else 0.0)
+    summary = "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
+    head.add_row(f"[bold]sweep {detail['id']}[/] {detail.get('name', '')}", _bar(frac, 40),
+                 f"{100 * frac:5.1f}%", f"ETA {_eta(detail.get('eta_s')) or '?'}", summary)
+    order = {"running": 0, "queued": 2, "failed": 1}
+    shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
+    table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
+    for col in ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"):
+        table.add_column(col)
+    for r in shown:
+        f = run_fraction(r)
+        table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
+                      f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
+                      f"{r['samples_per_s']:.0f}" if r.get("samples_per_s") else "", _eta(r.get("eta_s")))
+    return Group(head, table, workers_table(workers))
+
+
+def workers_table(workers: list[dict]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"workers ({len(workers)})", title_justify="left")
+    for col in ("worker", "status", "device", "util", "", "memory", "run", "epoch", "ETA", "seen"):
+        table.add_column(col)
+    for w in workers:
+        util = w.get("util_percent")
+        used, total = w.get("memory_used"), w.get("memory_total")
+        mem = f"{used / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None and total else ""
+        run = w.get("run") or {}
+        table.add_row(w["name"], _status(w["status"]), w.get("gpu_name") or w.get("device", ""),
+                      _bar((util or 0) / 100, 12), f"{util:.0f}%" if util is not None else "", mem,
+                      str(w.get("current_run_id") or ""),
+                      f"{run.get('epoch', '')}/{run.get('epochs_total', '')}" if run else "",
+                      _eta(run.get("eta_s")), f"{w['age_s']:.0f}s ago" if w.get("age_s") is not None else "")
+    return table
+
+
+def runs_table(rows: list[dict]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} runs", title_justify="left")
+    for col in ("run", "sweep", "kind", "status", "config", "epoch", "progress", "worker", "error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["sweep_id"]), r.get("kind", ""), _status(r["status"]), _grid(r),
+                      f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}", f"{100 * run_fraction(r):.0f}%",
+                      r.get("worker_name") or "", (r.get("error") or "").splitlines()[-1][:60] if r.get("error") else "")
+    return table
+
+
+def parse_filter(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise typer.BadParameter(f"expected AXIS=VALUE such as loss.name=mse, got {text!r}", param_hint="--filter")
+    path, value = text.split("=", 1)
+    return path.strip(), value.strip()
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
+
+
+def results_table(body: Any, sweep: int, split: str) -> Any:
+    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds."""
+    from rich.table import Table
+
+    items = body.get("groups", []) if isinstance(body, dict) else body
+    group_by = body.get("group_by") if isinstance(body, dict) else None
+    keys = body.get("keys") if isinstance(body, dict) else None
+    table = Table(title=f"sweep {sweep} results [{split}] (mean ± std over seeds)", title_justify="left")
+    if not items:
+        table.add_column("no finished results yet")
+        return table
+    group_by = group_by or list((items[0].get("values") or {}).keys())
+    keys = keys or list((items[0].get("metrics") or {}).keys())
+    for col in [*group_by, "seeds", *keys]:
+        table.add_column(col, justify="right" if col not in group_by else "left")
+    for item in items:
+        group, metrics = item.get("values") or {}, item.get("metrics") or {}
+        cells = []
+        for k in keys:
+            m = metrics.get(k) or {}
+            mean, std = m.get("mean"), m.get("std")
+            cells.append("" if mean is None else f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}")
+        counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
+        n = f"{max(counts, default=0)}/{item.get('runs', '')}"
+        table.add_row(*[_fmt(group.get(g)) for g in group_by], _fmt(n), *cells)
+    return table
+
+
+def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        import csv
+
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise typer.BadParameter("parquet export needs pyarrow (pip install 'ncsweep[parquet]')") from None
+    table = pa.table({c: [r.get(c) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c))
+                          for r in rows] for c in columns})
+    pq.write_table(table, path)
+
+
+def action_line(action: str, res: dict) -> str:
+    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items() if v not in (None, 0, False)]
+    return f"{action}: " + (", ".join(parts) if parts else "nothing to do")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: API errors and an unreachable API print one line and exit 1."""
+    try:
+        rc = app(args=argv, prog_name="ncsweep", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except typer.TyperException as exc:  # usage errors (typer vendors click): show like click does
+        if hasattr(exc, "show"):
+            exc.show()
+            return getattr(exc, "exit_code", 2)
+        err.print(f"error: {exc}", highlight=False)
+    except Unreachable as exc:
+        err.print(f"error: {exc}", highlight=False)
+    except ApiError as exc:
+        where = f" (field: {exc.field})" if exc.field else ""
+        err.print(f"error: HTTP {exc.status}: {exc.message}{where}", highlight=False)
+    except (OSError, ValueError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

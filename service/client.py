@@ -1,0 +1,137 @@
+"""HTTP client of the ncsweep API for the CLI (httpx; readable errors, no tracebacks)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from nc_core.settings import Settings
+
+
+class ApiError(Exception):
+    """An error answer of the API: HTTP status, message and (when the API names one) the field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status, self.message, self.field = status, message, field
+
+
+class Unreachable(Exception):
+    """The API did not answer (connection refused, DNS, timeout)."""
+
+    def __init__(self, url: str, reason: str = ""):
+        super().__init__(f"cannot reach the ncsweep API at {url}: is `ncsweep up` running?"
+                         + (f" ({reason})" if reason else ""))
+        self.url = url
+
+
+def resolve_token(settings: Settings) -> str | None:
+    """NCSWEEP_TOKEN (also settings.token), else the first line of <home>/token, else None."""
+    token = os.environ.get("NCSWEEP_TOKEN") or settings.token
+    if token:
+        return token.strip()
+    path = Path(settings.home).expanduser() / "token"
+    if path.is_file():
+        text = path.read_text().strip()
+        return text.splitlines()[0].strip() if text else None
+    return None
+
+
+def _error_from(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        return ApiError(response.status_code, response.text.strip()[:500] or response.reason_phrase)
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list) and detail:
+        first = detail[0] if isinstance(detail[0], dict) else {"msg": str(detail[0])}
+        field = first.get("field") or ".".join(str(x) for x in first.get("loc", []) if x != "body") or None
+        more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+        return ApiError(response.status_code, str(first.get("msg", first)) + more, field)
+    if isinstance(detail, dict):
+        return ApiError(response.status_code, str(detail.get("message") or detail.get("msg") or detail),
+                        detail.get("field"))
+    return ApiError(response.status_code, str(detail))
+
+
+class Client:
+    """Thin wrapper over the REST endpoints; every method returns decoded JSON (or bytes for PNGs)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Client":
+        return cls(settings.resolved_api_url(), resolve_token(settings))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unreachable(self.base_url, type(exc).__name__) from None
+        except httpx.TimeoutException as exc:
+            raise Unreachable(self.base_url, f"timed out: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body if body is not None else {}).json()
+
+    # -- sweeps and runs -------------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.post("/sweeps", spec)
+
+    def sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self.get(f"/sweeps/{sweep_id}")
+
+    def sweeps(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.get("/sweeps", limit=limit)["items"]
+
+    def iter_runs(self, sweep_id: int | None = None, status: str | None = None, filters: dict[str, str] | None = None,
+                  page: int = 500) -> Iterator[dict]:
+        """Every matching run, page by page; `filters` are spec paths, e.g. {"loss.name": "mse"}."""
+        offset = 0
+        while True:
+            body = self.get("/runs", sweep_id=sweep_id, status=status, limit=page, offset=offset, **(filters or {}))
+            yield from body["items"]
+            offset += len(body["items"])
+            if not body["items"] or offset >= body["total"]:
+                return
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return self.get(f"/runs/{run_id}")
+
+    def cancel(self, sweep_id: int | None = None, run_id: int | None = None) -> dict[str, Any]:
+        return self.post(f"/runs/{run_id}/cancel" if run_id is not None else f"/sweeps/{sweep_id}/cancel")
+
+    def retry(self, sweep_id: int | None = None, run_id: int | None = None) -> dict[str, Any]:
+        return self.post(f"/runs/{run_id}/retry" if run_id is not None else f"/sweeps/{sweep_id}/retry")
+
+    # -- metrics, workers, plots -----------------------------------------------------------------
+    def results(self, sweep_id: int, group_by: list[str] | None = None, keys: list[str] | None = None,
+                split: str | None = None) -> Any:
+        return self.get(f"/sweeps/{sweep_id}/results", group_by=",".join(group_by) if group_by else None,
+                        keys=",".join(keys) if keys else None, split=split)
+
+    def run_metrics(self, run_id: int) -> list[dict[str, Any]]:
+        """Flat metric rows [{epoch, split, key, value}] of one run (from its series)."""
+        body = self.get(f"/runs/{run_id}/metrics")
+        return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v}
+                for s in body.get("series", []) for e, v in zip(s["epochs"], s["values"])]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.get("/workers")
+
+    def png(self, path: str, **params: Any) -> bytes:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).content

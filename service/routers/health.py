@@ -1,0 +1,39 @@
+"""Liveness (/healthz) and readiness (/readyz: database SELECT 1 and broker ping)."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """200 when the database answers SELECT 1 and the broker answers a ping; 503 naming what failed."""
+    checks: dict[str, str] = {}
+    try:
+        with request.app.state.session_factory() as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        log.warning("readyz: database check failed: %s", exc)
+        checks["database"] = f"failed: {type(exc).__name__}"
+    try:
+        request.app.state.broker_check()
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        log.warning("readyz: broker check failed: %s", exc)
+        checks["broker"] = f"failed: {type(exc).__name__}"
+    failed = [name for name, state in checks.items() if state != "ok"]
+    body = {"status": "ready" if not failed else "unavailable", "checks": checks, "failed": failed}
+    return JSONResponse(body, status_code=503 if failed else 200)

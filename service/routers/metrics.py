@@ -1,0 +1,89 @@
+"""Metric endpoints: one run's series and a sweep's results aggregated over seeds."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from nc_core.db import sweeps_repo as repo
+from nc_core.db.models import Run
+from nc_core.spec import field_paths
+from nc_core.sweep import SpecError, get_path
+from service.deps import SessionDep
+from service.errors import NotFound
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/runs/{run_id}/metrics")
+def run_metrics(run_id: int, session: SessionDep, split: str | None = None, key: str | None = None) -> JSONResponse:
+    """The run's metric series: [{split, key, epochs: [...], values: [...]}] (null value = NaN/undefined)."""
+    if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
+        raise NotFound(f"run {run_id} not found")
+    series: list[dict[str, Any]] = []
+    for s, k, epoch, value in repo.metric_series(session, run_id, split, key):
+        if not series or series[-1]["split"] != s or series[-1]["key"] != k:
+            series.append({"split": s, "key": k, "epochs": [], "values": []})
+        series[-1]["epochs"].append(epoch)
+        series[-1]["values"].append(value)
+    return JSONResponse({"run_id": run_id, "series": series})
+
+
+def aggregate(values: list[float | None]) -> dict[str, Any]:
+    """mean, sample std (ddof 1; null for n < 2), min, max, count of defined values, missing (NaN/null)."""
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(xs)
+    mean = sum(xs) / n if n else None
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "min": min(xs) if xs else None, "max": max(xs) if xs else None,
+            "count": n, "missing": len(values) - n}
+
+
+def _parse_epoch(epoch: str) -> int | None:
+    if epoch == "last":
+        return None
+    if epoch.isdigit():
+        return int(epoch)
+    raise SpecError("epoch", f"expected 'last' or a non-negative integer epoch, got {epoch!r}")
+
+
+def _sort_key(values: tuple) -> tuple:
+    return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, json.dumps(v))
+                 for v in values)
+
+
+@router.get("/sweeps/{sweep_id}/results")
+def sweep_results(sweep_id: int, session: SessionDep, group_by: str | None = None, keys: str | None = None,
+                  split: Literal["train", "test"] = "test", epoch: str = "last") -> dict[str, Any]:
+    """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
+    group (seeds): at the last epoch each run has in `split`, or at `epoch`."""
+    sweep = repo.get_sweep(session, sweep_id)
+    if sweep is None:
+        raise NotFound(f"sweep {sweep_id} not found")
+    paths = [p for p in group_by.split(",") if p] if group_by is not None else list(sweep.axes or [])
+    valid = set(field_paths())
+    for p in paths:
+        if p not in valid:
+            raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)")
+    key_list = [k for k in (keys or "").split(",") if k] or None
+    at = _parse_epoch(epoch)
+    runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)
+    by_run: dict[int, dict[str, float | None]] = {}
+    for rid, k, v in rows:
+        by_run.setdefault(rid, {})[k] = v
+    all_keys = key_list or sorted({k for _, k, _ in rows})
+    groups: dict[tuple, list[int]] = {}
+    for rid, spec in runs:
+        groups.setdefault(tuple(get_path(spec, p) for p in paths), []).append(rid)
+    out = []
+    for gkey in sorted(groups, key=_sort_key):
+        ids = groups[gkey]
+        measured = [rid for rid in ids if rid in by_run]
+        out.append({"values": dict(zip(paths, gkey)), "runs": len(ids), "run_ids": ids,
+                    "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})
+    return {"sweep_id": sweep_id, "group_by": paths, "keys": all_keys, "split": split,
+            "epoch": epoch if at is None else at, "groups": out}

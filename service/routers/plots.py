@@ -1,0 +1,57 @@
+"""PNG plot endpoints: sweep NC dynamics and heatmaps, run cosine margins and metric curves."""
+from __future__ import annotations
+
+import threading
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from nc_core.db.models import Run, Sweep
+from nc_core.db.session import session_factory
+from service import plots
+from service.errors import NotFound, error_item
+from service.routers.events import db_url
+
+router = APIRouter(tags=["plots"])
+_PYPLOT = threading.Lock()  # pyplot keeps global state: one figure at a time per process
+_NO_CACHE = {"Cache-Control": "no-store"}
+
+
+def _render(request: Request, model: type, obj_id: int, draw) -> Response:  # noqa: ANN001
+    with session_factory(db_url(request))() as session:
+        if session.get(model, obj_id) is None:
+            raise NotFound(f"{model.__tablename__} {obj_id} not found")
+        try:
+            with _PYPLOT:
+                png = draw(session)
+        except plots.PlotError as exc:
+            raise HTTPException(422, detail=[error_item(exc.field, exc.message)]) from None
+    return Response(png, media_type="image/png", headers=_NO_CACHE)
+
+
+def _keys(keys: str | None) -> list[str] | None:
+    return [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+
+
+@router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response)
+def dynamics(request: Request, sweep_id: int, keys: str | None = Query(None, description="comma-separated metric keys"),
+             split: str | None = Query(None, description="one split for every panel (default: NC train, acc train+test)")):
+    return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(s, sweep_id, _keys(keys), split or None))
+
+
+@router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response)
+def heatmap(request: Request, sweep_id: int, x: str = Query(..., description="grid axis for columns, e.g. model.width"),
+            y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc", split: str = "test",
+            mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
+            ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
+    return _render(request, Sweep, sweep_id, lambda s: plots.heatmap_png(s, sweep_id, x, y, key, split, mode, ref))
+
+
+@router.get("/runs/{run_id}/plots/margins.png", response_class=Response)
+def margins(request: Request, run_id: int):
+    return _render(request, Run, run_id, lambda s: plots.margins_png(s, run_id))
+
+
+@router.get("/runs/{run_id}/plots/curves.png", response_class=Response)
+def curves(request: Request, run_id: int, keys: str | None = None):
+    return _render(request, Run, run_id, lambda s: plots.run_curves_png(s, run_id, _keys(keys)))

@@ -1,0 +1,138 @@
+"""Sweep endpoints: submit, list, detail, cancel, retry, extend."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from nc_core.db import sweeps_repo as repo
+from nc_core.db.models import Sweep
+from nc_core.settings import Settings
+from nc_core.spec import RunSpec
+from nc_core.sweep import SpecError, SweepSpec, expand, get_path, spec_hash
+from service.auth import WriteAuth
+from service.deps import EnqueuerDep, SessionDep, SettingsDep
+from service.enqueue import safe_enqueue
+from service.errors import NotFound
+from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
+                             SweepSummary)
+
+router = APIRouter(tags=["sweeps"])
+
+
+def expand_checked(spec: SweepSpec, settings: Settings) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """Cap (min of spec.max_runs and settings.max_runs_per_sweep), expand, confine data roots."""
+    cap = min(spec.max_runs, settings.max_runs_per_sweep)
+    if spec.size > cap:
+        raise SpecError("max_runs", f"the sweep expands to {spec.size} runs (grid × zip × seeds), above the cap of "
+                                    f"{cap} (max_runs={spec.max_runs}, server max_runs_per_sweep="
+                                    f"{settings.max_runs_per_sweep})")
+    expanded = expand(spec)
+    check_data_roots(spec, expanded, settings)
+    return expanded
+
+
+def check_data_roots(spec: SweepSpec, expanded: list[tuple[RunSpec, dict]], settings: Settings) -> None:
+    """Every data.root must be an absolute path inside one of settings.data_roots."""
+    allowed = [Path(p).expanduser().resolve() for p in settings.data_roots]
+    for root in sorted({run.data.root for run, _ in expanded if run.data.root is not None}):
+        path = Path(root).expanduser()
+        if path.is_absolute() and any(path.resolve().is_relative_to(a) for a in allowed):
+            continue
+        field = next((f"{s}.data.root" for s in ("grid", "zip") if "data.root" in getattr(spec, s)), "base.data.root")
+        raise SpecError(field, f"{root!r} is not inside an allowed data root; expected an absolute path under one "
+                               f"of {[str(a) for a in allowed]} (settings.data_roots)")
+
+
+def _sweep_or_404(session, sweep_id: int, *, lock: bool = False) -> Sweep:  # noqa: ANN001
+    sweep = repo.get_sweep(session, sweep_id, lock=lock)
+    if sweep is None:
+        raise NotFound(f"sweep {sweep_id} not found")
+    return sweep
+
+
+@router.post("/sweeps", status_code=201, response_model=SweepCreated)
+def submit_sweep(spec: SweepSpec, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
+                 token: WriteAuth) -> SweepCreated:
+    """Validate and expand the sweep, insert sweep + runs in one transaction, commit, then enqueue.
+    If the broker is down the runs stay queued (enqueued=false) and the reconciler re-sends them."""
+    expanded = expand_checked(spec, settings)
+    sweep_id, jobs = repo.create_sweep(session, spec, expanded, owner=token.name if token else "",
+                                       max_attempts=settings.max_attempts)
+    session.commit()
+    return SweepCreated(sweep_id=sweep_id, runs=len(jobs), duplicates=spec.size - len(expanded),
+                        enqueued=safe_enqueue(enqueuer, jobs))
+
+
+@router.get("/sweeps", response_model=SweepPage)
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> SweepPage:
+    """Sweeps, newest first, with run counts per status and progress (0..1)."""
+    total, sweeps = repo.list_sweeps(session, limit, offset)
+    stats = repo.sweep_stats(session, [s.id for s in sweeps])
+    items = [SweepSummary.model_validate({**_summary(s), **stats[s.id]}) for s in sweeps]
+    return SweepPage(total=total, limit=limit, offset=offset, items=items)
+
+
+def _summary(sweep: Sweep) -> dict[str, Any]:
+    return {"id": sweep.id, "name": sweep.name, "owner": sweep.owner, "created_at": sweep.created_at,
+            "axes": sweep.axes or []}
+
+
+@router.get("/sweeps/{sweep_id}", response_model=SweepDetail)
+def get_sweep(sweep_id: int, session: SessionDep) -> SweepDetail:
+    """One sweep: spec, axes, counts per status, progress and a rough ETA."""
+    sweep = _sweep_or_404(session, sweep_id)
+    stats = repo.sweep_stats(session, [sweep_id])[sweep_id]
+    return SweepDetail.model_validate({**_summary(sweep), **stats, "spec": sweep.spec,
+                                       "eta_s": repo.sweep_eta(session, sweep_id)})
+
+
+@router.post("/sweeps/{sweep_id}/cancel", response_model=ActionResult)
+def cancel_sweep(sweep_id: int, session: SessionDep, _: WriteAuth) -> ActionResult:
+    """Queued runs → cancelled; running runs get cancel_requested (workers stop at the next step)."""
+    _sweep_or_404(session, sweep_id)
+    counts = repo.cancel_sweep(session, sweep_id)
+    session.commit()
+    return ActionResult(**counts)
+
+
+@router.post("/sweeps/{sweep_id}/retry", response_model=ActionResult)
+def retry_sweep(sweep_id: int, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
+                _: WriteAuth) -> ActionResult:
+    """Failed and cancelled runs → queued (new attempt) and re-enqueued; 409 when there is none."""
+    _sweep_or_404(session, sweep_id)
+    jobs = repo.retry_sweep(session, sweep_id, extra_attempts=settings.max_attempts)
+    session.commit()
+    return ActionResult(retried=len(jobs), enqueued=safe_enqueue(enqueuer, jobs))
+
+
+@router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
+def extend_sweep(sweep_id: int, body: ExtendRequest, session: SessionDep, settings: SettingsDep,
+                 enqueuer: EnqueuerDep, _: WriteAuth) -> SweepExtended:
+    """Add axis values / seeds: re-expand the merged spec and insert only runs with a new spec_hash."""
+    sweep = _sweep_or_404(session, sweep_id, lock=True)
+    merged = merge_spec(SweepSpec.model_validate(sweep.spec), body)
+    expanded = expand_checked(merged, settings)
+    have = repo.existing_hashes(session, sweep_id)
+    new = [(run, axes) for run, axes in expanded if spec_hash(run) not in have]
+    jobs = repo.insert_runs(session, repo.run_rows(sweep_id, new, max_attempts=settings.max_attempts))
+    sweep.spec, sweep.axes = merged.model_dump(mode="json"), merged.axes
+    session.commit()
+    return SweepExtended(sweep_id=sweep_id, added=len(jobs), existing=len(expanded) - len(new),
+                         enqueued=safe_enqueue(enqueuer, jobs))
+
+
+def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
+    """Append new values to grid axes (a new axis starts with the base value) and new seeds."""
+    grid = {path: list(values) for path, values in old.grid.items()}
+    defaults = RunSpec().model_dump(mode="json")
+    for path, values in body.grid.items():
+        if path in old.zip:
+            raise SpecError(f"grid.{path}", "a zipped axis cannot be extended (its partners would need values too)")
+        if path not in grid:
+            current = get_path(old.base, path)
+            grid[path] = [current if current is not None else get_path(defaults, path)]
+        grid[path] += [v for v in values if v not in grid[path]]
+    seeds = list(old.seeds) + [s for s in body.seeds if s not in old.seeds]
+    return SweepSpec.model_validate({**old.model_dump(mode="json"), "grid": grid, "seeds": seeds})

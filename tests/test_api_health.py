@@ -1,0 +1,67 @@
+"""Health, readiness (database + broker), /workers, OpenAPI docs and the generic 500 handler."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from starlette.testclient import TestClient
+
+from nc_core.db.models import Worker
+from nc_core.db.session import session_scope
+from service.app import create_app
+
+
+def test_healthz_and_docs(app_client):
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    assert app_client.get("/docs").status_code == 200
+    paths = app_client.get("/openapi.json").json()["paths"]
+    for path in ("/sweeps", "/sweeps/{sweep_id}/results", "/runs", "/runs/{run_id}/metrics", "/workers", "/readyz"):
+        assert path in paths
+
+
+def test_readyz_with_real_broker_and_database(settings, enqueuer):
+    from service.enqueue import broker_ping
+
+    try:
+        broker_ping(settings.broker_url, timeout=1.0)
+    except Exception:  # noqa: BLE001 - no local Redis: covered by the dead-broker test
+        return
+    with TestClient(create_app(settings, enqueuer=enqueuer)) as client:
+        resp = client.get("/readyz")
+    assert resp.status_code == 200 and resp.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readyz_reports_dead_broker(settings, enqueuer):
+    settings.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    with TestClient(create_app(settings, enqueuer=enqueuer)) as client:
+        resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json()["failed"] == ["broker"] and resp.json()["checks"]["database"] == "ok"
+
+
+def test_readyz_reports_dead_database(settings, enqueuer, tmp_path):
+    settings.database_url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
+    with TestClient(create_app(settings, enqueuer=enqueuer, broker_check=lambda: None)) as client:
+        resp = client.get("/readyz")
+    assert resp.status_code == 503 and resp.json()["failed"] == ["database"]
+
+
+def test_workers_lists_rows(app_client, db_url):
+    assert app_client.get("/workers").json() == []
+    with session_scope(db_url) as s:
+        s.add(Worker(name="w0@host", host="host", device="cuda:0", gpu_name="H100", util_percent=93.0,
+                     memory_used=10, memory_total=80, status="busy", current_run_id=7,
+                     last_seen=datetime.now(timezone.utc)))
+    rows = app_client.get("/workers").json()
+    assert [(w["name"], w["device"], w["status"], w["current_run_id"]) for w in rows] == [("w0@host", "cuda:0", "busy", 7)]
+
+
+def test_unhandled_errors_are_a_short_500(settings, enqueuer):
+    app = create_app(settings, enqueuer=enqueuer)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/boom")
+    assert resp.status_code == 500 and "secret" not in resp.text and "Traceback" not in resp.text

@@ -1,0 +1,84 @@
+"""Metric series and sweep results (grouped, aggregated over seeds) on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from sqlalchemy import insert, select
+
+from nc_core.db.models import Metric, Run
+from nc_core.db.session import session_scope
+
+
+@pytest.fixture
+def sweep(app_client, db_url):  # noqa: ANN001, ANN201
+    """2 losses × 2 widths × 3 seeds; metrics: acc/nc1 on test at epochs 1..3 (one run stops at 2)."""
+    body = {"name": "m", "base": {"epochs": 3, "data": {"name": "gaussian"}},
+            "grid": {"loss.name": ["ce", "mse"], "model.width": [2, 4]}, "seeds": [0, 1, 2]}
+    sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
+    with session_scope(db_url) as s:
+        runs = s.execute(select(Run.id, Run.grid, Run.seed).where(Run.sweep_id == sid).order_by(Run.id)).all()
+        rows, expected = [], {}
+        for i, (rid, grid, seed) in enumerate(runs):
+            last = 2 if i == 0 else 3
+            for epoch in range(1, last + 1):
+                acc = 0.1 * epoch + 0.01 * seed + (0.2 if grid["loss.name"] == "mse" else 0) + 0.001 * grid["model.width"]
+                nc1 = None if (i == 1 and epoch == last) else 1.0 / (epoch + seed)
+                rows += [dict(run_id=rid, epoch=epoch, split="test", key="acc", value=acc),
+                         dict(run_id=rid, epoch=epoch, split="test", key="nc1", value=nc1),
+                         dict(run_id=rid, epoch=epoch, split="train", key="acc", value=1.0)]
+                expected[(rid, epoch)] = (acc, nc1)
+        s.execute(insert(Metric), rows)
+    return sid, [r.id for r in runs], runs, expected
+
+
+def test_run_metric_series(app_client, sweep):
+    _, ids, _, expected = sweep
+    out = app_client.get(f"/runs/{ids[2]}/metrics").json()
+    assert [(s["split"], s["key"]) for s in out["series"]] == [("test", "acc"), ("test", "nc1"), ("train", "acc")]
+    acc = out["series"][0]
+    assert acc["epochs"] == [1, 2, 3] and acc["values"] == pytest.approx([expected[(ids[2], e)][0] for e in (1, 2, 3)])
+    only = app_client.get(f"/runs/{ids[1]}/metrics", params={"split": "test", "key": "nc1"}).json()["series"]
+    assert len(only) == 1 and only[0]["values"][-1] is None  # NaN stored as NULL comes back as null
+    assert app_client.get(f"/runs/{ids[2]}/metrics", params={"key": "nope"}).json()["series"] == []
+
+
+def test_results_aggregate_over_seeds_at_last_epoch(app_client, sweep):
+    sid, ids, runs, expected = sweep
+    out = app_client.get(f"/sweeps/{sid}/results", params={"keys": "acc,nc1", "split": "test"}).json()
+    assert out["group_by"] == ["loss.name", "model.width"] and out["epoch"] == "last"
+    assert [tuple(g["values"].values()) for g in out["groups"]] == [("ce", 2), ("ce", 4), ("mse", 2), ("mse", 4)]
+    for g in out["groups"]:
+        members = [r for r in runs if (r.grid["loss.name"], r.grid["model.width"]) == tuple(g["values"].values())]
+        assert g["run_ids"] == [r.id for r in members] and g["runs"] == 3
+        last = {r.id: 2 if r.id == ids[0] else 3 for r in members}
+        accs = [expected[(r.id, last[r.id])][0] for r in members]
+        a = g["metrics"]["acc"]
+        assert a["mean"] == pytest.approx(statistics.mean(accs)) and a["std"] == pytest.approx(statistics.stdev(accs))
+        assert (a["min"], a["max"], a["count"]) == (pytest.approx(min(accs)), pytest.approx(max(accs)), 3)
+        ncs = [expected[(r.id, last[r.id])][1] for r in members]
+        n = g["metrics"]["nc1"]
+        assert n["count"] == sum(v is not None for v in ncs) and n["missing"] == sum(v is None for v in ncs)
+        assert n["mean"] == pytest.approx(statistics.mean(v for v in ncs if v is not None))
+
+
+def test_results_custom_grouping_epoch_and_single_run_std(app_client, sweep):
+    sid, ids, runs, expected = sweep
+    out = app_client.get(f"/sweeps/{sid}/results", params={"group_by": "loss.name", "keys": "acc", "epoch": 1}).json()
+    assert out["epoch"] == 1 and [g["values"] for g in out["groups"]] == [{"loss.name": "ce"}, {"loss.name": "mse"}]
+    ce = [expected[(r.id, 1)][0] for r in runs if r.grid["loss.name"] == "ce"]
+    assert out["groups"][0]["metrics"]["acc"]["mean"] == pytest.approx(statistics.mean(ce))
+    per_run = app_client.get(f"/sweeps/{sid}/results", params={"group_by": "loss.name,model.width,seed",
+                                                                 "keys": "acc"}).json()
+    assert len(per_run["groups"]) == 12
+    assert all(g["metrics"]["acc"]["std"] is None and g["metrics"]["acc"]["count"] == 1 for g in per_run["groups"])
+    train = app_client.get(f"/sweeps/{sid}/results", params={"split": "train"}).json()
+    assert train["keys"] == ["acc"] and train["groups"][0]["metrics"]["acc"]["mean"] == 1.0
+
+
+@pytest.mark.parametrize("params, field", [({"group_by": "model.widht"}, "group_by"), ({"epoch": "first"}, "epoch"),
+                                           ({"split": "val"}, "split")])
+def test_results_bad_params(app_client, sweep, params, field):
+    resp = app_client.get(f"/sweeps/{sweep[0]}/results", params=params)
+    assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == field
+    assert app_client.get("/sweeps/999/results").status_code == 404

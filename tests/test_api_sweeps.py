@@ -1,0 +1,189 @@
+"""POST /sweeps and friends on SQLite and PostgreSQL: submit, de-dup, caps, extend, bad input, auth."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from nc_core.db.models import Run, Sweep
+from nc_core.db.session import session_scope
+
+GRID = {"loss.name": ["ce", "mse"], "model.width": [2, 4]}
+
+
+def sweep_body(**overrides):  # noqa: ANN003, ANN201
+    body = {"name": "t", "base": {"epochs": 3, "data": {"name": "gaussian"}}, "grid": GRID, "seeds": [0, 1]}
+    body.update(overrides)
+    return body
+
+
+def fields(resp) -> list[str]:  # noqa: ANN001
+    return [item["field"] for item in resp.json()["detail"]]
+
+
+def test_submit_inserts_sweep_and_runs_then_enqueues(app_client, db_url):
+    resp = app_client.post("/sweeps", json=sweep_body())
+    assert resp.status_code == 201, resp.text
+    out = resp.json()
+    assert out["runs"] == 8 and out["duplicates"] == 0 and out["enqueued"] is True
+    with session_scope(db_url) as s:
+        runs = s.scalars(select(Run).where(Run.sweep_id == out["sweep_id"]).order_by(Run.id)).all()
+        sweep = s.get(Sweep, out["sweep_id"])
+        assert sweep.axes == ["loss.name", "model.width"] and sweep.owner == "tests-write"
+        assert {r.status for r in runs} == {"queued"} and {r.max_attempts for r in runs} == {3}
+        assert {(r.grid["loss.name"], r.grid["model.width"], r.seed) for r in runs} == {
+            (loss, w, seed) for loss in ("ce", "mse") for w in (2, 4) for seed in (0, 1)}
+        assert all(r.spec["loss"]["name"] == r.grid["loss.name"] and r.spec["seed"] == r.seed for r in runs)
+        ids = [r.id for r in runs]
+    assert app_client.app.state.enqueuer.tasks == [("ncsweep.train", i) for i in ids]
+
+
+def test_duplicates_dropped_by_spec_hash(app_client):
+    # width 128 is the default: grid value 128 and base value 128 give identical specs
+    resp = app_client.post("/sweeps", json=sweep_body(grid={"model.width": [128, 128.0, 64]}, seeds=[0]))
+    assert resp.status_code == 201 and resp.json()["runs"] == 2 and resp.json()["duplicates"] == 1
+
+
+def test_ufm_kind_sends_ufm_task(app_client):
+    base = {"kind": "ufm", "ufm": {"class_counts": [5, 5, 5], "dim": 8, "iterations": 10, "eval_every": 5}}
+    resp = app_client.post("/sweeps", json=sweep_body(base=base, grid={"ufm.lambda_h": [1e-3, 1e-2]}))
+    assert resp.status_code == 201, resp.text
+    assert {t for t, _ in app_client.app.state.enqueuer.tasks} == {"ncsweep.ufm"}
+
+
+def test_cap_from_spec_and_settings(app_client, settings, row_counts):
+    before = row_counts()
+    resp = app_client.post("/sweeps", json=sweep_body(max_runs=5))
+    assert resp.status_code == 422 and fields(resp) == ["max_runs"]
+    assert "8 runs" in resp.json()["detail"][0]["msg"] and "cap of 5" in resp.json()["detail"][0]["msg"]
+    settings.max_runs_per_sweep = 4
+    resp = app_client.post("/sweeps", json=sweep_body(max_runs=100))
+    assert resp.status_code == 422 and "max_runs_per_sweep=4" in resp.json()["detail"][0]["msg"]
+    assert row_counts() == before and app_client.app.state.enqueuer.calls == []
+
+
+@pytest.mark.parametrize("body, field, words", [
+    (sweep_body(grid={"loss.nam": ["ce"]}), "grid.loss.nam", ["unknown field", "loss.name"]),
+    (sweep_body(grid={"loss.name": ["ce", "bogus"]}), "grid.loss.name", ["'mse'", "bogus"]),
+    (sweep_body(base={"data": {"name": "imagenet"}}), "base.data.name", ["'cifar10'", "'gaussian'"]),
+    (sweep_body(base={"model": {"name": "resnet9"}, "data": {"name": "cifar10"}}), "base.model.name", ["'resnet18'"]),
+    (sweep_body(base={"loss": {"name": "hinge"}}, grid={"model.width": [2]}), "base.loss.name", ["'ce'", "'focal'"]),
+    (sweep_body(seeds=[]), "seeds", ["at least one seed"]),
+    (sweep_body(name=""), "name", ["at least 1 character"]),
+    (sweep_body(extra=1), "extra", ["Extra inputs"]),
+    (sweep_body(base={"data": {"name": "gaussian", "root": "/etc"}}), "base.data.root", ["settings.data_roots"]),
+    (sweep_body(grid={"data.root": ["/tmp/../etc"]}), "grid.data.root", ["allowed data root"]),
+])
+def test_bad_input_is_422_naming_the_field_and_writes_nothing(app_client, row_counts, body, field, words):
+    before = row_counts()
+    resp = app_client.post("/sweeps", json=body)
+    assert resp.status_code == 422, resp.text
+    assert field in fields(resp), resp.json()
+    msg = " ".join(item["msg"] for item in resp.json()["detail"])
+    assert all(w in msg for w in words), msg
+    assert "Traceback" not in resp.text
+    assert row_counts() == before and app_client.app.state.enqueuer.calls == []
+
+
+def test_data_root_inside_allowed_root_is_accepted(app_client, settings):
+    root = str(settings.data_roots[0] / "cifar")
+    resp = app_client.post("/sweeps", json=sweep_body(base={"data": {"name": "gaussian", "root": root}}))
+    assert resp.status_code == 201, resp.text
+
+
+def test_malformed_json_and_wrong_types(app_client, row_counts):
+    before = row_counts()
+    resp = app_client.post("/sweeps", content=b'{"name": "x", ', headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and fields(resp) == ["body"]
+    resp = app_client.post("/sweeps", json=sweep_body(grid={"model.width": 3}))
+    assert resp.status_code == 422 and "grid.model.width" in fields(resp)
+    assert row_counts() == before
+
+
+def test_body_too_large_is_413(app_client, settings, row_counts):
+    before = row_counts()
+    big = json.dumps(sweep_body(name="x" * 100, base={"data": {"name": "gaussian"}}, seeds=list(range(200_000))))
+    assert len(big) > settings.max_body_bytes
+    resp = app_client.post("/sweeps", content=big, headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and "limit" in resp.json()["detail"]
+
+    def chunks():  # streamed without Content-Length
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536].encode()
+    resp = app_client.post("/sweeps", content=chunks(), headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+    assert row_counts() == before
+
+
+def test_auth_missing_invalid_and_read_only(anon_client, read_token, row_counts):
+    before = row_counts()
+    assert anon_client.post("/sweeps", json=sweep_body()).status_code == 401
+    bad = anon_client.post("/sweeps", json=sweep_body(), headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+    assert anon_client.post("/sweeps", json=sweep_body(), headers={"Authorization": "Basic x"}).status_code == 401
+    ro = anon_client.post("/sweeps", json=sweep_body(), headers={"Authorization": f"Bearer {read_token}"})
+    assert ro.status_code == 403 and "read" in ro.json()["detail"]
+    assert row_counts() == before
+    assert anon_client.get("/sweeps").status_code == 200  # reads are open
+
+
+def test_revoked_token_is_rejected(anon_client, db_url, write_token):
+    from service.auth import revoke_token
+
+    assert revoke_token(db_url, write_token)
+    resp = anon_client.post("/sweeps", json=sweep_body(), headers={"Authorization": f"Bearer {write_token}"})
+    assert resp.status_code == 401
+
+
+def test_failed_enqueue_keeps_runs_queued(app_client, db_url):
+    app_client.app.state.enqueuer.fail = True
+    resp = app_client.post("/sweeps", json=sweep_body())
+    assert resp.status_code == 201 and resp.json()["enqueued"] is False
+    with session_scope(db_url) as s:
+        assert s.scalars(select(Run.status)).all() == ["queued"] * 8
+
+
+def test_list_and_detail_report_counts_and_progress(app_client, db_url):
+    sid = app_client.post("/sweeps", json=sweep_body()).json()["sweep_id"]
+    with session_scope(db_url) as s:
+        runs = s.scalars(select(Run).where(Run.sweep_id == sid).order_by(Run.id)).all()
+        runs[0].status, runs[1].status = "succeeded", "failed"
+        runs[2].status, runs[2].epoch, runs[2].epochs_total = "running", 1, 4
+    listing = app_client.get("/sweeps").json()
+    assert listing["total"] == 1 and listing["items"][0]["counts"] == {"queued": 5, "succeeded": 1, "failed": 1, "running": 1}
+    detail = app_client.get(f"/sweeps/{sid}").json()
+    assert detail["progress"] == pytest.approx((2 + 0.25) / 8)
+    assert detail["axes"] == ["loss.name", "model.width"] and detail["spec"]["grid"] == GRID
+    assert app_client.get("/sweeps/999").status_code == 404
+
+
+def test_extend_adds_only_new_runs(app_client, db_url):
+    sid = app_client.post("/sweeps", json=sweep_body()).json()["sweep_id"]
+    with session_scope(db_url) as s:
+        s.execute(Run.__table__.update().where(Run.sweep_id == sid).values(status="succeeded"))
+    calls = len(app_client.app.state.enqueuer.calls)
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.width": [4, 8]}, "seeds": [2]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["added"] == 2 * 3 * 3 - 8 and resp.json()["existing"] == 8
+    with session_scope(db_url) as s:
+        statuses = s.scalars(select(Run.status).where(Run.sweep_id == sid)).all()
+        assert statuses.count("succeeded") == 8 and statuses.count("queued") == 10
+        assert s.get(Sweep, sid).spec["grid"]["model.width"] == [2, 4, 8]
+    assert len(app_client.app.state.enqueuer.calls[calls]) == 10
+    # a new axis keeps the existing runs (base value first) and adds the new values
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"optim.lr": [0.1]}})
+    assert resp.json()["added"] == 18 and resp.json()["existing"] == 18
+    again = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"optim.lr": [0.1]}})
+    assert again.json()["added"] == 0
+
+
+def test_extend_rejects_unknown_field_and_cap(app_client, row_counts):
+    sid = app_client.post("/sweeps", json=sweep_body(max_runs=10)).json()["sweep_id"]
+    before = row_counts()
+    bad = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.widht": [8]}})
+    assert bad.status_code == 422 and "grid.model.widht" in fields(bad)
+    over = app_client.post(f"/sweeps/{sid}/extend", json={"seeds": [2, 3]})
+    assert over.status_code == 422 and fields(over) == ["max_runs"]
+    assert app_client.post("/sweeps/999/extend", json={"seeds": [5]}).status_code == 404
+    assert row_counts() == before

@@ -1,0 +1,189 @@
+"""The `ncsweep` CLI against a live API (uvicorn in a thread, SQLite, recording enqueuer)."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers_stack import free_port
+from nc_core.db import workers_repo
+from nc_core.db.models import Run
+from nc_core.db.session import session_scope
+from service import cli
+from test_events import serve
+from test_plots import PNG_SIGNATURE, seed_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_YAML = """
+name: cli-test
+base: {epochs: 2, data: {name: digits}}
+grid:
+  loss.name: [ce, mse]
+  model.width: [16, 32]
+seeds: [0, 1]
+"""
+
+
+@pytest.fixture
+def live(app, db_url: str, write_token: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:  # noqa: ANN001
+    """The API served on a free port; the CLI is pointed at it with the write token (SQLite only: fast)."""
+    with serve(app) as url:
+        monkeypatch.setenv("NCSWEEP_API_URL", url)
+        monkeypatch.setenv("NCSWEEP_TOKEN", write_token)
+        monkeypatch.setenv("NCSWEEP_DATABASE_URL", db_url)
+        monkeypatch.setattr(cli.out, "width", 160)
+        monkeypatch.setattr(cli.err, "width", 160)
+        yield url
+
+
+def ncsweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    rc = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@SQLITE
+def test_submit_runs_and_filters(live: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP_YAML)
+    rc, out, _ = ncsweep(capsys, "submit", spec)
+    assert rc == 0 and out.startswith("sweep ") and ": 8 runs" in out
+    sid = int(out.split()[1].rstrip(":"))
+    rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid)
+    assert rc == 0 and "8 runs" in out and out.count("queued") == 8
+    rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid, "--filter", "loss.name=mse", "--status", "queued")
+    assert rc == 0 and "4 runs" in out and "loss.name=ce" not in out
+    rc, out, err = ncsweep(capsys, "runs", "--filter", "no.such=1")
+    assert rc == 1 and "no.such" in err and "Traceback" not in err + out
+
+
+@SQLITE
+def test_submit_invalid_spec_names_the_field(live: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\ngrid: {loss.nam: [ce]}\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 1 and "HTTP 422" in err and "loss.nam" in err and "Traceback" not in err
+
+
+@SQLITE
+def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={0: "running", 1: "queued", 2: "failed"})
+    with session_scope(db_url) as s:
+        workers_repo.heartbeat(s, "gpu0@node1", "node1", 4242, "cuda:0",
+                               {"gpu_name": "NVIDIA H100", "util_percent": 87.0, "memory_used": 30 * 2**30,
+                                "memory_total": 80 * 2**30, "temperature_c": 61.0}, runs[0], "busy")
+    rc, out, _ = ncsweep(capsys, "watch", sid, "--once")
+    assert rc == 0 and f"sweep {sid}" in out and "running" in out and "gpu0@node1" in out and "87%" in out
+    docs = ROOT / "docs" / "screenshots"
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "watch.txt").write_text(f"$ ncsweep watch {sid} --once\n{out}")
+    rc, out, _ = ncsweep(capsys, "results", sid, "--keys", "acc,nc1", "--split", "test")
+    assert rc == 0 and "mean ± std" in out and "±" in out.split("mean ± std")[1] and "mse" in out
+    rc, out, _ = ncsweep(capsys, "results", sid, "--group-by", "loss.name", "--keys", "acc")
+    assert rc == 0 and "ce" in out and "model.width" not in out
+    rc, out, _ = ncsweep(capsys, "workers")
+    assert rc == 0 and "gpu0@node1" in out and "busy" in out and "30.0/80.0 GiB" in out
+
+
+@SQLITE
+def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={0: "running"})
+
+    def finish() -> None:
+        time.sleep(1.0)
+        with session_scope(db_url) as s:
+            s.get(Run, runs[0]).status = "succeeded"
+    threading.Thread(target=finish, daemon=True).start()
+    t0 = time.monotonic()
+    rc, out, _ = ncsweep(capsys, "watch", sid, "--interval", "0.2")
+    assert rc == 0 and f"sweep {sid} finished" in out and 0.9 < time.monotonic() - t0 < 20
+
+
+@SQLITE
+def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    sid, _ = seed_sweep(db_url, epochs=2)
+    rc, out, _ = ncsweep(capsys, "export", sid, "--format", "csv", "--out", tmp_path / "m.csv")
+    assert rc == 0
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert len(rows) == 8 * 2 * 2 * 9  # runs × epochs × splits × keys
+    assert set(rows[0]) == {"run_id", "status", "seed", "loss.name", "model.width", "epoch", "split", "key", "value"}
+    assert {r["loss.name"] for r in rows} == {"ce", "mse"}
+    rc, _, _ = ncsweep(capsys, "export", sid, "--format", "parquet", "--out", tmp_path / "m.parquet")
+    import pyarrow.parquet as pq
+
+    assert rc == 0 and pq.read_table(tmp_path / "m.parquet").num_rows == len(rows)
+    rc, _, err = ncsweep(capsys, "export", sid, "--format", "xlsx", "--out", tmp_path / "m.xlsx")
+    assert rc != 0 and "csv or parquet" in err
+
+
+@SQLITE
+def test_cancel_and_retry(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={0: "queued", 1: "queued", 2: "running"})
+    rc, out, _ = ncsweep(capsys, "cancel", "--run", runs[0])
+    assert rc == 0 and "cancelled: 1" in out
+    rc, out, _ = ncsweep(capsys, "cancel", sid)
+    assert rc == 0 and "cancelled: 1" in out and "cancel requested: 1" in out
+    rc, out, _ = ncsweep(capsys, "retry", "--run", runs[0])
+    assert rc == 0 and "retried: 1" in out
+    rc, out, err = ncsweep(capsys, "retry", "--run", runs[5])  # succeeded: immutable
+    assert rc == 1 and "HTTP 409" in err and "Traceback" not in err
+    rc, _, err = ncsweep(capsys, "cancel")
+    assert rc == 2 and "SWEEP id or --run" in err
+
+
+@SQLITE
+def test_plot_commands(live: str, db_url: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url)
+    cases = {"dyn.png": ["--kind", "dynamics"], "heat.png": ["--kind", "heatmap", "--x", "model.width", "--y", "seed",
+                                                             "--mode", "diff_vs", "--ref", "loss.name:ce"],
+             "marg.png": ["--kind", "margins", "--run", runs[0]]}
+    for name, extra in cases.items():
+        rc, out, err = ncsweep(capsys, "plot", sid, *extra, "--out", tmp_path / name)
+        assert rc == 0, err
+        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
+    rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "heatmap", "--out", tmp_path / "x.png")
+    assert rc == 2 and "--x AXIS" in err
+
+
+@SQLITE
+def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("NCSWEEP_DATABASE_URL", db_url)
+    monkeypatch.delenv("NCSWEEP_TOKEN", raising=False)
+    rc, out, _ = ncsweep(capsys, "--home", tmp_path / "home", "token", "create", "--name", "ci", "--scope", "read",
+                         "--save")
+    token = out.strip()
+    assert rc == 0 and token.startswith("ncs_")
+    from nc_core.settings import Settings
+    from service.client import resolve_token
+
+    assert resolve_token(Settings(home=tmp_path / "home")) == token
+    rc, _, err = ncsweep(capsys, "token", "create", "--scope", "root")
+    assert rc == 2 and "read, write, admin" in err
+
+
+def test_unreachable_api_is_one_readable_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "NCSWEEP_API_URL": url, "NCSWEEP_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "workers"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot reach the ncsweep API at {url}: is `ncsweep up` running?" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_help_of_stack_commands(capsys) -> None:  # noqa: ANN001
+    for cmd, flag in (("up", "--no-example"), ("worker", "--gpus"), ("watch", "--once"), ("plot", "--kind")):
+        rc, out, _ = ncsweep(capsys, cmd, "--help")
+        assert rc == 0 and flag in out
+    rc, _, err = ncsweep(capsys, "worker", "--gpus", "0,x")
+    assert rc == 2 and "comma-separated integers" in err

@@ -1,0 +1,138 @@
+"""Fault tolerance with real Redis, SQLite and Celery worker processes: worker loss mid-run,
+duplicate delivery, a diverging run, cancellation."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from nc_core.db.models import Event, Metric, Run
+from nc_core.db.session import session_scope
+from tests.helpers_stack import ApiServer, CeleryWorker, RedisServer, make_settings, sqlite_db, wait_for
+
+pytestmark = pytest.mark.integration
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def spec(epochs: int, *, lr: float = 0.05, eval_every: int = 10, train_size: int = 4000) -> dict:
+    return {"epochs": epochs, "batch_size": 64, "device": "cpu", "optim": {"lr": lr},
+            "data": {"name": "gaussian", "train_size": train_size, "test_size": 500, "gaussian_classes": 4,
+                     "gaussian_dim": 32},
+            "model": {"name": "mlp", "width": 256, "depth": 3}, "eval": {"every": eval_every},
+            "checkpoint": {"every": 1, "keep_last": 2}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from worker.reconciler import run_forever
+
+    home = tmp_path_factory.mktemp("faults")
+    redis = RedisServer(home / "redis").start()
+    settings = make_settings(home, sqlite_db(home), redis.url(), lease_seconds=3.0, heartbeat_seconds=0.5)
+    api = ApiServer(settings).start()
+    stop = threading.Event()
+    recon = threading.Thread(target=run_forever, args=(settings, 0.5), kwargs={"stop": stop}, daemon=True)
+    recon.start()
+    workers = [CeleryWorker(settings, f"f{i}").start() for i in range(2)]
+    yield {"settings": settings, "api": api, "workers": workers, "url": settings.resolved_database_url()}
+    stop.set()
+    for w in workers:
+        w.stop()
+    api.stop()
+    redis.stop()
+
+
+def submit(stack: dict, name: str, base: dict, **extra) -> list[int]:
+    body = {"name": name, "base": base, **extra}
+    r = httpx.post(f"{stack['api'].url}/sweeps", json=body, timeout=30)
+    assert r.status_code == 201, r.text
+    runs = httpx.get(f"{stack['api'].url}/runs", params={"sweep_id": r.json()["sweep_id"]}).json()["items"]
+    return [run["id"] for run in runs]
+
+
+def run_row(stack: dict, run_id: int) -> Run:
+    with session_scope(stack["url"]) as s:
+        return s.get(Run, run_id)
+
+
+def wait_status(stack: dict, run_id: int, statuses: tuple, timeout: float) -> Run:
+    try:
+        return wait_for(lambda: (r := run_row(stack, run_id)).status in statuses and r, timeout, 0.2,
+                        f"run {run_id} to reach {statuses}")
+    except AssertionError:
+        raise AssertionError("\n".join(w.tail(40) for w in stack["workers"])) from None
+
+
+def test_killed_worker_run_is_requeued_and_resumes_from_checkpoint(stack):
+    (rid,) = submit(stack, "kill", spec(40))
+    run = wait_for(lambda: (r := run_row(stack, rid)).epoch >= 4 and r, 60, 0.1, "epoch 4")
+    victim = next(w for w in stack["workers"] if run.worker_name and run.worker_name.startswith(w.name + "@"))
+    victim.kill()  # kill -9 of the whole worker: parent and the child running the job
+    killed_at = run_row(stack, rid).epoch
+    done = wait_status(stack, rid, FINISHED, 90)
+    stack["workers"][stack["workers"].index(victim)] = CeleryWorker(stack["settings"], victim.name + "b").start()
+    assert done.status == "succeeded" and done.attempt == 2, done.error
+    assert not done.worker_name.startswith(victim.name + "@")
+    with session_scope(stack["url"]) as s:
+        rows = s.execute(select(Metric.epoch, Metric.split, Metric.key, func.count()).where(Metric.run_id == rid)
+                         .group_by(Metric.epoch, Metric.split, Metric.key)).all()
+        events = list(s.scalars(select(Event).where(Event.run_id == rid).order_by(Event.id)))
+    assert rows and all(n == 1 for *_, n in rows)
+    assert {e for e, *_ in rows} >= {10, 20, 30, 40}
+    second = next(i for i, e in enumerate(events) if e.kind == "status" and e.payload.get("attempt") == 2)
+    first_progress = next(e for e in events[second:] if e.kind == "progress" and "epoch" in e.payload)
+    assert first_progress.payload["epoch"] >= killed_at - 1  # resumed near the kill, not from epoch 0
+
+
+def test_duplicate_delivery_is_a_no_op(stack):
+    from worker.celery_app import make_celery, send_runs
+
+    (rid,) = submit(stack, "dup", spec(2, eval_every=1, train_size=400))
+    send_runs(make_celery(stack["settings"]), [(rid, "train")])  # the same message again
+    done = wait_status(stack, rid, FINISHED, 60)
+    assert done.status == "succeeded" and done.attempt == 1
+    with session_scope(stack["url"]) as s:
+        running = s.scalar(select(func.count()).select_from(Event).where(
+            Event.run_id == rid, Event.kind == "status", Event.payload["status"].as_string() == "running"))
+    assert running == 1
+    wait_for(lambda: any("not claimable" in w.tail(400) for w in stack["workers"]), 20, 0.5, "the dropped duplicate")
+
+
+def test_diverging_run_fails_with_reason_and_worker_takes_next_job(stack):
+    bad, good = submit(stack, "diverge", spec(3, eval_every=1, train_size=400), grid={"optim.lr": [1e6, 0.05]})
+    failed = wait_status(stack, bad, FINISHED, 60)
+    assert failed.status == "failed" and failed.error.startswith("TrainingDiverged: ")
+    assert "Traceback" not in failed.error and "\n" not in failed.error
+    assert wait_status(stack, good, FINISHED, 60).status == "succeeded"
+
+
+def test_cancel_stops_a_running_job(stack):
+    (rid,) = submit(stack, "cancel", spec(300))
+    wait_for(lambda: run_row(stack, rid).epoch >= 1, 60, 0.1, "epoch 1")
+    r = httpx.post(f"{stack['api'].url}/runs/{rid}/cancel", timeout=10)
+    assert r.status_code == 200, r.text
+    done = wait_status(stack, rid, FINISHED, 20)
+    assert done.status == "cancelled" and done.epoch < 300
+
+
+def test_killed_child_redelivery_is_dropped_and_reconciler_requeues(stack):
+    (rid,) = submit(stack, "kill-child", spec(30))
+    run = wait_for(lambda: (r := run_row(stack, rid)).epoch >= 3 and r, 60, 0.1, "epoch 3")
+    worker = next(w for w in stack["workers"] if run.worker_name.startswith(w.name + "@"))
+    children = worker.children()
+    assert children, "the prefork child running the job"
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)  # the job's process dies; the worker parent lives on
+    done = wait_status(stack, rid, FINISHED, 90)
+    with session_scope(stack["url"]) as s:
+        for e in s.scalars(select(Event).where(Event.run_id == rid, Event.kind != "metric").order_by(Event.id)):
+            print(e.at, e.kind, e.payload)
+    assert done.status == "succeeded" and done.attempt == 2, done.error
+    with session_scope(stack["url"]) as s:
+        dup = s.execute(select(Metric.epoch, Metric.split, Metric.key).where(Metric.run_id == rid)
+                        .group_by(Metric.epoch, Metric.split, Metric.key).having(func.count() > 1)).all()
+    assert dup == []

@@ -1,0 +1,92 @@
+"""evaluate_split with a tiny linear model: resident and two-pass paths agree; acc and loss are right."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nc_core.metrics import evaluate_split, nc_metrics, result_reasons
+
+K, D_IN, D = 4, 6, 8
+
+
+def _setup(seed=0, N=300, bs=32):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(N) % K
+    centers = torch.randn(K, D_IN, generator=g, dtype=torch.float64) * 2
+    x = centers[y] + torch.randn(N, D_IN, generator=g, dtype=torch.float64)
+    body = torch.nn.Linear(D_IN, D).double()
+    head = torch.nn.Linear(D, K).double()
+    torch.nn.init.normal_(body.weight, generator=g)
+    torch.nn.init.normal_(head.weight, generator=g)
+
+    def forward(inp):
+        assert torch.is_inference_mode_enabled()
+        h = torch.tanh(body(inp))
+        return h, head(h)
+
+    batches = [(x[i:i + bs], y[i:i + bs]) for i in range(0, N, bs)]
+    return forward, batches, x, y, head
+
+
+def _same(a, b, rel=1e-12):
+    assert set(a) == set(b)
+    for k in a:
+        if math.isnan(a[k]):
+            assert math.isnan(b[k]), k
+        else:  # nuclear ratios: √eig of a Gram accumulated in other batch sizes (rounding ~eps·λ_max/σ)
+            tol = 1e-9 if k in ("nuclear_frobenius", "numerical_rank") else rel
+            assert b[k] == pytest.approx(a[k], rel=tol, abs=1e-14), k
+
+
+def test_resident_and_two_pass_agree_and_match_nc_metrics():
+    forward, batches, x, y, head = _setup()
+    kw = dict(num_classes=K, weight=head.weight, bias=head.bias, loss_fn=F.cross_entropy,
+              gof={"weight_decay": 1e-3, "feature_decay": 1e-3, "depth_linear": 1})
+    resident = evaluate_split(forward, batches, **kw)
+    two_pass = evaluate_split(forward, batches, max_resident_bytes=0, **kw)
+    spill = evaluate_split(forward, batches, max_resident_bytes=3 * 32 * D * 8, **kw)  # spills mid-way
+    _same(resident, two_pass)
+    _same(resident, spill)
+    with torch.inference_mode():
+        h, logits = forward(x)
+    assert resident["acc"] == pytest.approx(100.0 * float((logits.argmax(1) == y).double().mean()), rel=1e-12)
+    assert resident["loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-12)
+    ref = nc_metrics(h, y, head.weight.detach(), head.bias.detach(), num_classes=K,
+                     gof={"weight_decay": 1e-3, "feature_decay": 1e-3, "depth_linear": 1})
+    _same({k: resident[k] for k in ref}, ref)
+    assert result_reasons(resident) == {}
+
+
+def test_per_sample_loss_and_no_loss():
+    forward, batches, x, y, head = _setup()
+    mean_loss = evaluate_split(forward, batches, num_classes=K, loss_fn=F.cross_entropy)
+    per_sample = evaluate_split(forward, batches, num_classes=K,
+                                loss_fn=lambda z, t: F.cross_entropy(z, t, reduction="none"))
+    assert per_sample["loss"] == pytest.approx(mean_loss["loss"], rel=1e-12)
+    assert "loss" not in evaluate_split(forward, batches, num_classes=K)
+
+
+def test_one_shot_iterator_over_budget_reports_reason():
+    forward, batches, x, y, head = _setup()
+    r = evaluate_split(forward, iter(batches), num_classes=K, weight=head.weight, max_resident_bytes=0)
+    assert math.isnan(r["cos_margin_mean"])
+    assert "one-shot iterator" in result_reasons(r)["cos_margin_mean"]
+    assert math.isfinite(r["nc1"]) and math.isfinite(r["acc"])
+    ok = evaluate_split(forward, iter(batches), num_classes=K, weight=head.weight)  # fits: resident
+    assert math.isfinite(ok["cos_margin_mean"])
+
+
+def test_without_weight_no_second_pass_needed():
+    forward, batches, x, y, head = _setup()
+    calls = []
+
+    def counting(inp):
+        calls.append(1)
+        return forward(inp)
+
+    r = evaluate_split(counting, batches, num_classes=K, max_resident_bytes=0)
+    assert len(calls) == len(batches)  # per-class scatter makes the nuclear ratios one-pass
+    assert "nc2_w" not in r and math.isfinite(r["nuclear_frobenius"])

@@ -1,0 +1,151 @@
+"""Plot endpoints return valid PNGs whose pixels depend on the stored metrics (plus seeding helpers)."""
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from datetime import timedelta
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from nc_core.db.models import Metric, Run, Sweep, utcnow
+from nc_core.db.session import session_scope
+from nc_core.spec import RunSpec
+from nc_core.sweep import spec_hash
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc", "loss", "cos_margin_mean", "cos_margin_min", "cos_margin_median")
+
+
+def seed_sweep(url: str, *, scale: float = 1.0, losses=("ce", "mse"), widths=(32, 64), seeds=(0, 1), epochs: int = 4,
+               statuses: dict[int, str] | None = None, name: str = "demo") -> tuple[int, list[int]]:
+    """Insert a sweep over loss.name × model.width × seeds with synthetic metric curves; returns (sweep id, run ids).
+
+    Values depend on `scale` so that two calls with different scales give different plots.
+    `statuses` maps a run's index (insertion order) to its status (default: succeeded).
+    """
+    statuses = statuses or {}
+    with session_scope(url) as s:
+        sweep = Sweep(name=name, spec={"name": name, "grid": {"loss.name": list(losses), "model.width": list(widths)},
+                                       "seeds": list(seeds)}, axes=["loss.name", "model.width"])
+        s.add(sweep)
+        s.flush()
+        run_ids = []
+        now = utcnow()
+        for idx, (loss, width, seed) in enumerate(itertools.product(losses, widths, seeds)):
+            spec = RunSpec.model_validate({"seed": seed, "epochs": epochs, "loss": {"name": loss},
+                                           "model": {"width": width}})
+            status = statuses.get(idx, "succeeded")
+            run = Run(sweep_id=sweep.id, kind="train", spec=spec.model_dump(mode="json"), spec_hash=spec_hash(spec),
+                      grid={"loss.name": loss, "model.width": width}, seed=seed, status=status,
+                      epoch=epochs if status == "succeeded" else 1, epochs_total=epochs, steps_total=10, step=5,
+                      started_at=now - timedelta(seconds=60 + idx), samples_per_s=1000.0,
+                      finished_at=now if status in ("succeeded", "failed", "cancelled") else None,
+                      error="RuntimeError: diverged at epoch 1" if status == "failed" else None)
+            s.add(run)
+            s.flush()
+            run_ids.append(run.id)
+            if status == "queued":
+                continue
+            k = 1 + losses.index(loss) + 0.5 * widths.index(width) + 0.1 * seed
+            for epoch, split, key in itertools.product(range(1, epochs + 1), ("train", "test"), KEYS):
+                base = {"acc": 50 + 10 * epoch / k, "loss": 1 / epoch}.get(key, k / epoch)
+                value = None if (key == "nc1" and epoch == 1 and idx == 0) else scale * base  # one NULL (NaN) value
+                s.add(Metric(run_id=run.id, epoch=epoch, split=split, key=key, value=value))
+    return sweep.id, run_ids
+
+
+def decode(png: bytes) -> np.ndarray:
+    assert png[:8] == PNG_SIGNATURE, png[:40]
+    return mpimg.imread(io.BytesIO(png), format="png")
+
+
+@pytest.fixture
+def sqlite_app_client(tmp_path, sqlite_template):  # noqa: ANN001, ANN201
+    """A TestClient on a fresh SQLite database (plots do not depend on the database engine)."""
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from nc_core.settings import Settings
+    from service.app import create_app
+
+    path = tmp_path / "ncsweep.db"
+    shutil.copy(sqlite_template, path)
+    settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{path}", broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings, enqueuer=lambda jobs: None, broker_check=lambda: None)) as client:
+        client.db_url = settings.database_url
+        yield client
+
+
+def _get_png(client, url: str) -> np.ndarray:  # noqa: ANN001
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    return decode(r.content)
+
+
+PLOT_URLS = [
+    "/sweeps/{sid}/plots/dynamics.png",
+    "/sweeps/{sid}/plots/dynamics.png?keys=nc1,acc&split=test",
+    "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc&split=test",
+    "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=epochs&key=acc&split=test&mode=diff_vs&ref=loss.name:ce",
+    "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc&mode=variance",
+    "/runs/{rid}/plots/margins.png",
+    "/runs/{rid}/plots/curves.png",
+]
+
+
+@pytest.mark.parametrize("template", PLOT_URLS)
+def test_plot_is_png_and_depends_on_data(sqlite_app_client, template: str) -> None:
+    sid1, runs1 = seed_sweep(sqlite_app_client.db_url, scale=1.0)
+    sid2, runs2 = seed_sweep(sqlite_app_client.db_url, scale=3.0, name="other")
+    img1 = _get_png(sqlite_app_client, template.format(sid=sid1, rid=runs1[1]))
+    img2 = _get_png(sqlite_app_client, template.format(sid=sid2, rid=runs2[1]))
+    assert img1.ndim == 3 and img1.shape[0] > 100 and img1.shape[1] > 100
+    assert img1.shape != img2.shape or not np.array_equal(img1, img2), "different data must give different pixels"
+
+
+def test_heatmap_values_are_final_epoch_means(sqlite_app_client) -> None:
+    from nc_core.db.session import session_scope
+    from service.plots import heatmap_grids
+
+    sid, _ = seed_sweep(sqlite_app_client.db_url, epochs=3)
+    with session_scope(sqlite_app_client.db_url) as s:
+        xs, ys, panels = heatmap_grids(s, sid, "model.width", "seed", "acc", "test", "diff_vs", "loss.name:ce")
+        assert xs == [32, 64] and ys == [0, 1] and len(panels) == 1
+        # acc = 50 + 30/k at the final epoch 3, k = 1 + loss_idx + 0.5 width_idx + 0.1 seed
+        acc = lambda li, wi, sd: 50 + 30 / (1 + li + 0.5 * wi + 0.1 * sd)  # noqa: E731
+        m = panels[0][1]
+        for sd, wi in itertools.product((0, 1), (0, 1)):
+            assert m[sd, wi] == pytest.approx(abs(acc(0, wi, sd) - acc(1, wi, sd)))
+        with pytest.raises(ValueError, match="ref"):
+            heatmap_grids(s, sid, "model.width", "loss.name", "acc", "test", "diff_vs", "loss.name:ce")
+        _, _, var = heatmap_grids(s, sid, "model.width", "loss.name", "acc", "test", "variance")
+        assert var[0][1][0, 0] == pytest.approx(np.var([50 + 30 / (1 + 0.1 * sd) for sd in (0, 1)]))
+
+
+def test_plot_errors_are_readable(sqlite_app_client) -> None:
+    sid, _ = seed_sweep(sqlite_app_client.db_url)
+    r = sqlite_app_client.get(f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&mode=diff_vs&ref=nocolon")
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "ref"
+    r = sqlite_app_client.get(f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=no.such&key=acc")
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "y"
+    assert sqlite_app_client.get("/sweeps/9999/plots/dynamics.png").status_code == 404
+    assert sqlite_app_client.get("/runs/9999/plots/margins.png").status_code == 404
+
+
+def test_empty_sweep_gives_a_message_png(sqlite_app_client) -> None:
+    sid, runs = seed_sweep(sqlite_app_client.db_url, statuses={i: "queued" for i in range(8)})
+    decode(sqlite_app_client.get(f"/sweeps/{sid}/plots/dynamics.png").content)
+    decode(sqlite_app_client.get(f"/runs/{runs[0]}/plots/margins.png").content)
+
+
+def test_service_plots_never_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, service.plots, service.routers.plots, service.cli, service.dashboard; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -1,0 +1,165 @@
+"""Checkpoints: kill-and-resume equals an uninterrupted run bitwise (CPU), cooperative stop, validate job."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nc_core.spec import RunSpec
+from nc_core.train import NullReporter, fit, validate_checkpoints
+from nc_core.training import checkpoint as ck
+
+
+def spec4(**over) -> RunSpec:
+    """4 digits-MLP epochs exercising augmentation, momentum, a schedule and both eval splits."""
+    tree = {"seed": 3, "epochs": 4, "batch_size": 128, "device": "cpu", "deterministic": True,
+            "data": {"name": "digits", "augment": "crop_flip"}, "model": {"name": "mlp", "width": 32, "depth": 2},
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            "schedule": {"name": "multistep", "milestones": [0.5]},
+            "checkpoint": {"every": 1, "keep_last": None}, **over}
+    return RunSpec.model_validate(tree)
+
+
+class Recorder(NullReporter):
+    """Records metrics/checkpoints; optionally raises after a checkpoint or stops at (epoch, step)."""
+
+    def __init__(self, kill_after_ckpt: int | None = None, stop_at: tuple[int, int] | None = None):
+        self.metrics: dict[tuple[int, str], dict] = {}
+        self.ckpts: list[tuple[int, str, int, str]] = []
+        self.kill_after_ckpt, self.stop_at, self.pos = kill_after_ckpt, stop_at, (1, 0)
+
+    def on_progress(self, epoch, step, steps_per_epoch, samples_per_s):
+        self.pos = (epoch, step) if step < steps_per_epoch else (epoch + 1, 0)
+
+    def on_metrics(self, epoch, split, metrics):
+        self.metrics[(epoch, split)] = dict(metrics)
+
+    def on_checkpoint(self, epoch, path, nbytes, sha256):
+        self.ckpts.append((epoch, path, nbytes, sha256))
+        if epoch == self.kill_after_ckpt:
+            raise KeyboardInterrupt("simulated kill")
+
+    def should_stop(self):
+        return self.stop_at is not None and self.pos >= self.stop_at
+
+
+def same(a: dict, b: dict) -> bool:
+    """Exact equality of metric dicts (NaN equals NaN)."""
+    if a.keys() != b.keys():
+        return False
+    return all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+def assert_bitwise(resumed: dict, straight: dict) -> None:
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert same(resumed[key], straight[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    rec = Recorder()
+    out = fit(spec4(), rec, workdir=tmp_path_factory.mktemp("straight"))
+    assert out["epochs_done"] == 4 and len(rec.metrics) == 8
+    return rec.metrics, out
+
+
+def test_stop_then_resume_equals_uninterrupted_bitwise(tmp_path, straight):
+    first = Recorder(stop_at=(3, 0))
+    out = fit(spec4(), first, workdir=tmp_path)
+    assert out == {"epochs_done": 2, "stopped": True, "final": out["final"]} and set(out["final"]) == {"train", "test"}
+    second = Recorder()
+    done = fit(spec4(), second, workdir=tmp_path)
+    assert done["epochs_done"] == 4 and not done["stopped"]
+    assert min(e for e, _ in second.metrics) == 3  # resumed at the next epoch
+    assert_bitwise({**first.metrics, **second.metrics}, straight[0])
+    assert same(done["final"]["test"], straight[1]["final"]["test"])
+
+
+def test_kill_after_checkpoint_then_resume_equals_uninterrupted(tmp_path, straight):
+    first = Recorder(kill_after_ckpt=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(spec4(), first, workdir=tmp_path)
+    second = Recorder()
+    fit(spec4(), second, workdir=tmp_path)
+    assert_bitwise({**first.metrics, **second.metrics}, straight[0])
+
+
+def test_stop_mid_epoch_saves_last_completed_epoch(tmp_path, straight):
+    spec = spec4(checkpoint={"every": 3, "keep_last": None})  # epoch 1 is not a checkpoint epoch
+    first = Recorder(stop_at=(2, 4))  # stop inside epoch 2
+    out = fit(spec, first, workdir=tmp_path)
+    assert out["stopped"] and out["epochs_done"] == 1
+    assert [c[0] for c in first.ckpts] == [1] and list(ck.list_checkpoints(tmp_path)) == [1]
+    second = Recorder()
+    fit(spec, second, workdir=tmp_path)  # redoes epoch 2 from the start with the same data order
+    assert_bitwise({**first.metrics, **second.metrics}, straight[0])
+
+
+def test_stop_before_first_epoch_checkpoints_initial_state(tmp_path):
+    rec = Recorder(stop_at=(1, 0))
+    out = fit(spec4(), rec, workdir=tmp_path)
+    assert out == {"epochs_done": 0, "stopped": True, "final": {}}
+    assert [c[0] for c in rec.ckpts] == [0]
+
+
+def test_checkpoint_files_sha_and_pruning(tmp_path):
+    rec = Recorder()
+    fit(spec4(epochs=3, checkpoint={"every": 1, "keep_last": 2}), rec, workdir=tmp_path)
+    assert [c[0] for c in rec.ckpts] == [1, 2, 3]
+    assert list(ck.list_checkpoints(tmp_path)) == [2, 3]  # keep_last pruning
+    epoch, path, nbytes, sha = rec.ckpts[-1]
+    assert ck.sha256_file(path) == sha and nbytes == len(open(path, "rb").read())
+    state = ck.load_checkpoint(path)
+    assert state["epoch"] == 3 and {"model", "optimizer", "scheduler", "rng", "data_generator"} <= state.keys()
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path):
+    fit(spec4(epochs=2), workdir=tmp_path)
+    ck.ckpt_path(tmp_path, 2).write_bytes(b"truncated")
+    assert ck.load_newest(tmp_path)["epoch"] == 1
+
+
+def test_finished_run_resumes_to_a_no_op(tmp_path):
+    first = fit(spec4(epochs=2), workdir=tmp_path)
+    rec = Recorder()
+    again = fit(spec4(epochs=2), rec, workdir=tmp_path)
+    assert again["epochs_done"] == 2 and not rec.metrics
+    assert same(again["final"]["train"], first["final"]["train"])
+
+
+def test_resume_with_another_spec_is_refused(tmp_path):
+    fit(spec4(epochs=1), workdir=tmp_path)
+    with pytest.raises(ValueError, match="different spec"):
+        fit(spec4(epochs=1, seed=4), workdir=tmp_path)
+    assert fit(spec4(epochs=1, seed=4), workdir=tmp_path, resume=False)["epochs_done"] == 1
+
+
+def test_validate_checkpoints_reproduces_fit_metrics(tmp_path):
+    rec = Recorder()
+    fit(spec4(epochs=2), rec, workdir=tmp_path)
+    seen = Recorder()
+    out = validate_checkpoints(spec4(epochs=2), tmp_path, epochs=[1, 2], splits=["train", "test"], reporter=seen)
+    assert out["epochs"] == [1, 2]
+    for epoch in (1, 2):
+        for split in ("train", "test"):
+            fitted = {k: v for k, v in rec.metrics[(epoch, split)].items() if k in out["metrics"][epoch][split]}
+            assert same(out["metrics"][epoch][split], fitted)
+            assert seen.metrics[(epoch, split)] == dict(out["metrics"][epoch][split])
+
+
+def test_validate_missing_epochs_lists_available(tmp_path):
+    spec = spec4(epochs=3, checkpoint={"every": 1, "keep_last": 1})
+    fit(spec, workdir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"epoch\(s\) \[1\].*available epochs: \[3\]"):
+        validate_checkpoints(spec, tmp_path, epochs=[1], splits=["test"], reporter=None)
+
+
+def test_generator_state_is_a_function_of_seed_and_epoch():
+    from nc_core.training.runtime import epoch_seed
+
+    assert epoch_seed(3, 2) == epoch_seed(3, 2) != epoch_seed(3, 1) != epoch_seed(4, 1)
+    g = torch.Generator().manual_seed(epoch_seed(3, 2))
+    assert torch.equal(torch.randperm(10, generator=g), torch.randperm(10, generator=torch.Generator().manual_seed(epoch_seed(3, 2))))

@@ -1,0 +1,60 @@
+"""`python -m nc_core run/example-spec` in-process with typer's CliRunner on a tiny digits MLP."""
+from __future__ import annotations
+
+import csv
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from nc_core.cli import app
+from nc_core.spec import RunSpec
+
+runner = CliRunner()
+TINY = {"epochs": 2, "device": "cpu", "data": {"name": "digits"}, "model": {"name": "mlp", "width": 32, "depth": 2},
+        "eval": {"splits": ["train", "test"]}}
+
+
+def write_spec(tmp_path, tree=TINY):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_run_writes_json_metrics_and_prints_table(tmp_path):
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "metrics per epoch" in res.output and "nc2_w" in res.output
+    rows = json.loads(out.read_text())
+    assert {(r["epoch"], r["split"]) for r in rows} == {(1, "train"), (1, "test"), (2, "train"), (2, "test")}
+    assert all(set(r) == {"epoch", "split", "key", "value"} for r in rows)
+    assert any(r["key"] == "nc1" for r in rows)
+    assert (tmp_path / "w" / "ckpt" / "epoch_0002.pt").exists()
+
+
+def test_run_with_set_override_and_csv(tmp_path):
+    out = tmp_path / "m.csv"
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), "--out", str(out),
+                              "--set", "loss.name=mse", "--set", "epochs=1"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert {r["epoch"] for r in rows} == {"1"} and {"epoch", "split", "key", "value"} == set(rows[0])
+
+
+def test_invalid_spec_names_the_field_and_exits_2(tmp_path):
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--set", "loss.name=bogus"])
+    assert res.exit_code == 2
+    assert "loss.name" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--set", "optim.lr=-1"])
+    assert res.exit_code == 2 and "optim.lr" in res.output
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--set", "nonsense"])
+    assert res.exit_code == 2 and "path=value" in res.output
+
+
+def test_example_spec_is_a_valid_runspec():
+    res = runner.invoke(app, ["example-spec"])
+    assert res.exit_code == 0
+    assert "#" in res.output  # commented
+    spec = RunSpec.model_validate(yaml.safe_load(res.output))
+    assert spec.kind == "train"

@@ -1,0 +1,100 @@
+"""Worker telemetry: samples, heartbeats upserting the worker row, bounded samples, lost workers."""
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+
+from helpers_stack import wait_for
+from nc_core.db import workers_repo
+from nc_core.db.models import Event, Worker, WorkerSample
+from nc_core.db.session import session_scope
+from nc_core.settings import Settings
+from test_plots import seed_sweep
+from worker.telemetry import Heartbeater, sample
+
+FIELDS = {"device", "gpu_index", "gpu_name", "util_percent", "memory_used", "memory_total", "temperature_c"}
+
+
+def test_sample_without_gpu_reports_cpu_and_ram() -> None:
+    for gpu in (None, 0):  # no NVIDIA driver here: a GPU index falls back to CPU telemetry
+        snap = sample(gpu)
+        assert FIELDS <= set(snap)
+        if snap["device"] == "cpu":
+            assert snap["gpu_name"] is None and 0 <= snap["util_percent"] <= 100
+            assert 0 < snap["memory_used"] <= snap["memory_total"]
+
+
+def test_heartbeat_upserts_worker_and_bounds_samples(db_url: str) -> None:
+    _, runs = seed_sweep(db_url, statuses={0: "running"})
+    snap = {"device": "cuda:0", "gpu_index": 0, "gpu_name": "Fake GPU", "util_percent": 50.0,
+            "memory_used": 100, "memory_total": 1000, "temperature_c": 60.0}
+    for i in range(8):
+        with session_scope(db_url) as s:
+            workers_repo.heartbeat(s, "w1", "host", 123, "cuda:0", {**snap, "memory_used": 100 + i,
+                                                                     "samples_per_s": 10.0 * (i + 1)},
+                                   runs[0], "busy", max_samples=5)
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Worker)) == 1
+        w = s.get(Worker, "w1")
+        assert (w.gpu_name, w.memory_used, w.current_run_id, w.status) == ("Fake GPU", 107, runs[0], "busy")
+        kept = s.scalars(select(WorkerSample.memory_used).where(WorkerSample.run_id == runs[0])
+                         .order_by(WorkerSample.id)).all()
+        assert kept == [103, 104, 105, 106, 107]  # the newest 5 of 8
+        tele = workers_repo.run_telemetry(s, runs[0])
+        assert tele["samples"] == 5 and tele["peak_memory"] == 107
+        assert tele["peak_samples_per_s"] == 80.0 and abs(tele["mean_samples_per_s"] - 60.0) < 1e-9
+        # one worker event when the worker appeared busy on the run, none for unchanged beats
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.kind == "worker")) == 1
+        (listed,) = workers_repo.list_workers(s, lost_after_s=30)
+        assert listed["status"] == "busy" and listed["run"]["id"] == runs[0]
+        assert listed["run"]["epoch"] == 1 and listed["run"]["epochs_total"] == 4
+        assert 0 < listed["run"]["progress"] < 1 and listed["run"]["eta_s"] > 0
+
+
+def test_heartbeater_thread_beats_then_turns_lost(db_url: str, tmp_path) -> None:  # noqa: ANN001
+    _, runs = seed_sweep(db_url, statuses={0: "running"})
+    settings = Settings(home=tmp_path, database_url=db_url, heartbeat_seconds=0.1, worker_lost_after_seconds=0.6)
+
+    def listed() -> dict:
+        with session_scope(db_url) as s:
+            rows = workers_repo.list_workers(s, settings.worker_lost_after_seconds)
+            return rows[0] if rows else {}
+
+    hb = Heartbeater(settings, "gpu-worker-0", gpu_index=None)
+    hb.start()
+    try:
+        wait_for(lambda: hb.beats >= 2, 10, what="two heartbeats")
+        assert listed()["status"] == "idle" and listed()["device"] == "cpu"
+        hb.set_run(runs[0])
+        assert listed()["status"] == "busy" and listed()["current_run_id"] == runs[0]
+        first_seen = listed()["last_seen"]
+        wait_for(lambda: listed()["last_seen"] != first_seen, 10, what="last_seen to advance")
+    finally:
+        hb.stop(mark_stopped=False)  # a crash: the beats just stop
+    assert hb.last_error is None
+    assert listed()["status"] == "busy"
+    time.sleep(0.8)
+    lost = listed()
+    assert lost["status"] == "lost" and lost["run"] is None and lost["age_s"] >= 0.6
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(WorkerSample)) >= 2
+
+
+def test_heartbeater_clean_stop_marks_stopped(db_url: str, tmp_path) -> None:  # noqa: ANN001
+    settings = Settings(home=tmp_path, database_url=db_url, heartbeat_seconds=0.05, worker_lost_after_seconds=0.2)
+    hb = Heartbeater(settings, "cpu-worker", gpu_index=None)
+    hb.start()
+    wait_for(lambda: hb.beats >= 1, 10, what="a heartbeat")
+    hb.stop()
+    time.sleep(0.3)
+    with session_scope(db_url) as s:
+        (row,) = workers_repo.list_workers(s, settings.worker_lost_after_seconds)
+    assert row["status"] == "stopped"
+
+
+def test_heartbeat_survives_a_database_outage(tmp_path) -> None:  # noqa: ANN001
+    settings = Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/missing/dir/db.sqlite", heartbeat_seconds=0.05)
+    hb = Heartbeater(settings, "w", gpu_index=None)
+    hb.beat()  # no tables, no directory: logged, not raised
+    assert hb.beats == 0 and hb.last_error

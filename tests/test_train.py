@@ -1,0 +1,144 @@
+"""fit(): NC1 falls on digits, divergence, every optimizer/schedule, bf16 autocast, sep_decay penalty."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nc_core.spec import RunSpec
+from nc_core.train import NullReporter, TrainingDiverged, fit
+from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, param_groups
+from nc_core.training.schedule import lr_factor, milestone_epochs
+
+
+def tiny(**over) -> RunSpec:
+    """A seconds-long digits MLP run on the CPU."""
+    tree = {"seed": 0, "epochs": 2, "batch_size": 128, "device": "cpu",
+            "data": {"name": "digits"}, "model": {"name": "mlp", "width": 32, "depth": 2},
+            "optim": {"name": "sgd", "lr": 0.05}, "checkpoint": {"keep_last": None}}
+    for path, value in over.items():
+        node = tree
+        *head, last = path.split("__")
+        for p in head:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return RunSpec.model_validate(tree)
+
+
+class Recorder(NullReporter):
+    def __init__(self):
+        self.metrics: dict[tuple[int, str], dict] = {}
+        self.progress: list[tuple] = []
+        self.started = None
+
+    def on_start(self, total_epochs, steps_per_epoch):
+        self.started = (total_epochs, steps_per_epoch)
+
+    def on_progress(self, epoch, step, steps_per_epoch, samples_per_s):
+        self.progress.append((epoch, step, steps_per_epoch))
+
+    def on_metrics(self, epoch, split, metrics):
+        self.metrics[(epoch, split)] = dict(metrics)
+
+
+def test_nc1_falls_over_training_on_digits(tmp_path):
+    spec = tiny(epochs=30, model__width=64, optim__lr=0.1, eval__epochs=[1, 30], eval__splits=["train"],
+                checkpoint__every=30)
+    rec = Recorder()
+    out = fit(spec, rec, workdir=tmp_path)
+    first, last = rec.metrics[(1, "train")], rec.metrics[(30, "train")]
+    assert last["nc1"] < 0.5 * first["nc1"], (first["nc1"], last["nc1"])
+    assert last["acc"] > 95.0
+    assert out == {"epochs_done": 30, "stopped": False, "final": {"train": last}}
+
+
+def test_reporter_calls_and_running_stats(tmp_path):
+    rec = Recorder()
+    fit(tiny(), rec, workdir=tmp_path)
+    steps = rec.started[1]
+    assert rec.started == (2, steps) and steps == math.ceil(1347 / 128)
+    assert rec.progress[-1] == (2, steps, steps) and len(rec.progress) == 2 * steps
+    m = rec.metrics[(2, "train")]
+    assert {"acc", "loss", "nc1", "nc2_w", "nc3", "wh_b", "running_acc", "running_loss", "lr"} <= m.keys()
+    assert {"acc", "loss", "nc1"} <= rec.metrics[(2, "test")].keys()
+    assert 0 <= m["running_acc"] <= 100 and m["running_loss"] > 0
+
+
+def test_diverging_lr_raises_with_epoch_and_step(tmp_path):
+    spec = tiny(loss__name="mse", optim__lr=1e6, optim__momentum=0.0)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+") as info:
+        fit(spec, workdir=tmp_path)
+    assert info.value.epoch == 1 and info.value.step >= 0
+
+
+@pytest.mark.parametrize("optim", [{"name": "sgd"}, {"name": "sgd", "nesterov": True}, {"name": "adam", "lr": 1e-3},
+                                   {"name": "adamw", "lr": 1e-3}, {"name": "lbfgs", "lr": 0.1}])
+def test_every_optimizer_trains(tmp_path, optim):
+    spec = tiny(epochs=1, optim=optim, batch_size=512, eval__splits=["train"])
+    out = fit(spec, workdir=tmp_path)
+    assert out["epochs_done"] == 1 and math.isfinite(out["final"]["train"]["loss"])
+
+
+@pytest.mark.parametrize("schedule", [{"name": "constant"}, {"name": "step", "step_size": 1},
+                                      {"name": "multistep", "milestones": [1, 2]},
+                                      {"name": "multistep", "milestones": [0.5]}, {"name": "cosine"}])
+def test_every_schedule_trains(tmp_path, schedule):
+    rec = Recorder()
+    fit(tiny(schedule=schedule, eval__splits=["train"]), rec, workdir=tmp_path)
+    lrs = [rec.metrics[(e, "train")]["lr"] for e in (1, 2)]
+    assert lrs[0] == pytest.approx(0.05)
+    expected = {"constant": 0.05, "step": 0.005, "multistep": 0.005, "cosine": 0.025}[schedule["name"]]
+    assert lrs[1] == pytest.approx(expected)
+
+
+def test_schedule_factors():
+    spec = tiny(epochs=7, schedule={"name": "multistep", "milestones": [3 / 7, 5 / 7], "gamma": 0.1})
+    assert milestone_epochs(spec) == [3, 5]
+    assert [round(lr_factor(spec, e), 6) for e in range(7)] == [1, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    cos = tiny(epochs=4, schedule={"name": "cosine"})
+    assert [lr_factor(cos, e) for e in (0, 2, 4)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_bf16_autocast_on_cpu_runs(tmp_path):
+    out = fit(tiny(epochs=1, precision="bf16", eval__splits=["train"]), workdir=tmp_path)
+    assert math.isfinite(out["final"]["train"]["loss"]) and out["final"]["train"]["acc"] > 10
+
+
+def test_sep_decay_penalty_and_groups():
+    from nc_core.models import build_model
+
+    spec = tiny(optim={"name": "sgd", "sep_decay": True, "weight_decay": 0.3, "feature_decay": 0.2},
+                head={"depth_linear": 2})
+    model = build_model(spec, (1, 8, 8), 10)
+    groups = param_groups(spec, model)
+    head_w = {id(p) for p in model.head.decayed_parameters()}
+    assert len(head_w) == 2  # the two head weights; the head bias is not decayed
+    by_wd = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_wd[0.3] == head_w
+    assert not by_wd[0.0] & head_w and len(by_wd[0.0]) == sum(1 for p in model.parameters()) - 2
+    h = torch.tensor([[1.0, 2.0], [3.0, -1.0]])  # Σ‖h_i‖² = 5 + 10
+    assert float(feature_penalty(spec, h)) == pytest.approx(0.5 * 0.2 * 15)
+    assert feature_penalty(tiny(), h) == 0.0
+    lb = spec.model_copy(update={"optim": spec.optim.model_copy(update={"name": "lbfgs"})})
+    expect = 0.5 * 0.3 * sum(float(p.detach().pow(2).sum()) for p in model.head.decayed_parameters())
+    assert float(closure_weight_decay(lb, model)) == pytest.approx(expect, rel=1e-6)
+    assert all(g["weight_decay"] == 0 for g in param_groups(lb, model))
+
+
+def test_joint_decay_is_on_every_parameter():
+    from nc_core.models import build_model
+
+    spec = tiny(optim={"name": "adamw", "weight_decay": 0.01})
+    model = build_model(spec, (1, 8, 8), 10)
+    opt = build_optimizer(spec, model)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01]
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_sep_decay_run_reports_gof_metrics(tmp_path):
+    spec = tiny(epochs=1, head={"bias": False}, loss__name="mse",
+                optim={"name": "sgd", "sep_decay": True, "weight_decay": 1e-3, "feature_decay": 1e-3})
+    out = fit(spec, workdir=tmp_path)
+    assert "nc2_w_gof" in out["final"]["train"]

@@ -1,0 +1,78 @@
+"""UFM direct optimisation (nc-spec §5.1): balanced → simplex ETF, imbalanced bias-free → GOF."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from nc_core.spec import RunSpec
+from nc_core.train import NullReporter, TrainingDiverged, run_spec
+from nc_core.ufm import fit_ufm
+
+
+def ufm_spec(**ufm) -> RunSpec:
+    base = {"class_counts": [100, 100, 100, 100], "dim": 64, "lambda_w": 5e-4, "lambda_h": 5e-4,
+            "lr": 0.1, "momentum": 0.9, "iterations": 2000, "eval_every": 500}
+    return RunSpec.model_validate({"kind": "ufm", "seed": 2, "device": "cpu", "ufm": {**base, **ufm}})
+
+
+class Recorder(NullReporter):
+    def __init__(self, stop_after: int | None = None):
+        self.metrics: list[tuple[int, str, dict]] = []
+        self.calls = 0
+        self.stop_after = stop_after
+
+    def on_metrics(self, epoch, split, metrics):
+        self.metrics.append((epoch, split, dict(metrics)))
+
+    def should_stop(self):
+        self.calls += 1
+        return self.stop_after is not None and self.calls > self.stop_after
+
+
+def test_balanced_with_bias_reaches_simplex_etf(tmp_path):
+    rec = Recorder()
+    out = run_spec(ufm_spec(bias=True), rec, workdir=tmp_path)
+    assert out["epochs_done"] == 2000 and not out["stopped"]
+    assert [e for e, _, _ in rec.metrics] == [500, 1000, 1500, 2000]
+    assert {s for _, s, _ in rec.metrics} == {"train"}
+    m = out["final"]["train"]
+    assert m["nc1"] < 1e-3
+    assert m["nc2_w"] < 1e-2
+    assert m["acc"] == 100.0
+    assert rec.metrics[0][2]["loss"] > m["loss"]  # the objective falls
+    assert (tmp_path / "ckpt" / "epoch_2000.pt").exists()
+
+
+def gof_x(counts, lw, lh):
+    """x_k = √(n_k/(N²λ_Wλ_H)) − 1 for L = 1 (nc-spec §5.1); > 0 means class k survives."""
+    n = sum(counts)
+    return [math.sqrt(c / (n * n * lw * lh)) - 1 for c in counts]
+
+
+def test_imbalanced_bias_free_reaches_general_orthogonal_frame(tmp_path):
+    counts = [200, 100, 50, 50]
+    assert min(gof_x(counts, 5e-4, 5e-4)) > 0  # the λ's are small enough that every class survives
+    out = fit_ufm(ufm_spec(class_counts=counts, bias=False, iterations=3000, eval_every=1000), workdir=tmp_path)
+    m = out["final"]["train"]
+    for key in ("nc2_w_gof", "nc3_wh_gof"):
+        assert m[key] < 1e-2, (key, m[key])
+    assert m["nc1"] < 1e-3
+
+
+def test_ufm_is_seeded(tmp_path):
+    spec = ufm_spec(iterations=50, eval_every=50)
+    a = fit_ufm(spec, workdir=tmp_path / "a")["final"]["train"]
+    b = fit_ufm(spec, workdir=tmp_path / "b")["final"]["train"]
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+def test_ufm_cooperative_stop(tmp_path):
+    out = fit_ufm(ufm_spec(), Recorder(stop_after=10), workdir=tmp_path)
+    assert out["stopped"] and out["epochs_done"] == 10
+
+
+def test_ufm_divergence_raises(tmp_path):
+    with pytest.raises(TrainingDiverged, match="epoch"):
+        fit_ufm(ufm_spec(lr=1e4, iterations=200), workdir=tmp_path)

@@ -1,0 +1,105 @@
+"""Celery application for ncsweep workers: JSON-only, late acks, one fresh child per job."""
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Celery, signals
+
+from nc_core.settings import Settings, get_settings
+
+# Any torch.cuda.is_available() in a prefork parent must not create a CUDA context.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+CONTROL_QUEUE = "ncsweep.control"  # reconciler ticks; never behind hour-long training jobs
+TRAIN_QUEUE = "celery"  # Celery's default queue: every producer that names no queue lands here
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from settings (no I/O: connections open on first use)."""
+    app = Celery("ncsweep", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1,
+        broker_transport_options={"visibility_timeout": int(settings.visibility_timeout)},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=TRAIN_QUEUE,
+        task_routes={"ncsweep.reconcile": {"queue": CONTROL_QUEUE}},
+        beat_schedule={"ncsweep-reconcile": {"task": "ncsweep.reconcile",
+                                             "schedule": max(5.0, float(settings.heartbeat_seconds) * 2),
+                                             "options": {"queue": CONTROL_QUEUE, "expires": 60}}},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+def send_runs(app: Celery, runs: list[tuple[int, str]]) -> None:
+    """Send one message per (run_id, kind) over a single producer connection (ids only)."""
+    from nc_core.db.runs_repo import TASK_NAMES
+
+    with app.producer_or_acquire() as producer:
+        for run_id, kind in runs:
+            app.send_task(TASK_NAMES[kind], args=[int(run_id)], producer=producer)
+
+
+_PARENT_BEAT: list = []
+
+
+@signals.worker_ready.connect
+def _start_idle_heartbeat(sender=None, **_kw) -> None:  # noqa: ANN001
+    """The prefork parent beats 'idle' while no job runs (the job's child beats 'busy' itself)."""
+    try:
+        from celery.worker import state
+        from worker.runner import gpu_index, worker_name
+        from worker.telemetry import Heartbeater
+
+        class IdleHeartbeater(Heartbeater):
+            def beat(self, status=None):  # noqa: ANN001, ANN202
+                if status is None and state.active_requests:
+                    return
+                super().beat(status)
+
+        name = getattr(sender, "hostname", None) or worker_name()
+        beat = IdleHeartbeater(get_settings(), name, gpu_index())
+        beat.start()
+        _PARENT_BEAT.append(beat)
+    except Exception as exc:  # noqa: BLE001 - telemetry must never stop a worker
+        logging.getLogger(__name__).warning("idle heartbeat disabled: %s", exc)
+
+
+@signals.worker_shutdown.connect
+def _stop_idle_heartbeat(**_kw) -> None:
+    for beat in _PARENT_BEAT:
+        beat.stop(mark_stopped=True)
+
+
+@signals.worker_init.connect
+def _preload(**_kw) -> None:
+    """Import (never initialise) torch and the trainer in the parent so each fresh child starts fast."""
+    if os.environ.get("NCSWEEP_PRELOAD", "1") == "1":
+        try:
+            import nc_core.train  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - the child will report the real import error
+            logging.getLogger(__name__).warning("preload of nc_core.train failed: %s", exc)
+
+
+@signals.worker_process_init.connect
+def _fresh_child(**_kw) -> None:
+    """A forked child must not reuse (nor close) the parent's pooled database connections."""
+    from nc_core.db import session
+
+    for engine in list(session._ENGINES.values()):
+        engine.dispose(close=False)
+    session._ENGINES.clear()
+
+
+app = make_celery(get_settings())

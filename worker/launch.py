@@ -1,0 +1,145 @@
+"""Start and supervise Celery workers: one per GPU (pinned by CUDA_VISIBLE_DEVICES) or CPU workers."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def detect_gpus() -> list[int]:
+    """Physical GPU indices through NVML (never CUDA in this process); [] without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return list(range(pynvml.nvmlDeviceGetCount()))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver, no library: CPU
+        return []
+
+
+@dataclass
+class WorkerSpec:
+    name: str  # Celery node name, e.g. ncsweep-gpu0@host
+    env: dict[str, str]
+    gpu: int | None = None
+
+
+def worker_specs(gpus: list[int], cpu_workers: int = 1, threads: int | None = None) -> list[WorkerSpec]:
+    """One spec per GPU, else `cpu_workers` CPU specs sharing the cores (torch threads split evenly)."""
+    host = socket.gethostname()
+    if gpus:
+        return [WorkerSpec(f"ncsweep-gpu{i}@{host}", {"CUDA_VISIBLE_DEVICES": str(i), "NCSWEEP_GPU_INDEX": str(i)}, i)
+                for i in gpus]
+    n = max(1, cpu_workers)
+    per = str(threads or max(1, (os.cpu_count() or 1) // n))
+    return [WorkerSpec(f"ncsweep-cpu{j}@{host}", {"CUDA_VISIBLE_DEVICES": "", "NCSWEEP_GPU_INDEX": "",
+                                                   "OMP_NUM_THREADS": per, "MKL_NUM_THREADS": per})
+            for j in range(n)]
+
+
+def worker_command(name: str, loglevel: str = "INFO", queues: str = "celery") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "prefork", "-c", "1",
+            "--hostname", name, "-Q", queues, "-l", loglevel, "--without-gossip", "--without-mingle",
+            "--without-heartbeat"]
+
+
+@dataclass
+class Supervisor:
+    """Keeps each worker process alive (restart with backoff) until stop()."""
+
+    specs: list[WorkerSpec]
+    base_env: dict[str, str] = field(default_factory=dict)
+    loglevel: str = "INFO"
+    log_dir: Any = None
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _spawn(self, spec: WorkerSpec) -> subprocess.Popen:
+        env = {**os.environ, **self.base_env, **spec.env, "NCSWEEP_WORKER_NAME": spec.name,
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+        out = None
+        if self.log_dir is not None:
+            os.makedirs(self.log_dir, exist_ok=True)
+            out = open(os.path.join(self.log_dir, spec.name.split("@")[0] + ".log"), "ab")
+        proc = subprocess.Popen(worker_command(spec.name, self.loglevel), env=env, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        log.info("started worker %s (pid %s)", spec.name, proc.pid)
+        return proc
+
+    def start(self) -> "Supervisor":
+        for spec in self.specs:
+            self.procs[spec.name] = self._spawn(spec)
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        backoff = {s.name: 1.0 for s in self.specs}
+        while not self._stop.wait(1.0):
+            for spec in self.specs:
+                proc = self.procs[spec.name]
+                if proc.poll() is not None and not self._stop.is_set():
+                    log.warning("worker %s exited (code %s); restarting in %.0f s", spec.name, proc.returncode,
+                                backoff[spec.name])
+                    if self._stop.wait(backoff[spec.name]):
+                        return
+                    backoff[spec.name] = min(60.0, backoff[spec.name] * 2)
+                    self.procs[spec.name] = self._spawn(spec)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL the process group after `timeout` seconds."""
+        self._stop.set()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def start(gpus: list[int] | None = None, concurrency: int = 1, *, env: dict[str, str] | None = None,
+          loglevel: str = "INFO", log_dir: Any = None) -> Supervisor:
+    """Start workers without blocking: one per GPU in `gpus` (None = detect), else `concurrency` CPU workers."""
+    gpus = detect_gpus() if gpus is None else list(gpus)
+    return Supervisor(worker_specs(gpus, concurrency), env or {}, loglevel, log_dir).start()
+
+
+def main(gpus: list[int] | None = None, concurrency: int = 1, *, env: dict[str, str] | None = None,
+         loglevel: str = "INFO") -> int:
+    """Start the workers and supervise them until SIGINT/SIGTERM; returns 0 on a clean stop."""
+    sup = start(gpus, concurrency, env=env, loglevel=loglevel)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    kinds = ", ".join(s.name for s in sup.specs)
+    print(f"ncsweep: {len(sup.specs)} worker(s) running: {kinds}. Ctrl-C stops them.", flush=True)
+    try:
+        stop.wait()
+    finally:
+        sup.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Reconciler: re-queue runs whose lease expired (or fail them), re-send queued runs whose message was lost."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+from nc_core.db import runs_repo
+from nc_core.db.session import session_scope
+from nc_core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+RESEND_AFTER_S = 60.0  # a queued run untouched this long may have lost its message
+_APPS: dict[str, Any] = {}
+
+
+def _app(settings: Settings) -> Any:
+    if settings.broker_url not in _APPS:
+        from worker.celery_app import make_celery
+
+        _APPS[settings.broker_url] = make_celery(settings)
+    return _APPS[settings.broker_url]
+
+
+def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = RESEND_AFTER_S,
+                   app: Any = None) -> dict[str, list[int]]:
+    """One pass; returns {'requeued': ids, 'failed': ids, 'resent': ids}."""
+    settings = settings or get_settings()
+    app = app or _app(settings)
+    url = settings.resolved_database_url()
+    now = runs_repo.utcnow()
+    with session_scope(url) as session:
+        requeued, failed = runs_repo.requeue_expired(session, now, settings.max_attempts)
+        kinds = runs_repo.kinds(session, requeued)
+    if requeued:
+        from worker.celery_app import send_runs
+
+        send_runs(app, [(rid, kinds.get(rid, "train")) for rid in requeued])
+        log.info("re-queued runs with expired leases: %s", requeued)
+    if failed:
+        log.warning("runs failed after their last attempt lost its worker: %s", failed)
+    resent = resend_lost(settings, app, now - timedelta(seconds=resend_after_s))
+    return {"requeued": requeued, "failed": failed, "resent": resent}
+
+
+def resend_lost(settings: Settings, app: Any, older_than: Any) -> list[int]:
+    """Re-send queued runs older than `older_than` whose id is in no broker message (duplicates are
+    harmless: the claim drops them). Inspects Redis only when the queue is shorter than the backlog."""
+    url = settings.resolved_database_url()
+    with session_scope(url) as session:
+        stale = runs_repo.stale_queued(session, older_than)
+        backlog = runs_repo.count_queued(session) if stale else 0
+    if not stale:
+        return []
+    present = broker_run_ids(settings.broker_url, backlog)
+    lost = [(rid, kind) for rid, kind in stale if present is None or rid not in present]
+    if lost:
+        from worker.celery_app import send_runs
+
+        send_runs(app, lost)
+        log.warning("re-sent %d queued runs whose message was missing from the broker", len(lost))
+    with session_scope(url) as session:
+        runs_repo.touch(session, [rid for rid, _ in stale])
+    return [rid for rid, _ in lost]
+
+
+def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery") -> set[int] | None:
+    """Run ids in the Redis queue and unacked set; a cheap length check skips the scan when every
+    queued run can have a message. None when the broker cannot be inspected (then re-send all)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(broker_url, socket_timeout=5)
+        keys = [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+        pending = sum(client.llen(k) for k in keys) + client.hlen("unacked")
+        if pending >= backlog:
+            return _AllPresent()
+        raw = [m for k in keys for m in client.lrange(k, 0, -1)]
+        raw += [json.dumps(json.loads(v)[0]).encode() for v in client.hvals("unacked")]
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cannot inspect the broker (%s); re-sending every stale queued run", exc)
+        return None
+    return {rid for rid in map(_run_id_of, raw) if rid is not None}
+
+
+class _AllPresent(set):
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _run_id_of(message: bytes) -> int | None:
+    try:
+        payload = json.loads(message)
+        body = payload["body"]
+        if payload.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return int(args[0])
+    except Exception:  # noqa: BLE001 - not one of ours
+        return None
+
+
+def run_forever(settings: Settings | None = None, interval: float = 5.0,
+                stop: threading.Event | None = None) -> None:
+    """Reconcile every `interval` seconds until `stop` is set (the embedded stack's loop)."""
+    settings = settings or get_settings()
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            summary = reconcile_once(settings)
+            if any(summary.values()):
+                log.info("reconcile: %s", summary)
+        except Exception as exc:  # noqa: BLE001 - database or broker down: try again next tick
+            log.warning("reconcile pass failed: %s", exc)
+        stop.wait(interval)
+
+
+def main() -> None:
+    """`python -m worker.reconciler`: the production reconciler loop without Celery beat."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    run_forever(settings, max(2.0, float(settings.heartbeat_seconds)))
+
+
+if __name__ == "__main__":
+    main()

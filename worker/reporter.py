@@ -1,0 +1,129 @@
+"""DBReporter: the trainer's Reporter protocol backed by fenced SQL writes and a lease-keeping thread."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from nc_core.db import runs_repo
+from nc_core.db.session import session_scope
+
+log = logging.getLogger(__name__)
+
+
+class DBReporter:
+    """Progress is kept in memory and written (with the lease extension) every heartbeat_seconds by a
+    background thread, so long evaluations keep the lease. should_stop() turns true on cancel or when
+    the lease is lost; metric and checkpoint writes are fenced by the lease."""
+
+    def __init__(self, settings: Any, run_id: int, owner: str, *, metric_version: int | None = None,
+                 batch_size: int | None = None, heartbeater: Any = None):
+        self.settings, self.run_id, self.owner = settings, run_id, owner
+        self.url = settings.resolved_database_url()
+        self.metric_version = metric_version
+        self.batch_size = batch_size
+        self.heartbeater = heartbeater
+        self.cancelled = False  # cancel requested by a user
+        self.lease_lost = False
+        self._progress: dict[str, Any] = {}
+        self._epochs_total: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-run-{run_id}", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> "DBReporter":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread and flush the last progress (so a finished run shows its final epoch)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=float(self.settings.heartbeat_seconds) + 30)
+        with self._lock:
+            pending = bool(self._progress)
+        if pending and not self.lease_lost:
+            self.beat()
+
+    def _loop(self) -> None:
+        period = float(self.settings.heartbeat_seconds)
+        while not self._stop.wait(period):
+            self.beat()
+
+    def beat(self) -> bool:
+        """Extend the lease and write the latest progress now; False once the job must stop."""
+        with self._lock:
+            progress, self._progress = self._progress, {}
+        try:
+            with session_scope(self.url) as session:
+                ok = runs_repo.heartbeat(session, self.run_id, self.owner, float(self.settings.lease_seconds),
+                                         **progress)
+                if not ok:
+                    self._classify(session)
+        except Exception as exc:  # database briefly down: keep training; the lease decides
+            log.warning("run %s: heartbeat failed: %s", self.run_id, exc)
+            with self._lock:
+                self._progress = {**progress, **self._progress}
+            return not self.should_stop()
+        if self.heartbeater is not None and progress.get("samples_per_s") is not None:
+            self.heartbeater.set_throughput(progress["samples_per_s"])
+        return ok
+
+    def _classify(self, session: Any) -> None:
+        from nc_core.db.models import Run
+
+        run = session.get(Run, self.run_id)
+        if run is not None and run.status == "running" and run.lease_owner == self.owner and run.cancel_requested:
+            if not self.cancelled:
+                log.info("run %s: cancel requested; stopping at the next step", self.run_id)
+            self.cancelled = True
+        else:
+            if not self.lease_lost:
+                log.warning("run %s: lease lost to %s; stopping", self.run_id, getattr(run, "lease_owner", None))
+            self.lease_lost = True
+
+    # -- Reporter protocol -------------------------------------------------------------------------
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        with self._lock:
+            self._progress.update(epochs_total=int(total_epochs), steps_total=int(steps_per_epoch))
+        self._epochs_total = int(total_epochs)
+
+    def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
+        with self._lock:
+            p = self._progress
+            done = epoch if step >= steps_per_epoch else max(0, epoch - 1)  # epoch is 1-based, in progress
+            p.update(epoch=int(done), step=int(step), steps_total=int(steps_per_epoch))
+            if samples_per_s and samples_per_s > 0:
+                p["samples_per_s"] = float(samples_per_s)
+                total = self._epochs_total
+                if total and self.batch_size:
+                    left = (int(total) - int(done)) * steps_per_epoch - (0 if step >= steps_per_epoch else step)
+                    p["eta_s"] = max(0.0, left * self.batch_size / float(samples_per_s))
+
+    def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
+        with session_scope(self.url) as session:
+            ok = runs_repo.upsert_metrics(session, self.run_id, self.owner, epoch, split, metrics,
+                                          self._version())
+        if not ok:
+            self.lease_lost = True
+            log.warning("run %s: metrics of epoch %s/%s discarded: lease lost", self.run_id, epoch, split)
+
+    def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
+        with session_scope(self.url) as session:
+            ok = runs_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)
+        if not ok:
+            self.lease_lost = True
+
+    def should_stop(self) -> bool:
+        return self.cancelled or self.lease_lost
+
+    def _version(self) -> int:
+        if self.metric_version is None:
+            try:
+                from nc_core.metrics import METRIC_VERSION
+
+                self.metric_version = int(METRIC_VERSION)
+            except Exception:  # metrics package without a version: rows say version 1
+                self.metric_version = 1
+        return self.metric_version

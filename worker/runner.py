@@ -1,0 +1,119 @@
+"""Execute one job: claim the run's lease → train/validate/UFM with a DB reporter → fenced finish."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from nc_core.db import runs_repo, states
+from nc_core.db.models import Run
+from nc_core.db.session import session_scope
+from nc_core.settings import Settings, get_settings
+from nc_core.spec import RunSpec
+from worker.reporter import DBReporter
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """The Celery node name of this worker (set by launch), else host-pid."""
+    return os.environ.get("NCSWEEP_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def gpu_index() -> int | None:
+    value = os.environ.get("NCSWEEP_GPU_INDEX", "")
+    return int(value) if value.strip().isdigit() else None
+
+
+def run_workdir(settings: Settings, run_id: int) -> Path:
+    return Path(settings.resolved_artifacts_dir()) / f"run_{run_id}"
+
+
+def readable_error(exc: BaseException) -> str:
+    """'TypeName: first line of the message' (the traceback stays in the worker log)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text[:1000]
+
+
+def execute(run_id: int, kind: str, settings: Settings | None = None, *, hostname: str | None = None) -> str:
+    """Run one job to the end; returns the final status (or 'skipped' for a duplicate delivery)."""
+    settings = settings or get_settings()
+    url = settings.resolved_database_url()
+    name = hostname or worker_name()
+    owner = f"{name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    with session_scope(url) as session:
+        run = runs_repo.claim(session, run_id, owner, float(settings.lease_seconds))
+        if run is None:
+            cancelled = runs_repo.cancel_queued(session, run_id)
+    if run is None:
+        log.info("run %s: not claimable (%s); message dropped", run_id, "cancelled" if cancelled else "taken or finished")
+        return "cancelled" if cancelled else "skipped"
+    log.info("run %s (%s): claimed by %s, attempt %s", run_id, kind, owner, run.attempt)
+    heart = _heartbeater(settings, name, run_id)
+    try:
+        status, error = _run_job(settings, run, kind, owner, heart)
+    finally:
+        if heart is not None:
+            heart.set_run(None)
+            heart.stop(mark_stopped=False)
+    with session_scope(url) as session:
+        written = runs_repo.finish(session, run_id, owner, status, error)
+    if not written:
+        log.warning("run %s: lease lost before finishing; result %s discarded (another attempt owns it)", run_id, status)
+        return "lost"
+    log.info("run %s: %s%s", run_id, status, f" ({error})" if error else "")
+    return status
+
+
+def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) -> tuple[str, str | None]:
+    """Returns (final status, error) — never raises."""
+    reporter: DBReporter | None = None
+    try:
+        spec = RunSpec.model_validate(run.spec)
+        reporter = DBReporter(settings, run.id, owner, batch_size=spec.batch_size, heartbeater=heart).start()
+        summary = _dispatch(settings, run, kind, spec, reporter)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a readable reason on the run
+        log.exception("run %s failed", run.id)
+        return states.FAILED, readable_error(exc)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if reporter.cancelled:
+        return states.CANCELLED, None
+    if reporter.lease_lost:
+        return states.FAILED, "lease lost"  # finish() is fenced: this is never written
+    if isinstance(summary, dict) and summary.get("stopped"):
+        return states.CANCELLED, None
+    return states.SUCCEEDED, None
+
+
+def _dispatch(settings: Settings, run: Run, kind: str, spec: RunSpec, reporter: DBReporter) -> Any:
+    import nc_core.train as train
+
+    if kind == "validate":
+        parent = run.parent_run_id if run.parent_run_id is not None else run.id
+        options = run.options or {}
+        return train.validate_checkpoints(spec, run_workdir(settings, parent), epochs=options.get("epochs"),
+                                          splits=list(options.get("splits") or ["train", "test"]), reporter=reporter)
+    workdir = run_workdir(settings, run.id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return train.run_spec(spec, reporter, workdir=workdir)
+
+
+def _heartbeater(settings: Settings, name: str, run_id: int) -> Any:
+    """The worker-row heartbeat (telemetry) for the job's duration; None when telemetry is absent."""
+    try:
+        from worker.telemetry import Heartbeater
+
+        heart = Heartbeater(settings, name, gpu_index())
+        heart.set_run(run_id)
+        heart.start()
+        return heart
+    except Exception as exc:  # noqa: BLE001 - telemetry must never stop a job
+        log.warning("telemetry unavailable: %s", exc)
+        return None

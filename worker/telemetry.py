@@ -1,0 +1,143 @@
+"""Worker telemetry: NVML/psutil samples and a background heartbeat thread (never touches CUDA)."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any, Callable
+
+import psutil
+
+log = logging.getLogger(__name__)
+_NVML_LOCK = threading.Lock()
+_NVML_READY: bool | None = None
+
+
+def _nvml() -> Any | None:
+    """The initialised pynvml module, or None when no NVIDIA driver is present."""
+    global _NVML_READY
+    with _NVML_LOCK:
+        if _NVML_READY is False:
+            return None
+        try:
+            import pynvml
+
+            if not _NVML_READY:
+                pynvml.nvmlInit()
+                _NVML_READY = True
+            return pynvml
+        except Exception as exc:  # no driver, no library, no device
+            log.debug("NVML unavailable: %s", exc)
+            _NVML_READY = False
+            return None
+
+
+def _gpu_sample(nvml: Any, index: int) -> dict[str, Any]:
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    name = nvml.nvmlDeviceGetName(handle)
+    mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+    util = nvml.nvmlDeviceGetUtilizationRates(handle)
+    try:
+        temp = float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    except Exception:
+        temp = None
+    return {"device": f"cuda:{index}", "gpu_index": index,
+            "gpu_name": name.decode() if isinstance(name, bytes) else str(name),
+            "util_percent": float(util.gpu), "memory_used": int(mem.used), "memory_total": int(mem.total),
+            "temperature_c": temp}
+
+
+def _cpu_sample() -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    return {"device": "cpu", "gpu_index": None, "gpu_name": None,
+            "util_percent": float(psutil.cpu_percent(interval=None)),
+            "memory_used": int(vm.total - vm.available), "memory_total": int(vm.total), "temperature_c": None}
+
+
+def sample(gpu_index: int | None) -> dict[str, Any]:
+    """One telemetry sample: GPU `gpu_index` through NVML (physical index), else CPU % and RAM.
+
+    NVML ignores CUDA_VISIBLE_DEVICES, so pass the physical GPU index. Never initialises CUDA.
+    """
+    if gpu_index is not None:
+        nvml = _nvml()
+        if nvml is not None:
+            try:
+                return _gpu_sample(nvml, gpu_index)
+            except Exception as exc:
+                log.warning("NVML sample of GPU %s failed (%s); reporting CPU telemetry", gpu_index, exc)
+    return _cpu_sample()
+
+
+class Heartbeater(threading.Thread):
+    """Beats every settings.heartbeat_seconds: upserts the worker row, appends a bounded sample.
+
+    The runner calls `set_run(run_id)` when it claims a run and `set_run(None)` when it finishes;
+    `stop()` marks the worker stopped. Samples/s are read from the run row (written by the reporter).
+    """
+
+    def __init__(self, settings: Any, name: str, gpu_index: int | None = None, *,
+                 on_beat: Callable[[], None] | None = None):
+        super().__init__(name=f"heartbeat-{name}", daemon=True)
+        self.settings, self.worker_name, self.gpu_index = settings, name, gpu_index
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.on_beat = on_beat
+        self._run_id: int | None = None
+        self._samples_per_s: float | None = None
+        self._lock = threading.Lock()
+        self._stop_event = threading.Event()
+        self.beats = 0
+        self.last_error: str | None = None
+
+    def set_run(self, run_id: int | None, samples_per_s: float | None = None) -> None:
+        """Attach the current run (None = idle); beats immediately so the change shows at once."""
+        with self._lock:
+            self._run_id, self._samples_per_s = run_id, samples_per_s
+        if self.is_alive():
+            self.beat()
+
+    def set_throughput(self, samples_per_s: float | None) -> None:
+        with self._lock:
+            self._samples_per_s = samples_per_s
+
+    def beat(self, status: str | None = None) -> None:
+        """Write one heartbeat now (errors are logged, never raised: telemetry must not kill a job)."""
+        from nc_core.db import workers_repo
+        from nc_core.db.session import session_scope
+
+        with self._lock:
+            run_id, sps = self._run_id, self._samples_per_s
+        snap = sample(self.gpu_index)
+        if sps is not None:
+            snap["samples_per_s"] = sps
+        try:
+            with session_scope(self.settings.resolved_database_url()) as session:
+                workers_repo.heartbeat(session, self.worker_name, self.host, self.pid, snap["device"], snap,
+                                       run_id, status or ("busy" if run_id is not None else "idle"))
+            self.beats += 1
+            self.last_error = None
+        except Exception as exc:  # database down: keep training, try again next beat
+            self.last_error = str(exc)
+            log.warning("heartbeat of %s failed: %s", self.worker_name, exc)
+        if self.on_beat is not None:
+            try:
+                self.on_beat()
+            except Exception as exc:
+                log.warning("heartbeat callback failed: %s", exc)
+
+    def run(self) -> None:
+        psutil.cpu_percent(interval=None)  # prime the CPU counter
+        while not self._stop_event.is_set():
+            self.beat()
+            self._stop_event.wait(float(self.settings.heartbeat_seconds))
+
+    def stop(self, mark_stopped: bool = True, timeout: float = 5.0) -> None:
+        """Stop beating; optionally record status 'stopped' (a clean shutdown, not a lost worker)."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+        if mark_stopped:
+            with self._lock:
+                self._run_id = None
+            self.beat(status="stopped")
