@@ -105,7 +105,7 @@ def resident(x: np.ndarray, y: np.ndarray, shape, device) -> tuple[torch.Tensor,
 def bench_loaders(args, device: torch.device) -> dict[str, float]:
     bf16 = args.workload == "resnet18"
     spec, net, opt, loss_fn, n, shape, augment = setup(args.workload, device, bf16)
-    x, y = make_data(n, shape)
+    x, y = make_data(min(n, args.n or n), shape)
     tx, ty = resident(x, y, shape, device)
     gen = torch.Generator(device=device).manual_seed(0)
     tfm = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment == "crop_flip" else []
@@ -123,20 +123,26 @@ def bench_loaders(args, device: torch.device) -> dict[str, float]:
 
 
 def bench_eval(args, device: torch.device) -> dict[str, float]:
-    """One eval pass over the train split: plain (acc + loss) vs evaluate_split (acc + loss + every NC metric)."""
-    spec, net, _, loss_fn, n, shape, _ = setup("mlp", device, False)
-    x, y = make_data(n, shape)
+    """One eval pass over (a prefix of) the train split: plain (acc + loss) vs evaluate_split (+ every NC metric)."""
+    bf16 = args.workload == "resnet18"
+    spec, net, _, loss_fn, n, shape, _ = setup(args.workload, device, bf16)
+    x, y = make_data(min(n, args.eval_n or n), shape)
     tx, ty = resident(x, y, shape, device)
     net.eval()
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     split = lambda: batches(tx, ty, 1024, shuffle=False, generator=None)  # noqa: E731
-    forward = lambda xb: net(xb)  # noqa: E731
-    w, b = net.head.effective_weight().detach(), net.head.effective_bias().detach()
+    w, b = net.head.effective_weight().detach().float(), net.head.effective_bias().detach().float()
+
+    def forward(xb):
+        with amp():
+            f, z = net(xb)
+        return f.float(), z.float()
 
     def plain() -> None:
         with torch.inference_mode():
             correct, total = 0, 0.0
             for xb, yb in split():
-                _, logits = net(xb)
+                _, logits = forward(xb)
                 correct += (logits.argmax(1) == yb).sum()
                 total += loss_fn(logits, yb) * len(yb)
             float(correct), float(total)
@@ -182,19 +188,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads of the main process (default: torch's; 1 on a loaded shared CPU, "
                          "where spinning OpenMP threads oversubscribe the cores)")
+    ap.add_argument("--n", type=int, default=None, help="cap the training set size (smoke runs)")
+    ap.add_argument("--eval-n", type=int, default=None, help="samples in the eval pass (default: the whole split)")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"machine: {machine(device)}")
-    r = bench_loaders(args, device)
-    print(f"{args.workload} on {args.device}: epoch resident {r['resident_s']:.2f} s | DataLoader("
-          f"num_workers={args.workers}) {r['dataloader_s']:.2f} s | speed-up {r['dataloader_s'] / r['resident_s']:.1f}x")
+    if not args.skip_train:
+        r = bench_loaders(args, device)
+        print(f"{args.workload} on {args.device}: epoch resident {r['resident_s']:.2f} s | DataLoader(num_workers="
+              f"{args.workers}) {r['dataloader_s']:.2f} s | speed-up {r['dataloader_s'] / r['resident_s']:.1f}x")
     if not args.skip_eval:
         e = bench_eval(args, device)
-        print(f"eval pass (60,000 x MLP): plain {e['eval_plain_s']:.3f} s | with NC metrics {e['eval_nc_s']:.3f} s"
-              f" | ratio {e['eval_nc_s'] / e['eval_plain_s']:.2f}x")
+        n = min(WORKLOADS[args.workload][1], args.eval_n or 10**9)
+        print(f"eval pass ({n:,} x {args.workload}): plain {e['eval_plain_s']:.3f} s | with NC metrics "
+              f"{e['eval_nc_s']:.3f} s | ratio {e['eval_nc_s'] / e['eval_plain_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Ctx:
@@ -196,7 +196,10 @@ def export(ctx: typer.Context, sweep: int = typer.Argument(...),
 @app.command()
 def workers(ctx: typer.Context):
     """Workers with status (busy/idle/lost), GPU use and their run's progress."""
-    out.print(workers_table(_ctx(ctx).client.workers()))
+    client = _ctx(ctx).client
+    workers = client.workers()
+    runs = [client.run(w["current_run_id"]) for w in workers if w.get("current_run_id") and not w.get("run")]
+    out.print(workers_table(_enrich_workers(workers, runs)))
 
 
 @app.command()
@@ -273,6 +276,38 @@ def _grid(run: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in (run.get("grid") or {}).items()) + f" seed={run.get('seed')}"
 
 
+def run_eta(run: dict) -> float | None:
+    """The reporter's ETA, else extrapolated from the elapsed time of a running run."""
+    if run.get("eta_s") is not None or run["status"] != "running" or not run.get("started_at"):
+        return run.get("eta_s")
+    from datetime import datetime, timezone
+
+    started = datetime.fromisoformat(run["started_at"])
+    started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+    f = run_fraction(run)
+    return (datetime.now(timezone.utc) - started).total_seconds() * (1 - f) / f if 0 < f < 1 else None
+
+
+def _enrich_workers(workers: list[dict], runs: list[dict]) -> list[dict]:
+    """Fill a worker's run progress and heartbeat age when the API's /workers does not give them."""
+    from datetime import datetime, timezone
+
+    by_id = {r["id"]: r for r in runs}
+    out = []
+    for w in workers:
+        w = dict(w)
+        if w.get("age_s") is None and w.get("last_seen"):
+            seen = datetime.fromisoformat(w["last_seen"])
+            seen = seen if seen.tzinfo else seen.replace(tzinfo=timezone.utc)
+            w["age_s"] = (datetime.now(timezone.utc) - seen).total_seconds()
+        run = by_id.get(w.get("current_run_id"))
+        if w.get("run") is None and run is not None and w.get("status") == "busy":
+            w["run"] = {"id": run["id"], "epoch": run.get("epoch"), "epochs_total": run.get("epochs_total"),
+                        "eta_s": run_eta(run)}
+        out.append(w)
+    return out
+
+
 def run_fraction(run: dict) -> float:
     if run["status"] == "succeeded":
         return 1.0
@@ -304,8 +339,8 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
         f = run_fraction(r)
         table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
                       f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
-                      f"{r['samples_per_s']:.0f}" if r.get("samples_per_s") else "", _eta(r.get("eta_s")))
-    return Group(head, table, workers_table(workers))
+                      f"{r['samples_per_s']:.0f}" if r.get("samples_per_s") else "", _eta(run_eta(r)))
+    return Group(head, table, workers_table(_enrich_workers(workers, runs)))
 
 
 def workers_table(workers: list[dict]) -> Any:

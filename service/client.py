@@ -74,8 +74,8 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise Unreachable(self.base_url, type(exc).__name__) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise Unreachable(self.base_url) from None
         except httpx.TimeoutException as exc:
             raise Unreachable(self.base_url, f"timed out: {type(exc).__name__}") from None
         if response.status_code >= 400:

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
@@ -114,6 +115,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
             ax.fill_between(epochs, mean - std, mean + std, color=colors[config], alpha=0.2)
         ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
@@ -230,6 +232,7 @@ def margins_png(session: Session, run_id: int) -> bytes:
         ax.set_title(f"run {run_id}: cosine margin [{sp}]\n(statistics; per-sample distribution not stored)",
                      fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -254,6 +257,7 @@ def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None)
                 ax.plot(epochs, [pts[e] for e in epochs], lw=2, label=sp)
         ax.set_title(TITLES.get(key, key))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

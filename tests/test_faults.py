@@ -128,9 +128,6 @@ def test_killed_child_redelivery_is_dropped_and_reconciler_requeues(stack):
     for pid in children:
         os.kill(pid, signal.SIGKILL)  # the job's process dies; the worker parent lives on
     done = wait_status(stack, rid, FINISHED, 90)
-    with session_scope(stack["url"]) as s:
-        for e in s.scalars(select(Event).where(Event.run_id == rid, Event.kind != "metric").order_by(Event.id)):
-            print(e.at, e.kind, e.payload)
     assert done.status == "succeeded" and done.attempt == 2, done.error
     with session_scope(stack["url"]) as s:
         dup = s.execute(select(Metric.epoch, Metric.split, Metric.key).where(Metric.run_id == rid)

@@ -40,8 +40,9 @@ def seed_sweep(url: str, *, scale: float = 1.0, losses=("ce", "mse"), widths=(32
             status = statuses.get(idx, "succeeded")
             run = Run(sweep_id=sweep.id, kind="train", spec=spec.model_dump(mode="json"), spec_hash=spec_hash(spec),
                       grid={"loss.name": loss, "model.width": width}, seed=seed, status=status,
-                      epoch=epochs if status == "succeeded" else 1, epochs_total=epochs, steps_total=10, step=5,
-                      started_at=now - timedelta(seconds=60 + idx), samples_per_s=1000.0,
+                      epoch={"succeeded": epochs, "queued": 0}.get(status, 1), epochs_total=epochs, steps_total=10,
+                      step=0 if status == "queued" else 5, samples_per_s=None if status == "queued" else 1000.0 + idx,
+                      started_at=None if status == "queued" else now - timedelta(seconds=60 + idx),
                       finished_at=now if status in ("succeeded", "failed", "cancelled") else None,
                       error="RuntimeError: diverged at epoch 1" if status == "failed" else None)
             s.add(run)

@@ -54,9 +54,16 @@ def send_runs(app: Celery, runs: list[tuple[int, str]]) -> None:
 _PARENT_BEAT: list = []
 
 
+def _control() -> bool:
+    """NCSWEEP_CONTROL=1: the reconciler's worker (no training, no telemetry row, no torch)."""
+    return os.environ.get("NCSWEEP_CONTROL", "") == "1"
+
+
 @signals.worker_ready.connect
 def _start_idle_heartbeat(sender=None, **_kw) -> None:  # noqa: ANN001
     """The prefork parent beats 'idle' while no job runs (the job's child beats 'busy' itself)."""
+    if _control():
+        return
     try:
         from celery.worker import state
         from worker.runner import gpu_index, worker_name
@@ -85,7 +92,7 @@ def _stop_idle_heartbeat(**_kw) -> None:
 @signals.worker_init.connect
 def _preload(**_kw) -> None:
     """Import (never initialise) torch and the trainer in the parent so each fresh child starts fast."""
-    if os.environ.get("NCSWEEP_PRELOAD", "1") == "1":
+    if os.environ.get("NCSWEEP_PRELOAD", "1") == "1" and not _control():
         try:
             import nc_core.train  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - the child will report the real import error

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Integer, case, func, insert, select, update
+from sqlalchemy import Integer, case, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from nc_core.db.models import Checkpoint, Metric, Run, Sweep
@@ -30,18 +30,74 @@ def now() -> datetime:
 def run_rows(sweep_id: int, expanded: Iterable[tuple[RunSpec, dict[str, Any]]], *, max_attempts: int) -> list[dict]:
     """Insert parameter rows for expanded (RunSpec, grid values) pairs (status queued)."""
     t = now()
-    return [{"sweep_id": sweep_id, "kind": spec.kind, "spec": spec.model_dump(mode="json"), "spec_hash": spec_hash(spec),
-             "grid": axes, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
-             "attempt": 0, "max_attempts": max_attempts, "epochs_total": spec.epochs if spec.kind == "train" else 0,
-             "epoch": 0, "step": 0, "steps_total": 0, "created_at": t, "updated_at": t} for spec, axes in expanded]
+    rows = []
+    for spec, axes in expanded:
+        tree = spec.model_dump(mode="json")
+        canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))  # == nc_core.sweep.canonical_json
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        rows.append({"sweep_id": sweep_id, "kind": spec.kind, "parent_run_id": None, "spec": tree, "spec_hash": digest,
+                     SPEC_JSON: canonical,
+                     "grid": axes, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
+                     "attempt": 0, "max_attempts": max_attempts, "epoch": 0, "step": 0, "steps_total": 0,
+                     "epochs_total": spec.epochs if spec.kind == "train" else 0, "created_at": t, "updated_at": t})
+    return rows  # digest == nc_core.sweep.spec_hash(spec), without dumping the spec twice
+
+
+_COLS = ("sweep_id", "kind", "parent_run_id", "spec", "spec_hash", "grid", "seed", "options", "status",
+         "cancel_requested", "attempt", "max_attempts", "epoch", "step", "steps_total", "epochs_total",
+         "created_at", "updated_at")
+_JSON_COLS = [(i, c) for i, c in enumerate(_COLS) if c in ("spec", "grid", "options")]
+SPEC_JSON = "_spec_json"  # row key: the spec's canonical JSON text, stored as is by the bulk paths
+BULK_MIN = 64  # below this, a plain INSERT ... RETURNING is as fast
 
 
 def insert_runs(session: Session, rows: Sequence[dict]) -> list[Job]:
-    """Bulk insert (executemany with RETURNING, batched by SQLAlchemy) → [(kind, id)] in row order."""
+    """Bulk insert → [(kind, id)] in row order. PostgreSQL: ids from the sequence + COPY; SQLite: one
+    executemany under the write lock, ids from last_insert_rowid(); small batches: INSERT ... RETURNING."""
     if not rows:
         return []
-    result = session.execute(insert(Run).returning(Run.kind, Run.id, sort_by_parameter_order=True), list(rows))
-    return [(kind, run_id) for kind, run_id in result]
+    dialect = session.get_bind().dialect.name
+    if len(rows) < BULK_MIN or dialect not in ("postgresql", "sqlite"):
+        plain = [{k: v for k, v in row.items() if k != SPEC_JSON} for row in rows]
+        result = session.execute(insert(Run).returning(Run.kind, Run.id, sort_by_parameter_order=True), plain)
+        return [(kind, run_id) for kind, run_id in result]
+    ids = _copy_pg(session, rows) if dialect == "postgresql" else _executemany_sqlite(session, rows)
+    return [(row["kind"], run_id) for row, run_id in zip(rows, ids)]
+
+
+def _copy_pg(session: Session, rows: Sequence[dict]) -> list[int]:
+    conn = session.connection()
+    ids = list(conn.execute(text("SELECT nextval(pg_get_serial_sequence('run', 'id')) FROM generate_series(1, :n) "
+                                 "ORDER BY 1"), {"n": len(rows)}).scalars())
+    with conn.connection.driver_connection.cursor() as cur:
+        with cur.copy(f"COPY run (id, {', '.join(_COLS)}) FROM STDIN") as copy:
+            for run_id, row in zip(ids, rows):
+                copy.write_row((run_id, *_json_ready(row)))
+    return ids
+
+
+def _json_ready(row: dict) -> list:
+    """Column values in _COLS order with JSON columns as text (the spec's canonical JSON reused)."""
+    values = [row[c] for c in _COLS]
+    for i, c in _JSON_COLS:
+        values[i] = row.get(SPEC_JSON) if c == "spec" and SPEC_JSON in row else json.dumps(row[c])
+    return values
+
+
+def _executemany_sqlite(session: Session, rows: Sequence[dict]) -> list[int]:
+    conn = session.connection()
+    procs = [(i, Run.__table__.c[c].type.bind_processor(conn.dialect)) for i, c in enumerate(_COLS)
+             if c not in dict(_JSON_COLS).values()]
+    params = []
+    for row in rows:
+        values = _json_ready(row)
+        for i, proc in procs:
+            if proc is not None:
+                values[i] = proc(values[i])
+        params.append(tuple(values))
+    conn.exec_driver_sql(f"INSERT INTO run ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})", params)
+    last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+    return list(range(last - len(rows) + 1, last + 1))  # new rowids are max+1, in order, under the write lock
 
 
 def create_sweep(session: Session, spec: SweepSpec, expanded: list[tuple[RunSpec, dict[str, Any]]], *,

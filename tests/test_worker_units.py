@@ -1,0 +1,84 @@
+"""Worker pieces without a full stack: Celery config, import hygiene, launch specs, reconciler re-send."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from nc_core.settings import Settings
+from tests.helpers_stack import ROOT, RedisServer, make_settings, sqlite_db
+
+
+def test_celery_config_for_long_gpu_jobs():
+    from worker.celery_app import make_celery
+
+    conf = make_celery(Settings(visibility_timeout=12345)).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_ignore_result
+    assert conf.worker_prefetch_multiplier == 1 and conf.worker_max_tasks_per_child == 1
+    assert conf.broker_transport_options["visibility_timeout"] == 12345
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json" and conf.result_serializer == "json"
+    assert conf.result_backend is None
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss and conf.broker_connection_retry_on_startup
+
+
+def test_worker_modules_import_without_torch_or_io():
+    code = ("import sys, os; import worker.celery_app, worker.tasks, worker.launch, worker.reconciler, "
+            "service.embedded; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] == '1'; "
+            "assert sorted(t for t in worker.celery_app.app.tasks if t.startswith('ncsweep.')) == "
+            "['ncsweep.reconcile', 'ncsweep.train', 'ncsweep.ufm', 'ncsweep.validate']")
+    env = {"PATH": "/usr/bin:/bin", "NCSWEEP_BROKER_URL": "redis://127.0.0.1:1/0"}  # unreachable: no I/O allowed
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
+
+
+def test_launch_one_worker_per_gpu_or_cpu_workers():
+    from worker.launch import worker_command, worker_specs
+
+    gpu = worker_specs([0, 2])
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in gpu] == ["0", "2"]
+    assert gpu[1].name.startswith("ncsweep-gpu2@")
+    cpu = worker_specs([], cpu_workers=2, threads=1)
+    assert len(cpu) == 2 and all(s.env["CUDA_VISIBLE_DEVICES"] == "" and s.env["OMP_NUM_THREADS"] == "1" for s in cpu)
+    cmd = worker_command("x@h")
+    assert cmd[cmd.index("-c") + 1] == "1" and cmd[cmd.index("-P") + 1] == "prefork" and "worker.celery_app" in cmd
+
+
+def test_readable_error_is_one_line():
+    from worker.runner import readable_error
+
+    assert readable_error(ValueError("bad lr\nTraceback ...")) == "ValueError: bad lr"
+    assert readable_error(KeyError()) == "KeyError"
+
+
+@pytest.mark.integration
+def test_reconciler_resends_only_lost_messages(tmp_path):
+    import redis as redis_lib
+
+    from nc_core.db import runs_repo
+    from nc_core.db.models import Run, Sweep
+    from nc_core.db.session import session_scope
+    from worker.reconciler import broker_run_ids, reconcile_once
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        settings = make_settings(tmp_path, sqlite_db(tmp_path), server.url())
+        old = runs_repo.utcnow() - timedelta(minutes=10)
+        with session_scope(settings.resolved_database_url()) as s:
+            sweep = Sweep(name="r", spec={}, axes=[])
+            s.add(sweep)
+            s.flush()
+            runs = [Run(sweep_id=sweep.id, spec={}, spec_hash=str(i), updated_at=old, created_at=old) for i in range(2)]
+            s.add_all(runs)
+            s.flush()
+            ids = [r.id for r in runs]
+        first = reconcile_once(settings, resend_after_s=60)
+        assert first["resent"] == ids and first["requeued"] == [] and first["failed"] == []
+        assert redis_lib.Redis.from_url(server.url()).llen("celery") == 2
+        assert broker_run_ids(settings.broker_url, backlog=10) == set(ids)
+        with session_scope(settings.resolved_database_url()) as s:  # make them stale again
+            runs_repo.touch(s, ids, now=old)
+        assert reconcile_once(settings, resend_after_s=60)["resent"] == []  # messages present: no duplicates
+    finally:
+        server.stop()
