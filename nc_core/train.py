@@ -224,9 +224,8 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
 def _loop(r: _Run, start: int, final: dict) -> dict:
     spec = r.spec
     evals, ckpts = set(eval_epochs(spec)), set(checkpoint_epochs(spec))
-    saved, pending = start if start else None, None  # pending: in-memory state of the last unsaved epoch
-    if saved is None:
-        pending = (0, copy.deepcopy(_state(r, 0, final)))
+    # pending: in-memory copy of the last completed epoch that has no checkpoint yet (0 = initial state)
+    pending = None if start else (0, copy.deepcopy(_state(r, 0, final)))
     for epoch in range(start + 1, spec.epochs + 1):
         try:
             running = _train_epoch(r, epoch)

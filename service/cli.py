@@ -67,19 +67,30 @@ def _csv(text: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-example", help="submit the bundled example sweep"),
-       home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: settings.home)")):
+       home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: settings.home)"),
+       workers: Optional[int] = typer.Option(None, "--workers", help="CPU workers when there is no GPU"),
+       gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (default: every GPU found)"),
+       port: Optional[int] = typer.Option(None, "--port", help="API port"),
+       serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="keep serving after the example"),
+       fresh: bool = typer.Option(False, "--fresh", help="submit the example again even if it already ran")):
     """Start the embedded stack (SQLite + Redis + workers + API) under one directory."""
     from service import embedded
 
-    embedded.main(home=home or _ctx(ctx).settings.home, example=example)
+    rc = embedded.main(home=home or _ctx(ctx).settings.home, example=example, keep_running=serve, workers=workers,
+                       gpus=_ints(gpus, "--gpus") if gpus else None, api_port=port, fresh=fresh)
+    if rc:
+        raise typer.Exit(rc)
 
 
 @app.command()
-def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: one CPU worker)")):
-    """Start one worker process per GPU (or one CPU worker) against the configured broker and DB."""
+def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: every GPU found)"),
+           cpu: int = typer.Option(1, "--cpu", help="CPU workers when no GPU is used")):
+    """Start one worker process per GPU (or CPU workers) against the configured broker and database."""
     from worker import launch
 
-    launch.main(_ints(gpus, "--gpus") if gpus else None)
+    rc = launch.main(_ints(gpus, "--gpus") if gpus else None, cpu)
+    if rc:
+        raise typer.Exit(rc)
 
 
 @token_app.command("create")

@@ -5,6 +5,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -175,8 +176,12 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # logs and pipes: keep the results table unwrapped
     home = Path(home or get_settings().home).expanduser().resolve()
     keep_running = (not example) if keep_running is None else keep_running
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         with ExitStack() as stack:
             settings = _start(stack, home, workers, gpus, api_port, console)
@@ -230,6 +235,10 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     console.print(f"token in {home / 'token'} (export NCSWEEP_HOME={home} for the CLI)"
                   + (f"; re-queued {len(requeued)} interrupted run(s)" if requeued else ""))
     return settings.model_copy(update={"token": token})
+
+
+def _interrupt(*_args: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _stop_proc(proc: subprocess.Popen) -> None:

@@ -152,3 +152,13 @@ def test_sse_last_event_id_replays_and_pings(live: str, db_url: str, monkeypatch
         assert replay.next_event()["data"]["epoch"] == 1
     finally:
         replay.close()
+
+
+def test_sse_stream_ends_after_max_lifetime(live: str, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.routers import events as events_router
+
+    monkeypatch.setattr(events_router, "MAX_STREAM_S", 0.5)  # shutdowns never wait on an open dashboard
+    reader = SSEReader(f"{live}/events")
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and reader.content_type.startswith("text/event-stream")

@@ -50,7 +50,7 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
         return x.float()  # (N, D): synthetic features are used as drawn
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((x.float() - m) / s).contiguous()  # (N, C, H, W)
+    return x.float().contiguous().sub_(m).div_(s)  # (N, C, H, W), in place on the loader's own copy
 
 
 def load_data(spec: RunSpec, device: torch.device | str = "cpu", *, settings=None) -> DataBundle:

@@ -60,5 +60,7 @@ def modify_train(spec: DataSpec, seed: int, x: Tensor, y: Tensor, num_classes: i
         g = rng(seed, _STREAM_NOISE)
         noisy = g.choice(len(yn), size=int(round(spec.label_noise * len(yn))), replace=False)
         yn[noisy] = g.integers(num_classes, size=len(noisy))  # uniform over all K (may keep the label)
-    index = torch.from_numpy(keep)
-    return x[index], torch.from_numpy(yn.astype(np.int64))
+    labels = torch.from_numpy(yn.astype(np.int64))
+    if len(keep) == len(x):  # nothing dropped: no copy of a possibly large image tensor
+        return x, labels
+    return x[torch.from_numpy(keep)], labels

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ def rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def missing(name: str, root: Path, looked_for: list[Path], extra: str = "") -> MissingDataError:
+    """The error for absent (or corrupt) files of dataset ``name``: where it looked and the three fixes."""
     paths = ", ".join(str(p) for p in looked_for)
     return MissingDataError(
         f"dataset {name!r}: files not found under data root {root} (looked for {paths}){extra}. "
@@ -98,6 +100,7 @@ def _fashion_mnist(spec: RunSpec, root: Path) -> RawData:
 
 # ---------------------------------------------------------------- CIFAR / SVHN (md5-checked by torchvision)
 def _torchvision_split(spec: RunSpec, root: Path, expected: list[Path], make) -> tuple[np.ndarray, np.ndarray]:
+    """``make()`` a torchvision dataset (data, labels as numpy); absent or corrupt files -> MissingDataError."""
     if not spec.data.download and not all(p.exists() for p in expected):
         raise missing(spec.data.name, root, expected)
     try:
@@ -113,8 +116,8 @@ def _cifar(spec: RunSpec, root: Path, cls: str, folder: str, mean, std) -> RawDa
 
     out = []
     for train in (True, False):
-        x, y = _torchvision_split(spec, root, [root / folder], lambda: getattr(tvd, cls)(
-            str(root), train=train, download=spec.data.download))
+        x, y = _torchvision_split(spec, root, [root / folder], partial(
+            getattr(tvd, cls), str(root), train=train, download=spec.data.download))
         out += [torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255.0).contiguous(),  # (N, 3, 32, 32)
                 torch.from_numpy(y.astype(np.int64))]
     return RawData(*out, mean, std)
@@ -136,8 +139,8 @@ def _svhn(spec: RunSpec, root: Path) -> RawData:
 
     out = []
     for split in ("train", "test"):
-        x, y = _torchvision_split(spec, root, [root / f"{split}_32x32.mat"], lambda: tvd.SVHN(
-            str(root), split=split, download=spec.data.download))
+        x, y = _torchvision_split(spec, root, [root / f"{split}_32x32.mat"], partial(
+            tvd.SVHN, str(root), split=split, download=spec.data.download))
         out += [torch.from_numpy(x).float().div(255.0), torch.from_numpy(y.astype(np.int64))]  # (N, 3, 32, 32)
     return RawData(*out, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 

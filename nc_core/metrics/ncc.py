@@ -62,14 +62,13 @@ class SampleStats:
         self.empty_classes = stats.empty_classes
         self._shift = stats.shift  # (d,) work in the ClassStats' shifted frame
         self._rel_g = stats.relative_global_mean()  # (d,) μ_G − shift
-        self._rel_means = stats.relative_means()  # (K, d) μ_k − shift
         self._mu_g = stats.global_mean  # (d,)
         self._means = stats.means  # (K, d)
         self._mc = stats.centred_means("global")  # (K, d) μ_k − μ_G
         if self.W is not None:
             wc = self.W - self.W.mean(0)  # (K, d) rows w_k − w̄
             self._wc_norm = torch.linalg.vector_norm(wc, dim=1)  # (K,)
-            self._proj = torch.cat([self.W, wc, self._mc]).T.contiguous()  # (d, 3K)
+            self._proj = torch.cat([self.W, wc, self._mc.nan_to_num(0.0)]).T.contiguous()  # (d, 3K)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
         self.num_samples = 0
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
@@ -100,10 +99,11 @@ class SampleStats:
         self.num_samples += int(x.shape[0])
 
     def _chunk(self, x: torch.Tensor, y: torch.Tensor, grams: bool) -> None:
-        xs = x.to(F64) - self._shift  # (B, d) h − shift
+        xc = x.to(F64)  # (B, d)
+        xc = xc - self._shift if xc.data_ptr() == x.data_ptr() else xc.sub_(self._shift)  # never mutate x
+        xc.sub_(self._rel_g)  # (B, d) h − μ_G (via the shift: no large-offset cancellation)
         if self.W is not None:
             K = self.stats.num_classes
-            xc = xs - self._rel_g  # (B, d) h − μ_G: no large-offset cancellation in the products
             P = xc @ self._proj  # (B, 3K): [xc·w_k | xc·(w_k − w̄) | xc·(μ_k − μ_G)]
             logits = P[:, :K] + self._w_mu  # (B, K) bias-free logits W h
             xc_norm = torch.linalg.vector_norm(xc, dim=1)  # (B,)
@@ -115,7 +115,7 @@ class SampleStats:
             self._margins.append(cosine_margins(P[:, K:2 * K], xc_norm, self._wc_norm, y))
             self._margins_logit.append(logit_cosine_margins(logits, xc_norm, self._wc_norm, y))
         if grams and self._grams is not None and not self.empty_classes:
-            r = xs - self._rel_means[y]  # (B, d) h − μ_{y}
+            r = xc - self._mc[y]  # (B, d) h − μ_{y}
             for k in torch.unique(y).tolist():
                 rk = r[y == k]  # (n_k, d)
                 self._grams[k].addmm_(rk.T, rk)

@@ -81,28 +81,42 @@ class ClassStats:
             self._update_chunk(x[start:start + rows], y[start:start + rows])
 
     def _update_chunk(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self._shift is None:
+            self._shift = x[:4096].to(F64).mean(0)  # (d,) reference point
+        if self.per_class:
+            self._update_sorted(x, y)
+            return
         K, d = self.num_classes, self.dim
         xb = x.to(F64)  # (B, d)
-        if self._shift is None:
-            self._shift = xb.mean(0)  # (d,)
-        xb = xb - self._shift  # (B, d)
+        xb = xb - self._shift if xb.data_ptr() == x.data_ptr() else xb.sub_(self._shift)  # never mutate x
         c = torch.bincount(y, minlength=K).to(F64)  # (K,)
         sums = torch.zeros(K, d, dtype=F64, device=xb.device).index_add_(0, y, xb)  # (K, d)
         m = sums / c.clamp_min(1.0)[:, None]  # (K, d) batch class means (0 where absent)
-        r = xb - m[y]  # (B, d) residuals about the batch class means
+        r = xb.sub_(m[y])  # (B, d) residuals about the batch class means (in place)
         ss = torch.zeros(K, dtype=F64, device=xb.device).index_add_(0, y, (r * r).sum(1))  # (K,)
-        if self.per_class:
-            order = torch.argsort(y, stable=True)
-            rs = r[order]  # (B, d) grouped by class
-            start = 0
-            for k, n_k in enumerate(c.to(torch.int64).tolist()):
-                if n_k:
-                    rk = rs[start:start + n_k]  # (n_k, d)
-                    self._scatter[k].addmm_(rk.T, rk)
-                    start += n_k
-        else:
-            self._scatter.addmm_(r.T, r)
+        self._scatter.addmm_(r.T, r)
         self._combine(c, m, ss)
+
+    def _update_sorted(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Per-class mode: group the chunk by label once, then centre / reduce / GEMM each class slice."""
+        K, d = self.num_classes, self.dim
+        order = torch.argsort(y)
+        counts = torch.bincount(y, minlength=K)  # (K,)
+        xs = x[order].to(F64)  # (B, d) a fresh copy grouped by class
+        xs.sub_(self._shift)
+        m = torch.zeros(K, d, dtype=F64, device=xs.device)  # (K, d)
+        ss = torch.zeros(K, dtype=F64, device=xs.device)  # (K,)
+        start = 0
+        for k, n_k in enumerate(counts.tolist()):
+            if n_k:
+                xk = xs[start:start + n_k]  # (n_k, d) view
+                m[k] = xk.mean(0)
+                xk.sub_(m[k])
+                flat = xk.reshape(-1)
+                ss[k] = torch.dot(flat, flat)
+                self._scatter[k].addmm_(xk.T, xk)
+                start += n_k
+        self._combine(counts.to(F64), m, ss)
 
     def _combine(self, c: torch.Tensor, m: torch.Tensor, ss: torch.Tensor) -> None:
         """Parallel-axis merge of (counts c, means m, within SS ss) into the state; the other part's

@@ -104,21 +104,26 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
     failed = [r for r in runs if r["status"] != "succeeded"]
     table = Table(title=f"sweep {sweep_id}: test split, last epoch, mean ± std over seeds")
     for path in body["group_by"]:
-        table.add_column(path)
+        parts = path.split(".")
+        table.add_column(parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1])
     table.add_column("runs", justify="right")
     for key in RESULT_KEYS:
         table.add_column(key, justify="right")
     for group in body["groups"]:
-        cells = [str(group["values"].get(p)) for p in body["group_by"]] + [str(group["runs"])]
+        cells = [_value(group["values"].get(p)) for p in body["group_by"]] + [str(group["runs"])]
         table.add_row(*cells, *(_fmt(group["metrics"].get(k)) for k in RESULT_KEYS))
     console.print(table)
     for r in failed:
         console.print(f"run {r['id']} {_label(r)}: {r['status']}" + (f" — {r['error']}" if r.get("error") else ""))
 
 
+def _value(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
 def _fmt(agg: dict[str, Any] | None) -> str:
     if not agg or agg.get("mean") is None:
         return "—"
     mean, std = agg["mean"], agg.get("std")
-    digits = 2 if abs(mean) >= 10 else 4
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+    digits = 1 if abs(mean) >= 10 else 3
+    return f"{mean:.{digits}f}±{std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"

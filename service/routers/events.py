@@ -17,6 +17,7 @@ from nc_core.settings import Settings, get_settings
 router = APIRouter(tags=["events"])
 POLL_S = 0.5
 PING_S = 15.0
+MAX_STREAM_S = 300.0  # end a stream after this long; EventSource reconnects with Last-Event-ID (nothing lost)
 BATCH = 500
 
 
@@ -45,8 +46,9 @@ def format_sse(event: dict) -> str:
 
 
 async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | None, *,
-                       poll_s: float = POLL_S, ping_s: float = PING_S) -> AsyncIterator[str]:
-    """Yield SSE frames for events after `cursor` until the client disconnects.
+                       poll_s: float = POLL_S, ping_s: float = PING_S, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
+    """Yield SSE frames for events after `cursor` until the client disconnects (or after `max_s`, so that
+    server shutdowns never wait on an open dashboard; clients reconnect and resume from Last-Event-ID).
 
     PostgreSQL sequences can commit out of order, so there the poll re-reads a small id window
     behind the cursor and drops ids already sent; SQLite commits in id order.
@@ -56,8 +58,8 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
     sent: deque[int] = deque(maxlen=4 * BATCH)
     sent_set: set[int] = set()
     yield "retry: 2000\n\n"
-    last_out = time.monotonic()
-    while not await request.is_disconnected():
+    last_out = started = time.monotonic()
+    while not await request.is_disconnected() and time.monotonic() - started < max_s:
         events = await asyncio.to_thread(_fetch, url, max(floor, cursor - window), sweep_id)
         for ev in events:
             if ev["id"] in sent_set:
@@ -88,6 +90,6 @@ async def events(request: Request, sweep_id: int | None = Query(None, descriptio
         cursor = int(last_event_id.strip())
     if cursor is None:
         cursor = await asyncio.to_thread(_latest, url)
-    stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S)
+    stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,65 @@
+"""The embedded stack as a user starts it: one process, a run over HTTP with the local token, clean Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers_stack import ROOT, free_port, redis_binary, wait_for
+
+pytestmark = pytest.mark.integration
+SWEEP = {"name": "embedded-smoke",
+         "base": {"epochs": 2, "batch_size": 64, "device": "cpu",
+                  "data": {"name": "gaussian", "train_size": 200, "test_size": 100, "gaussian_classes": 3,
+                           "gaussian_dim": 8},
+                  "model": {"name": "mlp", "width": 16, "depth": 1}},
+         "seeds": [0, 1]}
+
+
+def test_embedded_stack_serves_runs_and_stops_cleanly(tmp_path):
+    if redis_binary() is None:
+        pytest.skip("no redis-server binary")
+    port = free_port()
+    env = {**os.environ, "NCSWEEP_API_PORT": str(port), "NCSWEEP_HEARTBEAT_SECONDS": "0.5", "PYTHONPATH": str(ROOT)}
+    env.pop("NCSWEEP_DATABASE_URL", None)
+    code = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1], example=False, workers=1))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        api = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ok(api), 60, 0.2, "the embedded API")
+        token = (tmp_path / "token").read_text().strip()
+        assert oct((tmp_path / "token").stat().st_mode)[-3:] == "600"
+        headers = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(f"{api}/sweeps", json=SWEEP, headers=headers, timeout=30)
+        assert created.status_code == 201, created.text
+        sweep_id = created.json()["sweep_id"]
+
+        def done():
+            runs = httpx.get(f"{api}/runs", params={"sweep_id": sweep_id}).json()["items"]
+            return runs if all(r["status"] == "succeeded" for r in runs) else None
+
+        wait_for(done, 60, 0.5, "the runs to succeed")
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        assert len(descendants) >= 3  # redis-server, worker parent, its child
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=40)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    time.sleep(0.5)
+    assert not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert (tmp_path / "ncsweep.db").is_file() and (tmp_path / "redis").is_dir()
+
+
+def _ok(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
