@@ -182,6 +182,8 @@ def main() -> None:
         print(f"speed-up (median/median): {seed[0] / ours[0]:.1f}x (goal >= 25x)")
     if args.device.startswith("cuda"):
         gpu_forward_comparison(args, X, y, W, b)
+    if hasattr(os, "getloadavg"):
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from nc_core.spec import RunSpec  # noqa: E402
 
 WORKLOADS = {  # name -> (dataset in the spec, N, (C, H, W), model section, augment)
     "mlp": ("mnist", 60_000, (1, 28, 28), {"name": "mlp", "width": 128, "depth": 3}, "none"),
-    "resnet18": ("cifar10", 50_000, (3, 32, 32), {"name": "resnet18"}, "crop_flip"),
+    "resnet18": ("cifar10", 50_000, (3, 32, 32), {"name": "resnet18", "width": 1}, "crop_flip"),
 }
 
 

@@ -135,7 +135,8 @@ def submit(ctx: typer.Context, path: Path = typer.Argument(..., exists=True, dir
 @app.command()
 def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typer.Option(False, "--once"),
           interval: float = typer.Option(1.0, "--interval", help="refresh seconds"),
-          max_rows: int = typer.Option(25, "--max-rows", help="runs shown (running first)")):
+          max_rows: int = typer.Option(25, "--max-rows", help="runs shown (running first)"),
+          timeout: float = typer.Option(0, "--timeout", help="give up after this many seconds (exit 3); 0 = never")):
     """Live progress bars per run and for the sweep, plus workers; exits when the sweep finishes."""
     from rich.live import Live
 
@@ -152,8 +153,12 @@ def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typ
     if once:
         out.print(view)
         return
+    deadline = time.monotonic() + timeout if timeout > 0 else None
     with Live(view, console=out, refresh_per_second=4) as live:
         while not done:
+            if deadline is not None and time.monotonic() > deadline:
+                err.print(f"sweep {sweep} still running after {timeout:g} s (--timeout)")
+                raise typer.Exit(3)
             time.sleep(interval)
             view, done = snapshot()
             live.update(view)

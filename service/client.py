@@ -39,6 +39,16 @@ def resolve_token(settings: Settings) -> str | None:
     return None
 
 
+def resolve_api_url(settings: Settings) -> str:
+    """NCSWEEP_API_URL (settings.api_url), else <home>/api_url written by `ncsweep up`, else host:port."""
+    if settings.api_url:
+        return settings.api_url
+    path = Path(settings.home).expanduser() / "api_url"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip().splitlines()[0]
+    return settings.resolved_api_url()
+
+
 def _error_from(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
@@ -66,7 +76,7 @@ class Client:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Client":
-        return cls(settings.resolved_api_url(), resolve_token(settings))
+        return cls(resolve_api_url(settings), resolve_token(settings))
 
     def close(self) -> None:
         self.http.close()

@@ -4,7 +4,10 @@ expansion measured side by side, on a loaded machine); a run's metric series in 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -16,31 +19,42 @@ from nc_core.db.session import session_scope
 from nc_core.sweep import SweepSpec, expand
 
 SLACK = float(os.environ.get("NCSWEEP_PERF_SLACK", "1"))
-BROKER = "redis://127.0.0.1:6379/13"
 BIG = {"name": "big", "base": {"epochs": 5, "data": {"name": "gaussian"}}, "max_runs": 20000, "seeds": list(range(10)),
        "grid": {"optim.lr": [round(0.001 * i, 3) for i in range(1, 51)], "model.width": [16 * i for i in range(1, 21)]}}
 
 
 @pytest.fixture
-def broker():  # noqa: ANN201
+def broker(tmp_path):  # noqa: ANN001, ANN201
+    """A private redis-server on a free port (no other consumer can drain its queue)."""
     import redis
 
-    client = redis.Redis.from_url(BROKER)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001
+    binary = shutil.which("redis-server")
+    if binary is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Redis at {BROKER} is required under CI=true: {exc}")
-        pytest.skip("Redis unreachable")
-    client.delete("celery")
+            pytest.fail("redis-server is required under CI=true")
+        pytest.skip("redis-server not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.url = f"redis://127.0.0.1:{port}/0"
     yield client
-    client.delete("celery")
+    proc.terminate()
+    proc.wait(10)
 
 
 def test_submit_10k_runs_with_real_enqueue(db_url, settings, write_token, broker, row_counts):
     from service.app import create_app
 
-    settings.broker_url = BROKER
+    settings.broker_url = broker.url
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {write_token}"}) as client:
         client.post("/sweeps", json={"name": "warm", "base": {"data": {"name": "gaussian"}}})  # templates, pools
         broker.delete("celery")

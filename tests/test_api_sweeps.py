@@ -187,3 +187,20 @@ def test_extend_rejects_unknown_field_and_cap(app_client, row_counts):
     assert over.status_code == 422 and fields(over) == ["max_runs"]
     assert app_client.post("/sweeps/999/extend", json={"seeds": [5]}).status_code == 404
     assert row_counts() == before
+
+
+def test_stored_spec_hash_matches_nc_core_and_events_are_written(app_client, db_url):
+    from nc_core.db.models import Event
+    from nc_core.spec import RunSpec
+    from nc_core.sweep import spec_hash
+
+    body = sweep_body(seeds=list(range(20)))  # 80 runs: the bulk (COPY / executemany) insert path
+    sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
+    with session_scope(db_url) as s:
+        runs = s.scalars(select(Run).where(Run.sweep_id == sid)).all()
+        assert len(runs) == 80 and all(r.spec_hash == spec_hash(RunSpec.model_validate(r.spec)) for r in runs)
+        assert all(r.created_at is not None and r.cancel_requested is False for r in runs)
+        events = s.scalars(select(Event).where(Event.sweep_id == sid)).all()
+        assert [(e.kind, e.payload["sweep"], e.payload["runs"]) for e in events] == [("status", "created", 80)]
+    ids = sorted(r.id for r in runs)
+    assert sorted(app_client.app.state.enqueuer.run_ids) == ids

@@ -84,9 +84,12 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
                                 "memory_total": 80 * 2**30, "temperature_c": 61.0}, runs[0], "busy")
     rc, out, _ = ncsweep(capsys, "watch", sid, "--once")
     assert rc == 0 and f"sweep {sid}" in out and "running" in out and "gpu0@node1" in out and "87%" in out
-    docs = ROOT / "docs" / "screenshots"
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "watch.txt").write_text(f"$ ncsweep watch {sid} --once\n{out}")
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    (ROOT / "test-artifacts" / "watch.txt").write_text(f"$ ncsweep watch {sid} --once\n{out}")
+    docs = ROOT / "docs" / "screenshots" / "watch.txt"  # for the README; rewritten only on request
+    if os.environ.get("NCSWEEP_UPDATE_SCREENSHOTS") == "1" or not docs.exists():
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(f"$ ncsweep watch {sid} --once\n{out}")
     rc, out, _ = ncsweep(capsys, "results", sid, "--keys", "acc,nc1", "--split", "test")
     assert rc == 0 and "mean ± std" in out and "±" in out.split("mean ± std")[1] and "mse" in out
     rc, out, _ = ncsweep(capsys, "results", sid, "--group-by", "loss.name", "--keys", "acc")
@@ -105,8 +108,11 @@ def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys) -> 
             s.get(Run, runs[0]).status = "succeeded"
     threading.Thread(target=finish, daemon=True).start()
     t0 = time.monotonic()
-    rc, out, _ = ncsweep(capsys, "watch", sid, "--interval", "0.2")
-    assert rc == 0 and f"sweep {sid} finished" in out and 0.9 < time.monotonic() - t0 < 20
+    rc, out, _ = ncsweep(capsys, "watch", sid, "--interval", "0.2", "--timeout", "60")
+    assert rc == 0 and f"sweep {sid} finished" in out and 0.9 < time.monotonic() - t0 < 60
+    other, _ = seed_sweep(db_url, name="stuck", statuses={0: "running"})
+    rc, _, err = ncsweep(capsys, "watch", other, "--interval", "0.1", "--timeout", "0.3")
+    assert rc == 3 and "still running" in err
 
 
 @SQLITE
@@ -167,6 +173,11 @@ def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, mon
     from service.client import resolve_token
 
     assert resolve_token(Settings(home=tmp_path / "home")) == token
+    from service.client import resolve_api_url
+
+    (tmp_path / "home" / "api_url").write_text("http://127.0.0.1:9999\n")  # written by `ncsweep up`
+    assert resolve_api_url(Settings(home=tmp_path / "home")) == "http://127.0.0.1:9999"
+    assert resolve_api_url(Settings(home=tmp_path / "home", api_url="http://x:1")) == "http://x:1"
     rc, _, err = ncsweep(capsys, "token", "create", "--scope", "root")
     assert rc == 2 and "read, write, admin" in err
 

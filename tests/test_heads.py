@@ -141,3 +141,14 @@ def test_implicit_etf_without_bias_has_no_offset():
     h, y = torch.randn(6, 5), torch.arange(6) % 3
     logits = head(h, y)
     assert torch.allclose(logits, h @ head.weight.T, atol=1e-6) and head.effective_bias() is None
+
+
+def test_implicit_etf_first_batch_missing_classes_has_bounded_gradient():
+    """Unseen classes leave zero columns in F, so Y M loses rank: the gradient must stay bounded."""
+    torch.manual_seed(0)
+    head = build_head(HeadSpec(name="implicit_etf"), 16, 6)
+    h = torch.randn(12, 16, requires_grad=True)
+    logits = head(h, torch.arange(12) % 4)  # classes 4 and 5 absent
+    (logits * torch.randn_like(logits)).sum().backward()
+    assert torch.isfinite(h.grad).all() and h.grad.abs().max() < 1e3
+    assert torch.equal(head.ema[:, 4:], torch.zeros(16, 2))  # never-seen classes keep their (zero) column

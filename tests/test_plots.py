@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 from datetime import timedelta
 
 import matplotlib.image as mpimg

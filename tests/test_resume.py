@@ -11,6 +11,15 @@ from nc_core.train import NullReporter, fit, validate_checkpoints
 from nc_core.training import checkpoint as ck
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded CPU spinning threads cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def spec4(**over) -> RunSpec:
     """4 digits-MLP epochs exercising augmentation, momentum, a schedule and both eval splits."""
     tree = {"seed": 3, "epochs": 4, "batch_size": 128, "device": "cpu", "deterministic": True,

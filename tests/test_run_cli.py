@@ -4,11 +4,23 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from nc_core.cli import app
 from nc_core.spec import RunSpec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded CPU spinning threads cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 runner = CliRunner()
 TINY = {"epochs": 2, "device": "cpu", "data": {"name": "digits"}, "model": {"name": "mlp", "width": 32, "depth": 2},

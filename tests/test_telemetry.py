@@ -25,6 +25,25 @@ def test_sample_without_gpu_reports_cpu_and_ram() -> None:
             assert 0 < snap["memory_used"] <= snap["memory_total"]
 
 
+def test_gpu_sample_through_nvml(monkeypatch) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from worker import telemetry
+
+    fake = SimpleNamespace(
+        NVML_TEMPERATURE_GPU=0, nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
+        nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3",
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=5 * 2**30, total=80 * 2**30),
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=93),
+        nvmlDeviceGetTemperature=lambda h, kind: 67)
+    monkeypatch.setattr(telemetry, "_nvml", lambda: fake)
+    snap = telemetry.sample(1)
+    assert snap == {"device": "cuda:1", "gpu_index": 1, "gpu_name": "NVIDIA H100 80GB HBM3", "util_percent": 93.0,
+                    "memory_used": 5 * 2**30, "memory_total": 80 * 2**30, "temperature_c": 67.0}
+    fake.nvmlDeviceGetHandleByIndex = lambda i: (_ for _ in ()).throw(RuntimeError("GPU is lost"))
+    assert telemetry.sample(1)["device"] == "cpu"  # a failing GPU query falls back, never raises
+
+
 def test_heartbeat_upserts_worker_and_bounds_samples(db_url: str) -> None:
     _, runs = seed_sweep(db_url, statuses={0: "running"})
     snap = {"device": "cuda:0", "gpu_index": 0, "gpu_name": "Fake GPU", "util_percent": 50.0,

@@ -95,6 +95,7 @@ def _preload(**_kw) -> None:
     if os.environ.get("NCSWEEP_PRELOAD", "1") == "1" and not _control():
         try:
             import nc_core.train  # noqa: F401
+            import worker.runner  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - the child will report the real import error
             logging.getLogger(__name__).warning("preload of nc_core.train failed: %s", exc)
 

@@ -9,10 +9,10 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import Integer, case, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from nc_core.db.models import Checkpoint, Metric, Run, Sweep
+from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
 from nc_core.db.states import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, check_transition
 from nc_core.spec import RunSpec
-from nc_core.sweep import SweepSpec, spec_hash
+from nc_core.sweep import SweepSpec
 
 Job = tuple[str, int]  # (kind, run_id): what the enqueuer sends
 RETRYABLE = (FAILED, CANCELLED)
@@ -25,6 +25,11 @@ class StateConflict(RuntimeError):
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def add_event(session: Session, sweep_id: int | None, run_id: int | None, **payload: Any) -> None:
+    """One 'status' row in the change feed (SSE); bulk changes write one event per sweep, run_id None."""
+    session.execute(insert(Event).values(kind="status", sweep_id=sweep_id, run_id=run_id, payload=payload, at=now()))
 
 
 def run_rows(sweep_id: int, expanded: Iterable[tuple[RunSpec, dict[str, Any]]], *, max_attempts: int) -> list[dict]:
@@ -106,7 +111,15 @@ def create_sweep(session: Session, spec: SweepSpec, expanded: list[tuple[RunSpec
     sweep = Sweep(name=spec.name, spec=spec.model_dump(mode="json"), axes=spec.axes, owner=owner, created_at=now())
     session.add(sweep)
     session.flush()
-    return sweep.id, insert_runs(session, run_rows(sweep.id, expanded, max_attempts=max_attempts))
+    return sweep.id, add_runs(session, sweep.id, expanded, max_attempts=max_attempts, created=True)
+
+
+def add_runs(session: Session, sweep_id: int, expanded: list[tuple[RunSpec, dict[str, Any]]], *,
+             max_attempts: int, created: bool = False) -> list[Job]:
+    """Insert queued runs for a sweep (new or extended) and note them in the change feed."""
+    jobs = insert_runs(session, run_rows(sweep_id, expanded, max_attempts=max_attempts))
+    add_event(session, sweep_id, None, status=QUEUED, runs=len(jobs), sweep="created" if created else "extended")
+    return jobs
 
 
 def existing_hashes(session: Session, sweep_id: int) -> set[str]:
@@ -126,7 +139,7 @@ def get_run(session: Session, run_id: int) -> Run | None:
 def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """Per sweep: runs, counts per status, cancel_requested, progress (finished + running epoch fraction)."""
     frac = case((Run.epochs_total > 0, func.least(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0) \
-        if session.bind.dialect.name == "postgresql" else \
+        if session.get_bind().dialect.name == "postgresql" else \
         case((Run.epochs_total > 0, func.min(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0)
     q = (select(Run.sweep_id, Run.status, func.count(), func.sum(frac), func.sum(Run.cancel_requested.cast(Integer)))
          .where(Run.sweep_id.in_(sweep_ids)).group_by(Run.sweep_id, Run.status))
@@ -169,7 +182,7 @@ def cancel_run(session: Session, run_id: int) -> str:
     """queued → cancelled now; running → cancel_requested (the worker stops at the next step).
     Returns 'cancelled' or 'cancel_requested'; IllegalTransition for finished runs."""
     for _ in range(3):  # a worker may claim or finish the run between our read and our write
-        status = session.scalar(select(Run.status).where(Run.id == run_id))
+        status, sweep_id = session.execute(select(Run.status, Run.sweep_id).where(Run.id == run_id)).one()
         base = update(Run).where(Run.id == run_id, Run.status == status)
         if status == QUEUED:
             values = dict(status=CANCELLED, cancel_requested=True, finished_at=now(), updated_at=now())
@@ -180,6 +193,8 @@ def cancel_run(session: Session, run_id: int) -> str:
             check_transition(run_id, status, CANCELLED)
             continue
         if session.execute(base.values(**values)).rowcount:
+            add_event(session, sweep_id, run_id, **({"status": CANCELLED} if outcome == "cancelled"
+                                                   else {"status": RUNNING, "cancel_requested": True}))
             return outcome
     raise StateConflict(f"run {run_id}: status kept changing; try again")
 
@@ -192,6 +207,7 @@ def cancel_sweep(session: Session, sweep_id: int) -> dict[str, int]:
     flagged = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RUNNING,
                                                 Run.cancel_requested.is_(False))
                               .values(cancel_requested=True, updated_at=t)).rowcount
+    add_event(session, sweep_id, None, status=CANCELLED, runs=cancelled, cancel_requested=flagged)
     return {"cancelled": cancelled, "cancel_requested": flagged}
 
 
@@ -208,9 +224,11 @@ def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
         raise StateConflict(f"run {run_id} is running; only failed or cancelled runs can be retried")
     check_transition(run_id, status, QUEUED)
     row = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RETRYABLE))
-                          .values(**_requeue_values(extra_attempts)).returning(Run.kind, Run.id)).first()
+                          .values(**_requeue_values(extra_attempts))
+                          .returning(Run.kind, Run.id, Run.sweep_id, Run.attempt)).first()
     if row is None:
         raise StateConflict(f"run {run_id}: status changed while retrying; try again")
+    add_event(session, row[2], run_id, status=QUEUED, retry=True, attempt=row[3])
     return row[0], row[1]
 
 
@@ -220,6 +238,7 @@ def retry_sweep(session: Session, sweep_id: int, *, extra_attempts: int) -> list
                            .values(**_requeue_values(extra_attempts)).returning(Run.kind, Run.id)).all()
     if not rows:
         raise StateConflict(f"sweep {sweep_id} has no failed or cancelled runs to retry")
+    add_event(session, sweep_id, None, status=QUEUED, retry=True, runs=len(rows))
     return sorted(((kind, run_id) for kind, run_id in rows), key=lambda j: j[1])
 
 
@@ -241,7 +260,9 @@ def create_validate_run(session: Session, parent: Run, options: dict[str, Any], 
               "spec_hash": h, "grid": parent.grid, "seed": parent.seed, "options": options, "status": QUEUED,
               "max_attempts": max_attempts, "epochs_total": epochs_total, "created_at": t,
               "updated_at": t}
-    return insert_runs(session, [values])[0]
+    job = insert_runs(session, [values])[0]
+    add_event(session, parent.sweep_id, job[1], status=QUEUED, kind="validate", parent_run_id=parent.id)
+    return job
 
 
 # ---- queries: runs by spec field, metric series, per-run values at an epoch -------------------

@@ -11,7 +11,7 @@ from ._util import F64, check_features, check_labels, check_num_classes
 #: Per-class d×d scatter matrices are kept when K·d²·8 bytes is at most this (auto mode).
 PER_CLASS_AUTO_BYTES = 2**30
 #: Rows per float64 work chunk inside :meth:`ClassStats.update` (bounded temporary memory).
-CHUNK_BYTES = 2**25
+CHUNK_BYTES = 2**26
 
 
 class ClassStats:
@@ -128,10 +128,9 @@ class ClassStats:
         w = torch.where(tot > 0, c / tot.clamp_min(1.0), torch.zeros_like(tot))  # (K,)
         self._mean += w[:, None] * delta
         if self.per_class:
-            idx = torch.nonzero(f > 0).squeeze(1)
-            if idx.numel():
-                dk = delta[idx]  # (k', d)
-                self._scatter[idx] += f[idx, None, None] * dk[:, :, None] * dk[:, None, :]
+            for k, fk in enumerate(f.tolist()):
+                if fk > 0:
+                    self._scatter[k].addr_(delta[k], delta[k], alpha=fk)  # in place, one d × d pass
         else:
             D = f.sqrt()[:, None] * delta  # (K, d)
             self._scatter.addmm_(D.T, D)

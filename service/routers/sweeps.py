@@ -116,7 +116,7 @@ def extend_sweep(sweep_id: int, body: ExtendRequest, session: SessionDep, settin
     expanded = expand_checked(merged, settings)
     have = repo.existing_hashes(session, sweep_id)
     new = [(run, axes) for run, axes in expanded if spec_hash(run) not in have]
-    jobs = repo.insert_runs(session, repo.run_rows(sweep_id, new, max_attempts=settings.max_attempts))
+    jobs = repo.add_runs(session, sweep_id, new, max_attempts=settings.max_attempts) if new else []
     sweep.spec, sweep.axes = merged.model_dump(mode="json"), merged.axes
     session.commit()
     return SweepExtended(sweep_id=sweep_id, added=len(jobs), existing=len(expanded) - len(new),
