@@ -162,7 +162,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="runs of the nc_core suite (median reported)")
     ap.add_argument("--seed-repeats", type=int, default=2, help="runs of the seed path (median reported)")
     ap.add_argument("--skip-seed", action="store_true", help="do not run the (slow) seed path")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(machine())
     print(f"N={args.N}, d={args.d}, K={args.K}, float32 features, seed {args.seed}, device {args.device}")

@@ -140,7 +140,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     by: dict[tuple[int, str], dict[str, float]] = {}
     for r in rows:
         by.setdefault((r["epoch"], r["split"]), {})[r["key"]] = r["value"]
-    for (epoch, split), m in sorted(by.items()):
+    for (epoch, split), m in sorted(by.items(), key=lambda item: (item[0][0], item[0][1] != "train")):
         if any(k in m for k in TABLE_KEYS):
             table.add_row(str(epoch), split, *(f"{m[k]:.4g}" if k in m else "" for k in TABLE_KEYS))
     return table
@@ -181,7 +181,9 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
             console.print(f"[bold red]diverged[/]: {exc}")
             raise typer.Exit(1)
     console.print(_table(reporter.rows))
-    console.print(f"{summary['epochs_done']} epochs done; checkpoints in {workdir}")
+    unit = "iterations" if spec.kind == "ufm" else "epochs"
+    stopped = " (stopped)" if summary.get("stopped") else ""
+    console.print(f"{summary['epochs_done']} {unit} done{stopped}; checkpoints in {workdir}")
     if out is not None:
         write_metrics(reporter.rows, out)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")

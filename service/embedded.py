@@ -226,7 +226,7 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     stack.callback(sup.stop)
     stop = threading.Event()
     recon = threading.Thread(target=run_forever, args=(settings, max(2.0, settings.heartbeat_seconds)),
-                             kwargs={"stop": stop}, name="reconciler", daemon=True)
+                             kwargs={"stop": stop, "resend_after_s": 20.0}, name="reconciler", daemon=True)
     recon.start()
     stack.callback(recon.join, 10)
     stack.callback(stop.set)

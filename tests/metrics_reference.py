@@ -53,7 +53,8 @@ def _gof_x(n, lw, lh, L):
         for _ in range(20):  # Newton polish on f(x) = L x^{L−1}/(x^L+1)² − c
             f = L * x ** (L - 1) / (x**L + 1) ** 2 - c
             h = max(1e-7 * abs(x), 1e-12)
-            fp = (L * (x + h) ** (L - 1) / ((x + h) ** L + 1) ** 2 - L * (x - h) ** (L - 1) / ((x - h) ** L + 1) ** 2) / (2 * h)
+            g = lambda t: L * t ** (L - 1) / (t**L + 1) ** 2  # noqa: E731
+            fp = (g(x + h) - g(x - h)) / (2 * h)
             if fp == 0:
                 break
             x = x - f / fp

@@ -1,4 +1,4 @@
-"""nc_core.etf: simplex ETF construction, closed-form nearest ETF vs scipy Procrustes, distances, differentiable polar."""
+"""nc_core.etf: simplex ETF, closed-form nearest ETF vs scipy Procrustes, distances, differentiable polar."""
 from __future__ import annotations
 
 import math

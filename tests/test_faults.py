@@ -108,6 +108,10 @@ def test_diverging_run_fails_with_reason_and_worker_takes_next_job(stack):
     assert failed.status == "failed" and failed.error.startswith("TrainingDiverged: ")
     assert "Traceback" not in failed.error and "\n" not in failed.error
     assert wait_status(stack, good, FINISHED, 60).status == "succeeded"
+    loser = next(w for w in stack["workers"] if failed.worker_name.startswith(w.name + "@"))
+    assert loser.proc.poll() is None  # the worker survived the failure
+    (after,) = submit(stack, "after-diverge", spec(1, eval_every=1, train_size=200), seeds=[7])
+    assert wait_status(stack, after, FINISHED, 60).status == "succeeded"
 
 
 def test_cancel_stops_a_running_job(stack):
@@ -133,3 +137,22 @@ def test_killed_child_redelivery_is_dropped_and_reconciler_requeues(stack):
         dup = s.execute(select(Metric.epoch, Metric.split, Metric.key).where(Metric.run_id == rid)
                         .group_by(Metric.epoch, Metric.split, Metric.key).having(func.count() > 1)).all()
     assert dup == []
+
+
+def test_validate_job_recomputes_metrics_from_checkpoints(stack):
+    base = {**spec(3, eval_every=1, train_size=300), "eval": {"every": 1, "splits": ["train"]}}
+    (rid,) = submit(stack, "validate", base, seeds=[3])
+    assert wait_status(stack, rid, FINISHED, 60).status == "succeeded"
+    with session_scope(stack["url"]) as s:
+        from nc_core.db.models import Checkpoint
+
+        stored = sorted(s.scalars(select(Checkpoint.epoch).where(Checkpoint.run_id == rid)))
+    assert stored == [2, 3]  # keep_last=2: the pruned epoch-1 file is not listed
+    r = httpx.post(f"{stack['api'].url}/runs/{rid}/validate", json={"splits": ["test"]}, timeout=10)
+    assert r.status_code == 201, r.text
+    vid = r.json()["run_id"]
+    done = wait_status(stack, vid, FINISHED, 60)
+    assert done.status == "succeeded", done.error
+    with session_scope(stack["url"]) as s:
+        points = set(s.execute(select(Metric.epoch, Metric.split).where(Metric.run_id == vid)).all())
+    assert points == {(2, "test"), (3, "test")}

@@ -1,4 +1,4 @@
-"""Public API contract: keys, omission rules, NaN + reason behaviour, MetricDict (import hygiene: test_import_rules.py)."""
+"""Public API contract: keys, omission rules, NaN + reason behaviour, MetricDict (imports: test_import_rules)."""
 from __future__ import annotations
 
 import math

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from nc_core.etf import simplex_etf
 from nc_core.metrics import nc_metrics

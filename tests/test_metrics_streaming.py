@@ -1,4 +1,4 @@
-"""ClassStats / SampleStats streaming: batch size, order and merging do not change results; large offsets keep float64 accuracy."""
+"""Streaming: batch size, order and merging do not change results; large offsets keep float64 accuracy."""
 from __future__ import annotations
 
 import math

@@ -151,3 +151,27 @@ def test_sep_decay_run_reports_gof_metrics(tmp_path):
                 optim={"name": "sgd", "sep_decay": True, "weight_decay": 1e-3, "feature_decay": 1e-3})
     out = fit(spec, workdir=tmp_path)
     assert "nc2_w_gof" in out["final"]["train"]
+
+
+def test_sep_decay_step_is_the_gradient_of_the_penalised_loss(tmp_path):
+    """One SGD step (lr 1, no momentum) moves every parameter by −∇(loss + λ_H/2 Σ‖h‖²) − λ_W·W_head,
+    with h the un-normalised backbone output even when the head sees τ·h/‖h‖."""
+    import copy
+
+    from nc_core.train import _build, _step
+
+    spec = tiny(model__temperature=2.0, optim={"name": "sgd", "lr": 1.0, "momentum": 0.0, "sep_decay": True,
+                                         "weight_decay": 0.3, "feature_decay": 0.2})
+    r = _build(spec, torch.device("cpu"), NullReporter(), tmp_path)
+    xb, yb = r.x["train"][:16], r.y["train"][:16]
+    ref = copy.deepcopy(r.model).train()
+    h = ref.backbone(xb)  # (16, d) un-normalised features
+    logits = ref.head(2.0 * torch.nn.functional.normalize(h, dim=1))  # (16, K)
+    loss = r.loss_fn(logits, yb) + 0.5 * 0.2 * h.pow(2).sum()
+    grads = torch.autograd.grad(loss, list(ref.parameters()))
+    decayed = {id(p) for p in ref.head.decayed_parameters()}
+    expect = [p - g - (0.3 * p if id(p) in decayed else 0) for p, g in zip(ref.parameters(), grads)]
+    r.model.train()
+    _step(r, xb, yb)
+    for got, want in zip(r.model.parameters(), expect):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)

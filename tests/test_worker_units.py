@@ -82,3 +82,34 @@ def test_reconciler_resends_only_lost_messages(tmp_path):
         assert reconcile_once(settings, resend_after_s=60)["resent"] == []  # messages present: no duplicates
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+def test_reconciler_resends_a_run_whose_message_is_only_unacked(tmp_path):
+    """A worker that prefetched the message and died leaves it in 'unacked' (restored only after the
+    visibility timeout): the queued run must be re-sent."""
+    import redis as redis_lib
+
+    from nc_core.db import runs_repo
+    from nc_core.db.models import Run, Sweep
+    from nc_core.db.session import session_scope
+    from worker.reconciler import reconcile_once
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        settings = make_settings(tmp_path, sqlite_db(tmp_path), server.url())
+        old = runs_repo.utcnow() - timedelta(minutes=10)
+        with session_scope(settings.resolved_database_url()) as s:
+            sweep = Sweep(name="u", spec={}, axes=[])
+            s.add(sweep)
+            s.flush()
+            run = Run(sweep_id=sweep.id, spec={}, spec_hash="u", updated_at=old, created_at=old)
+            s.add(run)
+            s.flush()
+            rid = run.id
+        client = redis_lib.Redis.from_url(server.url())
+        client.hset("unacked", "tag", '[{"body": "W1sxXSwge30sIHt9XQ==", "properties": {"body_encoding": "base64"}}, "", "celery"]')
+        assert reconcile_once(settings, resend_after_s=60)["resent"] == [rid]
+        assert client.llen("celery") == 1
+    finally:
+        server.stop()

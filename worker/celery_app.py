@@ -96,18 +96,22 @@ def _preload(**_kw) -> None:
         try:
             import nc_core.train  # noqa: F401
             import worker.runner  # noqa: F401
+            from nc_core.db.session import make_engine
+
+            with make_engine(get_settings().resolved_database_url()).connect():  # dialect probe, once
+                pass
         except Exception as exc:  # noqa: BLE001 - the child will report the real import error
             logging.getLogger(__name__).warning("preload of nc_core.train failed: %s", exc)
 
 
 @signals.worker_process_init.connect
 def _fresh_child(**_kw) -> None:
-    """A forked child must not reuse (nor close) the parent's pooled database connections."""
+    """A forked child must not reuse (nor close) the parent's pooled connections; it keeps the engines
+    (their dialect is initialised already: the first claim costs one connect, not a dialect probe)."""
     from nc_core.db import session
 
     for engine in list(session._ENGINES.values()):
         engine.dispose(close=False)
-    session._ENGINES.clear()
 
 
 app = make_celery(get_settings())

@@ -68,18 +68,18 @@ def resend_lost(settings: Settings, app: Any, older_than: Any) -> list[int]:
 
 
 def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery") -> set[int] | None:
-    """Run ids in the Redis queue and unacked set; a cheap length check skips the scan when every
-    queued run can have a message. None when the broker cannot be inspected (then re-send all)."""
+    """Run ids waiting in the Redis queue; a cheap length check skips the scan when every queued run can
+    have a message. Unacked (prefetched) messages do not count: a worker that holds one claims it within
+    seconds, so a run still queued after the grace period whose message is only there lost its worker.
+    None when the broker cannot be inspected (then re-send all)."""
     import redis
 
     try:
         client = redis.Redis.from_url(broker_url, socket_timeout=5)
         keys = [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
-        pending = sum(client.llen(k) for k in keys) + client.hlen("unacked")
-        if pending >= backlog:
+        if sum(client.llen(k) for k in keys) >= backlog:
             return _AllPresent()
         raw = [m for k in keys for m in client.lrange(k, 0, -1)]
-        raw += [json.dumps(json.loads(v)[0]).encode() for v in client.hvals("unacked")]
     except Exception as exc:  # noqa: BLE001
         log.warning("cannot inspect the broker (%s); re-sending every stale queued run", exc)
         return None
@@ -104,13 +104,13 @@ def _run_id_of(message: bytes) -> int | None:
 
 
 def run_forever(settings: Settings | None = None, interval: float = 5.0,
-                stop: threading.Event | None = None) -> None:
+                stop: threading.Event | None = None, resend_after_s: float = RESEND_AFTER_S) -> None:
     """Reconcile every `interval` seconds until `stop` is set (the embedded stack's loop)."""
     settings = settings or get_settings()
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            summary = reconcile_once(settings)
+            summary = reconcile_once(settings, resend_after_s=resend_after_s)
             if any(summary.values()):
                 log.info("reconcile: %s", summary)
         except Exception as exc:  # noqa: BLE001 - database or broker down: try again next tick

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -112,6 +113,8 @@ class DBReporter:
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
         with session_scope(self.url) as session:
             ok = runs_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)
+            if ok:  # keep_last pruned older files: the table lists only checkpoints that exist
+                runs_repo.forget_missing_checkpoints(session, self.run_id, self.owner, os.path.exists)
         if not ok:
             self.lease_lost = True
 

@@ -5,7 +5,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
@@ -138,6 +138,17 @@ def record_checkpoint(session: Session, run_id: int, owner: str, epoch: int, uri
                                              "bytes": int(nbytes), "sha256": sha256, "created_at": now}],
             ["run_id", "epoch"], ["uri", "bytes", "sha256", "created_at"])
     return True
+
+
+def forget_missing_checkpoints(session: Session, run_id: int, owner: str, exists: Any) -> list[int]:
+    """Delete checkpoint rows whose file is gone (pruned by keep_last); `exists(uri) -> bool`."""
+    if _fence(session, run_id, owner, utcnow()) is None:
+        return []
+    rows = session.execute(select(Checkpoint.id, Checkpoint.epoch, Checkpoint.uri).where(Checkpoint.run_id == run_id)).all()
+    gone = [r for r in rows if not exists(r.uri)]
+    if gone:
+        session.execute(delete(Checkpoint).where(Checkpoint.id.in_([r.id for r in gone])))
+    return [r.epoch for r in gone]
 
 
 def finish(session: Session, run_id: int, owner: str, status: str, error: str | None = None) -> bool:

@@ -1,4 +1,4 @@
-"""Imbalanced "general orthogonal frame" (GOF) targets and metrics (Dang et al. 2023, Fsoft `validate_NC_unbalanced.py`)."""
+"""Imbalanced "general orthogonal frame" (GOF) targets and metrics (Dang et al. 2023, Fsoft)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""NC1 metrics (within-class variability) from class statistics: nc1, nc1_svd, nc1_quotient, cdnv, vci, traces, nuclear ratios."""
+"""NC1 metrics (within-class variability): nc1, nc1_svd, nc1_quotient, cdnv, vci, traces, nuclear ratios."""
 from __future__ import annotations
 
 import math
@@ -74,7 +74,8 @@ def cdnv(class_var: torch.Tensor, means: torch.Tensor) -> float:
     """Class-distance normalised variance (Galanti et al. 2021; rhubarbwu `variability_cdnv`):
     mean over pairs i < j of (V_i + V_j)/(2‖μ_i − μ_j‖²), V_k = (1/n_k) Σ_{i∈k} ‖h_i − μ_k‖².
 
-    ``class_var`` (K,) V_k, ``means`` (K, d). Distances from explicit differences (no Gram cancellation).
+    ``class_var`` (K,) V_k, ``means`` (K, d) — any common shift (e.g. μ_k − μ_G) gives the same value.
+    Distances from explicit differences (no Gram cancellation).
     """
     K = means.shape[0]
     total = 0.0

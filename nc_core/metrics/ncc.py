@@ -7,7 +7,7 @@ import torch
 
 from ._util import F64, MetricUndefined, check_classifier, check_features, check_labels
 from .nc1 import class_rank_ratio
-from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
+from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats, add_gram, symmetric
 
 
 def ncc_predict(dots: torch.Tensor, mc: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,7 @@ class SampleStats:
             r = xc - self._mc[y]  # (B, d) h − μ_{y}
             for k in torch.unique(y).tolist():
                 rk = r[y == k]  # (n_k, d)
-                self._grams[k].addmm_(rk.T, rk)
+                add_gram(self._grams[k], rk)
 
     # -------------------------------------------------------------- results
     @property
@@ -145,7 +145,7 @@ class SampleStats:
         """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""
         if self.class_ratios is None and self._grams is not None and not self.empty_classes:
             n, mean = self.stats.counts, self._means
-            self._set_ratios((self._grams[k] + n[k] * torch.outer(mean[k], mean[k]), int(n[k]))
+            self._set_ratios((symmetric(self._grams[k]) + n[k] * torch.outer(mean[k], mean[k]), int(n[k]))
                              for k in range(self.stats.num_classes))
         return self
 
@@ -178,5 +178,10 @@ class SampleStats:
                 parts = [x.to(dev)[y.to(dev) == k] for x, y in groups]
                 return torch.cat(parts).to(F64)  # (n_k, d)
 
-            self._set_ratios((xk.T @ xk, xk.shape[0]) for xk in map(class_rows, range(stats.num_classes)))
+            def gram(xk: torch.Tensor) -> tuple[torch.Tensor, int]:
+                g = torch.zeros(stats.dim, stats.dim, dtype=F64, device=dev)  # (d, d)
+                add_gram(g, xk)
+                return symmetric(g), xk.shape[0]
+
+            self._set_ratios(map(gram, map(class_rows, range(stats.num_classes))))
         return self

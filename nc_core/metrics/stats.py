@@ -11,7 +11,24 @@ from ._util import F64, check_features, check_labels, check_num_classes
 #: Per-class d×d scatter matrices are kept when K·d²·8 bytes is at most this (auto mode).
 PER_CLASS_AUTO_BYTES = 2**30
 #: Rows per float64 work chunk inside :meth:`ClassStats.update` (bounded temporary memory).
-CHUNK_BYTES = 2**26
+CHUNK_BYTES = 2**24
+
+
+def add_gram(C: torch.Tensor, R: torch.Tensor) -> None:
+    """C += RᵀR in float64, in place (C (d, d), R (n, d)); only the UPPER triangle of C is guaranteed —
+    read it through :func:`symmetric`. On the CPU with d ≥ 256 the upper block trapezoid is computed
+    in column blocks of 128 (62.5 % of the flops, ~20 % faster than one GEMM with torch's MKL)."""
+    d = C.shape[-1]
+    if C.device.type == "cpu" and d >= 256:
+        for i in range(0, d, 128):
+            C[i:i + 128, i:].addmm_(R[:, i:i + 128].T, R[:, i:])  # (128, d − i) block row
+    else:
+        C.addmm_(R.T, R)
+
+
+def symmetric(C: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle is C's (batched over leading dims)."""
+    return C.triu() + C.triu(1).mT
 
 
 class ClassStats:
@@ -76,16 +93,24 @@ class ClassStats:
             return
         x = x.to(self.device)
         y = y.to(self.device)
+        if self._shift is None:
+            self._shift = x[:4096].to(F64).mean(0)  # (d,) reference point
         rows = max(1, CHUNK_BYTES // (8 * self.dim))
+        if self.per_class:
+            # sort the whole input by label once: the chunks then hold one or two classes each and the
+            # per-class GEMMs run over long slices (same result, ~2x faster than short per-batch slices)
+            order = torch.argsort(y) if x.shape[0] > rows else None
+            for start in range(0, x.shape[0], rows):
+                if order is None:
+                    self._update_sorted(x[start:start + rows], y[start:start + rows])
+                else:
+                    idx = order[start:start + rows]
+                    self._update_sorted(x[idx], y[idx])
+            return
         for start in range(0, x.shape[0], rows):
             self._update_chunk(x[start:start + rows], y[start:start + rows])
 
     def _update_chunk(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self._shift is None:
-            self._shift = x[:4096].to(F64).mean(0)  # (d,) reference point
-        if self.per_class:
-            self._update_sorted(x, y)
-            return
         K, d = self.num_classes, self.dim
         xb = x.to(F64)  # (B, d)
         xb = xb - self._shift if xb.data_ptr() == x.data_ptr() else xb.sub_(self._shift)  # never mutate x
@@ -94,7 +119,7 @@ class ClassStats:
         m = sums / c.clamp_min(1.0)[:, None]  # (K, d) batch class means (0 where absent)
         r = xb.sub_(m[y])  # (B, d) residuals about the batch class means (in place)
         ss = torch.zeros(K, dtype=F64, device=xb.device).index_add_(0, y, (r * r).sum(1))  # (K,)
-        self._scatter.addmm_(r.T, r)
+        add_gram(self._scatter, r)
         self._combine(c, m, ss)
 
     def _update_sorted(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -114,7 +139,7 @@ class ClassStats:
                 xk.sub_(m[k])
                 flat = xk.reshape(-1)
                 ss[k] = torch.dot(flat, flat)
-                self._scatter[k].addmm_(xk.T, xk)
+                add_gram(self._scatter[k], xk)
                 start += n_k
         self._combine(counts.to(F64), m, ss)
 
@@ -249,12 +274,12 @@ class ClassStats:
     def scatter(self) -> torch.Tensor:
         """(d, d) pooled within-class scatter Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ."""
         sc = self._state("_scatter")
-        return sc.sum(0) if self.per_class else sc
+        return symmetric(sc.sum(0) if self.per_class else sc)
 
     @property
     def class_scatter(self) -> torch.Tensor | None:
         """(K, d, d) per-class centred scatter C_k, or None when ``per_class`` is off."""
-        return self._state("_scatter") if self.per_class else None
+        return symmetric(self._state("_scatter")) if self.per_class else None
 
     @property
     def sigma_w(self) -> torch.Tensor:

@@ -126,7 +126,7 @@ _REGISTRY: dict[str, tuple[tuple[str, ...], Callable[[_Ctx], float]]] = {
     "nc1": ((), lambda c: nc1.nc1(c.sigma_w, c.hc)),
     "nc1_svd": ((), lambda c: nc1.nc1_svd(c.sigma_w, c.hbar)),
     "nc1_quotient": ((), lambda c: nc1.nc1_quotient(c.sigma_w, c.hbar)),
-    "cdnv": ((), lambda c: nc1.cdnv(c.class_var, c.means)),
+    "cdnv": ((), lambda c: nc1.cdnv(c.class_var, c.hc)),  # differences of centred means: no offset
     "vci": ((), lambda c: nc1.vci(c.sigma_w, c.hc)),
     "trace_sw": ((), lambda c: nc1.trace_sw(c.sigma_w)),
     "trace_sb": ((), lambda c: nc1.trace_sb(c.hc)),

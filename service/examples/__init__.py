@@ -91,7 +91,7 @@ def _update_run_bars(progress: Any, bars: dict[int, Any], runs: list[dict[str, A
 
 
 def _label(run: dict[str, Any]) -> str:
-    grid = " ".join(f"{k.split('.')[-1]}={v}" for k, v in (run.get("grid") or {}).items())
+    grid = " ".join(f"{_short(k)}={_value(v)}" for k, v in (run.get("grid") or {}).items())
     return f"{grid} seed={run.get('seed')}".strip()
 
 
@@ -104,8 +104,7 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
     failed = [r for r in runs if r["status"] != "succeeded"]
     table = Table(title=f"sweep {sweep_id}: test split, last epoch, mean ± std over seeds")
     for path in body["group_by"]:
-        parts = path.split(".")
-        table.add_column(parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1])
+        table.add_column(_short(path))
     table.add_column("runs", justify="right")
     for key in RESULT_KEYS:
         table.add_column(key, justify="right")
@@ -115,6 +114,12 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
     console.print(table)
     for r in failed:
         console.print(f"run {r['id']} {_label(r)}: {r['status']}" + (f" — {r['error']}" if r.get("error") else ""))
+
+
+def _short(path: str) -> str:
+    """'loss.name' → 'loss', 'model.width' → 'width'."""
+    parts = path.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
 def _value(v: Any) -> str:
