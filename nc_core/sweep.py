@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -90,8 +91,13 @@ def get_path(tree: dict[str, Any], path: str) -> Any:
     return node
 
 
+def _canonical(tree: dict[str, Any]) -> str:
+    return json.dumps(tree, sort_keys=True, separators=(",", ":"))
+
+
 def canonical_json(spec: RunSpec) -> str:
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The spec as JSON with sorted keys and every default included: the input of spec_hash."""
+    return _canonical(spec.model_dump(mode="json"))
 
 
 def spec_hash(spec: RunSpec) -> str:
@@ -99,23 +105,43 @@ def spec_hash(spec: RunSpec) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class ExpandedRun:
+    """One run of an expanded sweep, with its JSON form computed once (the API stores all of it)."""
+
+    spec: RunSpec
+    grid: dict[str, Any]  # axis path -> value (seed excluded)
+    tree: dict[str, Any]  # spec.model_dump(mode="json")
+    canonical: str  # canonical_json(spec)
+    spec_hash: str  # sha256 of canonical
+
+
+def _copy_tree(node: Any) -> Any:
+    """Deep copy of a JSON-like tree (dicts and lists; leaves are immutable)."""
+    if isinstance(node, dict):
+        return {k: _copy_tree(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy_tree(v) for v in node]
+    return node
+
+
 def _error_path(prefix: str, err: dict[str, Any]) -> str:
     loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
     return f"{prefix}.{loc}" if loc else prefix
 
 
-def expand(sweep: SweepSpec) -> list[tuple[RunSpec, dict[str, Any]]]:
-    """Expand to (RunSpec, grid values) pairs: grid × zip × seeds, de-duplicated, order stable."""
+def expand(sweep: SweepSpec) -> list[ExpandedRun]:
+    """Expand to runs: grid × zip × seeds, de-duplicated by spec hash, order stable."""
     if sweep.size > sweep.max_runs:
         raise SpecError("max_runs", f"the sweep expands to {sweep.size} runs, above the cap of {sweep.max_runs}")
     grid_items = list(sweep.grid.items())
     zip_len = len(next(iter(sweep.zip.values()))) if sweep.zip else 1
-    out: list[tuple[RunSpec, dict[str, Any]]] = []
+    out: list[ExpandedRun] = []
     seen: set[str] = set()
     for combo in itertools.product(*(values for _, values in grid_items)):
         for zi in range(zip_len):
             for seed in sweep.seeds:
-                tree = json.loads(json.dumps(sweep.base))
+                tree = _copy_tree(sweep.base)
                 axes: dict[str, Any] = {}
                 for (path, _), value in zip(grid_items, combo):
                     set_path(tree, path, value)
@@ -133,9 +159,11 @@ def expand(sweep: SweepSpec) -> list[tuple[RunSpec, dict[str, Any]]]:
                     loc = ".".join(str(x) for x in err.get("loc", ()))
                     section = "grid" if loc in sweep.grid else "zip" if loc in sweep.zip else "base"
                     raise SpecError(_error_path(section, err), f"{msg} (run with {where or 'base values'})") from None
-                h = spec_hash(run)
+                dumped = run.model_dump(mode="json")
+                canonical = _canonical(dumped)
+                h = hashlib.sha256(canonical.encode()).hexdigest()
                 if h in seen:
                     continue
                 seen.add(h)
-                out.append((run, axes))
+                out.append(ExpandedRun(run, axes, dumped, canonical, h))
     return out

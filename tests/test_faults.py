@@ -73,7 +73,7 @@ def test_killed_worker_run_is_requeued_and_resumes_from_checkpoint(stack):
     victim = next(w for w in stack["workers"] if run.worker_name and run.worker_name.startswith(w.name + "@"))
     victim.kill()  # kill -9 of the whole worker: parent and the child running the job
     killed_at = run_row(stack, rid).epoch
-    done = wait_status(stack, rid, FINISHED, 90)
+    done = wait_status(stack, rid, FINISHED, 150)  # generous: the machine is shared
     stack["workers"][stack["workers"].index(victim)] = CeleryWorker(stack["settings"], victim.name + "b").start()
     assert done.status == "succeeded" and done.attempt == 2, done.error
     assert not done.worker_name.startswith(victim.name + "@")
@@ -131,7 +131,7 @@ def test_killed_child_redelivery_is_dropped_and_reconciler_requeues(stack):
     assert children, "the prefork child running the job"
     for pid in children:
         os.kill(pid, signal.SIGKILL)  # the job's process dies; the worker parent lives on
-    done = wait_status(stack, rid, FINISHED, 90)
+    done = wait_status(stack, rid, FINISHED, 150)  # generous: the machine is shared
     assert done.status == "succeeded" and done.attempt == 2, done.error
     with session_scope(stack["url"]) as s:
         dup = s.execute(select(Metric.epoch, Metric.split, Metric.key).where(Metric.run_id == rid)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
 from nc_core.db.states import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, check_transition
 from nc_core.spec import RunSpec
-from nc_core.sweep import SweepSpec
+from nc_core.sweep import ExpandedRun, SweepSpec
 
 Job = tuple[str, int]  # (kind, run_id): what the enqueuer sends
 RETRYABLE = (FAILED, CANCELLED)
@@ -32,20 +32,18 @@ def add_event(session: Session, sweep_id: int | None, run_id: int | None, **payl
     session.execute(insert(Event).values(kind="status", sweep_id=sweep_id, run_id=run_id, payload=payload, at=now()))
 
 
-def run_rows(sweep_id: int, expanded: Iterable[tuple[RunSpec, dict[str, Any]]], *, max_attempts: int) -> list[dict]:
-    """Insert parameter rows for expanded (RunSpec, grid values) pairs (status queued)."""
+def run_rows(sweep_id: int, expanded: Iterable[ExpandedRun], *, max_attempts: int) -> list[dict]:
+    """Insert parameter rows for expanded runs (status queued)."""
     t = now()
     rows = []
-    for spec, axes in expanded:
-        tree = spec.model_dump(mode="json")
-        canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))  # == nc_core.sweep.canonical_json
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-        rows.append({"sweep_id": sweep_id, "kind": spec.kind, "parent_run_id": None, "spec": tree, "spec_hash": digest,
-                     SPEC_JSON: canonical,
-                     "grid": axes, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
+    for run in expanded:
+        spec = run.spec
+        rows.append({"sweep_id": sweep_id, "kind": spec.kind, "parent_run_id": None, "spec": run.tree,
+                     "spec_hash": run.spec_hash, SPEC_JSON: run.canonical,
+                     "grid": run.grid, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
                      "attempt": 0, "max_attempts": max_attempts, "epoch": 0, "step": 0, "steps_total": 0,
                      "epochs_total": spec.epochs if spec.kind == "train" else 0, "created_at": t, "updated_at": t})
-    return rows  # digest == nc_core.sweep.spec_hash(spec), without dumping the spec twice
+    return rows
 
 
 _COLS = ("sweep_id", "kind", "parent_run_id", "spec", "spec_hash", "grid", "seed", "options", "status",
@@ -105,7 +103,7 @@ def _executemany_sqlite(session: Session, rows: Sequence[dict]) -> list[int]:
     return list(range(last - len(rows) + 1, last + 1))  # new rowids are max+1, in order, under the write lock
 
 
-def create_sweep(session: Session, spec: SweepSpec, expanded: list[tuple[RunSpec, dict[str, Any]]], *,
+def create_sweep(session: Session, spec: SweepSpec, expanded: list[ExpandedRun], *,
                  owner: str = "", max_attempts: int = 3) -> tuple[int, list[Job]]:
     """Insert the sweep and its runs (caller commits, then enqueues the returned jobs)."""
     sweep = Sweep(name=spec.name, spec=spec.model_dump(mode="json"), axes=spec.axes, owner=owner, created_at=now())
@@ -114,7 +112,7 @@ def create_sweep(session: Session, spec: SweepSpec, expanded: list[tuple[RunSpec
     return sweep.id, add_runs(session, sweep.id, expanded, max_attempts=max_attempts, created=True)
 
 
-def add_runs(session: Session, sweep_id: int, expanded: list[tuple[RunSpec, dict[str, Any]]], *,
+def add_runs(session: Session, sweep_id: int, expanded: list[ExpandedRun], *,
              max_attempts: int, created: bool = False) -> list[Job]:
     """Insert queued runs for a sweep (new or extended) and note them in the change feed."""
     jobs = insert_runs(session, run_rows(sweep_id, expanded, max_attempts=max_attempts))

@@ -10,7 +10,7 @@ from nc_core.db import sweeps_repo as repo
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
 from nc_core.spec import RunSpec
-from nc_core.sweep import SpecError, SweepSpec, expand, get_path, spec_hash
+from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, expand, get_path
 from service.auth import WriteAuth
 from service.deps import EnqueuerDep, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
@@ -21,7 +21,7 @@ from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDet
 router = APIRouter(tags=["sweeps"])
 
 
-def expand_checked(spec: SweepSpec, settings: Settings) -> list[tuple[RunSpec, dict[str, Any]]]:
+def expand_checked(spec: SweepSpec, settings: Settings) -> list[ExpandedRun]:
     """Cap (min of spec.max_runs and settings.max_runs_per_sweep), expand, confine data roots."""
     cap = min(spec.max_runs, settings.max_runs_per_sweep)
     if spec.size > cap:
@@ -33,10 +33,10 @@ def expand_checked(spec: SweepSpec, settings: Settings) -> list[tuple[RunSpec, d
     return expanded
 
 
-def check_data_roots(spec: SweepSpec, expanded: list[tuple[RunSpec, dict]], settings: Settings) -> None:
+def check_data_roots(spec: SweepSpec, expanded: list[ExpandedRun], settings: Settings) -> None:
     """Every data.root must be an absolute path inside one of settings.data_roots."""
     allowed = [Path(p).expanduser().resolve() for p in settings.data_roots]
-    for root in sorted({run.data.root for run, _ in expanded if run.data.root is not None}):
+    for root in sorted({r.spec.data.root for r in expanded if r.spec.data.root is not None}):
         path = Path(root).expanduser()
         if path.is_absolute() and any(path.resolve().is_relative_to(a) for a in allowed):
             continue
@@ -115,7 +115,7 @@ def extend_sweep(sweep_id: int, body: ExtendRequest, session: SessionDep, settin
     merged = merge_spec(SweepSpec.model_validate(sweep.spec), body)
     expanded = expand_checked(merged, settings)
     have = repo.existing_hashes(session, sweep_id)
-    new = [(run, axes) for run, axes in expanded if spec_hash(run) not in have]
+    new = [r for r in expanded if r.spec_hash not in have]
     jobs = repo.add_runs(session, sweep_id, new, max_attempts=settings.max_attempts) if new else []
     sweep.spec, sweep.axes = merged.model_dump(mode="json"), merged.axes
     session.commit()

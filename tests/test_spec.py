@@ -1,0 +1,110 @@
+"""RunSpec / SweepSpec validation, expansion, de-duplication and hashing."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from nc_core.spec import RunSpec, field_paths
+from nc_core.spec_rules import checkpoint_epochs, eval_epochs, feature_dim
+from nc_core.sweep import SpecError, SweepSpec, canonical_json, expand, get_path, set_path, spec_hash
+
+
+def test_defaults_are_valid_and_frozen():
+    spec = RunSpec()
+    assert spec.data.name == "digits" and spec.num_classes == 10
+    with pytest.raises(ValidationError):
+        spec.epochs = 3  # frozen
+
+
+def test_unknown_field_is_refused_with_its_path():
+    with pytest.raises(ValidationError) as exc:
+        RunSpec.model_validate({"loss": {"name": "ce", "gama": 2}})
+    assert exc.value.errors()[0]["loc"] == ("loss", "gama")
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValidationError) as exc:
+        RunSpec.model_validate({"model": {"name": "resnet9"}})
+    msg = str(exc.value)
+    assert "model.name" in msg.replace("\n  ", ".") or ("model", "name") == exc.value.errors()[0]["loc"]
+    assert "resnet18" in msg and "vgg16" in msg
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"head": {"name": "fixed_etf"}, "model": {"feature_dim": 5}}, "model.feature_dim"),
+    ({"head": {"name": "implicit_etf"}, "optim": {"name": "lbfgs"}}, "optim.name"),
+    ({"optim": {"name": "adam", "nesterov": True}}, "optim.nesterov"),
+    ({"schedule": {"name": "multistep"}}, "schedule.milestones"),
+    ({"epochs": 5, "eval": {"epochs": [7]}}, "eval.epochs"),
+    ({"data": {"name": "digits", "class_counts": [5, 5]}}, "data.class_counts"),
+    ({"kind": "ufm"}, "ufm"),
+    ({"data": {"name": "gaussian"}, "model": {"name": "resnet18"}}, "model.name"),
+])
+def test_impossible_combinations_name_the_field(bad, field):
+    with pytest.raises(ValidationError) as exc:
+        RunSpec.model_validate(bad)
+    assert field in str(exc.value)
+
+
+def test_feature_dim_and_schedules():
+    assert feature_dim(RunSpec.model_validate({"model": {"name": "resnet18", "width": 1}})) == 512
+    assert feature_dim(RunSpec.model_validate({"model": {"name": "resnet18", "width": 1, "feature_dim": 10}})) == 10
+    spec = RunSpec.model_validate({"epochs": 10, "eval": {"every": 3}, "checkpoint": {"every": 4}})
+    assert eval_epochs(spec) == [3, 6, 9, 10]
+    assert checkpoint_epochs(spec) == [4, 8, 10]
+    logs = eval_epochs(RunSpec.model_validate({"epochs": 100, "eval": {"log_points": 5}}))
+    assert logs[0] == 1 and logs[-1] == 100 and logs == sorted(set(logs))
+
+
+def test_field_paths_cover_nested_sections():
+    paths = set(field_paths())
+    assert {"loss.name", "model.width", "optim.lr", "head.depth_linear", "ufm.lambda_w", "seed"} <= paths
+
+
+def test_expand_grid_zip_seeds_and_dedup():
+    sweep = SweepSpec(name="s", base={"epochs": 2}, grid={"loss.name": ["ce", "mse"], "model.width": [16, 32]},
+                      zip={"optim.lr": [0.1, 0.2], "optim.momentum": [0.9, 0.0]}, seeds=[0, 1])
+    runs = expand(sweep)
+    assert sweep.size == len(runs) == 2 * 2 * 2 * 2
+    first = runs[0]
+    assert first.grid == {"loss.name": "ce", "model.width": 16, "optim.lr": 0.1, "optim.momentum": 0.9}
+    assert first.spec_hash == spec_hash(first.spec) and first.canonical == canonical_json(first.spec)
+    assert len({r.spec_hash for r in runs}) == len(runs)
+    # a grid value equal to the default and the default itself are the same run
+    dup = SweepSpec(name="d", grid={"loss.name": ["ce", "ce"]}, seeds=[3])
+    assert len(expand(dup)) == 1 and dup.size == 2
+
+
+def test_hash_is_stable_and_includes_defaults():
+    a = RunSpec.model_validate({"epochs": 3})
+    b = RunSpec.model_validate({"epochs": 3, "loss": {"name": "ce"}})
+    assert spec_hash(a) == spec_hash(b)
+    assert spec_hash(a) != spec_hash(RunSpec.model_validate({"epochs": 4}))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"grid": {"model.widht": [1]}}, "grid.model.widht"),
+    ({"zip": {"optim.lr": [0.1], "optim.momentum": [0.9, 0.8]}}, "zip"),
+    ({"grid": {"loss.name": []}}, "grid.loss.name"),
+    ({"grid": {"seed": [1, 2]}}, "grid.seed"),
+    ({"seeds": [1, 1]}, "seeds"),
+])
+def test_bad_sweeps_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as exc:
+        SweepSpec(name="bad", **kwargs)
+    assert field in str(exc.value)
+
+
+def test_bad_grid_value_and_cap_raise_spec_error():
+    with pytest.raises(SpecError) as exc:
+        expand(SweepSpec(name="x", grid={"loss.name": ["ce", "hinge"]}))
+    assert exc.value.field == "grid.loss.name" and "hinge" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        expand(SweepSpec(name="x", grid={"optim.lr": [0.1, 0.2, 0.3]}, seeds=[0, 1], max_runs=5))
+    assert exc.value.field == "max_runs" and "6 runs" in str(exc.value)
+
+
+def test_set_and_get_path():
+    tree: dict = {}
+    set_path(tree, "a.b.c", 1)
+    assert tree == {"a": {"b": {"c": 1}}} and get_path(tree, "a.b.c") == 1 and get_path(tree, "a.x") is None
