@@ -47,7 +47,7 @@ def test_embedded_stack_serves_runs_and_stops_cleanly(tmp_path):
 
         wait_for(done, 60, 0.5, "the runs to succeed")
         descendants = psutil.Process(proc.pid).children(recursive=True)
-        assert len(descendants) >= 3  # redis-server, worker parent, its child
+        assert len(descendants) >= 2  # redis-server and the worker parent (its prefork child is recycled per job)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=40)
