@@ -23,6 +23,7 @@ REDIS = os.environ.get("NCSWEEP_BENCH_REDIS", "redis://127.0.0.1:6379/12")
 BASE = {"epochs": 1, "batch_size": 64, "device": "cpu", "eval": {"every": 1, "splits": ["test"]},
         "data": {"name": "gaussian", "train_size": 64, "test_size": 64, "gaussian_classes": 4, "gaussian_dim": 8},
         "model": {"name": "mlp", "width": 8, "depth": 1}}
+HTTP = httpx.Client(timeout=120)  # one keep-alive client, as any API user holds (httpx.post() builds a new one)
 POST_S: list[float] = []  # the HTTP submit part of submit->running
 IDLE_S = 6.0  # a worker idle this long has its fresh prefork child ready (recycling takes ~4-5 s)
 BARE_APP = '''
@@ -84,7 +85,7 @@ def bench_submit(api: str, url: str, n_runs: int = 10_000, repeats: int = 3) -> 
         body = {"name": f"bench-{rep}", "base": BASE, "grid": {"optim.lr": [0.001 * (i + 1) for i in range(n_runs // 10)]},
                 "seeds": list(range(10)), "max_runs": n_runs}
         t0 = time.perf_counter()
-        r = httpx.post(f"{api}/sweeps", json=body, timeout=120)
+        r = HTTP.post(f"{api}/sweeps", json=body)
         times.append(time.perf_counter() - t0)
         assert r.status_code == 201 and r.json()["runs"] == n_runs and r.json()["enqueued"], r.text
         assert redis.Redis.from_url(REDIS).llen("celery") == n_runs
@@ -131,7 +132,7 @@ def _submit_to_running(api: str, engine, i: int) -> float:  # noqa: ANN001
     with engine.connect() as c:
         _wait(lambda: c.execute(text("SELECT count(*) FROM run WHERE status IN ('queued','running')")).scalar() == 0, 300)
     t0 = time.perf_counter()
-    r = httpx.post(f"{api}/sweeps", json={"name": f"lat-{i}", "base": {**BASE, "seed": 0}, "seeds": [1000 + i]})
+    r = HTTP.post(f"{api}/sweeps", json={"name": f"lat-{i}", "base": {**BASE, "seed": 0}, "seeds": [1000 + i]})
     sweep_id = r.json()["sweep_id"]
     POST_S.append(time.perf_counter() - t0)
     with engine.connect() as c:

@@ -231,6 +231,7 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     stack.callback(recon.join, 10)
     stack.callback(stop.set)
     where = f"{len(gpu_list)} GPU worker(s)" if gpu_list else f"{n_cpu} CPU worker(s)"
+    (home / "api_url").write_text(settings.resolved_api_url() + "\n")  # where the CLI finds this API
     console.print(f"ncsweep up: API {settings.resolved_api_url()}  redis :{redis_port}  {where}  home {home}")
     console.print(f"token in {home / 'token'} (export NCSWEEP_HOME={home} for the CLI)"
                   + (f"; re-queued {len(requeued)} interrupted run(s)" if requeued else ""))

@@ -124,6 +124,8 @@ class WorkerOut(_Out):
     memory_total: int | None
     temperature_c: float | None
     current_run_id: int | None
-    status: str
+    status: str  # busy | idle | stopped | lost (no heartbeat for settings.worker_lost_after_seconds)
     started_at: datetime
     last_seen: datetime
+    age_s: float  # seconds since the last heartbeat
+    run: dict[str, Any] | None = None  # the current run's id, sweep, status, epoch/step, progress, ETA

@@ -1,7 +1,7 @@
 """Health, readiness (database + broker), /workers, OpenAPI docs and the generic 500 handler."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from starlette.testclient import TestClient
 
@@ -53,6 +53,10 @@ def test_workers_lists_rows(app_client, db_url):
                      last_seen=datetime.now(timezone.utc)))
     rows = app_client.get("/workers").json()
     assert [(w["name"], w["device"], w["status"], w["current_run_id"]) for w in rows] == [("w0@host", "cuda:0", "busy", 7)]
+    with session_scope(db_url) as s:  # no heartbeat for longer than worker_lost_after_seconds
+        s.get(Worker, "w0@host").last_seen = datetime.now(timezone.utc) - timedelta(hours=1)
+    (lost,) = app_client.get("/workers").json()
+    assert lost["status"] == "lost" and lost["age_s"] >= 3600 and lost["run"] is None
 
 
 def test_unhandled_errors_are_a_short_500(settings, enqueuer):

@@ -1,17 +1,18 @@
-"""GET /workers: the latest heartbeat row of every worker (read-only)."""
+"""GET /workers: every worker's latest heartbeat, with lost/idle/busy status and its run's progress."""
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlalchemy import select
+from typing import Any
 
-from nc_core.db.models import Worker
-from service.deps import SessionDep
+from fastapi import APIRouter
+
+from nc_core.db import workers_repo
+from service.deps import SessionDep, SettingsDep
 from service.schemas import WorkerOut
 
 router = APIRouter(tags=["workers"])
 
 
 @router.get("/workers", response_model=list[WorkerOut])
-def list_workers(session: SessionDep) -> list[Worker]:
-    """Every worker row, newest heartbeat first."""
-    return list(session.scalars(select(Worker).order_by(Worker.last_seen.desc(), Worker.name)))
+def list_workers(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+    """Workers by name; `status` is `lost` once no heartbeat came for settings.worker_lost_after_seconds."""
+    return workers_repo.list_workers(session, settings.worker_lost_after_seconds)
