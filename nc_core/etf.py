@@ -60,8 +60,10 @@ def simplex_etf(K: int, d: int, *, unit_columns: bool = False, dtype: torch.dtyp
 
 
 class _Polar(torch.autograd.Function):
-    """Polar factor Q = UVᵀ of a tall full-column-rank A (m ≥ n) with a backward that is stable at
-    repeated singular values (the generic SVD backward divides by σ_i² − σ_j² and is not)."""
+    """Polar factor Q = UVᵀ of a tall A (m ≥ n) with a backward that is stable at repeated singular
+    values (the generic SVD backward divides by σ_i² − σ_j² and is not) and at rank deficiency: Σ⁺
+    drops σ ≈ 0 (the implicit-ETF head's first solve polar(Y M) has σ_K = 0 because M1 = 0, and early
+    batches missing classes lose more rank; W = √(K/(K−1)) M Xᵀ never sees those directions)."""
 
     @staticmethod
     def forward(ctx, A):
@@ -74,13 +76,15 @@ class _Polar(torch.autograd.Function):
         U, S, Vh = ctx.saved_tensors
         V = Vh.mT  # (.., n, n)
         Z = U.mT @ G @ V  # (.., n, n)
+        fin = torch.finfo(S.dtype)
+        tiny = fin.eps * S.amax(-1, keepdim=True).clamp_min(fin.tiny)  # (.., 1) relative zero
         denom = S[..., :, None] + S[..., None, :]  # (.., n, n) σ_i + σ_j
-        grad = U @ ((Z - Z.mT) / denom) @ Vh  # (.., m, n) tangent part: U Ω Vᵀ
-        if U.shape[-2] > U.shape[-1]:
-            GV = G @ V  # (.., m, n)
-            resid = GV - U @ (U.mT @ GV)  # (.., m, n) (I − UUᵀ) G V
-            grad = grad + (resid / S[..., None, :]) @ Vh  # (I − UUᵀ) G V Σ⁻¹ Vᵀ
-        return grad
+        inner = torch.where(denom > tiny[..., None], (Z - Z.mT) / denom.clamp_min(fin.tiny), torch.zeros_like(Z))
+        grad = U @ inner @ Vh  # (.., m, n) tangent part: U Ω Vᵀ
+        GV = G @ V  # (.., m, n)
+        resid = GV - U @ (U.mT @ GV)  # (.., m, n) (I − UUᵀ) G V
+        s_pinv = torch.where(S > tiny * S.shape[-1], 1.0 / S.clamp_min(fin.tiny), torch.zeros_like(S))  # (.., n)
+        return grad + (resid * s_pinv[..., None, :]) @ Vh  # + (I − UUᵀ) G V Σ⁺ Vᵀ
 
 
 def polar(A: torch.Tensor) -> torch.Tensor:
@@ -88,8 +92,8 @@ def polar(A: torch.Tensor) -> torch.Tensor:
 
     It solves max_{XᵀX = I} ⟨X, A⟩ (orthogonal Procrustes); differentiable through a custom autograd
     rule dQ = U Ω Vᵀ + (I − UUᵀ) dA V Σ⁻¹ Vᵀ with Ω_ij = (X_ij − X_ji)/(σ_i + σ_j), X = Uᵀ dA V, which
-    stays finite when singular values coincide (e.g. at an exact ETF). Needs full rank (σ_min > 0)
-    for a unique factor and a finite gradient. Used by the implicit-ETF head: polar((2/√(K−1)) Y M + δ·Prox)
+    stays finite when singular values coincide (e.g. at an exact ETF) and drops σ ≈ 0 (Σ⁺) when A is
+    rank deficient, where the factor is unique only on A's range. Used by the implicit-ETF head: polar((2/√(K−1)) Y M + δ·Prox)
     (nc-spec §4 closed form). Wide inputs (m < n) are handled through the transpose.
     """
     if A.ndim < 2:

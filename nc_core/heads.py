@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nc_core.etf import helmert_basis
+from nc_core.etf import helmert_basis, polar
 from nc_core.registry import HEADS
 from nc_core.spec import HeadSpec
 
@@ -26,43 +26,6 @@ def _simplex_etf(num_classes: int, dim: int, *, dtype: torch.dtype = torch.float
         centred = torch.eye(k, dtype=torch.float64) - 1.0 / k  # (K, K)
         return (scale * centred @ torch.eye(k, dim, dtype=torch.float64)).to(dtype)  # (K, d)
     return (scale * helmert_basis(k, dtype=torch.float64)).to(dtype)  # (K, K-1), columns ⟂ 1
-
-
-class _Polar(torch.autograd.Function):
-    """Polar factor Q = U Vᵀ of A = U Σ Vᵀ (d ≥ K) with the analytic derivative, rank-deficient A allowed.
-
-    Unlike ``nc_core.etf.polar`` (which divides by σ), Σ⁺ drops σ ≈ 0: the implicit-ETF head's first
-    solve polar(Y M) has σ_K = 0 (M1 = 0), and W = √(K/(K−1)) M Xᵀ does not see that direction.
-
-    Backward (stable at repeated singular values, unlike autograd through the SVD):
-    ∂ℓ/∂A = U[(Γ − Γᵀ) ⊘ (σ_i + σ_j)]Vᵀ + (I − UUᵀ) G V Σ⁺ Vᵀ, Γ = UᵀGV, G = ∂ℓ/∂Q.
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor) -> Tensor:  # type: ignore[override]
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)  # (d, K), (K,), (K, K)
-        ctx.save_for_backward(u, s, vh)
-        return u @ vh  # (d, K)
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
-        u, s, vh = ctx.saved_tensors
-        v = vh.mT  # (K, K)
-        gamma = u.mT @ g @ v  # (K, K)
-        denom = s[:, None] + s[None, :]  # (K, K)
-        tiny = torch.finfo(s.dtype).eps * s.max().clamp_min(torch.finfo(s.dtype).tiny)
-        inner = torch.where(denom > tiny, (gamma - gamma.mT) / denom.clamp_min(tiny), torch.zeros_like(gamma))
-        s_pinv = torch.where(s > tiny * s.shape[0], 1.0 / s.clamp_min(tiny), torch.zeros_like(s))  # (K,)
-        gv = g @ v  # (d, K)
-        outer = (gv - u @ (u.mT @ gv)) * s_pinv[None, :] @ vh  # (d, K)
-        return u @ inner @ vh + outer
-
-
-def _polar(a: Tensor) -> Tensor:
-    """Polar factor of ``a`` (d, K): orthonormal columns (d ≥ K) or rows (d < K); differentiable."""
-    if a.ndim != 2:
-        raise ValueError(f"polar: expected a (d, K) matrix, got shape {tuple(a.shape)}")
-    return _Polar.apply(a) if a.shape[0] >= a.shape[1] else _Polar.apply(a.mT).mT
 
 
 class Head(nn.Module):
@@ -161,9 +124,9 @@ def implicit_etf_solve(h: Tensor, y: Tensor, f_prev: Tensor, t: int, prox: Tenso
     m = torch.eye(k, dtype=h.dtype, device=h.device) - 1.0 / k  # (K, K)
     ym = y_norm @ m  # (d, K)
     if prox is None:  # first call: the feasibility solve, no proximal term (X·1 is free; W ignores it)
-        x = _polar(ym)  # (d, K)
+        x = polar(ym)  # (d, K)
     else:
-        x = _polar((2.0 / math.sqrt(k - 1)) * ym + delta * prox.detach())  # (d, K)
+        x = polar((2.0 / math.sqrt(k - 1)) * ym + delta * prox.detach())  # (d, K)
     w = math.sqrt(k / (k - 1)) * m @ x.mT  # (K, d)
     return w, fbar, f_new, x
 
