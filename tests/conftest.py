@@ -183,3 +183,14 @@ def row_counts(db_url: str) -> Callable[[], dict[str, int]]:
         with make_engine(db_url).connect() as conn:
             return {t.name: conn.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
     return counts
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded CPU spinning threads cost 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -13,13 +12,7 @@ from nc_core.cli import app
 from nc_core.spec import RunSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded CPU spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 runner = CliRunner()

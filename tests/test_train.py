@@ -12,13 +12,7 @@ from nc_core.training.optim import build_optimizer, closure_weight_decay, featur
 from nc_core.training.schedule import lr_factor, milestone_epochs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded CPU spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**over) -> RunSpec:

@@ -4,20 +4,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from nc_core.spec import RunSpec
 from nc_core.train import NullReporter, TrainingDiverged, run_spec
 from nc_core.ufm import fit_ufm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded CPU spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ufm_spec(**ufm) -> RunSpec:

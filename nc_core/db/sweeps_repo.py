@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
 from nc_core.db.states import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, check_transition
-from nc_core.spec import RunSpec
 from nc_core.sweep import ExpandedRun, SweepSpec
 
 Job = tuple[str, int]  # (kind, run_id): what the enqueuer sends
