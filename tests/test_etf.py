@@ -100,16 +100,18 @@ def test_polar_gradient_matches_finite_differences():
 def test_polar_gradient_stable_at_repeated_singular_values():
     """At an exact (scaled) Stiefel point all singular values coincide: the generic SVD backward
     divides by zero, the polar rule does not."""
-    Q, _ = torch.linalg.qr(torch.randn(8, 4, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(8, 4, dtype=torch.float64, generator=gen))
     A = (2.0 * Q).requires_grad_(True)
-    G = torch.randn(8, 4, dtype=torch.float64)
+    G = torch.randn(8, 4, dtype=torch.float64, generator=gen)
     (polar(A) * G).sum().backward()
     assert bool(torch.isfinite(A.grad).all())
     assert torch.autograd.gradcheck(polar, (A.detach().clone().requires_grad_(True),))
     B = (2.0 * Q).requires_grad_(True)
     U, _, Vh = torch.linalg.svd(B, full_matrices=False)
     (U @ Vh * G).sum().backward()
-    assert not bool(torch.isfinite(B.grad).all())  # why the custom rule exists
+    # why the custom rule exists: σ_i² − σ_j² is 0 (or rounding noise), so the generic gradient blows up
+    assert not bool(torch.isfinite(B.grad).all()) or float(B.grad.abs().max()) > 1e6 * float(A.grad.abs().max())
 
 
 def test_polar_matches_generic_autograd_when_singular_values_distinct():
