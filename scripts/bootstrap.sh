@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create/refresh .venv with the pinned project dependencies (idempotent; a stamp skips repeat installs).
-# Usage: scripts/bootstrap.sh [--test]   (--test also installs test deps and Debian chromium if missing)
+# Usage: scripts/bootstrap.sh [--test]   (--test also installs Debian chromium for the browser tests if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0; [ "${1:-}" = "--test" ] && want_test=1
@@ -14,12 +14,11 @@ fi
 [ -n "$py" ] || { echo "ncsweep needs Python 3.11 (python3.11 not found; set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-extras="parquet"; [ $want_test = 1 ] && extras="test,parquet"
-stamp=".venv/.ncsweep-stamp-$(cat pyproject.toml | sha256sum | cut -c1-16)-$extras"
+stamp=".venv/.ncsweep-stamp-$(sha256sum < pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "installing ncsweep and its pinned dependencies into .venv (first run takes a few minutes) ..."
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  .venv/bin/python -m pip install -q -e ".[test,parquet]"
   rm -f .venv/.ncsweep-stamp-*; touch "$stamp"
 fi
 
