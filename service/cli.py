@@ -1,7 +1,6 @@
 """The `ncsweep` command line: start the stack, submit sweeps, watch them, query results, export, plot."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 
 from nc_core.settings import Settings
+from service.cli_views import (FINISHED, _enrich_workers, watch_view, workers_table, runs_table, parse_filter, results_table, write_rows, action_line)
 from service.client import ApiError, Client, Unreachable
 
 app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,
@@ -266,195 +266,6 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
 
 
 # -- terminal rendering (rich) -------------------------------------------------------------------
-FINISHED = ("succeeded", "failed", "cancelled")
-STATUS_STYLE = {"queued": "grey50", "running": "cyan", "succeeded": "green", "failed": "red",
-                "cancelled": "yellow", "busy": "cyan", "idle": "green", "lost": "red", "stopped": "grey50"}
-
-
-def _bar(fraction: float, width: int = 24) -> Any:
-    from rich.progress_bar import ProgressBar
-
-    return ProgressBar(total=1.0, completed=max(0.0, min(1.0, fraction or 0.0)), width=width)
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def _status(text: str) -> str:
-    return f"[{STATUS_STYLE.get(text, 'white')}]{text}[/]"
-
-
-def _grid(run: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in (run.get("grid") or {}).items()) + f" seed={run.get('seed')}"
-
-
-def run_eta(run: dict) -> float | None:
-    """The reporter's ETA, else extrapolated from the elapsed time of a running run."""
-    if run.get("eta_s") is not None or run["status"] != "running" or not run.get("started_at"):
-        return run.get("eta_s")
-    from datetime import datetime, timezone
-
-    started = datetime.fromisoformat(run["started_at"])
-    started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
-    f = run_fraction(run)
-    return (datetime.now(timezone.utc) - started).total_seconds() * (1 - f) / f if 0 < f < 1 else None
-
-
-def _enrich_workers(workers: list[dict], runs: list[dict]) -> list[dict]:
-    """Fill a worker's run progress and heartbeat age when the API's /workers does not give them."""
-    from datetime import datetime, timezone
-
-    by_id = {r["id"]: r for r in runs}
-    out = []
-    for w in workers:
-        w = dict(w)
-        if w.get("age_s") is None and w.get("last_seen"):
-            seen = datetime.fromisoformat(w["last_seen"])
-            seen = seen if seen.tzinfo else seen.replace(tzinfo=timezone.utc)
-            w["age_s"] = (datetime.now(timezone.utc) - seen).total_seconds()
-        run = by_id.get(w.get("current_run_id"))
-        if w.get("run") is None and run is not None and w.get("status") == "busy":
-            w["run"] = {"id": run["id"], "epoch": run.get("epoch"), "epochs_total": run.get("epochs_total"),
-                        "eta_s": run_eta(run)}
-        out.append(w)
-    return out
-
-
-def run_fraction(run: dict) -> float:
-    if run["status"] == "succeeded":
-        return 1.0
-    total = run.get("epochs_total") or 0
-    steps = run.get("steps_total") or 0
-    within = (run.get("step") or 0) / steps if steps else 0.0
-    return min(1.0, ((run.get("epoch") or 0) + within) / total) if total else 0.0
-
-
-def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    head = Table.grid(padding=(0, 2))
-    frac = detail.get("progress")
-    frac = frac if frac is not None else (sum(map(run_fraction, runs)) / len(runs) if runs else 0.0)
-    summary = "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
-    head.add_row(f"[bold]sweep {detail['id']}[/] {detail.get('name', '')}", _bar(frac, 40),
-                 f"{100 * frac:5.1f}%", f"ETA {_eta(detail.get('eta_s')) or '?'}", summary)
-    order = {"running": 0, "queued": 2, "failed": 1}
-    shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
-    table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
-    for col in ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"):
-        table.add_column(col)
-    for r in shown:
-        f = run_fraction(r)
-        table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
-                      f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
-                      f"{r['samples_per_s']:.0f}" if r.get("samples_per_s") else "", _eta(run_eta(r)))
-    return Group(head, table, workers_table(_enrich_workers(workers, runs)))
-
-
-def workers_table(workers: list[dict]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"workers ({len(workers)})", title_justify="left")
-    for col in ("worker", "status", "device", "util", "", "memory", "run", "epoch", "ETA", "seen"):
-        table.add_column(col)
-    for w in workers:
-        util = w.get("util_percent")
-        used, total = w.get("memory_used"), w.get("memory_total")
-        mem = f"{used / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None and total else ""
-        run = w.get("run") or {}
-        table.add_row(w["name"], _status(w["status"]), w.get("gpu_name") or w.get("device", ""),
-                      _bar((util or 0) / 100, 12), f"{util:.0f}%" if util is not None else "", mem,
-                      str(w.get("current_run_id") or ""),
-                      f"{run.get('epoch', '')}/{run.get('epochs_total', '')}" if run else "",
-                      _eta(run.get("eta_s")), f"{w['age_s']:.0f}s ago" if w.get("age_s") is not None else "")
-    return table
-
-
-def runs_table(rows: list[dict]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"{len(rows)} runs", title_justify="left")
-    for col in ("run", "sweep", "kind", "status", "config", "epoch", "progress", "worker", "error"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(str(r["id"]), str(r["sweep_id"]), r.get("kind", ""), _status(r["status"]), _grid(r),
-                      f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}", f"{100 * run_fraction(r):.0f}%",
-                      r.get("worker_name") or "", (r.get("error") or "").splitlines()[-1][:60] if r.get("error") else "")
-    return table
-
-
-def parse_filter(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise typer.BadParameter(f"expected AXIS=VALUE such as loss.name=mse, got {text!r}", param_hint="--filter")
-    path, value = text.split("=", 1)
-    return path.strip(), value.strip()
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
-
-
-def results_table(body: Any, sweep: int, split: str) -> Any:
-    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds."""
-    from rich.table import Table
-
-    items = body.get("groups", []) if isinstance(body, dict) else body
-    group_by = body.get("group_by") if isinstance(body, dict) else None
-    keys = body.get("keys") if isinstance(body, dict) else None
-    table = Table(title=f"sweep {sweep} results [{split}] (mean ± std over seeds)", title_justify="left")
-    if not items:
-        table.add_column("no finished results yet")
-        return table
-    group_by = group_by or list((items[0].get("values") or {}).keys())
-    keys = keys or list((items[0].get("metrics") or {}).keys())
-    for col in [*group_by, "seeds", *keys]:
-        table.add_column(col, justify="right" if col not in group_by else "left")
-    for item in items:
-        group, metrics = item.get("values") or {}, item.get("metrics") or {}
-        cells = []
-        for k in keys:
-            m = metrics.get(k) or {}
-            mean, std = m.get("mean"), m.get("std")
-            cells.append("" if mean is None else f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}")
-        counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
-        n = f"{max(counts, default=0)}/{item.get('runs', '')}"
-        table.add_row(*[_fmt(group.get(g)) for g in group_by], _fmt(n), *cells)
-    return table
-
-
-def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        import csv
-
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise typer.BadParameter("parquet export needs pyarrow (pip install 'ncsweep[parquet]')") from None
-    table = pa.table({c: [r.get(c) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c))
-                          for r in rows] for c in columns})
-    pq.write_table(table, path)
-
-
-def action_line(action: str, res: dict) -> str:
-    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items() if v not in (None, 0, False)]
-    return f"{action}: " + (", ".join(parts) if parts else "nothing to do")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: API errors and an unreachable API print one line and exit 1."""
     try:
