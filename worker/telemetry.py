@@ -127,7 +127,8 @@ class Heartbeater(threading.Thread):
                 log.warning("heartbeat callback failed: %s", exc)
 
     def run(self) -> None:
-        psutil.cpu_percent(interval=None)  # prime the CPU counter
+        psutil.cpu_percent(interval=None)  # prime the CPU counter: the next call measures from here
+        self._stop_event.wait(min(0.5, float(self.settings.heartbeat_seconds)))  # so the first % is real
         while not self._stop_event.is_set():
             self.beat()
             self._stop_event.wait(float(self.settings.heartbeat_seconds))
