@@ -15,7 +15,7 @@ from nc_core.spec_rules import checkpoint_epochs, eval_epochs
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
-from nc_core.training.report import NullReporter, Reporter, TrainingDiverged
+from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
 from nc_core.training.runtime import autocast, determinism, epoch_seed, resolve_device, seed_everything
 from nc_core.training.schedule import build_scheduler
 
@@ -237,7 +237,7 @@ def _loop(r: _Run, start: int, final: dict) -> dict:
         metrics = _evaluate(r, spec.eval.splits) if epoch in evals else {}
         metrics.setdefault("train", {}).update(running)
         for split, m in metrics.items():
-            r.reporter.on_metrics(epoch, split, m)
+            report_metrics(r.reporter, epoch, split, m)  # + on_distribution (sorted cosine margins)
         final = {**final, **{s: dict(m) for s, m in metrics.items() if epoch in evals}}
         if epoch in ckpts:
             _save(r, epoch, _state(r, epoch, final))
@@ -267,7 +267,7 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
             r.model.load_state_dict(ck.load_checkpoint(available[e])["model"])
             results[e] = _evaluate(r, splits)
             for split, m in results[e].items():
-                reporter.on_metrics(e, split, m)
+                report_metrics(reporter, e, split, m)
     return {"epochs": want, "metrics": results}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from nc_core.spec import RunSpec
 from nc_core.training import checkpoint as ck
-from nc_core.training.report import NullReporter, Reporter, TrainingDiverged
+from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
 from nc_core.training.runtime import determinism, resolve_device, seed_everything
 
 
@@ -93,7 +93,7 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
             if check:
                 with torch.no_grad():
                     final = {"train": _metrics(model, spec, model.objective(u.lambda_w, u.lambda_h).item())}
-                reporter.on_metrics(it, "train", final["train"])
+                report_metrics(reporter, it, "train", final["train"])
         state = {"epoch": it, "model": model.state_dict(), "spec": spec.model_dump(mode="json")}
         path, nbytes, sha = ck.save_checkpoint(workdir, it, state)
         reporter.on_checkpoint(it, str(path), nbytes, sha)

@@ -1,4 +1,4 @@
-"""Matplotlib (Agg) figures from stored metric rows: NC dynamics, grid heatmaps, cosine margins → PNG bytes."""
+"""Matplotlib (Agg) figures from stored metric rows: NC dynamics, heatmaps, run curves, margins → PNG bytes."""
 from __future__ import annotations
 
 import io
@@ -20,7 +20,6 @@ from nc_core.sweep import get_path  # noqa: E402
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
 TITLES = {"nc1": "NC1", "nc2_w": "NC2 (W)", "nc3": "NC3", "wh_b": "NC4 (‖Wμ_G + b‖)", "acc": "accuracy %"}
-MARGIN_KEYS = ("cos_margin_mean", "cos_margin_median", "cos_margin_min")
 
 
 class PlotError(ValueError):
@@ -209,34 +208,11 @@ def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc
 
 
 def margins_png(session: Session, run_id: int) -> bytes:
-    """Cosine-margin statistics (mean, median, min) vs epoch per split.
+    """The run's cosine-margin figure (sorted distribution, or statistics); drawn in service/plots_margins.py."""
+    # plots_margins imports this module: load it lazily
+    from service.plots_margins import margins_png as draw
 
-    The sorted per-sample margin distribution is not stored (only these statistics are), so this is
-    what can be drawn from the database; the title says so.
-    """
-    rows = metric_rows(session, [run_id], MARGIN_KEYS)
-    if not rows:
-        return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
-    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for _, epoch, sp, key, value in rows:
-        by[(sp, key)][epoch] = value
-    splits = sorted({sp for sp, _ in by})
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
-    for ax, sp in zip(axes.flat, splits):
-        for key in MARGIN_KEYS:
-            pts = by.get((sp, key))
-            if pts:
-                epochs = sorted(pts)
-                ax.plot(epochs, [pts[e] for e in epochs], lw=2, label=key.replace("cos_margin_", ""))
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_title(f"run {run_id}: cosine margin [{sp}]\n(statistics; per-sample distribution not stored)",
-                     fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _png(fig)
+    return draw(session, run_id)
 
 
 def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None) -> bytes:

@@ -67,6 +67,9 @@ def test_sweep_runs_to_completion_with_metrics(stack):
     series = httpx.get(f"{api.url}/runs/{runs[0]['id']}/metrics").json()["series"]
     acc = next(s for s in series if s["split"] == "test" and s["key"] == "acc")
     assert acc["epochs"] == [1, 2, 3] and all(v is not None for v in acc["values"])
+    dists = httpx.get(f"{api.url}/runs/{runs[0]['id']}/distributions").json()["items"]  # sorted cosine margins
+    assert {(d["split"], d["key"], d["epoch"]) for d in dists} == {(s, "cos_margin", 3) for s in ("train", "test")}
+    assert all(d["n"] == len(d["values"]) > 1 and d["values"] == sorted(d["values"]) for d in dists)
 
     results = httpx.get(f"{api.url}/sweeps/{sweep_id}/results", params={"keys": "acc,nc1"}).json()
     assert results["group_by"] == ["loss.name"]

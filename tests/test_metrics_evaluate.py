@@ -90,3 +90,37 @@ def test_without_weight_no_second_pass_needed():
     r = evaluate_split(counting, batches, num_classes=K, max_resident_bytes=0)
     assert len(calls) == len(batches)  # per-class scatter makes the nuclear ratios one-pass
     assert "nc2_w" not in r and math.isfinite(r["nuclear_frobenius"])
+
+
+@pytest.mark.parametrize("N", [300, 2500])
+def test_cos_margin_distribution_is_the_quantiles_of_the_reference_margins(N):
+    import numpy as np
+
+    from tests.metrics_reference import reference_metrics
+
+    forward, batches, x, y, head = _setup(N=N)
+    r = evaluate_split(forward, batches, num_classes=K, weight=head.weight, bias=head.bias)
+    with torch.inference_mode():
+        h, _ = forward(x)
+    X, Y, W = h.numpy(), y.numpy(), head.weight.detach().numpy()
+    muG, Wc = X.mean(0), W - W.mean(0)
+    Hc = X - muG  # (N, d)
+    C = (Hc @ Wc.T) / (np.linalg.norm(Hc, axis=1)[:, None] * np.linalg.norm(Wc, axis=1)[None, :])  # (N, K)
+    true = C[np.arange(N), Y]
+    C[np.arange(N), Y] = -np.inf
+    margins = true - C.max(1)  # (N,) independent of nc_core
+    ref = reference_metrics(X, Y, K, W, head.bias.detach().numpy())
+    assert float(np.mean(margins)) == pytest.approx(ref["cos_margin_mean"], rel=1e-12)
+    dist = r.distributions["cos_margin"]
+    assert len(dist) == min(N, 1001) and dist == sorted(dist)
+    want = np.quantile(margins, np.linspace(0.0, 1.0, min(N, 1001)))
+    np.testing.assert_allclose(dist, want, rtol=1e-12, atol=1e-14)
+    if N <= 1001:
+        np.testing.assert_allclose(dist, np.sort(margins), rtol=1e-12, atol=1e-14)
+    assert dist[0] == pytest.approx(r["cos_margin_min"], rel=1e-12)
+    assert dist[-1] == pytest.approx(float(margins.max()), rel=1e-12)
+    assert float(np.quantile(dist, 0.5)) == pytest.approx(r["cos_margin_median"], rel=1e-12, abs=1e-14)
+    assert dist == nc_metrics(h, y, head.weight.detach(), num_classes=K).distributions["cos_margin"]
+    assert evaluate_split(forward, batches, num_classes=K).distributions == {}  # no W: no margins
+    spilled = evaluate_split(forward, iter(batches), num_classes=K, weight=head.weight, max_resident_bytes=0)
+    assert spilled.distributions == {}  # per-sample pass impossible: cos_margin_* are NaN with a reason

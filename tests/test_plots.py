@@ -149,3 +149,49 @@ def test_service_plots_never_import_torch() -> None:
 
     code = "import sys, service.plots, service.routers.plots, service.cli, service.dashboard; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def _add_distribution(url: str, run_id: int, values_by_epoch: dict[int, list[float]], split: str = "train") -> None:
+    from nc_core.db.models import MetricDistribution
+
+    with session_scope(url) as s:
+        for epoch, values in values_by_epoch.items():
+            s.add(MetricDistribution(run_id=run_id, epoch=epoch, split=split, key="cos_margin", values=values,
+                                     n=len(values)))
+
+
+def test_margins_plot_draws_the_stored_distribution_and_the_endpoint_serves_it(sqlite_app_client) -> None:
+    url = sqlite_app_client.db_url
+    _, (rid1, rid2, rid3) = seed_sweep(url, losses=("ce",), widths=(32,), seeds=(0, 1, 2), name="dist")
+    curve = np.sort(np.linspace(-0.3, 1.1, 1001) ** 3).tolist()
+    _add_distribution(url, rid1, {1: [0.0, 0.5], 4: curve})
+    _add_distribution(url, rid1, {4: curve[::2]}, split="test")
+    _add_distribution(url, rid2, {4: (np.array(curve) * 0.5).tolist()})
+    stats_only = _get_png(sqlite_app_client, f"/runs/{rid3}/plots/margins.png")  # no distribution: statistics
+    img1 = _get_png(sqlite_app_client, f"/runs/{rid1}/plots/margins.png")
+    img2 = _get_png(sqlite_app_client, f"/runs/{rid2}/plots/margins.png")
+    assert img1.shape != img2.shape or not np.array_equal(img1, img2), "another distribution must give other pixels"
+    assert img1.shape != stats_only.shape or not np.array_equal(img1, stats_only)
+
+    r = sqlite_app_client.get(f"/runs/{rid1}/distributions")
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert [(d["split"], d["epoch"], d["key"], d["n"]) for d in items] == [("test", 4, "cos_margin", 501),
+                                                                           ("train", 4, "cos_margin", 1001)]
+    assert items[1]["values"] == curve
+    one = sqlite_app_client.get(f"/runs/{rid1}/distributions", params={"split": "train", "epoch": 1}).json()["items"]
+    assert one == [{"epoch": 1, "split": "train", "key": "cos_margin", "n": 2, "values": [0.0, 0.5]}]
+    assert sqlite_app_client.get(f"/runs/{rid3}/distributions").json()["items"] == []
+    assert sqlite_app_client.get("/runs/9999/distributions").status_code == 404
+
+
+def test_margins_ideal_line_uses_the_number_of_classes() -> None:
+    from service.plots_margins import num_classes
+
+    def spec(tree: dict) -> Run:
+        return Run(spec=RunSpec.model_validate(tree).model_dump(mode="json"))
+
+    assert num_classes(spec({"data": {"name": "cifar100"}})) == 100
+    assert num_classes(spec({"data": {"name": "gaussian", "gaussian_classes": 7}})) == 7
+    assert num_classes(spec({"kind": "ufm", "ufm": {"class_counts": [5, 5, 5]}})) == 3
+    assert num_classes(Run(spec={})) is None and num_classes(Run(spec={"data": {"name": "nope"}})) is None

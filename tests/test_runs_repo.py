@@ -1,4 +1,4 @@
-"""runs_repo on SQLite and PostgreSQL: claims, fencing, upserts, expiry and re-queue."""
+"""runs_repo on SQLite and PostgreSQL: claims, fencing, metric/distribution upserts, expiry and re-queue."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from nc_core.db import runs_repo, states
-from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
+from nc_core.db.models import Checkpoint, Event, Metric, MetricDistribution, Run, Sweep
 from nc_core.db.session import session_scope
 from tests.helpers_stack import postgres_db, sqlite_db
 
@@ -79,6 +79,50 @@ def test_metric_upsert_one_row_per_point_and_nan_is_null(url):
         assert runs_repo.record_checkpoint(s, rid, "w", 1, "/a", 10, "0" * 64)
         assert runs_repo.record_checkpoint(s, rid, "w", 1, "/b", 11, "1" * 64)
         assert s.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.run_id == rid)) == 1
+
+
+def test_distribution_upsert_is_fenced_and_overwrites(url):
+    rid = _new_run(url)
+    with session_scope(url) as s:
+        runs_repo.claim(s, rid, "w1", 30, now=runs_repo.utcnow() - timedelta(seconds=60))  # already expired
+    with session_scope(url) as s:
+        assert runs_repo.upsert_distribution(s, rid, "w1", 1, "train", "cos_margin", [0.1, 0.2]) is True
+    with session_scope(url) as s:
+        runs_repo.claim(s, rid, "w2", 30)
+    with session_scope(url) as s:
+        assert runs_repo.upsert_distribution(s, rid, "w1", 1, "train", "cos_margin", [9.0]) is False  # fenced
+        for values in ([-0.5, 0.25, 1.0], [-0.25, math.nan, 1.5]):  # a retried epoch overwrites; NaN → null
+            assert runs_repo.upsert_distribution(s, rid, "w2", 1, "train", "cos_margin", values) is True
+        assert runs_repo.upsert_distribution(s, rid, "w2", 2, "train", "cos_margin", [0.5, 1.0]) is True
+        assert runs_repo.upsert_distribution(s, rid, "w2", 1, "test", "cos_margin", [0.0]) is True
+    with session_scope(url) as s:
+        rows = s.scalars(select(MetricDistribution).where(MetricDistribution.run_id == rid)
+                         .order_by(MetricDistribution.split, MetricDistribution.epoch)).all()
+        assert [(r.split, r.epoch, r.values, r.n) for r in rows] == [
+            ("test", 1, [0.0], 1), ("train", 1, [-0.25, None, 1.5], 3), ("train", 2, [0.5, 1.0], 2)]
+        last = runs_repo.distributions(s, rid)
+        assert [(d.split, d.epoch) for d in last] == [("test", 1), ("train", 2)]
+        assert [d.values for d in runs_repo.distributions(s, rid, split="train", epoch=1)] == [[-0.25, None, 1.5]]
+        assert runs_repo.distributions(s, rid, key="nope") == []
+
+
+def test_db_reporter_writes_distributions_until_the_lease_is_lost(url, tmp_path):
+    from nc_core.settings import Settings
+    from worker.reporter import DBReporter
+
+    rid = _new_run(url)
+    with session_scope(url) as s:
+        runs_repo.claim(s, rid, "w1", 30)
+    rep = DBReporter(Settings(home=tmp_path / "home", database_url=url), rid, "w1")  # thread not started
+    rep.on_distribution(2, "test", "cos_margin", [-0.1, 0.4, 1.0])
+    assert not rep.lease_lost
+    with session_scope(url) as s:
+        assert [d.values for d in runs_repo.distributions(s, rid)] == [[-0.1, 0.4, 1.0]]
+        s.get(Run, rid).lease_owner = "w2"  # the lease moved
+    rep.on_distribution(3, "test", "cos_margin", [0.0])
+    assert rep.lease_lost and rep.should_stop()
+    with session_scope(url) as s:
+        assert [d.epoch for d in runs_repo.distributions(s, rid)] == [2]
 
 
 def test_heartbeat_reports_cancel_and_finish_checks_transitions(url):

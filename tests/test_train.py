@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nc_core.spec import RunSpec
-from nc_core.train import NullReporter, TrainingDiverged, fit
+from nc_core.train import NullReporter, TrainingDiverged, fit, validate_checkpoints
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, param_groups
 from nc_core.training.schedule import lr_factor, milestone_epochs
 
@@ -66,6 +66,38 @@ def test_reporter_calls_and_running_stats(tmp_path):
     assert {"acc", "loss", "nc1", "nc2_w", "nc3", "wh_b", "running_acc", "running_loss", "lr"} <= m.keys()
     assert {"acc", "loss", "nc1"} <= rec.metrics[(2, "test")].keys()
     assert 0 <= m["running_acc"] <= 100 and m["running_loss"] > 0
+
+
+def test_sorted_margin_distributions_are_reported_per_eval_epoch_and_split(tmp_path):
+    class Dists(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.dists: dict[tuple[int, str, str], list[float]] = {}
+
+        def on_distribution(self, epoch, split, key, values):
+            assert (epoch, split) in self.metrics  # right after on_metrics of the same (epoch, split)
+            self.dists[(epoch, split, key)] = values
+
+    rec = Dists()
+    fit(tiny(epochs=3, eval__epochs=[1, 3]), rec, workdir=tmp_path)
+    assert set(rec.dists) == {(e, s, "cos_margin") for e in (1, 3) for s in ("train", "test")}
+    for (epoch, split, _), values in rec.dists.items():
+        m = rec.metrics[(epoch, split)]
+        assert len(values) == min(1001, 1347 if split == "train" else 450) and values == sorted(values)
+        assert values[0] == pytest.approx(m["cos_margin_min"], rel=1e-12)
+        assert all(math.isfinite(v) and -2.0 <= v <= 2.0 for v in values)
+    again = Dists()
+    validate_checkpoints(tiny(epochs=3, eval__epochs=[1, 3]), tmp_path, epochs=[3], reporter=again)
+    assert again.dists == {k: v for k, v in rec.dists.items() if k[0] == 3}  # deterministic CPU recompute
+
+    class Plain:  # a reporter without on_distribution (older test doubles) still works
+        on_start = on_progress = on_checkpoint = lambda self, *a: None
+        on_metrics = on_start
+
+        def should_stop(self):
+            return False
+
+    assert fit(tiny(epochs=1), Plain(), workdir=tmp_path / "plain")["epochs_done"] == 1
 
 
 def test_diverging_lr_raises_with_epoch_and_step(tmp_path):

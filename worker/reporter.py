@@ -110,6 +110,13 @@ class DBReporter:
             self.lease_lost = True
             log.warning("run %s: metrics of epoch %s/%s discarded: lease lost", self.run_id, epoch, split)
 
+    def on_distribution(self, epoch: int, split: str, key: str, values: list[float]) -> None:
+        with session_scope(self.url) as session:
+            ok = runs_repo.upsert_distribution(session, self.run_id, self.owner, epoch, split, key, values)
+        if not ok:
+            self.lease_lost = True
+            log.warning("run %s: %s distribution of epoch %s/%s discarded: lease lost", self.run_id, key, epoch, split)
+
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
         with session_scope(self.url) as session:
             ok = runs_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)

@@ -9,6 +9,11 @@ from typing import Any, Callable
 
 import psutil
 
+# Imported here, not in the heartbeat thread: a thread importing while Celery's prefork pool forks
+# leaves the child with a half-initialised module.
+from nc_core.db import workers_repo
+from nc_core.db.session import session_scope
+
 log = logging.getLogger(__name__)
 _NVML_LOCK = threading.Lock()
 _NVML_READY: bool | None = None
@@ -103,9 +108,6 @@ class Heartbeater(threading.Thread):
 
     def beat(self, status: str | None = None) -> None:
         """Write one heartbeat now (errors are logged, never raised: telemetry must not kill a job)."""
-        from nc_core.db import workers_repo
-        from nc_core.db.session import session_scope
-
         with self._lock:
             run_id, sps = self._run_id, self._samples_per_s
         snap = sample(self.gpu_index)

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 tables: sweeps, runs, metric rows, checkpoints, workers, telemetry, tokens."""
+"""SQLAlchemy 2.0 tables: sweeps, runs, metric rows and distributions, checkpoints, workers, telemetry, tokens."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -85,6 +85,22 @@ class Metric(Base):
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL = NaN / undefined
     metric_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MetricDistribution(Base):
+    """A sorted per-sample distribution of one (run, epoch, split, key), e.g. cosine margins as quantiles."""
+
+    __tablename__ = "metric_distribution"
+    __table_args__ = (UniqueConstraint("run_id", "epoch", "split", "key", name="uq_metric_distribution"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))  # cos_margin
+    values: Mapped[list[Any]] = mapped_column(JSON)  # ascending floats (null = NaN), at most 1001
+    n: Mapped[int] = mapped_column(Integer)  # len(values)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -1,4 +1,4 @@
-"""Run lifecycle in SQL: lease claims, fenced heartbeats/metric upserts/finish, expiry, events."""
+"""Run lifecycle in SQL: lease claims, fenced heartbeats/metric and distribution upserts/finish, expiry, events."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
-from nc_core.db.models import Checkpoint, Event, Metric, Run
+from nc_core.db.models import Checkpoint, Event, Metric, MetricDistribution, Run
 
 TASK_NAMES = {"train": "ncsweep.train", "validate": "ncsweep.validate", "ufm": "ncsweep.ufm"}
 
@@ -126,6 +126,37 @@ def upsert_metrics(session: Session, run_id: int, owner: str, epoch: int, split:
                 ["value", "metric_version", "created_at"])
         add_event(session, "metric", run_id, fence.sweep_id, epoch=int(epoch), split=split, n=len(rows))
     return True
+
+
+def upsert_distribution(session: Session, run_id: int, owner: str, epoch: int, split: str, key: str,
+                        values: list[float]) -> bool:
+    """Write the sorted distribution of (run, epoch, split, key) (NaN/inf → null); retries overwrite.
+    False = not the lease holder."""
+    now = utcnow()
+    if _fence(session, run_id, owner, now) is None:
+        return False
+    vals = [_finite(v) for v in values]
+    _upsert(session, MetricDistribution.__table__, [{"run_id": run_id, "epoch": int(epoch), "split": split,
+                                                     "key": str(key), "values": vals, "n": len(vals),
+                                                     "created_at": now}],
+            ["run_id", "epoch", "split", "key"], ["values", "n", "created_at"])
+    return True
+
+
+def distributions(session: Session, run_id: int, *, split: str | None = None, key: str | None = None,
+                  epoch: int | None = None) -> list[MetricDistribution]:
+    """Stored distributions of a run at ``epoch`` (None: the last epoch of each (split, key)), by split, key."""
+    D = MetricDistribution
+    where = [D.run_id == run_id] + ([D.split == split] if split is not None else []) + \
+        ([D.key == key] if key is not None else [])
+    q = select(D).where(*where)
+    if epoch is not None:
+        q = q.where(D.epoch == int(epoch))
+    else:
+        last = (select(D.split, D.key, func.max(D.epoch).label("epoch")).where(*where)
+                .group_by(D.split, D.key).subquery())
+        q = q.join(last, and_(D.split == last.c.split, D.key == last.c.key, D.epoch == last.c.epoch))
+    return list(session.scalars(q.order_by(D.split, D.key)))
 
 
 def record_checkpoint(session: Session, run_id: int, owner: str, epoch: int, uri: str, nbytes: int,

@@ -20,15 +20,18 @@ class MetricUndefined(Exception):
 
 
 class MetricDict(dict):
-    """A plain ``dict[str, float]`` plus ``reasons``: key → why that value is NaN.
+    """A plain ``dict[str, float]`` plus ``reasons``: key → why that value is NaN, and ``distributions``:
+    name → sorted per-sample values downsampled to quantiles (``cos_margin``, see docs/metrics.md).
 
-    Every value is a Python float. ``dict(result)`` or JSON serialisation drops ``reasons``; call
-    :func:`result_reasons` first when the reasons must travel.
+    Every value is a Python float. ``dict(result)`` or JSON serialisation drops ``reasons`` and
+    ``distributions``; call :func:`result_reasons` first when the reasons must travel.
     """
 
-    def __init__(self, *args, reasons: dict[str, str] | None = None, **kwargs):
+    def __init__(self, *args, reasons: dict[str, str] | None = None,
+                 distributions: dict[str, list[float]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.reasons: dict[str, str] = dict(reasons or {})
+        self.distributions: dict[str, list[float]] = dict(distributions or {})
 
 
 def result_reasons(result: dict[str, float]) -> dict[str, str]:

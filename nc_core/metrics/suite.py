@@ -115,6 +115,23 @@ class _Ctx:
         return gofm.gof_targets(gofm.parse_gof(self.gof, self.stats.counts))
 
 
+DISTRIBUTION_POINTS = 1001  # at most this many quantiles per stored distribution
+
+
+def sorted_quantiles(v: torch.Tensor, points: int = DISTRIBUTION_POINTS) -> list[float]:
+    """Quantiles of ``v`` (N,) at probabilities linspace(0, 1, min(N, points)), float64, ascending —
+    numpy's default ("linear") np.quantile; the exact sorted values when N ≤ ``points``."""
+    s = torch.sort(v.detach().to(F64).flatten()).values  # (N,)
+    n = s.shape[0]
+    if n <= points:
+        return s.tolist()
+    pos = torch.linspace(0.0, 1.0, points, dtype=F64, device=s.device) * (n - 1)  # (P,)
+    lo = pos.floor().long().clamp(max=n - 2)  # (P,)
+    t = pos - lo  # (P,) in [0, 1]
+    a, b = s[lo], s[lo + 1]
+    return torch.where(t < 0.5, a + (b - a) * t, b - (b - a) * (1 - t)).tolist()  # numpy's _lerp
+
+
 def _median(v: torch.Tensor) -> float:
     s = torch.sort(v).values
     n = s.shape[0]
@@ -200,6 +217,11 @@ def _compute(stats, weight, bias, gof, per_sample, no_sample_reason: str | None 
             out[key], out.reasons[key] = float("nan"), exc.reason
         except torch.linalg.LinAlgError as exc:  # pragma: no cover - non-convergent eigensolver
             out[key], out.reasons[key] = float("nan"), f"linear algebra failed: {exc}"
+    if W is not None:
+        try:
+            out.distributions["cos_margin"] = sorted_quantiles(ctx.sample.margins)
+        except MetricUndefined:  # no per-sample pass: the cos_margin_* keys already say why
+            pass
     return out
 
 

@@ -15,6 +15,9 @@ class Reporter(Protocol):
 
     def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None: ...
 
+    def on_distribution(self, epoch: int, split: str, key: str, values: list[float]) -> None:
+        """A sorted per-sample distribution (quantiles, ascending) measured with the metrics of (epoch, split)."""
+
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None: ...
 
     def should_stop(self) -> bool:
@@ -33,11 +36,24 @@ class NullReporter:
     def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
         pass
 
+    def on_distribution(self, epoch: int, split: str, key: str, values: list[float]) -> None:
+        pass
+
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
         pass
 
     def should_stop(self) -> bool:
         return False
+
+
+def report_metrics(reporter: object, epoch: int, split: str, metrics: dict[str, float]) -> None:
+    """on_metrics, then on_distribution per entry of ``metrics.distributions`` (a MetricDict's; a plain
+    dict has none); reporters without on_distribution (older test doubles) only get on_metrics."""
+    reporter.on_metrics(epoch, split, metrics)  # type: ignore[attr-defined]
+    send = getattr(reporter, "on_distribution", None)
+    if send is not None:
+        for key, values in (getattr(metrics, "distributions", None) or {}).items():
+            send(epoch, split, key, list(values))
 
 
 class TrainingDiverged(RuntimeError):

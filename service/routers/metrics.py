@@ -1,4 +1,4 @@
-"""Metric endpoints: one run's series and a sweep's results aggregated over seeds."""
+"""Metric endpoints: one run's series and distributions, and a sweep's results aggregated over seeds."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from nc_core.db import sweeps_repo as repo
+from nc_core.db import runs_repo, sweeps_repo as repo
 from nc_core.db.models import Run
 from nc_core.spec import field_paths
 from nc_core.sweep import SpecError, get_path
@@ -31,6 +31,18 @@ def run_metrics(run_id: int, session: SessionDep, split: str | None = None, key:
         series[-1]["epochs"].append(epoch)
         series[-1]["values"].append(value)
     return JSONResponse({"run_id": run_id, "series": series})
+
+
+@router.get("/runs/{run_id}/distributions")
+def run_distributions(run_id: int, session: SessionDep, split: str | None = None, key: str | None = None,
+                      epoch: int | None = None) -> JSONResponse:
+    """Stored sorted distributions (cos_margin: ≤ 1001 quantiles of the per-sample margins, ascending):
+    [{epoch, split, key, n, values}] at `epoch` (default: the last stored epoch of each split and key)."""
+    if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
+        raise NotFound(f"run {run_id} not found")
+    items = [{"epoch": d.epoch, "split": d.split, "key": d.key, "n": d.n, "values": d.values}
+             for d in runs_repo.distributions(session, run_id, split=split, key=key, epoch=epoch)]
+    return JSONResponse({"run_id": run_id, "items": items})
 
 
 def aggregate(values: list[float | None]) -> dict[str, Any]:
