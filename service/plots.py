@@ -72,6 +72,22 @@ def metric_rows(session: Session, run_ids: Iterable[int], keys: Iterable[str]) -
     return [(r, e, s, k, math.nan if v is None else float(v)) for r, e, s, k, v in session.execute(q)]
 
 
+def run_series(session: Session, run_id: int, keys: Iterable[str]) -> dict[tuple[str, str], dict[int, float]]:
+    """One run's metric points as {(split, key): {epoch: value}}."""
+    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for _, epoch, sp, key, value in metric_rows(session, [run_id], keys):
+        by[(sp, key)][epoch] = value
+    return by
+
+
+def plot_epochs(ax: Any, points: dict[int, float], **style: Any) -> None:
+    """Draw {epoch: value} as a line, epochs ascending, on integer epoch ticks."""
+    epochs = sorted(points)
+    ax.plot(epochs, [points[e] for e in epochs], lw=2, **style)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _panels(keys: list[str], split: str | None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key in keys:
@@ -218,22 +234,16 @@ def margins_png(session: Session, run_id: int) -> bytes:
 def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None) -> bytes:
     """A single run's metric curves (dashboard run page): one subplot per key, train and test lines."""
     keys = list(keys or DEFAULT_KEYS)
-    rows = metric_rows(session, [run_id], keys)
-    if not rows:
+    by = run_series(session, run_id, keys)
+    if not by:
         return _message_png(f"run {run_id}: no metrics stored yet")
-    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for _, epoch, sp, key, value in rows:
-        by[(key, sp)][epoch] = value
-    present = [k for k in keys if any(kk == k for kk, _ in by)]
+    present = [k for k in keys if any(kk == k for _, kk in by)]
     fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
     for ax, key in zip(axes.flat, present):
-        for (k, sp), pts in sorted(by.items()):
+        for (sp, k), pts in sorted(by.items()):
             if k == key:
-                epochs = sorted(pts)
-                ax.plot(epochs, [pts[e] for e in epochs], lw=2, label=sp)
+                plot_epochs(ax, pts, label=sp)
         ax.set_title(TITLES.get(key, key))
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from sqlalchemy.orm import Session
 
 from nc_core.db import runs_repo
 from nc_core.db.models import Run
 from nc_core.spec import RunSpec
-from service.plots import _message_png, _png, metric_rows
+from service.plots import _message_png, _png, plot_epochs, run_series
 
 MARGIN_KEYS = ("cos_margin_mean", "cos_margin_median", "cos_margin_min")
 TAIL = 0.02  # the hardest-samples panel shows the lowest 2% of the sorted margins
@@ -64,25 +62,19 @@ def margins_png(session: Session, run_id: int) -> bytes:
 
 def _statistics_png(session: Session, run_id: int) -> bytes:
     """Cosine-margin statistics (mean, median, min) vs epoch per split (runs without a stored distribution)."""
-    rows = metric_rows(session, [run_id], MARGIN_KEYS)
-    if not rows:
+    by = run_series(session, run_id, MARGIN_KEYS)
+    if not by:
         return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
-    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for _, epoch, sp, key, value in rows:
-        by[(sp, key)][epoch] = value
     splits = sorted({sp for sp, _ in by})
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
     for ax, sp in zip(axes.flat, splits):
         for key in MARGIN_KEYS:
             pts = by.get((sp, key))
             if pts:
-                epochs = sorted(pts)
-                ax.plot(epochs, [pts[e] for e in epochs], lw=2, label=key.replace("cos_margin_", ""))
+                plot_epochs(ax, pts, label=key.replace("cos_margin_", ""))
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(f"run {run_id}: cosine margin [{sp}]\n(statistics; no sorted distribution stored for this run)",
                      fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from nc_core.models.layers import init_conv_weights
+
 
 def _norm2d(batch_norm: bool):
     return nn.BatchNorm2d if batch_norm else (lambda c: nn.Identity())
@@ -92,9 +94,7 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_dim = cin
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))  # (B, C, H', W')
