@@ -117,3 +117,33 @@ def test_heartbeat_survives_a_database_outage(tmp_path) -> None:  # noqa: ANN001
     hb = Heartbeater(settings, "w", gpu_index=None)
     hb.beat()  # no tables, no directory: logged, not raised
     assert hb.beats == 0 and hb.last_error
+
+
+def test_fork_waits_for_a_beat_in_progress(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Celery forks a fresh child while the parent's idle heartbeat may be inside SQLite or NVML: the fork
+    must wait for the beat to finish, or the child inherits those locks held and hangs on its first query."""
+    import os
+    import threading
+
+    from worker import telemetry
+
+    inside, entered = {"now": False}, threading.Event()
+
+    def slow_heartbeat(*_a, **_kw) -> None:  # noqa: ANN002, ANN003
+        inside["now"] = True
+        entered.set()
+        time.sleep(0.3)
+        inside["now"] = False
+
+    monkeypatch.setattr(telemetry.workers_repo, "heartbeat", slow_heartbeat)
+    beat = Heartbeater(Settings(home=tmp_path), "w-fork")
+    thread = threading.Thread(target=beat.beat)
+    thread.start()
+    assert entered.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 1 if it was forked in the middle of the beat
+        os._exit(1 if inside["now"] else 0)
+    _, status = os.waitpid(pid, 0)
+    thread.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0, "forked while a heartbeat was inside the database driver"
+    assert beat.beats == 1

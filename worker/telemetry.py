@@ -17,6 +17,29 @@ from nc_core.db.session import session_scope
 log = logging.getLogger(__name__)
 _NVML_LOCK = threading.Lock()
 _NVML_READY: bool | None = None
+# Held for a whole beat (NVML, psutil, SQLite/driver calls). os.fork waits for it: a child forked while
+# another thread is inside SQLite (its global VFS mutex) or NVML inherits that lock held, and its first
+# query hangs for ever (seen: Celery's fresh child never claimed its run).
+_BEAT_GUARD = threading.Lock()
+
+
+def _before_fork() -> None:
+    _BEAT_GUARD.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _BEAT_GUARD.release()
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks in the child (only the forking thread survives); NVML is initialised again there."""
+    global _BEAT_GUARD, _NVML_LOCK, _NVML_READY
+    _BEAT_GUARD, _NVML_LOCK = threading.Lock(), threading.Lock()
+    _NVML_READY = None if _NVML_READY else _NVML_READY
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def _nvml() -> Any | None:
@@ -110,6 +133,15 @@ class Heartbeater(threading.Thread):
         """Write one heartbeat now (errors are logged, never raised: telemetry must not kill a job)."""
         with self._lock:
             run_id, sps = self._run_id, self._samples_per_s
+        with _BEAT_GUARD:  # no fork while this thread is inside NVML or the database driver
+            self._write(run_id, sps, status)
+        if self.on_beat is not None:
+            try:
+                self.on_beat()
+            except Exception as exc:
+                log.warning("heartbeat callback failed: %s", exc)
+
+    def _write(self, run_id: int | None, sps: float | None, status: str | None) -> None:
         snap = sample(self.gpu_index)
         if sps is not None:
             snap["samples_per_s"] = sps
@@ -122,11 +154,6 @@ class Heartbeater(threading.Thread):
         except Exception as exc:  # database down: keep training, try again next beat
             self.last_error = str(exc)
             log.warning("heartbeat of %s failed: %s", self.worker_name, exc)
-        if self.on_beat is not None:
-            try:
-                self.on_beat()
-            except Exception as exc:
-                log.warning("heartbeat callback failed: %s", exc)
 
     def run(self) -> None:
         psutil.cpu_percent(interval=None)  # prime the CPU counter: the next call measures from here
