@@ -8,6 +8,7 @@ import torch
 
 from ._util import F64, MetricDict, check_classifier, check_features, check_labels, check_num_classes
 from .ncc import SampleStats
+from .resident import fits as resident_fits, resident_pass
 from .stats import CHUNK_BYTES, ClassStats
 from .suite import _compute
 
@@ -98,12 +99,15 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         needs_samples = W is not None or not stats.per_class
         samples, reason = None, None
         if resident:
-            groups = _regroup(kept, max(1, CHUNK_BYTES // (8 * stats.dim)))
-            for f, yy in groups:
-                stats._update_checked(f, yy)
-            if needs_samples:
-                samples = SampleStats._from_groups(stats, groups, W, b)
-            del groups
+            if resident_fits(n, stats.dim, K):  # one label-sorted float64 buffer, both sweeps in place
+                stats, samples = resident_pass(kept, K, stats.dim, W, b)
+            else:
+                groups = _regroup(kept, max(1, CHUNK_BYTES // (8 * stats.dim)))
+                for f, yy in groups:
+                    stats._update_checked(f, yy)
+                if needs_samples:
+                    samples = SampleStats._from_groups(stats, groups, W, b)
+                del groups
         elif needs_samples and one_shot:
             reason = ("features exceeded max_resident_bytes and batches is a one-shot iterator: "
                       "no second pass for the per-sample metrics")

@@ -5,9 +5,10 @@ from typing import Any
 
 import torch
 
+from ._blas import add_gram, matmul64, symmetric
 from ._util import F64, MetricUndefined, check_classifier, check_features, check_labels
 from .nc1 import class_rank_ratio
-from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats, add_gram, symmetric
+from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
 
 
 def ncc_predict(dots: torch.Tensor, mc: torch.Tensor) -> torch.Tensor:
@@ -25,20 +26,21 @@ def _margin(C: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - other
 
 
-def cosine_margins(dots: torch.Tensor, xc_norm: torch.Tensor, wc_norm: torch.Tensor,
-                   y: torch.Tensor) -> torch.Tensor:
+def cosine_denominator(xc_norm: torch.Tensor, wc_norm: torch.Tensor) -> torch.Tensor:
+    """(B, K) ‖h_i − μ_G‖·‖w_k − w̄‖, clamped away from 0 (a zero vector then has cosine 0)."""
+    return (xc_norm[:, None] * wc_norm[None, :]).clamp_min(1e-300)
+
+
+def cosine_margins(dots: torch.Tensor, den: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cosine margins (Guiding `compute_margin`): c_ik = cos(h_i − μ_G, w_k − w̄) and margin_i =
-    c_{i,y_i} − max_{k≠y_i} c_ik. ``dots`` (B, K) = (h_i − μ_G)·(w_k − w̄), ``xc_norm`` (B,),
-    ``wc_norm`` (K,). A zero vector has cosine 0."""
-    den = (xc_norm[:, None] * wc_norm[None, :]).clamp_min(1e-300)  # (B, K)
+    c_{i,y_i} − max_{k≠y_i} c_ik. ``dots`` (B, K) = (h_i − μ_G)·(w_k − w̄), ``den`` (B, K) from
+    :func:`cosine_denominator`."""
     return _margin(dots / den, y)  # (B,)
 
 
-def logit_cosine_margins(logits: torch.Tensor, xc_norm: torch.Tensor, wc_norm: torch.Tensor,
-                         y: torch.Tensor) -> torch.Tensor:
+def logit_cosine_margins(logits: torch.Tensor, den: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """MSE repo `compute_margin` variant: c_ik = w_kᵀh_i/(‖h_i − μ_G‖·‖w_k − w̄‖) — uncentred numerator
     (the logit minus its bias, ``logits`` (B, K) = h Wᵀ), centred denominator (may leave [−1, 1])."""
-    den = (xc_norm[:, None] * wc_norm[None, :]).clamp_min(1e-300)  # (B, K)
     return _margin(logits / den, y)  # (B,)
 
 
@@ -66,9 +68,11 @@ class SampleStats:
         self._means = stats.means  # (K, d)
         self._mc = stats.centred_means("global")  # (K, d) μ_k − μ_G
         if self.W is not None:
-            wc = self.W - self.W.mean(0)  # (K, d) rows w_k − w̄
+            w_bar = self.W.mean(0, keepdim=True)  # (1, d)
+            wc = self.W - w_bar  # (K, d) rows w_k − w̄
             self._wc_norm = torch.linalg.vector_norm(wc, dim=1)  # (K,)
-            self._proj = torch.cat([self.W, wc, self._mc.nan_to_num(0.0)]).T.contiguous()  # (d, 3K)
+            # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
+            self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
         self.num_samples = 0
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
@@ -102,23 +106,28 @@ class SampleStats:
         xc = x.to(F64)  # (B, d)
         xc = xc - self._shift if xc.data_ptr() == x.data_ptr() else xc.sub_(self._shift)  # never mutate x
         xc.sub_(self._rel_g)  # (B, d) h − μ_G (via the shift: no large-offset cancellation)
-        if self.W is not None:
-            K = self.stats.num_classes
-            P = xc @ self._proj  # (B, 3K): [xc·w_k | xc·(w_k − w̄) | xc·(μ_k − μ_G)]
-            logits = P[:, :K] + self._w_mu  # (B, K) bias-free logits W h
-            xc_norm = torch.linalg.vector_norm(xc, dim=1)  # (B,)
-            if not self.empty_classes:
-                ncc = ncc_predict(P[:, 2 * K:], self._mc)  # (B,)
-                full = logits + self.b if self.b is not None else logits  # (B, K)
-                self._match += (ncc == full.argmax(1)).sum()
-                self._agree += (ncc == logits.argmax(1)).sum()
-            self._margins.append(cosine_margins(P[:, K:2 * K], xc_norm, self._wc_norm, y))
-            self._margins_logit.append(logit_cosine_margins(logits, xc_norm, self._wc_norm, y))
+        self._per_sample(xc, y)
         if grams and self._grams is not None and not self.empty_classes:
             r = xc - self._mc[y]  # (B, d) h − μ_{y}
             for k in torch.unique(y).tolist():
                 rk = r[y == k]  # (n_k, d)
                 add_gram(self._grams[k], rk)
+
+    def _per_sample(self, xc: torch.Tensor, y: torch.Tensor) -> None:
+        """NCC counts and cosine margins of centred float64 features xc = h − μ_G (B, d)."""
+        if self.W is None:
+            return
+        K = self.stats.num_classes
+        P = matmul64(xc, self._proj_t)  # (B, 2K + 1): [xc·(w_k − w̄) | xc·w̄ | xc·(μ_k − μ_G)]
+        logits = P[:, :K] + (P[:, K:K + 1] + self._w_mu)  # (B, K) bias-free logits W h
+        den = cosine_denominator(torch.linalg.vector_norm(xc, dim=1), self._wc_norm)  # (B, K)
+        if not self.empty_classes:
+            ncc = ncc_predict(P[:, K + 1:], self._mc)  # (B,)
+            full = logits + self.b if self.b is not None else logits  # (B, K)
+            self._match += (ncc == full.argmax(1)).sum()
+            self._agree += (ncc == logits.argmax(1)).sum()
+        self._margins.append(cosine_margins(P[:, :K], den, y))
+        self._margins_logit.append(logit_cosine_margins(logits, den, y))
 
     # -------------------------------------------------------------- results
     @property
@@ -134,12 +143,16 @@ class SampleStats:
     @property
     def margins(self) -> torch.Tensor:
         """(N,) cosine margins (Guiding convention), in batch order."""
-        return torch.cat(self._margins) if self._margins else torch.zeros(0, dtype=F64)
+        if len(self._margins) > 1:
+            self._margins = [torch.cat(self._margins)]  # concatenated once, kept
+        return self._margins[0] if self._margins else torch.zeros(0, dtype=F64)
 
     @property
     def margins_logit(self) -> torch.Tensor:
         """(N,) MSE-repo cosine margins (uncentred numerator), in batch order."""
-        return torch.cat(self._margins_logit) if self._margins_logit else torch.zeros(0, dtype=F64)
+        if len(self._margins_logit) > 1:
+            self._margins_logit = [torch.cat(self._margins_logit)]
+        return self._margins_logit[0] if self._margins_logit else torch.zeros(0, dtype=F64)
 
     def finalize(self) -> "SampleStats":
         """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""

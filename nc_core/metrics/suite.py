@@ -4,9 +4,10 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 
-from . import etfdist, gof as gofm, nc1, nc2, nc3
+from . import etfdist, gof as gofm, nc1, nc2, nc3, resident
 from ._util import (F64, MetricDict, MetricUndefined, check_classifier, check_features, check_labels,
                     check_num_classes)
 from .ncc import SampleStats
@@ -106,6 +107,10 @@ class _Ctx:
         return self.samples
 
     @cached_property
+    def sorted_margins(self) -> torch.Tensor:
+        return _sort(self.sample.margins)  # (N,) ascending, sorted once for min/median/quantiles
+
+    @cached_property
     def ncc(self) -> SampleStats:
         _ = self.means
         return self.sample
@@ -118,10 +123,12 @@ class _Ctx:
 DISTRIBUTION_POINTS = 1001  # at most this many quantiles per stored distribution
 
 
-def sorted_quantiles(v: torch.Tensor, points: int = DISTRIBUTION_POINTS) -> list[float]:
+def sorted_quantiles(v: torch.Tensor, points: int = DISTRIBUTION_POINTS, *, presorted: bool = False) -> list[float]:
     """Quantiles of ``v`` (N,) at probabilities linspace(0, 1, min(N, points)), float64, ascending —
-    numpy's default ("linear") np.quantile; the exact sorted values when N ≤ ``points``."""
-    s = torch.sort(v.detach().to(F64).flatten()).values  # (N,)
+    numpy's default ("linear") np.quantile; the exact sorted values when N ≤ ``points``.
+    ``presorted=True``: ``v`` is already ascending (no second sort)."""
+    s = v.detach().to(F64).flatten()  # (N,)
+    s = s if presorted else _sort(s)
     n = s.shape[0]
     if n <= points:
         return s.tolist()
@@ -132,8 +139,15 @@ def sorted_quantiles(v: torch.Tensor, points: int = DISTRIBUTION_POINTS) -> list
     return torch.where(t < 0.5, a + (b - a) * t, b - (b - a) * (1 - t)).tolist()  # numpy's _lerp
 
 
-def _median(v: torch.Tensor) -> float:
-    s = torch.sort(v).values
+def _sort(v: torch.Tensor) -> torch.Tensor:
+    """Ascending copy of a 1-D tensor (numpy's vectorised sort on the CPU: ~2x torch.sort; NaN last in both)."""
+    if v.device.type == "cpu" and not v.requires_grad:
+        return torch.from_numpy(np.sort(v.numpy()))
+    return torch.sort(v).values
+
+
+def _median(s: torch.Tensor) -> float:
+    """Median of an ascending (N,) tensor."""
     n = s.shape[0]
     return float(s[n // 2]) if n % 2 else float((s[n // 2 - 1] + s[n // 2]) / 2)
 
@@ -168,8 +182,8 @@ _REGISTRY: dict[str, tuple[tuple[str, ...], Callable[[_Ctx], float]]] = {
     "ncc_mismatch": (("W",), lambda c: 100.0 - 100.0 * c.ncc.ncc_match / c.n_total),
     "ncc_agreement": (("W",), lambda c: c.ncc.ncc_agree / c.n_total),
     "cos_margin_mean": (("W",), lambda c: float(c.sample.margins.mean())),
-    "cos_margin_min": (("W",), lambda c: float(c.sample.margins.min())),
-    "cos_margin_median": (("W",), lambda c: _median(c.sample.margins)),
+    "cos_margin_min": (("W",), lambda c: float(c.sorted_margins[0])),
+    "cos_margin_median": (("W",), lambda c: _median(c.sorted_margins)),
     "cos_margin_mean_logit": (("W",), lambda c: float(c.sample.margins_logit.mean())),
     "nuclear_frobenius": ((), lambda c: nc1.nuclear_frobenius(c.ratios)),
     "numerical_rank": ((), lambda c: nc1.numerical_rank(c.ratios)),
@@ -219,7 +233,7 @@ def _compute(stats, weight, bias, gof, per_sample, no_sample_reason: str | None 
             out[key], out.reasons[key] = float("nan"), f"linear algebra failed: {exc}"
     if W is not None:
         try:
-            out.distributions["cos_margin"] = sorted_quantiles(ctx.sample.margins)
+            out.distributions["cos_margin"] = sorted_quantiles(ctx.sorted_margins, presorted=True)
         except MetricUndefined:  # no per-sample pass: the cos_margin_* keys already say why
             pass
     return out
@@ -257,6 +271,9 @@ def nc_metrics(features: Any, labels: Any, weight: Any = None, bias: Any = None,
         K = check_num_classes(num_classes)
         y = check_labels(labels, n=n, num_classes=K)
     W, b = check_classifier(weight, bias, K, d, x.device)
+    if resident.fits(n, d, K):  # the path of evaluate_split: the same numbers from both entry points
+        stats, samples = resident.resident_pass([(x, y)], K, d, W, b)
+        return compute_metrics(stats, W, b, gof=gof, per_sample=samples)
     stats = ClassStats(K, d, x.device)
     stats._update_checked(x, y)
     samples = None

@@ -1,0 +1,90 @@
+"""Float64 kernels (OpenBLAS DSYRK / thin product / column sums on one thread) and the resident workspace."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nc_core.metrics import _blas, evaluate_split, nc_metrics, resident
+from test_metrics_evaluate import _same, _setup
+from test_metrics_reference import CASES, GOF, _case
+from metrics_reference import reference_metrics
+
+F64 = torch.float64
+
+
+def _exact_gram(R: torch.Tensor) -> np.ndarray:
+    r = R.numpy().astype(np.longdouble)
+    return (r.T @ r).astype(np.float64)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_add_gram_accumulates_the_upper_triangle(threads: int) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # 1: OpenBLAS DSYRK; 2: torch addmm
+    try:
+        g = torch.Generator().manual_seed(0)
+        R1 = torch.randn(500, 40, generator=g, dtype=F64) + 3.0
+        R2 = torch.randn(300, 60, generator=g, dtype=F64)[:, 10:50]  # a non-contiguous column slice
+        C = torch.zeros(40, 40, dtype=F64)
+        _blas.add_gram(C, R1)
+        _blas.add_gram(C, R2)
+        _blas.add_gram(C, R1[:0])  # no rows: no change
+        want = _exact_gram(R1) + _exact_gram(R2)
+        got = _blas.symmetric(C).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-12)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thin_product_and_column_sums_match_torch(one_torch_thread) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(1000, 33, generator=g, dtype=F64)
+    V = torch.randn(21, 33, generator=g, dtype=F64)
+    P = _blas.matmul64(X, V)
+    assert P.shape == (1000, 21)
+    np.testing.assert_allclose(P.numpy(), (X.numpy().astype(np.longdouble) @ V.numpy().T).astype(float),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_blas.column_sums(X).numpy(), X.sum(0).numpy(), rtol=1e-13, atol=1e-12)
+    Xf = X.float()  # other dtypes take torch's kernels
+    assert _blas.matmul64(Xf, V.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_single_thread_kernels_match_the_reference(name: str, one_torch_thread) -> None:  # noqa: ANN001
+    X, y, K, W, b = _case(name)
+    ours, ref = nc_metrics(X, y, W, b, num_classes=K, gof=GOF), reference_metrics(X, y, K, W, b, gof=GOF)
+    for key, want in ref.items():
+        if math.isnan(want):
+            assert math.isnan(ours[key]), key
+        else:
+            assert ours[key] == pytest.approx(want, rel=1e-9, abs=1e-12), key
+
+
+def test_resident_and_chunked_paths_agree(monkeypatch) -> None:  # noqa: ANN001
+    forward, batches, x, y, head = _setup(N=700)
+    kw = dict(num_classes=4, weight=head.weight, bias=head.bias)
+    assert resident.fits(700, 8, 4)
+    one_buffer = evaluate_split(forward, batches, **kw)
+    monkeypatch.setattr(resident, "RESIDENT_F64_BYTES", 0)  # too big for the resident buffer: chunked passes
+    assert not resident.fits(700, 8, 4)
+    chunked = evaluate_split(forward, batches, **kw)
+    _same(one_buffer, chunked)
+    assert one_buffer.distributions["cos_margin"] == pytest.approx(chunked.distributions["cos_margin"], rel=1e-12)
+
+
+def test_workspace_is_reused_and_never_shared(one_torch_thread) -> None:  # noqa: ANN001
+    X, y, K, W, b = _case("imbalanced")
+    resident.release_workspace()
+    first = nc_metrics(X, y, W, b, num_classes=K)  # creates the CPU workspace (outside inference mode)
+    ws = resident._WORKSPACE["cpu"]
+    with torch.inference_mode():
+        again = nc_metrics(X, y, W, b, num_classes=K)  # reuses it inside inference mode
+    assert resident._WORKSPACE["cpu"] is ws
+    with resident._WORKSPACE_LOCK:  # held by "another thread": this call must use a buffer of its own
+        busy = nc_metrics(X, y, W, b, num_classes=K)
+    assert again == first and busy == first and again.distributions == first.distributions
+    resident.release_workspace()
+    assert resident._WORKSPACE == {}
