@@ -7,10 +7,9 @@ from typing import Iterator
 
 import torch
 
-from ._blas import add_gram, column_sums
 from ._util import F64
 from .ncc import SampleStats
-from .stats import PER_CLASS_AUTO_BYTES, ClassStats
+from .stats import PER_CLASS_AUTO_BYTES, ClassStats, class_slices
 
 #: The resident path holds its float64 buffer (N·d·8 bytes) up to this size; beyond, chunked passes.
 RESIDENT_F64_BYTES = 2**29
@@ -53,19 +52,11 @@ def fits(n: int, dim: int, num_classes: int) -> bool:
 
 
 class Sorted:
-    """The label-sorted float64 features of a split: ``buf`` (N, d) rows of class 0, then 1, …;
-    ``counts`` per class; after :func:`resident_stats` the rows hold h − μ_k^(shift frame)."""
+    """The label-sorted float64 features of a split: ``buf`` (N, d) rows of class 0, then 1, …, ``counts``
+    per class; after the stats sweep the rows hold h − μ_k and ``means`` the class means − shift (K, d)."""
 
     def __init__(self, buf: torch.Tensor, counts: list[int], means: torch.Tensor):
-        self.buf, self.counts, self.means = buf, counts, means  # (N, d), K ints, (K, d) class means − shift
-
-    def slices(self):
-        """(k, rows of class k) for every non-empty class."""
-        start = 0
-        for k, n_k in enumerate(self.counts):
-            if n_k:
-                yield k, self.buf[start:start + n_k]  # (n_k, d) view
-                start += n_k
+        self.buf, self.counts, self.means = buf, counts, means
 
 
 def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tensor | None = None,
@@ -87,7 +78,7 @@ def _stats_sweep(batches: list, ys: torch.Tensor, num_classes: int, buf: torch.T
     order = torch.argsort(ys, stable=True)  # (N,) sorted position → input row
     dest = torch.empty_like(order)
     dest[order] = torch.arange(N, device=device)  # (N,) input row → sorted position
-    counts = torch.bincount(ys, minlength=K)  # (K,)
+    counts = torch.bincount(ys, minlength=K).tolist()  # K class sizes
     stats = ClassStats(K, d, device, per_class=True)
     head, rows = [], 0
     for f, _ in batches:  # the reference point: the mean of the first ≤ 4096 rows, as in ClassStats.update
@@ -104,16 +95,7 @@ def _stats_sweep(batches: list, ys: torch.Tensor, num_classes: int, buf: torch.T
             piece = torch.sub(f[i:i + rows], shift)  # (≤ rows, d) float64, h − shift
             buf.index_copy_(0, dest[start:start + piece.shape[0]], piece)
             start += piece.shape[0]
-    sorted_ = Sorted(buf, counts.tolist(), torch.zeros(K, d, dtype=F64, device=device))
-    ss = torch.zeros(K, dtype=F64, device=device)  # (K,)
-    for k, xk in sorted_.slices():
-        sorted_.means[k] = column_sums(xk) / xk.shape[0]
-        xk.sub_(sorted_.means[k])  # (n_k, d) h − μ_k
-        flat = xk.view(-1)
-        ss[k] = torch.dot(flat, flat)
-        add_gram(stats._scatter[k], xk)
-    stats._combine(counts.to(F64), sorted_.means, ss)
-    return stats, sorted_
+    return stats, Sorted(buf, counts, stats._add_sorted(buf, counts))
 
 
 def _samples_sweep(stats: ClassStats, sorted_: Sorted, weight=None, bias=None) -> SampleStats:  # noqa: ANN001
@@ -121,7 +103,7 @@ def _samples_sweep(stats: ClassStats, sorted_: Sorted, weight=None, bias=None) -
     counts and cosine margins; no feature is converted twice. The buffer is consumed."""
     samples = SampleStats(stats, weight, bias, class_gram=False)
     offset = sorted_.means - samples._rel_g  # (K, d) μ_k − μ_G, both in the shift frame
-    for k, xk in sorted_.slices():
+    for k, xk in class_slices(sorted_.buf, sorted_.counts):
         xk.add_(offset[k])  # (n_k, d) h − μ_G
         samples._per_sample(xk, torch.full((xk.shape[0],), k, dtype=torch.int64, device=xk.device))
         samples.num_samples += int(xk.shape[0])

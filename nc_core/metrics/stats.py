@@ -6,13 +6,22 @@ from typing import Any
 
 import torch
 
-from ._blas import add_gram, symmetric
+from ._blas import add_gram, column_sums, symmetric
 from ._util import F64, check_features, check_labels, check_num_classes
 
 #: Per-class d×d scatter matrices are kept when K·d²·8 bytes is at most this (auto mode).
 PER_CLASS_AUTO_BYTES = 2**30
 #: Rows per float64 work chunk inside :meth:`ClassStats.update` (bounded temporary memory).
 CHUNK_BYTES = 2**24
+
+
+def class_slices(xs: torch.Tensor, counts: list[int]):  # noqa: ANN201 - an iterator of (int, Tensor)
+    """(k, view of the rows of class k) for each non-empty class of label-sorted rows xs (B, d)."""
+    start = 0
+    for k, n_k in enumerate(counts):
+        if n_k:
+            yield k, xs[start:start + n_k]  # (n_k, d)
+            start += n_k
 
 
 class ClassStats:
@@ -104,24 +113,26 @@ class ClassStats:
         self._combine(c, m, ss)
 
     def _update_sorted(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Per-class mode, rows sorted by label: centre / reduce / Gram each class slice."""
-        K, d = self.num_classes, self.dim
-        counts = torch.bincount(y, minlength=K)  # (K,)
+        """Per-class mode, rows sorted by label: shift to float64, then :meth:`_add_sorted`."""
         xs = x.to(F64)  # (B, d) grouped by class
         xs = xs - self._shift if xs.data_ptr() == x.data_ptr() else xs.sub_(self._shift)  # never mutate x
+        self._add_sorted(xs, torch.bincount(y, minlength=self.num_classes).tolist())
+
+    def _add_sorted(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Per-class mode: add float64 rows xs (B, d), already shifted and grouped by class (``counts[k]``
+        rows of class k, in class order). Each class slice is centred IN PLACE at its mean, reduced and
+        added to its Gram; returns the slices' class means − shift (K, d)."""
+        K, d = self.num_classes, self.dim
         m = torch.zeros(K, d, dtype=F64, device=xs.device)  # (K, d)
         ss = torch.zeros(K, dtype=F64, device=xs.device)  # (K,)
-        start = 0
-        for k, n_k in enumerate(counts.tolist()):
-            if n_k:
-                xk = xs[start:start + n_k]  # (n_k, d) view
-                m[k] = xk.mean(0)
-                xk.sub_(m[k])
-                flat = xk.reshape(-1)
-                ss[k] = torch.dot(flat, flat)
-                add_gram(self._scatter[k], xk)
-                start += n_k
-        self._combine(counts.to(F64), m, ss)
+        for k, xk in class_slices(xs, counts):
+            m[k] = column_sums(xk) / xk.shape[0]
+            xk.sub_(m[k])  # (n_k, d) h − μ_k
+            flat = xk.view(-1)
+            ss[k] = torch.dot(flat, flat)
+            add_gram(self._scatter[k], xk)
+        self._combine(torch.tensor(counts, dtype=F64, device=xs.device), m, ss)
+        return m
 
     def _combine(self, c: torch.Tensor, m: torch.Tensor, ss: torch.Tensor) -> None:
         """Parallel-axis merge of (counts c, means m, within SS ss) into the state; the other part's
