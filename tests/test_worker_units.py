@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -109,7 +110,18 @@ def test_reconciler_resends_a_run_whose_message_is_only_unacked(tmp_path):
             rid = run.id
         client = redis_lib.Redis.from_url(server.url())
         client.hset("unacked", "tag", '[{"body": "W1sxXSwge30sIHt9XQ==", "properties": {"body_encoding": "base64"}}, "", "celery"]')
+        client.zadd("unacked_index", {"tag": time.time() - 5})  # delivered 5 s ago: a child is starting
+        assert reconcile_once(settings, resend_after_s=60)["resent"] == []
+        assert client.llen("celery") == 0
+        with session_scope(settings.resolved_database_url()) as s:  # stale again (the pass touched it)
+            runs_repo.touch(s, [rid], now=old)
+        client.zadd("unacked_index", {"tag": time.time() - 3600})  # delivered an hour ago: worker lost
         assert reconcile_once(settings, resend_after_s=60)["resent"] == [rid]
         assert client.llen("celery") == 1
+        client.delete("unacked_index")  # no delivery time at all: lost as well
+        with session_scope(settings.resolved_database_url()) as s:
+            runs_repo.touch(s, [rid], now=old)
+        client.delete("celery")
+        assert reconcile_once(settings, resend_after_s=60)["resent"] == [rid]
     finally:
         server.stop()

@@ -5,6 +5,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -42,20 +43,23 @@ def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = 
         log.info("re-queued runs with expired leases: %s", requeued)
     if failed:
         log.warning("runs failed after their last attempt lost its worker: %s", failed)
-    resent = resend_lost(settings, app, now - timedelta(seconds=resend_after_s))
+    resent = resend_lost(settings, app, now - timedelta(seconds=resend_after_s),
+                         held_after=time.time() - resend_after_s)
     return {"requeued": requeued, "failed": failed, "resent": resent}
 
 
-def resend_lost(settings: Settings, app: Any, older_than: Any) -> list[int]:
+def resend_lost(settings: Settings, app: Any, older_than: Any, held_after: float | None = None) -> list[int]:
     """Re-send queued runs older than `older_than` whose id is in no broker message (duplicates are
-    harmless: the claim drops them). Inspects Redis only when the queue is shorter than the backlog."""
+    harmless: the claim drops them). Inspects Redis only when the queue is shorter than the backlog.
+    A message a worker received after `held_after` (epoch seconds) counts as present: that worker is
+    starting the job (a fresh Celery child takes seconds) and will claim the run."""
     url = settings.resolved_database_url()
     with session_scope(url) as session:
         stale = runs_repo.stale_queued(session, older_than)
         backlog = runs_repo.count_queued(session) if stale else 0
     if not stale:
         return []
-    present = broker_run_ids(settings.broker_url, backlog)
+    present = broker_run_ids(settings.broker_url, backlog, held_after=held_after)
     lost = [(rid, kind) for rid, kind in stale if present is None or rid not in present]
     if lost:
         from worker.celery_app import send_runs
@@ -67,11 +71,13 @@ def resend_lost(settings: Settings, app: Any, older_than: Any) -> list[int]:
     return [rid for rid, _ in lost]
 
 
-def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery") -> set[int] | None:
+def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery",
+                   held_after: float | None = None) -> set[int] | None:
     """Run ids waiting in the Redis queue; a cheap length check skips the scan when every queued run can
-    have a message. Unacked (prefetched) messages do not count: a worker that holds one claims it within
-    seconds, so a run still queued after the grace period whose message is only there lost its worker.
-    None when the broker cannot be inspected (then re-send all)."""
+    have a message. Unacked (delivered) messages count only when delivered after `held_after` (kombu's
+    `unacked_index` holds the delivery time): a worker claims within seconds of delivery, so a run still
+    queued whose message was delivered before the grace period lost its worker (the message would come
+    back only after the visibility timeout). None when the broker cannot be inspected (then re-send all)."""
     import redis
 
     try:
@@ -79,11 +85,14 @@ def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery") -> set[
         keys = [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
         if sum(client.llen(k) for k in keys) >= backlog:
             return _AllPresent()
-        raw = [m for k in keys for m in client.lrange(k, 0, -1)]
+        payloads = [m for k in keys for m in client.lrange(k, 0, -1)]
+        if held_after is not None:
+            tags = client.zrangebyscore("unacked_index", held_after, "+inf")
+            payloads += [_unacked_payload(v) for v in (client.hmget("unacked", tags) if tags else []) if v]
     except Exception as exc:  # noqa: BLE001
         log.warning("cannot inspect the broker (%s); re-sending every stale queued run", exc)
         return None
-    return {rid for rid in map(_run_id_of, raw) if rid is not None}
+    return {rid for rid in map(_run_id_of, payloads) if rid is not None}
 
 
 class _AllPresent(set):
@@ -91,9 +100,18 @@ class _AllPresent(set):
         return True
 
 
-def _run_id_of(message: bytes) -> int | None:
+def _unacked_payload(value: bytes) -> Any:
+    """kombu stores an unacked delivery as JSON [message, exchange, routing_key]."""
     try:
-        payload = json.loads(message)
+        return json.loads(value)[0]
+    except Exception:  # noqa: BLE001 - not one of ours
+        return None
+
+
+def _run_id_of(message: Any) -> int | None:
+    """The run id of a Celery message (raw JSON bytes or an already parsed dict), else None."""
+    try:
+        payload = message if isinstance(message, dict) else json.loads(message)
         body = payload["body"]
         if payload.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
