@@ -44,6 +44,13 @@ def logit_cosine_margins(logits: torch.Tensor, den: torch.Tensor, y: torch.Tenso
     return _margin(logits / den, y)  # (B,)
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The concatenation of ``parts``, which is replaced by it (concatenated once, then kept)."""
+    if len(parts) > 1:
+        parts[:] = [torch.cat(parts)]
+    return parts[0] if parts else torch.zeros(0, dtype=F64)
+
+
 class SampleStats:
     """Second pass over the features, given the final :class:`ClassStats` of the same split.
 
@@ -142,17 +149,14 @@ class SampleStats:
 
     @property
     def margins(self) -> torch.Tensor:
-        """(N,) cosine margins (Guiding convention), in batch order."""
-        if len(self._margins) > 1:
-            self._margins = [torch.cat(self._margins)]  # concatenated once, kept
-        return self._margins[0] if self._margins else torch.zeros(0, dtype=F64)
+        """(N,) cosine margins (Guiding convention), in the order the samples were added (label-sorted
+        on the resident path)."""
+        return _joined(self._margins)
 
     @property
     def margins_logit(self) -> torch.Tensor:
-        """(N,) MSE-repo cosine margins (uncentred numerator), in batch order."""
-        if len(self._margins_logit) > 1:
-            self._margins_logit = [torch.cat(self._margins_logit)]
-        return self._margins_logit[0] if self._margins_logit else torch.zeros(0, dtype=F64)
+        """(N,) MSE-repo cosine margins (uncentred numerator), in the order of :attr:`margins`."""
+        return _joined(self._margins_logit)
 
     def finalize(self) -> "SampleStats":
         """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""

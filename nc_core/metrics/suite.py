@@ -123,7 +123,8 @@ class _Ctx:
 DISTRIBUTION_POINTS = 1001  # at most this many quantiles per stored distribution
 
 
-def sorted_quantiles(v: torch.Tensor, points: int = DISTRIBUTION_POINTS, *, presorted: bool = False) -> list[float]:
+def sorted_quantiles(v: torch.Tensor, points: int = DISTRIBUTION_POINTS, *,
+                     presorted: bool = False) -> list[float]:
     """Quantiles of ``v`` (N,) at probabilities linspace(0, 1, min(N, points)), float64, ascending —
     numpy's default ("linear") np.quantile; the exact sorted values when N ≤ ``points``.
     ``presorted=True``: ``v`` is already ascending (no second sort)."""
