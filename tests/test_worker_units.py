@@ -53,33 +53,46 @@ def test_readable_error_is_one_line():
     assert readable_error(KeyError()) == "KeyError"
 
 
+def _stale_queued_runs(settings: Settings, n: int) -> list[int]:
+    """n queued runs last touched ten minutes ago (past the reconciler's re-send grace)."""
+    from nc_core.db.models import Run, Sweep
+    from nc_core.db.session import session_scope
+
+    with session_scope(settings.resolved_database_url()) as s:
+        sweep = Sweep(name="stale", spec={}, axes=[])
+        s.add(sweep)
+        s.flush()
+        runs = [Run(sweep_id=sweep.id, spec={}, spec_hash=str(i)) for i in range(n)]
+        s.add_all(runs)
+        s.flush()
+        ids = [r.id for r in runs]
+    _make_stale(settings, ids)
+    return ids
+
+
+def _make_stale(settings: Settings, ids: list[int]) -> None:
+    from nc_core.db import runs_repo
+    from nc_core.db.session import session_scope
+
+    with session_scope(settings.resolved_database_url()) as s:
+        runs_repo.touch(s, ids, now=runs_repo.utcnow() - timedelta(minutes=10))
+
+
 @pytest.mark.integration
 def test_reconciler_resends_only_lost_messages(tmp_path):
     import redis as redis_lib
 
-    from nc_core.db import runs_repo
-    from nc_core.db.models import Run, Sweep
-    from nc_core.db.session import session_scope
     from worker.reconciler import broker_run_ids, reconcile_once
 
     server = RedisServer(tmp_path / "redis").start()
     try:
         settings = make_settings(tmp_path, sqlite_db(tmp_path), server.url())
-        old = runs_repo.utcnow() - timedelta(minutes=10)
-        with session_scope(settings.resolved_database_url()) as s:
-            sweep = Sweep(name="r", spec={}, axes=[])
-            s.add(sweep)
-            s.flush()
-            runs = [Run(sweep_id=sweep.id, spec={}, spec_hash=str(i), updated_at=old, created_at=old) for i in range(2)]
-            s.add_all(runs)
-            s.flush()
-            ids = [r.id for r in runs]
+        ids = _stale_queued_runs(settings, 2)
         first = reconcile_once(settings, resend_after_s=60)
         assert first["resent"] == ids and first["requeued"] == [] and first["failed"] == []
         assert redis_lib.Redis.from_url(server.url()).llen("celery") == 2
         assert broker_run_ids(settings.broker_url, backlog=10) == set(ids)
-        with session_scope(settings.resolved_database_url()) as s:  # make them stale again
-            runs_repo.touch(s, ids, now=old)
+        _make_stale(settings, ids)
         assert reconcile_once(settings, resend_after_s=60)["resent"] == []  # messages present: no duplicates
     finally:
         server.stop()
@@ -87,41 +100,28 @@ def test_reconciler_resends_only_lost_messages(tmp_path):
 
 @pytest.mark.integration
 def test_reconciler_resends_a_run_whose_message_is_only_unacked(tmp_path):
-    """A worker that prefetched the message and died leaves it in 'unacked' (restored only after the
-    visibility timeout): the queued run must be re-sent."""
+    """A worker that received the message and died leaves it in 'unacked' (restored only after the
+    visibility timeout): the queued run must be re-sent — unless the delivery is recent (a fresh child
+    is starting and will claim it)."""
     import redis as redis_lib
 
-    from nc_core.db import runs_repo
-    from nc_core.db.models import Run, Sweep
-    from nc_core.db.session import session_scope
     from worker.reconciler import reconcile_once
 
     server = RedisServer(tmp_path / "redis").start()
     try:
         settings = make_settings(tmp_path, sqlite_db(tmp_path), server.url())
-        old = runs_repo.utcnow() - timedelta(minutes=10)
-        with session_scope(settings.resolved_database_url()) as s:
-            sweep = Sweep(name="u", spec={}, axes=[])
-            s.add(sweep)
-            s.flush()
-            run = Run(sweep_id=sweep.id, spec={}, spec_hash="u", updated_at=old, created_at=old)
-            s.add(run)
-            s.flush()
-            rid = run.id
+        [rid] = _stale_queued_runs(settings, 1)
         client = redis_lib.Redis.from_url(server.url())
         client.hset("unacked", "tag", '[{"body": "W1sxXSwge30sIHt9XQ==", "properties": {"body_encoding": "base64"}}, "", "celery"]')
         client.zadd("unacked_index", {"tag": time.time() - 5})  # delivered 5 s ago: a child is starting
         assert reconcile_once(settings, resend_after_s=60)["resent"] == []
         assert client.llen("celery") == 0
-        with session_scope(settings.resolved_database_url()) as s:  # stale again (the pass touched it)
-            runs_repo.touch(s, [rid], now=old)
+        _make_stale(settings, [rid])  # the pass touched it
         client.zadd("unacked_index", {"tag": time.time() - 3600})  # delivered an hour ago: worker lost
         assert reconcile_once(settings, resend_after_s=60)["resent"] == [rid]
         assert client.llen("celery") == 1
-        client.delete("unacked_index")  # no delivery time at all: lost as well
-        with session_scope(settings.resolved_database_url()) as s:
-            runs_repo.touch(s, [rid], now=old)
-        client.delete("celery")
+        _make_stale(settings, [rid])
+        client.delete("unacked_index", "celery")  # no delivery time at all: lost as well
         assert reconcile_once(settings, resend_after_s=60)["resent"] == [rid]
     finally:
         server.stop()

@@ -51,12 +51,17 @@ def sweeps_json(request: Request) -> JSONResponse:
         return JSONResponse(data.sweeps_overview(s))
 
 
+def _sweep_or_404(s, sweep_id: int) -> Sweep:  # noqa: ANN001 - a Session
+    sweep = s.get(Sweep, sweep_id)
+    if sweep is None:
+        raise HTTPException(404, f"sweep {sweep_id} not found")
+    return sweep
+
+
 @router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
 def sweep_page(request: Request, sweep_id: int) -> HTMLResponse:
     with _session(request) as s:
-        sweep = s.get(Sweep, sweep_id)
-        if sweep is None:
-            raise HTTPException(404, f"sweep {sweep_id} not found")
+        sweep = _sweep_or_404(s, sweep_id)
         state = data.sweep_state(s, sweep_id)
         return _page(request, "sweep.html", sweep=sweep, state=state, keys=data.metric_keys(s, sweep_id),
                      cursor=events_repo.latest_event_id(s), title=f"sweep {sweep_id}")
@@ -66,8 +71,7 @@ def sweep_page(request: Request, sweep_id: int) -> HTMLResponse:
 def sweep_state_json(request: Request, sweep_id: int, key: str | None = Query(None),
                      split: str = Query("test")) -> JSONResponse:
     with _session(request) as s:
-        if s.get(Sweep, sweep_id) is None:
-            raise HTTPException(404, f"sweep {sweep_id} not found")
+        _sweep_or_404(s, sweep_id)
         return JSONResponse(data.sweep_state(s, sweep_id, key or None, split))
 
 
