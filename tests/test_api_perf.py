@@ -1,26 +1,42 @@
-"""Performance goals: a 10,000-run sweep submitted (insert + enqueue) in ≤ 2 s (or ≤ 3 × the bare
-expansion measured side by side, on a loaded machine); a run's metric series in p50 ≤ 20 ms with
-1,000,000 metric rows in PostgreSQL. Budgets scale with NCSWEEP_PERF_SLACK (default 1)."""
+"""What makes the service's speed goals reachable, checked as behaviour (the timings themselves are
+bench/service_bench.py's: tests never assert wall-clock time on a shared machine): a 10,000-run sweep
+goes in with a bounded number of SQL statements and a run's metric series
+with 1,000,000 metric rows in PostgreSQL is read through an index, never a sequential scan."""
 from __future__ import annotations
 
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 from starlette.testclient import TestClient
 
 from nc_core.db.migrate import upgrade
 from nc_core.db.session import session_scope
 from nc_core.sweep import SweepSpec, expand
 
-SLACK = float(os.environ.get("NCSWEEP_PERF_SLACK", "1"))
 BIG = {"name": "big", "base": {"epochs": 5, "data": {"name": "gaussian"}}, "max_runs": 20000, "seeds": list(range(10)),
        "grid": {"optim.lr": [round(0.001 * i, 3) for i in range(1, 51)], "model.width": [16 * i for i in range(1, 21)]}}
+
+
+@contextmanager
+def captured_sql() -> Iterator[list[tuple[str, object]]]:
+    """Every (statement, parameters) any SQLAlchemy engine sends to its database inside the block."""
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        seen.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
 
 
 @pytest.fixture
@@ -58,17 +74,13 @@ def test_submit_10k_runs_with_real_enqueue(db_url, settings, write_token, broker
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {write_token}"}) as client:
         client.post("/sweeps", json={"name": "warm", "base": {"data": {"name": "gaussian"}}})  # templates, pools
         broker.delete("celery")
-        start = time.perf_counter()
-        resp = client.post("/sweeps", json=BIG)
-        elapsed = time.perf_counter() - start
+        with captured_sql() as statements:
+            resp = client.post("/sweeps", json=BIG)
     assert resp.status_code == 201 and resp.json()["runs"] == 10_000 and resp.json()["enqueued"] is True
     assert broker.llen("celery") == 10_000 and row_counts()["run"] == 10_001
-    start = time.perf_counter()
-    expand(SweepSpec.model_validate(BIG))  # the CPU work any submission must do: calibrates a loaded machine
-    bare = time.perf_counter() - start
-    print(f"10,000-run sweep on {db_url.split(':')[0]}: {elapsed:.2f} s (bare expand {bare:.2f} s)")
-    assert elapsed <= 2.0 * SLACK or elapsed <= 3.0 * bare * SLACK, \
-        f"{elapsed:.2f} s for 10,000 runs: above the 2 s goal and above 3 × the bare expansion ({bare:.2f} s)"
+    # bulk work: a few dozen statements (multi-row INSERTs), not one per run
+    print(f"{len(statements)} SQL statements for a 10,000-run sweep on {db_url.split(':')[0]}")
+    assert 0 < len(statements) <= 60, f"{len(statements)} SQL statements for a 10,000-run sweep"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +103,7 @@ def million_metrics(pg_server):  # noqa: ANN001, ANN201
     pg_server.drop(url)
 
 
-def test_metric_series_p50_with_a_million_rows(million_metrics, tmp_path):
+def test_metric_series_reads_an_index_among_a_million_rows(million_metrics, tmp_path):
     from nc_core.settings import Settings
     from service.app import create_app
 
@@ -99,14 +111,15 @@ def test_metric_series_p50_with_a_million_rows(million_metrics, tmp_path):
     with session_scope(million_metrics) as s:
         assert s.scalar(text("SELECT count(*) FROM metric")) == 1_000_000
     with TestClient(app) as client:
-        times = []
-        for i in range(60):
+        for i in range(6):
             rid = 1 + (i * 37) % 2000
             params = {"split": "test", "key": "k3"} if i % 2 else {}
-            start = time.perf_counter()
-            resp = client.get(f"/runs/{rid}/metrics", params=params)
-            times.append(time.perf_counter() - start)
+            with captured_sql() as statements:
+                resp = client.get(f"/runs/{rid}/metrics", params=params)
             assert resp.status_code == 200 and resp.json()["series"][0]["epochs"] == list(range(1, 26))
-    p50 = statistics.median(times[10:]) * 1000
-    print(f"metric series p50: {p50:.1f} ms")
-    assert p50 <= 20 * SLACK, f"p50 {p50:.1f} ms (goal 20 ms × slack {SLACK})"
+            reads = [(sql, p) for sql, p in statements if "FROM metric" in sql]
+            assert reads, f"no query of the metric table among {[sql for sql, _ in statements]}"
+            with session_scope(million_metrics) as s:
+                for sql, p in reads:
+                    plan = "\n".join(row[0] for row in s.connection().exec_driver_sql("EXPLAIN " + sql, p))
+                    assert "Index" in plan and "Seq Scan on metric" not in plan, plan
