@@ -32,6 +32,7 @@ from nc_core.losses import build_loss  # noqa: E402
 from nc_core.metrics import evaluate_split  # noqa: E402
 from nc_core.models import build_model  # noqa: E402
 from nc_core.spec import RunSpec  # noqa: E402
+from nc_core.training.optim import build_optimizer  # noqa: E402
 
 WORKLOADS = {  # name -> (dataset in the spec, N, (C, H, W), model section, augment)
     "mlp": ("mnist", 60_000, (1, 28, 28), {"name": "mlp", "width": 128, "depth": 3}, "none"),
@@ -63,12 +64,13 @@ def make_data(n: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[np.nd
 def setup(workload: str, device: torch.device, bf16: bool):
     name, n, shape, model, augment = WORKLOADS[workload]
     spec = RunSpec.model_validate({"data": {"name": name}, "model": model, "batch_size": 128,
-                                   "precision": "bf16" if bf16 else "fp32"})
+                                   "precision": "bf16" if bf16 else "fp32",
+                                   "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}})
     torch.manual_seed(0)
     net = build_model(spec, shape, 10).to(device)
     if device.type == "cuda" and len(shape) == 3 and workload != "mlp":
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = build_optimizer(spec, net)  # what fit() uses: SGD with torch's fused step
     return spec, net, opt, build_loss(spec.loss, 10), n, shape, augment
 
 

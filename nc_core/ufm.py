@@ -9,6 +9,7 @@ import torch
 
 from nc_core.spec import RunSpec
 from nc_core.training import checkpoint as ck
+from nc_core.training.optim import fused_kwargs
 from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
 from nc_core.training.runtime import determinism, resolve_device, seed_everything
 
@@ -76,7 +77,8 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
         seed_everything(spec.seed)
         g = torch.Generator().manual_seed(spec.seed)
         model = UFM(u.class_counts, u.dim, u.depth_linear, u.bias, g).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=u.lr, momentum=u.momentum)
+        params = list(model.parameters())
+        opt = torch.optim.SGD(params, lr=u.lr, momentum=u.momentum, **fused_kwargs(params))
         reporter.on_start(u.iterations, 1)
         final, t0, it = {}, time.perf_counter(), 0
         for it in range(1, u.iterations + 1):

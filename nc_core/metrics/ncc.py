@@ -11,37 +11,33 @@ from .nc1 import class_rank_ratio
 from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
 
 
-def ncc_predict(dots: torch.Tensor, mc: torch.Tensor) -> torch.Tensor:
+def ncc_predict(dots: torch.Tensor, mc_sq: torch.Tensor) -> torch.Tensor:
     """Nearest class centre argmin_k ‖h − μ_k‖² (Papyan et al. 2020 NC4; Guiding `compute_NCC_match`,
     rhubarbwu `clf_ncc_agreement`), with h and μ_k both shifted by μ_G (distances unchanged, no
     large-offset cancellation): argmin_k ‖μ_k − μ_G‖² − 2 (h − μ_G)·(μ_k − μ_G).
-    ``dots`` (B, K) = (h − μ_G)·(μ_k − μ_G), ``mc`` (K, d) rows μ_k − μ_G → (B,)."""
-    return ((mc * mc).sum(1)[None, :] - 2.0 * dots).argmin(1)
+    ``dots`` (B, K) = (h − μ_G)·(μ_k − μ_G), ``mc_sq`` (K,) = ‖μ_k − μ_G‖² → (B,)."""
+    return (mc_sq[None, :] - 2.0 * dots).argmin(1)
 
 
-def _margin(C: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """c_{i,y_i} − max_{k≠y_i} c_ik for a (B, K) score matrix."""
-    true = C.gather(1, y[:, None]).squeeze(1)  # (B,)
-    other = C.scatter(1, y[:, None], float("-inf")).amax(1)  # (B,)
-    return true - other
+def _margin(C: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
+    """c_{i,y_i} − max_{k≠y_i} c_ik for a (B, K) score matrix, which is OVERWRITTEN (pass a temporary);
+    ``y`` (B,) labels, or one int when every row has that label."""
+    if isinstance(y, int):
+        true = C[:, y].clone()  # (B,)
+        C[:, y] = float("-inf")
+    else:
+        true = C.gather(1, y[:, None]).squeeze(1)  # (B,)
+        C.scatter_(1, y[:, None], float("-inf"))
+    return true - C.amax(1)
 
 
-def cosine_denominator(xc_norm: torch.Tensor, wc_norm: torch.Tensor) -> torch.Tensor:
-    """(B, K) ‖h_i − μ_G‖·‖w_k − w̄‖, clamped away from 0 (a zero vector then has cosine 0)."""
-    return (xc_norm[:, None] * wc_norm[None, :]).clamp_min(1e-300)
-
-
-def cosine_margins(dots: torch.Tensor, den: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
     """Cosine margins (Guiding `compute_margin`): c_ik = cos(h_i − μ_G, w_k − w̄) and margin_i =
-    c_{i,y_i} − max_{k≠y_i} c_ik. ``dots`` (B, K) = (h_i − μ_G)·(w_k − w̄), ``den`` (B, K) from
-    :func:`cosine_denominator`."""
-    return _margin(dots / den, y)  # (B,)
-
-
-def logit_cosine_margins(logits: torch.Tensor, den: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """MSE repo `compute_margin` variant: c_ik = w_kᵀh_i/(‖h_i − μ_G‖·‖w_k − w̄‖) — uncentred numerator
-    (the logit minus its bias, ``logits`` (B, K) = h Wᵀ), centred denominator (may leave [−1, 1])."""
-    return _margin(logits / den, y)  # (B,)
+    c_{i,y_i} − max_{k≠y_i} c_ik, from ``num`` (B, K) = (h_i − μ_G)·(w_k − w̄), ``wc_norm`` (K,) =
+    ‖w_k − w̄‖ and ``xc_norm`` (B,) = ‖h_i − μ_G‖. The row factor 1/‖h_i − μ_G‖ > 0 commutes with the max,
+    so it scales the margin instead of K cosines. With the uncentred numerator w_kᵀh_i (the logit minus
+    its bias) this is the MSE repo's variant (may leave [−1, 1]). A zero vector has cosine 0."""
+    return _margin(num / wc_norm.clamp_min(1e-300), y) / xc_norm.clamp_min(1e-300)  # (B,)
 
 
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -74,6 +70,7 @@ class SampleStats:
         self._mu_g = stats.global_mean  # (d,)
         self._means = stats.means  # (K, d)
         self._mc = stats.centred_means("global")  # (K, d) μ_k − μ_G
+        self._mc_sq = (self._mc * self._mc).sum(1)  # (K,) ‖μ_k − μ_G‖²
         if self.W is not None:
             w_bar = self.W.mean(0, keepdim=True)  # (1, d)
             wc = self.W - w_bar  # (K, d) rows w_k − w̄
@@ -81,6 +78,7 @@ class SampleStats:
             # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
+        self._offset_proj: torch.Tensor | None = None  # (K, 2K + 1) products of μ_k − μ_G, when needed
         self.num_samples = 0
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
         self._agree = torch.zeros((), dtype=torch.int64, device=dev)
@@ -124,17 +122,38 @@ class SampleStats:
         """NCC counts and cosine margins of centred float64 features xc = h − μ_G (B, d)."""
         if self.W is None:
             return
-        K = self.stats.num_classes
         P = matmul64(xc, self._proj_t)  # (B, 2K + 1): [xc·(w_k − w̄) | xc·w̄ | xc·(μ_k − μ_G)]
+        self._score(P, torch.linalg.vector_norm(xc, dim=1), y)
+
+    def _residual_chunk(self, r: torch.Tensor, sq: torch.Tensor, k: int) -> None:
+        """:meth:`_per_sample` for rows of one class k given as residuals r = h − μ_k (n, d) and their
+        squared norms ``sq`` (n,): with o = μ_k − μ_G, h − μ_G = r + o, so its products are r's plus o's
+        and ‖h − μ_G‖² = ‖r‖² + 2 r·o + ‖o‖² (r·o is r's product with column K + 1 + k). r is not
+        changed, and never shifted in memory."""
+        if self.W is None:
+            return
+        K = self.stats.num_classes
+        if self._offset_proj is None:
+            mc = self._mc.nan_to_num(0.0)  # (K, d)
+            self._offset_proj = matmul64(mc, self._proj_t)  # (K, 2K + 1) o_k's products
+        P = matmul64(r, self._proj_t)  # (n, 2K + 1) r's products
+        norm = (sq + 2.0 * P[:, K + 1 + k] + self._mc_sq[k]).clamp_min_(0.0).sqrt_()  # (n,) ‖h − μ_G‖
+        P += self._offset_proj[k]
+        self._score(P, norm, k)
+        self.num_samples += int(r.shape[0])
+
+    def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> None:
+        """NCC counts and both cosine margins from the products P (B, 2K + 1) of h − μ_G with
+        [w_k − w̄ | w̄ | μ_k − μ_G] and its norms (B,); ``y`` the labels, or one int for a one-class chunk."""
+        K = self.stats.num_classes
         logits = P[:, :K] + (P[:, K:K + 1] + self._w_mu)  # (B, K) bias-free logits W h
-        den = cosine_denominator(torch.linalg.vector_norm(xc, dim=1), self._wc_norm)  # (B, K)
         if not self.empty_classes:
-            ncc = ncc_predict(P[:, K + 1:], self._mc)  # (B,)
+            ncc = ncc_predict(P[:, K + 1:2 * K + 1], self._mc_sq)  # (B,)
             full = logits + self.b if self.b is not None else logits  # (B, K)
             self._match += (ncc == full.argmax(1)).sum()
             self._agree += (ncc == logits.argmax(1)).sum()
-        self._margins.append(cosine_margins(P[:, :K], den, y))
-        self._margins_logit.append(logit_cosine_margins(logits, den, y))
+        self._margins.append(cosine_margins(P[:, :K], self._wc_norm, xc_norm, y))
+        self._margins_logit.append(cosine_margins(logits, self._wc_norm, xc_norm, y))
 
     # -------------------------------------------------------------- results
     @property

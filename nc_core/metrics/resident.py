@@ -1,4 +1,4 @@
-"""Resident split: every feature in one label-sorted float64 buffer, centred in place, read by both sweeps."""
+"""Resident split: features label-sorted once, then each class visited in cache-sized float64 chunks."""
 from __future__ import annotations
 
 import threading
@@ -7,14 +7,16 @@ from typing import Iterator
 
 import torch
 
+from ._blas import add_gram, column_sums, single_threaded_blas
 from ._util import F64
 from .ncc import SampleStats
 from .stats import PER_CLASS_AUTO_BYTES, ClassStats, class_slices
 
-#: The resident path holds its float64 buffer (N·d·8 bytes) up to this size; beyond, chunked passes.
+#: The resident path takes splits whose features would fill at most this many float64 bytes (N·d·8).
 RESIDENT_F64_BYTES = 2**29
-#: Features are converted to float64 in pieces of this size (cache-resident temporaries).
-_PIECE_BYTES = 2**20
+#: Rows of a class are converted to float64 in chunks of about this size (they stay in L3 while
+#: they are centred, reduced, added to the Gram and projected). GPUs take a class at once.
+_CHUNK_BYTES = 2**22
 
 
 _WORKSPACE: dict[str, torch.Tensor] = {}
@@ -22,20 +24,21 @@ _WORKSPACE_LOCK = threading.Lock()
 
 
 @contextmanager
-def _buffer(n: int, d: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """An (n, d) float64 buffer. On the CPU one workspace is kept and reused across calls: page-faulting
-    a fresh 60 MB buffer costs as much as the Gram itself (~25 ms for N = 60,000, d = 128). A call that
-    finds the workspace in use (another thread) gets a fresh buffer. CUDA's caching allocator reuses
-    memory already."""
+def _buffer(n: int, d: int, dtype: torch.dtype, device: torch.device) -> Iterator[torch.Tensor]:
+    """An (n, d) buffer of ``dtype`` for the label-sorted features. On the CPU one workspace is kept and
+    reused across calls: page-faulting a fresh 30 MB buffer costs about as much as sorting into it. A
+    call that finds the workspace in use (another thread) gets a fresh buffer. CUDA's caching allocator
+    reuses memory already."""
     if device.type != "cpu" or not _WORKSPACE_LOCK.acquire(blocking=False):
-        yield torch.empty(n, d, dtype=F64, device=device)
+        yield torch.empty(n, d, dtype=dtype, device=device)
         return
     try:
+        nbytes = n * d * dtype.itemsize
         ws = _WORKSPACE.get("cpu")
-        if ws is None or ws.numel() < n * d:
+        if ws is None or ws.numel() < nbytes:
             with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
-                _WORKSPACE["cpu"] = ws = torch.empty(n * d, dtype=F64)
-        yield ws[:n * d].view(n, d)
+                _WORKSPACE["cpu"] = ws = torch.empty(max(nbytes, 8), dtype=torch.uint8)
+        yield ws[:nbytes].view(dtype).view(n, d)
     finally:
         _WORKSPACE_LOCK.release()
 
@@ -51,61 +54,75 @@ def fits(n: int, dim: int, num_classes: int) -> bool:
     return num_classes * dim * dim * 8 <= PER_CLASS_AUTO_BYTES and n * dim * 8 <= RESIDENT_F64_BYTES
 
 
-class Sorted:
-    """The label-sorted float64 features of a split: ``buf`` (N, d) rows of class 0, then 1, …, ``counts``
-    per class; after the stats sweep the rows hold h − μ_k and ``means`` the class means − shift (K, d)."""
-
-    def __init__(self, buf: torch.Tensor, counts: list[int], means: torch.Tensor):
-        self.buf, self.counts, self.means = buf, counts, means
-
-
 def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tensor | None = None,
                   bias: torch.Tensor | None = None) -> tuple[ClassStats, SampleStats | None]:
     """ClassStats and (with ``weight``) SampleStats of validated (features (B, d), labels (B,)) batches on
-    one device (the list is consumed), in two sweeps over one label-sorted float64 buffer."""
+    one device (the list is consumed).
+
+    The features are copied once, in their own dtype, into label order (a counting sort). Sweep 1 takes
+    each class's float64 sum (its mean); sweep 2 visits each class again in cache-sized float64 chunks
+    r = h − μ_k and, while the chunk is in cache, adds ‖r‖² and rᵀr (its Gram) and projects r on the
+    classifier and the centred means for the per-sample metrics. No float64 copy of the split is made.
+    The ClassStats equals, to rounding, one fed with the same batches through ``update``.
+    """
+    K, d = num_classes, dim
     ys = torch.cat([y for _, y in batches])  # (N,)
-    with _buffer(ys.shape[0], dim, ys.device) as buf:
-        stats, sorted_ = _stats_sweep(batches, ys, num_classes, buf)
-        samples = _samples_sweep(stats, sorted_, weight, bias) if weight is not None else None
-    return stats, samples
-
-
-def _stats_sweep(batches: list, ys: torch.Tensor, num_classes: int, buf: torch.Tensor) -> tuple[ClassStats, Sorted]:
-    """Each batch is converted and shifted while in cache and scattered to its label-sorted row of ``buf``
-    (a counting sort); then each class slice is centred in place, reduced and added to its Gram. The
-    ClassStats equals, to rounding, one fed with the same batches through ``update``."""
-    K, (N, d), device = num_classes, buf.shape, buf.device
+    N, device = ys.shape[0], ys.device
+    counts = torch.bincount(ys, minlength=K).tolist()  # K class sizes
     order = torch.argsort(ys, stable=True)  # (N,) sorted position → input row
     dest = torch.empty_like(order)
     dest[order] = torch.arange(N, device=device)  # (N,) input row → sorted position
-    counts = torch.bincount(ys, minlength=K).tolist()  # K class sizes
     stats = ClassStats(K, d, device, per_class=True)
+    stats._shift = _reference_point(batches)  # (d,)
+    rows = N if device.type != "cpu" else max(1, _CHUNK_BYTES // (8 * d))
+    with _buffer(N, d, batches[0][0].dtype, device) as sorted_:
+        start = 0
+        while batches:
+            f, _ = batches.pop(0)
+            sorted_.index_copy_(0, dest[start:start + f.shape[0]], f)  # (B, d) rows to their sorted places
+            start += f.shape[0]
+        chunk = torch.empty(min(rows, max(counts)), d, dtype=F64, device=device)  # (rows, d) float64
+        mu = _class_means(sorted_, counts)  # (K, d) μ_k
+        zeros = torch.zeros(K, dtype=F64, device=device)  # (K,) the sums of squares follow in sweep 2
+        stats._combine(torch.tensor(counts, dtype=F64, device=device), mu - stats.shift, zeros)
+        samples = SampleStats(stats, weight, bias, class_gram=False) if weight is not None else None
+        ss = torch.zeros(K, dtype=F64, device=device)  # (K,) Σ_{i∈k} ‖h_i − μ_k‖²
+        with single_threaded_blas():
+            for k, lo, hi in _chunks(counts, rows):
+                r = chunk[:hi - lo].copy_(sorted_[lo:hi]).sub_(mu[k])  # (n, d) h − μ_k
+                sq = torch.linalg.vector_norm(r, dim=1).square_()  # (n,) ‖h − μ_k‖²
+                ss[k] += sq.sum()
+                add_gram(stats._scatter[k], r)
+                if samples is not None:
+                    samples._residual_chunk(r, sq, k)
+    stats._ss += ss
+    return stats, samples
+
+
+def _reference_point(batches: list) -> torch.Tensor:
+    """The mean of the first ≤ 4096 rows (float64), as in ClassStats.update: the frame of its state."""
     head, rows = [], 0
-    for f, _ in batches:  # the reference point: the mean of the first ≤ 4096 rows, as in ClassStats.update
+    for f, _ in batches:
         head.append(f[:4096 - rows])
         rows += head[-1].shape[0]
         if rows >= 4096:
             break
-    shift = torch.cat(head).to(F64).mean(0)  # (d,)
-    stats._shift = shift
-    start, rows = 0, max(1, _PIECE_BYTES // (8 * d))
-    while batches:
-        f, _ = batches.pop(0)
-        for i in range(0, f.shape[0], rows):  # pieces that stay in cache between conversion and scatter
-            piece = torch.sub(f[i:i + rows], shift)  # (≤ rows, d) float64, h − shift
-            buf.index_copy_(0, dest[start:start + piece.shape[0]], piece)
-            start += piece.shape[0]
-    return stats, Sorted(buf, counts, stats._add_sorted(buf, counts))
+    return torch.cat(head).to(F64).mean(0)  # (d,)
 
 
-def _samples_sweep(stats: ClassStats, sorted_: Sorted, weight=None, bias=None) -> SampleStats:  # noqa: ANN001
-    """The second sweep: each class slice becomes h − μ_G in place (r + (μ_k − μ_G)) and gives its NCC
-    counts and cosine margins; no feature is converted twice. The buffer is consumed."""
-    samples = SampleStats(stats, weight, bias, class_gram=False)
-    offset = sorted_.means - samples._rel_g  # (K, d) μ_k − μ_G, both in the shift frame
-    for k, xk in class_slices(sorted_.buf, sorted_.counts):
-        xk.add_(offset[k])  # (n_k, d) h − μ_G
-        samples._per_sample(xk, torch.full((xk.shape[0],), k, dtype=torch.int64, device=xk.device))
-        samples.num_samples += int(xk.shape[0])
-    sorted_.buf = None
-    return samples
+def _chunks(counts: list[int], rows: int) -> Iterator[tuple[int, int, int]]:
+    """(class k, first row, end row) of each chunk of at most ``rows`` label-sorted rows, class by class."""
+    start = 0
+    for k, n_k in enumerate(counts):
+        for lo in range(start, start + n_k, rows):
+            yield k, lo, min(lo + rows, start + n_k)
+        start += n_k
+
+
+def _class_means(sorted_: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """(K, d) float64 class means of label-sorted rows, each class summed with float64 accumulation
+    (0 for an empty class, which has no rows)."""
+    means = torch.zeros(len(counts), sorted_.shape[1], dtype=F64, device=sorted_.device)  # (K, d)
+    for k, xk in class_slices(sorted_, counts):
+        means[k] = column_sums(xk) / xk.shape[0]  # (d,) (1/n_k) Σ_{i∈k} h_i
+    return means

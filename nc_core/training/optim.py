@@ -24,19 +24,36 @@ from nc_core.registry import OPTIMIZERS
 from nc_core.spec import RunSpec
 
 
+_FUSED_DEVICES = ("cpu", "cuda")
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def fused_kwargs(params) -> dict:  # noqa: ANN001 - tensors or param-group dicts
+    """``{"fused": True}`` when every parameter can take torch's fused (single-kernel) SGD/Adam/AdamW step,
+    else ``{}`` (the default implementation). On the CPU the fused step takes ~10 % off an MLP's training
+    step (bench/train_bench.py), on CUDA it replaces ~a dozen kernel launches per parameter by one."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    ok = bool(tensors) and all(p.device.type in _FUSED_DEVICES and p.dtype in _FUSED_DTYPES and not p.is_sparse
+                               for p in tensors)
+    return {"fused": True} if ok else {}
+
+
 @OPTIMIZERS.register("sgd")
 def _sgd(params, o) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    params = list(params)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, **fused_kwargs(params))
 
 
 @OPTIMIZERS.register("adam")
 def _adam(params, o) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=o.lr, betas=(0.9, 0.999), eps=1e-8)
+    params = list(params)
+    return torch.optim.Adam(params, lr=o.lr, betas=(0.9, 0.999), eps=1e-8, **fused_kwargs(params))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(params, o) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=o.lr, betas=(0.9, 0.999), eps=1e-8)
+    params = list(params)
+    return torch.optim.AdamW(params, lr=o.lr, betas=(0.9, 0.999), eps=1e-8, **fused_kwargs(params))
 
 
 @OPTIMIZERS.register("lbfgs")
