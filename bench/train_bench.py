@@ -33,6 +33,7 @@ from nc_core.metrics import evaluate_split  # noqa: E402
 from nc_core.models import build_model  # noqa: E402
 from nc_core.spec import RunSpec  # noqa: E402
 from nc_core.training.optim import build_optimizer  # noqa: E402
+from nc_core.training.runtime import bf16_is_fast  # noqa: E402
 
 WORKLOADS = {  # name -> (dataset in the spec, N, (C, H, W), model section, augment)
     "mlp": ("mnist", 60_000, (1, 28, 28), {"name": "mlp", "width": 128, "depth": 3}, "none"),
@@ -59,6 +60,12 @@ def make_data(n: int, shape: tuple[int, int, int], seed: int = 0) -> tuple[np.nd
     c, h, w = shape
     x = g.integers(0, 256, size=(n, h, w) if c == 1 else (n, h, w, c), dtype=np.uint8)  # HWC like torchvision
     return x, g.integers(0, 10, size=n)
+
+
+def use_bf16(workload: str, device: torch.device) -> bool:
+    """ResNet18 runs under bf16 autocast where bf16 has native kernels (CUDA, AVX-512 BF16/AMX CPUs); on
+    other CPUs bf16 convolutions are emulated (~27× slower than fp32), so it runs in fp32 there."""
+    return workload == "resnet18" and bf16_is_fast(device)
 
 
 def setup(workload: str, device: torch.device, bf16: bool):
@@ -105,7 +112,7 @@ def resident(x: np.ndarray, y: np.ndarray, shape, device) -> tuple[torch.Tensor,
 
 
 def bench_loaders(args, device: torch.device) -> dict[str, float]:
-    bf16 = args.workload == "resnet18"
+    bf16 = use_bf16(args.workload, device)
     spec, net, opt, loss_fn, n, shape, augment = setup(args.workload, device, bf16)
     x, y = make_data(min(n, args.n or n), shape)
     tx, ty = resident(x, y, shape, device)
@@ -127,7 +134,7 @@ def bench_loaders(args, device: torch.device) -> dict[str, float]:
 
 def bench_eval(args, device: torch.device) -> dict[str, float]:
     """One eval pass over (a prefix of) the train split: plain (acc + loss) vs evaluate_split (+ every NC metric)."""
-    bf16 = args.workload == "resnet18"
+    bf16 = use_bf16(args.workload, device)
     spec, net, _, loss_fn, n, shape, _ = setup(args.workload, device, bf16)
     x, y = make_data(min(n, args.eval_n or n), shape)
     tx, ty = resident(x, y, shape, device)
@@ -201,7 +208,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"machine: {machine(device)}")
+    print(f"machine: {machine(device)}; precision {'bf16' if use_bf16(args.workload, device) else 'fp32'}")
     if not args.skip_train:
         r = bench_loaders(args, device)
         print(f"{args.workload} on {args.device}, median (min) of {args.epochs} epochs: resident {r['resident_s']:.2f} "

@@ -16,7 +16,8 @@ from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
 from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
-from nc_core.training.runtime import autocast, determinism, epoch_seed, resolve_device, seed_everything
+from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
+                                     warn_if_slow_bf16)
 from nc_core.training.schedule import build_scheduler
 
 __all__ = ["Reporter", "NullReporter", "TrainingDiverged", "fit", "validate_checkpoints", "run_spec"]
@@ -56,6 +57,7 @@ def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Pa
     from nc_core.losses import build_loss
     from nc_core.models import build_model
 
+    warn_if_slow_bf16(spec, device)
     seed_everything(spec.seed)
     data = load_data(spec, device)
     model = build_model(spec, data.input_shape, data.num_classes).to(device)

@@ -140,6 +140,22 @@ def test_bf16_autocast_on_cpu_runs(tmp_path):
     assert math.isfinite(out["final"]["train"]["loss"]) and out["final"]["train"]["acc"] > 10
 
 
+def test_bf16_without_native_kernels_warns_and_keeps_bf16(monkeypatch, caplog):
+    from nc_core.training import runtime
+
+    cpu = torch.device("cpu")
+    assert isinstance(runtime.bf16_is_fast(cpu), bool)
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device: False)
+    with caplog.at_level("WARNING", logger="nc_core.training"):
+        msg = runtime.warn_if_slow_bf16(tiny(precision="bf16"), cpu)
+    assert msg and "precision: bf16" in msg and "fp32" in msg and msg in caplog.text
+    assert runtime.warn_if_slow_bf16(tiny(), cpu) is None  # fp32: nothing to say
+    with runtime.autocast(tiny(precision="bf16"), cpu):  # still bf16, as the spec asks
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(runtime, "bf16_is_fast", lambda device: True)
+    assert runtime.warn_if_slow_bf16(tiny(precision="bf16"), cpu) is None
+
+
 def test_sep_decay_penalty_and_groups():
     from nc_core.models import build_model
 
