@@ -3,8 +3,9 @@
 torch has no SYRK, and MKL's DGEMM is slow for the metrics' shapes on one CPU thread (a (B, d) × (d, 2K+1)
 product runs at half its square-GEMM rate). With one torch thread these go to the OpenBLAS that scipy
 and numpy ship, itself held to one thread: DSYRK computes one triangle (half the flops, ~2× ``addmm`` for
-a d = 128 Gram), the thin product and the column sums run ~1.5-2× faster. With more torch threads, and on
-other devices, torch's kernels are used.
+a d = 128 Gram) and the thin product runs ~1.5× faster. With more torch threads, and on other devices,
+torch's kernels are used. Column sums of CPU float32/float64 rows use numpy's float64 accumulation at
+any thread count (no BLAS involved).
 """
 from __future__ import annotations
 

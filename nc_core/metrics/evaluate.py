@@ -99,7 +99,7 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         needs_samples = W is not None or not stats.per_class
         samples, reason = None, None
         if resident:
-            if resident_fits(n, stats.dim, K):  # one label-sorted float64 buffer, both sweeps in place
+            if resident_fits(n, stats.dim, K):  # label-sorted once, then class by class in float64 chunks
                 stats, samples = resident_pass(kept, K, stats.dim, W, b)
             else:
                 groups = _regroup(kept, max(1, CHUNK_BYTES // (8 * stats.dim)))

@@ -113,16 +113,12 @@ class ClassStats:
         self._combine(c, m, ss)
 
     def _update_sorted(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Per-class mode, rows sorted by label: shift to float64, then :meth:`_add_sorted`."""
-        xs = x.to(F64)  # (B, d) grouped by class
-        xs = xs - self._shift if xs.data_ptr() == x.data_ptr() else xs.sub_(self._shift)  # never mutate x
-        self._add_sorted(xs, torch.bincount(y, minlength=self.num_classes).tolist())
-
-    def _add_sorted(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Per-class mode: add float64 rows xs (B, d), already shifted and grouped by class (``counts[k]``
-        rows of class k, in class order). Each class slice is centred IN PLACE at its mean, reduced and
-        added to its Gram; returns the slices' class means − shift (K, d)."""
+        """Per-class mode, rows x (B, d) sorted by label: shifted to float64, then each class slice is
+        centred IN PLACE at its mean (x itself is never mutated), reduced and added to its Gram."""
         K, d = self.num_classes, self.dim
+        xs = x.to(F64)  # (B, d) grouped by class
+        xs = xs - self._shift if xs.data_ptr() == x.data_ptr() else xs.sub_(self._shift)
+        counts = torch.bincount(y, minlength=K).tolist()  # K class sizes
         m = torch.zeros(K, d, dtype=F64, device=xs.device)  # (K, d)
         ss = torch.zeros(K, dtype=F64, device=xs.device)  # (K,)
         for k, xk in class_slices(xs, counts):
@@ -132,7 +128,6 @@ class ClassStats:
             ss[k] = torch.dot(flat, flat)
             add_gram(self._scatter[k], xk)
         self._combine(torch.tensor(counts, dtype=F64, device=xs.device), m, ss)
-        return m
 
     def _combine(self, c: torch.Tensor, m: torch.Tensor, ss: torch.Tensor) -> None:
         """Parallel-axis merge of (counts c, means m, within SS ss) into the state; the other part's
