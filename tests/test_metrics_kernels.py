@@ -1,4 +1,4 @@
-"""Float64 kernels (OpenBLAS DSYRK / thin product / column sums on one thread) and the resident workspace."""
+"""Float64 kernels (OpenBLAS DSYRK on one thread, column sums) and the resident workspace."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nc_core.metrics import _blas, evaluate_split, nc_metrics, resident
+from nc_core.metrics import _blas, evaluate_split, nc_metrics, resident, suite
 from test_metrics_evaluate import _same, _setup
 from test_metrics_reference import CASES, GOF, _case
 from metrics_reference import reference_metrics
@@ -20,15 +20,17 @@ def _exact_gram(R: torch.Tensor) -> np.ndarray:
     return (r.T @ r).astype(np.float64)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_add_gram_accumulates_the_upper_triangle(threads: int) -> None:
+@pytest.mark.parametrize("threads, d", [(1, 40), (2, 40), (3, 40), (1, 300), (2, 300)])
+def test_add_gram_accumulates_the_upper_triangle(threads: int, d: int) -> None:
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # 1: OpenBLAS DSYRK; 2: torch addmm
+    torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
-        R1 = torch.randn(500, 40, generator=g, dtype=F64) + 3.0
-        R2 = torch.randn(300, 60, generator=g, dtype=F64)[:, 10:50]  # a non-contiguous column slice
-        C = torch.zeros(40, 40, dtype=F64)
+        R1 = torch.randn(500, d, generator=g, dtype=F64) + 3.0
+        R2 = torch.randn(300, d + 20, generator=g, dtype=F64)[:, 10:d + 10]  # a non-contiguous column slice
+        C = torch.zeros(d, d, dtype=F64)
+        # one OpenBLAS DSYRK thread on 1 torch thread, and on 2 below the block trapezoid; torch otherwise
+        assert _blas._on_cpu64(C, R1) == (threads == 1 or (threads == 2 and d < _blas.TRAPEZOID_MIN_DIM))
         _blas.add_gram(C, R1)
         _blas.add_gram(C, R2)
         _blas.add_gram(C, R1[:0])  # no rows: no change
@@ -39,17 +41,12 @@ def test_add_gram_accumulates_the_upper_triangle(threads: int) -> None:
         torch.set_num_threads(before)
 
 
-def test_thin_product_and_column_sums_match_torch(one_torch_thread) -> None:  # noqa: ANN001
+def test_column_sums_match_torch(one_torch_thread) -> None:  # noqa: ANN001
     g = torch.Generator().manual_seed(1)
     X = torch.randn(1000, 33, generator=g, dtype=F64)
-    V = torch.randn(21, 33, generator=g, dtype=F64)
-    P = _blas.matmul64(X, V)
-    assert P.shape == (1000, 21)
-    np.testing.assert_allclose(P.numpy(), (X.numpy().astype(np.longdouble) @ V.numpy().T).astype(float),
-                               rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(_blas.column_sums(X).numpy(), X.sum(0).numpy(), rtol=1e-13, atol=1e-12)
-    Xf = X.float()  # other dtypes take torch's kernels
-    assert _blas.matmul64(Xf, V.float()).dtype == torch.float32
+    np.testing.assert_allclose(_blas.column_sums(X.float()).numpy(), X.float().double().sum(0).numpy(),
+                               rtol=1e-13, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -88,3 +85,12 @@ def test_workspace_is_reused_and_never_shared(one_torch_thread) -> None:  # noqa
     assert again == first and busy == first and again.distributions == first.distributions
     resident.release_workspace()
     assert resident._WORKSPACE == {}
+
+
+def test_class_ratios_in_blocks_equal_one_batch(monkeypatch) -> None:  # noqa: ANN001
+    X, y, K, W, b = _case("imbalanced")
+    whole = nc_metrics(X, y, W, b, num_classes=K)
+    monkeypatch.setattr(suite, "RATIO_BLOCK_BYTES", 1)  # one class per batched eigvalsh
+    blocked = nc_metrics(X, y, W, b, num_classes=K)
+    for key in ("nuclear_frobenius", "numerical_rank"):
+        assert blocked[key] == pytest.approx(whole[key], rel=1e-13), key

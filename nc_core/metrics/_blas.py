@@ -1,11 +1,10 @@
-"""Float64 kernels of the metrics: symmetric rank-k Gram updates, thin products, column sums.
+"""Float64 kernels of the metrics: symmetric rank-k Gram updates and column sums.
 
-torch has no SYRK, and MKL's DGEMM is slow for the metrics' shapes on one CPU thread (a (B, d) × (d, 2K+1)
-product runs at half its square-GEMM rate). With one torch thread these go to the OpenBLAS that scipy
-and numpy ship, itself held to one thread: DSYRK computes one triangle (half the flops, ~2× ``addmm`` for
-a d = 128 Gram) and the thin product runs ~1.5× faster. With more torch threads, and on other devices,
-torch's kernels are used. Column sums of CPU float32/float64 rows use numpy's float64 accumulation at
-any thread count (no BLAS involved).
+torch has no SYRK, and its GEMM forms a (d, d) Gram rᵀr at a third of the rate of a DSYRK (which computes
+one triangle: half the flops). With one torch thread (two, for d < 256) the Grams go to the OpenBLAS that
+numpy ships, held to one thread: numpy's matmul recognises ``r.T @ r`` and calls DSYRK. With more torch
+threads, and on other devices, torch's kernels are used. Column sums of CPU float32/float64 rows use
+numpy's float64 accumulation at any thread count (no BLAS involved).
 """
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ F64 = torch.float64
 
 @functools.cache
 def _controller():  # noqa: ANN202 - a threadpoolctl.ThreadpoolController
-    from scipy.linalg import blas  # noqa: F401 - load scipy's OpenBLAS before the controller looks
-
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -51,58 +48,63 @@ def _blas_threads() -> Iterator[None]:
             _HELD.depth = 0
 
 
+#: Up to this many torch threads a CPU float64 Gram may go to one OpenBLAS DSYRK thread: half the flops
+#: at ~1.4× the per-thread rate of torch's GEMM; with more threads torch's parallel GEMM wins.
+SYRK_MAX_TORCH_THREADS = 2
+#: From this d on, torch computes the Gram as an upper block trapezoid (62.5 % of the GEMM flops).
+TRAPEZOID_MIN_DIM = 256
+
+
+def _syrk_wins(d: int | None = None) -> bool:
+    """One DSYRK thread vs torch: always on one torch thread; on two, only against the full GEMM (d < 256:
+    a 60,000 × 128 split takes 29 ms vs 42-46 ms), not against the trapezoid (d = 512: 135 vs 145-167 ms)."""
+    threads = torch.get_num_threads()
+    return threads == 1 or (threads <= SYRK_MAX_TORCH_THREADS and (d is None or d < TRAPEZOID_MIN_DIM))
+
+
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Hold OpenBLAS to one thread around a loop of the kernels below (when they use it at all)."""
-    if torch.get_num_threads() != 1:
+    if not _syrk_wins():
         yield
         return
     with _blas_threads():
         yield
 
 
-def _on_cpu64(*tensors: torch.Tensor) -> bool:
-    """OpenBLAS only where torch computes single-threaded: a second BLAS thread pool spinning beside
-    torch's OpenMP pool slows both down (measured 5× on 2 cores); with more threads MKL's parallel
-    GEMM wins anyway."""
-    return (torch.get_num_threads() == 1
-            and all(t.device.type == "cpu" and t.dtype == F64 and not t.requires_grad for t in tensors))
+def _on_cpu64(C: torch.Tensor, R: torch.Tensor) -> bool:
+    """OpenBLAS (held to ONE thread: a second pool of spinning BLAS threads beside torch's OpenMP pool
+    slows both down, measured 5× on 2 cores) where it beats torch's GEMM for the Gram C += RᵀR."""
+    return _syrk_wins(C.shape[-1]) and all(
+        t.device.type == "cpu" and t.dtype == F64 and not t.requires_grad for t in (C, R))
 
 
 def add_gram(C: torch.Tensor, R: torch.Tensor) -> None:
     """C += RᵀR in float64, in place (C (d, d), R (n, d)); only the UPPER triangle of C is guaranteed —
-    read it through :func:`symmetric`. CPU, one torch thread: one DSYRK; elsewhere ``addmm``."""
+    read it through :func:`symmetric`. CPU: one single-threaded DSYRK (through numpy) where
+    :func:`_syrk_wins`; elsewhere ``addmm`` (the upper block trapezoid from d = 256 on the CPU)."""
     if R.shape[0] == 0:
         return
-    if not (_on_cpu64(C, R) and C.is_contiguous()):
+    if not _on_cpu64(C, R):
         d = C.shape[-1]
-        if C.device.type == "cpu" and d >= 256:  # upper block trapezoid: 62.5 % of the flops, ~20 % faster
+        if C.device.type == "cpu" and d >= TRAPEZOID_MIN_DIM:  # upper block trapezoid: 62.5 % of the flops
             for i in range(0, d, 128):
                 C[i:i + 128, i:].addmm_(R[:, i:i + 128].T, R[:, i:])  # (128, d − i) block row
         else:
             C.addmm_(R.T, R)
         return
-    from scipy.linalg import blas
-
-    c = C.numpy().T  # (d, d) Fortran-ordered view of Cᵀ: its LOWER triangle is C's upper one
+    r = R.numpy()
     with _blas_threads():
-        out = blas.dsyrk(1.0, R.numpy().T, beta=1.0, c=c, trans=0, lower=1, overwrite_c=1)  # c += (Rᵀ)(Rᵀ)ᵀ
-    if not np.shares_memory(out, c):  # f2py had to copy: write the result back
-        C.copy_(torch.from_numpy(out.T))
+        gram = r.T @ r  # (d, d) numpy calls DSYRK for a matrix times its own transpose, then mirrors it
+    C.numpy()[...] += gram
 
 
 def symmetric(C: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle is C's (batched over leading dims)."""
-    return C.triu() + C.triu(1).mT
-
-
-def matmul64(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """X Vᵀ for float64 X (n, d), V (m, d) → (n, m): each row dotted with m vectors. On the CPU through
-    OpenBLAS (with m ≪ n ~1.5× torch's MKL for these shapes)."""
-    if not _on_cpu64(X, V):
-        return X @ V.T
-    with _blas_threads():
-        return torch.from_numpy(np.matmul(X.numpy(), V.numpy().T))  # (n, m)
+    """The symmetric matrix whose upper triangle is C's (batched over leading dims); one select pass
+    (~10× ``C.triu() + C.triu(1).mT`` on the CPU)."""
+    d = C.shape[-1]
+    upper = torch.ones(d, d, dtype=torch.bool, device=C.device).triu_()  # (d, d) j ≥ i
+    return torch.where(upper, C, C.mT)
 
 
 def column_sums(X: torch.Tensor) -> torch.Tensor:

@@ -115,18 +115,25 @@ def trace_sb(hc: torch.Tensor) -> float:
     return float((hc * hc).sum()) / hc.shape[0]
 
 
-def class_rank_ratio(gram: torch.Tensor, n_rows: int) -> float:
-    """‖X_k‖_*/‖X_k‖_F of an uncentred class matrix X_k (n_k × d) from its Gram X_kᵀX_k (d × d):
-    singular values = √eig(X_kᵀX_k) (float64 eigvalsh) over the min(n_k, d) largest eigenvalues (rank
-    bound) that exceed d·eps·λ_max (pinv-style cutoff: smaller eigenvalues of a Gram are rounding
-    noise, so singular values below √(d·eps)·σ_max count as 0 — exact for rank-deficient classes)."""
-    ev = torch.linalg.eigvalsh(gram)  # (d,) ascending
-    ev = ev[max(0, ev.shape[0] - int(n_rows)):]  # (min(n_k, d),)
-    ev = ev[ev > gram.shape[0] * EPS64 * ev[-1]]
-    fro2 = float(torch.trace(gram))
-    if not fro2 > 0:
+def class_rank_ratios(grams: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
+    """(K,) ‖X_k‖_*/‖X_k‖_F of uncentred class matrices X_k (n_k × d) from their Grams X_kᵀX_k (K, d, d)
+    and row counts n_k (K,): singular values = √eig(X_kᵀX_k) (float64 eigvalsh, one batched call) over
+    the min(n_k, d) largest eigenvalues (rank bound) that exceed d·eps·λ_max (pinv-style cutoff: smaller
+    eigenvalues of a Gram are rounding noise, so singular values below √(d·eps)·σ_max count as 0 — exact
+    for rank-deficient classes)."""
+    d = grams.shape[-1]
+    ev = torch.linalg.eigvalsh(grams)  # (K, d) ascending
+    rank_bound = torch.arange(d, device=ev.device)[None, :] >= d - n_rows.to(ev.device)[:, None]  # (K, d)
+    keep = rank_bound & (ev > d * EPS64 * ev[:, -1:])  # (K, d)
+    fro2 = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (K,) ‖X_k‖_F²
+    if not bool((fro2 > 0).all()):
         raise MetricUndefined("a class feature matrix is zero, ‖X_k‖_*/‖X_k‖_F undefined")
-    return float(ev.sqrt().sum()) / math.sqrt(fro2)
+    return torch.where(keep, ev, 0.0).sqrt().sum(1) / fro2.sqrt()  # (K,)
+
+
+def class_rank_ratio(gram: torch.Tensor, n_rows: int) -> float:
+    """:func:`class_rank_ratios` of one class: Gram X_kᵀX_k (d × d), n_k rows."""
+    return float(class_rank_ratios(gram[None], torch.tensor([int(n_rows)]))[0])
 
 
 def nuclear_frobenius(ratios: torch.Tensor) -> float:

@@ -5,39 +5,50 @@ from typing import Any
 
 import torch
 
-from ._blas import add_gram, matmul64, symmetric
+from ._blas import add_gram, symmetric
 from ._util import F64, MetricUndefined, check_classifier, check_features, check_labels
 from .nc1 import class_rank_ratio
 from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
+
+
+def first_index(A: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """(B,) the first row k of A (K, B) with A[k, i] = best[i] in each column — ``A.max(0).indices`` when
+    ``best = A.amax(0)``, ``A.min(0).indices`` when ``best = A.amin(0)`` (first index on ties, as torch),
+    at about half the cost for small K: a hit mask weighted K − 1 − k and one more column max."""
+    K = A.shape[0]
+    rev = torch.arange(K - 1, -1, -1, dtype=torch.uint8 if K <= 256 else torch.int32, device=A.device)  # (K,)
+    return (K - 1) - ((A == best) * rev[:, None]).amax(0).long()  # (B,)
 
 
 def ncc_predict(dots: torch.Tensor, mc_sq: torch.Tensor) -> torch.Tensor:
     """Nearest class centre argmin_k ‖h − μ_k‖² (Papyan et al. 2020 NC4; Guiding `compute_NCC_match`,
     rhubarbwu `clf_ncc_agreement`), with h and μ_k both shifted by μ_G (distances unchanged, no
     large-offset cancellation): argmin_k ‖μ_k − μ_G‖² − 2 (h − μ_G)·(μ_k − μ_G).
-    ``dots`` (B, K) = (h − μ_G)·(μ_k − μ_G), ``mc_sq`` (K,) = ‖μ_k − μ_G‖² → (B,)."""
-    return (mc_sq[None, :] - 2.0 * dots).argmin(1)
+    ``dots`` (K, B) = (μ_k − μ_G)·(h − μ_G), ``mc_sq`` (K,) = ‖μ_k − μ_G‖² → (B,) (first index on ties)."""
+    dist = torch.add(mc_sq[:, None], dots, alpha=-2.0)  # (K, B) (−2·dots is exact: one rounding)
+    return first_index(dist, dist.amin(0))
 
 
 def _margin(C: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
-    """c_{i,y_i} − max_{k≠y_i} c_ik for a (B, K) score matrix, which is OVERWRITTEN (pass a temporary);
-    ``y`` (B,) labels, or one int when every row has that label."""
+    """c_{y_i,i} − max_{k≠y_i} c_ki for a (K, B) score matrix (one column per sample), which is
+    OVERWRITTEN (pass a temporary); ``y`` (B,) labels, or one int when every sample has that label."""
     if isinstance(y, int):
-        true = C[:, y].clone()  # (B,)
-        C[:, y] = float("-inf")
+        true = C[y].clone()  # (B,)
+        C[y] = float("-inf")
     else:
-        true = C.gather(1, y[:, None]).squeeze(1)  # (B,)
-        C.scatter_(1, y[:, None], float("-inf"))
-    return true - C.amax(1)
+        true = C.gather(0, y[None, :]).squeeze(0)  # (B,)
+        C.scatter_(0, y[None, :], float("-inf"))
+    return true - C.amax(0)
 
 
 def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
-    """Cosine margins (Guiding `compute_margin`): c_ik = cos(h_i − μ_G, w_k − w̄) and margin_i =
-    c_{i,y_i} − max_{k≠y_i} c_ik, from ``num`` (B, K) = (h_i − μ_G)·(w_k − w̄), ``wc_norm`` (K,) =
-    ‖w_k − w̄‖ and ``xc_norm`` (B,) = ‖h_i − μ_G‖. The row factor 1/‖h_i − μ_G‖ > 0 commutes with the max,
-    so it scales the margin instead of K cosines. With the uncentred numerator w_kᵀh_i (the logit minus
-    its bias) this is the MSE repo's variant (may leave [−1, 1]). A zero vector has cosine 0."""
-    return _margin(num / wc_norm.clamp_min(1e-300), y) / xc_norm.clamp_min(1e-300)  # (B,)
+    """Cosine margins (Guiding `compute_margin`): c_ki = cos(w_k − w̄, h_i − μ_G) and margin_i =
+    c_{y_i,i} − max_{k≠y_i} c_ki, from ``num`` (K, B) = (w_k − w̄)·(h_i − μ_G), ``wc_norm`` (K,) =
+    ‖w_k − w̄‖ and ``xc_norm`` (B,) = ‖h_i − μ_G‖. The factor 1/‖h_i − μ_G‖ > 0 is the same for a whole
+    column, so it commutes with the max and scales the margin instead of K cosines. With the
+    uncentred numerator w_kᵀh_i (the logit minus its bias) this is the MSE repo's variant (may leave
+    [−1, 1]). A zero vector has cosine 0."""
+    return _margin(num / wc_norm.clamp_min(1e-300)[:, None], y) / xc_norm.clamp_min(1e-300)  # (B,)
 
 
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -78,7 +89,7 @@ class SampleStats:
             # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
-        self._offset_proj: torch.Tensor | None = None  # (K, 2K + 1) products of μ_k − μ_G, when needed
+        self._offset_proj: torch.Tensor | None = None  # (2K + 1, K) products of μ_k − μ_G, when needed
         self.num_samples = 0
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
         self._agree = torch.zeros((), dtype=torch.int64, device=dev)
@@ -122,37 +133,45 @@ class SampleStats:
         """NCC counts and cosine margins of centred float64 features xc = h − μ_G (B, d)."""
         if self.W is None:
             return
-        P = matmul64(xc, self._proj_t)  # (B, 2K + 1): [xc·(w_k − w̄) | xc·w̄ | xc·(μ_k − μ_G)]
+        P = self.products(xc)  # (2K + 1, B): [(w_k − w̄)·xc | w̄·xc | (μ_k − μ_G)·xc]
         self._score(P, torch.linalg.vector_norm(xc, dim=1), y)
 
-    def _residual_chunk(self, r: torch.Tensor, sq: torch.Tensor, k: int) -> None:
-        """:meth:`_per_sample` for rows of one class k given as residuals r = h − μ_k (n, d) and their
-        squared norms ``sq`` (n,): with o = μ_k − μ_G, h − μ_G = r + o, so its products are r's plus o's
-        and ‖h − μ_G‖² = ‖r‖² + 2 r·o + ‖o‖² (r·o is r's product with column K + 1 + k). r is not
-        changed, and never shifted in memory."""
+    def products(self, r: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(2K + 1, n) products of float64 rows r (n, d) with [w_k − w̄ | w̄ | μ_k − μ_G] (in ``out`` if
+        given): one sample per column, so the scores' reductions over k run along contiguous rows."""
+        return torch.mm(self._proj_t, r.T, out=out)
+
+    def _residual_class(self, P: torch.Tensor, sq: torch.Tensor, k: int) -> None:
+        """:meth:`_per_sample` for rows of one class k given as residuals r = h − μ_k: ``P`` (2K + 1, n)
+        = :meth:`products` of r (OVERWRITTEN) and ``sq`` (n,) = ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o,
+        so its products are r's plus o's, and ‖h − μ_G‖² = ‖r‖² + 2 r·o + ‖o‖² (r·o is row K + 1 + k
+        of P): h − μ_G is never formed."""
         if self.W is None:
             return
         K = self.stats.num_classes
         if self._offset_proj is None:
-            mc = self._mc.nan_to_num(0.0)  # (K, d)
-            self._offset_proj = matmul64(mc, self._proj_t)  # (K, 2K + 1) o_k's products
-        P = matmul64(r, self._proj_t)  # (n, 2K + 1) r's products
-        norm = (sq + 2.0 * P[:, K + 1 + k] + self._mc_sq[k]).clamp_min_(0.0).sqrt_()  # (n,) ‖h − μ_G‖
-        P += self._offset_proj[k]
+            self._offset_proj = self.products(self._mc.nan_to_num(0.0))  # (2K + 1, K) o_k's products
+        norm = (sq + 2.0 * P[K + 1 + k] + self._mc_sq[k]).clamp_min_(0.0).sqrt_()  # (n,) ‖h − μ_G‖
+        P += self._offset_proj[:, k:k + 1]
         self._score(P, norm, k)
-        self.num_samples += int(r.shape[0])
+        self.num_samples += int(P.shape[1])
 
     def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> None:
-        """NCC counts and both cosine margins from the products P (B, 2K + 1) of h − μ_G with
-        [w_k − w̄ | w̄ | μ_k − μ_G] and its norms (B,); ``y`` the labels, or one int for a one-class chunk."""
+        """NCC counts and both cosine margins from the products P (2K + 1, B) of h − μ_G with
+        [w_k − w̄ | w̄ | μ_k − μ_G] and its norms (B,); ``y`` the labels, or one int for a one-class block."""
         K = self.stats.num_classes
-        logits = P[:, :K] + (P[:, K:K + 1] + self._w_mu)  # (B, K) bias-free logits W h
+        num = P[:K]  # (K, B) (w_k − w̄)·(h − μ_G)
+        logits = (P[K] + self._w_mu[:, None]).add_(num)  # (K, B) bias-free logits W h = w̄·h + (w_k − w̄)·h
         if not self.empty_classes:
-            ncc = ncc_predict(P[:, K + 1:2 * K + 1], self._mc_sq)  # (B,)
-            full = logits + self.b if self.b is not None else logits  # (B, K)
-            self._match += (ncc == full.argmax(1)).sum()
-            self._agree += (ncc == logits.argmax(1)).sum()
-        self._margins.append(cosine_margins(P[:, :K], self._wc_norm, xc_norm, y))
+            ncc = ncc_predict(P[K + 1:2 * K + 1], self._mc_sq)  # (B,)
+            agree = ncc == first_index(logits, logits.amax(0))  # (B,)
+            if self.b is not None:
+                full = logits + self.b[:, None]  # (K, B)
+                self._match += (ncc == first_index(full, full.amax(0))).sum()
+            else:
+                self._match += agree.sum()
+            self._agree += agree.sum()
+        self._margins.append(cosine_margins(num, self._wc_norm, xc_norm, y))
         self._margins_logit.append(cosine_margins(logits, self._wc_norm, xc_norm, y))
 
     # -------------------------------------------------------------- results

@@ -14,6 +14,8 @@ from .ncc import SampleStats
 from .stats import ClassStats
 
 METRIC_VERSION = 1
+#: Per-class Grams X_kᵀX_k are built and eigen-solved in blocks of at most this many bytes.
+RATIO_BLOCK_BYTES = 2**26
 
 METRIC_KEYS: tuple[str, ...] = (
     "nc1", "nc1_svd", "nc1_quotient", "cdnv", "vci", "trace_sw", "trace_sb",
@@ -83,9 +85,14 @@ class _Ctx:
         means = self.means
         cs = self.stats.class_scatter
         if cs is not None:
-            n = self.stats.counts
-            grams = (cs[k] + n[k] * torch.outer(means[k], means[k]) for k in range(self.K))  # (d, d)
-            return torch.tensor([nc1.class_rank_ratio(g, int(n[k])) for k, g in enumerate(grams)], dtype=F64)
+            n, d = self.stats.counts, cs.shape[-1]
+            step = max(1, RATIO_BLOCK_BYTES // (8 * d * d))  # classes per batched eigvalsh
+            parts = []
+            for lo in range(0, self.K, step):
+                m, nk = means[lo:lo + step], n[lo:lo + step]  # (b, d), (b,)
+                grams = cs[lo:lo + step] + nk[:, None, None] * (m[:, :, None] * m[:, None, :])  # (b, d, d) X_kᵀX_k
+                parts.append(nc1.class_rank_ratios(grams, nk.long()))
+            return torch.cat(parts)  # (K,)
         if self.samples is None:
             raise MetricUndefined(self.no_sample_reason or
                                   "needs per-class scatter: ClassStats(per_class=True) or a SampleStats pass")
