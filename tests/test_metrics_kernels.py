@@ -94,3 +94,15 @@ def test_class_ratios_in_blocks_equal_one_batch(monkeypatch) -> None:  # noqa: A
     blocked = nc_metrics(X, y, W, b, num_classes=K)
     for key in ("nuclear_frobenius", "numerical_rank"):
         assert blocked[key] == pytest.approx(whole[key], rel=1e-13), key
+
+
+def test_resident_pass_promotes_batches_of_mixed_dtypes() -> None:
+    X, y, K, W, b = _case("imbalanced")
+    X64, y = torch.as_tensor(X, dtype=F64), torch.as_tensor(y)
+    W, b = torch.as_tensor(W, dtype=F64), torch.as_tensor(b, dtype=F64)
+    head = X64[:40].float()  # float32 rows first: the buffer must still be float64
+    mixed = resident.resident_pass([(head, y[:40]), (X64[40:], y[40:])], K, X64.shape[1], W, b)
+    same = resident.resident_pass([(head.double(), y[:40]), (X64[40:], y[40:])], K, X64.shape[1], W, b)
+    assert torch.equal(mixed[0].means, same[0].means)
+    assert torch.equal(mixed[0].sigma_w, same[0].sigma_w)
+    assert torch.equal(mixed[1].margins, same[1].margins)

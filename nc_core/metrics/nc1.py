@@ -1,8 +1,6 @@
 """NC1 metrics (within-class variability): nc1, nc1_svd, nc1_quotient, cdnv, vci, traces, nuclear ratios."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._util import EPS64, MetricUndefined, pinv_keep

@@ -1,6 +1,7 @@
 """Resident split: features label-sorted once, then each class visited in cache-sized float64 chunks."""
 from __future__ import annotations
 
+import functools
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -59,11 +60,11 @@ def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tenso
     """ClassStats and (with ``weight``) SampleStats of validated (features (B, d), labels (B,)) batches on
     one device (the list is consumed).
 
-    The features are copied once, in their own dtype, into label order (a counting sort). Sweep 1 takes
-    each class's float64 sum (its mean); sweep 2 visits each class again in cache-sized float64 chunks
-    r = h − μ_k and, while the chunk is in cache, takes ‖r‖² and adds rᵀr (its Gram), and projects r on
-    the classifier and the centred means; the per-sample metrics are then scored a class at a time
-    from those (2K + 1, n_k) products. No float64 copy of the split is made.
+    The features are copied once, in their own dtype (promoted if batches differ), into label order (a
+    counting sort). Sweep 1 takes each class's float64 sum (its mean); sweep 2 visits each class again
+    in cache-sized float64 chunks r = h − μ_k and, while the chunk is in cache, takes ‖r‖², adds rᵀr (its
+    Gram) and projects r on the classifier and the centred means; the per-sample metrics are then scored
+    a class at a time from those (2K + 1, n_k) products. No float64 copy of the split is made.
     The ClassStats equals, to rounding, one fed with the same batches through ``update``.
     """
     K, d = num_classes, dim
@@ -76,11 +77,12 @@ def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tenso
     stats = ClassStats(K, d, device, per_class=True)
     stats._shift = _reference_point(batches)  # (d,)
     rows = N if device.type != "cpu" else max(1, _CHUNK_BYTES // (8 * d))
-    with _buffer(N, d, batches[0][0].dtype, device) as sorted_:
+    dtype = functools.reduce(torch.promote_types, (f.dtype for f, _ in batches))  # batches may differ
+    with _buffer(N, d, dtype, device) as sorted_:
         start = 0
         while batches:
             f, _ = batches.pop(0)
-            _place_rows(sorted_, dest[start:start + f.shape[0]], f)  # (B, d) rows to their sorted places
+            _place_rows(sorted_, dest[start:start + f.shape[0]], f.to(dtype))  # (B, d) rows to their sorted places
             start += f.shape[0]
         chunk = torch.empty(min(rows, max(counts)), d, dtype=F64, device=device)  # (rows, d) float64
         mu = _class_means(sorted_, counts)  # (K, d) μ_k
