@@ -1,4 +1,4 @@
-"""Float64 kernels (OpenBLAS DSYRK on one thread, column sums) and the resident workspace."""
+"""Metric kernels (OpenBLAS DSYRK, column sums, first-hit argmax, batched class ratios) and the resident path."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nc_core.metrics import _blas, evaluate_split, nc_metrics, resident, suite
+from nc_core.metrics.ncc import first_index
 from test_metrics_evaluate import _same, _setup
 from test_metrics_reference import CASES, GOF, _case
 from metrics_reference import reference_metrics
@@ -106,3 +107,13 @@ def test_resident_pass_promotes_batches_of_mixed_dtypes() -> None:
     assert torch.equal(mixed[0].means, same[0].means)
     assert torch.equal(mixed[0].sigma_w, same[0].sigma_w)
     assert torch.equal(mixed[1].margins, same[1].margins)
+
+
+def test_first_index_takes_the_first_row_on_ties() -> None:
+    A = torch.tensor([[1.0, 3.0, 2.0, 5.0], [3.0, 3.0, 2.0, 1.0], [3.0, 0.0, 2.0, 5.0]], dtype=F64)  # (K, B)
+    assert first_index(A, A.amax(0)).tolist() == [1, 0, 0, 0]
+    assert first_index(A, A.amin(0)).tolist() == [0, 2, 0, 1]
+    g = torch.Generator().manual_seed(2)
+    B = torch.randint(0, 5, (300, 2000), generator=g).to(F64)  # K > 256 (int32 weights), ties everywhere
+    want = [int(torch.nonzero(col == col.max())[0]) for col in B.T]
+    assert first_index(B, B.amax(0)).tolist() == want
