@@ -1,4 +1,4 @@
-"""Metric kernels (OpenBLAS DSYRK, column sums, first-hit argmax, batched class ratios) and the resident path."""
+"""Metric kernels (DSYRK Grams, column sums, products, first-hit argmax, batched class ratios) and the resident path."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nc_core.metrics import _blas, evaluate_split, nc_metrics, resident, suite
-from nc_core.metrics.ncc import first_index
+from nc_core.metrics.ncc import SampleStats, first_index
+from nc_core.metrics.stats import ClassStats
 from test_metrics_evaluate import _same, _setup
 from test_metrics_reference import CASES, GOF, _case
 from metrics_reference import reference_metrics
@@ -117,3 +118,16 @@ def test_first_index_takes_the_first_row_on_ties() -> None:
     B = torch.randint(0, 5, (300, 2000), generator=g).to(F64)  # K > 256 (int32 weights), ties everywhere
     want = [int(torch.nonzero(col == col.max())[0]) for col in B.T]
     assert first_index(B, B.amax(0)).tolist() == want
+
+
+def test_products_match_an_extended_precision_reference() -> None:
+    X, y, K, W, b = _case("imbalanced")
+    d = X.shape[1]
+    samples = SampleStats(ClassStats(K, d, per_class=True).update(X, y), W, b)
+    R = torch.randn(1000, d, generator=torch.Generator().manual_seed(3), dtype=F64)
+    P = samples.products(R)  # (2K + 1, 1000)
+    want = samples._proj_t.numpy().astype(np.longdouble) @ R.numpy().T.astype(np.longdouble)
+    np.testing.assert_allclose(P.numpy(), want.astype(np.float64), rtol=1e-12, atol=1e-12)
+    out = torch.zeros(2 * K + 1, 1200, dtype=F64)
+    samples.products(R, out=out[:, 100:1100])  # into a column block of a wider buffer
+    assert torch.equal(out[:, 100:1100], P) and not out[:, :100].any() and not out[:, 1100:].any()
