@@ -32,7 +32,7 @@ def test_add_gram_accumulates_the_upper_triangle(threads: int, d: int) -> None:
         R2 = torch.randn(300, d + 20, generator=g, dtype=F64)[:, 10:d + 10]  # a non-contiguous column slice
         C = torch.zeros(d, d, dtype=F64)
         # one OpenBLAS DSYRK thread on 1 torch thread, and on 2 below the block trapezoid; torch otherwise
-        assert _blas._on_cpu64(C, R1) == (threads == 1 or (threads == 2 and d < _blas.TRAPEZOID_MIN_DIM))
+        assert _blas._use_syrk(C, R1) == (threads == 1 or (threads == 2 and d < _blas.TRAPEZOID_MIN_DIM))
         _blas.add_gram(C, R1)
         _blas.add_gram(C, R2)
         _blas.add_gram(C, R1[:0])  # no rows: no change

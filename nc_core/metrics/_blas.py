@@ -72,7 +72,7 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def _on_cpu64(C: torch.Tensor, R: torch.Tensor) -> bool:
+def _use_syrk(C: torch.Tensor, R: torch.Tensor) -> bool:
     """OpenBLAS (held to ONE thread: a second pool of spinning BLAS threads beside torch's OpenMP pool
     slows both down, measured 5× on 2 cores) where it beats torch's GEMM for the Gram C += RᵀR."""
     return _syrk_wins(C.shape[-1]) and all(
@@ -85,7 +85,7 @@ def add_gram(C: torch.Tensor, R: torch.Tensor) -> None:
     :func:`_syrk_wins`; elsewhere ``addmm`` (the upper block trapezoid from d = 256 on the CPU)."""
     if R.shape[0] == 0:
         return
-    if not _on_cpu64(C, R):
+    if not _use_syrk(C, R):
         d = C.shape[-1]
         if C.device.type == "cpu" and d >= TRAPEZOID_MIN_DIM:  # upper block trapezoid: 62.5 % of the flops
             for i in range(0, d, 128):
