@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nc_core.metrics import _blas, evaluate_split, nc_metrics, resident, suite
+from nc_core.metrics import _blas, _workspace as workspace, evaluate_split, nc_metrics, resident, suite
 from nc_core.metrics.ncc import SampleStats, first_index
 from nc_core.metrics.stats import ClassStats
 from test_metrics_evaluate import _same, _setup
@@ -78,15 +78,15 @@ def test_workspace_is_reused_and_never_shared(one_torch_thread) -> None:  # noqa
     X, y, K, W, b = _case("imbalanced")
     resident.release_workspace()
     first = nc_metrics(X, y, W, b, num_classes=K)  # creates the CPU workspace (outside inference mode)
-    ws = resident._WORKSPACE["cpu"]
+    ws = workspace._SORTED.buffer
     with torch.inference_mode():
         again = nc_metrics(X, y, W, b, num_classes=K)  # reuses it inside inference mode
-    assert resident._WORKSPACE["cpu"] is ws
-    with resident._WORKSPACE_LOCK:  # held by "another thread": this call must use a buffer of its own
+    assert workspace._SORTED.buffer is ws
+    with workspace._SORTED.lock:  # held by "another thread": this call must use a buffer of its own
         busy = nc_metrics(X, y, W, b, num_classes=K)
     assert again == first and busy == first and again.distributions == first.distributions
     resident.release_workspace()
-    assert resident._WORKSPACE == {}
+    assert workspace._SORTED.buffer is None and workspace._KEPT.buffer is None
 
 
 def test_class_ratios_in_blocks_equal_one_batch(monkeypatch) -> None:  # noqa: ANN001

@@ -63,13 +63,26 @@ def _syrk_wins(d: int | None = None) -> bool:
 
 
 @contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Hold OpenBLAS to one thread around a loop of the kernels below (when they use it at all)."""
-    if not _syrk_wins():
+def single_threaded_blas(force: bool = False) -> Iterator[None]:
+    """Hold OpenBLAS to one thread around a loop of the kernels below (when they use it at all, or
+    always with ``force``)."""
+    if not (force or _syrk_wins()):
         yield
         return
     with _blas_threads():
         yield
+
+
+@contextmanager
+def blas_held_by_caller() -> Iterator[None]:
+    """In a worker thread whose caller holds :func:`single_threaded_blas` for it: the kernels skip
+    their own (thread-local) hold, whose save-and-restore would race with other workers'."""
+    depth = getattr(_HELD, "depth", 0)
+    _HELD.depth = depth + 1
+    try:
+        yield
+    finally:
+        _HELD.depth = depth
 
 
 def _use_syrk(C: torch.Tensor, R: torch.Tensor) -> bool:

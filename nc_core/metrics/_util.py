@@ -90,7 +90,7 @@ def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels
         raise ValueError(f"{name}: expected integer class indices, got dtype {t.dtype}")
     t = t.to(torch.int64)
     if n and num_classes is not None:
-        lo, hi = (int(v) for v in torch.stack([t.min(), t.max()]).tolist())
+        lo, hi = (int(v) for v in torch.stack(torch.aminmax(t)).tolist())  # one pass, one sync
         if lo < 0 or hi >= num_classes:
             raise ValueError(
                 f"{name}: expected values in 0..K-1 = 0..{num_classes - 1}, got min {lo}, max {hi}")

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ._util import F64, MetricDict, check_classifier, check_features, check_labels, check_num_classes
+from ._workspace import kept_batches
 from .ncc import SampleStats
 from .resident import fits as resident_fits, resident_pass
 from .stats import CHUNK_BYTES, ClassStats
@@ -60,7 +61,7 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
     """
     K = check_num_classes(num_classes)
     one_shot = isinstance(batches, Iterator)
-    with torch.inference_mode():
+    with torch.inference_mode(), kept_batches() as keeper:
         stats: ClassStats | None = None
         kept: list = []
         resident, used, n = True, 0, 0
@@ -85,7 +86,7 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
             if resident:
                 nbytes = feats.numel() * feats.element_size() + y.numel() * y.element_size()
                 if used + nbytes <= max_resident_bytes:
-                    kept.append((feats, y))
+                    kept.append((keeper.keep(feats), y))
                     used += nbytes
                     continue
                 resident = False

@@ -1,7 +1,7 @@
 """Per-sample metrics (NCC agreement, cosine margins, per-class rank ratios) as a second-pass accumulator."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -51,6 +51,16 @@ def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tens
     return _margin(num / wc_norm.clamp_min(1e-300)[:, None], y) / xc_norm.clamp_min(1e-300)  # (B,)
 
 
+class Scores(NamedTuple):
+    """Per-sample results of one block of samples: NCC matches with argmax(Wh + b) and with argmax(Wh)
+    (() int64 counts; None when a class is empty) and both cosine margins (B,)."""
+
+    match: torch.Tensor | None
+    agree: torch.Tensor | None
+    margins: torch.Tensor
+    margins_logit: torch.Tensor
+
+
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
     """The concatenation of ``parts``, which is replaced by it (concatenated once, then kept)."""
     if len(parts) > 1:
@@ -89,7 +99,7 @@ class SampleStats:
             # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
-        self._offset_proj: torch.Tensor | None = None  # (2K + 1, K) products of μ_k − μ_G, when needed
+            self._offset_proj = self.products(self._mc.nan_to_num(0.0))  # (2K + 1, K) products of μ_k − μ_G
         self.num_samples = 0
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
         self._agree = torch.zeros((), dtype=torch.int64, device=dev)
@@ -134,45 +144,53 @@ class SampleStats:
         if self.W is None:
             return
         P = self.products(xc)  # (2K + 1, B): [(w_k − w̄)·xc | w̄·xc | (μ_k − μ_G)·xc]
-        self._score(P, torch.linalg.vector_norm(xc, dim=1), y)
+        self._absorb(self._score(P, torch.linalg.vector_norm(xc, dim=1), y))
 
     def products(self, r: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(2K + 1, n) products of float64 rows r (n, d) with [w_k − w̄ | w̄ | μ_k − μ_G] (in ``out`` if
         given): one sample per column, so the scores' reductions over k run along contiguous rows."""
         return torch.mm(self._proj_t, r.T, out=out)
 
-    def _residual_class(self, P: torch.Tensor, sq: torch.Tensor, k: int) -> None:
-        """:meth:`_per_sample` for rows of one class k given as residuals r = h − μ_k: ``P`` (2K + 1, n)
-        = :meth:`products` of r (OVERWRITTEN) and ``sq`` (n,) = ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o,
-        so its products are r's plus o's, and ‖h − μ_G‖² = ‖r‖² + 2 r·o + ‖o‖² (r·o is row K + 1 + k
-        of P): h − μ_G is never formed."""
+    def _residual_scores(self, P: torch.Tensor, sq: torch.Tensor, k: int) -> Scores | None:
+        """The :class:`Scores` of rows of one class k given as residuals r = h − μ_k (None without W),
+        for :meth:`_absorb`: ``P`` (2K + 1, n) = :meth:`products` of r (OVERWRITTEN) and ``sq`` (n,) =
+        ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o, so its products are r's plus o's, and ‖h − μ_G‖² =
+        ‖r‖² + 2 r·o + ‖o‖² (r·o is row K + 1 + k of P): h − μ_G is never formed. Reads the
+        statistics only, so classes may be scored concurrently."""
         if self.W is None:
-            return
+            return None
         K = self.stats.num_classes
-        if self._offset_proj is None:
-            self._offset_proj = self.products(self._mc.nan_to_num(0.0))  # (2K + 1, K) o_k's products
         norm = (sq + 2.0 * P[K + 1 + k] + self._mc_sq[k]).clamp_min_(0.0).sqrt_()  # (n,) ‖h − μ_G‖
         P += self._offset_proj[:, k:k + 1]
-        self._score(P, norm, k)
-        self.num_samples += int(P.shape[1])
+        return self._score(P, norm, k)
 
-    def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> None:
+    def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> Scores:
         """NCC counts and both cosine margins from the products P (2K + 1, B) of h − μ_G with
         [w_k − w̄ | w̄ | μ_k − μ_G] and its norms (B,); ``y`` the labels, or one int for a one-class block."""
         K = self.stats.num_classes
         num = P[:K]  # (K, B) (w_k − w̄)·(h − μ_G)
         logits = (P[K] + self._w_mu[:, None]).add_(num)  # (K, B) bias-free logits W h = w̄·h + (w_k − w̄)·h
+        match = agree = None
         if not self.empty_classes:
             ncc = ncc_predict(P[K + 1:2 * K + 1], self._mc_sq)  # (B,)
-            agree = ncc == first_index(logits, logits.amax(0))  # (B,)
+            agree = (ncc == first_index(logits, logits.amax(0))).sum()  # ()
             if self.b is not None:
                 full = logits + self.b[:, None]  # (K, B)
-                self._match += (ncc == first_index(full, full.amax(0))).sum()
+                match = (ncc == first_index(full, full.amax(0))).sum()  # ()
             else:
-                self._match += agree.sum()
-            self._agree += agree.sum()
-        self._margins.append(cosine_margins(num, self._wc_norm, xc_norm, y))
-        self._margins_logit.append(cosine_margins(logits, self._wc_norm, xc_norm, y))
+                match = agree
+        return Scores(match, agree, cosine_margins(num, self._wc_norm, xc_norm, y),
+                      cosine_margins(logits, self._wc_norm, xc_norm, y))
+
+    def _absorb(self, scores: Scores | None) -> None:
+        """Add one block's :class:`Scores` (in sample order; ``num_samples`` is the caller's to count)."""
+        if scores is None:
+            return
+        if scores.match is not None:
+            self._match += scores.match
+            self._agree += scores.agree
+        self._margins.append(scores.margins)
+        self._margins_logit.append(scores.margins_logit)
 
     # -------------------------------------------------------------- results
     @property

@@ -83,6 +83,8 @@ class _Ctx:
     @cached_property
     def ratios(self) -> torch.Tensor:
         means = self.means
+        if self.samples is not None and self.samples.class_ratios is not None:
+            return self.samples.class_ratios  # (K,) taken already (the resident pass, class by class)
         cs = self.stats.class_scatter
         if cs is not None:
             n, d = self.stats.counts, cs.shape[-1]
