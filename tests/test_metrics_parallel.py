@@ -156,7 +156,7 @@ def test_kept_batches_pack_copies_into_the_workspace() -> None:
     base = buf.data_ptr()
     assert ka.data_ptr() == base and kb.data_ptr() == base + 64  # 64-byte aligned slots
     assert kept.keep(c) is c  # a slot at 192 of 160 bytes: no room in 200, kept as it is
-    assert kept.wanted == 192 + 160  # what the next call's workspace is sized to
+    assert kept.used == 192 + 160  # what the next call's workspace is sized to
     rows = workspace.KeptBatches(torch.zeros(400, dtype=torch.uint8))
     r1, r2, r3 = rows.keep(torch.ones(3, 5)), rows.keep(torch.zeros(2, 5)), rows.keep(torch.ones(1, 5).double())
     assert r2.data_ptr() == r1.data_ptr() + 60  # same dtype and row shape: the next rows, no gap

@@ -58,19 +58,18 @@ class KeptBatches:
 
     def __init__(self, buffer: torch.Tensor | None):
         self._buffer = buffer
-        self._used = 0
         self._last: tuple | None = None  # (dtype, row shape) of the last packed batch
-        self.wanted = 0  # bytes this call would have packed
+        self.used = 0  # bytes the batches so far take (or would take) in the workspace
 
     def keep(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` itself, or a copy of it in the workspace (same shape, dtype and values)."""
         if t.device.type != "cpu" or t.requires_grad:
             return t
         kind = (t.dtype, tuple(t.shape[1:]))
-        start = self._used if kind == self._last else -(-self._used // _ALIGN) * _ALIGN
+        start = self.used if kind == self._last else -(-self.used // _ALIGN) * _ALIGN
         nbytes = t.numel() * t.element_size()
-        self._used = self.wanted = start + nbytes
-        if self._buffer is None or self.wanted > self._buffer.numel():
+        self.used = start + nbytes
+        if self._buffer is None or self.used > self._buffer.numel():
             self._last = None  # what follows is not contiguous with this batch any more
             return t
         self._last = kind
@@ -87,8 +86,8 @@ def kept_batches() -> Iterator[KeptBatches]:
     try:
         kept = KeptBatches(_KEPT.buffer)
         yield kept
-        if kept.wanted and (_KEPT.buffer is None or kept.wanted > _KEPT.buffer.numel()):
-            _KEPT.bytes(kept.wanted)  # sized for the next call of this size
+        if kept.used and (_KEPT.buffer is None or kept.used > _KEPT.buffer.numel()):
+            _KEPT.bytes(kept.used)  # sized for the next call of this size
     finally:
         _KEPT.lock.release()
 

@@ -82,9 +82,9 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
         for _ in range(workers):
             free.put(torch.empty(min(rows, max(counts)), d, dtype=F64, device=device))  # (rows, d)
 
-        def visit(item: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, Scores | None, torch.Tensor | str]:
-            """Sweep 2 over class k: its Gram (into the stats), Σ‖h − μ_k‖², its per-sample scores and its
-            nuclear-norm ratio (or why it is undefined)."""
+        def visit(item: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, Scores | None, torch.Tensor | str | None]:
+            """Sweep 2 over class k: its Gram (into the stats), Σ‖h − μ_k‖², and with W its per-sample scores
+            and nuclear-norm ratio (or why it is undefined; without W the suite takes the ratios)."""
             k, xk = item
             n_k, chunk = xk.shape[0], free.get()
             try:
@@ -99,7 +99,7 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
             finally:
                 free.put(chunk)
             if samples is None:
-                return sq.sum(), None, ""
+                return sq.sum(), None, None
             return sq.sum(), samples._residual_scores(P, sq, k), _class_ratio(stats._scatter[k], n[k], means[k])
 
         ratios = []
