@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from contextlib import nullcontext
 from typing import Iterator
@@ -87,7 +88,7 @@ def test_class_workers_need_a_class_per_thread(torch_threads) -> None:  # noqa: 
     assert _workers(2) == 1  # fewer classes than threads: torch's threads per kernel
     with _parallel.class_workers(torch.device("meta"), 10) as workers:
         assert workers == 1
-    with _parallel._POOL_LOCK:  # "another thread" is inside its block: this one goes class by class
+    with _parallel._STATE.lock:  # "another thread" is inside its block: this one goes class by class
         assert _workers(10) == 1
     assert torch.get_num_threads() == 3
 
@@ -136,15 +137,19 @@ def test_class_workers_pass_errors_on_and_restore_threads(torch_threads) -> None
     assert _workers(6) == 2  # the lock is free again
 
 
-def test_a_forked_child_gets_a_pool_of_its_own(torch_threads, monkeypatch) -> None:  # noqa: ANN001
+def test_a_forked_child_starts_without_the_parents_threads_and_locks(torch_threads) -> None:  # noqa: ANN001
     torch_threads(2)
     with _parallel.class_workers(torch.device("cpu"), 3) as workers:
-        _parallel.parallel_map(_probe, [1, 2], workers)
-        pid, parent_pool = _parallel._POOL["pool"]
-        monkeypatch.setattr(_parallel.os, "getpid", lambda: pid + 1)  # as in a Celery prefork child
-        assert [o[0] for o in _parallel.parallel_map(_probe, [1, 2, 3], workers)] == [1, 4, 9]
-    child_pid, child_pool = _parallel._POOL["pool"]
-    assert child_pid == pid + 1 and child_pool is not parent_pool  # the inherited one has no threads
+        _parallel.parallel_map(_probe, [1, 2], workers)  # the parent now keeps a pool
+    assert _parallel._STATE.executor is not None
+    with _parallel._STATE.lock, workspace._SORTED.lock:  # held by the parent while it forks
+        pid = os.fork()
+        if pid == 0:  # the child: a Celery prefork worker, say
+            ok = (_parallel._STATE.executor is None and not _parallel._STATE.lock.locked()
+                  and not workspace._SORTED.lock.locked() and not workspace._KEPT.lock.locked())
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_kept_batches_pack_copies_into_the_workspace() -> None:

@@ -15,8 +15,26 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-_POOL: dict[str, tuple[int, ThreadPoolExecutor]] = {}  # "pool" → (pid, executor) of the last call
-_POOL_LOCK = threading.Lock()
+class _Pool:
+    """The kept worker threads (made on first use) and the lock a :func:`class_workers` block holds."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor: ThreadPoolExecutor | None = None
+        self.size = 0
+
+
+_STATE = _Pool()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child (a Celery prefork worker): the parent's threads do not exist here, and the
+    parent may have held the lock while forking."""
+    global _STATE
+    _STATE = _Pool()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @contextmanager
@@ -30,8 +48,8 @@ def class_workers(device: torch.device, items: int) -> Iterator[int]:
     the workers (~3 ms of a 27 ms sweep). torch's thread count is process-wide: it is set back on exit,
     and no other thread should start torch work meanwhile. A block entered while another thread's
     block runs gets 1."""
-    threads = torch.get_num_threads()
-    if not (device.type == "cpu" and 2 <= threads <= items) or not _POOL_LOCK.acquire(blocking=False):
+    threads, state = torch.get_num_threads(), _STATE
+    if not (device.type == "cpu" and 2 <= threads <= items) or not state.lock.acquire(blocking=False):
         yield 1
         return
     try:
@@ -40,19 +58,18 @@ def class_workers(device: torch.device, items: int) -> Iterator[int]:
             yield threads
     finally:
         torch.set_num_threads(threads)
-        _POOL_LOCK.release()
+        state.lock.release()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The kept executor of ``workers`` threads (new after a fork or a change of size). Kept because a
-    fresh thread pays its first OpenBLAS and malloc-arena setup: new threads per call cost ~8 ms here."""
-    pid, pool = _POOL.get("pool", (None, None))
-    if pool is None or pid != os.getpid() or pool._max_workers != workers:
-        if pool is not None and pid == os.getpid():
-            pool.shutdown(wait=True)
-        pool = ThreadPoolExecutor(workers, "nc-class")
-        _POOL["pool"] = (os.getpid(), pool)
-    return pool
+    """The kept executor of ``workers`` threads (a new one when the size changes). Kept because a fresh
+    thread pays its first OpenBLAS and malloc-arena setup: new threads per call cost ~8 ms here."""
+    state = _STATE
+    if state.executor is None or state.size != workers:
+        if state.executor is not None:
+            state.executor.shutdown(wait=True)
+        state.executor, state.size = ThreadPoolExecutor(workers, "nc-class"), workers
+    return state.executor
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:

@@ -1,6 +1,7 @@
 """Reused CPU workspaces of the resident metric pass (fresh memory costs a page fault per 4 KiB touched)."""
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -29,6 +30,15 @@ class _Workspace:
 
 _SORTED = _Workspace()  # the label-sorted split
 _KEPT = _Workspace()  # the split's batches as the forward produced them
+
+
+def _unlock_after_fork() -> None:
+    """In a forked child: fresh locks (the parent may have held one while forking); buffers are kept."""
+    for ws in (_SORTED, _KEPT):
+        ws.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_after_fork)
 
 
 @contextmanager
