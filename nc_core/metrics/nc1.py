@@ -113,6 +113,12 @@ def trace_sb(hc: torch.Tensor) -> float:
     return float((hc * hc).sum()) / hc.shape[0]
 
 
+def uncentred_grams(scatter: torch.Tensor, n_rows: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """(b, d, d) Grams X_kᵀX_k = C_k + n_k μ_k μ_kᵀ of uncentred class matrices from their symmetric
+    scatter about the class mean C_k (b, d, d), float64 sizes n_k (b,) and means μ_k (b, d)."""
+    return scatter + n_rows[:, None, None] * (means[:, :, None] * means[:, None, :])  # (b, d, d)
+
+
 def class_rank_ratios(grams: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
     """(K,) ‖X_k‖_*/‖X_k‖_F of uncentred class matrices X_k (n_k × d) from their Grams X_kᵀX_k (K, d, d)
     and row counts n_k (K,): singular values = √eig(X_kᵀX_k) (float64 eigvalsh, one batched call) over

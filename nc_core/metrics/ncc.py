@@ -7,7 +7,7 @@ import torch
 
 from ._blas import add_gram, symmetric
 from ._util import F64, MetricUndefined, check_classifier, check_features, check_labels
-from .nc1 import class_rank_ratio
+from .nc1 import class_rank_ratio, uncentred_grams
 from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
 
 
@@ -218,8 +218,9 @@ class SampleStats:
         """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""
         if self.class_ratios is None and self._grams is not None and not self.empty_classes:
             n, mean = self.stats.counts, self._means
-            self._set_ratios((symmetric(self._grams[k]) + n[k] * torch.outer(mean[k], mean[k]), int(n[k]))
-                             for k in range(self.stats.num_classes))
+            grams = (uncentred_grams(symmetric(self._grams[k])[None], n[k:k + 1], mean[k:k + 1])[0]  # (d, d)
+                     for k in range(self.stats.num_classes))
+            self._set_ratios((g, int(n[k])) for k, g in enumerate(grams))
         return self
 
     def _set_ratios(self, grams) -> None:

@@ -92,7 +92,7 @@ class _Ctx:
             parts = []
             for lo in range(0, self.K, step):
                 m, nk = means[lo:lo + step], n[lo:lo + step]  # (b, d), (b,)
-                grams = cs[lo:lo + step] + nk[:, None, None] * (m[:, :, None] * m[:, None, :])  # (b, d, d) X_kᵀX_k
+                grams = nc1.uncentred_grams(cs[lo:lo + step], nk, m)  # (b, d, d) X_kᵀX_k
                 parts.append(nc1.class_rank_ratios(grams, nk.long()))
             return torch.cat(parts)  # (K,)
         if self.samples is None:
