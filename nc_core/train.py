@@ -15,7 +15,7 @@ from nc_core.spec_rules import checkpoint_epochs, eval_epochs
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
-from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
+from nc_core.training.report import DivergenceWatch, NullReporter, Reporter, TrainingDiverged, report_metrics
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
                                      warn_if_slow_bf16)
 from nc_core.training.schedule import build_scheduler
@@ -87,7 +87,10 @@ def _step(r: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, to
         with autocast(spec, r.device):
             feats, logits = _forward(r, xb, yb)  # (B, d), (B, K)
             loss = r.loss_fn(logits, yb)
-            total = loss + feature_penalty(spec, r.raw.get("h", feats)) + closure_weight_decay(spec, r.model)
+            total = loss
+            for penalty in (feature_penalty(spec, r.raw.get("h", feats)), closure_weight_decay(spec, r.model)):
+                if isinstance(penalty, torch.Tensor):  # 0.0 when off: no op, no autograd node
+                    total = total + penalty
         total.backward()
         if spec.optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(r.model.parameters(), spec.optim.grad_clip)
@@ -111,7 +114,7 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
     r.gen.manual_seed(epoch_seed(spec.seed, epoch))  # the order depends on (seed, epoch) only: resumable
     loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)
     correct = torch.zeros((), dtype=torch.long, device=r.device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=r.device)
+    watch = DivergenceWatch(r.device, S)
     n, t0 = 0, time.perf_counter()
     it = batches(r.x["train"], r.y["train"], spec.batch_size, shuffle=True, generator=r.gen,
                  augment=spec.data.augment)
@@ -119,13 +122,10 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
         if r.reporter.should_stop():
             raise _Stopped
         loss, logits = _step(r, xb, yb)
-        loss_sum += loss.double() * yb.shape[0]
+        loss_sum.add_(loss, alpha=yb.shape[0])  # float64 Σ batch mean × batch size
         correct += (logits.argmax(1) == yb).sum()
         n += yb.shape[0]
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
-        if r.device.type == "cpu" or step % 32 == 31 or step == S - 1:  # a host sync at most every 32 steps
-            if (bad := int(first_bad)) >= 0:
-                raise TrainingDiverged(epoch, bad)
+        watch.see(loss, epoch, step)
         r.reporter.on_progress(epoch, step + 1, S, n / max(time.perf_counter() - t0, 1e-9))
     return {"running_loss": float(loss_sum) / max(n, 1), "running_acc": 100.0 * int(correct) / max(n, 1),
             "lr": r.opt.param_groups[0]["lr"]}

@@ -8,6 +8,7 @@ import torch
 
 from nc_core.spec import RunSpec
 from nc_core.train import NullReporter, TrainingDiverged, fit, validate_checkpoints
+from nc_core.training.report import DivergenceWatch
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, param_groups
 from nc_core.training.schedule import lr_factor, milestone_epochs
 
@@ -105,6 +106,45 @@ def test_diverging_lr_raises_with_epoch_and_step(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+") as info:
         fit(spec, workdir=tmp_path)
     assert info.value.epoch == 1 and info.value.step >= 0
+
+
+@pytest.mark.parametrize("on_host", [True, False])
+def test_divergence_watch_names_the_first_bad_step(on_host):
+    """CPU mode raises at the bad step itself; device mode (run here on CPU tensors) keeps the first bad step
+    and raises at the next 32-step boundary or the epoch's last step, never earlier."""
+    losses = [1.0, 0.5, float("nan"), 2.0, float("inf")] + [1.0] * 40
+    watch = DivergenceWatch(torch.device("cpu"), steps=len(losses), on_host=on_host)
+    with pytest.raises(TrainingDiverged) as info:
+        for step, value in enumerate(losses):
+            seen = step
+            watch.see(torch.tensor(value), 3, step)
+    assert (info.value.epoch, info.value.step, seen) == (3, 2, 2 if on_host else 31)
+    short = DivergenceWatch(torch.device("cpu"), steps=5, on_host=on_host)  # raised by the epoch's last step
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        for step, value in enumerate([1.0, 1.0, 1.0, 1.0, float("-inf")]):
+            short.see(torch.tensor(value), 1, step)
+    fine = DivergenceWatch(torch.device("cpu"), steps=40, on_host=on_host)
+    for step in range(40):
+        fine.see(torch.tensor(0.25), 1, step)
+
+
+def test_penalties_add_no_autograd_node_when_off(tmp_path, monkeypatch):
+    """Without separate decay or LBFGS the step back-propagates the data loss itself (no `+ 0.0` nodes)."""
+    import nc_core.losses as losses_mod
+
+    losses, backwards = [], []
+    build = losses_mod.build_loss
+
+    def recording_loss(*args):
+        fn = build(*args)
+        return lambda logits, y: losses.append(fn(logits, y)) or losses[-1]
+
+    monkeypatch.setattr(losses_mod, "build_loss", recording_loss)
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: backwards.append(self))
+    fit(tiny(epochs=1, eval__splits=["test"]), workdir=tmp_path)
+    train_losses = [t for t in losses if t.requires_grad]
+    assert backwards and len(backwards) == len(train_losses)
+    assert all(b is t for b, t in zip(backwards, train_losses))
 
 
 @pytest.mark.parametrize("optim", [{"name": "sgd"}, {"name": "sgd", "nesterov": True}, {"name": "adam", "lr": 1e-3},

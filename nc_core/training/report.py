@@ -1,7 +1,10 @@
 """The Reporter protocol fit() talks to, a no-op reporter, and the divergence error."""
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
+
+import torch
 
 
 @runtime_checkable
@@ -65,3 +68,24 @@ class TrainingDiverged(RuntimeError):
                          "lower optim.lr, add optim.grad_clip, or use precision='fp32'")
         self.epoch = epoch
         self.step = step
+
+
+class DivergenceWatch:
+    """Raises :class:`TrainingDiverged` for the first step of an epoch whose loss is not finite. On the CPU
+    (``on_host``) the loss is read at every step, which costs no sync; on an accelerator the first bad step
+    is kept on the device and read every 32 steps and at the epoch's last step (``steps`` steps)."""
+
+    def __init__(self, device: torch.device, steps: int, *, on_host: bool | None = None):
+        self.steps = steps
+        self.on_host = device.type == "cpu" if on_host is None else on_host
+        self._first = None if self.on_host else torch.full((), -1, dtype=torch.long, device=device)
+
+    def see(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Check the (detached, scalar) loss of ``step`` (0-based) of ``epoch``."""
+        if self.on_host:
+            if not math.isfinite(value := loss.item()):
+                raise TrainingDiverged(epoch, step, value)
+            return
+        self._first = torch.where((self._first < 0) & ~torch.isfinite(loss), step, self._first)
+        if (step % 32 == 31 or step == self.steps - 1) and (bad := int(self._first)) >= 0:
+            raise TrainingDiverged(epoch, bad)
