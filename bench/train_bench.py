@@ -125,11 +125,14 @@ def bench_loaders(args, device: torch.device) -> dict[str, float]:
     train_epoch(net, opt, loss_fn, res_it(), device, bf16, limit=20)  # warm-up (allocator, kernels, workers)
     train_epoch(net, opt, loss_fn, iter(loader), device, bf16, limit=20)
     t_res, t_dl = [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.epochs):  # alternate, so drifting machine load hits both pipelines alike
         t_res.append(train_epoch(net, opt, loss_fn, res_it(), device, bf16))
         t_dl.append(train_epoch(net, opt, loss_fn, iter(loader), device, bf16))
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"resident_s": statistics.median(t_res), "dataloader_s": statistics.median(t_dl),
-            "resident_min_s": min(t_res), "dataloader_min_s": min(t_dl)}
+            "resident_min_s": min(t_res), "dataloader_min_s": min(t_dl), "peak_gib": peak}
 
 
 def bench_eval(args, device: torch.device) -> dict[str, float]:
@@ -207,6 +210,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device on this machine")
     device = torch.device(args.device)
     print(f"machine: {machine(device)}; precision {'bf16' if use_bf16(args.workload, device) else 'fp32'}")
     if not args.skip_train:
@@ -214,7 +219,9 @@ def main() -> None:
         print(f"{args.workload} on {args.device}, median (min) of {args.epochs} epochs: resident {r['resident_s']:.2f} "
               f"({r['resident_min_s']:.2f}) s | DataLoader(num_workers={args.workers}) {r['dataloader_s']:.2f} "
               f"({r['dataloader_min_s']:.2f}) s | speed-up {r['dataloader_s'] / r['resident_s']:.1f}x "
-              f"({r['dataloader_min_s'] / r['resident_min_s']:.1f}x)")
+              f"({r['dataloader_min_s'] / r['resident_min_s']:.1f}x)"
+              + (f"; peak GPU memory {r['peak_gib']:.2f} GiB (the resident split included)" if device.type == "cuda"
+                 else ""))
     if not args.skip_eval:
         e = bench_eval(args, device)
         n = min(WORKLOADS[args.workload][1], args.eval_n or 10**9)

@@ -65,7 +65,7 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, epoch: int, step: int, value: float | None = None):
         what = f" (loss = {value})" if value is not None else ""
         super().__init__(f"training diverged at epoch {epoch}, step {step}: non-finite loss{what}; "
-                         "lower optim.lr, add optim.grad_clip, or use precision='fp32'")
+                         "lower optim.lr or add optim.grad_clip (under bf16, also try precision='fp32')")
         self.epoch = epoch
         self.step = step
 
