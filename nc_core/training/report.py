@@ -1,4 +1,4 @@
-"""The Reporter protocol fit() talks to, a no-op reporter, and the divergence error."""
+"""The Reporter protocol fit() talks to, a no-op reporter, the divergence error and the per-step divergence watch."""
 from __future__ import annotations
 
 import math
