@@ -22,17 +22,27 @@ def _exact_gram(R: torch.Tensor) -> np.ndarray:
     return (r.T @ r).astype(np.float64)
 
 
-@pytest.mark.parametrize("threads, d", [(1, 40), (2, 40), (3, 40), (1, 300), (2, 300)])
-def test_add_gram_accumulates_the_upper_triangle(threads: int, d: int) -> None:
+@pytest.mark.parametrize("mkl", [False, True], ids=["openblas-syrk", "mkl-avx512"])
+@pytest.mark.parametrize("threads, d", [(1, 40), (2, 40), (3, 40), (1, 130), (1, 300), (2, 300), (1, 2048)])
+def test_add_gram_accumulates_the_upper_triangle(threads: int, d: int, mkl: bool, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(_blas, "mkl_avx512", lambda: mkl)  # both kernel choices, whatever this CPU is
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
-        R1 = torch.randn(500, d, generator=g, dtype=F64) + 3.0
-        R2 = torch.randn(300, d + 20, generator=g, dtype=F64)[:, 10:d + 10]  # a non-contiguous column slice
+        rows = 500 if d < 2048 else 40
+        R1 = torch.randn(rows, d, generator=g, dtype=F64) + 3.0
+        R2 = torch.randn(rows // 2, d + 20, generator=g, dtype=F64)[:, 10:d + 10]  # a non-contiguous column slice
         C = torch.zeros(d, d, dtype=F64)
-        # one OpenBLAS DSYRK thread on 1 torch thread, and on 2 below the block trapezoid; torch otherwise
-        assert _blas._use_syrk(C, R1) == (threads == 1 or (threads == 2 and d < _blas.TRAPEZOID_MIN_DIM))
+        # one OpenBLAS DSYRK thread on 1 torch thread, and on 2 below the block trapezoid; torch where MKL
+        # runs AVX-512 code, and otherwise
+        syrk = not mkl and (threads == 1 or (threads == 2 and d < _blas.TRAPEZOID_MIN_DIM))
+        assert _blas._use_syrk(C, R1) == syrk
+        if threads == 1:  # the block rows of torch's trapezoid: 64 (d/8 from 2,048) on one thread from d = 128
+            want_block = None if d < 128 else 64 if d < 2048 else d // 8
+        else:  # 128 on more threads from d = 256
+            want_block = 128 if d >= 256 else None
+        assert _blas.trapezoid_block(d) == want_block
         _blas.add_gram(C, R1)
         _blas.add_gram(C, R2)
         _blas.add_gram(C, R1[:0])  # no rows: no change
@@ -41,6 +51,14 @@ def test_add_gram_accumulates_the_upper_triangle(threads: int, d: int) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-12)
     finally:
         torch.set_num_threads(before)
+
+
+def test_mkl_avx512_needs_mkl_an_intel_cpu_and_avx512() -> None:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+        vendor = next(line for line in info if line.startswith("vendor_id")).split(":")[1].strip()
+    want = (torch.backends.mkl.is_available() and vendor == "GenuineIntel"
+            and torch.backends.cpu.get_cpu_capability() == "AVX512")
+    assert _blas.mkl_avx512() == want
 
 
 def test_column_sums_match_torch(one_torch_thread) -> None:  # noqa: ANN001

@@ -60,9 +60,26 @@ def test_class_workers_equal_class_after_class(torch_threads, spy_workers, monke
     shared = evaluate_split(forward, batches, **kw)
     monkeypatch.setattr(resident, "class_workers", lambda device, items: nullcontext(1))
     serial = evaluate_split(forward, batches, **kw)
-    assert spy_workers == [2, 1]  # sweep 2 with workers, then without
+    assert spy_workers == [2, 2, 1, 1]  # both sweeps with workers, then without
     _same(shared, serial)
     assert shared.distributions["cos_margin"] == pytest.approx(serial.distributions["cos_margin"], rel=1e-12)
+
+
+def test_class_workers_place_separate_batches(torch_threads, spy_workers, monkeypatch) -> None:  # noqa: ANN001
+    """Batches that are not rows of one tensor take the counting sort, then sweep 1 on the workers."""
+    _, _, x, y, head = _setup(N=900)
+    feats = torch.tanh(x[:, :6]).float()  # (N, 6)
+    separate = lambda: [(feats[i:i + 64].clone(), y[i:i + 64]) for i in range(0, 900, 64)]  # noqa: E731
+    W, b = head.weight.detach()[:, :6].contiguous(), head.bias.detach()
+    torch_threads(2)
+    assert resident._one_block(separate(), torch.float32) is None
+    stats, samples = resident.resident_pass(separate(), 4, 6, W, b)
+    monkeypatch.setattr(resident, "class_workers", lambda device, items: nullcontext(1))
+    stats1, samples1 = resident.resident_pass(separate(), 4, 6, W, b)
+    assert spy_workers == [2, 2, 1, 1]
+    torch.testing.assert_close(stats.means, stats1.means, rtol=0, atol=0)  # the same sums, in the same order
+    torch.testing.assert_close(samples.margins, samples1.margins, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(samples.class_ratios, samples1.class_ratios, rtol=1e-12, atol=0)
 
 
 def test_resident_class_ratios_equal_the_suites(one_torch_thread) -> None:  # noqa: ANN001

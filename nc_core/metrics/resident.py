@@ -38,7 +38,7 @@ def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tenso
     takes ‖r‖², adds rᵀr (its Gram) and projects r on the classifier and the centred means; the
     per-sample metrics and the class's nuclear-norm ratio are then taken a class at a time from those
     (2K + 1, n_k) products and its Gram. No float64 copy of the split is made. On a CPU with T ≥ 2 torch
-    threads and at least T classes, sweep 2's classes are shared out among T single-threaded workers
+    threads and at least T classes, both sweeps share the classes out among T single-threaded workers
     (:func:`class_workers`); results are merged in class order either way.
     The ClassStats equals, to rounding, one fed with the same batches through ``update``.
     """
@@ -62,14 +62,16 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
     with sorted_buffer(N, d, dtype, device) as sorted_:
         classes = list(class_slices(sorted_, counts))  # (k, (n_k, d) rows) of the non-empty classes
         source = _one_block(batches, dtype)  # (N, d), when the batches are consecutive rows of one tensor
-        # Sweep 1 in the caller's thread: it is memory-bound, and right after the forward pass an OpenMP
-        # thread of the caller still spins for a few ms (two workers beside it took 7.0 ms, one 6.2 ms).
+        # Sweep 1 on the class workers too. Right after the forward pass an OpenMP thread of the caller
+        # still spins for a few ms beside them: on a 2-core AMD EPYC, where the sweep took 6.2 ms in the
+        # caller's thread, two workers took 7.0; on a 2-core Intel Xeon it took 16 ms and two workers 8-9.
         if source is not None:  # each class gathers its rows, and sums them while they are in cache
             inputs = [rows_k for _, rows_k in class_slices(order, counts)]  # input rows of each class
-            sweep1 = [_gather_mean(source, region, rows_k) for (_, region), rows_k in zip(classes, inputs)]
+            sweep1 = parallel_map(functools.partial(_gather_mean, source),
+                                  [(region, rows_k) for (_, region), rows_k in zip(classes, inputs)], workers)
         else:
             _place_batches(sorted_, order, batches, dtype)
-            sweep1 = [_class_mean(xk) for _, xk in classes]
+            sweep1 = parallel_map(_class_mean, [xk for _, xk in classes], workers)
         batches.clear()
         mu = torch.zeros(K, d, dtype=F64, device=device)  # (K, d) μ_k (0 for an empty class)
         for (k, _), m in zip(classes, sweep1):
@@ -139,9 +141,11 @@ def _one_block(batches: list, dtype: torch.dtype) -> torch.Tensor | None:
     return head.as_strided((n, head.shape[1]), (head.shape[1], 1))
 
 
-def _gather_mean(source: torch.Tensor, region: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """Sweep 1 over one class from one block: its rows of ``source`` (N, d) (input rows (n_k,)) copied
-    into its label-sorted slice ``region`` (n_k, d), then their (d,) float64 mean while in cache."""
+def _gather_mean(source: torch.Tensor, item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Sweep 1 over one class from one block: its rows of ``source`` (N, d) (``item``: its label-sorted
+    slice ``region`` (n_k, d) and input rows (n_k,)) copied into the region, then their (d,) float64 mean
+    while in cache."""
+    region, inputs = item
     torch.index_select(source, 0, inputs, out=region)  # 60,000 × 128 float32: 2.6 ms, numpy's take 5.7 ms
     return column_sums(region) / region.shape[0]  # (d,) (1/n_k) Σ_{i∈k} h_i
 
