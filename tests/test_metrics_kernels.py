@@ -61,6 +61,16 @@ def test_mkl_avx512_needs_mkl_an_intel_cpu_and_avx512() -> None:
     assert _blas.mkl_avx512() == want
 
 
+@pytest.mark.parametrize("K", [2, 10, 256, 257, 2**15, 2**15 + 1])
+def test_label_order_is_the_stable_argsort(K: int) -> None:
+    from nc_core.metrics._util import label_order
+
+    y = torch.randint(0, K, (5000,), generator=torch.Generator().manual_seed(K))
+    y[:3] = K - 1  # the largest label is present (uint8 holds 255, int16 32,767)
+    assert torch.equal(label_order(y, K), torch.argsort(y, stable=True))
+    assert label_order(y[:0], K).shape == (0,)
+
+
 def test_column_sums_match_torch(one_torch_thread) -> None:  # noqa: ANN001
     g = torch.Generator().manual_seed(1)
     X = torch.randn(1000, 33, generator=g, dtype=F64)

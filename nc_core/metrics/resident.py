@@ -8,7 +8,7 @@ import torch
 
 from ._blas import add_gram, column_sums, symmetric
 from ._parallel import class_workers, parallel_map
-from ._util import F64, MetricUndefined
+from ._util import F64, MetricUndefined, label_order
 from ._workspace import release_workspace, sorted_buffer  # noqa: F401 - release_workspace: public here
 from .nc1 import class_rank_ratios, uncentred_grams
 from .ncc import SampleStats, Scores
@@ -54,7 +54,7 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
     """:func:`resident_pass` given the labels ys (N,) and the K class sizes, its classes shared out among
     ``workers`` (a :func:`class_workers` value)."""
     K, N, device = len(counts), ys.shape[0], ys.device
-    order = torch.argsort(ys, stable=True)  # (N,) sorted position → input row
+    order = label_order(ys, K)  # (N,) sorted position → input row
     stats = ClassStats(K, d, device, per_class=True)
     stats._shift = _reference_point(batches)  # (d,)
     rows = N if device.type != "cpu" else max(1, _CHUNK_BYTES // (8 * d))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ._blas import add_gram, column_sums, symmetric
-from ._util import F64, check_features, check_labels, check_num_classes
+from ._util import F64, check_features, check_labels, check_num_classes, label_order
 
 #: Per-class d×d scatter matrices are kept when K·d²·8 bytes is at most this (auto mode).
 PER_CLASS_AUTO_BYTES = 2**30
@@ -92,7 +92,7 @@ class ClassStats:
         if self.per_class:
             # sort the whole input by label once: the chunks then hold one or two classes each and the
             # per-class GEMMs run over long slices (same result, ~2x faster than short per-batch slices)
-            order = torch.argsort(y)  # (B,)
+            order = label_order(y, self.num_classes)  # (B,)
             for start in range(0, x.shape[0], rows):
                 idx = order[start:start + rows]
                 self._update_sorted(x.index_select(0, idx), y.index_select(0, idx))
