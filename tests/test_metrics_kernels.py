@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nc_core.metrics import _blas, _workspace as workspace, evaluate_split, nc_metrics, resident, suite
+from nc_core.metrics._util import label_order
 from nc_core.metrics.ncc import SampleStats, first_index
 from nc_core.metrics.stats import ClassStats
 from test_metrics_evaluate import _same, _setup
@@ -63,8 +64,6 @@ def test_mkl_avx512_needs_mkl_an_intel_cpu_and_avx512() -> None:
 
 @pytest.mark.parametrize("K", [2, 10, 256, 257, 2**15, 2**15 + 1])
 def test_label_order_is_the_stable_argsort(K: int) -> None:
-    from nc_core.metrics._util import label_order
-
     y = torch.randint(0, K, (5000,), generator=torch.Generator().manual_seed(K))
     y[:3] = K - 1  # the largest label is present (uint8 holds 255, int16 32,767)
     assert torch.equal(label_order(y, K), torch.argsort(y, stable=True))
