@@ -68,13 +68,15 @@ checkpoint:
 
 
 class CLIReporter:
-    """Reporter that drives a rich progress bar and collects metric rows."""
+    """Reporter that drives a rich progress bar and collects metric rows. ``unit`` "iteration" (a UFM
+    run, one step per iteration) shows one bar with the iteration rate instead of epoch and step bars."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: Progress, unit: str = "epoch"):
         self.progress = progress
+        self.unit = unit
         self.rows: list[dict[str, Any]] = []
-        self.epochs = progress.add_task("epochs", total=None)
-        self.steps = progress.add_task("steps", total=None)
+        self.epochs = progress.add_task(f"{unit}s", total=None)
+        self.steps = progress.add_task("steps", total=None, visible=unit == "epoch")
         self._last = 0.0
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
@@ -87,7 +89,10 @@ class CLIReporter:
             return
         self._last = now
         self.progress.update(self.epochs, completed=epoch - 1 + step / steps_per_epoch)
-        self.progress.update(self.steps, completed=step, description=f"steps ({samples_per_s:,.0f}/s)")
+        if self.unit == "epoch":
+            self.progress.update(self.steps, completed=step, description=f"steps ({samples_per_s:,.0f} samples/s)")
+        else:  # one step per iteration: the rate is iterations per second
+            self.progress.update(self.epochs, description=f"{self.unit}s ({samples_per_s:,.0f}/s)")
 
     def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
         self.rows += [{"epoch": epoch, "split": split, "key": k, "value": float(v)} for k, v in metrics.items()]
@@ -133,9 +138,11 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}"
 
 
-def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="metrics per epoch")
-    for col in ("epoch", "split", *TABLE_KEYS):
+def _table(rows: list[dict[str, Any]], unit: str = "epoch") -> Table:
+    """The run's metrics, one row per (epoch, split); ``unit`` names the epoch column (UFM runs report
+    iterations in it)."""
+    table = Table(title=f"metrics per {unit}")
+    for col in (unit, "split", *TABLE_KEYS):
         table.add_column(col, justify="right")
     by: dict[tuple[int, str], dict[str, float]] = {}
     for r in rows:
@@ -171,19 +178,20 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
     from nc_core.train import TrainingDiverged, fit, run_spec
 
+    unit = "iteration" if spec.kind == "ufm" else "epoch"
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*cols, console=console, transient=False) as progress:
-        reporter = CLIReporter(progress)
+        reporter = CLIReporter(progress, unit)
         try:
             summary = fit(spec, reporter, workdir=workdir, resume=resume) if spec.kind == "train" else \
                 run_spec(spec, reporter, workdir=workdir)
         except TrainingDiverged as exc:
             console.print(f"[bold red]diverged[/]: {exc}")
             raise typer.Exit(1)
-    console.print(_table(reporter.rows))
-    unit = "iterations" if spec.kind == "ufm" else "epochs"
+    console.print(_table(reporter.rows, unit))
+    done = summary["epochs_done"]
     stopped = " (stopped)" if summary.get("stopped") else ""
-    console.print(f"{summary['epochs_done']} {unit} done{stopped}; checkpoints in {workdir}")
+    console.print(f"{done} {unit}{'' if done == 1 else 's'} done{stopped}; checkpoints in {workdir}")
     if out is not None:
         write_metrics(reporter.rows, out)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")

@@ -31,6 +31,7 @@ def test_run_writes_json_metrics_and_prints_table(tmp_path):
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "metrics per epoch" in res.output and "nc2_w" in res.output
+    assert "2 epochs done" in res.output
     rows = json.loads(out.read_text())
     assert {(r["epoch"], r["split"]) for r in rows} == {(1, "train"), (1, "test"), (2, "train"), (2, "test")}
     assert all(set(r) == {"epoch", "split", "key", "value"} for r in rows)
@@ -43,6 +44,7 @@ def test_run_with_set_override_and_csv(tmp_path):
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), "--out", str(out),
                               "--set", "loss.name=mse", "--set", "epochs=1"])
     assert res.exit_code == 0, res.output
+    assert "1 epoch done" in res.output  # singular
     rows = list(csv.DictReader(out.open()))
     assert {r["epoch"] for r in rows} == {"1"} and {"epoch", "split", "key", "value"} == set(rows[0])
 
@@ -63,3 +65,12 @@ def test_example_spec_is_a_valid_runspec():
     assert "#" in res.output  # commented
     spec = RunSpec.model_validate(yaml.safe_load(res.output))
     assert spec.kind == "train"
+
+
+def test_ufm_run_reports_iterations(tmp_path):
+    tree = {"kind": "ufm", "device": "cpu", "ufm": {"class_counts": [20, 20, 20], "dim": 8, "iterations": 40,
+                                                    "eval_every": 20}}
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    assert "metrics per iteration" in res.output and "40 iterations done" in res.output
+    assert "metrics per epoch" not in res.output
