@@ -180,21 +180,26 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
 
     unit = "iteration" if spec.kind == "ufm" else "epoch"
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    summary, diverged = None, None
     with Progress(*cols, console=console, transient=False) as progress:
         reporter = CLIReporter(progress, unit)
         try:
             summary = fit(spec, reporter, workdir=workdir, resume=resume) if spec.kind == "train" else \
                 run_spec(spec, reporter, workdir=workdir)
         except TrainingDiverged as exc:
-            console.print(f"[bold red]diverged[/]: {exc}")
-            raise typer.Exit(1)
-    console.print(_table(reporter.rows, unit))
-    done = summary["epochs_done"]
-    stopped = " (stopped)" if summary.get("stopped") else ""
-    console.print(f"{done} {unit}{'' if done == 1 else 's'} done{stopped}; checkpoints in {workdir}")
-    if out is not None:
+            diverged = exc
+    if reporter.rows:  # a diverged run keeps the metrics of the epochs it evaluated
+        console.print(_table(reporter.rows, unit))
+    if summary is not None:
+        done = summary["epochs_done"]
+        stopped = " (stopped)" if summary.get("stopped") else ""
+        console.print(f"{done} {unit}{'' if done == 1 else 's'} done{stopped}; checkpoints in {workdir}")
+    if out is not None and (reporter.rows or diverged is None):
         write_metrics(reporter.rows, out)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")
+    if diverged is not None:
+        console.print(f"[bold red]diverged[/]: {diverged}")
+        raise typer.Exit(1)
 
 
 @app.command("example-spec")

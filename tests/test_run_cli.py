@@ -74,3 +74,16 @@ def test_ufm_run_reports_iterations(tmp_path):
     assert res.exit_code == 0, res.output
     assert "metrics per iteration" in res.output and "40 iterations done" in res.output
     assert "metrics per epoch" not in res.output
+
+
+def test_diverged_run_keeps_its_evaluated_epochs_and_exits_1(tmp_path):
+    """Epoch 1 trains at lr 0.05 and is evaluated; the step schedule then multiplies lr by 1e8."""
+    out = tmp_path / "m.json"
+    tree = {**TINY, "epochs": 3, "loss": {"name": "mse"}, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.0},
+            "schedule": {"name": "step", "step_size": 1, "gamma": 1e8}}
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w"),
+                              "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "diverged" in res.output and "epoch 2" in res.output and "Traceback" not in res.output
+    rows = json.loads(out.read_text())
+    assert {r["epoch"] for r in rows} == {1} and any(r["key"] == "nc1" for r in rows)
