@@ -1,10 +1,6 @@
 """Single-run CLI: `python -m nc_core run spec.yaml [--set k=v] [--out m.json|.csv]` and `example-spec`."""
 from __future__ import annotations
 
-import csv
-import json
-import math
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,13 +9,12 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from nc_core.cli_report import HISTORY, CLIReporter, table, write_metrics
 from nc_core.spec import RunSpec
 from nc_core.sweep import set_path, spec_hash
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
-TABLE_KEYS = ("acc", "loss", "nc1", "nc2_w", "nc3", "wh_b")
 
 EXAMPLE_SPEC = """\
 # A RunSpec: one training run. Every field has a default; `python -m nc_core run this.yaml`.
@@ -67,43 +62,6 @@ checkpoint:
 """
 
 
-class CLIReporter:
-    """Reporter that drives a rich progress bar and collects metric rows. ``unit`` "iteration" (a UFM
-    run, one step per iteration) shows one bar with the iteration rate instead of epoch and step bars."""
-
-    def __init__(self, progress: Progress, unit: str = "epoch"):
-        self.progress = progress
-        self.unit = unit
-        self.rows: list[dict[str, Any]] = []
-        self.epochs = progress.add_task(f"{unit}s", total=None)
-        self.steps = progress.add_task("steps", total=None, visible=unit == "epoch")
-        self._last = 0.0
-
-    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
-        self.progress.update(self.epochs, total=total_epochs)
-        self.progress.update(self.steps, total=steps_per_epoch)
-
-    def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
-        now = time.monotonic()
-        if now - self._last < 0.1 and step != steps_per_epoch:
-            return
-        self._last = now
-        self.progress.update(self.epochs, completed=epoch - 1 + step / steps_per_epoch)
-        if self.unit == "epoch":
-            self.progress.update(self.steps, completed=step, description=f"steps ({samples_per_s:,.0f} samples/s)")
-        else:  # one step per iteration: the rate is iterations per second
-            self.progress.update(self.epochs, description=f"{self.unit}s ({samples_per_s:,.0f}/s)")
-
-    def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
-        self.rows += [{"epoch": epoch, "split": split, "key": k, "value": float(v)} for k, v in metrics.items()]
-
-    def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-
 def _fail(console: Console, lines: list[str]) -> None:
     for line in lines:
         console.print(f"[bold red]error[/]: {line}", highlight=False, soft_wrap=True)
@@ -138,34 +96,6 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}"
 
 
-def _table(rows: list[dict[str, Any]], unit: str = "epoch") -> Table:
-    """The run's metrics, one row per (epoch, split); ``unit`` names the epoch column (UFM runs report
-    iterations in it)."""
-    table = Table(title=f"metrics per {unit}")
-    for col in (unit, "split", *TABLE_KEYS):
-        table.add_column(col, justify="right")
-    by: dict[tuple[int, str], dict[str, float]] = {}
-    for r in rows:
-        by.setdefault((r["epoch"], r["split"]), {})[r["key"]] = r["value"]
-    for (epoch, split), m in sorted(by.items(), key=lambda item: (item[0][0], item[0][1] != "train")):
-        if any(k in m for k in TABLE_KEYS):
-            table.add_row(str(epoch), split, *(f"{m[k]:.4g}" if k in m else "" for k in TABLE_KEYS))
-    return table
-
-
-def write_metrics(rows: list[dict[str, Any]], out: Path) -> None:
-    """JSON list of {epoch, split, key, value} (NaN/inf → null) or CSV with the same columns."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean = [{**r, "value": r["value"] if math.isfinite(r["value"]) else None} for r in rows]
-    if out.suffix.lower() == ".csv":
-        with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "split", "key", "value"])
-            w.writeheader()
-            w.writerows(clean)
-    else:
-        out.write_text(json.dumps(clean, indent=1))
-
-
 @app.command()
 def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="RunSpec YAML file"),
         workdir: Optional[Path] = typer.Option(None, help="checkpoint directory (default runs/<spec hash>)"),
@@ -182,14 +112,21 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     summary, diverged = None, None
     with Progress(*cols, console=console, transient=False) as progress:
-        reporter = CLIReporter(progress, unit)
+        reporter = CLIReporter(progress, unit, Path(workdir) / HISTORY)
         try:
-            summary = fit(spec, reporter, workdir=workdir, resume=resume) if spec.kind == "train" else \
-                run_spec(spec, reporter, workdir=workdir)
+            with reporter.ctrl_c_stops():
+                summary = fit(spec, reporter, workdir=workdir, resume=resume) if spec.kind == "train" else \
+                    run_spec(spec, reporter, workdir=workdir)
         except TrainingDiverged as exc:
             diverged = exc
+    if summary is not None and not summary.get("stopped") and summary["epochs_done"] == reporter.start_epoch > 0:
+        console.print(f"nothing to train: {workdir} already holds all {reporter.start_epoch} {unit}s "
+                      "(--no-resume trains again)")
+        if not reporter.rows:  # no history (trained elsewhere): the last evaluated metrics, from the checkpoint
+            for split, m in summary.get("final", {}).items():
+                reporter.on_metrics(reporter.start_epoch, split, m)
     if reporter.rows:  # a diverged run keeps the metrics of the epochs it evaluated
-        console.print(_table(reporter.rows, unit))
+        console.print(table(reporter.rows, unit))
     if summary is not None:
         done = summary["epochs_done"]
         stopped = " (stopped)" if summary.get("stopped") else ""
@@ -200,6 +137,10 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
     if diverged is not None:
         console.print(f"[bold red]diverged[/]: {diverged}")
         raise typer.Exit(1)
+    if summary is not None and summary.get("stopped"):
+        if spec.kind == "train":
+            console.print("the same command resumes the run from its last completed epoch")
+        raise typer.Exit(130)  # interrupted, as a shell reports Ctrl-C
 
 
 @app.command("example-spec")

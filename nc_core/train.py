@@ -219,6 +219,8 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
         elif (state := ck.load_newest(workdir)) is not None:  # on the CPU: RNG states must stay CPU tensors
             _restore(r, state)
             start, final = state["epoch"], state["final"]
+        if start and (on_resume := getattr(reporter, "on_resume", None)) is not None:
+            on_resume(start)
         reporter.on_start(spec.epochs, r.steps_per_epoch)
         return _loop(r, start, final)
 

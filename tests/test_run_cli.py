@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from nc_core.cli import app
+from nc_core.cli_report import CLIReporter
 from nc_core.spec import RunSpec
 
 
@@ -87,3 +89,45 @@ def test_diverged_run_keeps_its_evaluated_epochs_and_exits_1(tmp_path):
     assert "diverged" in res.output and "epoch 2" in res.output and "Traceback" not in res.output
     rows = json.loads(out.read_text())
     assert {r["epoch"] for r in rows} == {1} and any(r["key"] == "nc1" for r in rows)
+
+
+def _ctrl_c_after_epoch(monkeypatch, epoch: int, times: int = 1) -> None:
+    """Press Ctrl-C ``times`` times once the metrics of ``epoch`` are reported (a real SIGINT to this process)."""
+    real = CLIReporter.on_metrics
+
+    def on_metrics(self, e, split, metrics):  # noqa: ANN001, ANN202
+        real(self, e, split, metrics)
+        if e == epoch and split == "train":
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(CLIReporter, "on_metrics", on_metrics)
+
+
+def test_ctrl_c_stops_and_the_same_command_resumes_with_the_whole_history(tmp_path, monkeypatch):
+    out = tmp_path / "m.json"
+    tree = {**TINY, "epochs": 4, "eval": {"every": 1, "splits": ["train", "test"]}, "checkpoint": {"every": 1}}
+    args = ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w"), "--out", str(out)]
+    with monkeypatch.context() as m:
+        _ctrl_c_after_epoch(m, 2)
+        res = runner.invoke(app, args)
+    assert res.exit_code == 130, res.output
+    assert "2 epochs done (stopped)" in res.output and "resumes" in res.output
+    assert {r["epoch"] for r in json.loads(out.read_text())} == {1, 2}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "resuming after epoch 2 of 4" in res.output and "4 epochs done" in res.output
+    rows = json.loads(out.read_text())
+    assert sorted({r["epoch"] for r in rows}) == [1, 2, 3, 4]
+    assert len(rows) == len({(r["epoch"], r["split"], r["key"]) for r in rows})  # no row twice
+    res = runner.invoke(app, args)  # finished: nothing to train, the table and --out from the history
+    assert res.exit_code == 0 and "nothing to train" in res.output
+    assert json.loads(out.read_text()) == rows
+
+
+def test_second_ctrl_c_aborts(tmp_path, monkeypatch):
+    _ctrl_c_after_epoch(monkeypatch, 1, times=2)
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 130 and "2 epochs done" not in res.output and "Traceback" not in res.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

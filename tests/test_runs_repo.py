@@ -125,6 +125,22 @@ def test_db_reporter_writes_distributions_until_the_lease_is_lost(url, tmp_path)
         assert [d.epoch for d in runs_repo.distributions(s, rid)] == [2]
 
 
+def test_db_reporter_shows_a_resumed_runs_epochs_from_the_first_heartbeat(url, tmp_path):
+    from nc_core.settings import Settings
+    from worker.reporter import DBReporter
+
+    rid = _new_run(url)
+    with session_scope(url) as s:
+        runs_repo.claim(s, rid, "w1", 30)
+    rep = DBReporter(Settings(home=tmp_path / "home", database_url=url), rid, "w1")  # thread not started
+    rep.on_resume(6)
+    rep.on_start(10, 50)
+    assert rep.beat()
+    with session_scope(url) as s:
+        run = s.get(Run, rid)
+        assert (run.epoch, run.step, run.epochs_total, run.steps_total) == (6, 0, 10, 50)
+
+
 def test_heartbeat_reports_cancel_and_finish_checks_transitions(url):
     rid = _new_run(url)
     with session_scope(url) as s:

@@ -85,6 +85,10 @@ class DBReporter:
             self.lease_lost = True
 
     # -- Reporter protocol -------------------------------------------------------------------------
+    def on_resume(self, epoch: int) -> None:
+        with self._lock:  # a resumed run shows the epochs it already has from the first heartbeat
+            self._progress.update(epoch=int(epoch), step=0)
+
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         with self._lock:
             self._progress.update(epochs_total=int(total_epochs), steps_total=int(steps_per_epoch))

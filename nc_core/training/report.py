@@ -13,6 +13,10 @@ class Reporter(Protocol):
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None: ...
 
+    def on_resume(self, epoch: int) -> None:
+        """Before on_start, when the run resumes after ``epoch`` completed epochs (reporters without it
+        are not told)."""
+
     def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
         """Called after every optimizer step (``step`` = steps done in ``epoch``); the reporter throttles."""
 
@@ -31,6 +35,9 @@ class NullReporter:
     """Implements every Reporter callback as a no-op."""
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        pass
+
+    def on_resume(self, epoch: int) -> None:
         pass
 
     def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:

@@ -1,0 +1,142 @@
+"""Single-run CLI output: the progress reporter (Ctrl-C stops at the next step), the run's metric history in
+its workdir, the per-epoch table and the --out file."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.progress import Progress
+from rich.table import Table
+
+TABLE_KEYS = ("acc", "loss", "nc1", "nc2_w", "nc3", "wh_b")
+
+#: In a run's workdir: every metric row the CLI reported for it, one JSON object a line, so that a resumed
+#: run's table and --out file hold the epochs before the resume too.
+HISTORY = "metrics.jsonl"
+
+
+def _kept_history(path: Path | None, upto: int) -> list[dict[str, Any]]:
+    """The rows of epochs ≤ ``upto`` in the history file ``path``, which is rewritten to hold just those (a
+    resumed run redoes the later epochs; ``upto`` = 0 starts it afresh). Lines a hard kill cut are dropped."""
+    if path is None:
+        return []
+    rows = []
+    if upto and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and {"split", "key", "value"} <= row.keys() and isinstance(row.get("epoch"), int) \
+                    and row["epoch"] <= upto:
+                rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+class CLIReporter:
+    """Reporter that drives a rich progress bar and collects metric rows (appended to ``history`` as they
+    come). ``unit`` "iteration" (a UFM run, one step per iteration) shows one bar with the iteration rate
+    instead of epoch and step bars."""
+
+    def __init__(self, progress: Progress, unit: str = "epoch", history: Path | None = None):
+        self.progress = progress
+        self.unit = unit
+        self.history = history
+        self.rows: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.stop_requested = False
+        self.epochs = progress.add_task(f"{unit}s", total=None)
+        self.steps = progress.add_task("steps", total=None, visible=unit == "epoch")
+        self._last = 0.0
+
+    def on_resume(self, epoch: int) -> None:
+        self.start_epoch = epoch
+
+    def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
+        start_epoch = self.start_epoch
+        self.rows = _kept_history(self.history, start_epoch)
+        if start_epoch:
+            self.progress.console.print(f"resuming after {self.unit} {start_epoch} of {total_epochs}")
+        self.progress.update(self.epochs, total=total_epochs, completed=start_epoch)
+        self.progress.update(self.steps, total=steps_per_epoch, completed=steps_per_epoch if start_epoch else 0)
+
+    def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.1 and step != steps_per_epoch:
+            return
+        self._last = now
+        self.progress.update(self.epochs, completed=epoch - 1 + step / steps_per_epoch)
+        if self.unit == "epoch":
+            self.progress.update(self.steps, completed=step, description=f"steps ({samples_per_s:,.0f} samples/s)")
+        else:  # one step per iteration: the rate is iterations per second
+            self.progress.update(self.epochs, description=f"{self.unit}s ({samples_per_s:,.0f}/s)")
+
+    def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
+        new = [{"epoch": epoch, "split": split, "key": k, "value": float(v)} for k, v in metrics.items()]
+        self.rows += new
+        if self.history is not None:
+            with self.history.open("a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in new))
+
+    def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+    @contextmanager
+    def ctrl_c_stops(self) -> Iterator[None]:
+        """Inside the block (main thread only) a first Ctrl-C asks the run to stop at the next step — the
+        run saves its last completed epoch and returns — and a second one aborts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self.progress.console.print("stopping at the next step (Ctrl-C again aborts)")
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def table(rows: list[dict[str, Any]], unit: str = "epoch") -> Table:
+    """The run's metrics, one row per (epoch, split); ``unit`` names the epoch column (UFM runs report
+    iterations in it)."""
+    table = Table(title=f"metrics per {unit}")
+    for col in (unit, "split", *TABLE_KEYS):
+        table.add_column(col, justify="right")
+    by: dict[tuple[int, str], dict[str, float]] = {}
+    for r in rows:
+        by.setdefault((r["epoch"], r["split"]), {})[r["key"]] = r["value"]
+    for (epoch, split), m in sorted(by.items(), key=lambda item: (item[0][0], item[0][1] != "train")):
+        if any(k in m for k in TABLE_KEYS):
+            table.add_row(str(epoch), split, *(f"{m[k]:.4g}" if k in m else "" for k in TABLE_KEYS))
+    return table
+
+
+def write_metrics(rows: list[dict[str, Any]], out: Path) -> None:
+    """JSON list of {epoch, split, key, value} (NaN/inf → null) or CSV with the same columns."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean = [{**r, "value": r["value"] if math.isfinite(r["value"]) else None} for r in rows]
+    if out.suffix.lower() == ".csv":
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "split", "key", "value"])
+            w.writeheader()
+            w.writerows(clean)
+    else:
+        out.write_text(json.dumps(clean, indent=1))
