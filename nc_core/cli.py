@@ -104,6 +104,8 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         resume: bool = typer.Option(True, "--resume/--no-resume", help="resume from the newest checkpoint")) -> None:
     """Validate SPEC_FILE, train it (resuming from WORKDIR), print a metric table, optionally write metrics."""
     console = Console()
+    if out is not None and (out.suffix.lower() not in (".json", ".csv") or out.is_dir()):
+        _fail(console, [f"--out {str(out)!r}: expected a .json or .csv file path"])
     spec = load_spec(spec_file, set_, console)
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
     from nc_core.train import TrainingDiverged, fit, run_spec
@@ -132,7 +134,12 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         stopped = " (stopped)" if summary.get("stopped") else ""
         console.print(f"{done} {unit}{'' if done == 1 else 's'} done{stopped}; checkpoints in {workdir}")
     if out is not None and (reporter.rows or diverged is None):
-        write_metrics(reporter.rows, out)
+        try:
+            write_metrics(reporter.rows, out)
+        except OSError as exc:
+            console.print(f"[bold red]error[/]: --out {str(out)!r}: could not write it ({exc.strerror or exc}); "
+                          f"every metric row is also in {Path(workdir) / HISTORY}", highlight=False)
+            raise typer.Exit(1)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")
     if diverged is not None:
         console.print(f"[bold red]diverged[/]: {diverged}")

@@ -130,7 +130,8 @@ def table(rows: list[dict[str, Any]], unit: str = "epoch") -> Table:
 
 
 def write_metrics(rows: list[dict[str, Any]], out: Path) -> None:
-    """JSON list of {epoch, split, key, value} (NaN/inf → null) or CSV with the same columns."""
+    """JSON list of {epoch, split, key, value} (NaN/inf → null) for a .json ``out``, or CSV with the same
+    columns for a .csv one (the CLI refuses other suffixes before training)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = [{**r, "value": r["value"] if math.isfinite(r["value"]) else None} for r in rows]
     if out.suffix.lower() == ".csv":

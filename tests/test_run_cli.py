@@ -131,3 +131,21 @@ def test_second_ctrl_c_aborts(tmp_path, monkeypatch):
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
     assert res.exit_code == 130 and "2 epochs done" not in res.output and "Traceback" not in res.output
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("name", ["m.parquet", "m", "outdir"])
+def test_out_must_be_a_json_or_csv_file_and_is_checked_before_training(tmp_path, name):
+    (tmp_path / "outdir.json").mkdir()
+    out = tmp_path / ("outdir.json" if name == "outdir" else name)
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    assert res.exit_code == 2 and "--out" in res.output and ".json or .csv" in res.output, res.output
+    assert not (tmp_path / "w").exists()  # nothing trained
+
+
+def test_unwritable_out_says_where_the_metrics_are(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"),
+                              "--out", str(blocker / "m.json")])
+    assert res.exit_code == 1 and "could not write" in res.output and "metrics.jsonl" in res.output, res.output
+    assert "Traceback" not in res.output and (tmp_path / "w" / "metrics.jsonl").stat().st_size > 0
