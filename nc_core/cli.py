@@ -101,7 +101,8 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         workdir: Optional[Path] = typer.Option(None, help="checkpoint directory (default runs/<spec hash>)"),
         out: Optional[Path] = typer.Option(None, help="write all metrics to this .json or .csv file"),
         set_: list[str] = typer.Option([], "--set", help="override a field: --set loss.name=mse"),
-        resume: bool = typer.Option(True, "--resume/--no-resume", help="resume from the newest checkpoint")) -> None:
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="resume from the newest checkpoint"),
+        debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
     """Validate SPEC_FILE, train it (resuming from WORKDIR), print a metric table, optionally write metrics."""
     console = Console()
     if out is not None and (out.suffix.lower() not in (".json", ".csv") or out.is_dir()):
@@ -112,7 +113,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
 
     unit = "iteration" if spec.kind == "ufm" else "epoch"
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    summary, diverged = None, None
+    summary, diverged, failed = None, None, None
     with Progress(*cols, console=console, transient=False) as progress:
         reporter = CLIReporter(progress, unit, Path(workdir) / HISTORY)
         try:
@@ -121,6 +122,10 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
                     run_spec(spec, reporter, workdir=workdir)
         except TrainingDiverged as exc:
             diverged = exc
+        except Exception as exc:  # missing data, a workdir of another spec, no CUDA, ...: one line, no traceback
+            if debug:
+                raise
+            failed = exc
     if summary is not None and not summary.get("stopped") and summary["epochs_done"] == reporter.start_epoch > 0:
         console.print(f"nothing to train: {workdir} already holds all {reporter.start_epoch} {unit}s "
                       "(--no-resume trains again)")
@@ -133,7 +138,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         done = summary["epochs_done"]
         stopped = " (stopped)" if summary.get("stopped") else ""
         console.print(f"{done} {unit}{'' if done == 1 else 's'} done{stopped}; checkpoints in {workdir}")
-    if out is not None and (reporter.rows or diverged is None):
+    if out is not None and (reporter.rows or (diverged is None and failed is None)):
         try:
             write_metrics(reporter.rows, out)
         except OSError as exc:
@@ -143,6 +148,11 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")
     if diverged is not None:
         console.print(f"[bold red]diverged[/]: {diverged}")
+        raise typer.Exit(1)
+    if failed is not None:
+        kind = "" if isinstance(failed, (ValueError, OSError)) else \
+            f" ({type(failed).__name__}; --debug shows the traceback)"
+        console.print(f"[bold red]error[/]: {failed}{kind}", highlight=False)
         raise typer.Exit(1)
     if summary is not None and summary.get("stopped"):
         if spec.kind == "train":

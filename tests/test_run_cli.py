@@ -149,3 +149,21 @@ def test_unwritable_out_says_where_the_metrics_are(tmp_path):
                               "--out", str(blocker / "m.json")])
     assert res.exit_code == 1 and "could not write" in res.output and "metrics.jsonl" in res.output, res.output
     assert "Traceback" not in res.output and (tmp_path / "w" / "metrics.jsonl").stat().st_size > 0
+
+
+def test_missing_data_is_one_error_naming_where_it_looked(tmp_path):
+    tree = {**TINY, "data": {"name": "mnist", "root": str(tmp_path / "nodata")}}
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 1 and "error" in res.output and "nodata" in res.output, res.output
+    assert "download" in res.output and "Traceback" not in res.output
+
+
+def test_a_workdir_of_another_spec_is_refused_without_a_traceback(tmp_path):
+    args = ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")]
+    assert runner.invoke(app, args).exit_code == 0
+    other = write_spec(tmp_path, {**TINY, "model": {"name": "mlp", "width": 16, "depth": 2}})
+    res = runner.invoke(app, ["run", str(other), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 1 and "different spec" in res.output and "--no-resume" in res.output, res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["run", str(other), "--workdir", str(tmp_path / "w"), "--debug"])
+    assert isinstance(res.exception, ValueError)  # --debug lets the error (and its traceback) through
