@@ -184,8 +184,9 @@ def _state(r: _Run, epoch: int, final: dict) -> dict[str, Any]:
 
 def _restore(r: _Run, state: dict[str, Any]) -> None:
     if state["spec_hash"] != spec_hash(r.spec):
-        raise ValueError(f"{r.workdir / 'ckpt'} holds checkpoints of a different spec (hash {state['spec_hash'][:12]}); "
-                         "use another workdir or resume=False (--no-resume on the command line)")
+        raise ValueError(f"{r.workdir / 'ckpt'} holds checkpoints of a different spec "
+                         f"(hash {state['spec_hash'][:12]}); use another workdir or resume=False "
+                         "(--no-resume on the command line)")
     r.model.load_state_dict(state["model"])
     r.opt.load_state_dict(state["optimizer"])
     r.sched.load_state_dict(state["scheduler"])
