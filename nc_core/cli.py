@@ -1,6 +1,7 @@
 """Single-run CLI: `python -m nc_core run spec.yaml [--set k=v] [--out m.json|.csv]` and `example-spec`."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -157,7 +158,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
     if summary is not None and summary.get("stopped"):
         if spec.kind == "train":
             console.print("the same command resumes the run from its last completed epoch")
-        raise typer.Exit(130)  # interrupted, as a shell reports Ctrl-C
+        raise typer.Exit(128 + (reporter.stop_signal or signal.SIGINT))  # as a shell reports the signal
 
 
 @app.command("example-spec")

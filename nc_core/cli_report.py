@@ -54,6 +54,7 @@ class CLIReporter:
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self.epochs = progress.add_task(f"{unit}s", total=None)
         self.steps = progress.add_task("steps", total=None, visible=unit == "epoch")
         self._last = 0.0
@@ -95,8 +96,9 @@ class CLIReporter:
 
     @contextmanager
     def ctrl_c_stops(self) -> Iterator[None]:
-        """Inside the block (main thread only) a first Ctrl-C asks the run to stop at the next step — the
-        run saves its last completed epoch and returns — and a second one aborts at once."""
+        """Inside the block (main thread only) a first Ctrl-C or SIGTERM (a cluster scheduler's preemption
+        notice) asks the run to stop at the next step — the run saves its last completed epoch and
+        returns — and a second one aborts at once. ``stop_signal`` keeps which signal it was."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -104,14 +106,16 @@ class CLIReporter:
         def interrupt(signum: int, frame: Any) -> None:
             if self.stop_requested:
                 raise KeyboardInterrupt
-            self.stop_requested = True
-            self.progress.console.print("stopping at the next step (Ctrl-C again aborts)")
+            self.stop_requested, self.stop_signal = True, signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.progress.console.print(f"{name}: stopping at the next step (Ctrl-C again aborts)")
 
-        previous = signal.signal(signal.SIGINT, interrupt)
+        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def table(rows: list[dict[str, Any]], unit: str = "epoch") -> Table:

@@ -167,3 +167,18 @@ def test_a_workdir_of_another_spec_is_refused_without_a_traceback(tmp_path):
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["run", str(other), "--workdir", str(tmp_path / "w"), "--debug"])
     assert isinstance(res.exception, ValueError)  # --debug lets the error (and its traceback) through
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
+    real = CLIReporter.on_metrics
+
+    def on_metrics(self, e, split, metrics):  # noqa: ANN001, ANN202
+        real(self, e, split, metrics)
+        if e == 1 and split == "train":
+            signal.raise_signal(signal.SIGTERM)  # a scheduler's preemption notice
+
+    monkeypatch.setattr(CLIReporter, "on_metrics", on_metrics)
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 128 + signal.SIGTERM and "SIGTERM: stopping" in res.output, res.output
+    assert "1 epoch done (stopped)" in res.output and (tmp_path / "w" / "ckpt" / "epoch_0001.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
