@@ -91,15 +91,16 @@ def test_diverged_run_keeps_its_evaluated_epochs_and_exits_1(tmp_path):
     assert {r["epoch"] for r in rows} == {1} and any(r["key"] == "nc1" for r in rows)
 
 
-def _ctrl_c_after_epoch(monkeypatch, epoch: int, times: int = 1) -> None:
-    """Press Ctrl-C ``times`` times once the metrics of ``epoch`` are reported (a real SIGINT to this process)."""
+def _ctrl_c_after_epoch(monkeypatch, epoch: int, times: int = 1, sig: int = signal.SIGINT) -> None:
+    """Press Ctrl-C (or send ``sig``) ``times`` times once the metrics of ``epoch`` are reported (a real
+    signal to this process)."""
     real = CLIReporter.on_metrics
 
     def on_metrics(self, e, split, metrics):  # noqa: ANN001, ANN202
         real(self, e, split, metrics)
         if e == epoch and split == "train":
             for _ in range(times):
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(sig)
 
     monkeypatch.setattr(CLIReporter, "on_metrics", on_metrics)
 
@@ -170,14 +171,7 @@ def test_a_workdir_of_another_spec_is_refused_without_a_traceback(tmp_path):
 
 
 def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
-    real = CLIReporter.on_metrics
-
-    def on_metrics(self, e, split, metrics):  # noqa: ANN001, ANN202
-        real(self, e, split, metrics)
-        if e == 1 and split == "train":
-            signal.raise_signal(signal.SIGTERM)  # a scheduler's preemption notice
-
-    monkeypatch.setattr(CLIReporter, "on_metrics", on_metrics)
+    _ctrl_c_after_epoch(monkeypatch, 1, sig=signal.SIGTERM)  # a scheduler's preemption notice
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
     assert res.exit_code == 128 + signal.SIGTERM and "SIGTERM: stopping" in res.output, res.output
     assert "1 epoch done (stopped)" in res.output and (tmp_path / "w" / "ckpt" / "epoch_0001.pt").exists()
