@@ -1,6 +1,7 @@
 """Single-run CLI: `python -m nc_core run spec.yaml [--set k=v] [--out m.json|.csv]` and `example-spec`."""
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nc_core.cli_report import HISTORY, CLIReporter, table, write_metrics
 from nc_core.spec import RunSpec
 from nc_core.sweep import set_path, spec_hash
+from nc_core.yaml_keys import load_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
 
@@ -33,7 +35,7 @@ data:
   # imbalance_factor: 0.1
 model:
   name: mlp            # mlp | resnet18 | resnet34 | resnet50 | wide_resnet50 | vgg11..vgg19
-  width: 64            # MLP hidden units / channel multiplier
+  width: 64            # MLP hidden units (default 128); ResNet/VGG channel multiplier (default 1)
   depth: 3
   # feature_dim: 10    # d (default: the architecture's natural width)
 head:
@@ -71,22 +73,50 @@ def _fail(console: Console, lines: list[str]) -> None:
 
 def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
     """YAML file + `--set path=value` overrides → validated RunSpec; errors name the field, exit 2."""
+    tree: Any = None
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        _fail(console, [f"{path}: {exc}"])
+        tree = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        _fail(console, [f"{path}: not UTF-8 text (byte {exc.start}); expected a RunSpec YAML file"])
+    except OSError as exc:
+        _fail(console, [f"{path}: cannot read it ({exc.strerror or exc})"])
+    except yaml.YAMLError as exc:
+        _fail(console, [f"{path}: not valid YAML: {exc}"])
     if not isinstance(tree, dict):
         _fail(console, [f"{path}: expected a mapping of RunSpec fields, got {type(tree).__name__}"])
     for item in overrides:
         key, eq, raw = item.partition("=")
-        if not eq or not key:
-            _fail(console, [f"--set {item!r}: expected path=value, e.g. loss.name=mse"])
-        set_path(tree, key.strip(), yaml.safe_load(raw))
+        key = key.strip()
+        parts = key.split(".")
+        if not eq or not key or not all(p.isidentifier() for p in parts):
+            _fail(console, [f"--set {item!r}: expected path=value with a dotted field path, e.g. loss.name=mse"])
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or exc).strip()
+            _fail(console, [f"--set {item!r}: the value {raw!r} is not valid YAML ({problem}); "
+                            "quote it or write it as in the spec file"])
+        set_path(tree, key, value)
     try:
         return RunSpec.model_validate(tree)
     except ValidationError as exc:
         _fail(console, [_describe(err) for err in exc.errors()])
     raise AssertionError("unreachable")
+
+
+def check_out_path(out: Path, console: Console) -> None:
+    """Refuse an --out path that cannot be written, before any training: wrong suffix, a directory, no parent."""
+    if out.suffix.lower() not in (".json", ".csv"):
+        _fail(console, [f"--out {str(out)!r}: expected a .json or .csv file name, got "
+                        f"{repr(out.suffix) if out.suffix else 'no suffix'}"])
+    if out.is_dir():
+        _fail(console, [f"--out {str(out)!r}: that is a directory; expected a .json or .csv file path such as "
+                        f"{str(out / 'metrics.csv')!r}"])
+    parent = out.parent
+    if not parent.is_dir():
+        _fail(console, [f"--out {str(out)!r}: the directory {str(parent)!r} does not exist; create it first"])
+    if not os.access(parent, os.W_OK):
+        _fail(console, [f"--out {str(out)!r}: the directory {str(parent)!r} is not writable"])
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -106,8 +136,8 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
     """Validate SPEC_FILE, train it (resuming from WORKDIR), print a metric table, optionally write metrics."""
     console = Console()
-    if out is not None and (out.suffix.lower() not in (".json", ".csv") or out.is_dir()):
-        _fail(console, [f"--out {str(out)!r}: expected a .json or .csv file path"])
+    if out is not None:
+        check_out_path(out, console)
     spec = load_spec(spec_file, set_, console)
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
     from nc_core.train import TrainingDiverged, fit, run_spec

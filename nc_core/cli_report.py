@@ -55,8 +55,9 @@ class CLIReporter:
         self.start_epoch = 0
         self.stop_requested = False
         self.stop_signal: int | None = None
-        self.epochs = progress.add_task(f"{unit}s", total=None)
-        self.steps = progress.add_task("steps", total=None, visible=unit == "epoch")
+        # hidden until on_start: a setup error (missing data, no CUDA) then prints no empty 0/? bars
+        self.epochs = progress.add_task(f"{unit}s", total=None, visible=False)
+        self.steps = progress.add_task("steps", total=None, visible=False)
         self._last = 0.0
 
     def on_resume(self, epoch: int) -> None:
@@ -67,8 +68,9 @@ class CLIReporter:
         self.rows = _kept_history(self.history, start_epoch)
         if start_epoch:
             self.progress.console.print(f"resuming after {self.unit} {start_epoch} of {total_epochs}")
-        self.progress.update(self.epochs, total=total_epochs, completed=start_epoch)
-        self.progress.update(self.steps, total=steps_per_epoch, completed=steps_per_epoch if start_epoch else 0)
+        self.progress.update(self.epochs, total=total_epochs, completed=start_epoch, visible=True)
+        self.progress.update(self.steps, total=steps_per_epoch, completed=steps_per_epoch if start_epoch else 0,
+                             visible=self.unit == "epoch")
 
     def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:
         now = time.monotonic()

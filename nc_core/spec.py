@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits", "gaussian")
 MODELS = ("mlp", "resnet18", "resnet34", "resnet50", "wide_resnet50", "vgg11", "vgg13", "vgg16", "vgg19")
@@ -16,9 +16,24 @@ SPLITS = ("train", "test")
 # Classes per dataset; gaussian takes `data.gaussian_classes`.
 DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
 
-PositiveInt = Annotated[int, Field(ge=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Default model.width per architecture: MLP hidden units, WRN-50 bottleneck factor (2 = WRN-50-2),
+# ResNet/VGG channel multiplier (1 = the standard 64…512 channels).
+DEFAULT_WIDTH = {"mlp": 128, "wide_resnet50": 2}
+MAX_MULTIPLIER = 16  # a 16× ResNet18 has ~2.9 G parameters; beyond that a width is an MLP habit, not a plan
+
+
+def _no_bool(value: Any) -> Any:
+    """Refuse true/false where a number is expected (pydantic's lax mode would read them as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+PositiveInt = Annotated[Int, Field(ge=1)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
 
 
 class _Frozen(BaseModel):
@@ -32,14 +47,14 @@ class DataSpec(_Frozen):
     root: str | None = None  # data root for torchvision datasets (default: settings.data_root)
     download: bool = False  # never download unless asked
     random_labels: bool = False  # seeded permutation-free uniform relabelling of the train split
-    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of train labels replaced uniformly
+    label_noise: Annotated[Float, Field(ge=0, le=1)] = 0.0  # fraction of train labels replaced uniformly
     per_class: PositiveInt | None = None  # first n samples of each class (train split)
     class_counts: list[PositiveInt] | None = None  # explicit imbalanced train counts, one per class
-    imbalance_factor: Annotated[float, Field(gt=0, le=1)] = 1.0  # n_k = floor(n_max * f^(k/(K-1)))
+    imbalance_factor: Annotated[Float, Field(gt=0, le=1)] = 1.0  # n_k = floor(n_max * f^(k/(K-1)))
     train_size: PositiveInt | None = None  # gaussian: train samples; others: cap on the train split
     test_size: PositiveInt | None = None  # gaussian / digits: test samples
     augment: Literal["none", "crop_flip"] = "none"
-    gaussian_classes: Annotated[int, Field(ge=2)] = 10
+    gaussian_classes: Annotated[Int, Field(ge=2)] = 10
     gaussian_dim: PositiveInt = 32
     gaussian_spread: NonNegFloat = 1.0  # within-class std relative to unit-norm class centres
 
@@ -63,17 +78,32 @@ class ModelSpec(_Frozen):
     """Backbone: MLP, ResNet, WideResNet or VGG, with feature dimension and temperature."""
 
     name: Literal[MODELS] = "mlp"  # type: ignore[valid-type]
-    width: PositiveFloat = 128  # MLP hidden units; ResNet/VGG channel multiplier; WRN-50 bottleneck factor
+    width: PositiveFloat = 128  # MLP hidden units; ResNet/VGG channel multiplier; WRN-50 factor (DEFAULT_WIDTH)
     depth: PositiveInt = 3  # MLP: number of Linear-BN-ReLU blocks
     batch_norm: bool = True
     stem: Literal["cifar", "imagenet"] = "cifar"  # ResNet stem: 3x3 stride 1 (cifar) or 7x7 + maxpool
     feature_dim: PositiveInt | None = None  # d; None = the architecture's natural width
     temperature: PositiveFloat | None = None  # features = tau * h / ||h|| when set
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_width(cls, data: Any) -> Any:
+        """An absent width takes its architecture's default: 128 hidden units for an MLP, 1 for ResNet/VGG."""
+        if isinstance(data, dict) and "width" not in data:
+            name = data.get("name", "mlp")
+            data = {**data, "width": DEFAULT_WIDTH.get(name, 1) if isinstance(name, str) else 1}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
         if self.name == "mlp" and self.width != int(self.width):
             raise ValueError(f"model.width: an MLP needs an integer number of hidden units, got {self.width}")
+        if self.name != "mlp" and self.width > MAX_MULTIPLIER:
+            what = "bottleneck width factor (2 = WRN-50-2)" if self.name == "wide_resnet50" else \
+                "channel multiplier (1 = the standard network)"
+            raise ValueError(f"model.width: for {self.name} it is a {what}; expected at most {MAX_MULTIPLIER}, "
+                             f"got {self.width:g} (hidden units are an MLP setting; omit width for the default "
+                             f"{DEFAULT_WIDTH.get(self.name, 1)})")
         return self
 
 
@@ -95,7 +125,7 @@ class LossSpec(_Frozen):
     M: PositiveFloat = 1.0  # rescaled mse target value
     k: PositiveFloat = 1.0  # rescaled mse true-class weight
     gamma: NonNegFloat = 3.0  # focal
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.05  # label smoothing
+    alpha: Annotated[Float, Field(ge=0, le=1)] = 0.05  # label smoothing
 
 
 class OptimSpec(_Frozen):
@@ -103,7 +133,7 @@ class OptimSpec(_Frozen):
 
     name: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
     lr: PositiveFloat = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
     weight_decay: NonNegFloat = 5e-4
     history_size: PositiveInt = 10  # lbfgs
@@ -159,7 +189,7 @@ class UFMSpec(_Frozen):
     lambda_w: NonNegFloat = 5e-4
     lambda_h: NonNegFloat = 5e-4
     lr: PositiveFloat = 0.1
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     iterations: PositiveInt = 30000
     eval_every: PositiveInt = 1000
 
@@ -174,7 +204,7 @@ class RunSpec(_Frozen):
     """One training (or UFM) run: everything a worker needs to execute, resume and report it."""
 
     kind: Literal["train", "ufm"] = "train"
-    seed: int = 0
+    seed: Int = 0
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nc_core.spec import RunSpec, field_paths
+from nc_core.spec import Int, RunSpec, field_paths
 
 
 class SpecError(ValueError):
@@ -30,8 +31,8 @@ class SweepSpec(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: dict[str, list[Any]] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    max_runs: int = Field(default=1000, ge=1)
+    seeds: list[Int] = Field(default_factory=lambda: [0])
+    max_runs: Int = Field(default=1000, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
@@ -125,9 +126,18 @@ def _copy_tree(node: Any) -> Any:
     return node
 
 
-def _error_path(prefix: str, err: dict[str, Any]) -> str:
+_PATH_AT_START = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+): ")
+
+
+def _error_message(err: dict[str, Any]) -> tuple[str, str]:
+    """(field path, message) of a RunSpec validation error; a model validator's 'model.width: …' names its
+    own field, deeper than pydantic's loc ('model')."""
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
     loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
-    return f"{prefix}.{loc}" if loc else prefix
+    named = _PATH_AT_START.match(msg)
+    if named and named.group(1).startswith(loc):
+        return named.group(1), msg
+    return loc, msg
 
 
 def expand(sweep: SweepSpec) -> list[ExpandedRun]:
@@ -153,12 +163,11 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                 try:
                     run = RunSpec.model_validate(tree)
                 except ValidationError as exc:
-                    err = exc.errors()[0]
+                    loc, msg = _error_message(exc.errors()[0])
                     where = ", ".join(f"{k}={v!r}" for k, v in axes.items())
-                    msg = err.get("msg", str(exc))
-                    loc = ".".join(str(x) for x in err.get("loc", ()))
                     section = "grid" if loc in sweep.grid else "zip" if loc in sweep.zip else "base"
-                    raise SpecError(_error_path(section, err), f"{msg} (run with {where or 'base values'})") from None
+                    field = f"{section}.{loc}" if loc else section
+                    raise SpecError(field, f"{msg} (run with {where or 'base values'})") from None
                 dumped = run.model_dump(mode="json")
                 canonical = _canonical(dumped)
                 h = hashlib.sha256(canonical.encode()).hexdigest()

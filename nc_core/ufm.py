@@ -90,7 +90,7 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
             opt.step()
             check = it % u.eval_every == 0 or it == u.iterations
             if (device.type == "cpu" or check) and not math.isfinite(value := loss.item()):
-                raise TrainingDiverged(it, 0, value)
+                raise TrainingDiverged(it, 0, value, ufm=True)
             reporter.on_progress(it, 1, 1, it / max(time.perf_counter() - t0, 1e-9))
             if check:
                 with torch.no_grad():

@@ -9,8 +9,10 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
 from service.cli_views import (FINISHED, _enrich_workers, watch_view, workers_table, runs_table, parse_filter, results_table, write_rows, action_line)
+from service.cli_args import check_png_out, export_format, read_sweep_file
 from service.client import ApiError, Client, Unreachable
 
 app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,
@@ -118,18 +120,12 @@ def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name"),
 @app.command()
 def submit(ctx: typer.Context, path: Path = typer.Argument(..., exists=True, dir_okay=False, help="sweep YAML or JSON")):
     """Submit a sweep; prints its id and run count."""
-    import yaml
-
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise typer.BadParameter(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(spec, dict):
-        raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec), got {type(spec).__name__}")
+    spec = read_sweep_file(path)
     res = _ctx(ctx).client.submit(spec)
     extra = f", {res['duplicates']} duplicates dropped" if res.get("duplicates") else ""
     queued = "" if res.get("enqueued", True) else " (broker unreachable: runs stay queued)"
-    out.print(f"sweep {res['sweep_id']}: {res['runs']} runs{extra}{queued}", highlight=False)
+    n = res["runs"]
+    out.print(f"sweep {res['sweep_id']}: {n} run{'' if n == 1 else 's'}{extra}{queued}", highlight=False)
 
 
 @app.command()
@@ -183,20 +179,28 @@ def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"
 @app.command()
 def results(ctx: typer.Context, sweep: int = typer.Argument(...),
             group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all)"),
-            keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys"),
-            split: str = typer.Option("test", "--split")):
-    """Final-epoch results grouped by axes: mean ± std over seeds."""
-    body = _ctx(ctx).client.results(sweep, _csv(group_by), _csv(keys), split)
-    out.print(results_table(body, sweep, split))
+            keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys (default: "
+                                               f"{','.join(HEADLINE_KEYS)}; 'all' for every stored key)"),
+            split: str = typer.Option("test", "--split", help="train | test"),
+            epoch: str = typer.Option("last", "--epoch", help="'last' (each run's last measured epoch) or a number")):
+    """Results grouped by axes at the last (or a given) epoch: mean ± std over seeds."""
+    key_list = None if keys == "all" else (_csv(keys) or list(HEADLINE_KEYS))
+    body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
+    out.print(results_table(body, sweep, split, epoch))
+    measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
+    if body.get("groups") and not measured:
+        at = "their last epoch" if epoch == "last" else f"epoch {epoch}"
+        err.print(f"no run of sweep {sweep} has {split} metrics at {at} yet"
+                  + ("" if epoch == "last" else " (a run measures only the epochs of its eval schedule)"),
+                  highlight=False)
 
 
 @app.command()
 def export(ctx: typer.Context, sweep: int = typer.Argument(...),
-           format: str = typer.Option("csv", "--format", help="csv | parquet"),
-           out_path: Path = typer.Option(..., "--out", help="output file")):
+           format: Optional[str] = typer.Option(None, "--format", help="csv | parquet (default: from --out's suffix)"),
+           out_path: Path = typer.Option(..., "--out", help="output file, .csv or .parquet")):
     """Every metric row of a sweep with its run's axes and seed, as CSV or Parquet."""
-    if format not in ("csv", "parquet"):
-        raise typer.BadParameter(f"expected csv or parquet, got {format!r}", param_hint="--format")
+    format = export_format(out_path, format)
     client = _ctx(ctx).client
     axes = client.sweep(sweep).get("axes") or []
     rows = []
@@ -249,7 +253,12 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
          ref: Optional[str] = typer.Option(None, "--ref", help="heatmap diff_vs: AXIS:VALUE"),
          run: Optional[int] = typer.Option(None, "--run", help="margins: the run")):
     """Save a PNG: NC dynamics, a grid heatmap, or a run's cosine margins."""
+    check_png_out(out_path)
     client = _ctx(ctx).client
+    if kind == "margins" and run is not None:
+        owner = client.run(run).get("sweep_id")
+        if owner != sweep:
+            raise typer.BadParameter(f"run {run} belongs to sweep {owner}, not to sweep {sweep}", param_hint="--run")
     if kind == "dynamics":
         png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split)
     elif kind == "heatmap":

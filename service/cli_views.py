@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Group
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -75,6 +76,11 @@ def run_fraction(run: dict) -> float:
     return min(1.0, ((run.get("epoch") or 0) + within) / total) if total else 0.0
 
 
+def _add_column(table: Table, col: str) -> None:
+    """Status words ('succeeded', 'cancelled') stay whole on narrow terminals; the config column gives way."""
+    table.add_column(col, no_wrap=col in ("run", "status", "epoch"), min_width=9 if col == "status" else None)
+
+
 def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
     counts: dict[str, int] = {}
     for r in runs:
@@ -89,7 +95,7 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
     table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
     for col in ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"):
-        table.add_column(col)
+        _add_column(table, col)
     for r in shown:
         f = run_fraction(r)
         table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
@@ -116,9 +122,9 @@ def workers_table(workers: list[dict]) -> Any:
 
 
 def runs_table(rows: list[dict]) -> Any:
-    table = Table(title=f"{len(rows)} runs", title_justify="left")
+    table = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}", title_justify="left")
     for col in ("run", "sweep", "kind", "status", "config", "epoch", "progress", "worker", "error"):
-        table.add_column(col)
+        _add_column(table, col)
     for r in rows:
         table.add_row(str(r["id"]), str(r["sweep_id"]), r.get("kind", ""), _status(r["status"]), _grid(r),
                       f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}", f"{100 * run_fraction(r):.0f}%",
@@ -137,13 +143,14 @@ def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
 
 
-def results_table(body: Any, sweep: int, split: str) -> Any:
+def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last") -> Any:
     """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds."""
-
     items = body.get("groups", []) if isinstance(body, dict) else body
     group_by = body.get("group_by") if isinstance(body, dict) else None
     keys = body.get("keys") if isinstance(body, dict) else None
-    table = Table(title=f"sweep {sweep} results [{split}] (mean ± std over seeds)", title_justify="left")
+    at = "last epoch" if str(epoch) == "last" else f"epoch {epoch}"
+    title = escape(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)")  # [..] is not rich markup
+    table = Table(title=title, title_justify="left")
     if not items:
         table.add_column("no finished results yet")
         return table
@@ -165,9 +172,7 @@ def results_table(body: Any, sweep: int, split: str) -> Any:
 
 
 def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-
         with path.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()

@@ -130,9 +130,10 @@ class Client:
 
     # -- metrics, workers, plots -----------------------------------------------------------------
     def results(self, sweep_id: int, group_by: list[str] | None = None, keys: list[str] | None = None,
-                split: str | None = None) -> Any:
+                split: str | None = None, epoch: str | int | None = None) -> Any:
         return self.get(f"/sweeps/{sweep_id}/results", group_by=",".join(group_by) if group_by else None,
-                        keys=",".join(keys) if keys else None, split=split)
+                        keys=",".join(keys) if keys else None, split=split,
+                        epoch=None if epoch is None else str(epoch))
 
     def run_metrics(self, run_id: int) -> list[dict[str, Any]]:
         """Flat metric rows [{epoch, split, key, value}] of one run (from its series)."""

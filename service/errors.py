@@ -17,7 +17,7 @@ from nc_core.sweep import SpecError
 
 log = logging.getLogger(__name__)
 _SOURCES = ("body", "query", "path", "header", "cookie")  # request parts FastAPI puts first in loc
-_PATH_PREFIX = re.compile(r"^(?:Value error, )?([A-Za-z_][\w]*(?:\.[\w]+)*): ")
+_PATH_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*): ")
 
 
 class NotFound(LookupError):
@@ -37,7 +37,7 @@ def pydantic_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     items = []
     for err in errors:
         loc = [x for x in err.get("loc", ()) if x != "__root__"]
-        msg = str(err.get("msg", ""))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")  # pydantic's wrapper of a validator's text
         if err.get("type") == "json_invalid":  # loc is ("body", character offset)
             items.append({"loc": ["body"], "msg": f"malformed JSON at character {loc[-1]}: {msg}",
                           "field": "body", "type": "json_invalid"})

@@ -40,7 +40,12 @@ def test_run_metric_series(app_client, sweep):
     assert acc["epochs"] == [1, 2, 3] and acc["values"] == pytest.approx([expected[(ids[2], e)][0] for e in (1, 2, 3)])
     only = app_client.get(f"/runs/{ids[1]}/metrics", params={"split": "test", "key": "nc1"}).json()["series"]
     assert len(only) == 1 and only[0]["values"][-1] is None  # NaN stored as NULL comes back as null
-    assert app_client.get(f"/runs/{ids[2]}/metrics", params={"key": "nope"}).json()["series"] == []
+    assert app_client.get(f"/runs/{ids[2]}/metrics", params={"key": "cdnv"}).json()["series"] == []  # not stored
+    for params, field, says in (({"key": "nope"}, "key", "unknown metric key 'nope'; expected some of nc1,"),
+                                ({"split": "foo"}, "split", "'train' or 'test'")):
+        res = app_client.get(f"/runs/{ids[2]}/metrics", params=params)
+        detail = res.json()["detail"][0]
+        assert res.status_code == 422 and detail["field"] == field and says in detail["msg"], res.text
 
 
 def test_results_aggregate_over_seeds_at_last_epoch(app_client, sweep):
@@ -77,8 +82,18 @@ def test_results_custom_grouping_epoch_and_single_run_std(app_client, sweep):
 
 
 @pytest.mark.parametrize("params, field", [({"group_by": "model.widht"}, "group_by"), ({"epoch": "first"}, "epoch"),
-                                           ({"split": "val"}, "split")])
+                                           ({"split": "val"}, "split"), ({"keys": "acc,nc_1"}, "keys"),
+                                           ({"epoch": "99"}, "epoch")])
 def test_results_bad_params(app_client, sweep, params, field):
     resp = app_client.get(f"/sweeps/{sweep[0]}/results", params=params)
     assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == field
     assert app_client.get("/sweeps/999/results").status_code == 404
+
+
+def test_results_errors_say_what_is_valid(app_client, sweep):
+    detail = app_client.get(f"/sweeps/{sweep[0]}/results", params={"keys": "acc, nc_1"}).json()["detail"][0]
+    assert detail["msg"].startswith("unknown metric key 'nc_1'; expected some of nc1, ")
+    detail = app_client.get(f"/sweeps/{sweep[0]}/results", params={"epoch": "99"}).json()["detail"][0]
+    assert detail["msg"] == f"99 is past the last epoch of every run of sweep {sweep[0]} (the longest has 3); " \
+                            "expected 'last' or an epoch in 1..3"
+    assert app_client.get(f"/sweeps/{sweep[0]}/results", params={"epoch": "3"}).status_code == 200

@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from nc_core.db.migrate import upgrade
 from nc_core.db.session import session_scope
+from nc_core.metric_keys import METRIC_KEYS
 from nc_core.sweep import SweepSpec, expand
 
 BIG = {"name": "big", "base": {"epochs": 5, "data": {"name": "gaussian"}}, "max_runs": 20000, "seeds": list(range(10)),
@@ -96,8 +97,9 @@ def million_metrics(pg_server):  # noqa: ANN001, ANN201
                        "SELECT 1, 'train', '{}', md5(g::text), '{}', 0, '{}', 'succeeded', false, 1, 3, 25, 25, 0, 0,"
                        " now(), now() FROM generate_series(1, 2000) g"))
         s.execute(text("INSERT INTO metric (run_id, epoch, split, key, value, metric_version, created_at) "
-                       "SELECT r, e, sp, 'k' || k, random(), 1, now() FROM generate_series(1, 2000) r, "
-                       "generate_series(1, 25) e, unnest(ARRAY['train', 'test']) sp, generate_series(0, 9) k"))
+                       "SELECT r, e, sp, k, random(), 1, now() FROM generate_series(1, 2000) r, "
+                       "generate_series(1, 25) e, unnest(ARRAY['train', 'test']) sp, unnest(CAST(:keys AS text[])) k"),
+                  {"keys": list(METRIC_KEYS[:10])})
         s.execute(text("ANALYZE metric"))
     yield url
     pg_server.drop(url)
@@ -113,7 +115,7 @@ def test_metric_series_reads_an_index_among_a_million_rows(million_metrics, tmp_
     with TestClient(app) as client:
         for i in range(6):
             rid = 1 + (i * 37) % 2000
-            params = {"split": "test", "key": "k3"} if i % 2 else {}
+            params = {"split": "test", "key": METRIC_KEYS[3]} if i % 2 else {}
             with captured_sql() as statements:
                 resp = client.get(f"/runs/{rid}/metrics", params=params)
             assert resp.status_code == 200 and resp.json()["series"][0]["epochs"] == list(range(1, 26))

@@ -73,6 +73,18 @@ def test_submit_invalid_spec_names_the_field(live: str, capsys, tmp_path: Path) 
     spec.write_text("name: bad\ngrid: {loss.nam: [ce]}\n")
     rc, out, err = ncsweep(capsys, "submit", spec)
     assert rc == 1 and "HTTP 422" in err and "loss.nam" in err and "Traceback" not in err
+    spec.write_text("name: bad\nbase: {model: {name: resnet18, width: 64}}\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 1 and "model.width: for resnet18" in err and "Value error" not in err, err
+    spec.write_bytes(b"name: \xff\xfe\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 2 and "not UTF-8 text" in err and "bad.yaml" in err and "Traceback" not in err
+    spec.write_text("name: one\nname: two\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 2 and "duplicate key 'name'" in err
+    spec.write_text("name: single\nbase: {epochs: 1}\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 0 and out.endswith(": 1 run\n"), out
 
 
 @SQLITE
@@ -94,6 +106,17 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
     assert rc == 0 and "mean ± std" in out and "±" in out.split("mean ± std")[1] and "mse" in out
     rc, out, _ = ncsweep(capsys, "results", sid, "--group-by", "loss.name", "--keys", "acc")
     assert rc == 0 and "ce" in out and "model.width" not in out
+    rc, out, _ = ncsweep(capsys, "results", sid)  # default: the headline keys, in their order, nothing else
+    header = next(line for line in out.splitlines() if "┃ seeds ┃" in line)
+    assert rc == 0 and [c for c in ("acc", "nc1", "nc2_w", "nc3", "wh_b") if c in header] == ["acc", "nc1", "nc2_w",
+                                                                                             "nc3", "wh_b"]
+    assert "cos_margin_min" not in out and f"sweep {sid} results [test, last epoch]" in out
+    rc, out, _ = ncsweep(capsys, "results", sid, "--keys", "all")
+    assert rc == 0 and "cos_m" in next(line for line in out.splitlines() if "┃ seeds ┃" in line)
+    rc, out, err = ncsweep(capsys, "results", sid, "--epoch", "1", "--keys", "acc")
+    assert rc == 0 and "epoch 1]" in out and "±" in out
+    rc, out, err = ncsweep(capsys, "results", sid, "--keys", "acc,accuracy")
+    assert rc == 1 and "unknown metric key 'accuracy'" in err and "(field: keys)" in err
     rc, out, _ = ncsweep(capsys, "workers")
     assert rc == 0 and "gpu0@node1" in out and "busy" in out and "30.0/80.0 GiB" in out
 
@@ -130,6 +153,14 @@ def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) 
     assert rc == 0 and pq.read_table(tmp_path / "m.parquet").num_rows == len(rows)
     rc, _, err = ncsweep(capsys, "export", sid, "--format", "xlsx", "--out", tmp_path / "m.xlsx")
     assert rc != 0 and "csv or parquet" in err
+    rc, _, _ = ncsweep(capsys, "export", sid, "--out", tmp_path / "inferred.parquet")  # format from the suffix
+    assert rc == 0 and pq.read_table(tmp_path / "inferred.parquet").num_rows == len(rows)
+    for args, says in ((["--format", "csv", "--out", tmp_path / "m2.parquet"], "ends in .parquet but --format is csv"),
+                       (["--out", tmp_path / "m.txt"], "ending in .csv or .parquet"),
+                       (["--out", tmp_path / "nowhere" / "m.csv"], "does not exist; create it first")):
+        rc, _, err = ncsweep(capsys, "export", sid, *args)
+        assert rc == 2 and says in " ".join(err.split()), err
+    assert not (tmp_path / "m2.parquet").exists() and not (tmp_path / "nowhere").exists()
 
 
 @SQLITE
@@ -159,6 +190,14 @@ def test_plot_commands(live: str, db_url: str, capsys, tmp_path: Path) -> None: 
         assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
     rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "heatmap", "--out", tmp_path / "x.png")
     assert rc == 2 and "--x AXIS" in err
+    rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "dynamics", "--out", tmp_path / "dyn.pdf")
+    assert rc == 2 and "ending in .png" in err
+    other, other_runs = seed_sweep(db_url, name="other")
+    rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "margins", "--run", other_runs[0], "--out", tmp_path / "m.png")
+    assert rc == 2 and f"run {other_runs[0]} belongs to sweep {other}, not to sweep {sid}" in " ".join(err.split())
+    rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "heatmap", "--x", "model.width", "--y", "seed", "--key",
+                         "accuracy", "--out", tmp_path / "h.png")
+    assert rc == 1 and "unknown metric key 'accuracy'" in err and not (tmp_path / "h.png").exists()
 
 
 @SQLITE
@@ -198,3 +237,19 @@ def test_help_of_stack_commands(capsys) -> None:  # noqa: ANN001
         assert rc == 0 and flag in out
     rc, _, err = ncsweep(capsys, "worker", "--gpus", "0,x")
     assert rc == 2 and "comma-separated integers" in err
+
+
+def test_status_words_stay_whole_on_an_80_column_terminal() -> None:
+    from rich.console import Console
+
+    from service.cli_views import runs_table, watch_view
+
+    runs = [{"id": i, "status": st, "grid": {"loss.name": "label_smoothing", "model.width": 128}, "seed": 2,
+             "epoch": 3, "epochs_total": 12, "steps_total": 10, "step": 5, "samples_per_s": 12345.0, "sweep_id": 1,
+             "kind": "train"} for i, st in enumerate(["succeeded", "cancelled", "running"])]
+    console = Console(width=80, record=True)
+    console.print(watch_view({"id": 1, "name": "widths-by-loss", "progress": 0.3, "eta_s": 10}, runs, []))
+    console.print(runs_table(runs[:1]))
+    text = console.export_text()
+    assert "│ succeeded │" in text and "│ cancelled │" in text and "succee…" not in text
+    assert "1 run" in text and "1 runs" not in text

@@ -81,6 +81,36 @@ def test_corrupt_cifar_folder_is_missing_data(tmp_path):
         load_data(RunSpec(data={"name": "cifar10", "root": str(tmp_path)}), "cpu")
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+def test_corrupt_mnist_files_say_unreadable_not_empty(tmp_path, compress):
+    _fake_mnist(tmp_path, "MNIST", compress)
+    victim = tmp_path / "MNIST" / "raw" / ("train-images-idx3-ubyte" + (".gz" if compress else ""))
+    if compress:
+        with gzip.open(victim, "wb") as fh:  # a valid gzip of a truncated idx file
+            fh.write(struct.pack(">IIII", 0x0803, 40, 28, 28) + b"\x00" * 100)
+    else:
+        victim.write_bytes(victim.read_bytes()[:-5000])
+    with pytest.raises(MissingDataError) as err:
+        load_data(RunSpec(data={"name": "mnist", "root": str(tmp_path)}), "cpu")
+    msg = str(err.value)
+    assert "could not be read (" in msg and str(tmp_path) in msg and "()" not in msg and "replace them" in msg
+
+
+@pytest.mark.parametrize("name, cls, exc", [("mnist", "MNIST", RuntimeError("Error downloading train-images")),
+                                            ("cifar10", "CIFAR10", OSError("[Errno -3] name resolution failed"))])
+def test_failed_download_does_not_advise_download(tmp_path, monkeypatch, name, cls, exc):
+    import torchvision.datasets as tvd
+
+    def offline(self):  # noqa: ANN001 - what an offline machine does inside torchvision's download()
+        raise exc
+
+    monkeypatch.setattr(getattr(tvd, cls), "download", offline)
+    with pytest.raises(MissingDataError) as err:
+        load_data(RunSpec(data={"name": name, "root": str(tmp_path), "download": True}), "cpu")
+    msg = str(err.value)
+    assert "data.download=true is set" in msg and str(exc) in msg and "set data.download=true in" not in msg
+
+
 def test_digits_shapes_split_and_seed():
     a = load_data(RunSpec(data={"name": "digits"}, seed=0), "cpu")
     assert a.train_x.shape == (1347, 1, 8, 8) and a.test_x.shape == (450, 1, 8, 8) and a.input_shape == (1, 8, 8)

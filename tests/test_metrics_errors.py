@@ -24,8 +24,32 @@ def test_labels_length_mismatch():
 
 
 def test_labels_not_integer():
-    with pytest.raises(ValueError, match=r"labels: expected integer class indices, got dtype torch.float64"):
+    with pytest.raises(ValueError, match=r"labels: expected integer class indices, got dtype float64$"):
         nc_metrics(X, Y.astype(float))
+
+
+def test_labels_strings():
+    with pytest.raises(ValueError, match=r"labels: expected integer class indices, got dtype <U3$"):
+        nc_metrics(X, Y.astype("U3"))
+    with pytest.raises(ValueError, match=r"labels: expected integer class indices, got dtype <U1 \(list\)$"):
+        nc_metrics(X, [str(v) for v in Y], num_classes=3)
+
+
+def test_dtype_named_as_passed():
+    with pytest.raises(ValueError, match=r"labels: expected integer class indices, got dtype float16$"):
+        nc_metrics(X, Y.astype(np.float16))
+    with pytest.raises(ValueError, match=r"features: expected real numbers, got dtype complex128$"):
+        nc_metrics(X.astype(complex), Y)
+    with pytest.raises(ValueError, match=r"labels: expected integer class indices, got dtype torch.float16$"):
+        nc_metrics(torch.from_numpy(X), torch.from_numpy(Y).half())
+
+
+def test_label_beyond_weight_rows():
+    Y4 = Y.copy()
+    Y4[7] = 4
+    with pytest.raises(ValueError, match=r"labels: expected class indices in 0..K-1 = 0..2 \(K = 3 rows of weight\), "
+                                         r"got max 4"):
+        nc_metrics(X, Y4, W)
 
 
 def test_labels_out_of_range():
@@ -59,6 +83,11 @@ def test_num_classes_below_two():
 def test_inferred_single_class():
     with pytest.raises(ValueError, match=r"inferred K = max\(label\) \+ 1 = 1; NC metrics need K >= 2"):
         nc_metrics(X, np.zeros(30, dtype=int))
+
+
+def test_features_zero_dim():
+    with pytest.raises(ValueError, match=r"features: expected feature dimension d >= 1, got shape \(30, 0\)"):
+        nc_metrics(np.zeros((30, 0)), Y)
 
 
 def test_empty_features():

@@ -133,6 +133,12 @@ def test_plot_errors_are_readable(sqlite_app_client) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "ref"
     r = sqlite_app_client.get(f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=no.such&key=acc")
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "y"
+    for url, field in ((f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=accuracy", "key"),
+                       (f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&split=val", "split"),
+                       (f"/sweeps/{sid}/plots/dynamics.png?keys=nc1,nc9", "keys"),
+                       (f"/sweeps/{sid}/plots/dynamics.png?split=val", "split")):
+        r = sqlite_app_client.get(url)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == field, (url, r.text)
     assert sqlite_app_client.get("/sweeps/9999/plots/dynamics.png").status_code == 404
     assert sqlite_app_client.get("/runs/9999/plots/margins.png").status_code == 404
 

@@ -143,13 +143,52 @@ def test_out_must_be_a_json_or_csv_file_and_is_checked_before_training(tmp_path,
     assert not (tmp_path / "w").exists()  # nothing trained
 
 
-def test_unwritable_out_says_where_the_metrics_are(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
+@pytest.mark.parametrize("where", ["missing_dir", "file_as_dir"])
+def test_out_in_a_directory_that_does_not_exist_is_refused_before_training(tmp_path, where):
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / ("nowhere" if where == "missing_dir" else "file") / "m.json"
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    assert res.exit_code == 2 and "does not exist; create it first" in res.output, res.output
+    assert not (tmp_path / "w").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_unwritable_out_says_where_the_metrics_are(tmp_path, monkeypatch):
+    import nc_core.cli as cli
+
+    def disk_full(rows, out):  # noqa: ANN001 - the write fails after training (disk full, NFS gone, ...)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_metrics", disk_full)
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"),
-                              "--out", str(blocker / "m.json")])
-    assert res.exit_code == 1 and "could not write" in res.output and "metrics.jsonl" in res.output, res.output
+                              "--out", str(tmp_path / "m.json")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "could not write" in text and "metrics.jsonl" in text, res.output
+    assert "No space left" in text
     assert "Traceback" not in res.output and (tmp_path / "w" / "metrics.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "epochs=[1"], "--set 'epochs=[1': the value '[1' is not valid YAML"),
+    (["--set", "epochs=@"], "is not valid YAML"),
+    (["--set", ".=3"], "expected path=value with a dotted field path"),
+    (["--set", "epochs=true"], "epochs: expected a number, got the boolean true"),
+    (["--set", "optim.lr=false"], "optim.lr: expected a number, got the boolean false"),
+    (["--set", "model.name=resnet18", "--set", "model.width=64"], "model.width: for resnet18 it is a channel"),
+])
+def test_bad_overrides_are_one_line_errors_naming_the_field(tmp_path, args, expected):
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), *args])
+    assert res.exit_code == 2 and expected in " ".join(res.output.split()), res.output
+    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.parametrize("content, expected", [(b"\xff\xfeepochs: 2\n", "not UTF-8 text"),
+                                               (b"epochs: 2\nseed: 1\nepochs: 3\n", "duplicate key 'epochs'")])
+def test_unreadable_or_ambiguous_spec_files_are_refused(tmp_path, content, expected):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    res = runner.invoke(app, ["run", str(path), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 2 and expected in res.output and str(path) in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "w").exists()
 
 
 def test_missing_data_is_one_error_naming_where_it_looked(tmp_path):
@@ -157,6 +196,7 @@ def test_missing_data_is_one_error_naming_where_it_looked(tmp_path):
     res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w")])
     assert res.exit_code == 1 and "error" in res.output and "nodata" in res.output, res.output
     assert "download" in res.output and "Traceback" not in res.output
+    assert "0/?" not in res.output and "epochs" not in res.output  # no empty progress bars before the error
 
 
 def test_a_workdir_of_another_spec_is_refused_without_a_traceback(tmp_path):

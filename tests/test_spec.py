@@ -108,3 +108,35 @@ def test_set_and_get_path():
     tree: dict = {}
     set_path(tree, "a.b.c", 1)
     assert tree == {"a": {"b": {"c": 1}}} and get_path(tree, "a.b.c") == 1 and get_path(tree, "a.x") is None
+
+
+@pytest.mark.parametrize("name, width, d", [("mlp", 128, 128), ("resnet18", 1, 512), ("resnet50", 1, 2048),
+                                            ("vgg11", 1, 512), ("wide_resnet50", 2, 2048)])
+def test_width_defaults_per_architecture(name, width, d):
+    spec = RunSpec(model={"name": name})
+    assert spec.model.width == width and feature_dim(spec) == d
+    assert RunSpec.model_validate(spec.model_dump(mode="json")) == spec  # round-trips with the width filled in
+
+
+def test_a_grid_over_architectures_gives_each_its_default_width():
+    runs = expand(SweepSpec(name="arch", base={"epochs": 1}, grid={"model.name": ["mlp", "resnet18"]}))
+    assert {r.spec.model.name: r.spec.model.width for r in runs} == {"mlp": 128, "resnet18": 1}
+
+
+@pytest.mark.parametrize("name, width", [("resnet18", 128), ("vgg16", 64), ("wide_resnet50", 17)])
+def test_an_mlp_sized_width_on_a_conv_net_is_refused(name, width):
+    with pytest.raises(ValidationError, match=rf"model.width: for {name} .*expected at most 16, got {width}"):
+        RunSpec(model={"name": name, "width": width})
+    assert RunSpec(model={"name": name, "width": 16}).model.width == 16
+
+
+@pytest.mark.parametrize("path", ["epochs", "seed", "optim.lr", "data.label_noise", "model.width",
+                                  "data.gaussian_classes", "ufm.iterations"])
+def test_booleans_are_not_numbers(path):
+    tree = {"kind": "ufm", "ufm": {}} if path.startswith("ufm.") else {}
+    set_path(tree, path, True)
+    with pytest.raises(ValidationError, match="expected a number, got the boolean true") as exc:
+        RunSpec.model_validate(tree)
+    assert ".".join(map(str, exc.value.errors()[0]["loc"])) == path
+    with pytest.raises(ValidationError, match="seeds"):
+        SweepSpec(name="s", seeds=[True, 2])

@@ -77,5 +77,6 @@ def test_ufm_cooperative_stop(tmp_path):
 
 
 def test_ufm_divergence_raises(tmp_path):
-    with pytest.raises(TrainingDiverged, match="epoch"):
+    with pytest.raises(TrainingDiverged, match=r"at iteration \d+: .*lower ufm\.lr") as info:
         fit_ufm(ufm_spec(lr=1e4, iterations=200), workdir=tmp_path)
+    assert "optim.lr" not in str(info.value) and 1 <= info.value.epoch <= 200

@@ -35,14 +35,32 @@ def rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, stream]))
 
 
-def missing(name: str, root: Path, looked_for: list[Path], extra: str = "") -> MissingDataError:
-    """The error for absent (or corrupt) files of dataset ``name``: where it looked and the three fixes."""
+_READ_ERRORS = (RuntimeError, AssertionError, ValueError, EOFError, OSError, KeyError, IndexError)
+_ROOT_FIX = "or point data.root (or the NCSWEEP_DATA_ROOT environment variable) at a directory that holds them."
+
+
+def missing(name: str, root: Path, looked_for: list[Path], extra: str = "", *,
+            download: bool = False) -> MissingDataError:
+    """The error for absent files of dataset ``name``: where it looked and the three fixes."""
     paths = ", ".join(str(p) for p in looked_for)
+    if download:  # asked for a download and it failed: advising data.download=true would go round in circles
+        fix = (f"data.download=true is set, so torchvision tried to fetch them and could not (is this machine "
+               f"offline?). Fix: download them where there is network and copy them there in the torchvision "
+               f"layout, {_ROOT_FIX}")
+    else:
+        fix = (f"Fix: put the {name} files there in the torchvision layout, or set data.download=true in the "
+               f"spec to let torchvision fetch them, {_ROOT_FIX}")
+    return MissingDataError(f"dataset {name!r}: files not found under data root {root} (looked for {paths})"
+                            f"{extra}. {fix}")
+
+
+def unreadable(name: str, root: Path, err: BaseException) -> MissingDataError:
+    """The error for files that are there but corrupt or truncated (a torchvision assert has no message)."""
+    why = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} in the file reader"
     return MissingDataError(
-        f"dataset {name!r}: files not found under data root {root} (looked for {paths}){extra}. "
-        f"Fix: put the {name} files there in the torchvision layout, or set data.download=true in the "
-        f"spec to let torchvision fetch them, or point data.root (or the NCSWEEP_DATA_ROOT environment "
-        f"variable) at a directory that holds them.")
+        f"dataset {name!r}: the files under data root {root} are there but could not be read ({why}); they are "
+        f"corrupt, truncated or of another format. Fix: replace them with intact {name} files (or delete them "
+        f"and set data.download=true to fetch them again), {_ROOT_FIX}")
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx files)
@@ -68,19 +86,30 @@ def _mnist_like(spec: RunSpec, root: Path, folder: str, tv_name: str, mean: floa
     have_raw = all((raw / n).is_file() for n in names)
     have_gz = all((raw / f"{n}.gz").is_file() for n in names)
     splits: dict[str, tuple[Tensor, Tensor]] = {}
-    if have_raw or spec.data.download:
+    name, download = spec.data.name, spec.data.download
+    if have_raw or download:
         import torchvision.datasets as tvd
 
         for split in ("train", "test"):
             try:
-                ds = getattr(tvd, tv_name)(str(root), train=split == "train", download=spec.data.download)
-            except RuntimeError as err:
-                raise missing(spec.data.name, root, [raw / n for n in names], f" ({err})") from err
+                ds = getattr(tvd, tv_name)(str(root), train=split == "train", download=download)
+            except (RuntimeError, OSError) as err:  # not found, or the download failed
+                if have_raw:
+                    raise unreadable(name, root, err) from err
+                raise missing(name, root, [raw / n for n in names], f" ({err})", download=download) from err
+            except _READ_ERRORS as err:  # torchvision's idx reader asserts on a bad header
+                raise unreadable(name, root, err) from err
             splits[split] = (ds.data, ds.targets)
     elif have_gz:
         for split, (img, lab) in _IDX.items():
-            x = torch.from_numpy(_read_idx_gz(raw / f"{img}.gz").copy())
-            splits[split] = (x, torch.from_numpy(_read_idx_gz(raw / f"{lab}.gz").astype(np.int64)))
+            try:
+                x = torch.from_numpy(_read_idx_gz(raw / f"{img}.gz").copy())
+                y = torch.from_numpy(_read_idx_gz(raw / f"{lab}.gz").astype(np.int64))
+            except _READ_ERRORS as err:
+                raise unreadable(name, root, err) from err
+            if len(x) != len(y):
+                raise unreadable(name, root, ValueError(f"{split}: {len(x)} images but {len(y)} labels"))
+            splits[split] = (x, y)
     else:
         raise missing(spec.data.name, root, [raw / n for n in names] + [raw / "<same>.gz"])
     (trx, try_), (tex, tey) = splits["train"], splits["test"]
@@ -101,12 +130,15 @@ def _fashion_mnist(spec: RunSpec, root: Path) -> RawData:
 # ---------------------------------------------------------------- CIFAR / SVHN (md5-checked by torchvision)
 def _torchvision_split(spec: RunSpec, root: Path, expected: list[Path], make) -> tuple[np.ndarray, np.ndarray]:
     """``make()`` a torchvision dataset (data, labels as numpy); absent or corrupt files -> MissingDataError."""
-    if not spec.data.download and not all(p.exists() for p in expected):
+    download = spec.data.download
+    if not download and not all(p.exists() for p in expected):
         raise missing(spec.data.name, root, expected)
     try:
         ds = make()
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted" (md5 mismatch)
-        raise missing(spec.data.name, root, expected, f"; torchvision says: {err}") from err
+    except (RuntimeError, OSError) as err:  # "Dataset not found or corrupted" (md5 mismatch), a failed download
+        raise missing(spec.data.name, root, expected, f"; torchvision says: {err}", download=download) from err
+    except _READ_ERRORS as err:
+        raise unreadable(spec.data.name, root, err) from err
     labels = getattr(ds, "targets", None)
     return np.asarray(ds.data), np.asarray(labels if labels is not None else ds.labels)
 

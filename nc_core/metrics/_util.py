@@ -46,8 +46,9 @@ def result_reasons(result: dict[str, float]) -> dict[str, str]:
     return {k: v for k, v in reasons.items() if k in result}
 
 
-def to_tensor(x: Any, name: str) -> torch.Tensor:
-    """A torch tensor view of ``x`` (torch tensor, numpy array or nested sequence), detached."""
+def to_tensor(x: Any, name: str, expected: str = "a numeric array") -> torch.Tensor:
+    """A torch tensor view of ``x`` (torch tensor, numpy array or nested sequence), detached.
+    A dtype torch cannot hold (str, bytes, object, ...) → ValueError "``name``: expected ``expected``"."""
     if isinstance(x, torch.Tensor):
         return x.detach()
     try:
@@ -55,10 +56,23 @@ def to_tensor(x: Any, name: str) -> torch.Tensor:
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise ValueError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from exc
     if arr.dtype == object:
-        raise ValueError(f"{name}: expected a numeric array, got dtype object ({type(x).__name__})")
+        raise ValueError(f"{name}: expected {expected}, got dtype object ({type(x).__name__})")
     if not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr).copy()
-    return torch.from_numpy(arr)
+    try:
+        return torch.from_numpy(arr)
+    except TypeError as exc:  # str/bytes/datetime/... arrays
+        raise ValueError(f"{name}: expected {expected}, got dtype {dtype_name(x)}") from exc
+
+
+def dtype_name(x: Any) -> str:
+    """The dtype of the caller's input as they passed it: ``torch.float16`` for a tensor, numpy's name
+    (``float16``, ``<U3``) for an array, plus the type for a sequence (``float64 (list)``). Error paths only."""
+    if isinstance(x, torch.Tensor):
+        return str(x.dtype)
+    if isinstance(x, np.ndarray):
+        return str(x.dtype)
+    return f"{np.asarray(x).dtype} ({type(x).__name__})"
 
 
 def _is_int(t: torch.Tensor) -> bool:
@@ -71,9 +85,11 @@ def check_features(x: Any, *, dim: int | None = None, name: str = "features") ->
     if t.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (N, d), got shape {tuple(t.shape)}")
     if t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{name}: expected real numbers, got dtype {t.dtype}")
+        raise ValueError(f"{name}: expected real numbers, got dtype {dtype_name(x)}")
     if dim is not None and t.shape[1] != dim:
         raise ValueError(f"{name}: expected feature dimension d = {dim}, got shape {tuple(t.shape)}")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name}: expected feature dimension d >= 1, got shape {tuple(t.shape)}")
     if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.sum())):
         bad = int((~torch.isfinite(t)).sum())  # slow path only when the cheap sum test fails (or overflows)
         if bad:
@@ -83,11 +99,11 @@ def check_features(x: Any, *, dim: int | None = None, name: str = "features") ->
 
 def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels") -> torch.Tensor:
     """Validate integer labels of shape (n,) in 0..K−1; returns an int64 tensor."""
-    t = to_tensor(y, name)
+    t = to_tensor(y, name, "integer class indices")
     if t.ndim != 1 or t.shape[0] != n:
         raise ValueError(f"{name}: expected shape ({n},) to match the features, got {tuple(t.shape)}")
     if not _is_int(t):
-        raise ValueError(f"{name}: expected integer class indices, got dtype {t.dtype}")
+        raise ValueError(f"{name}: expected integer class indices, got dtype {dtype_name(y)}")
     t = t.to(torch.int64)
     if n and num_classes is not None:
         lo, hi = (int(v) for v in torch.stack(torch.aminmax(t)).tolist())  # one pass, one sync
@@ -95,6 +111,23 @@ def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels
             raise ValueError(
                 f"{name}: expected values in 0..K-1 = 0..{num_classes - 1}, got min {lo}, max {hi}")
     return t
+
+
+def infer_classes(labels: Any, *, n: int, d: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Labels (n,) → (int64 labels, K = max(label) + 1) when num_classes is not given. With a classifier
+    ``weight`` (K, d) of matching d, a label >= its K rows is a labels error (not a weight-shape one)."""
+    y = check_labels(labels, n=n, num_classes=None)
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(y)).tolist())  # one pass, one sync
+    if lo < 0:
+        raise ValueError(f"labels: expected values >= 0, got min {lo}")
+    if weight is not None and weight.ndim == 2 and weight.shape[1] == d and hi >= weight.shape[0]:
+        k = weight.shape[0]
+        raise ValueError(f"labels: expected class indices in 0..K-1 = 0..{k - 1} (K = {k} rows of weight), "
+                         f"got max {hi}")
+    if hi + 1 < 2:
+        raise ValueError(f"num_classes: inferred K = max(label) + 1 = {hi + 1}; NC metrics need K >= 2 "
+                         "(pass num_classes)")
+    return y, hi + 1
 
 
 def label_order(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -7,28 +7,16 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from nc_core.metric_keys import METRIC_KEYS, METRIC_VERSION  # noqa: F401 - re-exported by nc_core.metrics
+
 from . import etfdist, gof as gofm, nc1, nc2, nc3, resident
 from ._util import (F64, MetricDict, MetricUndefined, check_classifier, check_features, check_labels,
-                    check_num_classes)
+                    check_num_classes, infer_classes, to_tensor)
 from .ncc import SampleStats
 from .stats import ClassStats
 
-METRIC_VERSION = 1
 #: Per-class Grams X_kᵀX_k are built and eigen-solved in blocks of at most this many bytes.
 RATIO_BLOCK_BYTES = 2**26
-
-METRIC_KEYS: tuple[str, ...] = (
-    "nc1", "nc1_svd", "nc1_quotient", "cdnv", "vci", "trace_sw", "trace_sb",
-    "nc2_w", "nc2_w_uncentered", "nc2_h", "nc2_h_unweighted", "nc2_w_identity", "nc2_h_identity",
-    "equinorm_w", "equinorm_h", "equinorm_diff", "gnc2_dist", "gnc2_log",
-    "nc3", "nc3_uncentered", "nc3_identity", "nc3_w_sub_h", "nc3_w_sub_h_centered", "nc3_uniform_duality",
-    "wh_b", "ncc_mismatch", "ncc_agreement",
-    "cos_margin_mean", "cos_margin_min", "cos_margin_median", "cos_margin_mean_logit",
-    "nuclear_frobenius", "numerical_rank",
-    "etf_dist_w", "etf_dist_h", "etf_dist_wh", "wh_dist",
-    "nc2_w_gof", "nc2_h_gof", "nc3_wh_gof", "nc3_w_sub_h_gof",
-    "acc", "loss",
-)
 
 
 class _Ctx:
@@ -268,19 +256,13 @@ def nc_metrics(features: Any, labels: Any, weight: Any = None, bias: Any = None,
     n, d = x.shape
     if n == 0:
         raise ValueError("features: expected at least one sample, got 0 rows")
+    w = None if weight is None else to_tensor(weight, "weight")
     if num_classes is None:
-        y = check_labels(labels, n=n, num_classes=None)
-        lo, hi = (int(v) for v in torch.stack([y.min(), y.max()]).tolist())
-        if lo < 0:
-            raise ValueError(f"labels: expected values >= 0, got min {lo}")
-        if hi + 1 < 2:
-            raise ValueError(f"num_classes: inferred K = max(label) + 1 = {hi + 1}; NC metrics need K >= 2 "
-                             "(pass num_classes)")
-        K = hi + 1
+        y, K = infer_classes(labels, n=n, d=d, weight=w)
     else:
         K = check_num_classes(num_classes)
         y = check_labels(labels, n=n, num_classes=K)
-    W, b = check_classifier(weight, bias, K, d, x.device)
+    W, b = check_classifier(w, bias, K, d, x.device)
     if resident.fits(n, d, K):  # the path of evaluate_split: the same numbers from both entry points
         stats, samples = resident.resident_pass([(x, y)], K, d, W, b)
         return compute_metrics(stats, W, b, gof=gof, per_sample=samples)

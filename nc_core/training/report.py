@@ -67,12 +67,18 @@ def report_metrics(reporter: object, epoch: int, split: str, metrics: dict[str, 
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite at (epoch, step) (1-based epoch, 0-based step)."""
+    """The training loss became NaN or infinite at (epoch, step) (1-based epoch, 0-based step); for a UFM run
+    ``ufm=True`` and ``epoch`` is the 1-based iteration."""
 
-    def __init__(self, epoch: int, step: int, value: float | None = None):
+    def __init__(self, epoch: int, step: int, value: float | None = None, *, ufm: bool = False):
         what = f" (loss = {value})" if value is not None else ""
-        super().__init__(f"training diverged at epoch {epoch}, step {step}: non-finite loss{what}; "
-                         "lower optim.lr or add optim.grad_clip (under bf16, also try precision='fp32')")
+        if ufm:
+            msg = (f"UFM optimisation diverged at iteration {epoch}: non-finite objective{what}; lower ufm.lr "
+                   "(or ufm.momentum)")
+        else:
+            msg = (f"training diverged at epoch {epoch}, step {step}: non-finite loss{what}; "
+                   "lower optim.lr or add optim.grad_clip (under bf16, also try precision='fp32')")
+        super().__init__(msg)
         self.epoch = epoch
         self.step = step
 

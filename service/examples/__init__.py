@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from nc_core.metric_keys import HEADLINE_KEYS
+
 EXAMPLE = Path(__file__).resolve().parent / "digits_sweep.yaml"
-RESULT_KEYS = ("acc", "nc1", "nc2_w", "nc3", "wh_b")
+RESULT_KEYS = HEADLINE_KEYS
 FINISHED = ("succeeded", "failed", "cancelled")
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from nc_core.db import runs_repo, sweeps_repo as repo
 from nc_core.db.models import Run
+from nc_core.metric_keys import check_metric_keys
 from nc_core.spec import field_paths
 from nc_core.sweep import SpecError, get_path
 from service.deps import SessionDep
@@ -20,8 +21,11 @@ router = APIRouter(tags=["metrics"])
 
 
 @router.get("/runs/{run_id}/metrics")
-def run_metrics(run_id: int, session: SessionDep, split: str | None = None, key: str | None = None) -> JSONResponse:
+def run_metrics(run_id: int, session: SessionDep, split: Literal["train", "test"] | None = None,
+                key: str | None = None) -> JSONResponse:
     """The run's metric series: [{split, key, epochs: [...], values: [...]}] (null value = NaN/undefined)."""
+    if key is not None:
+        check_metric_keys("key", [key])
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFound(f"run {run_id} not found")
     series: list[dict[str, Any]] = []
@@ -34,8 +38,8 @@ def run_metrics(run_id: int, session: SessionDep, split: str | None = None, key:
 
 
 @router.get("/runs/{run_id}/distributions")
-def run_distributions(run_id: int, session: SessionDep, split: str | None = None, key: str | None = None,
-                      epoch: int | None = None) -> JSONResponse:
+def run_distributions(run_id: int, session: SessionDep, split: Literal["train", "test"] | None = None,
+                      key: Literal["cos_margin"] | None = None, epoch: int | None = None) -> JSONResponse:
     """Stored sorted distributions (cos_margin: ≤ 1001 quantiles of the per-sample margins, ascending):
     [{epoch, split, key, n, values}] at `epoch` (default: the last stored epoch of each split and key)."""
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
@@ -81,9 +85,15 @@ def sweep_results(sweep_id: int, session: SessionDep, group_by: str | None = Non
     for p in paths:
         if p not in valid:
             raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)")
-    key_list = [k for k in (keys or "").split(",") if k] or None
+    key_list = [k.strip() for k in (keys or "").split(",") if k.strip()] or None
+    check_metric_keys("keys", key_list or [])
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)
+    last = max((int(spec.get("epochs", 0) if spec.get("kind") != "ufm" else (spec.get("ufm") or {}).get(
+        "iterations", 0)) for _, spec in runs), default=0)
+    if at is not None and runs and at > last:
+        raise SpecError("epoch", f"{at} is past the last epoch of every run of sweep {sweep_id} (the longest has "
+                                 f"{last}); expected 'last' or an epoch in 1..{last}")
     by_run: dict[int, dict[str, float | None]] = {}
     for rid, k, v in rows:
         by_run.setdefault(rid, {})[k] = v

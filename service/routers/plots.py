@@ -8,6 +8,7 @@ from fastapi.responses import Response
 
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
+from nc_core.metric_keys import check_metric_keys, check_split
 from service import plots
 from service.errors import NotFound, error_item
 from service.routers.events import db_url
@@ -30,12 +31,16 @@ def _render(request: Request, model: type, obj_id: int, draw) -> Response:  # no
 
 
 def _keys(keys: str | None) -> list[str] | None:
-    return [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    """'nc1, acc' → ['nc1', 'acc'], each a known metric key (else 422 naming `keys`); None → the defaults."""
+    out = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    check_metric_keys("keys", out or [])
+    return out
 
 
 @router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response)
 def dynamics(request: Request, sweep_id: int, keys: str | None = Query(None, description="comma-separated metric keys"),
              split: str | None = Query(None, description="one split for every panel (default: NC train, acc train+test)")):
+    check_split("split", split or None)
     return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(s, sweep_id, _keys(keys), split or None))
 
 
@@ -44,6 +49,8 @@ def heatmap(request: Request, sweep_id: int, x: str = Query(..., description="gr
             y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc", split: str = "test",
             mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
             ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
+    check_metric_keys("key", [key])
+    check_split("split", split)
     return _render(request, Sweep, sweep_id, lambda s: plots.heatmap_png(s, sweep_id, x, y, key, split, mode, ref))
 
 

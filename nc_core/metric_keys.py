@@ -1,0 +1,41 @@
+"""The metric keys (the contract of ../shared/metrics.md) without torch, for the API and the CLIs to check."""
+from __future__ import annotations
+
+from typing import Iterable
+
+METRIC_VERSION = 1
+
+METRIC_KEYS: tuple[str, ...] = (
+    "nc1", "nc1_svd", "nc1_quotient", "cdnv", "vci", "trace_sw", "trace_sb",
+    "nc2_w", "nc2_w_uncentered", "nc2_h", "nc2_h_unweighted", "nc2_w_identity", "nc2_h_identity",
+    "equinorm_w", "equinorm_h", "equinorm_diff", "gnc2_dist", "gnc2_log",
+    "nc3", "nc3_uncentered", "nc3_identity", "nc3_w_sub_h", "nc3_w_sub_h_centered", "nc3_uniform_duality",
+    "wh_b", "ncc_mismatch", "ncc_agreement",
+    "cos_margin_mean", "cos_margin_min", "cos_margin_median", "cos_margin_mean_logit",
+    "nuclear_frobenius", "numerical_rank",
+    "etf_dist_w", "etf_dist_h", "etf_dist_wh", "wh_dist",
+    "nc2_w_gof", "nc2_h_gof", "nc3_wh_gof", "nc3_w_sub_h_gof",
+    "acc", "loss",
+)
+#: The keys a results table shows when none are asked for: accuracy and the four NC headline metrics.
+HEADLINE_KEYS: tuple[str, ...] = ("acc", "nc1", "nc2_w", "nc3", "wh_b")
+SPLITS: tuple[str, ...] = ("train", "test")
+
+
+def check_metric_keys(field: str, keys: Iterable[str]) -> None:
+    """Raise SpecError(field) naming every key that is not a metric key, and the valid ones."""
+    from nc_core.sweep import SpecError
+
+    bad = [k for k in keys if k not in METRIC_KEYS]
+    if bad:
+        listed = ", ".join(repr(k) for k in bad)
+        raise SpecError(field, f"unknown metric key{'s' if len(bad) > 1 else ''} {listed}; expected some of "
+                               f"{', '.join(METRIC_KEYS)}")
+
+
+def check_split(field: str, split: str | None) -> None:
+    """Raise SpecError(field) unless split is None, 'train' or 'test'."""
+    from nc_core.sweep import SpecError
+
+    if split is not None and split not in SPLITS:
+        raise SpecError(field, f"expected 'train' or 'test', got {split!r}")

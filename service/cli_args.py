@@ -1,0 +1,60 @@
+"""Checks of the `ncsweep` CLI's file arguments, made before any request: sweep files and --out paths."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """A sweep YAML/JSON file → its mapping; unreadable, non-UTF-8, invalid or duplicate-key files → BadParameter."""
+    import yaml
+
+    from nc_core.yaml_keys import load_yaml
+
+    try:
+        spec = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(f"{path}: not UTF-8 text (byte {exc.start}); expected a sweep YAML or JSON "
+                                 "file") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(spec, dict):
+        raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec), got {type(spec).__name__}")
+    return spec
+
+
+def check_out_dir(path: Path) -> None:
+    """Refuse an output path whose directory does not exist, or that is a directory."""
+    if path.is_dir():
+        raise typer.BadParameter(f"{str(path)!r} is a directory; expected a file path", param_hint="--out")
+    if not path.parent.is_dir():
+        raise typer.BadParameter(f"the directory {str(path.parent)!r} does not exist; create it first",
+                                 param_hint="--out")
+
+
+def export_format(out_path: Path, fmt: str | None) -> str:
+    """csv or parquet: --format, else --out's suffix; the two must agree when both are given."""
+    suffix = out_path.suffix.lower().lstrip(".")
+    if fmt is None and suffix not in ("csv", "parquet"):
+        raise typer.BadParameter(f"expected a file name ending in .csv or .parquet (or give --format), got "
+                                 f"{str(out_path)!r}", param_hint="--out")
+    fmt = fmt or suffix
+    if fmt not in ("csv", "parquet"):
+        raise typer.BadParameter(f"expected csv or parquet, got {fmt!r}", param_hint="--format")
+    if suffix in ("csv", "parquet") and suffix != fmt:
+        raise typer.BadParameter(f"{str(out_path)!r} ends in .{suffix} but --format is {fmt}; make them agree",
+                                 param_hint="--out")
+    check_out_dir(out_path)
+    return fmt
+
+
+def check_png_out(out_path: Path) -> None:
+    """Plots are PNG images: --out must end in .png, in a directory that exists."""
+    if out_path.suffix.lower() != ".png":
+        raise typer.BadParameter(f"plots are PNG images: expected a file name ending in .png, got {str(out_path)!r}",
+                                 param_hint="--out")
+    check_out_dir(out_path)
