@@ -150,14 +150,23 @@ def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typ
         out.print(view)
         return
     deadline = time.monotonic() + timeout if timeout > 0 else None
-    with Live(view, console=out, refresh_per_second=4) as live:
+
+    def wait(update) -> Any:  # noqa: ANN001
+        nonlocal view, done
         while not done:
             if deadline is not None and time.monotonic() > deadline:
                 err.print(f"sweep {sweep} still running after {timeout:g} s (--timeout)")
                 raise typer.Exit(3)
             time.sleep(interval)
             view, done = snapshot()
-            live.update(view)
+            update(view)
+
+    if out.is_terminal:
+        with Live(view, console=out, refresh_per_second=4) as live:
+            wait(live.update)
+    else:  # a pipe or a log: no redraws, the final view once
+        wait(lambda _: None)
+        out.print(view)
     out.print(f"sweep {sweep} finished", highlight=False)
 
 
@@ -186,7 +195,7 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
     """Results grouped by axes at the last (or a given) epoch: mean ± std over seeds."""
     key_list = None if keys == "all" else (_csv(keys) or list(HEADLINE_KEYS))
     body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
-    out.print(results_table(body, sweep, split, epoch))
+    out.print(results_table(body, sweep, split, epoch, width=out.width))
     measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
     if body.get("groups") and not measured:
         at = "their last epoch" if epoch == "last" else f"epoch {epoch}"
@@ -277,6 +286,9 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
 # -- terminal rendering (rich) -------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: API errors and an unreachable API print one line and exit 1."""
+    for console in (out, err):
+        if not console.is_terminal:  # a pipe or a log: keep table rows whole rather than 80 columns
+            console.width = max(console.width, 160)
     try:
         rc = app(args=argv, prog_name="ncsweep", standalone_mode=False)
         return rc if isinstance(rc, int) else 0

@@ -34,7 +34,8 @@ def _status(text: str) -> str:
 
 
 def _grid(run: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in (run.get("grid") or {}).items()) + f" seed={run.get('seed')}"
+    grid = run.get("grid") or {}
+    return " ".join(f"{k}={v}" for k, v in zip(short_names(list(grid)), grid.values())) + f" seed={run.get('seed')}"
 
 
 def run_eta(run: dict) -> float | None:
@@ -76,9 +77,12 @@ def run_fraction(run: dict) -> float:
     return min(1.0, ((run.get("epoch") or 0) + within) / total) if total else 0.0
 
 
-def _add_column(table: Table, col: str) -> None:
-    """Status words ('succeeded', 'cancelled') stay whole on narrow terminals; the config column gives way."""
-    table.add_column(col, no_wrap=col in ("run", "status", "epoch"), min_width=9 if col == "status" else None)
+def _add_column(table: Table, col: str, runs: list[dict]) -> None:
+    """Status words ('succeeded', 'cancelled') and config words ('loss=label_smoothing') stay whole on
+    narrow terminals; the other columns give way."""
+    longest = max((len(w) for r in runs for w in _grid(r).split()), default=6)
+    table.add_column(col, no_wrap=col in ("run", "status", "epoch"),
+                     min_width={"status": 9, "config": min(longest, 30)}.get(col))
 
 
 def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
@@ -95,7 +99,7 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
     table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
     for col in ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"):
-        _add_column(table, col)
+        _add_column(table, col, shown)
     for r in shown:
         f = run_fraction(r)
         table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
@@ -122,13 +126,21 @@ def workers_table(workers: list[dict]) -> Any:
 
 
 def runs_table(rows: list[dict]) -> Any:
+    """Runs with status, config, progress, worker and last error line; the sweep and kind columns only when
+    the runs differ in them."""
     table = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}", title_justify="left")
-    for col in ("run", "sweep", "kind", "status", "config", "epoch", "progress", "worker", "error"):
-        _add_column(table, col)
+    cells = {"run": lambda r: str(r["id"]), "sweep": lambda r: str(r["sweep_id"]), "kind": lambda r: r.get("kind", ""),
+             "status": lambda r: _status(r["status"]), "config": _grid,
+             "epoch": lambda r: f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
+             "progress": lambda r: f"{100 * run_fraction(r):.0f}%", "worker": lambda r: r.get("worker_name") or "",
+             "error": lambda r: (r.get("error") or "").splitlines()[-1][:60] if r.get("error") else ""}
+    same = {c for c in ("sweep", "kind") if len({cells[c](r) for r in rows}) <= 1 and (c != "kind" or all(
+        r.get("kind", "train") == "train" for r in rows))}
+    cols = [c for c in cells if c not in same]
+    for col in cols:
+        _add_column(table, col, rows)
     for r in rows:
-        table.add_row(str(r["id"]), str(r["sweep_id"]), r.get("kind", ""), _status(r["status"]), _grid(r),
-                      f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}", f"{100 * run_fraction(r):.0f}%",
-                      r.get("worker_name") or "", (r.get("error") or "").splitlines()[-1][:60] if r.get("error") else "")
+        table.add_row(*(cells[c](r) for c in cols))
     return table
 
 
@@ -143,8 +155,25 @@ def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
 
 
-def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last") -> Any:
-    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds."""
+def short_names(paths: list[str]) -> list[str]:
+    """'loss.name' → 'loss.name'… shortened to the last part ('name' is ambiguous, so the section: 'loss'):
+    each path's shortest unambiguous label among ``paths``."""
+    out = []
+    for p in paths:
+        parts = p.split(".")
+        label = parts[0] if parts[-1] == "name" and len(parts) == 2 else parts[-1]
+        out.append(label if sum(1 for q in paths if q.split(".")[-1] == parts[-1]) == 1 else p)
+    return out
+
+
+def _mean_std(m: dict | None) -> str:
+    mean, std = (m or {}).get("mean"), (m or {}).get("std")
+    return "" if mean is None else f"{mean:.4g}±{std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6) -> Any:
+    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds; when the keys do
+    not fit in ``width`` columns, one row per group and key instead."""
     items = body.get("groups", []) if isinstance(body, dict) else body
     group_by = body.get("group_by") if isinstance(body, dict) else None
     keys = body.get("keys") if isinstance(body, dict) else None
@@ -156,18 +185,29 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last") 
         return table
     group_by = group_by or list((items[0].get("values") or {}).keys())
     keys = keys or list((items[0].get("metrics") or {}).keys())
-    for col in [*group_by, "seeds", *keys]:
-        table.add_column(col, justify="right" if col not in group_by else "left")
+    rows = []
     for item in items:
         group, metrics = item.get("values") or {}, item.get("metrics") or {}
-        cells = []
-        for k in keys:
-            m = metrics.get(k) or {}
-            mean, std = m.get("mean"), m.get("std")
-            cells.append("" if mean is None else f"{mean:.4g} ± {std:.2g}" if std is not None else f"{mean:.4g}")
         counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
-        n = f"{max(counts, default=0)}/{item.get('runs', '')}"
-        table.add_row(*[_fmt(group.get(g)) for g in group_by], _fmt(n), *cells)
+        rows.append(([_fmt(group.get(g)) for g in group_by], f"{max(counts, default=0)}/{item.get('runs', '')}",
+                     [_mean_std(metrics.get(k)) for k in keys]))
+    heads = [*short_names(group_by), "seeds"]
+    fixed = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads[:-1])] + [5]
+    cells = [max([len(k)] + [len(r[2][i]) for r in rows]) for i, k in enumerate(keys)]
+    for col in heads:
+        table.add_column(col, justify="right" if col == "seeds" else "left", no_wrap=True)
+    if sum(w + 3 for w in fixed + cells) + 1 <= width:
+        for k in keys:
+            table.add_column(k, justify="right", no_wrap=True)
+        for values, n, row in rows:
+            table.add_row(*values, n, *row)
+        return table
+    table.add_column("key", no_wrap=True)
+    table.add_column("mean ± std", justify="right", no_wrap=True)
+    for values, n, row in rows:
+        for i, (k, cell) in enumerate(zip(keys, row)):
+            table.add_row(*(values if i == 0 else [""] * len(values)), n if i == 0 else "", k, cell)
+        table.add_section()
     return table
 
 

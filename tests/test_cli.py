@@ -112,7 +112,7 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
                                                                                              "nc3", "wh_b"]
     assert "cos_margin_min" not in out and f"sweep {sid} results [test, last epoch]" in out
     rc, out, _ = ncsweep(capsys, "results", sid, "--keys", "all")
-    assert rc == 0 and "cos_m" in next(line for line in out.splitlines() if "┃ seeds ┃" in line)
+    assert rc == 0 and "│ cos_margin_min " in out  # 9 keys do not fit in 160 columns: one row per key
     rc, out, err = ncsweep(capsys, "results", sid, "--epoch", "1", "--keys", "acc")
     assert rc == 0 and "epoch 1]" in out and "±" in out
     rc, out, err = ncsweep(capsys, "results", sid, "--keys", "acc,accuracy")
@@ -122,7 +122,9 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
 
 
 @SQLITE
-def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("terminal", [True, False], ids=["live", "pipe"])
+def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys, monkeypatch, terminal) -> None:  # noqa: ANN001
+    monkeypatch.setattr(cli.out, "_force_terminal", terminal)
     sid, runs = seed_sweep(db_url, statuses={0: "running"})
 
     def finish() -> None:
@@ -133,6 +135,7 @@ def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys) -> 
     t0 = time.monotonic()
     rc, out, _ = ncsweep(capsys, "watch", sid, "--interval", "0.2", "--timeout", "60")
     assert rc == 0 and f"sweep {sid} finished" in out and 0.9 < time.monotonic() - t0 < 60
+    assert "┘sweep" not in out and (terminal or out.count("runs (") == 1)  # a pipe gets the final view once
     other, _ = seed_sweep(db_url, name="stuck", statuses={0: "running"})
     rc, _, err = ncsweep(capsys, "watch", other, "--interval", "0.1", "--timeout", "0.3")
     assert rc == 3 and "still running" in err
@@ -253,3 +256,23 @@ def test_status_words_stay_whole_on_an_80_column_terminal() -> None:
     text = console.export_text()
     assert "│ succeeded │" in text and "│ cancelled │" in text and "succee…" not in text
     assert "1 run" in text and "1 runs" not in text
+
+
+def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
+    from rich.console import Console
+
+    from service.cli_views import results_table, short_names
+
+    assert short_names(["loss.name", "model.width", "optim.lr"]) == ["loss", "width", "lr"]
+    assert short_names(["head.depth_linear", "ufm.depth_linear", "seed"]) == ["head.depth_linear",
+                                                                                "ufm.depth_linear", "seed"]
+    metrics = {k: {"mean": 0.123456, "std": 0.0123, "count": 3} for k in ("acc", "nc1", "nc2_w", "nc3", "wh_b")}
+    body = {"group_by": ["loss.name", "model.width"], "keys": list(metrics),
+            "groups": [{"values": {"loss.name": "label_smoothing", "model.width": 128}, "runs": 3, "metrics": metrics}]}
+    for width, long in ((160, False), (80, True)):
+        console = Console(width=width, record=True)
+        console.print(results_table(body, 2, "test", 8, width=width))
+        text = console.export_text()
+        assert "sweep 2 results [test, epoch 8]" in " ".join(text.split()) and "…" not in text
+        assert ("┃ key" in text) == long and text.count("0.1235±0.012") == 5 and "label_smoothing" in text
+        assert max(map(len, text.splitlines())) <= width
