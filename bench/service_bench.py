@@ -132,7 +132,7 @@ def _submit_to_running(api: str, engine, i: int) -> float:  # noqa: ANN001
     with engine.connect() as c:
         _wait(lambda: c.execute(text("SELECT count(*) FROM run WHERE status IN ('queued','running')")).scalar() == 0, 300)
     t0 = time.perf_counter()
-    r = HTTP.post(f"{api}/sweeps", json={"name": f"lat-{i}", "base": {**BASE, "seed": 0}, "seeds": [1000 + i]})
+    r = HTTP.post(f"{api}/sweeps", json={"name": f"lat-{i}", "base": BASE, "seeds": [1000 + i]})
     sweep_id = r.json()["sweep_id"]
     POST_S.append(time.perf_counter() - t0)
     with engine.connect() as c:

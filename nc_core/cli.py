@@ -136,6 +136,8 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
     """Validate SPEC_FILE, train it (resuming from WORKDIR), print a metric table, optionally write metrics."""
     console = Console()
+    if not console.is_terminal:  # a log (SLURM, nohup): whole rows rather than 80 columns
+        console.width = max(console.width, 120)
     if out is not None:
         check_out_path(out, console)
     spec = load_spec(spec_file, set_, console)
@@ -164,7 +166,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
             for split, m in summary.get("final", {}).items():
                 reporter.on_metrics(reporter.start_epoch, split, m)
     if reporter.rows:  # a diverged run keeps the metrics of the epochs it evaluated
-        console.print(table(reporter.rows, unit))
+        console.print(table(reporter.rows, unit, width=console.width))
     if summary is not None:
         done = summary["epochs_done"]
         stopped = " (stopped)" if summary.get("stopped") else ""

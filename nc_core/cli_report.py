@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from rich import box
 from rich.progress import Progress
 from rich.table import Table
 
@@ -120,18 +121,22 @@ class CLIReporter:
                 signal.signal(s, handler)
 
 
-def table(rows: list[dict[str, Any]], unit: str = "epoch") -> Table:
+def table(rows: list[dict[str, Any]], unit: str = "epoch", width: int = 10**6) -> Table:
     """The run's metrics, one row per (epoch, split); ``unit`` names the epoch column (UFM runs report
-    iterations in it)."""
-    table = Table(title=f"metrics per {unit}")
+    iterations in it). Under 100 columns the table drops its vertical rules and shows 3 significant digits,
+    so that a value such as 1.23e-05 stays whole in 80 columns."""
+    compact = width < 100
+    digits = 3 if compact else 4
+    table = Table(title=f"metrics per {unit}", box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD)
     for col in (unit, "split", *TABLE_KEYS):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     by: dict[tuple[int, str], dict[str, float]] = {}
     for r in rows:
         by.setdefault((r["epoch"], r["split"]), {})[r["key"]] = r["value"]
     for (epoch, split), m in sorted(by.items(), key=lambda item: (item[0][0], item[0][1] != "train")):
         if any(k in m for k in TABLE_KEYS):
-            table.add_row(str(epoch), split, *(f"{m[k]:.4g}" if k in m else "" for k in TABLE_KEYS))
+            table.add_row(str(epoch), split, *("" if k not in m else f"{m[k]:.2f}" if k == "acc"  # percent
+                                               else f"{m[k]:.{digits}g}" for k in TABLE_KEYS))
     return table
 
 

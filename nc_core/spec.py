@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits", "gaussian")
 MODELS = ("mlp", "resnet18", "resnet34", "resnet50", "wide_resnet50", "vgg11", "vgg13", "vgg16", "vgg19")
@@ -29,22 +29,31 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
+def _no_nul(value: str) -> str:
+    """Refuse NUL characters (PostgreSQL text and JSON cannot store them)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# Integers fit the database's 32-bit columns (seed, epochs); floats are finite (JSON has no inf/nan).
+Int = Annotated[int, BeforeValidator(_no_bool), Field(ge=-2**31, le=2**31 - 1)]
+Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+Text = Annotated[str, AfterValidator(_no_nul)]
 PositiveInt = Annotated[Int, Field(ge=1)]
 PositiveFloat = Annotated[Float, Field(gt=0)]
 NonNegFloat = Annotated[Float, Field(ge=0)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DataSpec(_Frozen):
     """Dataset and its modifiers (random labels, label noise, subsets, imbalance, augmentation)."""
 
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    root: str | None = None  # data root for torchvision datasets (default: settings.data_root)
+    root: Text | None = None  # data root for torchvision datasets (default: settings.data_root)
     download: bool = False  # never download unless asked
     random_labels: bool = False  # seeded permutation-free uniform relabelling of the train split
     label_noise: Annotated[Float, Field(ge=0, le=1)] = 0.0  # fraction of train labels replaced uniformly

@@ -37,6 +37,11 @@ def check_run(spec: "RunSpec") -> None:
     if head.name in ("fixed_etf", "implicit_etf") and d < k - 1:
         raise ValueError(f"head.name={head.name!r} needs model.feature_dim >= K-1 = {k - 1} "
                          f"(a {k}-class simplex ETF spans K-1 dimensions), got d = {d}")
+    if head.name == "fixed_etf" and d == k - 1 and not head.bias:
+        raise ValueError(f"head.name='fixed_etf' with model.feature_dim = K-1 = {d} and head.bias=false cannot "
+                         "learn every class: the backbone's features are non-negative (they come out of a ReLU) "
+                         "and reach only one orthant of the K-1 dimensions, where some class never scores "
+                         f"highest; use model.feature_dim >= K = {k} or head.bias=true")
     if head.name == "implicit_etf" and head.depth_linear != 1:
         raise ValueError("head.depth_linear: the implicit ETF head is a single layer; expected 1, "
                          f"got {head.depth_linear}")
@@ -53,13 +58,31 @@ def check_run(spec: "RunSpec") -> None:
         raise ValueError("model.stem='imagenet' downsamples 8x8 digits images to nothing; use stem='cifar'")
     if spec.data.augment == "crop_flip" and spec.data.name == "gaussian":
         raise ValueError("data.augment='crop_flip' needs image data; gaussian features cannot be cropped")
-    if spec.schedule.name == "multistep" and not spec.schedule.milestones:
-        raise ValueError("schedule.milestones: multistep needs at least one milestone (epochs, or fractions < 1)")
+    if spec.schedule.name == "multistep":
+        _check_milestones(spec.schedule.milestones, spec.epochs)
     ev = spec.eval
+    if ev.epochs is not None and not ev.epochs:
+        raise ValueError("eval.epochs: expected at least one epoch (or leave it out to use eval.every)")
     if ev.epochs is not None and max(ev.epochs) > spec.epochs:
         raise ValueError(f"eval.epochs: {max(ev.epochs)} is past the last epoch {spec.epochs}")
     if spec.precision == "bf16" and spec.optim.name == "lbfgs":
         raise ValueError("precision='bf16' with optim.name='lbfgs': LBFGS line search needs fp32")
+
+
+def _check_milestones(milestones: list[float], epochs: int) -> None:
+    """Each multistep milestone must be reachable: a whole epoch in 1..E, or a fraction f < 1 with ⌊f·E⌋ >= 1."""
+    if not milestones:
+        raise ValueError("schedule.milestones: multistep needs at least one milestone (epochs, or fractions < 1)")
+    for m in milestones:
+        if m < 1 and int(m * epochs) < 1 and epochs > 1:  # (one epoch has no later epoch to decay for)
+            raise ValueError(f"schedule.milestones: the fraction {m:g} of {epochs} epochs is epoch 0, so it would "
+                             f"never apply; expected a fraction >= {1 / epochs:.3g} or a whole epoch")
+        if m >= 1 and m != int(m):
+            raise ValueError(f"schedule.milestones: expected whole epochs (>= 1) or fractions of training (< 1), "
+                             f"got {m:g}")
+        if m > epochs:
+            raise ValueError(f"schedule.milestones: epoch {int(m)} is past the last epoch {epochs}, so the LR would "
+                             "never decay there; use an earlier epoch or a fraction of training (< 1)")
 
 
 def eval_epochs(spec: "RunSpec") -> list[int]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nc_core.spec import Int, RunSpec, field_paths
+from nc_core.spec import Int, RunSpec, Text, field_paths
 
 
 class SpecError(ValueError):
@@ -25,9 +25,9 @@ class SpecError(ValueError):
 class SweepSpec(BaseModel):
     """A sweep: base run × grid axes (cartesian) × zipped axes (parallel) × seeds."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     base: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: dict[str, list[Any]] = Field(default_factory=dict)
@@ -46,6 +46,11 @@ class SweepSpec(BaseModel):
                     raise ValueError(f"{section}.seed: use the 'seeds' list for seeds")
                 if not values:
                     raise ValueError(f"{section}.{path}: expected a non-empty list of values")
+        both = sorted(set(self.grid) & set(self.zip))
+        if both:
+            raise ValueError(f"zip.{both[0]}: {both[0]} is also a grid axis; an axis goes in grid or in zip, not both")
+        if "seed" in self.base:
+            raise ValueError("base.seed: use the 'seeds' list for seeds (every run gets its seed from it)")
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
             raise ValueError(f"zip: all zipped axes must have the same length, got lengths {sorted(lengths)}")

@@ -56,7 +56,8 @@ def lookup_token(session: Session, request: Request) -> ApiToken:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise _unauthorized("missing 'Authorization: Bearer <token>' header (create one with `ncsweep token create`)")
+        raise _unauthorized("missing 'Authorization: Bearer <token>' header (create one with "
+                            "`ncsweep token create --save`, or pass --token / NCSWEEP_TOKEN)")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("expected 'Authorization: Bearer <token>'")
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip())))

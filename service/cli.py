@@ -11,7 +11,8 @@ from rich.console import Console
 
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
-from service.cli_views import (FINISHED, _enrich_workers, watch_view, workers_table, runs_table, parse_filter, results_table, write_rows, action_line)
+from service.cli_views import (FINISHED, _enrich_workers, action_line, parse_filter, results_hint, results_table,
+                               runs_table, watch_view, workers_table, write_rows)
 from service.cli_args import check_png_out, export_format, read_sweep_file
 from service.client import ApiError, Client, Unreachable
 
@@ -115,6 +116,8 @@ def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name"),
         path.write_text(token + "\n")
         path.chmod(0o600)
     out.print(token, highlight=False)
+    err.print(f"saved to {path}; the CLI uses it from there" if save else
+              "not saved: the CLI uses it with --token, NCSWEEP_TOKEN, or `token create --save`", highlight=False)
 
 
 @app.command()
@@ -173,10 +176,11 @@ def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typ
 @app.command()
 def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"),
          status: Optional[str] = typer.Option(None, "--status"),
-         filter: list[str] = typer.Option([], "--filter", help="AXIS=VALUE on the run spec, e.g. loss.name=mse"),
+         filter: list[str] = typer.Option([], "--filter", help="AXIS=VALUE on the run spec, e.g. loss.name=mse; "
+                                          "repeat an AXIS for any of several values"),
          limit: int = typer.Option(200, "--limit")):
     """List runs (optionally of one sweep, with one status, matching spec filters)."""
-    filters = dict(parse_filter(f) for f in filter)
+    filters = [parse_filter(f) for f in filter]
     rows = []
     for run in _ctx(ctx).client.iter_runs(sweep_id=sweep, status=status, filters=filters):
         rows.append(run)
@@ -196,12 +200,9 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
     key_list = None if keys == "all" else (_csv(keys) or list(HEADLINE_KEYS))
     body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
     out.print(results_table(body, sweep, split, epoch, width=out.width))
-    measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
-    if body.get("groups") and not measured:
-        at = "their last epoch" if epoch == "last" else f"epoch {epoch}"
-        err.print(f"no run of sweep {sweep} has {split} metrics at {at} yet"
-                  + ("" if epoch == "last" else " (a run measures only the epochs of its eval schedule)"),
-                  highlight=False)
+    hint = results_hint(body, sweep, split, epoch)
+    if hint:
+        err.print(hint, highlight=False)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """Checks of the `ncsweep` CLI's file arguments, made before any request: sweep files and --out paths."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,34 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
         raise typer.BadParameter(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(spec, dict):
         raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec), got {type(spec).__name__}")
+    run_fields = {"kind", "epochs", "data", "model", "head", "loss", "optim", "schedule", "eval", "ufm"}
+    if "name" not in spec and "base" not in spec and run_fields & set(spec):
+        raise typer.BadParameter(f"{path} looks like a RunSpec (one run), not a sweep: a sweep file has a `name:` "
+                                 "and the run's fields under `base:`, e.g. name: my-sweep / base: {...this file...} / "
+                                 "grid: {loss.name: [ce, mse]} / seeds: [0, 1]; to train this one run locally use "
+                                 f"`python -m nc_core run {path}`")
+    bad = _non_finite(spec)
+    if bad:
+        raise typer.BadParameter(f"{path}: {bad}: expected a finite number, got {_at(spec, bad)!r}")
     return spec
+
+
+def _non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The dotted path of the first inf/nan float in a YAML tree (JSON cannot carry them), else None."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return prefix or "."
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
+
+
+def _at(tree: Any, path: str) -> Any:
+    for part in path.split("."):
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    return tree
 
 
 def check_out_dir(path: Path) -> None:

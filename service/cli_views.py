@@ -211,6 +211,16 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
     return table
 
 
+def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
+    """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None."""
+    measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
+    if not body.get("groups") or measured:
+        return None
+    at = "their last epoch" if epoch == "last" else f"epoch {epoch}"
+    return (f"no run of sweep {sweep} has {split} metrics at {at} yet"
+            + ("" if epoch == "last" else " (a run measures only the epochs of its eval schedule)"))
+
+
 def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
     if fmt == "csv":
         with path.open("w", newline="") as fh:

@@ -70,6 +70,9 @@ class Client:
     """Thin wrapper over the REST endpoints; every method returns decoded JSON (or bytes for PNGs)."""
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"API URL {base_url!r}: expected http://HOST:PORT or https://HOST:PORT, e.g. "
+                             "http://127.0.0.1:8765 (--api or NCSWEEP_API_URL)")
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
@@ -88,6 +91,8 @@ class Client:
             raise Unreachable(self.base_url) from None
         except httpx.TimeoutException as exc:
             raise Unreachable(self.base_url, f"timed out: {type(exc).__name__}") from None
+        except (httpx.TransportError, httpx.InvalidURL) as exc:  # a bad host name, a protocol error, ...
+            raise Unreachable(self.base_url, f"{type(exc).__name__}: {exc}") from None
         if response.status_code >= 400:
             raise _error_from(response)
         return response
@@ -108,12 +113,16 @@ class Client:
     def sweeps(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.get("/sweeps", limit=limit)["items"]
 
-    def iter_runs(self, sweep_id: int | None = None, status: str | None = None, filters: dict[str, str] | None = None,
-                  page: int = 500) -> Iterator[dict]:
-        """Every matching run, page by page; `filters` are spec paths, e.g. {"loss.name": "mse"}."""
+    def iter_runs(self, sweep_id: int | None = None, status: str | None = None,
+                  filters: dict[str, str] | list[tuple[str, str]] | None = None, page: int = 500) -> Iterator[dict]:
+        """Every matching run, page by page; `filters` are spec paths, e.g. {"loss.name": "mse"}, or (path,
+        value) pairs, a repeated path meaning any of its values."""
+        pairs = list(filters.items()) if isinstance(filters, dict) else list(filters or [])
         offset = 0
         while True:
-            body = self.get("/runs", sweep_id=sweep_id, status=status, limit=page, offset=offset, **(filters or {}))
+            fixed = {"sweep_id": sweep_id, "status": status, "limit": page, "offset": offset}
+            params = [(k, v) for k, v in fixed.items() if v is not None] + pairs
+            body = self.request("GET", "/runs", params=params).json()
             yield from body["items"]
             offset += len(body["items"])
             if not body["items"] or offset >= body["total"]:

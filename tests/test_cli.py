@@ -82,6 +82,12 @@ def test_submit_invalid_spec_names_the_field(live: str, capsys, tmp_path: Path) 
     spec.write_text("name: one\nname: two\n")
     rc, out, err = ncsweep(capsys, "submit", spec)
     assert rc == 2 and "duplicate key 'name'" in err
+    spec.write_text("name: inf\nbase: {optim: {lr: .inf}}\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 2 and "base.optim.lr: expected a finite number, got inf" in " ".join(err.split())
+    spec.write_text("epochs: 3\ndata: {name: digits}\nloss: {name: mse}\n")  # a RunSpec, not a sweep
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 2 and "looks like a RunSpec (one run), not a sweep" in " ".join(err.split())
     spec.write_text("name: single\nbase: {epochs: 1}\n")
     rc, out, err = ncsweep(capsys, "submit", spec)
     assert rc == 0 and out.endswith(": 1 run\n"), out
@@ -115,6 +121,9 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
     assert rc == 0 and "│ cos_margin_min " in out  # 9 keys do not fit in 160 columns: one row per key
     rc, out, err = ncsweep(capsys, "results", sid, "--epoch", "1", "--keys", "acc")
     assert rc == 0 and "epoch 1]" in out and "±" in out
+    queued, _ = seed_sweep(db_url, name="queued", statuses={i: "queued" for i in range(8)})
+    rc, out, err = ncsweep(capsys, "results", queued)
+    assert rc == 0 and f"no run of sweep {queued} has test metrics at their last epoch yet" in err
     rc, out, err = ncsweep(capsys, "results", sid, "--keys", "acc,accuracy")
     assert rc == 1 and "unknown metric key 'accuracy'" in err and "(field: keys)" in err
     rc, out, _ = ncsweep(capsys, "workers")
@@ -123,7 +132,8 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
 
 @SQLITE
 @pytest.mark.parametrize("terminal", [True, False], ids=["live", "pipe"])
-def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys, monkeypatch, terminal) -> None:  # noqa: ANN001
+def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys, monkeypatch,  # noqa: ANN001
+                                             terminal: bool) -> None:
     monkeypatch.setattr(cli.out, "_force_terminal", terminal)
     sid, runs = seed_sweep(db_url, statuses={0: "running"})
 
@@ -207,10 +217,12 @@ def test_plot_commands(live: str, db_url: str, capsys, tmp_path: Path) -> None: 
 def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("NCSWEEP_DATABASE_URL", db_url)
     monkeypatch.delenv("NCSWEEP_TOKEN", raising=False)
-    rc, out, _ = ncsweep(capsys, "--home", tmp_path / "home", "token", "create", "--name", "ci", "--scope", "read",
-                         "--save")
+    rc, out, err = ncsweep(capsys, "--home", tmp_path / "home", "token", "create", "--name", "ci", "--scope", "read",
+                           "--save")
     token = out.strip()
-    assert rc == 0 and token.startswith("ncs_")
+    assert rc == 0 and token.startswith("ncs_") and "saved to" in err
+    rc, out, err = ncsweep(capsys, "--home", tmp_path / "home2", "token", "create")
+    assert rc == 0 and out.startswith("ncs_") and "not saved" in err and "--save" in err
     from nc_core.settings import Settings
     from service.client import resolve_token
 
@@ -232,6 +244,12 @@ def test_unreachable_api_is_one_readable_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"cannot reach the ncsweep API at {url}: is `ncsweep up` running?" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_api_url_without_a_scheme_is_one_line(capsys, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(cli.err, "width", 200)
+    rc, out, err = ncsweep(capsys, "--api", "localhost:8765", "workers")
+    assert rc == 1 and "expected http://HOST:PORT" in err and "Traceback" not in err + out
 
 
 def test_help_of_stack_commands(capsys) -> None:  # noqa: ANN001

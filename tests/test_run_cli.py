@@ -216,3 +216,20 @@ def test_sigterm_stops_like_ctrl_c(tmp_path, monkeypatch):
     assert res.exit_code == 128 + signal.SIGTERM and "SIGTERM: stopping" in res.output, res.output
     assert "1 epoch done (stopped)" in res.output and (tmp_path / "w" / "ckpt" / "epoch_0001.pt").exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_metric_table_keeps_small_values_whole_in_80_columns():
+    from rich.console import Console
+
+    from nc_core.cli_report import table
+
+    values = {"acc": 99.99, "loss": -1.23456e-05, "nc1": 1.23456e-05, "nc2_w": 0.123456, "nc3": 1.2345e-7,
+              "wh_b": 123.456}
+    rows = [{"epoch": e, "split": s, "key": k, "value": v} for e in (1, 300) for s in ("train", "test")
+            for k, v in values.items()]
+    for width, shown in ((80, ("99.99", "-1.23e-05", "1.23e-07")), (120, ("99.99", "-1.235e-05", "1.235e-07"))):
+        console = Console(width=width, record=True)
+        console.print(table(rows, "iteration", width=width))
+        text = console.export_text()
+        assert "…" not in text and all(text.count(v) == 4 for v in shown), text
+        assert max(map(len, text.splitlines())) <= width

@@ -140,3 +140,51 @@ def test_booleans_are_not_numbers(path):
     assert ".".join(map(str, exc.value.errors()[0]["loc"])) == path
     with pytest.raises(ValidationError, match="seeds"):
         SweepSpec(name="s", seeds=[True, 2])
+
+
+def test_fixed_etf_in_k_minus_1_dims_needs_a_bias():
+    etf = {"name": "fixed_etf", "bias": False}
+    with pytest.raises(ValidationError, match=r"feature_dim = K-1 = 9 and head.bias=false cannot learn every class"):
+        RunSpec(model={"feature_dim": 9}, head=etf)
+    assert RunSpec(model={"feature_dim": 9}, head={**etf, "bias": True}).head.bias
+    assert RunSpec(model={"feature_dim": 10}, head=etf).model.feature_dim == 10
+
+
+@pytest.mark.parametrize("milestones, epochs, says", [([0.05], 10, "the fraction 0.05 of 10 epochs is epoch 0"),
+                                                      ([1.5], 10, "expected whole epochs"),
+                                                      ([100], 10, "epoch 100 is past the last epoch 10")])
+def test_milestones_that_never_apply_are_refused(milestones, epochs, says):
+    with pytest.raises(ValidationError, match=says):
+        RunSpec(epochs=epochs, schedule={"name": "multistep", "milestones": milestones})
+    for ok, e in (([0.1, 10], 10), ([0.5], 1)):  # the last epoch; a 1-epoch run has nothing to decay
+        assert RunSpec(epochs=e, schedule={"name": "multistep", "milestones": ok}).schedule.milestones == ok
+
+
+@pytest.mark.parametrize("tree, path, says", [
+    ({"eval": {"epochs": []}}, "eval.epochs", "expected at least one epoch"),
+    ({"optim": {"lr": float("inf")}}, "optim.lr", "finite number"),
+    ({"loss": {"gamma": float("nan")}}, "loss.gamma", "finite number"),
+    ({"seed": 2**31}, "seed", "less than or equal to 2147483647"),
+    ({"epochs": 10**12}, "epochs", "less than or equal to 2147483647"),
+    ({"data": {"root": "/data\x00"}}, "data.root", "NUL"),
+])
+def test_values_the_database_or_the_trainer_cannot_hold_are_refused(tree, path, says):
+    with pytest.raises(ValidationError, match=says) as exc:
+        RunSpec.model_validate(tree)
+    err = exc.value.errors()[0]
+    assert path.startswith(".".join(map(str, err["loc"]))) and "max() arg" not in str(exc.value)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"grid": {"loss.name": ["ce"]}, "zip": {"loss.name": ["mse", "focal"]}}, "zip.loss.name"),
+    ({"base": {"seed": 5}}, "base.seed"),
+    ({"name": "a\x00b"}, "name"),
+    ({"seeds": [2**40]}, "seeds"),
+])
+def test_sweep_level_mistakes_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as exc:
+        SweepSpec(**{"name": "s", **kwargs})
+    assert field in str(exc.value)
+    with pytest.raises(SpecError) as err:
+        expand(SweepSpec(name="s", grid={"optim.lr": [0.1, float("inf")]}))
+    assert err.value.field == "grid.optim.lr" and "finite number" in err.value.message
