@@ -75,6 +75,13 @@ class SweepSpec(BaseModel):
         return list(self.grid) + list(self.zip)
 
 
+def short_names(paths: list[str]) -> list[str]:
+    """Display labels of spec paths: the last part ('model.width' → 'width'; 'loss.name' → 'loss'), or the
+    whole path where two labels would collide ('head.depth_linear', 'ufm.depth_linear')."""
+    labels = [p.split(".")[0] if p.endswith(".name") and p.count(".") == 1 else p.split(".")[-1] for p in paths]
+    return [label if labels.count(label) == 1 else p for label, p in zip(labels, paths)]
+
+
 def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     """Set a dotted path in a nested dict, creating sub-dicts."""
     parts = path.split(".")

@@ -12,7 +12,7 @@ from rich.console import Console
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
 from service.cli_views import (FINISHED, _enrich_workers, action_line, parse_filter, results_hint, results_table,
-                               runs_table, watch_view, workers_table, write_rows)
+                               run_detail, runs_table, watch_view, workers_table, write_rows)
 from service.cli_args import check_png_out, export_format, read_sweep_file
 from service.client import ApiError, Client, Unreachable
 
@@ -187,6 +187,13 @@ def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"
         if len(rows) >= limit:
             break
     out.print(runs_table(rows))
+
+
+@app.command()
+def show(ctx: typer.Context, run: int = typer.Argument(..., help="run id")):
+    """One run in full: status, config, progress, worker, times, its whole error and its last metrics."""
+    client = _ctx(ctx).client
+    out.print(run_detail(client.run(run), client.run_metrics(run)))
 
 
 @app.command()

@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from nc_core.sweep import short_names
+
 FINISHED = ("succeeded", "failed", "cancelled")
 STATUS_STYLE = {"queued": "grey50", "running": "cyan", "succeeded": "green", "failed": "red",
                 "cancelled": "yellow", "busy": "cyan", "idle": "green", "lost": "red", "stopped": "grey50"}
@@ -133,7 +135,7 @@ def runs_table(rows: list[dict]) -> Any:
              "status": lambda r: _status(r["status"]), "config": _grid,
              "epoch": lambda r: f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
              "progress": lambda r: f"{100 * run_fraction(r):.0f}%", "worker": lambda r: r.get("worker_name") or "",
-             "error": lambda r: (r.get("error") or "").splitlines()[-1][:60] if r.get("error") else ""}
+             "error": _error_cell}
     same = {c for c in ("sweep", "kind") if len({cells[c](r) for r in rows}) <= 1 and (c != "kind" or all(
         r.get("kind", "train") == "train" for r in rows))}
     cols = [c for c in cells if c not in same]
@@ -141,7 +143,50 @@ def runs_table(rows: list[dict]) -> Any:
         _add_column(table, col, rows)
     for r in rows:
         table.add_row(*(cells[c](r) for c in cols))
+    if any(_error_cell(r).endswith("…") or "\n" in (r.get("error") or "").strip() for r in rows):
+        table.caption = "the whole error of a run: ncsweep show RUN"
     return table
+
+
+def _error_cell(run: dict) -> str:
+    """The last line of a run's error, cut to 60 characters with an ellipsis."""
+    last = (run.get("error") or "").strip().splitlines()[-1:] or [""]
+    return last[0] if len(last[0]) <= 60 else last[0][:59] + "…"
+
+
+def run_detail(run: dict, metrics: list[dict]) -> Any:
+    """One run in full: status, config, progress, worker, times, the whole error and its last metrics."""
+    from rich.text import Text
+
+    head = Table.grid(padding=(0, 2))
+    parent = f" (validates run {run['parent_run_id']})" if run.get("parent_run_id") else ""
+    rows = [("run", f"{run['id']} of sweep {run['sweep_id']}, {run.get('kind', 'train')}{parent}"),
+            ("status", _status(run["status"]) + (" (cancel requested)" if run.get("cancel_requested") else "")),
+            ("config", _grid(run)), ("spec hash", run.get("spec_hash", "")),
+            ("progress", f"epoch {run.get('epoch', 0)}/{run.get('epochs_total', 0)}, {100 * run_fraction(run):.0f}%"),
+            ("attempt", f"{run.get('attempt', 0)} of {run.get('max_attempts', 0)}"),
+            ("worker", run.get("worker_name") or ""),
+            *((k, str(run[k])) for k in ("created_at", "started_at", "finished_at") if run.get(k))]
+    for name, value in rows:
+        head.add_row(f"[bold]{name}[/]", value)
+    parts: list[Any] = [head]
+    if run.get("error"):
+        parts += [Text("error:", style="bold red"), Text(run["error"])]
+    last: dict[str, dict[str, tuple[int, Any]]] = {}
+    for m in metrics:
+        seen = last.setdefault(m["split"], {}).get(m["key"])
+        if seen is None or m["epoch"] >= seen[0]:
+            last[m["split"]][m["key"]] = (m["epoch"], m["value"])
+    if last:
+        keys = ("acc", "loss", "nc1", "nc2_w", "nc3", "wh_b")
+        table = Table(title="last measured metrics", title_justify="left")
+        for col in ("split", "epoch", *keys):
+            table.add_column(col, justify="right")
+        for split, values in sorted(last.items(), key=lambda kv: kv[0] != "train"):
+            epoch = max(e for e, _ in values.values())
+            table.add_row(split, str(epoch), *(_fmt(values[k][1]) if k in values else "" for k in keys))
+        parts.append(table)
+    return Group(*parts)
 
 
 def parse_filter(text: str) -> tuple[str, str]:
@@ -153,17 +198,6 @@ def parse_filter(text: str) -> tuple[str, str]:
 
 def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
-
-
-def short_names(paths: list[str]) -> list[str]:
-    """'loss.name' → 'loss.name'… shortened to the last part ('name' is ambiguous, so the section: 'loss'):
-    each path's shortest unambiguous label among ``paths``."""
-    out = []
-    for p in paths:
-        parts = p.split(".")
-        label = parts[0] if parts[-1] == "name" and len(parts) == 2 else parts[-1]
-        out.append(label if sum(1 for q in paths if q.split(".")[-1] == parts[-1]) == 1 else p)
-    return out
 
 
 def _mean_std(m: dict | None) -> str:

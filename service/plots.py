@@ -16,7 +16,7 @@ from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from nc_core.db.models import Metric, Run  # noqa: E402
-from nc_core.sweep import get_path  # noqa: E402
+from nc_core.sweep import get_path, short_names  # noqa: E402
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
 TITLES = {"nc1": "NC1", "nc2_w": "NC2 (W)", "nc3": "NC3", "wh_b": "NC4 (‖Wμ_G + b‖)", "acc": "accuracy %"}
@@ -51,7 +51,8 @@ def _axis_value(run: Run, path: str) -> Any:
 
 
 def _config_label(grid: dict[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1] if k.count('.') else k}={v}" for k, v in sorted(grid.items())) or "base"
+    items = sorted(grid.items())
+    return ", ".join(f"{k}={v}" for k, (_, v) in zip(short_names([k for k, _ in items]), items)) or "base"
 
 
 def _sort_key(v: Any) -> tuple:

@@ -62,7 +62,7 @@ def test_submit_runs_and_filters(live: str, capsys, tmp_path: Path) -> None:  # 
     rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid)
     assert rc == 0 and "8 runs" in out and out.count("queued") == 8
     rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid, "--filter", "loss.name=mse", "--status", "queued")
-    assert rc == 0 and "4 runs" in out and "loss.name=ce" not in out
+    assert rc == 0 and "4 runs" in out and "loss=ce" not in out and "loss=mse" in out
     rc, out, err = ncsweep(capsys, "runs", "--filter", "no.such=1")
     assert rc == 1 and "no.such" in err and "Traceback" not in err + out
 
@@ -177,6 +177,25 @@ def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) 
 
 
 @SQLITE
+def test_show_prints_a_runs_whole_error_and_last_metrics(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={2: "failed"})
+    long_error = ("MissingDataError: dataset 'mnist': files not found under data root /data (looked for "
+                  "/data/MNIST/raw/train-images-idx3-ubyte). Fix: put the mnist files there")
+    with session_scope(db_url) as s:
+        s.get(Run, runs[2]).error = "Traceback (most recent call last):\n  ...\n" + long_error
+    rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid, "--status", "failed")
+    assert rc == 0 and "MissingDataError: dataset 'mnist': files not found under da…" in out
+    assert "the whole error of a run: ncsweep show RUN" in out
+    rc, out, _ = ncsweep(capsys, "show", runs[2])
+    text = " ".join(out.split())
+    assert rc == 0 and long_error in text and f"{runs[2]} of sweep {sid}" in text and "failed" in text
+    rc, out, _ = ncsweep(capsys, "show", runs[0])
+    assert rc == 0 and "last measured metrics" in out and "error:" not in out and "nc2_w" in out
+    rc, _, err = ncsweep(capsys, "show", 99999)
+    assert rc == 1 and "HTTP 404" in err
+
+
+@SQLITE
 def test_cancel_and_retry(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
     sid, runs = seed_sweep(db_url, statuses={0: "queued", 1: "queued", 2: "running"})
     rc, out, _ = ncsweep(capsys, "cancel", "--run", runs[0])
@@ -279,9 +298,11 @@ def test_status_words_stay_whole_on_an_80_column_terminal() -> None:
 def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
     from rich.console import Console
 
-    from service.cli_views import results_table, short_names
+    from nc_core.sweep import short_names
+    from service.cli_views import results_table
 
     assert short_names(["loss.name", "model.width", "optim.lr"]) == ["loss", "width", "lr"]
+    assert short_names(["loss.name", "model.name"]) == ["loss", "model"]
     assert short_names(["head.depth_linear", "ufm.depth_linear", "seed"]) == ["head.depth_linear",
                                                                                 "ufm.depth_linear", "seed"]
     metrics = {k: {"mean": 0.123456, "std": 0.0123, "count": 3} for k in ("acc", "nc1", "nc2_w", "nc3", "wh_b")}

@@ -143,6 +143,13 @@ def test_plot_errors_are_readable(sqlite_app_client) -> None:
     assert sqlite_app_client.get("/runs/9999/plots/margins.png").status_code == 404
 
 
+def test_legend_labels_use_the_short_axis_names() -> None:
+    from service.plots import _config_label
+
+    assert _config_label({"model.width": 32, "loss.name": "ce"}) == "loss=ce, width=32"
+    assert _config_label({}) == "base"
+
+
 def test_empty_sweep_gives_a_message_png(sqlite_app_client) -> None:
     sid, runs = seed_sweep(sqlite_app_client.db_url, statuses={i: "queued" for i in range(8)})
     decode(sqlite_app_client.get(f"/sweeps/{sid}/plots/dynamics.png").content)
