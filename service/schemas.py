@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nc_core.spec import Int, PositiveInt
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -31,11 +33,12 @@ class SweepExtended(BaseModel):
 
 class ExtendRequest(_In):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="axis path → values to add")
-    seeds: list[int] = Field(default_factory=list, description="seeds to add")
+    seeds: list[Int] = Field(default_factory=list, description="seeds to add")
 
 
 class ValidateRequest(_In):
-    epochs: list[int] | None = Field(default=None, description="checkpoint epochs; null = every stored checkpoint")
+    epochs: list[PositiveInt] | None = Field(default=None,
+                                             description="checkpoint epochs; null = every stored checkpoint")
     splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
 
 

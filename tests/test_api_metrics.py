@@ -48,6 +48,29 @@ def test_run_metric_series(app_client, sweep):
         assert res.status_code == 422 and detail["field"] == field and says in detail["msg"], res.text
 
 
+def test_run_metric_series_takes_keys_like_results(app_client, sweep):
+    _, ids, _, _ = sweep
+    url = f"/runs/{ids[2]}/metrics"
+    series = lambda **p: [(s["split"], s["key"]) for s in app_client.get(url, params=p).json()["series"]]  # noqa: E731
+    assert series(keys="nc1") == [("test", "nc1")]
+    assert series(keys="acc, nc1", split="test") == [("test", "acc"), ("test", "nc1")]
+    assert series(keys="acc") == series(key="acc") == [("test", "acc"), ("train", "acc")]
+    assert series(keys="") == series() and len(series()) == 3
+    for params, field, says in (({"keys": "nc1,nope"}, "keys", "unknown metric key 'nope'"),
+                                ({"keys": "nc1", "key": "acc"}, "keys", "not both")):
+        res = app_client.get(url, params=params)
+        assert res.status_code == 422 and res.json()["detail"][0]["field"] == field, res.text
+        assert says in res.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("epoch", ["0", "00", "-1", "²", "4294967296", "9" * 5000])
+def test_results_epoch_starts_at_1(app_client, sweep, epoch):
+    resp = app_client.get(f"/sweeps/{sweep[0]}/results", params={"epoch": epoch})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"] == [{"loc": ["epoch"], "field": "epoch",
+                                      "msg": f"expected 'last' or an epoch >= 1, got {epoch!r}"}]
+
+
 def test_results_aggregate_over_seeds_at_last_epoch(app_client, sweep):
     sid, ids, runs, expected = sweep
     out = app_client.get(f"/sweeps/{sid}/results", params={"keys": "acc,nc1", "split": "test"}).json()

@@ -60,6 +60,39 @@ def test_bad_filters_are_422_naming_the_field(app_client, params, field):
     assert field in [d["field"] for d in resp.json()["detail"]]
 
 
+def test_repeated_filter_matches_any_of_its_values(app_client, sweep):
+    sid, ids = sweep
+    get = lambda *p: app_client.get("/runs", params=[("sweep_id", sid), *p, ("limit", 1000)]).json()  # noqa: E731
+    both = get(("loss.name", "mse"), ("loss.name", "ce"))
+    assert both["total"] == 16 and [r["id"] for r in both["items"]] == ids
+    assert get(("loss.name", "mse"), ("loss.name", "mse"))["total"] == 8
+    assert get(("model.width", 2), ("model.width", 4), ("loss.name", "ce"))["total"] == 8  # (2 or 4) and ce
+    assert get(("model.width", 2), ("model.width", 8), ("optim.nesterov", "true"))["total"] == 4
+
+
+@pytest.mark.parametrize("field, value", [("loss.name", "MSE"), ("loss.name", "=mse"), ("model.name", "MLP"),
+                                          ("optim.name", "SGD"), ("data.name", "imagenet"), ("loss.name", "null"),
+                                          ("schedule.name", "1")])
+def test_enum_filter_values_are_checked(app_client, sweep, field, value):
+    from nc_core.spec_fields import spec_field_choices
+
+    resp = app_client.get("/runs", params={field: value})
+    assert resp.status_code == 422, resp.text
+    [detail] = resp.json()["detail"]
+    allowed = ", ".join(repr(v) for v in spec_field_choices()[field])
+    assert detail["field"] == field and detail["msg"] == f"expected one of {allowed}; got {value!r}"
+
+
+def test_enum_choices_cover_the_literal_spec_fields():
+    from nc_core.spec import LOSSES, MODELS
+    from nc_core.spec_fields import spec_field_choices
+
+    choices = spec_field_choices()
+    assert choices["loss.name"] == LOSSES and choices["model.name"] == MODELS
+    assert {"data.name", "optim.name", "head.name", "data.augment", "precision"} <= set(choices)
+    assert "eval.splits" not in choices and "model.width" not in choices
+
+
 def test_get_run_and_404(app_client, sweep):
     _, ids = sweep
     detail = app_client.get(f"/runs/{ids[0]}").json()
@@ -81,9 +114,11 @@ def test_cancel_queued_running_and_finished(app_client, sweep, db_url):
     r1 = run(db_url, ids[1])
     assert r1.status == "running" and r1.cancel_requested is True
     set_status(db_url, ids[2], "succeeded")
-    for rid in (ids[0], ids[2]):
+    for rid, says in ((ids[0], "is already cancelled"),
+                      (ids[2], "has already succeeded; only queued or running runs can be cancelled")):
         resp = app_client.post(f"/runs/{rid}/cancel")
-        assert resp.status_code == 409 and "cannot go from" in resp.json()["detail"]
+        assert resp.status_code == 409 and resp.json() == {"detail": f"run {rid} {says}", "run_id": rid,
+                                                           "status": run(db_url, rid).status}
 
 
 def test_retry_state_machine_and_attempts(app_client, sweep, db_url):
@@ -97,9 +132,12 @@ def test_retry_state_machine_and_attempts(app_client, sweep, db_url):
     assert enq.calls[-1] == [("train", ids[0])]
     set_status(db_url, ids[1], "running")
     set_status(db_url, ids[2], "succeeded")
-    for rid, word in ((ids[0], "queued"), (ids[1], "running"), (ids[2], "succeeded")):
+    for rid, word, status in ((ids[0], "is queued", "queued"), (ids[1], "is running", "running"),
+                              (ids[2], "has already succeeded", "succeeded")):
         resp = app_client.post(f"/runs/{rid}/retry")
-        assert resp.status_code == 409 and word in resp.json()["detail"]
+        assert resp.status_code == 409 and resp.json() == {
+            "detail": f"run {rid} {word}; only failed or cancelled runs can be retried", "run_id": rid,
+            "status": status}
     app_client.post(f"/runs/{ids[3]}/cancel")
     assert app_client.post(f"/runs/{ids[3]}/retry").status_code == 200
 

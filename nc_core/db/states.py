@@ -19,12 +19,18 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 class IllegalTransition(ValueError):
     """A status change that the state machine forbids (HTTP 409)."""
 
-    def __init__(self, run_id: int, current: str, target: str):
-        super().__init__(f"run {run_id}: cannot go from {current!r} to {target!r}; "
-                         f"allowed from {current!r}: {sorted(TRANSITIONS[current]) or 'none (finished)'}")
+    def __init__(self, run_id: int, current: str, target: str, message: str | None = None):
+        """`message` replaces the generic wording where the caller can say it plainly (API retry/cancel)."""
+        super().__init__(message or f"run {run_id}: cannot go from {current!r} to {target!r}; "
+                                    f"allowed from {current!r}: {sorted(TRANSITIONS[current]) or 'none (finished)'}")
         self.run_id, self.current, self.target = run_id, current, target
 
 
 def check_transition(run_id: int, current: str, target: str) -> None:
     if target not in TRANSITIONS.get(current, frozenset()):
         raise IllegalTransition(run_id, current, target)
+
+
+def status_phrase(status: str) -> str:
+    """A run's status in a plain sentence: 'is queued', 'is running', 'has already succeeded'."""
+    return f"is {status}" if status in (QUEUED, RUNNING) else f"has already {status}"

@@ -6,11 +6,12 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Integer, case, func, insert, select, text, update
+from sqlalchemy import Integer, case, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
-from nc_core.db.states import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, check_transition
+from nc_core.db.states import (CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, IllegalTransition,
+                               status_phrase)
 from nc_core.sweep import ExpandedRun, SweepSpec
 
 Job = tuple[str, int]  # (kind, run_id): what the enqueuer sends
@@ -187,8 +188,9 @@ def cancel_run(session: Session, run_id: int) -> str:
         elif status == RUNNING:
             values, outcome = dict(cancel_requested=True, updated_at=now()), "cancel_requested"
         else:
-            check_transition(run_id, status, CANCELLED)
-            continue
+            why = "is already cancelled" if status == CANCELLED else \
+                f"{status_phrase(status)}; only queued or running runs can be cancelled"
+            raise IllegalTransition(run_id, status, CANCELLED, f"run {run_id} {why}")
         if session.execute(base.values(**values)).rowcount:
             add_event(session, sweep_id, run_id, **({"status": CANCELLED} if outcome == "cancelled"
                                                    else {"status": RUNNING, "cancel_requested": True}))
@@ -217,9 +219,9 @@ def _requeue_values(extra_attempts: int) -> dict[str, Any]:
 def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
     """failed/cancelled → queued (attempt keeps counting; max_attempts = attempt + extra_attempts)."""
     status = session.scalar(select(Run.status).where(Run.id == run_id))
-    if status == RUNNING:
-        raise StateConflict(f"run {run_id} is running; only failed or cancelled runs can be retried")
-    check_transition(run_id, status, QUEUED)
+    if status not in RETRYABLE:
+        raise IllegalTransition(run_id, status, QUEUED,
+                                f"run {run_id} {status_phrase(status)}; only failed or cancelled runs can be retried")
     row = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RETRYABLE))
                           .values(**_requeue_values(extra_attempts))
                           .returning(Run.kind, Run.id, Run.sweep_id, Run.attempt)).first()
@@ -278,8 +280,12 @@ def spec_condition(path: str, kind: str, value: Any):  # noqa: ANN201 - a SQL bo
 
 def query_runs(session: Session, *, sweep_id: int | None = None, status: str | None = None, kind: str | None = None,
                filters: Sequence[tuple[str, str, Any]] = (), limit: int = 100, offset: int = 0) -> tuple[int, list[Run]]:
-    """Runs matching every filter (path, kind, value), ordered by id; returns (total, page)."""
-    conds = [spec_condition(p, k, v) for p, k, v in filters]
+    """Runs matching the filters (path, kind, value), ordered by id; returns (total, page). Different paths
+    must all match; several values of one path match any of them (`loss.name` mse or ce)."""
+    by_path: dict[str, list] = {}
+    for p, k, v in filters:
+        by_path.setdefault(p, []).append(spec_condition(p, k, v))
+    conds = [c[0] if len(c) == 1 else or_(*c) for c in by_path.values()]
     if sweep_id is not None:
         conds.append(Run.sweep_id == sweep_id)
     if status is not None:
@@ -291,13 +297,14 @@ def query_runs(session: Session, *, sweep_id: int | None = None, status: str | N
     return total, list(page)
 
 
-def metric_series(session: Session, run_id: int, split: str | None, key: str | None) -> list[tuple]:
-    """(split, key, epoch, value) rows of one run, ordered; served by the (run_id, split, key, epoch) index."""
+def metric_series(session: Session, run_id: int, split: str | None, keys: Sequence[str] | None) -> list[tuple]:
+    """(split, key, epoch, value) rows of one run (only `keys` if given), ordered; served by the
+    (run_id, split, key, epoch) index."""
     q = select(Metric.split, Metric.key, Metric.epoch, Metric.value).where(Metric.run_id == run_id)
     if split is not None:
         q = q.where(Metric.split == split)
-    if key is not None:
-        q = q.where(Metric.key == key)
+    if keys:
+        q = q.where(Metric.key == keys[0] if len(keys) == 1 else Metric.key.in_(list(keys)))
     return list(session.execute(q.order_by(Metric.split, Metric.key, Metric.epoch)))
 
 

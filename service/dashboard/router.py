@@ -11,6 +11,7 @@ from nc_core.db import events_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
 from service.dashboard import data
+from service.deps import Id, SafeStr
 from service.routers.events import app_settings
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +60,7 @@ def _sweep_or_404(s, sweep_id: int) -> Sweep:  # noqa: ANN001 - a Session
 
 
 @router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
-def sweep_page(request: Request, sweep_id: int) -> HTMLResponse:
+def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
     with _session(request) as s:
         sweep = _sweep_or_404(s, sweep_id)
         state = data.sweep_state(s, sweep_id)
@@ -68,8 +69,8 @@ def sweep_page(request: Request, sweep_id: int) -> HTMLResponse:
 
 
 @router.get("/ui/sweeps/{sweep_id}/state.json")
-def sweep_state_json(request: Request, sweep_id: int, key: str | None = Query(None),
-                     split: str = Query("test")) -> JSONResponse:
+def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query(None),
+                     split: SafeStr = "test") -> JSONResponse:
     with _session(request) as s:
         _sweep_or_404(s, sweep_id)
         return JSONResponse(data.sweep_state(s, sweep_id, key or None, split))
@@ -90,7 +91,7 @@ def workers_json(request: Request) -> JSONResponse:
 
 
 @router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int) -> HTMLResponse:
+def run_page(request: Request, run_id: Id) -> HTMLResponse:
     with _session(request) as s:
         run = s.get(Run, run_id)
         if run is None:

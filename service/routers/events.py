@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from nc_core.db import events_repo
 from nc_core.db.session import session_factory
 from nc_core.settings import Settings, get_settings
+from service.deps import EVENT_ID_MAX, EventCursor, Id
 
 router = APIRouter(tags=["events"])
 POLL_S = 0.5
@@ -80,14 +81,15 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
 
 
 @router.get("/events")
-async def events(request: Request, sweep_id: int | None = Query(None, description="only this sweep's events"),
-                 since: int | None = Query(None, ge=0, description="replay events after this id (default: only new)"),
+async def events(request: Request, sweep_id: Id | None = Query(None, description="only this sweep's events"),
+                 since: EventCursor | None = Query(None, description="replay events after this id (default: only new)"),
                  last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:
     """Server-sent events; each frame's data is the event JSON (id, kind, sweep_id, run_id, at, payload)."""
     url = db_url(request)
     cursor = since
-    if last_event_id and last_event_id.strip().isdigit():
-        cursor = int(last_event_id.strip())
+    resume = (last_event_id or "").strip()
+    if resume.isascii() and resume.isdigit() and len(resume) <= 19 and int(resume) <= EVENT_ID_MAX:
+        cursor = int(resume)  # a malformed or out-of-range Last-Event-ID is ignored, like a missing one
     if cursor is None:
         cursor = await asyncio.to_thread(_latest, url)
     stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S)

@@ -14,22 +14,25 @@ from nc_core.db.models import Run
 from nc_core.metric_keys import check_metric_keys
 from nc_core.spec import field_paths
 from nc_core.sweep import SpecError, get_path
-from service.deps import SessionDep
+from service.deps import ID_MAX, Epoch, Id, SessionDep
 from service.errors import NotFound
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/runs/{run_id}/metrics")
-def run_metrics(run_id: int, session: SessionDep, split: Literal["train", "test"] | None = None,
-                key: str | None = None) -> JSONResponse:
-    """The run's metric series: [{split, key, epochs: [...], values: [...]}] (null value = NaN/undefined)."""
-    if key is not None:
-        check_metric_keys("key", [key])
+def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"] | None = None,
+                key: str | None = None, keys: str | None = None) -> JSONResponse:
+    """The run's metric series: [{split, key, epochs: [...], values: [...]}] (null value = NaN/undefined);
+    only `key`, or the comma-separated `keys` (as /sweeps/{id}/results takes them), when given."""
+    if key is not None and keys is not None:
+        raise SpecError("keys", "give either key (one metric) or keys (comma-separated), not both")
+    key_list = _key_list(keys) if keys is not None else [key] if key is not None else None
+    check_metric_keys("key" if key is not None else "keys", key_list or [])
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFound(f"run {run_id} not found")
     series: list[dict[str, Any]] = []
-    for s, k, epoch, value in repo.metric_series(session, run_id, split, key):
+    for s, k, epoch, value in repo.metric_series(session, run_id, split, key_list):
         if not series or series[-1]["split"] != s or series[-1]["key"] != k:
             series.append({"split": s, "key": k, "epochs": [], "values": []})
         series[-1]["epochs"].append(epoch)
@@ -38,8 +41,8 @@ def run_metrics(run_id: int, session: SessionDep, split: Literal["train", "test"
 
 
 @router.get("/runs/{run_id}/distributions")
-def run_distributions(run_id: int, session: SessionDep, split: Literal["train", "test"] | None = None,
-                      key: Literal["cos_margin"] | None = None, epoch: int | None = None) -> JSONResponse:
+def run_distributions(run_id: Id, session: SessionDep, split: Literal["train", "test"] | None = None,
+                      key: Literal["cos_margin"] | None = None, epoch: Epoch | None = None) -> JSONResponse:
     """Stored sorted distributions (cos_margin: ≤ 1001 quantiles of the per-sample margins, ascending):
     [{epoch, split, key, n, values}] at `epoch` (default: the last stored epoch of each split and key)."""
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
@@ -59,12 +62,18 @@ def aggregate(values: list[float | None]) -> dict[str, Any]:
             "count": n, "missing": len(values) - n}
 
 
+def _key_list(keys: str | None) -> list[str] | None:
+    """'acc, nc1' → ['acc', 'nc1']; None or blank → None (every key)."""
+    return [k.strip() for k in (keys or "").split(",") if k.strip()] or None
+
+
 def _parse_epoch(epoch: str) -> int | None:
+    """'last' → None; an epoch (they start at 1) → int; anything else is a 422 naming `epoch`."""
     if epoch == "last":
         return None
-    if epoch.isdigit():
+    if epoch.isascii() and epoch.isdigit() and len(epoch) <= 10 and 1 <= int(epoch) <= ID_MAX:
         return int(epoch)
-    raise SpecError("epoch", f"expected 'last' or a non-negative integer epoch, got {epoch!r}")
+    raise SpecError("epoch", f"expected 'last' or an epoch >= 1, got {epoch!r}")
 
 
 def _sort_key(values: tuple) -> tuple:
@@ -73,7 +82,7 @@ def _sort_key(values: tuple) -> tuple:
 
 
 @router.get("/sweeps/{sweep_id}/results")
-def sweep_results(sweep_id: int, session: SessionDep, group_by: str | None = None, keys: str | None = None,
+def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None, keys: str | None = None,
                   split: Literal["train", "test"] = "test", epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
     group (seeds): at the last epoch each run has in `split`, or at `epoch`."""
@@ -85,7 +94,7 @@ def sweep_results(sweep_id: int, session: SessionDep, group_by: str | None = Non
     for p in paths:
         if p not in valid:
             raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)")
-    key_list = [k.strip() for k in (keys or "").split(",") if k.strip()] or None
+    key_list = _key_list(keys)
     check_metric_keys("keys", key_list or [])
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)

@@ -10,6 +10,7 @@ from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
 from nc_core.metric_keys import check_metric_keys, check_split
 from service import plots
+from service.deps import Id
 from service.errors import NotFound, error_item
 from service.routers.events import db_url
 
@@ -38,14 +39,14 @@ def _keys(keys: str | None) -> list[str] | None:
 
 
 @router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response)
-def dynamics(request: Request, sweep_id: int, keys: str | None = Query(None, description="comma-separated metric keys"),
+def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, description="comma-separated metric keys"),
              split: str | None = Query(None, description="one split for every panel (default: NC train, acc train+test)")):
     check_split("split", split or None)
     return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(s, sweep_id, _keys(keys), split or None))
 
 
 @router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response)
-def heatmap(request: Request, sweep_id: int, x: str = Query(..., description="grid axis for columns, e.g. model.width"),
+def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="grid axis for columns, e.g. model.width"),
             y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc", split: str = "test",
             mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
             ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
@@ -55,10 +56,10 @@ def heatmap(request: Request, sweep_id: int, x: str = Query(..., description="gr
 
 
 @router.get("/runs/{run_id}/plots/margins.png", response_class=Response)
-def margins(request: Request, run_id: int):
+def margins(request: Request, run_id: Id):
     return _render(request, Run, run_id, lambda s: plots.margins_png(s, run_id))
 
 
 @router.get("/runs/{run_id}/plots/curves.png", response_class=Response)
-def curves(request: Request, run_id: int, keys: str | None = None):
+def curves(request: Request, run_id: Id, keys: str | None = None):
     return _render(request, Run, run_id, lambda s: plots.run_curves_png(s, run_id, _keys(keys)))

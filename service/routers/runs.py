@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import json
-import types
-from functools import lru_cache
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+import math
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
 
 from nc_core.db import sweeps_repo as repo
 from nc_core.db.models import Run
 from nc_core.db.states import FINISHED, STATUSES
-from nc_core.spec import RunSpec
+from nc_core.spec_fields import spec_field_choices, spec_field_kinds
 from nc_core.sweep import SpecError
 from service.auth import WriteAuth
-from service.deps import EnqueuerDep, SessionDep, SettingsDep
+from service.deps import NUL_MESSAGE, EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.errors import NotFound
 from service.schemas import ActionResult, RunDetail, RunPage, ValidateRequest
@@ -24,41 +22,10 @@ router = APIRouter(tags=["runs"])
 RESERVED = {"sweep_id", "status", "kind", "limit", "offset"}
 
 
-def _kind(annotation: Any) -> str:
-    """'str' | 'num' | 'bool' | 'list' for a spec leaf annotation."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _kind(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        kinds = {_kind(a) for a in get_args(annotation) if a is not type(None)}
-        return kinds.pop() if len(kinds) == 1 else "str"
-    if origin is Literal:
-        return "str" if all(isinstance(a, str) for a in get_args(annotation)) else "num"
-    if origin in (list, dict, tuple) or annotation in (list, dict):
-        return "list"
-    return {bool: "bool", int: "num", float: "num"}.get(annotation, "str")
-
-
-@lru_cache(maxsize=1)
-def spec_field_kinds() -> dict[str, str]:
-    """Every dotted RunSpec leaf path → its filter kind."""
-    out: dict[str, str] = {}
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            sub = next((a for a in (info.annotation, *get_args(info.annotation))
-                        if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if sub is not None:
-                walk(sub, f"{prefix}{name}.")
-            else:
-                out[f"{prefix}{name}"] = _kind(info.annotation)
-    walk(RunSpec, "")
-    return out
-
-
 def parse_filters(params: Any) -> list[tuple[str, str, Any]]:
-    """Query parameters other than the reserved ones → (spec path, kind, value); 422 naming a bad one."""
-    kinds, out = spec_field_kinds(), []
+    """Query parameters other than the reserved ones → (spec path, kind, value); 422 naming a bad one.
+    A repeated path (`?loss.name=mse&loss.name=ce`) gives one tuple per value: the run query ORs them."""
+    kinds, choices, out = spec_field_kinds(), spec_field_choices(), []
     for name, raw in params.multi_items():
         if name in RESERVED:
             continue
@@ -67,14 +34,20 @@ def parse_filters(params: Any) -> list[tuple[str, str, Any]]:
                                   "path such as loss.name or model.width (nc_core.spec.field_paths())")
         if kinds[name] == "list":
             raise SpecError(name, "filtering on list-valued spec fields is not supported")
-        out.append((name, kinds[name], _parse_value(name, kinds[name], raw)))
+        if "\x00" in raw:
+            raise SpecError(name, NUL_MESSAGE)
+        value = _parse_value(name, kinds[name], raw)
+        if name in choices and value not in choices[name]:
+            allowed = ", ".join("null" if c is None else repr(c) for c in choices[name])
+            raise SpecError(name, f"expected one of {allowed}; got {raw!r}")
+        out.append((name, kinds[name], value))
     return out
 
 
 def _parse_value(name: str, kind: str, raw: str) -> Any:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = raw
     if value is None or (kind == "str" and isinstance(value, str)):
         return value
@@ -83,7 +56,12 @@ def _parse_value(name: str, kind: str, raw: str) -> Any:
     if kind == "bool" and isinstance(value, bool):
         return value
     if kind == "num" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
+        try:
+            if math.isfinite(float(value)):
+                return value
+        except OverflowError:
+            pass
+        raise SpecError(name, f"expected a finite number, got {raw!r}")
     raise SpecError(name, f"expected a {'number' if kind == 'num' else 'boolean (true/false)'}, got {raw!r}")
 
 
@@ -95,10 +73,11 @@ def _run_or_404(session, run_id: int) -> Run:  # noqa: ANN001
 
 
 @router.get("/runs", response_model=RunPage)
-def list_runs(request: Request, session: SessionDep, sweep_id: int | None = None,
+def list_runs(request: Request, session: SessionDep, sweep_id: Id | None = None,
               status: Literal[STATUSES] | None = None, kind: Literal["train", "validate", "ufm"] | None = None,  # type: ignore[valid-type]
-              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> RunPage:
-    """Runs filtered by sweep, status, kind and any spec field (`?loss.name=mse&model.width=2`)."""
+              limit: int = Query(100, ge=1, le=1000), offset: Offset = 0) -> RunPage:
+    """Runs filtered by sweep, status, kind and any spec field (`?loss.name=mse&model.width=2`): different
+    fields must all match, a repeated field matches any of its values (`?loss.name=mse&loss.name=ce`)."""
     filters = parse_filters(request.query_params)
     total, runs = repo.query_runs(session, sweep_id=sweep_id, status=status, kind=kind, filters=filters,
                                   limit=limit, offset=offset)
@@ -106,13 +85,13 @@ def list_runs(request: Request, session: SessionDep, sweep_id: int | None = None
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail)
-def get_run(run_id: int, session: SessionDep) -> Run:
+def get_run(run_id: Id, session: SessionDep) -> Run:
     """One run with its full spec and options."""
     return _run_or_404(session, run_id)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=ActionResult)
-def cancel_run(run_id: int, session: SessionDep, _: WriteAuth) -> ActionResult:
+def cancel_run(run_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
     """queued → cancelled; running → cancel_requested; finished → 409."""
     _run_or_404(session, run_id)
     outcome = repo.cancel_run(session, run_id)
@@ -121,7 +100,7 @@ def cancel_run(run_id: int, session: SessionDep, _: WriteAuth) -> ActionResult:
 
 
 @router.post("/runs/{run_id}/retry", response_model=ActionResult)
-def retry_run(run_id: int, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
+def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
               _: WriteAuth) -> ActionResult:
     """failed/cancelled → queued (the attempt counter keeps increasing), re-enqueued; 409 otherwise."""
     _run_or_404(session, run_id)
@@ -131,7 +110,7 @@ def retry_run(run_id: int, session: SessionDep, settings: SettingsDep, enqueuer:
 
 
 @router.post("/runs/{run_id}/validate", status_code=201)
-def validate_run(run_id: int, body: ValidateRequest, session: SessionDep, settings: SettingsDep,
+def validate_run(run_id: Id, body: ValidateRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> dict[str, Any]:
     """A 'validate' job recomputing metrics from the checkpoints of a finished train run.
     409 unless the parent is a finished train run with stored checkpoints (covering `epochs` if given)."""

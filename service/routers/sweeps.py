@@ -12,7 +12,7 @@ from nc_core.settings import Settings
 from nc_core.spec import RunSpec
 from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, expand, get_path
 from service.auth import WriteAuth
-from service.deps import EnqueuerDep, SessionDep, SettingsDep
+from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.errors import NotFound
 from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
@@ -66,7 +66,7 @@ def submit_sweep(spec: SweepSpec, session: SessionDep, settings: SettingsDep, en
 
 
 @router.get("/sweeps", response_model=SweepPage)
-def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> SweepPage:
+def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=1000), offset: Offset = 0) -> SweepPage:
     """Sweeps, newest first, with run counts per status and progress (0..1)."""
     total, sweeps = repo.list_sweeps(session, limit, offset)
     stats = repo.sweep_stats(session, [s.id for s in sweeps])
@@ -80,7 +80,7 @@ def _summary(sweep: Sweep) -> dict[str, Any]:
 
 
 @router.get("/sweeps/{sweep_id}", response_model=SweepDetail)
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepDetail:
+def get_sweep(sweep_id: Id, session: SessionDep) -> SweepDetail:
     """One sweep: spec, axes, counts per status, progress and a rough ETA."""
     sweep = _sweep_or_404(session, sweep_id)
     stats = repo.sweep_stats(session, [sweep_id])[sweep_id]
@@ -89,7 +89,7 @@ def get_sweep(sweep_id: int, session: SessionDep) -> SweepDetail:
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=ActionResult)
-def cancel_sweep(sweep_id: int, session: SessionDep, _: WriteAuth) -> ActionResult:
+def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
     """Queued runs → cancelled; running runs get cancel_requested (workers stop at the next step)."""
     _sweep_or_404(session, sweep_id)
     counts = repo.cancel_sweep(session, sweep_id)
@@ -98,7 +98,7 @@ def cancel_sweep(sweep_id: int, session: SessionDep, _: WriteAuth) -> ActionResu
 
 
 @router.post("/sweeps/{sweep_id}/retry", response_model=ActionResult)
-def retry_sweep(sweep_id: int, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
+def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
                 _: WriteAuth) -> ActionResult:
     """Failed and cancelled runs → queued (new attempt) and re-enqueued; 409 when there is none."""
     _sweep_or_404(session, sweep_id)
@@ -108,7 +108,7 @@ def retry_sweep(sweep_id: int, session: SessionDep, settings: SettingsDep, enque
 
 
 @router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
-def extend_sweep(sweep_id: int, body: ExtendRequest, session: SessionDep, settings: SettingsDep,
+def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> SweepExtended:
     """Add axis values / seeds: re-expand the merged spec and insert only runs with a new spec_hash."""
     sweep = _sweep_or_404(session, sweep_id, lock=True)
