@@ -63,6 +63,8 @@ def test_submit_runs_and_filters(live: str, capsys, tmp_path: Path) -> None:  # 
     assert rc == 0 and "8 runs" in out and out.count("queued") == 8
     rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid, "--filter", "loss.name=mse", "--status", "queued")
     assert rc == 0 and "4 runs" in out and "loss=ce" not in out and "loss=mse" in out
+    rc, out, _ = ncsweep(capsys, "runs", "--sweep", sid, "--filter", "loss.name=mse", "--filter", "loss.name=ce")
+    assert rc == 0 and "8 runs" in out  # one axis repeated: any of its values
     rc, out, err = ncsweep(capsys, "runs", "--filter", "no.such=1")
     assert rc == 1 and "no.such" in err and "Traceback" not in err + out
 
