@@ -162,3 +162,22 @@ def test_sse_stream_ends_after_max_lifetime(live: str, db_url: str, monkeypatch:
     reader.start()
     reader.join(10)
     assert not reader.is_alive() and reader.content_type.startswith("text/event-stream")
+
+
+def test_a_client_gone_mid_backlog_costs_no_stream_of_failed_writes(live: str, db_url: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    sid, runs = seed_sweep(db_url)
+    with session_scope(db_url) as s:
+        for epoch in range(1500):  # a backlog of three batches
+            events_repo.append_event(s, "progress", sid, runs[0], {"epoch": epoch, "pad": "x" * 200})
+    with caplog.at_level("WARNING", logger="asyncio"):
+        for _ in range(4):
+            with httpx.stream("GET", f"{live}/events?since=0", timeout=5) as r:
+                for i, _line in enumerate(r.iter_lines()):
+                    if i > 5:
+                        break  # the client leaves after a few lines
+        time.sleep(2.0)
+    failed = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
+    assert not failed, f"{len(failed)} writes to a closed socket were logged"

@@ -62,6 +62,7 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
     last_out = started = time.monotonic()
     while not await request.is_disconnected() and time.monotonic() - started < max_s:
         events = await asyncio.to_thread(_fetch, url, max(floor, cursor - window), sweep_id)
+        frames = []
         for ev in events:
             if ev["id"] in sent_set:
                 continue
@@ -70,8 +71,10 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
             sent.append(ev["id"])
             sent_set.add(ev["id"])
             cursor = max(cursor, ev["id"])
+            frames.append(format_sse(ev))
+        if frames:  # one write per poll: a client gone mid-backlog costs one failed write, not hundreds
             last_out = time.monotonic()
-            yield format_sse(ev)
+            yield "".join(frames)
         if len(events) >= BATCH:
             continue  # a backlog: read on without sleeping
         if time.monotonic() - last_out >= ping_s:
