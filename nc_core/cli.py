@@ -1,7 +1,6 @@
 """Single-run CLI: `python -m nc_core run spec.yaml [--set k=v] [--out m.json|.csv]` and `example-spec`."""
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nc_core.cli_report import HISTORY, CLIReporter, table, write_metrics
 from nc_core.spec import RunSpec
 from nc_core.sweep import set_path, spec_hash
-from nc_core.yaml_keys import load_yaml
+from nc_core.cli_files import out_path_problem, read_yaml_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
 
@@ -75,13 +74,9 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
     """YAML file + `--set path=value` overrides → validated RunSpec; errors name the field, exit 2."""
     tree: Any = None
     try:
-        tree = load_yaml(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        _fail(console, [f"{path}: not UTF-8 text (byte {exc.start}); expected a RunSpec YAML file"])
-    except OSError as exc:
-        _fail(console, [f"{path}: cannot read it ({exc.strerror or exc})"])
-    except yaml.YAMLError as exc:
-        _fail(console, [f"{path}: not valid YAML: {exc}"])
+        tree = read_yaml_file(path, "a RunSpec YAML file") or {}
+    except ValueError as exc:
+        _fail(console, [str(exc)])
     if not isinstance(tree, dict):
         _fail(console, [f"{path}: expected a mapping of RunSpec fields, got {type(tree).__name__}"])
     for item in overrides:
@@ -106,17 +101,9 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
 
 def check_out_path(out: Path, console: Console) -> None:
     """Refuse an --out path that cannot be written, before any training: wrong suffix, a directory, no parent."""
-    if out.suffix.lower() not in (".json", ".csv"):
-        _fail(console, [f"--out {str(out)!r}: expected a .json or .csv file name, got "
-                        f"{repr(out.suffix) if out.suffix else 'no suffix'}"])
-    if out.is_dir():
-        _fail(console, [f"--out {str(out)!r}: that is a directory; expected a .json or .csv file path such as "
-                        f"{str(out / 'metrics.csv')!r}"])
-    parent = out.parent
-    if not parent.is_dir():
-        _fail(console, [f"--out {str(out)!r}: the directory {str(parent)!r} does not exist; create it first"])
-    if not os.access(parent, os.W_OK):
-        _fail(console, [f"--out {str(out)!r}: the directory {str(parent)!r} is not writable"])
+    problem = out_path_problem(out, (".json", ".csv"))
+    if problem:
+        _fail(console, [f"--out {str(out)!r}: {problem}"])
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -19,9 +19,6 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 #: The keys a results table shows when none are asked for: accuracy and the four NC headline metrics.
 HEADLINE_KEYS: tuple[str, ...] = ("acc", "nc1", "nc2_w", "nc3", "wh_b")
-SPLITS: tuple[str, ...] = ("train", "test")
-
-
 def check_metric_keys(field: str, keys: Iterable[str]) -> None:
     """Raise SpecError(field) naming every key that is not a metric key, and the valid ones."""
     from nc_core.sweep import SpecError
@@ -33,9 +30,8 @@ def check_metric_keys(field: str, keys: Iterable[str]) -> None:
                                f"{', '.join(METRIC_KEYS)}")
 
 
-def check_split(field: str, split: str | None) -> None:
-    """Raise SpecError(field) unless split is None, 'train' or 'test'."""
-    from nc_core.sweep import SpecError
-
-    if split is not None and split not in SPLITS:
-        raise SpecError(field, f"expected 'train' or 'test', got {split!r}")
+def parse_metric_keys(field: str, raw: str | None) -> list[str] | None:
+    """'acc, nc1' → ['acc', 'nc1'] after check_metric_keys; None or blank → None (every key)."""
+    keys = [k.strip() for k in (raw or "").split(",") if k.strip()] or None
+    check_metric_keys(field, keys or [])
+    return keys

@@ -29,17 +29,20 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
-def _no_nul(value: str) -> str:
-    """Refuse NUL characters (PostgreSQL text and JSON cannot store them)."""
+NUL_MESSAGE = "must not contain NUL characters"
+
+
+def no_nul(value: str) -> str:
+    """Refuse NUL characters (PostgreSQL text and JSON cannot store or compare them)."""
     if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+        raise ValueError(NUL_MESSAGE)
     return value
 
 
 # Integers fit the database's 32-bit columns (seed, epochs); floats are finite (JSON has no inf/nan).
 Int = Annotated[int, BeforeValidator(_no_bool), Field(ge=-2**31, le=2**31 - 1)]
-Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
-Text = Annotated[str, AfterValidator(_no_nul)]
+Float = Annotated[float, BeforeValidator(_no_bool)]  # finite: the spec models set allow_inf_nan=False
+Text = Annotated[str, AfterValidator(no_nul)]
 PositiveInt = Annotated[Int, Field(ge=1)]
 PositiveFloat = Annotated[Float, Field(gt=0)]
 NonNegFloat = Annotated[Float, Field(ge=0)]

@@ -1,6 +1,7 @@
 """Cross-field validation of a RunSpec: combinations the trainer cannot run, named by field."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -69,20 +70,29 @@ def check_run(spec: "RunSpec") -> None:
         raise ValueError("precision='bf16' with optim.name='lbfgs': LBFGS line search needs fp32")
 
 
+def milestone_epoch(m: float, epochs: int) -> int:
+    """The epoch after which a multistep milestone decays the LR: a fraction f < 1 of training is ⌊f·E⌋
+    (nc_loss style), a whole number is that epoch."""
+    return math.floor(m * epochs) if m < 1 else int(m)
+
+
 def _check_milestones(milestones: list[float], epochs: int) -> None:
-    """Each multistep milestone must be reachable: a whole epoch in 1..E, or a fraction f < 1 with ⌊f·E⌋ >= 1."""
+    """Each multistep milestone must decay the LR before the run ends: a whole epoch in 1..E-1, or a
+    fraction f < 1 with ⌊f·E⌋ >= 1 (a one-epoch run has no later epoch, so its milestones go unchecked)."""
     if not milestones:
         raise ValueError("schedule.milestones: multistep needs at least one milestone (epochs, or fractions < 1)")
+    if epochs == 1:
+        return
     for m in milestones:
-        if m < 1 and int(m * epochs) < 1 and epochs > 1:  # (one epoch has no later epoch to decay for)
-            raise ValueError(f"schedule.milestones: the fraction {m:g} of {epochs} epochs is epoch 0, so it would "
-                             f"never apply; expected a fraction >= {1 / epochs:.3g} or a whole epoch")
         if m >= 1 and m != int(m):
             raise ValueError(f"schedule.milestones: expected whole epochs (>= 1) or fractions of training (< 1), "
                              f"got {m:g}")
-        if m > epochs:
-            raise ValueError(f"schedule.milestones: epoch {int(m)} is past the last epoch {epochs}, so the LR would "
-                             "never decay there; use an earlier epoch or a fraction of training (< 1)")
+        if milestone_epoch(m, epochs) < 1:
+            raise ValueError(f"schedule.milestones: the fraction {m:g} of {epochs} epochs is epoch 0, so it would "
+                             f"never apply; expected a fraction of at least 1/{epochs} or a whole epoch")
+        if milestone_epoch(m, epochs) >= epochs:
+            raise ValueError(f"schedule.milestones: epoch {int(m)} is not before the last epoch {epochs}, so the LR "
+                             "would never decay there; use an earlier epoch or a fraction of training (< 1)")
 
 
 def eval_epochs(spec: "RunSpec") -> list[int]:
@@ -92,8 +102,6 @@ def eval_epochs(spec: "RunSpec") -> list[int]:
     if ev.epochs is not None:
         chosen = set(ev.epochs)
     elif ev.log_points is not None:
-        import math
-
         n = ev.log_points
         chosen = {max(1, min(e, round(math.exp(i * math.log(e) / max(1, n - 1))))) for i in range(n)}
     else:

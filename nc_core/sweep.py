@@ -25,7 +25,7 @@ class SpecError(ValueError):
 class SweepSpec(BaseModel):
     """A sweep: base run × grid axes (cartesian) × zipped axes (parallel) × seeds."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: Text = Field(min_length=1, max_length=200)
     base: dict[str, Any] = Field(default_factory=dict)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
 from service.cli_views import (FINISHED, _enrich_workers, action_line, parse_filter, results_hint, results_table,
@@ -193,7 +194,7 @@ def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"
 def show(ctx: typer.Context, run: int = typer.Argument(..., help="run id")):
     """One run in full: status, config, progress, worker, times, its whole error and its last metrics."""
     client = _ctx(ctx).client
-    out.print(run_detail(client.run(run), client.run_metrics(run)))
+    out.print(run_detail(client.run(run), client.run_metrics(run, keys=list(TABLE_KEYS))))
 
 
 @app.command()

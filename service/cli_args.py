@@ -10,22 +10,17 @@ import typer
 
 def read_sweep_file(path: Path) -> dict[str, Any]:
     """A sweep YAML/JSON file → its mapping; unreadable, non-UTF-8, invalid or duplicate-key files → BadParameter."""
-    import yaml
-
-    from nc_core.yaml_keys import load_yaml
+    from nc_core.cli_files import read_yaml_file
+    from nc_core.spec import RunSpec
+    from nc_core.sweep import SweepSpec
 
     try:
-        spec = load_yaml(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise typer.BadParameter(f"{path}: not UTF-8 text (byte {exc.start}); expected a sweep YAML or JSON "
-                                 "file") from None
-    except OSError as exc:
-        raise typer.BadParameter(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise typer.BadParameter(f"{path}: not valid YAML: {exc}") from None
+        spec = read_yaml_file(path, "a sweep YAML or JSON file")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if not isinstance(spec, dict):
         raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec), got {type(spec).__name__}")
-    run_fields = {"kind", "epochs", "data", "model", "head", "loss", "optim", "schedule", "eval", "ufm"}
+    run_fields = set(RunSpec.model_fields) - set(SweepSpec.model_fields)
     if "name" not in spec and "base" not in spec and run_fields & set(spec):
         raise typer.BadParameter(f"{path} looks like a RunSpec (one run), not a sweep: a sweep file has a `name:` "
                                  "and the run's fields under `base:`, e.g. name: my-sweep / base: {...this file...} / "
@@ -55,13 +50,13 @@ def _at(tree: Any, path: str) -> Any:
     return tree
 
 
-def check_out_dir(path: Path) -> None:
-    """Refuse an output path whose directory does not exist, or that is a directory."""
-    if path.is_dir():
-        raise typer.BadParameter(f"{str(path)!r} is a directory; expected a file path", param_hint="--out")
-    if not path.parent.is_dir():
-        raise typer.BadParameter(f"the directory {str(path.parent)!r} does not exist; create it first",
-                                 param_hint="--out")
+def check_out_dir(path: Path, suffixes: tuple[str, ...]) -> None:
+    """Refuse an output path with another suffix, that is a directory, or whose directory does not exist."""
+    from nc_core.cli_files import out_path_problem
+
+    problem = out_path_problem(path, suffixes)
+    if problem:
+        raise typer.BadParameter(f"{str(path)!r}: {problem}", param_hint="--out")
 
 
 def export_format(out_path: Path, fmt: str | None) -> str:
@@ -76,13 +71,10 @@ def export_format(out_path: Path, fmt: str | None) -> str:
     if suffix in ("csv", "parquet") and suffix != fmt:
         raise typer.BadParameter(f"{str(out_path)!r} ends in .{suffix} but --format is {fmt}; make them agree",
                                  param_hint="--out")
-    check_out_dir(out_path)
+    check_out_dir(out_path, (f".{fmt}",))
     return fmt
 
 
 def check_png_out(out_path: Path) -> None:
     """Plots are PNG images: --out must end in .png, in a directory that exists."""
-    if out_path.suffix.lower() != ".png":
-        raise typer.BadParameter(f"plots are PNG images: expected a file name ending in .png, got {str(out_path)!r}",
-                                 param_hint="--out")
-    check_out_dir(out_path)
+    check_out_dir(out_path, (".png",))

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from nc_core.cli_report import TABLE_KEYS
 from nc_core.sweep import short_names
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -79,12 +80,13 @@ def run_fraction(run: dict) -> float:
     return min(1.0, ((run.get("epoch") or 0) + within) / total) if total else 0.0
 
 
-def _add_column(table: Table, col: str, runs: list[dict]) -> None:
+def _add_columns(table: Table, cols: tuple[str, ...] | list[str], runs: list[dict]) -> None:
     """Status words ('succeeded', 'cancelled') and config words ('loss=label_smoothing') stay whole on
     narrow terminals; the other columns give way."""
     longest = max((len(w) for r in runs for w in _grid(r).split()), default=6)
-    table.add_column(col, no_wrap=col in ("run", "status", "epoch"),
-                     min_width={"status": 9, "config": min(longest, 30)}.get(col))
+    for col in cols:
+        table.add_column(col, no_wrap=col in ("run", "status", "epoch"),
+                         min_width={"status": 9, "config": min(longest, 30)}.get(col))
 
 
 def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
@@ -100,8 +102,7 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     order = {"running": 0, "queued": 2, "failed": 1}
     shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
     table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
-    for col in ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"):
-        _add_column(table, col, shown)
+    _add_columns(table, ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"), shown)
     for r in shown:
         f = run_fraction(r)
         table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
@@ -139,8 +140,7 @@ def runs_table(rows: list[dict]) -> Any:
     same = {c for c in ("sweep", "kind") if len({cells[c](r) for r in rows}) <= 1 and (c != "kind" or all(
         r.get("kind", "train") == "train" for r in rows))}
     cols = [c for c in cells if c not in same]
-    for col in cols:
-        _add_column(table, col, rows)
+    _add_columns(table, cols, rows)
     for r in rows:
         table.add_row(*(cells[c](r) for c in cols))
     if any(_error_cell(r).endswith("…") or "\n" in (r.get("error") or "").strip() for r in rows):
@@ -178,7 +178,7 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
         if seen is None or m["epoch"] >= seen[0]:
             last[m["split"]][m["key"]] = (m["epoch"], m["value"])
     if last:
-        keys = ("acc", "loss", "nc1", "nc2_w", "nc3", "wh_b")
+        keys = TABLE_KEYS
         table = Table(title="last measured metrics", title_justify="left")
         for col in ("split", "epoch", *keys):
             table.add_column(col, justify="right")

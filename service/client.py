@@ -114,10 +114,10 @@ class Client:
         return self.get("/sweeps", limit=limit)["items"]
 
     def iter_runs(self, sweep_id: int | None = None, status: str | None = None,
-                  filters: dict[str, str] | list[tuple[str, str]] | None = None, page: int = 500) -> Iterator[dict]:
-        """Every matching run, page by page; `filters` are spec paths, e.g. {"loss.name": "mse"}, or (path,
-        value) pairs, a repeated path meaning any of its values."""
-        pairs = list(filters.items()) if isinstance(filters, dict) else list(filters or [])
+                  filters: list[tuple[str, str]] | None = None, page: int = 500) -> Iterator[dict]:
+        """Every matching run, page by page; `filters` are (spec path, value) pairs, e.g. [("loss.name", "mse")],
+        a repeated path meaning any of its values."""
+        pairs = list(filters or [])
         offset = 0
         while True:
             fixed = {"sweep_id": sweep_id, "status": status, "limit": page, "offset": offset}
@@ -144,9 +144,9 @@ class Client:
                         keys=",".join(keys) if keys else None, split=split,
                         epoch=None if epoch is None else str(epoch))
 
-    def run_metrics(self, run_id: int) -> list[dict[str, Any]]:
-        """Flat metric rows [{epoch, split, key, value}] of one run (from its series)."""
-        body = self.get(f"/runs/{run_id}/metrics")
+    def run_metrics(self, run_id: int, keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """Flat metric rows [{epoch, split, key, value}] of one run (from its series; only ``keys`` if given)."""
+        body = self.get(f"/runs/{run_id}/metrics", keys=",".join(keys) if keys else None)
         return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v}
                 for s in body.get("series", []) for e, v in zip(s["epochs"], s["values"])]
 

@@ -178,6 +178,20 @@ def test_extend_adds_only_new_runs(app_client, db_url):
     assert again.json()["added"] == 0
 
 
+def test_extend_with_a_new_axis_starts_from_the_runs_own_value(app_client, row_counts):
+    body = {"name": "conv", "base": {"epochs": 1, "model": {"name": "resnet18"}}, "grid": {"loss.name": ["ce"]}}
+    sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.width": [0.5]}})
+    assert resp.status_code == 200 and resp.json()["added"] == 1, resp.text  # width 1 (resnet's) kept, 0.5 added
+    assert app_client.get(f"/sweeps/{sid}").json()["spec"]["grid"]["model.width"] == [1.0, 0.5]
+    mixed = {"name": "mixed", "base": {"epochs": 1}, "grid": {"model.name": ["mlp", "resnet18"]}}
+    sid = app_client.post("/sweeps", json=mixed).json()["sweep_id"]
+    before = row_counts()
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.width": [2]}})
+    assert resp.status_code == 422 and fields(resp) == ["grid.model.width"] and "differ" in resp.text
+    assert row_counts() == before
+
+
 def test_extend_rejects_unknown_field_and_cap(app_client, row_counts):
     sid = app_client.post("/sweeps", json=sweep_body(max_runs=10)).json()["sweep_id"]
     before = row_counts()

@@ -225,7 +225,7 @@ def test_plot_commands(live: str, db_url: str, capsys, tmp_path: Path) -> None: 
     rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "heatmap", "--out", tmp_path / "x.png")
     assert rc == 2 and "--x AXIS" in err
     rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "dynamics", "--out", tmp_path / "dyn.pdf")
-    assert rc == 2 and "ending in .png" in err
+    assert rc == 2 and "expected a .png file name" in err
     other, other_runs = seed_sweep(db_url, name="other")
     rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "margins", "--run", other_runs[0], "--out", tmp_path / "m.png")
     assert rc == 2 and f"run {other_runs[0]} belongs to sweep {other}, not to sweep {sid}" in " ".join(err.split())

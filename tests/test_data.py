@@ -74,11 +74,13 @@ def test_data_root_from_settings(tmp_path):
         load_data(RunSpec(data={"name": "mnist"}), "cpu", settings=Settings(data_root=tmp_path / "elsewhere"))
 
 
-def test_corrupt_cifar_folder_is_missing_data(tmp_path):
+def test_corrupt_cifar_folder_is_unreadable_data(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not a pickle")
-    with pytest.raises(MissingDataError, match="torchvision says"):
+    with pytest.raises(MissingDataError) as err:
         load_data(RunSpec(data={"name": "cifar10", "root": str(tmp_path)}), "cpu")
+    msg = str(err.value)  # the folder is there: incomplete or corrupt, with torchvision's reason
+    assert "could not be read (RuntimeError: Dataset not found or corrupted" in msg and "incomplete" in msg
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])

@@ -152,11 +152,13 @@ def test_fixed_etf_in_k_minus_1_dims_needs_a_bias():
 
 @pytest.mark.parametrize("milestones, epochs, says", [([0.05], 10, "the fraction 0.05 of 10 epochs is epoch 0"),
                                                       ([1.5], 10, "expected whole epochs"),
-                                                      ([100], 10, "epoch 100 is past the last epoch 10")])
+                                                      ([100], 10, "epoch 100 is not before the last epoch 10"),
+                                                      ([10], 10, "epoch 10 is not before the last epoch 10"),
+                                                      ([0.333], 3, "at least 1/3 or a whole epoch")])
 def test_milestones_that_never_apply_are_refused(milestones, epochs, says):
     with pytest.raises(ValidationError, match=says):
         RunSpec(epochs=epochs, schedule={"name": "multistep", "milestones": milestones})
-    for ok, e in (([0.1, 10], 10), ([0.5], 1)):  # the last epoch; a 1-epoch run has nothing to decay
+    for ok, e in (([0.1, 9], 10), ([1 / 3], 3), ([0.5], 1)):  # a 1-epoch run has nothing to decay
         assert RunSpec(epochs=e, schedule={"name": "multistep", "milestones": ok}).schedule.milestones == ok
 
 

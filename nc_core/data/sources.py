@@ -59,8 +59,8 @@ def unreadable(name: str, root: Path, err: BaseException) -> MissingDataError:
     why = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} in the file reader"
     return MissingDataError(
         f"dataset {name!r}: the files under data root {root} are there but could not be read ({why}); they are "
-        f"corrupt, truncated or of another format. Fix: replace them with intact {name} files (or delete them "
-        f"and set data.download=true to fetch them again), {_ROOT_FIX}")
+        f"corrupt, incomplete, truncated or of another format. Fix: replace them with intact {name} files (or "
+        f"delete them and set data.download=true to fetch them again), {_ROOT_FIX}")
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx files)
@@ -136,6 +136,8 @@ def _torchvision_split(spec: RunSpec, root: Path, expected: list[Path], make) ->
     try:
         ds = make()
     except (RuntimeError, OSError) as err:  # "Dataset not found or corrupted" (md5 mismatch), a failed download
+        if all(p.exists() for p in expected):  # there, but incomplete or failing torchvision's md5 check
+            raise unreadable(spec.data.name, root, err) from err
         raise missing(spec.data.name, root, expected, f"; torchvision says: {err}", download=download) from err
     except _READ_ERRORS as err:
         raise unreadable(spec.data.name, root, err) from err

@@ -304,7 +304,7 @@ def metric_series(session: Session, run_id: int, split: str | None, keys: Sequen
     if split is not None:
         q = q.where(Metric.split == split)
     if keys:
-        q = q.where(Metric.key == keys[0] if len(keys) == 1 else Metric.key.in_(list(keys)))
+        q = q.where(Metric.key.in_(list(keys)))
     return list(session.execute(q.order_by(Metric.split, Metric.key, Metric.epoch)))
 
 

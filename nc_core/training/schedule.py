@@ -6,13 +6,12 @@ import math
 import torch
 
 from nc_core.spec import RunSpec
+from nc_core.spec_rules import milestone_epoch
 
 
 def milestone_epochs(spec: RunSpec) -> list[int]:
     """Multistep milestones as epochs: values < 1 are fractions of training (⌊f·E⌋, nc_loss style)."""
-    e = spec.epochs
-    out = {int(math.floor(m * e)) if m < 1 else int(m) for m in spec.schedule.milestones}
-    return sorted(m for m in out if m >= 1)
+    return sorted({m for m in (milestone_epoch(f, spec.epochs) for f in spec.schedule.milestones) if m >= 1})
 
 
 def lr_factor(spec: RunSpec, epoch: int) -> float:

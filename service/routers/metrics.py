@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from nc_core.db import runs_repo, sweeps_repo as repo
 from nc_core.db.models import Run
-from nc_core.metric_keys import check_metric_keys
+from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
 from nc_core.sweep import SpecError, get_path
 from service.deps import ID_MAX, Epoch, Id, SessionDep
@@ -27,8 +27,9 @@ def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"]
     only `key`, or the comma-separated `keys` (as /sweeps/{id}/results takes them), when given."""
     if key is not None and keys is not None:
         raise SpecError("keys", "give either key (one metric) or keys (comma-separated), not both")
-    key_list = _key_list(keys) if keys is not None else [key] if key is not None else None
-    check_metric_keys("key" if key is not None else "keys", key_list or [])
+    key_list = parse_metric_keys("keys", keys) if keys is not None else [key] if key is not None else None
+    if key is not None:
+        check_metric_keys("key", [key])
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFound(f"run {run_id} not found")
     series: list[dict[str, Any]] = []
@@ -62,11 +63,6 @@ def aggregate(values: list[float | None]) -> dict[str, Any]:
             "count": n, "missing": len(values) - n}
 
 
-def _key_list(keys: str | None) -> list[str] | None:
-    """'acc, nc1' → ['acc', 'nc1']; None or blank → None (every key)."""
-    return [k.strip() for k in (keys or "").split(",") if k.strip()] or None
-
-
 def _parse_epoch(epoch: str) -> int | None:
     """'last' → None; an epoch (they start at 1) → int; anything else is a 422 naming `epoch`."""
     if epoch == "last":
@@ -94,8 +90,7 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
     for p in paths:
         if p not in valid:
             raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)")
-    key_list = _key_list(keys)
-    check_metric_keys("keys", key_list or [])
+    key_list = parse_metric_keys("keys", keys)
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)
     last = max((int(spec.get("epochs", 0) if spec.get("kind") != "ufm" else (spec.get("ufm") or {}).get(

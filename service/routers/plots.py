@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
-from nc_core.metric_keys import check_metric_keys, check_split
+from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from service import plots
 from service.deps import Id
 from service.errors import NotFound, error_item
@@ -31,27 +32,22 @@ def _render(request: Request, model: type, obj_id: int, draw) -> Response:  # no
     return Response(png, media_type="image/png", headers=_NO_CACHE)
 
 
-def _keys(keys: str | None) -> list[str] | None:
-    """'nc1, acc' → ['nc1', 'acc'], each a known metric key (else 422 naming `keys`); None → the defaults."""
-    out = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
-    check_metric_keys("keys", out or [])
-    return out
+Split = Literal["train", "test"]
 
 
 @router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response)
 def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, description="comma-separated metric keys"),
-             split: str | None = Query(None, description="one split for every panel (default: NC train, acc train+test)")):
-    check_split("split", split or None)
-    return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(s, sweep_id, _keys(keys), split or None))
+             split: Split | None = Query(None, description="one split for all panels (default: NC train, acc both)")):
+    key_list = parse_metric_keys("keys", keys)  # 422s before the 404 check, as on every route
+    return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(s, sweep_id, key_list, split))
 
 
 @router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response)
 def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="grid axis for columns, e.g. model.width"),
-            y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc", split: str = "test",
+            y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc", split: Split = "test",
             mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
             ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
     check_metric_keys("key", [key])
-    check_split("split", split)
     return _render(request, Sweep, sweep_id, lambda s: plots.heatmap_png(s, sweep_id, x, y, key, split, mode, ref))
 
 
@@ -62,4 +58,5 @@ def margins(request: Request, run_id: Id):
 
 @router.get("/runs/{run_id}/plots/curves.png", response_class=Response)
 def curves(request: Request, run_id: Id, keys: str | None = None):
-    return _render(request, Run, run_id, lambda s: plots.run_curves_png(s, run_id, _keys(keys)))
+    key_list = parse_metric_keys("keys", keys)
+    return _render(request, Run, run_id, lambda s: plots.run_curves_png(s, run_id, key_list))

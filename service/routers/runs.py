@@ -13,7 +13,8 @@ from nc_core.db.states import FINISHED, STATUSES
 from nc_core.spec_fields import spec_field_choices, spec_field_kinds
 from nc_core.sweep import SpecError
 from service.auth import WriteAuth
-from service.deps import NUL_MESSAGE, EnqueuerDep, Id, Offset, SessionDep, SettingsDep
+from nc_core.spec import NUL_MESSAGE
+from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.errors import NotFound
 from service.schemas import ActionResult, RunDetail, RunPage, ValidateRequest

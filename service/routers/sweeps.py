@@ -1,6 +1,7 @@
 """Sweep endpoints: submit, list, detail, cancel, retry, extend."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,6 @@ from fastapi import APIRouter, Query
 from nc_core.db import sweeps_repo as repo
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
-from nc_core.spec import RunSpec
 from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, expand, get_path
 from service.auth import WriteAuth
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
@@ -126,13 +126,17 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
 def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
     """Append new values to grid axes (a new axis starts with the base value) and new seeds."""
     grid = {path: list(values) for path, values in old.grid.items()}
-    defaults = RunSpec().model_dump(mode="json")
+    old_runs = None
     for path, values in body.grid.items():
         if path in old.zip:
             raise SpecError(f"grid.{path}", "a zipped axis cannot be extended (its partners would need values too)")
-        if path not in grid:
-            current = get_path(old.base, path)
-            grid[path] = [current if current is not None else get_path(defaults, path)]
+        if path not in grid:  # a new axis starts with the value the existing runs have
+            old_runs = old_runs if old_runs is not None else expand(old)
+            current = {json.dumps(get_path(r.tree, path)): get_path(r.tree, path) for r in old_runs}
+            if len(current) > 1:
+                raise SpecError(f"grid.{path}", f"the existing runs differ in {path} ({', '.join(sorted(current))}: "
+                                                "it follows another axis), so it cannot become an axis of this sweep")
+            grid[path] = list(current.values())
         grid[path] += [v for v in values if v not in grid[path]]
     seeds = list(old.seeds) + [s for s in body.seeds if s not in old.seeds]
     return SweepSpec.model_validate({**old.model_dump(mode="json"), "grid": grid, "seeds": seeds})

@@ -1,0 +1,59 @@
+"""File arguments of the CLIs: YAML files read safely (duplicate keys refused) and output paths checked early."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose mappings raise on a repeated key, naming it and its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: let SafeLoader report it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first on line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):  # noqa: ANN201 - any YAML value
+    """Parse one YAML document safely, refusing duplicate keys."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - UniqueKeyLoader is a SafeLoader
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """Parse the YAML file ``path``; ValueError naming the file when it cannot be read, is not UTF-8, is not
+    valid YAML or repeats a key (``what`` says what the file should be, e.g. "a RunSpec YAML file")."""
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected {what}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+
+
+def out_path_problem(out: Path, suffixes: tuple[str, ...]) -> str | None:
+    """Why ``out`` cannot take an output file with one of ``suffixes`` (wrong suffix, a directory, a parent that
+    does not exist or is not writable), or None."""
+    names = " or ".join(suffixes)
+    if out.suffix.lower() not in suffixes:
+        return f"expected a {names} file name, got {repr(out.suffix) if out.suffix else 'no suffix'}"
+    if out.is_dir():
+        return f"that is a directory; expected a {names} file path such as {str(out / ('out' + suffixes[0]))!r}"
+    if not out.parent.is_dir():
+        return f"the directory {str(out.parent)!r} does not exist; create it first"
+    if not os.access(out.parent, os.W_OK):
+        return f"the directory {str(out.parent)!r} is not writable"
+    return None
