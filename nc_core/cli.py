@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nc_core.cli_report import HISTORY, CLIReporter, table, write_metrics
 from nc_core.spec import RunSpec
-from nc_core.sweep import set_path, spec_hash
+from nc_core.sweep import error_field, set_path, spec_hash
 from nc_core.cli_files import out_path_problem, read_yaml_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
@@ -107,9 +107,9 @@ def check_out_path(out: Path, console: Console) -> None:
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(x) for x in err.get("loc", ()))
-    msg = str(err.get("msg", "")).removeprefix("Value error, ")
-    if not loc or msg.split(":")[0].split("=")[0].startswith(loc):  # message already names the field
+    """One pydantic error as 'field: message' (a message that names its field already is kept as it is)."""
+    loc, msg = error_field(err)
+    if not loc or msg.split(":")[0].split("=")[0].startswith(loc):
         return msg
     return f"{loc}: {msg}"
 

@@ -141,7 +141,7 @@ def _copy_tree(node: Any) -> Any:
 _PATH_AT_START = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+): ")
 
 
-def _error_message(err: dict[str, Any]) -> tuple[str, str]:
+def error_field(err: dict[str, Any]) -> tuple[str, str]:
     """(field path, message) of a RunSpec validation error; a model validator's 'model.width: …' names its
     own field, deeper than pydantic's loc ('model')."""
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
@@ -175,7 +175,7 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                 try:
                     run = RunSpec.model_validate(tree)
                 except ValidationError as exc:
-                    loc, msg = _error_message(exc.errors()[0])
+                    loc, msg = error_field(exc.errors()[0])
                     where = ", ".join(f"{k}={v!r}" for k, v in axes.items())
                     section = "grid" if loc in sweep.grid else "zip" if loc in sweep.zip else "base"
                     field = f"{section}.{loc}" if loc else section
