@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from nc_core.metric_keys import HEADLINE_KEYS
+from nc_core.sweep import short_names
 
 EXAMPLE = Path(__file__).resolve().parent / "digits_sweep.yaml"
 RESULT_KEYS = HEADLINE_KEYS
@@ -93,8 +94,9 @@ def _update_run_bars(progress: Any, bars: dict[int, Any], runs: list[dict[str, A
 
 
 def _label(run: dict[str, Any]) -> str:
-    grid = " ".join(f"{_short(k)}={_value(v)}" for k, v in (run.get("grid") or {}).items())
-    return f"{grid} seed={run.get('seed')}".strip()
+    axes = run.get("grid") or {}
+    values = " ".join(f"{k}={_value(v)}" for k, v in zip(short_names(list(axes)), axes.values()))
+    return f"{values} seed={run.get('seed')}".strip()
 
 
 def print_results(client: Any, sweep_id: int, console: Any) -> None:
@@ -105,8 +107,8 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
     runs = list(client.iter_runs(sweep_id=sweep_id))
     failed = [r for r in runs if r["status"] != "succeeded"]
     table = Table(title=f"sweep {sweep_id}: test split, last epoch, mean ± std over seeds")
-    for path in body["group_by"]:
-        table.add_column(_short(path))
+    for label in short_names(body["group_by"]):
+        table.add_column(label)
     table.add_column("runs", justify="right")
     for key in RESULT_KEYS:
         table.add_column(key, justify="right")
@@ -116,12 +118,6 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
     console.print(table)
     for r in failed:
         console.print(f"run {r['id']} {_label(r)}: {r['status']}" + (f" — {r['error']}" if r.get("error") else ""))
-
-
-def _short(path: str) -> str:
-    """'loss.name' → 'loss', 'model.width' → 'width'."""
-    parts = path.split(".")
-    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
 def _value(v: Any) -> str:
