@@ -246,16 +246,21 @@ class RunSpec(_Frozen):
         return self.data.num_classes
 
 
-def field_paths(model: type[BaseModel] = RunSpec, prefix: str = "") -> list[str]:
-    """All dotted leaf field paths of a spec model, e.g. ``loss.name``, ``model.width``."""
-    paths: list[str] = []
+def field_annotations(model: type[BaseModel] = RunSpec, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf field path of a spec model → its annotation (sub-models are walked into)."""
+    out: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         sub = _submodel(info.annotation)
         if sub is not None:
-            paths.extend(field_paths(sub, f"{prefix}{name}."))
+            out.update(field_annotations(sub, f"{prefix}{name}."))
         else:
-            paths.append(f"{prefix}{name}")
-    return paths
+            out[f"{prefix}{name}"] = info.annotation
+    return out
+
+
+def field_paths(model: type[BaseModel] = RunSpec, prefix: str = "") -> list[str]:
+    """All dotted leaf field paths of a spec model, e.g. ``loss.name``, ``model.width``."""
+    return list(field_annotations(model, prefix))
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:

@@ -5,9 +5,7 @@ import types
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel
-
-from nc_core.spec import RunSpec
+from nc_core.spec import RunSpec, field_annotations
 
 
 def filter_kind(annotation: Any) -> str:
@@ -40,30 +38,17 @@ def literal_values(annotation: Any) -> tuple | None:
     return None
 
 
-def _leaves(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    """Every dotted leaf path of a spec model → its annotation (sub-models are walked into)."""
-    out: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        sub = next((a for a in (info.annotation, *get_args(info.annotation))
-                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is not None:
-            out.update(_leaves(sub, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = info.annotation
-    return out
-
-
 @lru_cache(maxsize=1)
 def spec_field_kinds() -> dict[str, str]:
     """Every dotted RunSpec leaf path → its filter kind."""
-    return {path: filter_kind(ann) for path, ann in _leaves(RunSpec).items()}
+    return {path: filter_kind(ann) for path, ann in field_annotations(RunSpec).items()}
 
 
 @lru_cache(maxsize=1)
 def spec_field_choices() -> dict[str, tuple]:
     """Dotted RunSpec leaf paths of enum-like (Literal) fields → their allowed values, e.g. loss.name."""
     out = {}
-    for path, ann in _leaves(RunSpec).items():
+    for path, ann in field_annotations(RunSpec).items():
         values = literal_values(ann)
         if values is not None and filter_kind(ann) != "list":
             out[path] = values
