@@ -157,3 +157,45 @@ def test_evaluate_split_bad_forward():
 def test_evaluate_split_no_batches():
     with pytest.raises(ValueError, match=r"batches: expected at least one non-empty batch, got none"):
         evaluate_split(lambda x: (x, x), [], num_classes=3)
+
+
+def _split(x: np.ndarray, y: np.ndarray, rows: int = 10) -> list:
+    """(features, labels) batches of ``rows`` rows; the forward below passes features through."""
+    return [(torch.from_numpy(x[i:i + rows]), torch.from_numpy(y[i:i + rows])) for i in range(0, len(y), rows)]
+
+
+def _identity_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x, x[:, :3]
+
+
+@pytest.mark.parametrize(("path", "bad"), [("resident", 3), ("regrouped", 3), ("streamed", 2)])
+def test_evaluate_split_counts_nonfinite_features_over_the_split(path, bad, monkeypatch):
+    # the finiteness test of a resident split waits for the whole split: the count covers every batch;
+    # a split that stops being resident at its second batch is tested there, on the batches so far
+    import nc_core.metrics.evaluate as evaluate
+
+    if path == "regrouped":
+        monkeypatch.setattr(evaluate, "resident_fits", lambda *a: False)
+    Xn = X.copy()
+    Xn[3, 2], Xn[14, 0], Xn[25, 5] = np.nan, np.inf, -np.inf
+    limit = 10 * 6 * 8 + 10 * 8 if path == "streamed" else 2**31  # one batch fits, the second overflows
+    with pytest.raises(ValueError, match=rf"features: expected finite values, got {bad} NaN/inf entries"):
+        evaluate_split(_identity_forward, _split(Xn, Y), num_classes=3, max_resident_bytes=limit)
+
+
+@pytest.mark.parametrize("rows", [10, 30])
+def test_evaluate_split_label_beyond_k_is_a_labels_error_not_the_losses(rows):
+    # cross-entropy raises its own IndexError on a target ≥ K: the labels error is reported instead
+    bad = Y.copy()
+    bad[17] = 3
+    loss = torch.nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"labels: expected values in 0..K-1 = 0..2, got min 0, max 3"):
+        evaluate_split(_identity_forward, _split(X, bad, rows), num_classes=3, loss_fn=loss)
+
+
+def test_evaluate_split_label_the_loss_ignores_is_still_refused():
+    # cross-entropy skips target −100 (its ignore_index) without a word: the split's label test catches it
+    bad = Y.copy()
+    bad[21] = -100
+    with pytest.raises(ValueError, match=r"labels: expected values in 0..K-1 = 0..2, got min -100, max 2"):
+        evaluate_split(_identity_forward, _split(X, bad), num_classes=3, loss_fn=torch.nn.CrossEntropyLoss())

@@ -79,8 +79,9 @@ def _is_int(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
-def check_features(x: Any, *, dim: int | None = None, name: str = "features") -> torch.Tensor:
-    """Validate a (B, d) real feature batch (finite, 2-D, matching ``dim``); returns a tensor, dtype kept."""
+def check_features(x: Any, *, dim: int | None = None, name: str = "features", finite: bool = True) -> torch.Tensor:
+    """Validate a (B, d) real feature batch (finite, 2-D, matching ``dim``); returns a tensor, dtype kept.
+    ``finite=False`` leaves the finiteness test to the caller (:func:`check_finite`, e.g. once per split)."""
     t = to_tensor(x, name)
     if t.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (N, d), got shape {tuple(t.shape)}")
@@ -90,11 +91,17 @@ def check_features(x: Any, *, dim: int | None = None, name: str = "features") ->
         raise ValueError(f"{name}: expected feature dimension d = {dim}, got shape {tuple(t.shape)}")
     if t.shape[1] == 0:
         raise ValueError(f"{name}: expected feature dimension d >= 1, got shape {tuple(t.shape)}")
-    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.sum())):
-        bad = int((~torch.isfinite(t)).sum())  # slow path only when the cheap sum test fails (or overflows)
-        if bad:
-            raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+    if finite and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.sum())):
+        check_finite([t], name)  # slow path only when the cheap sum test fails (or overflows)
     return t
+
+
+def check_finite(parts: list[torch.Tensor], name: str = "features") -> None:
+    """Raise "``name``: expected finite values, got n NaN/inf entries" when any of ``parts`` has one
+    (an element-wise count: call it when a cheap test — a sum that is not finite — has failed)."""
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in parts if t.is_floating_point())
+    if bad:
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
 
 
 def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels") -> torch.Tensor:
@@ -106,11 +113,15 @@ def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels
         raise ValueError(f"{name}: expected integer class indices, got dtype {dtype_name(y)}")
     t = t.to(torch.int64)
     if n and num_classes is not None:
-        lo, hi = (int(v) for v in torch.stack(torch.aminmax(t)).tolist())  # one pass, one sync
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"{name}: expected values in 0..K-1 = 0..{num_classes - 1}, got min {lo}, max {hi}")
+        check_label_range(t, num_classes, name)
     return t
+
+
+def check_label_range(t: torch.Tensor, num_classes: int, name: str = "labels") -> None:
+    """Raise unless the int64 labels ``t`` (n ≥ 1,) all lie in 0..K−1."""
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(t)).tolist())  # one pass, one sync
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name}: expected values in 0..K-1 = 0..{num_classes - 1}, got min {lo}, max {hi}")
 
 
 def infer_classes(labels: Any, *, n: int, d: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:

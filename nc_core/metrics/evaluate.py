@@ -6,7 +6,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from ._util import F64, MetricDict, check_classifier, check_features, check_labels, check_num_classes
+from ._util import (F64, MetricDict, check_classifier, check_features, check_finite, check_label_range, check_labels,
+                    check_num_classes)
 from ._workspace import kept_batches
 from .ncc import SampleStats
 from .resident import fits as resident_fits, resident_pass
@@ -14,20 +15,49 @@ from .stats import CHUNK_BYTES, ClassStats
 from .suite import _compute
 
 
-def _run(forward: Callable, batch: Any, K: int, d: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _run(forward: Callable, batch: Any, K: int, d: int | None,
+         checked: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features, logits and int64 labels of one batch. ``checked=False`` skips the value tests (finite
+    features, labels in 0..K−1), which the caller then makes once for the whole split."""
     if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
         raise ValueError(f"batches: expected (x, y) pairs, got {type(batch).__name__}")
     x, y = batch[0], batch[1]
     out = forward(x)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise ValueError(f"forward: expected (features (B, d), logits (B, K)), got {type(out).__name__}")
-    feats = check_features(out[0], dim=d)
+    feats = check_features(out[0], dim=d, finite=checked)
     B = feats.shape[0]
     logits = torch.as_tensor(out[1])
     if tuple(logits.shape) != (B, K):
         raise ValueError(f"forward: expected logits of shape (B, K) = ({B}, {K}), got {tuple(logits.shape)}")
-    labels = check_labels(torch.as_tensor(y).to(feats.device), n=B, num_classes=K)
+    labels = check_labels(torch.as_tensor(y).to(feats.device), n=B, num_classes=K if checked else None)
     return feats, logits, labels
+
+
+def _batch_loss(loss_fn: Callable, logits: torch.Tensor, y: torch.Tensor, K: int) -> torch.Tensor:
+    """Sum of ``loss_fn`` over one batch (float64). When the loss fails on labels not yet range-checked
+    (e.g. cross-entropy on a label ≥ K), the labels error is the one raised."""
+    B = y.shape[0]
+    try:
+        lv = torch.as_tensor(loss_fn(logits, y.to(logits.device)))
+    except Exception:
+        if B:
+            check_label_range(y, K)
+        raise
+    if lv.ndim == 0:
+        return lv.to(F64) * B
+    if tuple(lv.shape) == (B,):
+        return lv.to(F64).sum()
+    raise ValueError(f"loss_fn: expected a scalar or shape ({B},), got {tuple(lv.shape)}")
+
+
+def _check_values(kept: list, K: int) -> None:
+    """The value tests :func:`_run` skipped, over kept (features, labels) batches: labels in 0..K−1,
+    finite features (a sum per batch first, an element-wise count only when one fails)."""
+    for f, y in kept:
+        if y.shape[0]:
+            check_label_range(y, K)
+    check_finite([f for f, _ in kept if f.numel() and not bool(torch.isfinite(f.sum()))])
 
 
 def _regroup(kept: list, rows: int) -> list:
@@ -66,20 +96,14 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         kept: list = []
         resident, used, n = True, 0, 0
         correct = loss_sum = None
-        for batch in batches:
-            feats, logits, y = _run(forward, batch, K, stats.dim if stats is not None else None)
+        for batch in batches:  # while resident, the value tests wait for the whole split (one pass)
+            feats, logits, y = _run(forward, batch, K, stats.dim if stats is not None else None, not resident)
             B = feats.shape[0]
             n += B
             hits = (logits.argmax(1) == y.to(logits.device)).sum()
             correct = hits if correct is None else correct + hits
             if loss_fn is not None:
-                lv = torch.as_tensor(loss_fn(logits, y.to(logits.device)))
-                if lv.ndim == 0:
-                    lv = lv.to(F64) * B
-                elif tuple(lv.shape) == (B,):
-                    lv = lv.to(F64).sum()
-                else:
-                    raise ValueError(f"loss_fn: expected a scalar or shape ({B},), got {tuple(lv.shape)}")
+                lv = _batch_loss(loss_fn, logits, y, K)
                 loss_sum = lv if loss_sum is None else loss_sum + lv
             if stats is None:
                 stats = ClassStats(K, feats.shape[1], feats.device)
@@ -90,19 +114,23 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
                     used += nbytes
                     continue
                 resident = False
+                _check_values(kept + [(feats, y)], K)
                 for f, yy in kept:
                     stats._update_checked(f, yy)
                 kept.clear()
             stats._update_checked(feats, y)
         if stats is None or n == 0:
             raise ValueError("batches: expected at least one non-empty batch, got none")
+        if resident:  # the labels' range test, deferred to here (the features': the resident pass, or below)
+            check_label_range(torch.cat([yy for _, yy in kept]), K)
         W, b = check_classifier(weight, bias, K, stats.dim, stats.device)
         needs_samples = W is not None or not stats.per_class
         samples, reason = None, None
         if resident:
             if resident_fits(n, stats.dim, K):  # label-sorted once, then class by class in float64 chunks
-                stats, samples = resident_pass(kept, K, stats.dim, W, b)
+                stats, samples = resident_pass(kept, K, stats.dim, W, b, check_finite=True)
             else:
+                _check_values(kept, K)
                 groups = _regroup(kept, max(1, CHUNK_BYTES // (8 * stats.dim)))
                 for f, yy in groups:
                     stats._update_checked(f, yy)

@@ -8,7 +8,7 @@ import torch
 
 from ._blas import add_gram, column_sums, symmetric
 from ._parallel import class_workers, parallel_map
-from ._util import F64, MetricUndefined, label_order
+from ._util import F64, MetricUndefined, check_finite as check_finite_values, label_order
 from ._workspace import release_workspace, sorted_buffer  # noqa: F401 - release_workspace: public here
 from .nc1 import class_rank_ratios, uncentred_grams
 from .ncc import SampleStats, Scores
@@ -27,9 +27,12 @@ def fits(n: int, dim: int, num_classes: int) -> bool:
 
 
 def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tensor | None = None,
-                  bias: torch.Tensor | None = None) -> tuple[ClassStats, SampleStats | None]:
+                  bias: torch.Tensor | None = None, *,
+                  check_finite: bool = False) -> tuple[ClassStats, SampleStats | None]:
     """ClassStats and (with ``weight``) SampleStats of validated (features (B, d), labels (B,)) batches on
-    one device (the list is consumed).
+    one device (the list is consumed). ``check_finite``: the features are not yet known to be finite —
+    a ValueError counts the NaN/inf entries if sweep 1 meets any (a class sum is finite exactly when
+    its rows are, float32 rows summed in float64 never overflowing), before sweep 2 uses them.
 
     The features are copied once, in their own dtype (promoted if batches differ), into label order:
     each class gathers its rows when the batches are consecutive rows of one tensor, a counting sort
@@ -46,11 +49,11 @@ def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tenso
     ys = torch.cat([y for _, y in batches])  # (N,)
     counts = torch.bincount(ys, minlength=K).tolist()  # K class sizes
     with class_workers(ys.device, sum(map(bool, counts))) as workers:
-        return _sweeps(batches, ys, counts, d, weight, bias, workers)
+        return _sweeps(batches, ys, counts, d, weight, bias, workers, check_finite)
 
 
 def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: torch.Tensor | None,
-            bias: torch.Tensor | None, workers: int) -> tuple[ClassStats, SampleStats | None]:
+            bias: torch.Tensor | None, workers: int, check_finite: bool) -> tuple[ClassStats, SampleStats | None]:
     """:func:`resident_pass` given the labels ys (N,) and the K class sizes, its classes shared out among
     ``workers`` (a :func:`class_workers` value)."""
     K, N, device = len(counts), ys.shape[0], ys.device
@@ -76,6 +79,8 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
         mu = torch.zeros(K, d, dtype=F64, device=device)  # (K, d) μ_k (0 for an empty class)
         for (k, _), m in zip(classes, sweep1):
             mu[k] = m
+        if check_finite and not bool(torch.isfinite(mu).all()):
+            check_finite_values([sorted_])  # raises, unless float64 rows overflowed a sum (then, as in update)
         zeros = torch.zeros(K, dtype=F64, device=device)  # (K,) the sums of squares follow in sweep 2
         stats._combine(torch.tensor(counts, dtype=F64, device=device), mu - stats.shift, zeros)
         samples = SampleStats(stats, weight, bias, class_gram=False) if weight is not None else None
