@@ -129,7 +129,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         check_out_path(out, console)
     spec = load_spec(spec_file, set_, console)
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
-    from nc_core.train import TrainingDiverged, fit, run_spec
+    from nc_core.train import TrainingDiverged, run_spec
 
     unit = "iteration" if spec.kind == "ufm" else "epoch"
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -138,8 +138,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         reporter = CLIReporter(progress, unit, Path(workdir) / HISTORY)
         try:
             with reporter.ctrl_c_stops():
-                summary = fit(spec, reporter, workdir=workdir, resume=resume) if spec.kind == "train" else \
-                    run_spec(spec, reporter, workdir=workdir)
+                summary = run_spec(spec, reporter, workdir=workdir, resume=resume)
         except TrainingDiverged as exc:
             diverged = exc
         except Exception as exc:  # missing data, a workdir of another spec, no CUDA, ...: one line, no traceback
@@ -175,8 +174,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
         console.print(f"[bold red]error[/]: {failed}{kind}", highlight=False)
         raise typer.Exit(1)
     if summary is not None and summary.get("stopped"):
-        if spec.kind == "train":
-            console.print("the same command resumes the run from its last completed epoch")
+        console.print(f"the same command resumes the run from its last completed {unit}")
         raise typer.Exit(128 + (reporter.stop_signal or signal.SIGINT))  # as a shell reports the signal
 
 

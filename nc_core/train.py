@@ -276,10 +276,10 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
     return {"epochs": want, "metrics": results}
 
 
-def run_spec(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path) -> dict:
-    """Dispatch on spec.kind: 'train' → fit(), 'ufm' → nc_core.ufm.fit_ufm()."""
+def run_spec(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:
+    """Dispatch on spec.kind: 'train' → fit(), 'ufm' → nc_core.ufm.fit_ufm() (both resume from ``workdir``)."""
     if spec.kind == "ufm":
         from nc_core.ufm import fit_ufm
 
-        return fit_ufm(spec, reporter, workdir=workdir)
-    return fit(spec, reporter, workdir=workdir)
+        return fit_ufm(spec, reporter, workdir=workdir, resume=resume)
+    return fit(spec, reporter, workdir=workdir, resume=resume)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from nc_core.spec import RunSpec
+from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import fused_kwargs
 from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
@@ -63,26 +64,66 @@ def _metrics(model: UFM, spec: RunSpec, objective: float) -> dict[str, float]:
     return m
 
 
-def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path) -> dict:
+def _state(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, it: int, final: dict) -> dict:
+    """Checkpoint payload after ``it`` iterations: H, W_l, b, labels, the momentum buffers, the last metrics."""
+    return {"format": 1, "epoch": it, "spec_hash": spec_hash(spec), "spec": spec.model_dump(mode="json"),
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "final": final}
+
+
+def _restore(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, state: dict, workdir: str | Path) -> None:
+    if "spec_hash" not in state or "optimizer" not in state:
+        raise ValueError(f"{ck.ckpt_dir(workdir)} holds a UFM checkpoint of an older ncsweep that cannot be "
+                         "resumed; use another workdir or resume=False (--no-resume on the command line)")
+    if state["spec_hash"] != spec_hash(spec):
+        raise ValueError(f"{ck.ckpt_dir(workdir)} holds checkpoints of a different spec "
+                         f"(hash {state['spec_hash'][:12]}); use another workdir or resume=False "
+                         "(--no-resume on the command line)")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+
+
+def _save(workdir: str | Path, reporter: Reporter, keep_last: int | None, it: int, state: dict) -> None:
+    path, nbytes, sha = ck.save_checkpoint(workdir, it, state)
+    ck.prune(workdir, keep_last, protect=it)
+    reporter.on_checkpoint(it, str(path), nbytes, sha)
+
+
+def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:
     """Full-batch SGD with momentum on the UFM objective; metrics every ``ufm.eval_every`` iterations.
 
-    ``epoch`` in reporter calls is the iteration count; the split is "train". The final state (H, W_l, b,
-    labels) is saved as ``ckpt/epoch_<iterations>.pt``; UFM runs are seconds long and restart from scratch.
+    ``epoch`` in reporter calls is the iteration count; the split is "train". The state (H, W_l, b, labels,
+    momentum buffers) is saved as ``ckpt/epoch_<iteration>.pt`` at every evaluated iteration (the last
+    ``checkpoint.keep_last`` kept) and, on a cooperative stop, after the last completed iteration; a run
+    resumes from the newest one (refused when it holds another spec; ``resume=False`` starts afresh) and
+    then reproduces an uninterrupted run (bitwise on the CPU with ``deterministic``: the iterations are
+    full-batch, no randomness after the start).
     """
     if spec.kind != "ufm" or spec.ufm is None:
         raise ValueError(f"kind: fit_ufm() needs kind='ufm' with a ufm section, got kind={spec.kind!r}")
     reporter, u = reporter or NullReporter(), spec.ufm
     device = resolve_device(spec)
+    keep_last = spec.checkpoint.keep_last
     with determinism(spec.deterministic, device):
         seed_everything(spec.seed)
         g = torch.Generator().manual_seed(spec.seed)
         model = UFM(u.class_counts, u.dim, u.depth_linear, u.bias, g).to(device)
         params = list(model.parameters())
         opt = torch.optim.SGD(params, lr=u.lr, momentum=u.momentum, **fused_kwargs(params))
+        start, final = 0, {}
+        if not resume:
+            for path in ck.list_checkpoints(workdir).values():
+                path.unlink()
+        elif (state := ck.load_newest(workdir)) is not None:
+            _restore(model, opt, spec, state, workdir)
+            start, final = state["epoch"], state["final"]
+            if (on_resume := getattr(reporter, "on_resume", None)) is not None:
+                on_resume(start)
         reporter.on_start(u.iterations, 1)
-        final, t0, it = {}, time.perf_counter(), 0
-        for it in range(1, u.iterations + 1):
+        t0, saved = time.perf_counter(), start
+        for it in range(start + 1, u.iterations + 1):
             if reporter.should_stop():
+                if saved < it - 1:  # the last completed iteration, so that a resume continues from it
+                    _save(workdir, reporter, keep_last, it - 1, _state(model, opt, spec, it - 1, final))
                 return {"epochs_done": it - 1, "stopped": True, "final": final}
             opt.zero_grad(set_to_none=True)
             loss = model.objective(u.lambda_w, u.lambda_h)
@@ -91,12 +132,11 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
             check = it % u.eval_every == 0 or it == u.iterations
             if (device.type == "cpu" or check) and not math.isfinite(value := loss.item()):
                 raise TrainingDiverged(it, 0, value, ufm=True)
-            reporter.on_progress(it, 1, 1, it / max(time.perf_counter() - t0, 1e-9))
+            reporter.on_progress(it, 1, 1, (it - start) / max(time.perf_counter() - t0, 1e-9))
             if check:
                 with torch.no_grad():
                     final = {"train": _metrics(model, spec, model.objective(u.lambda_w, u.lambda_h).item())}
                 report_metrics(reporter, it, "train", final["train"])
-        state = {"epoch": it, "model": model.state_dict(), "spec": spec.model_dump(mode="json")}
-        path, nbytes, sha = ck.save_checkpoint(workdir, it, state)
-        reporter.on_checkpoint(it, str(path), nbytes, sha)
+                _save(workdir, reporter, keep_last, it, _state(model, opt, spec, it, final))
+                saved = it
     return {"epochs_done": u.iterations, "stopped": False, "final": final}

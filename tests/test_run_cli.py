@@ -78,6 +78,20 @@ def test_ufm_run_reports_iterations(tmp_path):
     assert "metrics per epoch" not in res.output
 
 
+def test_ufm_run_resumes_refuses_another_spec_and_restarts_with_no_resume(tmp_path):
+    tree = {"kind": "ufm", "device": "cpu", "ufm": {"class_counts": [20, 20, 20], "dim": 8, "iterations": 40,
+                                                    "eval_every": 20}}
+    spec, work = write_spec(tmp_path, tree), ["--workdir", str(tmp_path / "w")]
+    assert runner.invoke(app, ["run", str(spec), *work]).exit_code == 0
+    again = runner.invoke(app, ["run", str(spec), *work])
+    assert again.exit_code == 0 and "nothing to train" in again.output and "all 40 iterations" in again.output, \
+        again.output
+    other = runner.invoke(app, ["run", str(spec), *work, "--set", "ufm.lr=0.05"])
+    assert other.exit_code == 1 and "different spec" in other.output and "--no-resume" in other.output, other.output
+    fresh = runner.invoke(app, ["run", str(spec), *work, "--set", "ufm.lr=0.05", "--no-resume"])
+    assert fresh.exit_code == 0 and "40 iterations done" in fresh.output, fresh.output
+
+
 def test_diverged_run_keeps_its_evaluated_epochs_and_exits_1(tmp_path):
     """Epoch 1 trains at lr 0.05 and is evaluated; the step schedule then multiplies lr by 1e8."""
     out = tmp_path / "m.json"

@@ -80,3 +80,50 @@ def test_ufm_divergence_raises(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"at iteration \d+: .*lower ufm\.lr") as info:
         fit_ufm(ufm_spec(lr=1e4, iterations=200), workdir=tmp_path)
     assert "optim.lr" not in str(info.value) and 1 <= info.value.epoch <= 200
+
+
+def _checkpoints(workdir) -> list[str]:
+    return sorted(p.name for p in (workdir / "ckpt").glob("epoch_*.pt"))
+
+
+def test_ufm_stopped_or_killed_then_resumed_equals_uninterrupted(tmp_path):
+    spec = ufm_spec(iterations=300, eval_every=100)
+    whole = Recorder()
+    reference = fit_ufm(spec, whole, workdir=tmp_path / "whole")["final"]["train"]
+    assert _checkpoints(tmp_path / "whole") == ["epoch_0200.pt", "epoch_0300.pt"]  # checkpoint.keep_last = 2
+
+    # a cooperative stop inside iteration 151 saves iteration 150; the resume redoes nothing before it
+    stopped = fit_ufm(spec, Recorder(stop_after=150), workdir=tmp_path / "stop")
+    assert stopped["stopped"] and stopped["epochs_done"] == 150
+    assert _checkpoints(tmp_path / "stop") == ["epoch_0100.pt", "epoch_0150.pt"]
+    # a kill after iteration 150: only the evaluated iteration 100 is on disk
+    (tmp_path / "stop" / "ckpt" / "epoch_0150.pt").rename(tmp_path / "epoch_0150.pt")
+    for label, workdir in (("killed", tmp_path / "stop"), ("stopped", None)):
+        if workdir is None:  # put the stop checkpoint back and resume from it instead
+            (tmp_path / "stop" / "ckpt" / "epoch_0200.pt").unlink()
+            (tmp_path / "stop" / "ckpt" / "epoch_0300.pt").unlink()
+            (tmp_path / "epoch_0150.pt").rename(tmp_path / "stop" / "ckpt" / "epoch_0150.pt")
+            workdir = tmp_path / "stop"
+        again = Recorder()
+        out = fit_ufm(spec, again, workdir=workdir)
+        assert out["epochs_done"] == 300 and not out["stopped"], label
+        assert [e for e, _, _ in again.metrics] == [200, 300], label
+        assert again.metrics == whole.metrics[1:], label  # bitwise: full-batch steps, momentum restored
+        assert out["final"]["train"] == reference, label
+
+
+def test_ufm_resume_of_a_finished_run_trains_nothing(tmp_path):
+    spec = ufm_spec(iterations=60, eval_every=30)
+    first = fit_ufm(spec, workdir=tmp_path)
+    rec = Recorder()
+    again = fit_ufm(spec, rec, workdir=tmp_path)
+    assert again == first and rec.metrics == []
+
+
+def test_ufm_workdir_of_another_spec_is_refused_unless_no_resume(tmp_path):
+    fit_ufm(ufm_spec(iterations=40, eval_every=20), workdir=tmp_path)
+    other = ufm_spec(iterations=40, eval_every=20, lr=0.05)
+    with pytest.raises(ValueError, match=r"ckpt holds checkpoints of a different spec .*--no-resume"):
+        fit_ufm(other, workdir=tmp_path)
+    out = fit_ufm(other, workdir=tmp_path, resume=False)
+    assert out["epochs_done"] == 40 and _checkpoints(tmp_path) == ["epoch_0020.pt", "epoch_0040.pt"]
