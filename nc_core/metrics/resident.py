@@ -59,7 +59,6 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
     K, N, device = len(counts), ys.shape[0], ys.device
     order = label_order(ys, K)  # (N,) sorted position → input row
     stats = ClassStats(K, d, device, per_class=True)
-    stats._shift = _reference_point(batches)  # (d,)
     rows = N if device.type != "cpu" else max(1, _CHUNK_BYTES // (8 * d))
     dtype = functools.reduce(torch.promote_types, (f.dtype for f, _ in batches))  # batches may differ
     with sorted_buffer(N, d, dtype, device) as sorted_:
@@ -82,7 +81,9 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
         if check_finite and not bool(torch.isfinite(mu).all()):
             check_finite_values([sorted_])  # raises, unless float64 rows overflowed a sum (then, as in update)
         zeros = torch.zeros(K, dtype=F64, device=device)  # (K,) the sums of squares follow in sweep 2
-        stats._combine(torch.tensor(counts, dtype=F64, device=device), mu - stats.shift, zeros)
+        sizes = torch.tensor(counts, dtype=F64, device=device)  # (K,)
+        stats._shift = sizes @ mu / N  # (d,) μ_G: the frame of the state (relative means μ_k − μ_G)
+        stats._combine(sizes, mu - stats._shift, zeros)
         samples = SampleStats(stats, weight, bias, class_gram=False) if weight is not None else None
         n, means = stats.counts, stats.means  # (K,), (K, d) as the suite reads them
         free = queue.SimpleQueue()  # one float64 chunk per worker
@@ -172,17 +173,6 @@ def _place_rows(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> No
         dst.numpy()[index.numpy()] = src.numpy()
     else:
         dst.index_copy_(0, index, src)
-
-
-def _reference_point(batches: list) -> torch.Tensor:
-    """The mean of the first ≤ 4096 rows (float64), as in ClassStats.update: the frame of its state."""
-    head, rows = [], 0
-    for f, _ in batches:
-        head.append(f[:4096 - rows])
-        rows += head[-1].shape[0]
-        if rows >= 4096:
-            break
-    return torch.cat(head).to(F64).mean(0)  # (d,)
 
 
 def _class_mean(xk: torch.Tensor) -> torch.Tensor:
