@@ -1,6 +1,7 @@
 """Cross-field validation of a RunSpec: combinations the trainer cannot run, named by field."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -24,11 +25,47 @@ def feature_dim(spec: "RunSpec") -> int:
     return max(1, int(round(_NATURAL_DIM[m.name] * m.width)))
 
 
+#: The fields a UFM run reads besides its ``ufm`` section; every other one must keep its default.
+UFM_FIELDS = ("kind", "seed", "device", "deterministic", "checkpoint.keep_last")
+#: Where a training field's role lives in a UFM spec.
+_UFM_COUNTERPART = {"epochs": "ufm.iterations", "optim.lr": "ufm.lr", "optim.momentum": "ufm.momentum",
+                    "optim.weight_decay": "ufm.lambda_w and ufm.lambda_h", "eval.every": "ufm.eval_every",
+                    "model.width": "ufm.dim", "model.feature_dim": "ufm.dim", "head.bias": "ufm.bias",
+                    "head.depth_linear": "ufm.depth_linear", "data.name": "ufm.class_counts",
+                    "data.imbalance": "ufm.class_counts", "checkpoint.every": "ufm.eval_every"}
+
+
+@functools.cache
+def _training_defaults() -> dict:
+    from nc_core.spec import RunSpec
+
+    return RunSpec().model_dump(mode="json")
+
+
+def _check_ufm_fields(spec: "RunSpec") -> None:
+    """A UFM run (free features, MSE objective, full-batch SGD with ufm.lr/ufm.momentum) ignores the
+    training fields: one set away from its default is refused, so that a sweep over it cannot silently
+    repeat the same run."""
+    from nc_core.spec import field_paths
+    from nc_core.sweep import get_path
+
+    tree, default = spec.model_dump(mode="json"), _training_defaults()
+    for path in field_paths():
+        if path.startswith("ufm.") or path in UFM_FIELDS:
+            continue
+        if get_path(tree, path) != get_path(default, path):
+            hint = f"; the UFM's own is {_UFM_COUNTERPART[path]}" if path in _UFM_COUNTERPART else ""
+            raise ValueError(f"{path}: has no effect with kind='ufm' (a UFM run uses only {', '.join(UFM_FIELDS[1:])} "
+                             f"and the ufm section{hint}); expected its default {get_path(default, path)!r}, "
+                             f"got {get_path(tree, path)!r}")
+
+
 def check_run(spec: "RunSpec") -> None:
     """Raise ValueError naming the fields of an impossible combination."""
     if spec.kind == "ufm":
         if spec.ufm is None:
             raise ValueError("ufm: kind='ufm' needs a 'ufm' section (class_counts, dim, lambda_w, …)")
+        _check_ufm_fields(spec)
         return
     if spec.ufm is not None:
         raise ValueError("ufm: only allowed with kind='ufm'")

@@ -254,7 +254,9 @@ def _loop(r: _Run, start: int, final: dict) -> dict:
 
 def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int] | None = None,
                          splits: list[str] | None = None, reporter: Reporter | None = None) -> dict:
-    """Recompute metrics from stored checkpoints (the validate job): {"epochs", "metrics": {epoch: {split: m}}}."""
+    """Recompute metrics from stored checkpoints (the validate job): {"epochs", "metrics": {epoch: {split: m}},
+    "stopped"}. Progress counts checkpoints (``reporter.on_progress`` after each one); a cooperative stop
+    (``reporter.should_stop()``) is honoured between checkpoints, "epochs" then listing those done."""
     reporter = reporter or NullReporter()
     splits = list(splits or spec.eval.splits)
     available = ck.list_checkpoints(workdir)
@@ -268,12 +270,17 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
     results: dict[int, dict[str, dict[str, float]]] = {}
     with determinism(spec.deterministic, device):
         r = _build(spec, device, reporter, workdir)
-        for e in want:
+        reporter.on_start(len(want), 1)
+        t0 = time.perf_counter()
+        for i, e in enumerate(want, 1):
+            if reporter.should_stop():
+                return {"epochs": want[:i - 1], "metrics": results, "stopped": True}
             r.model.load_state_dict(ck.load_checkpoint(available[e])["model"])
             results[e] = _evaluate(r, splits)
             for split, m in results[e].items():
                 report_metrics(reporter, e, split, m)
-    return {"epochs": want, "metrics": results}
+            reporter.on_progress(i, 1, 1, i / max(time.perf_counter() - t0, 1e-9))  # checkpoints per second
+    return {"epochs": want, "metrics": results, "stopped": False}
 
 
 def run_spec(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:

@@ -74,6 +74,11 @@ def test_cap_from_spec_and_settings(app_client, settings, row_counts):
     (sweep_body(extra=1), "extra", ["Extra inputs"]),
     (sweep_body(base={"data": {"name": "gaussian", "root": "/etc"}}), "base.data.root", ["settings.data_roots"]),
     (sweep_body(grid={"data.root": ["/tmp/../etc"]}), "grid.data.root", ["allowed data root"]),
+    # a UFM run ignores the training fields: sweeping one would repeat the same run under different labels
+    (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}}, grid={"optim.lr": [0.01, 0.1]}),
+     "grid.optim.lr", ["no effect with kind='ufm'", "ufm.lr"]),
+    (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}, "loss": {"name": "mse"}}, grid={}),
+     "base.loss.name", ["no effect with kind='ufm'", "got 'mse'"]),
 ])
 def test_bad_input_is_422_naming_the_field_and_writes_nothing(app_client, row_counts, body, field, words):
     before = row_counts()

@@ -172,3 +172,61 @@ def test_generator_state_is_a_function_of_seed_and_epoch():
     assert epoch_seed(3, 2) == epoch_seed(3, 2) != epoch_seed(3, 1) != epoch_seed(4, 1)
     g = torch.Generator().manual_seed(epoch_seed(3, 2))
     assert torch.equal(torch.randperm(10, generator=g), torch.randperm(10, generator=torch.Generator().manual_seed(epoch_seed(3, 2))))
+
+
+class ValidateWatcher(NullReporter):
+    """Records a validate job's progress; asks it to stop once ``stop_after`` checkpoints are done."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.started, self.progress, self.epochs = None, [], []
+        self.stop_after = stop_after
+
+    def on_start(self, total_epochs, steps_per_epoch):
+        self.started = (total_epochs, steps_per_epoch)
+
+    def on_progress(self, epoch, step, steps_per_epoch, samples_per_s):
+        assert samples_per_s > 0
+        self.progress.append((epoch, step, steps_per_epoch))
+
+    def on_metrics(self, epoch, split, metrics):
+        self.epochs.append(epoch)
+
+    def should_stop(self):
+        return self.stop_after is not None and len(self.progress) >= self.stop_after
+
+
+def test_validate_checkpoints_reports_progress_per_checkpoint_and_stops_between_them(tmp_path):
+    spec = spec4(epochs=3, checkpoint={"every": 1, "keep_last": None})
+    fit(spec, workdir=tmp_path)
+    whole = ValidateWatcher()
+    out = validate_checkpoints(spec, tmp_path, splits=["test"], reporter=whole)
+    assert whole.started == (3, 1) and whole.progress == [(1, 1, 1), (2, 1, 1), (3, 1, 1)]
+    assert out["epochs"] == [1, 2, 3] and not out["stopped"]
+    cut = ValidateWatcher(stop_after=1)  # a cancel arriving while the first checkpoint is evaluated
+    out = validate_checkpoints(spec, tmp_path, splits=["test"], reporter=cut)
+    assert out["stopped"] and out["epochs"] == [1] and list(out["metrics"]) == [1] and cut.epochs == [1]
+
+
+@pytest.mark.parametrize(("summary", "cancelled", "status"), [
+    ({"epochs_done": 5, "stopped": False, "final": {}}, True, "succeeded"),  # the cancel came after the last step
+    ({"epochs": [2, 3], "metrics": {}, "stopped": False}, True, "succeeded"),  # a validate job that finished
+    ({"epochs_done": 2, "stopped": True, "final": {}}, True, "cancelled"),
+    ({"epochs": [2], "metrics": {}, "stopped": True}, True, "cancelled"),
+    ({"epochs_done": 5, "stopped": False, "final": {}}, False, "succeeded"),
+    (None, True, "cancelled"),
+])
+def test_final_status_of_a_job(summary, cancelled, status):
+    from worker.runner import final_status
+
+    assert final_status(summary, cancelled=cancelled, lease_lost=False) == (status, None)
+    assert final_status(summary, cancelled=cancelled, lease_lost=True) == ("failed", "lease lost")
+
+
+def test_eta_units_per_job_kind():
+    # the DB reporter's ETA is steps left × samples_per_step / rate: UFM and validate rates are per step
+    from worker.runner import samples_per_step
+
+    ufm = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5]}})
+    assert samples_per_step("ufm", ufm) == 1
+    assert samples_per_step("validate", spec4(epochs=2)) == 1
+    assert samples_per_step("train", spec4(epochs=2)) == spec4(epochs=2).batch_size

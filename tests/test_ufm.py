@@ -127,3 +127,25 @@ def test_ufm_workdir_of_another_spec_is_refused_unless_no_resume(tmp_path):
         fit_ufm(other, workdir=tmp_path)
     out = fit_ufm(other, workdir=tmp_path, resume=False)
     assert out["epochs_done"] == 40 and _checkpoints(tmp_path) == ["epoch_0020.pt", "epoch_0040.pt"]
+
+
+@pytest.mark.parametrize(("extra", "field", "counterpart"), [
+    ({"optim": {"lr": 0.01}}, "optim.lr", "ufm.lr"),
+    ({"epochs": 5}, "epochs", "ufm.iterations"),
+    ({"loss": {"name": "mse"}}, "loss.name", None),
+    ({"precision": "bf16"}, "precision", None),
+    ({"data": {"name": "gaussian"}}, "data.name", "ufm.class_counts"),
+])
+def test_ufm_refuses_training_fields_it_would_ignore(extra, field, counterpart):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=rf"{field}: has no effect with kind='ufm'") as info:
+        RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5]}, **extra})
+    assert counterpart is None or counterpart in str(info.value)
+
+
+def test_ufm_accepts_the_fields_it_reads_and_defaults_spelled_out():
+    spec = RunSpec.model_validate({"kind": "ufm", "seed": 4, "device": "cpu", "deterministic": False,
+                                   "checkpoint": {"keep_last": None}, "loss": {"name": "ce"},
+                                   "ufm": {"class_counts": [5, 5]}})
+    assert RunSpec.model_validate(spec.model_dump(mode="json")) == spec  # a stored spec re-validates

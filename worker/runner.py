@@ -75,7 +75,8 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) ->
     reporter: DBReporter | None = None
     try:
         spec = RunSpec.model_validate(run.spec)
-        reporter = DBReporter(settings, run.id, owner, batch_size=spec.batch_size, heartbeater=heart).start()
+        reporter = DBReporter(settings, run.id, owner, batch_size=samples_per_step(kind, spec),
+                              heartbeater=heart).start()
         summary = _dispatch(settings, run, kind, spec, reporter)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable reason on the run
         log.exception("run %s failed", run.id)
@@ -83,11 +84,24 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) ->
     finally:
         if reporter is not None:
             reporter.close()
-    if reporter.cancelled:
-        return states.CANCELLED, None
-    if reporter.lease_lost:
+    return final_status(summary, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost)
+
+
+def samples_per_step(kind: str, spec: RunSpec) -> int:
+    """What the job's reported rate counts per step, for its ETA: a training step's batch of samples; 1 for
+    a UFM run (its rate is full-batch iterations per second) and a validate job (checkpoints per second)."""
+    return 1 if kind == "validate" or spec.kind == "ufm" else spec.batch_size
+
+
+def final_status(summary: Any, *, cancelled: bool, lease_lost: bool) -> tuple[str, str | None]:
+    """(status, error) of a job that returned ``summary``: cancelled when it stopped (or a cancel came and
+    the summary does not show the work done); succeeded when it did all its work — a train/UFM run all
+    its epochs, a validate job all its checkpoints — even if a cancel was requested after the last step."""
+    if lease_lost:
         return states.FAILED, "lease lost"  # finish() is fenced: this is never written
-    if isinstance(summary, dict) and summary.get("stopped"):
+    complete = isinstance(summary, dict) and not summary.get("stopped") and (
+        "epochs_done" in summary or "metrics" in summary)
+    if (isinstance(summary, dict) and summary.get("stopped")) or (cancelled and not complete):
         return states.CANCELLED, None
     return states.SUCCEEDED, None
 
