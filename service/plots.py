@@ -16,6 +16,7 @@ from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from nc_core.db.models import Metric, Run  # noqa: E402
+from nc_core.db.sweeps_repo import PRIMARY_KINDS  # noqa: E402
 from nc_core.sweep import get_path, short_names  # noqa: E402
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
@@ -60,7 +61,10 @@ def _sort_key(v: Any) -> tuple:
 
 
 def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
-    return list(session.scalars(select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)))
+    """The runs the sweep's grid defines (as /results takes them: a validate job repeats its parent's
+    epochs and would count as one more seed)."""
+    return list(session.scalars(select(Run).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS))
+                                .order_by(Run.id)))
 
 
 def metric_rows(session: Session, run_ids: Iterable[int], keys: Iterable[str]) -> list[tuple]:

@@ -48,9 +48,11 @@ class SweepSummary(_Out):
     owner: str
     created_at: datetime
     axes: list[Any]
-    runs: int = 0
+    runs: int = Field(0, description="the runs the sweep's grid defines (validate jobs not included)")
     counts: dict[str, int] = Field(default_factory=dict, description="runs per status")
     progress: float = Field(0.0, description="0..1: finished runs + epoch fraction of running runs")
+    validate_jobs: dict[str, int] = Field(default_factory=dict,
+                                          description="validate jobs of the sweep's runs, per status")
 
 
 class SweepDetail(SweepSummary):

@@ -190,6 +190,25 @@ def test_validate_creates_a_validate_run(app_client, sweep, db_url):
     assert listing["total"] == 2
 
 
+def test_validate_jobs_are_not_sweep_runs(app_client, sweep, db_url):
+    # a validate job is work on a finished run, not one more run of the grid: the sweep's run count and
+    # progress leave it out (and so do the plots, where it would count as one more seed)
+    from service.plots import sweep_runs
+
+    sid, ids = sweep
+    for rid in ids:
+        set_status(db_url, rid, "succeeded")
+    add_checkpoints(db_url, ids[0], [3])
+    vid = app_client.post(f"/runs/{ids[0]}/validate", json={}).json()["run_id"]
+    detail = app_client.get(f"/sweeps/{sid}").json()
+    assert detail["runs"] == len(ids) and detail["counts"] == {"succeeded": len(ids)}
+    assert detail["progress"] == 1.0 and detail["validate_jobs"] == {"queued": 1}
+    listed = next(item for item in app_client.get("/sweeps").json()["items"] if item["id"] == sid)
+    assert listed["runs"] == len(ids) and listed["validate_jobs"] == {"queued": 1}
+    with session_scope(db_url) as s:
+        assert [r.id for r in sweep_runs(s, sid)] == sorted(ids) and vid not in ids
+
+
 def test_mutations_need_write_token(anon_client, app_client, sweep, read_token, row_counts):
     sid, ids = sweep
     before = row_counts()

@@ -135,16 +135,23 @@ def get_run(session: Session, run_id: int) -> Run | None:
 
 
 def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Per sweep: runs, counts per status, cancel_requested, progress (finished + running epoch fraction)."""
+    """Per sweep: runs, counts per status, cancel_requested, progress (finished + running epoch fraction) of
+    the runs its grid defines, and ``validate_jobs`` (per status) of the validate jobs hanging off them."""
     frac = case((Run.epochs_total > 0, func.least(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0) \
         if session.get_bind().dialect.name == "postgresql" else \
         case((Run.epochs_total > 0, func.min(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0)
-    q = (select(Run.sweep_id, Run.status, func.count(), func.sum(frac), func.sum(Run.cancel_requested.cast(Integer)))
-         .where(Run.sweep_id.in_(sweep_ids)).group_by(Run.sweep_id, Run.status))
-    out = {sid: {"runs": 0, "counts": {}, "progress": 0.0, "cancel_requested": 0} for sid in sweep_ids}
+    primary = Run.kind.in_(PRIMARY_KINDS)
+    q = (select(Run.sweep_id, Run.status, primary, func.count(), func.sum(frac),
+                func.sum(Run.cancel_requested.cast(Integer)))
+         .where(Run.sweep_id.in_(sweep_ids)).group_by(Run.sweep_id, Run.status, primary))
+    out = {sid: {"runs": 0, "counts": {}, "progress": 0.0, "cancel_requested": 0, "validate_jobs": {}}
+           for sid in sweep_ids}
     done: dict[int, float] = {sid: 0.0 for sid in sweep_ids}
-    for sid, status, n, fsum, creq in session.execute(q):
+    for sid, status, is_primary, n, fsum, creq in session.execute(q):
         st = out[sid]
+        if not is_primary:
+            st["validate_jobs"][status] = n
+            continue
         st["runs"] += n
         st["counts"][status] = n
         st["cancel_requested"] += int(creq or 0)
