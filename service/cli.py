@@ -202,11 +202,13 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
             group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all)"),
             keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys (default: "
                                                f"{','.join(HEADLINE_KEYS)}; 'all' for every stored key)"),
-            split: str = typer.Option("test", "--split", help="train | test"),
+            split: Optional[str] = typer.Option(None, "--split", help="train | test (default: test; train for a "
+                                                "sweep of UFM runs, which have no test split)"),
             epoch: str = typer.Option("last", "--epoch", help="'last' (each run's last measured epoch) or a number")):
     """Results grouped by axes at the last (or a given) epoch: mean ± std over seeds."""
     key_list = None if keys == "all" else (_csv(keys) or list(HEADLINE_KEYS))
     body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
+    split = body.get("split", split or "test")
     out.print(results_table(body, sweep, split, epoch, width=out.width))
     hint = results_hint(body, sweep, split, epoch)
     if hint:
@@ -283,7 +285,7 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
     elif kind == "heatmap":
         if not x or not y:
             raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y epochs)")
-        png = client.png(f"/sweeps/{sweep}/plots/heatmap.png", x=x, y=y, key=key, split=split or "test",
+        png = client.png(f"/sweeps/{sweep}/plots/heatmap.png", x=x, y=y, key=key, split=split,
                          mode=mode, ref=ref)
     elif kind == "margins":
         png = client.png(f"/runs/{run if run is not None else sweep}/plots/margins.png")

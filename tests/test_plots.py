@@ -208,3 +208,26 @@ def test_margins_ideal_line_uses_the_number_of_classes() -> None:
     assert num_classes(spec({"data": {"name": "gaussian", "gaussian_classes": 7}})) == 7
     assert num_classes(spec({"kind": "ufm", "ufm": {"class_counts": [5, 5, 5]}})) == 3
     assert num_classes(Run(spec={})) is None and num_classes(Run(spec={"data": {"name": "nope"}})) is None
+
+
+def test_a_ufm_sweep_defaults_to_its_train_split(sqlite_app_client) -> None:
+    # a UFM run has only its free features ("train"): results and heatmaps default to them, not to an empty "test"
+    client = sqlite_app_client
+    with session_scope(client.db_url) as s:
+        sweep = Sweep(name="ufm", spec={"name": "ufm", "grid": {"ufm.lambda_w": [1e-3, 1e-2]}}, axes=["ufm.lambda_w"])
+        s.add(sweep)
+        s.flush()
+        for lw in (1e-3, 1e-2):
+            spec = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5], "lambda_w": lw}})
+            run = Run(sweep_id=sweep.id, kind="ufm", spec=spec.model_dump(mode="json"), spec_hash=spec_hash(spec),
+                      grid={"ufm.lambda_w": lw}, seed=0, status="succeeded", epoch=100, epochs_total=100)
+            s.add(run)
+            s.flush()
+            s.add(Metric(run_id=run.id, epoch=100, split="train", key="nc1", value=lw))
+        sid = sweep.id
+    body = client.get(f"/sweeps/{sid}/results", params={"keys": "nc1"}).json()
+    assert body["split"] == "train" and [g["metrics"]["nc1"]["mean"] for g in body["groups"]] == [1e-3, 1e-2]
+    assert client.get(f"/sweeps/{sid}/results", params={"keys": "nc1", "split": "test"}).json()["split"] == "test"
+    url = f"/sweeps/{sid}/plots/heatmap.png?x=ufm.lambda_w&y=seed&key=nc1"
+    assert np.array_equal(_get_png(client, url), _get_png(client, url + "&split=train"))
+    assert not np.array_equal(_get_png(client, url), _get_png(client, url + "&split=test"))

@@ -161,6 +161,14 @@ def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[st
     return out
 
 
+def default_split(session: Session, sweep_id: int) -> str:
+    """The split a sweep's results and plots show by default: 'test', or 'train' for a sweep of UFM runs
+    only (a UFM has its free features and nothing else)."""
+    kinds = set(session.scalars(select(Run.kind).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS))
+                                .distinct()))
+    return "train" if kinds == {"ufm"} else "test"
+
+
 def sweep_eta(session: Session, sweep_id: int) -> float | None:
     """Rough ETA in seconds: (queued runs × mean finished-run duration + running remainder) / running."""
     rows = session.execute(select(Run.status, Run.started_at, Run.finished_at, Run.eta_s)

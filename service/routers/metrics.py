@@ -79,12 +79,14 @@ def _sort_key(values: tuple) -> tuple:
 
 @router.get("/sweeps/{sweep_id}/results")
 def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None, keys: str | None = None,
-                  split: Literal["train", "test"] = "test", epoch: str = "last") -> dict[str, Any]:
+                  split: Literal["train", "test"] | None = None, epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
-    group (seeds): at the last epoch each run has in `split`, or at `epoch`."""
+    group (seeds): at the last epoch each run has in `split` (default test; train for a UFM sweep), or
+    at `epoch`."""
     sweep = repo.get_sweep(session, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
+    split = split or repo.default_split(session, sweep_id)
     paths = [p for p in group_by.split(",") if p] if group_by is not None else list(sweep.axes or [])
     valid = set(field_paths())
     for p in paths:

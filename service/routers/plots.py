@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
+from nc_core.db.sweeps_repo import default_split
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from service import plots
 from service.deps import Id
@@ -37,18 +38,22 @@ Split = Literal["train", "test"]
 
 @router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response)
 def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, description="comma-separated metric keys"),
-             split: Split | None = Query(None, description="one split for all panels (default: NC train, acc both)")):
+             split: Split | None = Query(None, description="one split for all panels (default: NC train, acc both; "
+                                                           "train for a UFM sweep)")):
     key_list = parse_metric_keys("keys", keys)  # 422s before the 404 check, as on every route
-    return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(s, sweep_id, key_list, split))
+    return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(
+        s, sweep_id, key_list, split or (None if default_split(s, sweep_id) == "test" else "train")))
 
 
 @router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response)
 def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="grid axis for columns, e.g. model.width"),
-            y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc", split: Split = "test",
+            y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc",
+            split: Split | None = Query(None, description="default test; train for a UFM sweep"),
             mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
             ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
     check_metric_keys("key", [key])
-    return _render(request, Sweep, sweep_id, lambda s: plots.heatmap_png(s, sweep_id, x, y, key, split, mode, ref))
+    return _render(request, Sweep, sweep_id, lambda s: plots.heatmap_png(
+        s, sweep_id, x, y, key, split or default_split(s, sweep_id), mode, ref))
 
 
 @router.get("/runs/{run_id}/plots/margins.png", response_class=Response)
