@@ -190,6 +190,25 @@ def test_validate_creates_a_validate_run(app_client, sweep, db_url):
     assert listing["total"] == 2
 
 
+def test_validate_again_says_what_to_do_and_retry_waits_for_a_validate_job(app_client, sweep, db_url):
+    sid, ids = sweep
+    set_status(db_url, ids[0], "cancelled")
+    add_checkpoints(db_url, ids[0], [1, 2])
+    first = app_client.post(f"/runs/{ids[0]}/validate", json={"splits": ["test", "train"]}).json()["run_id"]
+    same = app_client.post(f"/runs/{ids[0]}/validate", json={"splits": ["train", "test"]})  # same options, any order
+    assert same.status_code == 409 and f"run {first} is queued to validate run {ids[0]}" in same.json()["detail"]
+    # the parent cannot train again while a job reads its checkpoints
+    busy = app_client.post(f"/runs/{ids[0]}/retry")
+    assert busy.status_code == 409 and f"validate job reading its checkpoints (run {first})" in busy.json()["detail"]
+    set_status(db_url, first, "succeeded")
+    done = app_client.post(f"/runs/{ids[0]}/validate", json={})
+    assert done.status_code == 409 and f"/runs/{first}/metrics" in done.json()["detail"]
+    set_status(db_url, first, "failed")
+    failed = app_client.post(f"/runs/{ids[0]}/validate", json={})
+    assert failed.status_code == 409 and f"retry run {first} instead" in failed.json()["detail"]
+    assert app_client.post(f"/runs/{ids[0]}/retry").status_code == 200
+
+
 def test_validate_jobs_are_not_sweep_runs(app_client, sweep, db_url):
     # a validate job is work on a finished run, not one more run of the grid: the sweep's run count and
     # progress leave it out (and so do the plots, where it would count as one more seed)

@@ -237,6 +237,11 @@ def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
     if status not in RETRYABLE:
         raise IllegalTransition(run_id, status, QUEUED,
                                 f"run {run_id} {status_phrase(status)}; only failed or cancelled runs can be retried")
+    reader = session.scalar(select(Run.id).where(Run.parent_run_id == run_id, Run.kind == "validate",
+                                                 Run.status.in_((QUEUED, RUNNING))).limit(1))
+    if reader is not None:  # training again would write (and prune) the checkpoints the job reads
+        raise StateConflict(f"run {run_id} has a validate job reading its checkpoints (run {reader}); retry it "
+                            f"once that job has ended, or cancel run {reader} first")
     row = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RETRYABLE))
                           .values(**_requeue_values(extra_attempts))
                           .returning(Run.kind, Run.id, Run.sweep_id, Run.attempt)).first()
@@ -265,10 +270,19 @@ def create_validate_run(session: Session, parent: Run, options: dict[str, Any], 
     """A 'validate' run recomputing metrics from the parent's checkpoints (caller checked them)."""
     key = json.dumps({"parent": parent.spec_hash, "options": options}, sort_keys=True)
     h = hashlib.sha256(key.encode()).hexdigest()
-    clash = session.scalar(select(Run.id).where(Run.sweep_id == parent.sweep_id, Run.kind == "validate",
-                                                Run.parent_run_id == parent.id, Run.spec_hash == h))
+    clash = session.execute(select(Run.id, Run.status).where(
+        Run.sweep_id == parent.sweep_id, Run.kind == "validate", Run.parent_run_id == parent.id,
+        Run.spec_hash == h)).first()
     if clash is not None:
-        raise StateConflict(f"run {clash} already validates run {parent.id} with these options; retry it instead")
+        cid, status = clash
+        then = {QUEUED: "is queued to validate", RUNNING: "is validating"}.get(status)
+        if then:
+            raise StateConflict(f"run {cid} {then} run {parent.id} with these options")
+        if status in RETRYABLE:
+            raise StateConflict(f"run {cid}, a validate job of run {parent.id} with these options, {status}; "
+                                f"retry run {cid} instead")
+        raise StateConflict(f"run {cid} has validated run {parent.id} with these options already (the checkpoints "
+                            f"of a finished run do not change): its metrics are at /runs/{cid}/metrics")
     t = now()
     values = {"sweep_id": parent.sweep_id, "kind": "validate", "parent_run_id": parent.id, "spec": parent.spec,
               "spec_hash": h, "grid": parent.grid, "seed": parent.seed, "options": options, "status": QUEUED,

@@ -126,7 +126,8 @@ def validate_run(run_id: Id, body: ValidateRequest, session: SessionDep, setting
     missing = sorted(set(body.epochs or ()) - set(stored))
     if missing:
         raise repo.StateConflict(f"run {run_id} has no checkpoint for epochs {missing}; stored epochs: {stored}")
-    options = {"epochs": sorted(set(body.epochs)) if body.epochs else None, "splits": list(dict.fromkeys(body.splits))}
+    options = {"epochs": sorted(set(body.epochs)) if body.epochs else None,
+               "splits": [s for s in ("train", "test") if s in body.splits]}  # one order: the same options, one job
     job = repo.create_validate_run(session, parent, options, epochs_total=len(options["epochs"] or stored),
                                    max_attempts=settings.max_attempts)
     session.commit()
