@@ -63,6 +63,14 @@ def test_cap_from_spec_and_settings(app_client, settings, row_counts):
     assert row_counts() == before and app_client.app.state.enqueuer.calls == []
 
 
+def test_a_queued_ufm_run_counts_its_iterations(app_client, db_url):
+    body = sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5], "iterations": 700}},
+                      grid={"ufm.lambda_w": [1e-3, 1e-2]}, seeds=[0])
+    sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
+    runs = app_client.get("/runs", params={"sweep_id": sid}).json()["items"]
+    assert [r["epochs_total"] for r in runs] == [700, 700]  # shown as 0/700 while queued, not 0/0
+
+
 @pytest.mark.parametrize("body, field, words", [
     (sweep_body(grid={"loss.nam": ["ce"]}), "grid.loss.nam", ["unknown field", "loss.name"]),
     (sweep_body(grid={"loss.name": ["ce", "bogus"]}), "grid.loss.name", ["'mse'", "bogus"]),
