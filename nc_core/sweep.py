@@ -118,6 +118,18 @@ def spec_hash(spec: RunSpec) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
 
 
+def spec_changes(stored: dict[str, Any], spec: RunSpec, limit: int = 3) -> str:
+    """The leaf fields where ``spec`` differs from a stored spec tree, as "epochs 1000 → 1200, optim.lr 0.1 →
+    0.05" (at most ``limit``, then "and n more"); "" when none can be named (an older spec format)."""
+    from nc_core.spec import field_paths
+
+    tree = spec.model_dump(mode="json")
+    diffs = [f"{p} {get_path(stored, p)!r} → {get_path(tree, p)!r}" for p in field_paths()
+             if get_path(stored, p) != get_path(tree, p)]
+    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more
+
+
 @dataclass(frozen=True, slots=True)
 class ExpandedRun:
     """One run of an expanded sweep, with its JSON form computed once (the API stores all of it)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from nc_core.spec import RunSpec
-from nc_core.sweep import spec_hash
+from nc_core.sweep import spec_changes, spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import fused_kwargs
 from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
@@ -75,8 +75,9 @@ def _restore(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, state: dict,
         raise ValueError(f"{ck.ckpt_dir(workdir)} holds a UFM checkpoint of an older ncsweep that cannot be "
                          "resumed; use another workdir or resume=False (--no-resume on the command line)")
     if state["spec_hash"] != spec_hash(spec):
+        changed = spec_changes(state.get("spec") or {}, spec)
         raise ValueError(f"{ck.ckpt_dir(workdir)} holds checkpoints of a different spec "
-                         f"(hash {state['spec_hash'][:12]}); use another workdir or resume=False "
+                         f"({changed or 'hash ' + state['spec_hash'][:12]}); use another workdir or resume=False "
                          "(--no-resume on the command line)")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])

@@ -141,7 +141,7 @@ def test_finished_run_resumes_to_a_no_op(tmp_path):
 
 def test_resume_with_another_spec_is_refused(tmp_path):
     fit(spec4(epochs=1), workdir=tmp_path)
-    with pytest.raises(ValueError, match="different spec"):
+    with pytest.raises(ValueError, match=r"different spec \(seed 3 → 4\)"):
         fit(spec4(epochs=1, seed=4), workdir=tmp_path)
     assert fit(spec4(epochs=1, seed=4), workdir=tmp_path, resume=False)["epochs_done"] == 1
 

@@ -123,7 +123,8 @@ def test_ufm_resume_of_a_finished_run_trains_nothing(tmp_path):
 def test_ufm_workdir_of_another_spec_is_refused_unless_no_resume(tmp_path):
     fit_ufm(ufm_spec(iterations=40, eval_every=20), workdir=tmp_path)
     other = ufm_spec(iterations=40, eval_every=20, lr=0.05)
-    with pytest.raises(ValueError, match=r"ckpt holds checkpoints of a different spec .*--no-resume"):
+    with pytest.raises(ValueError, match=r"ckpt holds checkpoints of a different spec \(ufm.lr 0.1 → 0.05\); "
+                                         r".*--no-resume"):
         fit_ufm(other, workdir=tmp_path)
     out = fit_ufm(other, workdir=tmp_path, resume=False)
     assert out["epochs_done"] == 40 and _checkpoints(tmp_path) == ["epoch_0020.pt", "epoch_0040.pt"]
