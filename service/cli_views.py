@@ -89,6 +89,10 @@ def _add_columns(table: Table, cols: tuple[str, ...] | list[str], runs: list[dic
                          min_width={"status": 9, "config": min(longest, 30)}.get(col))
 
 
+#: Run kind → (what its progress counts, what its rate counts per second).
+_UNITS = {"train": ("epoch", "samples/s"), "ufm": ("iteration", "it/s"), "validate": ("checkpoint", "ckpt/s")}
+
+
 def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
     counts: dict[str, int] = {}
     for r in runs:
@@ -102,12 +106,15 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     order = {"running": 0, "queued": 2, "failed": 1}
     shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
     table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
-    _add_columns(table, ("run", "status", "config", "progress", "", "epoch", "samples/s", "ETA"), shown)
+    kinds = {r.get("kind", "train") for r in shown}
+    step, rate = _UNITS[kinds.pop()] if len(kinds) == 1 else ("step", "rate")  # a UFM counts iterations, ...
+    _add_columns(table, ("run", "status", "config", "progress", "", step, rate, "ETA"), shown)
     for r in shown:
         f = run_fraction(r)
+        unit = "" if rate != "rate" else " " + _UNITS[r.get("kind", "train")][1]
         table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
                       f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
-                      f"{r['samples_per_s']:.0f}" if r.get("samples_per_s") else "", _eta(run_eta(r)))
+                      f"{r['samples_per_s']:.0f}{unit}" if r.get("samples_per_s") else "", _eta(run_eta(r)))
     return Group(head, table, workers_table(_enrich_workers(workers, runs)))
 
 

@@ -299,6 +299,27 @@ def test_status_words_stay_whole_on_an_80_column_terminal() -> None:
     assert "1 run" in text and "1 runs" not in text
 
 
+def test_watch_names_what_each_kind_of_run_counts() -> None:
+    # a UFM counts full-batch iterations (its rate is iterations/s), a validate job checkpoints
+    from rich.console import Console
+
+    from service.cli_views import watch_view
+
+    def row(i: int, kind: str) -> dict:
+        return {"id": i, "status": "running", "grid": {"ufm.lambda_w": 0.001}, "seed": 0, "epoch": 300,
+                "epochs_total": 1000, "steps_total": 1, "step": 1, "samples_per_s": 632.0, "sweep_id": 1, "kind": kind}
+
+    def text(runs: list) -> str:
+        console = Console(width=140, record=True)
+        console.print(watch_view({"id": 1, "name": "u", "progress": 0.3, "eta_s": 10}, runs, []))
+        return console.export_text()
+
+    only_ufm = text([row(1, "ufm"), row(2, "ufm")])
+    assert "iteration" in only_ufm and "it/s" in only_ufm and "samples/s" not in only_ufm
+    mixed = text([row(1, "train"), row(2, "validate")])
+    assert "┃ rate" in mixed and "632 samples/s" in mixed and "632 ckpt/s" in mixed
+
+
 def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
     from rich.console import Console
 

@@ -231,3 +231,21 @@ def test_a_ufm_sweep_defaults_to_its_train_split(sqlite_app_client) -> None:
     url = f"/sweeps/{sid}/plots/heatmap.png?x=ufm.lambda_w&y=seed&key=nc1"
     assert np.array_equal(_get_png(client, url), _get_png(client, url + "&split=train"))
     assert not np.array_equal(_get_png(client, url), _get_png(client, url + "&split=test"))
+
+
+def test_a_ufm_runs_page_counts_iterations(sqlite_app_client) -> None:
+    client = sqlite_app_client
+    with session_scope(client.db_url) as s:
+        sweep = Sweep(name="ufm", spec={"name": "ufm"}, axes=[])
+        s.add(sweep)
+        s.flush()
+        spec = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5]}})
+        run = Run(sweep_id=sweep.id, kind="ufm", spec=spec.model_dump(mode="json"), spec_hash=spec_hash(spec),
+                  grid={}, seed=0, status="running", epoch=300, epochs_total=30000, steps_total=1, step=1,
+                  samples_per_s=632.0)
+        s.add(run)
+        s.flush()
+        rid = run.id
+    page = client.get(f"/ui/runs/{rid}")
+    assert page.status_code == 200, page.text
+    assert "iteration 300/30000" in page.text and "632 it/s" in page.text and "samples/s" not in page.text
