@@ -121,8 +121,6 @@ def spec_hash(spec: RunSpec) -> str:
 def spec_changes(stored: dict[str, Any], spec: RunSpec, limit: int = 3) -> str:
     """The leaf fields where ``spec`` differs from a stored spec tree, as "epochs 1000 → 1200, optim.lr 0.1 →
     0.05" (at most ``limit``, then "and n more"); "" when none can be named (an older spec format)."""
-    from nc_core.spec import field_paths
-
     tree = spec.model_dump(mode="json")
     diffs = [f"{p} {get_path(stored, p)!r} → {get_path(tree, p)!r}" for p in field_paths()
              if get_path(stored, p) != get_path(tree, p)]

@@ -12,7 +12,7 @@ import torch
 
 from nc_core.spec import RunSpec
 from nc_core.spec_rules import checkpoint_epochs, eval_epochs
-from nc_core.sweep import spec_changes, spec_hash
+from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
 from nc_core.training.report import DivergenceWatch, NullReporter, Reporter, TrainingDiverged, report_metrics
@@ -183,11 +183,7 @@ def _state(r: _Run, epoch: int, final: dict) -> dict[str, Any]:
 
 
 def _restore(r: _Run, state: dict[str, Any]) -> None:
-    if state["spec_hash"] != spec_hash(r.spec):
-        changed = spec_changes(state.get("spec") or {}, r.spec)
-        raise ValueError(f"{r.workdir / 'ckpt'} holds checkpoints of a different spec "
-                         f"({changed or 'hash ' + state['spec_hash'][:12]}); use another workdir or resume=False "
-                         "(--no-resume on the command line)")
+    ck.check_spec(state, r.spec, r.workdir)
     r.model.load_state_dict(state["model"])
     r.opt.load_state_dict(state["optimizer"])
     r.sched.load_state_dict(state["scheduler"])
@@ -196,9 +192,7 @@ def _restore(r: _Run, state: dict[str, Any]) -> None:
 
 
 def _save(r: _Run, epoch: int, state: dict[str, Any]) -> None:
-    path, nbytes, sha = ck.save_checkpoint(r.workdir, epoch, state)
-    ck.prune(r.workdir, r.spec.checkpoint.keep_last, protect=epoch)
-    r.reporter.on_checkpoint(epoch, str(path), nbytes, sha)
+    ck.save_pruned(r.workdir, epoch, state, r.spec.checkpoint.keep_last, r.reporter)
 
 
 def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:

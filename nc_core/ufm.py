@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from nc_core.spec import RunSpec
-from nc_core.sweep import spec_changes, spec_hash
+from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import fused_kwargs
 from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
@@ -74,19 +74,9 @@ def _restore(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, state: dict,
     if "spec_hash" not in state or "optimizer" not in state:
         raise ValueError(f"{ck.ckpt_dir(workdir)} holds a UFM checkpoint of an older ncsweep that cannot be "
                          "resumed; use another workdir or resume=False (--no-resume on the command line)")
-    if state["spec_hash"] != spec_hash(spec):
-        changed = spec_changes(state.get("spec") or {}, spec)
-        raise ValueError(f"{ck.ckpt_dir(workdir)} holds checkpoints of a different spec "
-                         f"({changed or 'hash ' + state['spec_hash'][:12]}); use another workdir or resume=False "
-                         "(--no-resume on the command line)")
+    ck.check_spec(state, spec, workdir)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-
-
-def _save(workdir: str | Path, reporter: Reporter, keep_last: int | None, it: int, state: dict) -> None:
-    path, nbytes, sha = ck.save_checkpoint(workdir, it, state)
-    ck.prune(workdir, keep_last, protect=it)
-    reporter.on_checkpoint(it, str(path), nbytes, sha)
 
 
 def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:
@@ -124,7 +114,7 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
         for it in range(start + 1, u.iterations + 1):
             if reporter.should_stop():
                 if saved < it - 1:  # the last completed iteration, so that a resume continues from it
-                    _save(workdir, reporter, keep_last, it - 1, _state(model, opt, spec, it - 1, final))
+                    ck.save_pruned(workdir, it - 1, _state(model, opt, spec, it - 1, final), keep_last, reporter)
                 return {"epochs_done": it - 1, "stopped": True, "final": final}
             opt.zero_grad(set_to_none=True)
             loss = model.objective(u.lambda_w, u.lambda_h)
@@ -138,6 +128,6 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
                 with torch.no_grad():
                     final = {"train": _metrics(model, spec, model.objective(u.lambda_w, u.lambda_h).item())}
                 report_metrics(reporter, it, "train", final["train"])
-                _save(workdir, reporter, keep_last, it, _state(model, opt, spec, it, final))
+                ck.save_pruned(workdir, it, _state(model, opt, spec, it, final), keep_last, reporter)
                 saved = it
     return {"epochs_done": u.iterations, "stopped": False, "final": final}

@@ -42,7 +42,8 @@ def run_rows(sweep_id: int, expanded: Iterable[ExpandedRun], *, max_attempts: in
                      "spec_hash": run.spec_hash, SPEC_JSON: run.canonical,
                      "grid": run.grid, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
                      "attempt": 0, "max_attempts": max_attempts, "epoch": 0, "step": 0, "steps_total": 0,
-                     "epochs_total": spec.epochs if spec.kind == "train" else spec.ufm.iterations, "created_at": t, "updated_at": t})
+                     "epochs_total": spec.epochs if spec.kind == "train" else spec.ufm.iterations,
+                     "created_at": t, "updated_at": t})
     return rows
 
 

@@ -107,3 +107,22 @@ def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu") -
         except Exception:  # truncated/corrupt file: try an older one
             continue
     return None
+
+
+def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
+    """Raise ValueError unless checkpoint ``state`` was written for ``spec`` (a RunSpec), naming the fields
+    that differ: a resume goes on from the same spec only."""
+    from nc_core.sweep import spec_changes, spec_hash
+
+    if state.get("spec_hash") != spec_hash(spec):
+        changed = spec_changes(state.get("spec") or {}, spec)
+        raise ValueError(f"{ckpt_dir(workdir)} holds checkpoints of a different spec "
+                         f"({changed or 'hash ' + str(state.get('spec_hash'))[:12]}); use another workdir or "
+                         "resume=False (--no-resume on the command line)")
+
+
+def save_pruned(workdir: str | Path, epoch: int, state: dict[str, Any], keep_last: int | None, reporter: Any) -> None:
+    """:func:`save_checkpoint`, then :func:`prune` to ``keep_last``, then ``reporter.on_checkpoint``."""
+    path, nbytes, sha = save_checkpoint(workdir, epoch, state)
+    prune(workdir, keep_last, protect=epoch)
+    reporter.on_checkpoint(epoch, str(path), nbytes, sha)
