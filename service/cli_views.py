@@ -42,8 +42,11 @@ def _grid(run: dict) -> str:
 
 
 def run_eta(run: dict) -> float | None:
-    """The reporter's ETA, else extrapolated from the elapsed time of a running run."""
-    if run.get("eta_s") is not None or run["status"] != "running" or not run.get("started_at"):
+    """The reporter's ETA, else extrapolated from the elapsed time of a running run; None for a run that is
+    not running (a cancelled run keeps the last ETA its worker wrote)."""
+    if run["status"] != "running":
+        return None
+    if run.get("eta_s") is not None or not run.get("started_at"):
         return run.get("eta_s")
 
     started = datetime.fromisoformat(run["started_at"])

@@ -340,3 +340,13 @@ def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
         assert "sweep 2 results [test, epoch 8]" in " ".join(text.split()) and "…" not in text
         assert ("┃ key" in text) == long and text.count("0.1235±0.012") == 5 and "label_smoothing" in text
         assert max(map(len, text.splitlines())) <= width
+
+
+def test_only_running_runs_show_an_eta() -> None:
+    # a cancelled run keeps the last ETA its worker wrote; watch must not show it as time left
+    from service.cli_views import run_eta
+
+    base = {"epoch": 3, "epochs_total": 12, "steps_total": 10, "step": 5, "eta_s": 803.0}
+    assert run_eta({**base, "status": "running"}) == 803.0
+    for status in ("cancelled", "failed", "succeeded", "queued"):
+        assert run_eta({**base, "status": status}) is None, status
