@@ -14,6 +14,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from nc_core.cli_report import TABLE_KEYS
+from nc_core.db.states import RUN_UNITS
 from nc_core.sweep import short_names
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -92,10 +93,6 @@ def _add_columns(table: Table, cols: tuple[str, ...] | list[str], runs: list[dic
                          min_width={"status": 9, "config": min(longest, 30)}.get(col))
 
 
-#: Run kind → (what its progress counts, what its rate counts per second).
-_UNITS = {"train": ("epoch", "samples/s"), "ufm": ("iteration", "it/s"), "validate": ("checkpoint", "ckpt/s")}
-
-
 def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
     counts: dict[str, int] = {}
     for r in runs:
@@ -110,11 +107,11 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
     table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
     kinds = {r.get("kind", "train") for r in shown}
-    step, rate = _UNITS[kinds.pop()] if len(kinds) == 1 else ("step", "rate")  # a UFM counts iterations, ...
+    step, rate = RUN_UNITS[kinds.pop()] if len(kinds) == 1 else ("step", "rate")  # a UFM counts iterations, ...
     _add_columns(table, ("run", "status", "config", "progress", "", step, rate, "ETA"), shown)
     for r in shown:
         f = run_fraction(r)
-        unit = "" if rate != "rate" else " " + _UNITS[r.get("kind", "train")][1]
+        unit = "" if rate != "rate" else " " + RUN_UNITS[r.get("kind", "train")][1]
         table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
                       f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
                       f"{r['samples_per_s']:.0f}{unit}" if r.get("samples_per_s") else "", _eta(run_eta(r)))

@@ -34,3 +34,7 @@ def check_transition(run_id: int, current: str, target: str) -> None:
 def status_phrase(status: str) -> str:
     """A run's status in a plain sentence: 'is queued', 'is running', 'has already succeeded'."""
     return f"is {status}" if status in (QUEUED, RUNNING) else f"has already {status}"
+
+
+#: Run kind → (what its progress counts, what its rate counts per second), as the CLI and dashboard show them.
+RUN_UNITS = {"train": ("epoch", "samples/s"), "ufm": ("iteration", "it/s"), "validate": ("checkpoint", "ckpt/s")}

@@ -51,11 +51,12 @@ def _batch_loss(loss_fn: Callable, logits: torch.Tensor, y: torch.Tensor, K: int
     raise ValueError(f"loss_fn: expected a scalar or shape ({B},), got {tuple(lv.shape)}")
 
 
-def _check_values(kept: list, K: int) -> None:
-    """The value tests :func:`_run` skipped, over kept (features, labels) batches: labels in 0..K−1,
-    finite features (a sum per batch first, an element-wise count only when one fails)."""
+def _check_values(kept: list, K: int | None) -> None:
+    """The value tests :func:`_run` skipped, over kept (features, labels) batches: labels in 0..K−1 (unless
+    K is None: tested already), finite features (a sum per batch first, an element-wise count only when
+    one fails)."""
     for f, y in kept:
-        if y.shape[0]:
+        if K is not None and y.shape[0]:
             check_label_range(y, K)
     check_finite([f for f, _ in kept if f.numel() and not bool(torch.isfinite(f.sum()))])
 
@@ -130,7 +131,7 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
             if resident_fits(n, stats.dim, K):  # label-sorted once, then class by class in float64 chunks
                 stats, samples = resident_pass(kept, K, stats.dim, W, b, check_finite=True)
             else:
-                _check_values(kept, K)
+                _check_values(kept, None)  # the features' test (the labels' ran above)
                 groups = _regroup(kept, max(1, CHUNK_BYTES // (8 * stats.dim)))
                 for f, yy in groups:
                     stats._update_checked(f, yy)

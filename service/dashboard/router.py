@@ -10,6 +10,7 @@ from fastapi.templating import Jinja2Templates
 from nc_core.db import events_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
+from nc_core.db.states import RUN_UNITS
 from service.dashboard import data
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
@@ -97,4 +98,5 @@ def run_page(request: Request, run_id: Id) -> HTMLResponse:
         if run is None:
             raise HTTPException(404, f"run {run_id} not found")
         return _page(request, "run.html", run=run, progress=workers_repo.run_progress(run),
+                     unit=RUN_UNITS.get(run.kind, RUN_UNITS["train"]),
                      telemetry=workers_repo.run_telemetry(s, run_id), title=f"run {run_id}")
