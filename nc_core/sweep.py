@@ -6,7 +6,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -14,12 +14,20 @@ from nc_core.spec import Int, RunSpec, Text, field_paths
 
 
 class SpecError(ValueError):
-    """A sweep-level error that names the offending field path."""
+    """A sweep-level error that names the offending field path; ``errors`` lists every (field, message) a
+    check found, the first being ``field``/``message`` (the API answers one 422 item per entry)."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, *, more: Sequence[tuple[str, str]] = ()):
+        self.errors = [(field, message), *more]
+        super().__init__("\n".join(f"{f}: {m}" for f, m in self.errors))
         self.field = field
         self.message = message
+
+    @classmethod
+    def of(cls, errors: Sequence[tuple[str, str]]) -> "SpecError":
+        """One error carrying several (field, message) pairs, in the given order."""
+        (field, message), *more = errors
+        return cls(field, message, more=more)
 
 
 class SweepSpec(BaseModel):
@@ -162,22 +170,50 @@ def error_field(err: dict[str, Any]) -> tuple[str, str]:
     return loc, msg
 
 
+_INDEXED = re.compile(r"^(grid|zip)\.(.+)\[(\d+)\]$")
+
+
+def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
+    """Sort key of an error's field: base fields first, then grid and zip axes in their order, by value index."""
+    m = _INDEXED.match(field)
+    if m is None:
+        return (0, 0, 0)
+    section, path, index = m.group(1), m.group(2), int(m.group(3))
+    axes = list(getattr(sweep, section))
+    return (1 if section == "grid" else 2, axes.index(path) if path in axes else len(axes), index)
+
+
+def _value_field(sweep: SweepSpec, loc: str, grid_index: dict[str, int], zip_index: int) -> str:
+    """The field of an invalid value: 'grid.optim.lr[1]' (the axis's value at that index; also for an error
+    inside a list value, 'data.class_counts.2'), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a
+    whole-spec error)."""
+    for section, axes in (("grid", grid_index), ("zip", sweep.zip)):
+        path = next((p for p in axes if loc == p or loc.startswith(p + ".")), None)
+        if path is not None:
+            return f"{section}.{path}[{grid_index[path] if section == 'grid' else zip_index}]"
+    return f"base.{loc}" if loc else "base"
+
+
 def expand(sweep: SweepSpec) -> list[ExpandedRun]:
-    """Expand to runs: grid × zip × seeds, de-duplicated by spec hash, order stable."""
+    """Expand to runs: grid × zip × seeds, de-duplicated by spec hash, order stable.
+
+    Every run is validated; a SpecError lists each invalid value once, named by its field ('grid.optim.lr[1]',
+    'zip.model.width[0]', 'base.epochs') in error_order, with a run that shows it (one with the fewest errors)."""
     if sweep.size > sweep.max_runs:
         raise SpecError("max_runs", f"the sweep expands to {sweep.size} runs, above the cap of {sweep.max_runs}")
     grid_items = list(sweep.grid.items())
     zip_len = len(next(iter(sweep.zip.values()))) if sweep.zip else 1
     out: list[ExpandedRun] = []
     seen: set[str] = set()
-    for combo in itertools.product(*(values for _, values in grid_items)):
+    problems: dict[str, tuple[int, str]] = {}  # field -> (errors of the run, message): the plainest run shown
+    for combo in itertools.product(*(range(len(values)) for _, values in grid_items)):
         for zi in range(zip_len):
             for seed in sweep.seeds:
                 tree = _copy_tree(sweep.base)
                 axes: dict[str, Any] = {}
-                for (path, _), value in zip(grid_items, combo):
-                    set_path(tree, path, value)
-                    axes[path] = value
+                for (path, values), i in zip(grid_items, combo):
+                    set_path(tree, path, values[i])
+                    axes[path] = values[i]
                 for path, values in sweep.zip.items():
                     set_path(tree, path, values[zi])
                     axes[path] = values[zi]
@@ -185,11 +221,17 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                 try:
                     run = RunSpec.model_validate(tree)
                 except ValidationError as exc:
-                    loc, msg = error_field(exc.errors()[0])
                     where = ", ".join(f"{k}={v!r}" for k, v in axes.items())
-                    section = "grid" if loc in sweep.grid else "zip" if loc in sweep.zip else "base"
-                    field = f"{section}.{loc}" if loc else section
-                    raise SpecError(field, f"{msg} (run with {where or 'base values'})") from None
+                    index = {path: i for (path, _), i in zip(grid_items, combo)}
+                    errors = exc.errors()
+                    for err in errors:
+                        loc, msg = error_field(err)
+                        field = _value_field(sweep, loc, index, zi)
+                        if field not in problems or len(errors) < problems[field][0]:
+                            problems[field] = (len(errors), f"{msg} (run with {where or 'base values'})")
+                    continue
+                if problems:
+                    continue  # the sweep is refused: only look for more bad values
                 dumped = run.model_dump(mode="json")
                 canonical = _canonical(dumped)
                 h = hashlib.sha256(canonical.encode()).hexdigest()
@@ -197,4 +239,6 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                     continue
                 seen.add(h)
                 out.append(ExpandedRun(run, axes, dumped, canonical, h))
+    if problems:
+        raise SpecError.of([(f, m) for f, (_, m) in sorted(problems.items(), key=lambda kv: error_order(sweep, kv[0]))])
     return out

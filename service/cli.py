@@ -260,6 +260,20 @@ def retry(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None),
     out.print(action_line("retry", _ctx(ctx).client.retry(sweep, run)), highlight=False)
 
 
+@app.command()
+def validate(ctx: typer.Context, run: int = typer.Argument(..., help="a finished train run"),
+             epochs: Optional[str] = typer.Option(None, "--epochs",
+                                                  help="checkpoint epochs, e.g. 10,20 (default: every stored one)"),
+             splits: str = typer.Option("train,test", "--splits", help="train, test or train,test")):
+    """Recompute a finished run's NC metrics from its stored checkpoints (a validate job on a worker)."""
+    body = {"epochs": _ints(epochs, "--epochs") if epochs else None, "splits": _csv(splits)}
+    job = _ctx(ctx).client.post(f"/runs/{run}/validate", body)
+    which = ", ".join(map(str, job["options"]["epochs"])) if job["options"]["epochs"] else "every stored checkpoint"
+    queued = "queued" if job["enqueued"] else "saved, but the broker was unreachable: the reconciler will send it"
+    out.print(f"run {job['run_id']}: validate job of run {run} {queued} (epochs: {which}; splits: "
+              f"{', '.join(job['options']['splits'])}); follow it with `ncsweep show {job['run_id']}`", highlight=False)
+
+
 def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
     if (sweep is None) == (run is None):
         raise typer.BadParameter("give a SWEEP id or --run ID (one of them)")
@@ -317,9 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {exc}", highlight=False)
     except Unreachable as exc:
         err.print(f"error: {exc}", highlight=False)
-    except ApiError as exc:
-        where = f" (field: {exc.field})" if exc.field else ""
-        err.print(f"error: HTTP {exc.status}: {exc.message}{where}", highlight=False)
+    except ApiError as exc:  # every problem of a 422, one per line
+        err.print("error: " + "\n".join(exc.lines()), highlight=False, markup=False)
     except (OSError, ValueError) as exc:
         err.print(f"error: {exc}", highlight=False)
     except KeyboardInterrupt:

@@ -28,26 +28,23 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
                                  f"`python -m nc_core run {path}`")
     bad = _non_finite(spec)
     if bad:
-        raise typer.BadParameter(f"{path}: {bad}: expected a finite number, got {_at(spec, bad)!r}")
+        raise typer.BadParameter(f"{path}: " + "; ".join(f"{field}: expected a finite number, got {value!r}"
+                                                         for field, value in bad))
     return spec
 
 
-def _non_finite(tree: Any, prefix: str = "") -> str | None:
-    """The dotted path of the first inf/nan float in a YAML tree (JSON cannot carry them), else None."""
+def _non_finite(tree: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(field, value) of every inf/nan float in a YAML tree (JSON cannot carry them), fields named as the API
+    names them: 'base.optim.lr', 'grid.optim.lr[1]'."""
     if isinstance(tree, float) and not math.isfinite(tree):
-        return prefix or "."
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    for key, value in items:
-        found = _non_finite(value, f"{prefix}.{key}" if prefix else str(key))
-        if found:
-            return found
-    return None
-
-
-def _at(tree: Any, path: str) -> Any:
-    for part in path.split("."):
-        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
-    return tree
+        return [(prefix or ".", tree)]
+    if isinstance(tree, dict):
+        items = [(f"{prefix}.{key}" if prefix else str(key), value) for key, value in tree.items()]
+    elif isinstance(tree, list):
+        items = [(f"{prefix}[{i}]", value) for i, value in enumerate(tree)]
+    else:
+        items = []
+    return [found for field, value in items for found in _non_finite(value, field)]
 
 
 def check_out_dir(path: Path, suffixes: tuple[str, ...]) -> None:

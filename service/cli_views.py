@@ -14,7 +14,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from nc_core.cli_report import TABLE_KEYS
-from nc_core.db.states import RUN_UNITS
+from nc_core.db import progress
+from nc_core.db.progress import attempt_eta
+from nc_core.db.states import RUN_UNITS, metric_step
 from nc_core.sweep import short_names
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -43,8 +45,8 @@ def _grid(run: dict) -> str:
 
 
 def run_eta(run: dict) -> float | None:
-    """The reporter's ETA, else extrapolated from the elapsed time of a running run; None for a run that is
-    not running (a cancelled run keeps the last ETA its worker wrote)."""
+    """The reporter's ETA, else extrapolated from the progress the current attempt made since it started
+    (started_at, start_epoch; progress.attempt_eta); None for a run that is not running."""
     if run["status"] != "running":
         return None
     if run.get("eta_s") is not None or not run.get("started_at"):
@@ -52,8 +54,8 @@ def run_eta(run: dict) -> float | None:
 
     started = datetime.fromisoformat(run["started_at"])
     started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
-    f = run_fraction(run)
-    return (datetime.now(timezone.utc) - started).total_seconds() * (1 - f) / f if 0 < f < 1 else None
+    return attempt_eta((datetime.now(timezone.utc) - started).total_seconds(), run_fraction(run),
+                       run.get("epochs_total") or 0, run.get("start_epoch") or 0)
 
 
 def _enrich_workers(workers: list[dict], runs: list[dict]) -> list[dict]:
@@ -76,12 +78,9 @@ def _enrich_workers(workers: list[dict], runs: list[dict]) -> list[dict]:
 
 
 def run_fraction(run: dict) -> float:
-    if run["status"] == "succeeded":
-        return 1.0
-    total = run.get("epochs_total") or 0
-    steps = run.get("steps_total") or 0
-    within = (run.get("step") or 0) / steps if steps else 0.0
-    return min(1.0, ((run.get("epoch") or 0) + within) / total) if total else 0.0
+    """A run's work done, 0..1, by the API's rule (nc_core.db.progress.run_fraction)."""
+    return progress.run_fraction(run["status"], run.get("epoch") or 0, run.get("epochs_total") or 0,
+                                 run.get("step") or 0, run.get("steps_total") or 0)
 
 
 def _add_columns(table: Table, cols: tuple[str, ...] | list[str], runs: list[dict]) -> None:
@@ -99,7 +98,8 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     head = Table.grid(padding=(0, 2))
     frac = detail.get("progress")
-    frac = frac if frac is not None else (sum(map(run_fraction, runs)) / len(runs) if runs else 0.0)
+    frac = frac if frac is not None else progress.sweep_fraction(
+        [run_fraction(r) for r in runs if r.get("kind", "train") != "validate"])
     summary = "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
     head.add_row(f"[bold]sweep {detail['id']}[/] {detail.get('name', '')}", _bar(frac, 40),
                  f"{100 * frac:5.1f}%", f"ETA {_eta(detail.get('eta_s')) or '?'}", summary)
@@ -170,7 +170,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     rows = [("run", f"{run['id']} of sweep {run['sweep_id']}, {run.get('kind', 'train')}{parent}"),
             ("status", _status(run["status"]) + (" (cancel requested)" if run.get("cancel_requested") else "")),
             ("config", _grid(run)), ("spec hash", run.get("spec_hash", "")),
-            ("progress", f"epoch {run.get('epoch', 0)}/{run.get('epochs_total', 0)}, {100 * run_fraction(run):.0f}%"),
+            ("progress", f"{RUN_UNITS.get(run.get('kind'), RUN_UNITS['train'])[0]} {run.get('epoch', 0)}/"
+                         f"{run.get('epochs_total', 0)}, {100 * run_fraction(run):.0f}%"),
             ("attempt", f"{run.get('attempt', 0)} of {run.get('max_attempts', 0)}"),
             ("worker", run.get("worker_name") or ""),
             *((k, str(run[k])) for k in ("created_at", "started_at", "finished_at") if run.get(k))]
@@ -187,7 +188,7 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     if last:
         keys = TABLE_KEYS
         table = Table(title="last measured metrics", title_justify="left")
-        for col in ("split", "epoch", *keys):
+        for col in ("split", metric_step([run.get("kind", "train")]), *keys):
             table.add_column(col, justify="right")
         for split, values in sorted(last.items(), key=lambda kv: kv[0] != "train"):
             epoch = max(e for e, _ in values.values())
@@ -218,7 +219,8 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
     items = body.get("groups", []) if isinstance(body, dict) else body
     group_by = body.get("group_by") if isinstance(body, dict) else None
     keys = body.get("keys") if isinstance(body, dict) else None
-    at = "last epoch" if str(epoch) == "last" else f"epoch {epoch}"
+    unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"  # 'iteration' for a UFM sweep
+    at = f"last {unit}" if str(epoch) == "last" else f"{unit} {epoch}"
     title = escape(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)")  # [..] is not rich markup
     table = Table(title=title, title_justify="left")
     if not items:
@@ -257,9 +259,10 @@ def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
     measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
     if not body.get("groups") or measured:
         return None
-    at = "their last epoch" if epoch == "last" else f"epoch {epoch}"
+    unit = body.get("unit", "epoch")
+    at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
     return (f"no run of sweep {sweep} has {split} metrics at {at} yet"
-            + ("" if epoch == "last" else " (a run measures only the epochs of its eval schedule)"))
+            + ("" if epoch == "last" else f" (a run measures only the {unit}s of its eval schedule)"))
 
 
 def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:

@@ -11,11 +11,21 @@ from nc_core.settings import Settings
 
 
 class ApiError(Exception):
-    """An error answer of the API: HTTP status, message and (when the API names one) the field."""
+    """An error answer of the API: HTTP status, message and (when the API names one) the field; ``errors``
+    holds every (field, message) of a 422 that lists several (a sweep with many bad values)."""
 
-    def __init__(self, status: int, message: str, field: str | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 errors: list[tuple[str | None, str]] | None = None):
         super().__init__(f"{field}: {message}" if field else message)
         self.status, self.message, self.field = status, message, field
+        self.errors = errors or [(field, message)]
+
+    def lines(self) -> list[str]:
+        """What the CLI prints: one line, or a count then one indented 'field: message' line per problem."""
+        if len(self.errors) == 1:
+            return [f"HTTP {self.status}: {self.message}" + (f" (field: {self.field})" if self.field else "")]
+        return [f"HTTP {self.status}: {len(self.errors)} problems:"] + [
+            f"  {field}: {msg}" if field else f"  {msg}" for field, msg in self.errors]
 
 
 class Unreachable(Exception):
@@ -56,10 +66,11 @@ def _error_from(response: httpx.Response) -> ApiError:
         return ApiError(response.status_code, response.text.strip()[:500] or response.reason_phrase)
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list) and detail:
-        first = detail[0] if isinstance(detail[0], dict) else {"msg": str(detail[0])}
-        field = first.get("field") or ".".join(str(x) for x in first.get("loc", []) if x != "body") or None
+        items = [item if isinstance(item, dict) else {"msg": str(item)} for item in detail]
+        errors = [(item.get("field") or ".".join(str(x) for x in item.get("loc", []) if x != "body") or None,
+                   str(item.get("msg", item))) for item in items]
         more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
-        return ApiError(response.status_code, str(first.get("msg", first)) + more, field)
+        return ApiError(response.status_code, errors[0][1] + more, errors[0][0], errors)
     if isinstance(detail, dict):
         return ApiError(response.status_code, str(detail.get("message") or detail.get("msg") or detail),
                         detail.get("field"))

@@ -24,12 +24,22 @@ class NotFound(LookupError):
     """An unknown sweep/run id (HTTP 404)."""
 
 
+_INDEX = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def field_loc(field: str) -> list[Any]:
+    """'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1]; 'base.epochs' → ['base', 'epochs']."""
+    m = _INDEX.match(field)
+    return [*m.group(1).split("."), int(m.group(2))] if m else field.split(".")
+
+
 def error_item(field: str, msg: str, loc: list[Any] | None = None) -> dict[str, Any]:
-    return {"loc": loc if loc is not None else field.split("."), "msg": msg, "field": field}
+    return {"loc": loc if loc is not None else field_loc(field), "msg": msg, "field": field}
 
 
 def spec_error_response(exc: SpecError) -> JSONResponse:
-    return JSONResponse({"detail": [error_item(exc.field, exc.message)]}, status_code=422)
+    """422 with one item per (field, message) of the error: every bad value of a sweep, not just the first."""
+    return JSONResponse({"detail": [error_item(f, m) for f, m in exc.errors]}, status_code=422)
 
 
 def pydantic_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

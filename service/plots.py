@@ -16,6 +16,7 @@ from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from nc_core.db.models import Metric, Run  # noqa: E402
+from nc_core.db.states import metric_step  # noqa: E402
 from nc_core.db.sweeps_repo import PRIMARY_KINDS  # noqa: E402
 from nc_core.sweep import get_path, short_names  # noqa: E402
 
@@ -85,11 +86,11 @@ def run_series(session: Session, run_id: int, keys: Iterable[str]) -> dict[tuple
     return by
 
 
-def plot_epochs(ax: Any, points: dict[int, float], **style: Any) -> None:
-    """Draw {epoch: value} as a line, epochs ascending, on integer epoch ticks."""
+def plot_epochs(ax: Any, points: dict[int, float], unit: str = "epoch", **style: Any) -> None:
+    """Draw {epoch: value} as a line, epochs ascending, on integer ticks labelled ``unit`` (states.metric_step)."""
     epochs = sorted(points)
     ax.plot(epochs, [points[e] for e in epochs], lw=2, **style)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -106,9 +107,11 @@ def _panels(keys: list[str], split: str | None) -> list[tuple[str, str]]:
 
 
 def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
-    """One subplot per metric (acc: train and test): mean ± std over seeds vs epoch, one line per configuration."""
+    """One subplot per metric (acc: train and test): mean ± std over seeds vs epoch (iteration for UFM runs),
+    one line per configuration."""
     keys = list(keys or DEFAULT_KEYS)
     runs = sweep_runs(session, sweep_id)
+    unit = metric_step(r.kind for r in runs)
     config_of = {r.id: _config_label(r.grid or {}) for r in runs}
     series: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run_id, epoch, sp, key, value in metric_rows(session, config_of, keys):
@@ -134,7 +137,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
             ax.plot(epochs, mean, lw=2, alpha=0.8, color=colors[config], label=config)
             ax.fill_between(epochs, mean - std, mean + std, color=colors[config], alpha=0.2)
         ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(unit)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
@@ -243,11 +246,13 @@ def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None)
     if not by:
         return _message_png(f"run {run_id}: no metrics stored yet")
     present = [k for k in keys if any(kk == k for _, kk in by)]
+    run = session.get(Run, run_id)
+    unit = metric_step([run.kind] if run is not None else [])
     fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
     for ax, key in zip(axes.flat, present):
         for (sp, k), pts in sorted(by.items()):
             if k == key:
-                plot_epochs(ax, pts, label=sp)
+                plot_epochs(ax, pts, unit, label=sp)
         ax.set_title(TITLES.get(key, key))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

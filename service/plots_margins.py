@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from nc_core.db import runs_repo
 from nc_core.db.models import Run
+from nc_core.db.states import metric_step
 from nc_core.spec import RunSpec
 from service.plots import _message_png, _png, plot_epochs, run_series
 
@@ -36,13 +37,14 @@ def margins_png(session: Session, run_id: int) -> bytes:
     dists = runs_repo.distributions(session, run_id, key="cos_margin")
     if not dists:
         return _statistics_png(session, run_id)
-    K = num_classes(session.get(Run, run_id))
+    run = session.get(Run, run_id)
+    K, unit = num_classes(run), metric_step([run.kind] if run is not None else [])
     ideal = 1.0 + 1.0 / (K - 1) if K and K > 1 else None
     fig, (full, tail) = plt.subplots(1, 2, figsize=(11, 4))
     for d in dists:
         y = np.array([math.nan if v is None else float(v) for v in d.values])  # (n,) ascending
         x = np.linspace(0.0, 1.0, y.shape[0])  # (n,) quantile probability = sample fraction
-        label = f"{d.split} (epoch {d.epoch})"
+        label = f"{d.split} ({unit} {d.epoch})"
         line, = full.plot(x, y, lw=2, label=label)
         cut = max(int(np.searchsorted(x, TAIL, side="right")), min(y.shape[0], 5))
         tail.plot(x[:cut], y[:cut], lw=2, marker=".", color=line.get_color(), label=label)
@@ -53,7 +55,7 @@ def margins_png(session: Session, run_id: int) -> bytes:
         ax.set_xlabel("sample fraction (sorted ascending)")
         ax.set_ylabel("cosine margin")
         ax.grid(alpha=0.3)
-    full.set_title(f"run {run_id}: sorted cosine margins " r"$\mathcal{P}_{CM}$ (last stored epoch)", fontsize=9)
+    full.set_title(f"run {run_id}: sorted cosine margins " r"$\mathcal{P}_{CM}$" f" (last stored {unit})", fontsize=9)
     tail.set_title(f"hardest samples: lowest {TAIL:.0%}", fontsize=9)
     full.legend(fontsize=8)
     fig.tight_layout()
@@ -66,12 +68,14 @@ def _statistics_png(session: Session, run_id: int) -> bytes:
     if not by:
         return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
     splits = sorted({sp for sp, _ in by})
+    run = session.get(Run, run_id)
+    unit = metric_step([run.kind] if run is not None else [])
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
     for ax, sp in zip(axes.flat, splits):
         for key in MARGIN_KEYS:
             pts = by.get((sp, key))
             if pts:
-                plot_epochs(ax, pts, label=key.replace("cos_margin_", ""))
+                plot_epochs(ax, pts, unit, label=key.replace("cos_margin_", ""))
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(f"run {run_id}: cosine margin [{sp}]\n(statistics; no sorted distribution stored for this run)",
                      fontsize=9)

@@ -50,7 +50,9 @@ class SweepSummary(_Out):
     axes: list[Any]
     runs: int = Field(0, description="the runs the sweep's grid defines (validate jobs not included)")
     counts: dict[str, int] = Field(default_factory=dict, description="runs per status")
-    progress: float = Field(0.0, description="0..1: finished runs + epoch fraction of running runs")
+    progress: float = Field(0.0, description="0..1, work done: the mean over runs of 1 if succeeded, else completed "
+                                             "epochs / epochs (+ the current epoch's share while running); "
+                                             "cancelled and failed runs count only the epochs they completed")
     validate_jobs: dict[str, int] = Field(default_factory=dict,
                                           description="validate jobs of the sweep's runs, per status")
 
@@ -75,13 +77,15 @@ class RunOut(_Out):
     parent_run_id: int | None
     status: str
     cancel_requested: bool
-    attempt: int
+    attempt: int = Field(description="the current attempt, 1..max_attempts; 0 until the first claim (a retry "
+                                     "starts again from 0)")
     max_attempts: int
     seed: int
     grid: dict[str, Any]
     spec_hash: str
     epoch: int
     epochs_total: int
+    start_epoch: int = Field(0, description="epochs completed when the current attempt started (its resume point)")
     step: int
     steps_total: int
     samples_per_s: float | None
@@ -91,7 +95,7 @@ class RunOut(_Out):
     lease_owner: str | None
     lease_expires_at: datetime | None
     created_at: datetime
-    started_at: datetime | None
+    started_at: datetime | None = Field(description="start of the current attempt (null while queued)")
     finished_at: datetime | None
     updated_at: datetime
 

@@ -128,7 +128,7 @@ def test_retry_state_machine_and_attempts(app_client, sweep, db_url):
     resp = app_client.post(f"/runs/{ids[0]}/retry")
     assert resp.status_code == 200 and resp.json()["retried"] == 1 and resp.json()["enqueued"] is True
     r0 = run(db_url, ids[0])
-    assert (r0.status, r0.attempt, r0.max_attempts, r0.error, r0.lease_owner) == ("queued", 3, 6, None, None)
+    assert (r0.status, r0.attempt, r0.max_attempts, r0.error, r0.lease_owner) == ("queued", 0, 3, None, None)
     assert enq.calls[-1] == [("train", ids[0])]
     set_status(db_url, ids[1], "running")
     set_status(db_url, ids[2], "succeeded")

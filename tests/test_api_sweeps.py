@@ -73,7 +73,7 @@ def test_a_queued_ufm_run_counts_its_iterations(app_client, db_url):
 
 @pytest.mark.parametrize("body, field, words", [
     (sweep_body(grid={"loss.nam": ["ce"]}), "grid.loss.nam", ["unknown field", "loss.name"]),
-    (sweep_body(grid={"loss.name": ["ce", "bogus"]}), "grid.loss.name", ["'mse'", "bogus"]),
+    (sweep_body(grid={"loss.name": ["ce", "bogus"]}), "grid.loss.name[1]", ["'mse'", "bogus"]),
     (sweep_body(base={"data": {"name": "imagenet"}}), "base.data.name", ["'cifar10'", "'gaussian'"]),
     (sweep_body(base={"model": {"name": "resnet9"}, "data": {"name": "cifar10"}}), "base.model.name", ["'resnet18'"]),
     (sweep_body(base={"loss": {"name": "hinge"}}, grid={"model.width": [2]}), "base.loss.name", ["'ce'", "'focal'"]),
@@ -81,10 +81,10 @@ def test_a_queued_ufm_run_counts_its_iterations(app_client, db_url):
     (sweep_body(name=""), "name", ["at least 1 character"]),
     (sweep_body(extra=1), "extra", ["Extra inputs"]),
     (sweep_body(base={"data": {"name": "gaussian", "root": "/etc"}}), "base.data.root", ["settings.data_roots"]),
-    (sweep_body(grid={"data.root": ["/tmp/../etc"]}), "grid.data.root", ["allowed data root"]),
+    (sweep_body(grid={"data.root": ["/tmp/../etc"]}), "grid.data.root[0]", ["allowed data root"]),
     # a UFM run ignores the training fields: sweeping one would repeat the same run under different labels
     (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}}, grid={"optim.lr": [0.01, 0.1]}),
-     "grid.optim.lr", ["no effect with kind='ufm'", "ufm.lr"]),
+     "grid.optim.lr[0]", ["no effect with kind='ufm'", "ufm.lr"]),
     (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}, "loss": {"name": "mse"}}, grid={}),
      "base.loss.name", ["no effect with kind='ufm'", "got 'mse'"]),
 ])
@@ -166,7 +166,7 @@ def test_list_and_detail_report_counts_and_progress(app_client, db_url):
     listing = app_client.get("/sweeps").json()
     assert listing["total"] == 1 and listing["items"][0]["counts"] == {"queued": 5, "succeeded": 1, "failed": 1, "running": 1}
     detail = app_client.get(f"/sweeps/{sid}").json()
-    assert detail["progress"] == pytest.approx((2 + 0.25) / 8)
+    assert detail["progress"] == pytest.approx((1 + 0.25) / 8)  # the failed run completed no epoch
     assert detail["axes"] == ["loss.name", "model.width"] and detail["spec"]["grid"] == GRID
     assert app_client.get("/sweeps/999").status_code == 404
 
@@ -231,3 +231,33 @@ def test_stored_spec_hash_matches_nc_core_and_events_are_written(app_client, db_
         assert [(e.kind, e.payload["sweep"], e.payload["runs"]) for e in events] == [("status", "created", 80)]
     ids = sorted(r.id for r in runs)
     assert sorted(app_client.app.state.enqueuer.run_ids) == ids
+
+
+def test_every_bad_grid_value_is_listed_with_its_field(app_client, row_counts):
+    before = row_counts()
+    two_in_one_axis = sweep_body(grid={"optim.lr": [0.1, -1, 0.2, -2], "model.width": [2, 4]})
+    resp = app_client.post("/sweeps", json=two_in_one_axis)
+    assert resp.status_code == 422, resp.text
+    assert fields(resp) == ["grid.optim.lr[1]", "grid.optim.lr[3]"], resp.json()
+    first, second = resp.json()["detail"]
+    assert first["loc"] == ["grid", "optim", "lr", 1] and "greater than 0" in first["msg"]
+    assert "(run with optim.lr=-1, model.width=2)" in first["msg"] and "optim.lr=-2" in second["msg"]
+    one_in_each_axis = sweep_body(grid={"loss.name": ["ce", "bogus"], "model.width": [0, 2]})
+    resp = app_client.post("/sweeps", json=one_in_each_axis)
+    assert fields(resp) == ["grid.loss.name[1]", "grid.model.width[0]"], resp.json()
+    assert "loss.name='bogus'" in resp.json()["detail"][0]["msg"] and "'mse'" in resp.json()["detail"][0]["msg"]
+    with_zip_and_base = sweep_body(base={"epochs": 0, "data": {"name": "gaussian"}}, grid={"model.width": [2, -4]},
+                                   zip={"optim.lr": [0.1, -0.1], "optim.momentum": [0.9, 0.8]})
+    resp = app_client.post("/sweeps", json=with_zip_and_base)
+    assert fields(resp) == ["base.epochs", "grid.model.width[1]", "zip.optim.lr[1]"], resp.json()
+    assert row_counts() == before and app_client.app.state.enqueuer.calls == []
+
+
+def test_every_bad_data_root_is_listed(app_client, settings):
+    inside = str(settings.data_roots[0] / "ok")
+    resp = app_client.post("/sweeps", json=sweep_body(grid={"data.root": ["/etc", inside, "/tmp/../etc/x"]}))
+    assert resp.status_code == 422 and fields(resp) == ["grid.data.root[0]", "grid.data.root[2]"], resp.json()
+    assert all("allowed data root" in item["msg"] for item in resp.json()["detail"])
+    resp = app_client.post("/sweeps", json=sweep_body(grid={"data.root": ["/data\x00", "/etc"], "model.width": [0]}))
+    assert fields(resp) == ["grid.data.root[0]", "grid.data.root[1]", "grid.model.width[0]"], resp.json()
+    assert "NUL" in resp.json()["detail"][0]["msg"] and "allowed data root" in resp.json()["detail"][1]["msg"]

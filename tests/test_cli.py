@@ -17,6 +17,7 @@ from nc_core.db import workers_repo
 from nc_core.db.models import Run
 from nc_core.db.session import session_scope
 from service import cli
+from test_api_runs import add_checkpoints
 from test_events import serve
 from test_plots import PNG_SIGNATURE, seed_sweep
 
@@ -215,6 +216,30 @@ def test_cancel_and_retry(live: str, db_url: str, capsys) -> None:  # noqa: ANN0
 
 
 @SQLITE
+def test_validate_queues_a_job_and_explains_refusals(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={0: "running"})
+    add_checkpoints(db_url, runs[1], [2, 4])
+    rc, out, _ = ncsweep(capsys, "validate", runs[1], "--epochs", "4", "--splits", "test")
+    text = " ".join(out.split())
+    assert rc == 0 and f"validate job of run {runs[1]} queued (epochs: 4; splits: test)" in text
+    job = int(text.split(":")[0].split()[1])
+    assert f"ncsweep show {job}" in text
+    with session_scope(db_url) as s:
+        row = s.get(Run, job)
+        assert (row.kind, row.parent_run_id, row.status) == ("validate", runs[1], "queued")
+    rc, _, err = ncsweep(capsys, "validate", runs[1], "--epochs", "4", "--splits", "test")
+    assert rc == 1 and "HTTP 409" in err and f"run {job} is queued to validate" in err
+    rc, _, err = ncsweep(capsys, "validate", runs[1], "--epochs", "3")
+    assert rc == 1 and "no checkpoint for epochs [3]" in err and "stored epochs: [2, 4]" in err
+    rc, _, err = ncsweep(capsys, "validate", runs[0])
+    assert rc == 1 and "running; validate a finished run" in err
+    rc, _, err = ncsweep(capsys, "validate", runs[1], "--splits", "val")
+    assert rc == 1 and "HTTP 422" in err and "splits" in err and "Traceback" not in err
+    rc, _, err = ncsweep(capsys, "validate", runs[1], "--epochs", "four")
+    assert rc == 2 and "comma-separated integers for --epochs" in err
+
+
+@SQLITE
 def test_plot_commands(live: str, db_url: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
     sid, runs = seed_sweep(db_url)
     cases = {"dyn.png": ["--kind", "dynamics"], "heat.png": ["--kind", "heatmap", "--x", "model.width", "--y", "seed",
@@ -350,3 +375,28 @@ def test_only_running_runs_show_an_eta() -> None:
     assert run_eta({**base, "status": "running"}) == 803.0
     for status in ("cancelled", "failed", "succeeded", "queued"):
         assert run_eta({**base, "status": status}) is None, status
+
+
+def test_a_ufm_run_and_sweep_are_shown_in_iterations() -> None:
+    from rich.console import Console
+
+    from service.cli_views import results_hint, results_table, run_detail
+
+    def text(renderable) -> str:  # noqa: ANN001
+        console = Console(width=160, record=True)
+        console.print(renderable)
+        return " ".join(console.export_text().split())
+
+    run = {"id": 7, "sweep_id": 2, "kind": "ufm", "status": "succeeded", "grid": {}, "spec": {}, "epoch": 700,
+           "epochs_total": 700, "attempt": 1, "max_attempts": 3}
+    metrics = [{"split": "train", "key": "nc1", "epoch": 700, "value": 1e-4}]
+    shown = text(run_detail(run, metrics))
+    assert "iteration 700/700, 100%" in shown and "┃ split ┃ iteration ┃" in shown and "epoch" not in shown
+    assert "epoch 4/4" in text(run_detail({**run, "kind": "train", "epoch": 4, "epochs_total": 4}, metrics))
+    empty = {"group_by": ["ufm.lambda_w"], "keys": ["nc1"], "unit": "iteration",
+             "groups": [{"values": {"ufm.lambda_w": 0.01}, "runs": 1, "metrics": {"nc1": {"count": 0}}}]}
+    assert "results [train, last iteration]" in text(results_table(empty, 2, "train"))
+    assert "results [train, iteration 500]" in text(results_table(empty, 2, "train", 500))
+    assert results_hint(empty, 2, "train", "500") == ("no run of sweep 2 has train metrics at iteration 500 yet "
+                                                       "(a run measures only the iterations of its eval schedule)")
+    assert "results [test, last epoch]" in text(results_table({**empty, "unit": "epoch"}, 2, "test"))

@@ -5,6 +5,7 @@ import io
 import itertools
 from datetime import timedelta
 
+import matplotlib.axes
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -210,27 +211,60 @@ def test_margins_ideal_line_uses_the_number_of_classes() -> None:
     assert num_classes(Run(spec={})) is None and num_classes(Run(spec={"data": {"name": "nope"}})) is None
 
 
-def test_a_ufm_sweep_defaults_to_its_train_split(sqlite_app_client) -> None:
-    # a UFM run has only its free features ("train"): results and heatmaps default to them, not to an empty "test"
-    client = sqlite_app_client
-    with session_scope(client.db_url) as s:
+def seed_ufm_sweep(db_url: str) -> tuple[int, list[int]]:
+    """A finished sweep of two UFM runs (ufm.lambda_w 1e-3, 1e-2) with nc1 = lambda_w on train at iteration 100."""
+    with session_scope(db_url) as s:
         sweep = Sweep(name="ufm", spec={"name": "ufm", "grid": {"ufm.lambda_w": [1e-3, 1e-2]}}, axes=["ufm.lambda_w"])
         s.add(sweep)
         s.flush()
+        run_ids = []
         for lw in (1e-3, 1e-2):
-            spec = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5], "lambda_w": lw}})
+            spec = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5], "lambda_w": lw,
+                                                                  "iterations": 100, "eval_every": 50}})
             run = Run(sweep_id=sweep.id, kind="ufm", spec=spec.model_dump(mode="json"), spec_hash=spec_hash(spec),
                       grid={"ufm.lambda_w": lw}, seed=0, status="succeeded", epoch=100, epochs_total=100)
             s.add(run)
             s.flush()
             s.add(Metric(run_id=run.id, epoch=100, split="train", key="nc1", value=lw))
-        sid = sweep.id
+            run_ids.append(run.id)
+        return sweep.id, run_ids
+
+
+def test_a_ufm_sweep_defaults_to_its_train_split(sqlite_app_client) -> None:
+    # a UFM run has only its free features ("train"): results and heatmaps default to them, not to an empty "test"
+    client = sqlite_app_client
+    sid, _ = seed_ufm_sweep(client.db_url)
     body = client.get(f"/sweeps/{sid}/results", params={"keys": "nc1"}).json()
     assert body["split"] == "train" and [g["metrics"]["nc1"]["mean"] for g in body["groups"]] == [1e-3, 1e-2]
     assert client.get(f"/sweeps/{sid}/results", params={"keys": "nc1", "split": "test"}).json()["split"] == "test"
     url = f"/sweeps/{sid}/plots/heatmap.png?x=ufm.lambda_w&y=seed&key=nc1"
     assert np.array_equal(_get_png(client, url), _get_png(client, url + "&split=train"))
     assert not np.array_equal(_get_png(client, url), _get_png(client, url + "&split=test"))
+
+
+def test_a_ufm_sweep_counts_iterations_in_results_and_plots(sqlite_app_client, monkeypatch) -> None:  # noqa: ANN001
+    client = sqlite_app_client
+    sid, runs = seed_ufm_sweep(client.db_url)
+    body = client.get(f"/sweeps/{sid}/results", params={"keys": "nc1"}).json()
+    assert body["unit"] == "iteration"
+    r = client.get(f"/sweeps/{sid}/results", params={"keys": "nc1", "epoch": 101})
+    assert r.status_code == 422 and "past the last iteration" in r.text and "an iteration in 1..100" in r.text
+    train_sid, train_runs = seed_sweep(client.db_url)
+    assert client.get(f"/sweeps/{train_sid}/results").json()["unit"] == "epoch"
+    with session_scope(client.db_url) as s:  # margin statistics: the margins figure without a distribution
+        s.add(Metric(run_id=runs[0], epoch=100, split="train", key="cos_margin_mean", value=0.5))
+    labels: list[str] = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda ax, text, *a, **k: labels.append(text))
+    for url in (f"/sweeps/{sid}/plots/dynamics.png?keys=nc1", f"/runs/{runs[0]}/plots/curves.png?keys=nc1",
+                f"/runs/{runs[0]}/plots/margins.png"):
+        _get_png(client, url)
+        assert labels and set(labels) == {"iteration"}, (url, labels)
+        labels.clear()
+    _get_png(client, f"/sweeps/{train_sid}/plots/dynamics.png")
+    assert set(labels) == {"epoch"}
+    page = client.get(f"/ui/sweeps/{sid}").text  # the dashboard's sweep page: its runs table and heatmap keys
+    assert "<th>iteration</th>" in page and "final iteration" in page and "final epoch" not in page
+    assert "<th>epoch</th>" in client.get(f"/ui/sweeps/{train_sid}").text
 
 
 def test_a_ufm_runs_page_counts_iterations(sqlite_app_client) -> None:

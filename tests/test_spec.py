@@ -98,7 +98,7 @@ def test_bad_sweeps_name_the_field(kwargs, field):
 def test_bad_grid_value_and_cap_raise_spec_error():
     with pytest.raises(SpecError) as exc:
         expand(SweepSpec(name="x", grid={"loss.name": ["ce", "hinge"]}))
-    assert exc.value.field == "grid.loss.name" and "hinge" in str(exc.value)
+    assert exc.value.field == "grid.loss.name[1]" and "hinge" in str(exc.value)
     with pytest.raises(SpecError) as exc:
         expand(SweepSpec(name="x", grid={"optim.lr": [0.1, 0.2, 0.3]}, seeds=[0, 1], max_runs=5))
     assert exc.value.field == "max_runs" and "6 runs" in str(exc.value)
@@ -189,4 +189,13 @@ def test_sweep_level_mistakes_name_the_field(kwargs, field):
     assert field in str(exc.value)
     with pytest.raises(SpecError) as err:
         expand(SweepSpec(name="s", grid={"optim.lr": [0.1, float("inf")]}))
-    assert err.value.field == "grid.optim.lr" and "finite number" in err.value.message
+    assert err.value.field == "grid.optim.lr[1]" and "finite number" in err.value.message
+
+
+def test_expand_reports_every_bad_value_once_in_axis_order():
+    sweep = SweepSpec(name="s", grid={"model.width": [0, 8, -1], "optim.lr": [-1.0, 0.1]}, seeds=[0, 1])
+    with pytest.raises(SpecError) as exc:
+        expand(sweep)
+    assert [f for f, _ in exc.value.errors] == ["grid.model.width[0]", "grid.model.width[2]", "grid.optim.lr[0]"]
+    assert exc.value.field == "grid.model.width[0]" and "greater than 0" in exc.value.message
+    assert str(exc.value).count("\n") == 2 and "grid.optim.lr[0]: " in str(exc.value)

@@ -28,6 +28,7 @@ class DBReporter:
         self.lease_lost = False
         self._progress: dict[str, Any] = {}
         self._epochs_total: int | None = None
+        self._start_epoch = 0  # completed epochs this attempt resumed after
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-run-{run_id}", daemon=True)
@@ -87,11 +88,13 @@ class DBReporter:
     # -- Reporter protocol -------------------------------------------------------------------------
     def on_resume(self, epoch: int) -> None:
         with self._lock:  # a resumed run shows the epochs it already has from the first heartbeat
-            self._progress.update(epoch=int(epoch), step=0)
+            self._start_epoch = int(epoch)
+            self._progress.update(epoch=int(epoch), step=0, start_epoch=int(epoch))
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
-        with self._lock:
-            self._progress.update(epochs_total=int(total_epochs), steps_total=int(steps_per_epoch))
+        with self._lock:  # start_epoch: where this attempt began (0 without on_resume), for ETAs from started_at
+            self._progress.update(epochs_total=int(total_epochs), steps_total=int(steps_per_epoch),
+                                  start_epoch=self._start_epoch)
         self._epochs_total = int(total_epochs)
 
     def on_progress(self, epoch: int, step: int, steps_per_epoch: int, samples_per_s: float) -> None:

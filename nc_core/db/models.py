@@ -56,6 +56,8 @@ class Run(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs completed
+    # epochs already completed when the current attempt started (its resume checkpoint; 0 = from scratch)
+    start_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     epochs_total: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)  # step within the current epoch
     steps_total: Mapped[int] = mapped_column(Integer, default=0)  # steps per epoch
@@ -65,7 +67,7 @@ class Run(Base):
     worker_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # current attempt
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

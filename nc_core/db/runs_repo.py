@@ -41,9 +41,17 @@ def _fence(session: Session, run_id: int, owner: str, now: datetime, **values: A
     return session.execute(stmt).first()
 
 
+def unstarted() -> dict[str, Any]:
+    """The per-attempt fields of a run waiting for its next attempt (a retry, an expired lease): no start or
+    finish time, rate, ETA or partial epoch. Its completed epochs stay: the next attempt resumes after them."""
+    return dict(started_at=None, finished_at=None, eta_s=None, samples_per_s=None, step=0)
+
+
 def claim(session: Session, run_id: int, owner: str, lease_s: float, *, now: datetime | None = None) -> Run | None:
     """Take the run's lease (queued, or running with an expired lease) → running, attempt + 1.
 
+    started_at is the start of this attempt; rate and ETA of an earlier attempt are cleared, and start_epoch
+    (the resume point) is taken to be the completed epochs until the reporter says where it resumed.
     Returns None when it is not claimable (another holder, finished, cancel requested): a duplicate
     delivery is then a no-op. Commits.
     """
@@ -53,7 +61,7 @@ def claim(session: Session, run_id: int, owner: str, lease_s: float, *, now: dat
     stmt = (update(Run).where(Run.id == run_id, claimable, Run.cancel_requested.is_(False))
             .values(status=states.RUNNING, attempt=Run.attempt + 1, lease_owner=owner, worker_name=owner,
                     lease_expires_at=now + timedelta(seconds=lease_s), error=None, updated_at=now,
-                    started_at=func.coalesce(Run.started_at, now))
+                    **{**unstarted(), "started_at": now}, start_epoch=Run.epoch)
             .returning(Run.sweep_id, Run.attempt).execution_options(synchronize_session=False))
     row = session.execute(stmt).first()
     if row is None:
@@ -76,11 +84,14 @@ def cancel_queued(session: Session, run_id: int) -> bool:
 
 def heartbeat(session: Session, run_id: int, owner: str, lease_s: float, *, epoch: int | None = None,
               step: int | None = None, epochs_total: int | None = None, steps_total: int | None = None,
-              samples_per_s: float | None = None, eta_s: float | None = None, now: datetime | None = None) -> bool:
-    """Extend the lease and record progress. False = lease lost or cancel requested: stop the job."""
+              samples_per_s: float | None = None, eta_s: float | None = None, start_epoch: int | None = None,
+              now: datetime | None = None) -> bool:
+    """Extend the lease and record progress (start_epoch: where this attempt resumed). False = lease lost or
+    cancel requested: stop the job."""
     now = now or utcnow()
     progress = {k: v for k, v in dict(epoch=epoch, step=step, epochs_total=epochs_total, steps_total=steps_total,
-                                      samples_per_s=_finite(samples_per_s), eta_s=_finite(eta_s)).items() if v is not None}
+                                      samples_per_s=_finite(samples_per_s), eta_s=_finite(eta_s),
+                                      start_epoch=start_epoch).items() if v is not None}
     row = _fence(session, run_id, owner, now, lease_expires_at=now + timedelta(seconds=lease_s), **progress)
     if row is None:
         return False
@@ -216,8 +227,7 @@ def requeue_expired(session: Session, now: datetime | None = None,
             error = (f"worker lost: the lease of {run.lease_owner or 'a worker'} expired on attempt "
                      f"{run.attempt} of {limit}; no attempts left")
         values: dict[str, Any] = dict(status=target, lease_owner=None, lease_expires_at=None, updated_at=now)
-        if target != states.QUEUED:
-            values.update(error=error, finished_at=now)
+        values.update(unstarted() if target == states.QUEUED else dict(error=error, finished_at=now))
         done = session.execute(update(Run).where(Run.id == run.id, Run.status == states.RUNNING,
                                                  Run.lease_expires_at < now).values(**values)
                                .execution_options(synchronize_session=False)).rowcount

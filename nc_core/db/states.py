@@ -1,6 +1,8 @@
 """Run statuses and the one table of legal transitions."""
 from __future__ import annotations
 
+from typing import Iterable
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
@@ -38,3 +40,10 @@ def status_phrase(status: str) -> str:
 
 #: Run kind → (what its progress counts, what its rate counts per second), as the CLI and dashboard show them.
 RUN_UNITS = {"train": ("epoch", "samples/s"), "ufm": ("iteration", "it/s"), "validate": ("checkpoint", "ckpt/s")}
+
+
+def metric_step(kinds: Iterable[str]) -> str:
+    """What the ``epoch`` of metric rows counts for runs of these kinds, as tables and plot axes name it:
+    'iteration' when they are all UFM runs, else 'epoch' (a validate job stores its parent's epochs)."""
+    kinds = set(kinds)
+    return "iteration" if kinds == {"ufm"} else "epoch"

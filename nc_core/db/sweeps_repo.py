@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from sqlalchemy import Integer, case, func, insert, or_, select, text, update
+from sqlalchemy import Integer, and_, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from nc_core.db.bulk_insert import Job, insert_runs, now, run_rows
 from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
-from nc_core.db.states import (CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, IllegalTransition,
-                               status_phrase)
+from nc_core.db.runs_repo import unstarted
+from nc_core.db.states import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, IllegalTransition, status_phrase
 from nc_core.sweep import ExpandedRun, SweepSpec
 
-Job = tuple[str, int]  # (kind, run_id): what the enqueuer sends
 RETRYABLE = (FAILED, CANCELLED)
 PRIMARY_KINDS = ("train", "ufm")  # runs that a sweep's grid defines (validate runs hang off them)
 
@@ -23,85 +22,9 @@ class StateConflict(RuntimeError):
     """A state-dependent refusal that is not a single status transition (HTTP 409)."""
 
 
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def add_event(session: Session, sweep_id: int | None, run_id: int | None, **payload: Any) -> None:
     """One 'status' row in the change feed (SSE); bulk changes write one event per sweep, run_id None."""
     session.execute(insert(Event).values(kind="status", sweep_id=sweep_id, run_id=run_id, payload=payload, at=now()))
-
-
-def run_rows(sweep_id: int, expanded: Iterable[ExpandedRun], *, max_attempts: int) -> list[dict]:
-    """Insert parameter rows for expanded runs (status queued)."""
-    t = now()
-    rows = []
-    for run in expanded:
-        spec = run.spec
-        rows.append({"sweep_id": sweep_id, "kind": spec.kind, "parent_run_id": None, "spec": run.tree,
-                     "spec_hash": run.spec_hash, SPEC_JSON: run.canonical,
-                     "grid": run.grid, "seed": spec.seed, "options": {}, "status": QUEUED, "cancel_requested": False,
-                     "attempt": 0, "max_attempts": max_attempts, "epoch": 0, "step": 0, "steps_total": 0,
-                     "epochs_total": spec.epochs if spec.kind == "train" else spec.ufm.iterations,
-                     "created_at": t, "updated_at": t})
-    return rows
-
-
-_COLS = ("sweep_id", "kind", "parent_run_id", "spec", "spec_hash", "grid", "seed", "options", "status",
-         "cancel_requested", "attempt", "max_attempts", "epoch", "step", "steps_total", "epochs_total",
-         "created_at", "updated_at")
-_JSON_COLS = [(i, c) for i, c in enumerate(_COLS) if c in ("spec", "grid", "options")]
-SPEC_JSON = "_spec_json"  # row key: the spec's canonical JSON text, stored as is by the bulk paths
-BULK_MIN = 64  # below this, a plain INSERT ... RETURNING is as fast
-
-
-def insert_runs(session: Session, rows: Sequence[dict]) -> list[Job]:
-    """Bulk insert → [(kind, id)] in row order. PostgreSQL: ids from the sequence + COPY; SQLite: one
-    executemany under the write lock, ids from last_insert_rowid(); small batches: INSERT ... RETURNING."""
-    if not rows:
-        return []
-    dialect = session.get_bind().dialect.name
-    if len(rows) < BULK_MIN or dialect not in ("postgresql", "sqlite"):
-        plain = [{k: v for k, v in row.items() if k != SPEC_JSON} for row in rows]
-        result = session.execute(insert(Run).returning(Run.kind, Run.id, sort_by_parameter_order=True), plain)
-        return [(kind, run_id) for kind, run_id in result]
-    ids = _copy_pg(session, rows) if dialect == "postgresql" else _executemany_sqlite(session, rows)
-    return [(row["kind"], run_id) for row, run_id in zip(rows, ids)]
-
-
-def _copy_pg(session: Session, rows: Sequence[dict]) -> list[int]:
-    conn = session.connection()
-    ids = list(conn.execute(text("SELECT nextval(pg_get_serial_sequence('run', 'id')) FROM generate_series(1, :n) "
-                                 "ORDER BY 1"), {"n": len(rows)}).scalars())
-    with conn.connection.driver_connection.cursor() as cur:
-        with cur.copy(f"COPY run (id, {', '.join(_COLS)}) FROM STDIN") as copy:
-            for run_id, row in zip(ids, rows):
-                copy.write_row((run_id, *_json_ready(row)))
-    return ids
-
-
-def _json_ready(row: dict) -> list:
-    """Column values in _COLS order with JSON columns as text (the spec's canonical JSON reused)."""
-    values = [row[c] for c in _COLS]
-    for i, c in _JSON_COLS:
-        values[i] = row.get(SPEC_JSON) if c == "spec" and SPEC_JSON in row else json.dumps(row[c])
-    return values
-
-
-def _executemany_sqlite(session: Session, rows: Sequence[dict]) -> list[int]:
-    conn = session.connection()
-    procs = [(i, Run.__table__.c[c].type.bind_processor(conn.dialect)) for i, c in enumerate(_COLS)
-             if c not in dict(_JSON_COLS).values()]
-    params = []
-    for row in rows:
-        values = _json_ready(row)
-        for i, proc in procs:
-            if proc is not None:
-                values[i] = proc(values[i])
-        params.append(tuple(values))
-    conn.exec_driver_sql(f"INSERT INTO run ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})", params)
-    last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
-    return list(range(last - len(rows) + 1, last + 1))  # new rowids are max+1, in order, under the write lock
 
 
 def create_sweep(session: Session, spec: SweepSpec, expanded: list[ExpandedRun], *,
@@ -135,12 +58,21 @@ def get_run(session: Session, run_id: int) -> Run | None:
     return session.get(Run, run_id)
 
 
+def _fraction_sql(dialect: str):  # noqa: ANN202 - a SQL float expression
+    """progress.run_fraction in SQL: 1 for succeeded; else completed epochs (+ the current epoch's share while
+    running) over epochs_total, at most 1."""
+    least = func.least if dialect == "postgresql" else func.min
+    within = case((and_(Run.status == RUNNING, Run.steps_total > 0), least(Run.step * 1.0 / Run.steps_total, 1.0)),
+                  else_=0.0)
+    return case((Run.status == SUCCEEDED, 1.0),
+                (Run.epochs_total > 0, least((Run.epoch + within) * 1.0 / Run.epochs_total, 1.0)), else_=0.0)
+
+
 def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Per sweep: runs, counts per status, cancel_requested, progress (finished + running epoch fraction) of
-    the runs its grid defines, and ``validate_jobs`` (per status) of the validate jobs hanging off them."""
-    frac = case((Run.epochs_total > 0, func.least(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0) \
-        if session.get_bind().dialect.name == "postgresql" else \
-        case((Run.epochs_total > 0, func.min(Run.epoch * 1.0 / Run.epochs_total, 1.0)), else_=0.0)
+    """Per sweep: runs, counts per status, cancel_requested, progress (work done: the mean
+    progress.run_fraction, so cancelled and failed runs count only the epochs they completed) of the runs its
+    grid defines, and ``validate_jobs`` (per status) of the validate jobs hanging off them."""
+    frac = _fraction_sql(session.get_bind().dialect.name)
     primary = Run.kind.in_(PRIMARY_KINDS)
     q = (select(Run.sweep_id, Run.status, primary, func.count(), func.sum(frac),
                 func.sum(Run.cancel_requested.cast(Integer)))
@@ -156,26 +88,33 @@ def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[st
         st["runs"] += n
         st["counts"][status] = n
         st["cancel_requested"] += int(creq or 0)
-        done[sid] += n if status in FINISHED else float(fsum or 0.0) if status == RUNNING else 0.0
+        done[sid] += float(fsum or 0.0)
     for sid, st in out.items():
         st["progress"] = round(done[sid] / st["runs"], 6) if st["runs"] else 0.0
     return out
 
 
+def sweep_kinds(session: Session, sweep_id: int) -> set[str]:
+    """The kinds of the runs the sweep's grid defines ({'train'}, {'ufm'} or both)."""
+    return set(session.scalars(select(Run.kind).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS))
+                               .distinct()))
+
+
 def default_split(session: Session, sweep_id: int) -> str:
     """The split a sweep's results and plots show by default: 'test', or 'train' for a sweep of UFM runs
     only (a UFM has its free features and nothing else)."""
-    kinds = set(session.scalars(select(Run.kind).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS))
-                                .distinct()))
-    return "train" if kinds == {"ufm"} else "test"
+    return "train" if sweep_kinds(session, sweep_id) == {"ufm"} else "test"
 
 
 def sweep_eta(session: Session, sweep_id: int) -> float | None:
-    """Rough ETA in seconds: (queued runs × mean finished-run duration + running remainder) / running."""
-    rows = session.execute(select(Run.status, Run.started_at, Run.finished_at, Run.eta_s)
-                           .where(Run.sweep_id == sweep_id, Run.status.in_((QUEUED, RUNNING, "succeeded")))).all()
-    durations = [(f - s).total_seconds() for st, s, f, _ in rows if st == "succeeded" and s and f]
-    running = [eta for st, _, _, eta in rows if st == RUNNING]
+    """Rough ETA in seconds: (queued runs × mean whole-run duration + running remainder) / running. A succeeded
+    run's last attempt (started_at → finished_at) trained epochs start_epoch+1..epochs_total: scaled to all."""
+    rows = session.execute(select(Run.status, Run.started_at, Run.finished_at, Run.eta_s, Run.epochs_total,
+                                  Run.start_epoch)
+                           .where(Run.sweep_id == sweep_id, Run.status.in_((QUEUED, RUNNING, SUCCEEDED)))).all()
+    durations = [(f - s).total_seconds() * total / (total - (start or 0)) for st, s, f, _, total, start in rows
+                 if st == SUCCEEDED and s and f and total and total > (start or 0)]
+    running = [eta for st, _, _, eta, *_ in rows if st == RUNNING]
     queued = sum(1 for st, *_ in rows if st == QUEUED)
     if not queued and not running:
         return 0.0 if rows else None
@@ -226,14 +165,16 @@ def cancel_sweep(session: Session, sweep_id: int) -> dict[str, int]:
     return {"cancelled": cancelled, "cancel_requested": flagged}
 
 
-def _requeue_values(extra_attempts: int) -> dict[str, Any]:
-    t = now()
+def _requeue_values(max_attempts: int) -> dict[str, Any]:
+    """A retry starts a fresh series of attempts: attempt 0 of max_attempts (the next claim is "attempt 1 of
+    max_attempts", as for a new run, and the reconciler's limit settings.max_attempts agrees), with the
+    per-attempt fields of the ended attempt cleared (runs_repo.unstarted); the completed epochs stay."""
     return dict(status=QUEUED, cancel_requested=False, error=None, lease_owner=None, lease_expires_at=None,
-                finished_at=None, worker_name=None, updated_at=t, max_attempts=Run.attempt + extra_attempts)
+                worker_name=None, updated_at=now(), attempt=0, max_attempts=max_attempts, **unstarted())
 
 
-def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
-    """failed/cancelled → queued (attempt keeps counting; max_attempts = attempt + extra_attempts)."""
+def retry_run(session: Session, run_id: int, *, max_attempts: int) -> Job:
+    """failed/cancelled → queued with a fresh allowance: attempt 0 of max_attempts (see _requeue_values)."""
     status = session.scalar(select(Run.status).where(Run.id == run_id))
     if status not in RETRYABLE:
         raise IllegalTransition(run_id, status, QUEUED,
@@ -244,7 +185,7 @@ def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
         raise StateConflict(f"run {run_id} has a validate job reading its checkpoints (run {reader}); retry it "
                             f"once that job has ended, or cancel run {reader} first")
     row = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RETRYABLE))
-                          .values(**_requeue_values(extra_attempts))
+                          .values(**_requeue_values(max_attempts))
                           .returning(Run.kind, Run.id, Run.sweep_id, Run.attempt)).first()
     if row is None:
         raise StateConflict(f"run {run_id}: status changed while retrying; try again")
@@ -252,10 +193,10 @@ def retry_run(session: Session, run_id: int, *, extra_attempts: int) -> Job:
     return row[0], row[1]
 
 
-def retry_sweep(session: Session, sweep_id: int, *, extra_attempts: int) -> list[Job]:
-    """Re-queue every failed/cancelled run of the sweep; StateConflict if there is none."""
+def retry_sweep(session: Session, sweep_id: int, *, max_attempts: int) -> list[Job]:
+    """Re-queue every failed/cancelled run of the sweep like retry_run; StateConflict if there is none."""
     rows = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status.in_(RETRYABLE))
-                           .values(**_requeue_values(extra_attempts)).returning(Run.kind, Run.id)).all()
+                           .values(**_requeue_values(max_attempts)).returning(Run.kind, Run.id)).all()
     if not rows:
         raise StateConflict(f"sweep {sweep_id} has no failed or cancelled runs to retry")
     add_event(session, sweep_id, None, status=QUEUED, retry=True, runs=len(rows))

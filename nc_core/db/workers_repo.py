@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from nc_core.db.models import Run, Worker, WorkerSample, utcnow
+from nc_core.db.progress import attempt_eta, run_fraction
 
 MAX_SAMPLES_PER_RUN = 500
 _SAMPLE_FIELDS = ("gpu_index", "gpu_name", "util_percent", "memory_used", "memory_total", "temperature_c")
@@ -70,21 +71,14 @@ def worker_state(worker: Worker, lost_after_s: float, now: datetime | None = Non
 
 
 def run_progress(run: Run, now: datetime | None = None) -> dict[str, Any]:
-    """Progress fraction and ETA of a run (the reporter's ETA, else extrapolated from elapsed time)."""
+    """Progress fraction (progress.run_fraction: work done) and ETA of a run: the reporter's ETA, else
+    extrapolated from the progress its current attempt made since it started (progress.attempt_eta)."""
     now = now or utcnow()
-    frac = 0.0
-    if run.status == "succeeded":
-        frac = 1.0
-    elif run.epochs_total:
-        within = run.step / run.steps_total if run.steps_total else 0.0
-        frac = min(1.0, (run.epoch + min(within, 1.0)) / run.epochs_total)
-    eta = run.eta_s
+    frac = run_fraction(run.status, run.epoch, run.epochs_total, run.step, run.steps_total)
+    eta = run.eta_s if run.status == "running" else None
     started = as_utc(run.started_at)
-    if eta is None and run.status == "running" and started is not None and 0 < frac < 1:
-        elapsed = (now - started).total_seconds()
-        eta = elapsed * (1 - frac) / frac
-    if run.status != "running":
-        eta = None
+    if eta is None and run.status == "running" and started is not None:
+        eta = attempt_eta((now - started).total_seconds(), frac, run.epochs_total, run.start_epoch)
     return {"progress": round(frac, 4), "epoch": run.epoch, "epochs_total": run.epochs_total, "step": run.step,
             "steps_total": run.steps_total, "samples_per_s": run.samples_per_s,
             "eta_s": None if eta is None else round(eta, 1)}

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from nc_core.db import workers_repo
+from nc_core.db import sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
 from service.plots import _axis_value, _sort_key, final_values
 
@@ -15,24 +15,21 @@ STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
 
 
 def sweeps_overview(session: Session, limit: int = 200) -> list[dict[str, Any]]:
-    """Newest sweeps first, each with status counts and a 0..1 progress."""
+    """Newest sweeps first, each with status counts and the API's 0..1 progress (work done, see
+    nc_core.db.progress.run_fraction)."""
     sweeps = list(session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit)))
     ids = [s.id for s in sweeps]
     counts: dict[int, Counter] = defaultdict(Counter)
-    partial: dict[int, float] = defaultdict(float)
     if ids:
         for sid, status, n in session.execute(select(Run.sweep_id, Run.status, func.count(Run.id))
                                               .where(Run.sweep_id.in_(ids)).group_by(Run.sweep_id, Run.status)):
             counts[sid][status] = n
-        for run in session.scalars(select(Run).where(Run.sweep_id.in_(ids), Run.status == "running")):
-            partial[run.sweep_id] += workers_repo.run_progress(run)["progress"]
+    stats = sweeps_repo.sweep_stats(session, ids) if ids else {}
     out = []
     for s in sweeps:
-        total = sum(counts[s.id].values())
-        done = counts[s.id]["succeeded"] + counts[s.id]["failed"] + counts[s.id]["cancelled"]
         out.append({"id": s.id, "name": s.name, "owner": s.owner, "created_at": s.created_at.isoformat(),
-                    "axes": s.axes or [], "runs": total, "counts": dict(counts[s.id]),
-                    "progress": (done + partial[s.id]) / total if total else 0.0})
+                    "axes": s.axes or [], "runs": sum(counts[s.id].values()), "counts": dict(counts[s.id]),
+                    "progress": stats[s.id]["progress"]})
     return out
 
 
@@ -85,7 +82,7 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
         matrix.append(line)
     total = len(runs)
     finished = sum(r.status in ("succeeded", "failed", "cancelled") for r in runs)
-    progress = (finished + sum(x["progress"] for x in run_rows if x["status"] == "running")) / total if total else 0.0
+    progress = sweeps_repo.sweep_stats(session, [sweep_id])[sweep_id]["progress"]  # the API's: work done
     return {"sweep_id": sweep_id, "name": sweep.name if sweep else "", "axes": axes, "row_axis": row_axis,
             "col_axis": col_axis, "rows": [str(v) for v in rows], "cols": [str(v) for v in cols], "matrix": matrix,
             "runs": run_rows, "counts": dict(Counter(r.status for r in runs)), "progress": progress,

@@ -7,10 +7,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from nc_core.db import events_repo, workers_repo
+from nc_core.db import events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
-from nc_core.db.states import RUN_UNITS
+from nc_core.db.states import RUN_UNITS, metric_step
 from service.dashboard import data
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
@@ -66,6 +66,7 @@ def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
         sweep = _sweep_or_404(s, sweep_id)
         state = data.sweep_state(s, sweep_id)
         return _page(request, "sweep.html", sweep=sweep, state=state, keys=data.metric_keys(s, sweep_id),
+                     unit=metric_step(sweeps_repo.sweep_kinds(s, sweep_id)),  # what its runs count
                      cursor=events_repo.latest_event_id(s), title=f"sweep {sweep_id}")
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from nc_core.db import runs_repo, sweeps_repo as repo
 from nc_core.db.models import Run
+from nc_core.db.states import metric_step
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
 from nc_core.sweep import SpecError, get_path
@@ -82,11 +83,12 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
                   split: Literal["train", "test"] | None = None, epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
     group (seeds): at the last epoch each run has in `split` (default test; train for a UFM sweep), or
-    at `epoch`."""
+    at `epoch`. `unit` says what the epochs count: 'iteration' for a sweep of UFM runs."""
     sweep = repo.get_sweep(session, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
-    split = split or repo.default_split(session, sweep_id)
+    kinds = repo.sweep_kinds(session, sweep_id)
+    split, unit = split or ("train" if kinds == {"ufm"} else "test"), metric_step(kinds)
     paths = [p for p in group_by.split(",") if p] if group_by is not None else list(sweep.axes or [])
     valid = set(field_paths())
     for p in paths:
@@ -98,8 +100,8 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
     last = max((int(spec.get("epochs", 0) if spec.get("kind") != "ufm" else (spec.get("ufm") or {}).get(
         "iterations", 0)) for _, spec in runs), default=0)
     if at is not None and runs and at > last:
-        raise SpecError("epoch", f"{at} is past the last epoch of every run of sweep {sweep_id} (the longest has "
-                                 f"{last}); expected 'last' or an epoch in 1..{last}")
+        raise SpecError("epoch", f"{at} is past the last {unit} of every run of sweep {sweep_id} (the longest has "
+                                 f"{last}); expected 'last' or an {unit} in 1..{last}")
     by_run: dict[int, dict[str, float | None]] = {}
     for rid, k, v in rows:
         by_run.setdefault(rid, {})[k] = v
@@ -114,4 +116,4 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
         out.append({"values": dict(zip(paths, gkey)), "runs": len(ids), "run_ids": ids,
                     "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})
     return {"sweep_id": sweep_id, "group_by": paths, "keys": all_keys, "split": split,
-            "epoch": epoch if at is None else at, "groups": out}
+            "epoch": epoch if at is None else at, "unit": unit, "groups": out}

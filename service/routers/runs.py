@@ -103,9 +103,10 @@ def cancel_run(run_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
 @router.post("/runs/{run_id}/retry", response_model=ActionResult)
 def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
               _: WriteAuth) -> ActionResult:
-    """failed/cancelled → queued (the attempt counter keeps increasing), re-enqueued; 409 otherwise."""
+    """failed/cancelled → queued with a fresh allowance (attempt 0 of settings.max_attempts; the start time,
+    rate and ETA of the ended attempt cleared), re-enqueued; 409 otherwise."""
     _run_or_404(session, run_id)
-    job = repo.retry_run(session, run_id, extra_attempts=settings.max_attempts)
+    job = repo.retry_run(session, run_id, max_attempts=settings.max_attempts)
     session.commit()
     return ActionResult(retried=1, enqueued=safe_enqueue(enqueuer, [job]))
 

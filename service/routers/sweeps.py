@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from nc_core.db import sweeps_repo as repo
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
-from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, expand, get_path
+from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, error_order, expand, get_path
 from service.auth import WriteAuth
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
@@ -22,27 +22,42 @@ router = APIRouter(tags=["sweeps"])
 
 
 def expand_checked(spec: SweepSpec, settings: Settings) -> list[ExpandedRun]:
-    """Cap (min of spec.max_runs and settings.max_runs_per_sweep), expand, confine data roots."""
+    """Cap (min of spec.max_runs and settings.max_runs_per_sweep), expand, confine data roots. One SpecError
+    lists every bad value and data root (error_order: base, then each axis by value index)."""
     cap = min(spec.max_runs, settings.max_runs_per_sweep)
     if spec.size > cap:
         raise SpecError("max_runs", f"the sweep expands to {spec.size} runs (grid × zip × seeds), above the cap of "
                                     f"{cap} (max_runs={spec.max_runs}, server max_runs_per_sweep="
                                     f"{settings.max_runs_per_sweep})")
-    expanded = expand(spec)
-    check_data_roots(spec, expanded, settings)
+    expanded, problems = [], []
+    try:
+        expanded = expand(spec)
+    except SpecError as exc:
+        problems = list(exc.errors)
+    named = {field for field, _ in problems}
+    problems += [p for p in data_root_problems(spec, settings) if p[0] not in named]
+    if problems:
+        raise SpecError.of(sorted(problems, key=lambda p: error_order(spec, p[0])))
     return expanded
 
 
-def check_data_roots(spec: SweepSpec, expanded: list[ExpandedRun], settings: Settings) -> None:
-    """Every data.root must be an absolute path inside one of settings.data_roots."""
+def data_root_problems(spec: SweepSpec, settings: Settings) -> list[tuple[str, str]]:
+    """(field, message) for every data.root (base value, or each value of its axis) that is not an absolute
+    path inside one of settings.data_roots."""
     allowed = [Path(p).expanduser().resolve() for p in settings.data_roots]
-    for root in sorted({r.spec.data.root for r in expanded if r.spec.data.root is not None}):
+    axis = next((s for s in ("grid", "zip") if "data.root" in getattr(spec, s)), None)
+    roots = [(f"{axis}.data.root[{i}]", v) for i, v in enumerate(getattr(spec, axis)["data.root"])] if axis \
+        else [("base.data.root", get_path(spec.base, "data.root"))]
+    problems = []
+    for field, root in roots:
+        if not isinstance(root, str) or "\x00" in root:  # null: settings.data_root; others: expand names them
+            continue
         path = Path(root).expanduser()
         if path.is_absolute() and any(path.resolve().is_relative_to(a) for a in allowed):
             continue
-        field = next((f"{s}.data.root" for s in ("grid", "zip") if "data.root" in getattr(spec, s)), "base.data.root")
-        raise SpecError(field, f"{root!r} is not inside an allowed data root; expected an absolute path under one "
-                               f"of {[str(a) for a in allowed]} (settings.data_roots)")
+        problems.append((field, f"{root!r} is not inside an allowed data root; expected an absolute path under one "
+                                f"of {[str(a) for a in allowed]} (settings.data_roots)"))
+    return problems
 
 
 def _sweep_or_404(session, sweep_id: int, *, lock: bool = False) -> Sweep:  # noqa: ANN001
@@ -100,9 +115,10 @@ def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResul
 @router.post("/sweeps/{sweep_id}/retry", response_model=ActionResult)
 def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
                 _: WriteAuth) -> ActionResult:
-    """Failed and cancelled runs → queued (new attempt) and re-enqueued; 409 when there is none."""
+    """Failed and cancelled runs → queued with a fresh allowance of attempts (as a run retry) and re-enqueued;
+    409 when there is none."""
     _sweep_or_404(session, sweep_id)
-    jobs = repo.retry_sweep(session, sweep_id, extra_attempts=settings.max_attempts)
+    jobs = repo.retry_sweep(session, sweep_id, max_attempts=settings.max_attempts)
     session.commit()
     return ActionResult(retried=len(jobs), enqueued=safe_enqueue(enqueuer, jobs))
 
