@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     data_roots: list[Path] = Field(default_factory=lambda: [Path("~/data").expanduser()],
                                    description="directories a spec's data.root may point into")
     data_root: Path = Field(default=Path("~/data").expanduser(), description="default dataset root")
+    check_data_files: bool = Field(default=True, description="refuse a sweep whose dataset files are not under its "
+                                   "data root on the API's host (false when workers see other files than the API)")
     artifacts_dir: Path = Field(default=Path(""), description="checkpoints; empty = <home>/artifacts")
     api_host: str = "127.0.0.1"
     api_port: int = 8765

@@ -105,6 +105,35 @@ def test_data_root_inside_allowed_root_is_accepted(app_client, settings):
     assert resp.status_code == 201, resp.text
 
 
+def test_a_dataset_missing_on_the_api_host_is_refused_at_submit(app_client, settings, row_counts):
+    # the workers would fail every run with "files not found": say so once, before anything is queued
+    have, empty = settings.data_roots[0] / "have", settings.data_roots[0] / "empty"
+    raw = have / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").write_bytes(b"")  # present (gzipped) is enough: nothing is read at submit
+    empty.mkdir()
+    before = row_counts()
+    body = sweep_body(base={"data": {"name": "mnist", "root": str(have)}}, grid={"data.name": ["mnist", "cifar10"]})
+    resp = app_client.post("/sweeps", json=body)
+    assert resp.status_code == 422 and fields(resp) == ["grid.data.name[1]"], resp.text
+    msg = resp.json()["detail"][0]["msg"]
+    assert f"dataset 'cifar10': files not found under data root {have}" in msg and "cifar-10-batches-py" in msg
+    assert "data.download=true" in msg and "NCSWEEP_CHECK_DATA_FILES=false" in msg
+    body = sweep_body(base={"data": {"name": "mnist"}}, grid={"data.root": [str(have), str(empty)]})
+    resp = app_client.post("/sweeps", json=body)
+    assert resp.status_code == 422 and fields(resp) == ["grid.data.root[1]"], resp.text
+    assert f"{empty / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'}" in resp.text
+    assert row_counts() == before and app_client.app.state.enqueuer.calls == []
+    ok = [sweep_body(base={"data": {"name": "mnist", "root": str(have)}}),  # the files are there
+          sweep_body(base={"data": {"name": "cifar10", "root": str(empty), "download": True}})]  # fetched by the worker
+    for body in ok:
+        assert app_client.post("/sweeps", json=body).status_code == 201
+    settings.check_data_files = False  # a deployment whose workers see other files than the API
+    resp = app_client.post("/sweeps", json=sweep_body(base={"data": {"name": "svhn", "root": str(empty)}}))
+    assert resp.status_code == 201, resp.text
+
+
 def test_malformed_json_and_wrong_types(app_client, row_counts):
     before = row_counts()
     resp = app_client.post("/sweeps", content=b'{"name": "x", ', headers={"content-type": "application/json"})

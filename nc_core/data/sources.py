@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nc_core.data_files import (CIFAR_FOLDERS, IDX_FILES, MNIST_FOLDERS, ROOT_FIX, SVHN_FILES, MissingDataError,
+                                idx_paths, missing)
 from nc_core.registry import DATASETS
 from nc_core.spec import RunSpec
 
-
-class MissingDataError(FileNotFoundError):
-    """Dataset files are not where the spec says; the message names the paths and the fixes."""
+__all__ = ["MissingDataError", "RawData", "missing", "unreadable"]
 
 
 @dataclass
@@ -36,22 +36,6 @@ def rng(seed: int, stream: int) -> np.random.Generator:
 
 
 _READ_ERRORS = (RuntimeError, AssertionError, ValueError, EOFError, OSError, KeyError, IndexError)
-_ROOT_FIX = "or point data.root (or the NCSWEEP_DATA_ROOT environment variable) at a directory that holds them."
-
-
-def missing(name: str, root: Path, looked_for: list[Path], extra: str = "", *,
-            download: bool = False) -> MissingDataError:
-    """The error for absent files of dataset ``name``: where it looked and the three fixes."""
-    paths = ", ".join(str(p) for p in looked_for)
-    if download:  # asked for a download and it failed: advising data.download=true would go round in circles
-        fix = (f"data.download=true is set, so torchvision tried to fetch them and could not (is this machine "
-               f"offline?). Fix: download them where there is network and copy them there in the torchvision "
-               f"layout, {_ROOT_FIX}")
-    else:
-        fix = (f"Fix: put the {name} files there in the torchvision layout, or set data.download=true in the "
-               f"spec to let torchvision fetch them, {_ROOT_FIX}")
-    return MissingDataError(f"dataset {name!r}: files not found under data root {root} (looked for {paths})"
-                            f"{extra}. {fix}")
 
 
 def unreadable(name: str, root: Path, err: BaseException) -> MissingDataError:
@@ -60,12 +44,10 @@ def unreadable(name: str, root: Path, err: BaseException) -> MissingDataError:
     return MissingDataError(
         f"dataset {name!r}: the files under data root {root} are there but could not be read ({why}); they are "
         f"corrupt, incomplete, truncated or of another format. Fix: replace them with intact {name} files (or "
-        f"delete them and set data.download=true to fetch them again), {_ROOT_FIX}")
+        f"delete them and set data.download=true to fetch them again), {ROOT_FIX}")
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx files)
-_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 def _read_idx_gz(path: Path) -> np.ndarray:
@@ -80,11 +62,11 @@ def _read_idx_gz(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _mnist_like(spec: RunSpec, root: Path, folder: str, tv_name: str, mean: float, std: float) -> RawData:
-    raw = root / folder / "raw"
-    names = [n for pair in _IDX.values() for n in pair]
-    have_raw = all((raw / n).is_file() for n in names)
-    have_gz = all((raw / f"{n}.gz").is_file() for n in names)
+def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float) -> RawData:
+    paths = idx_paths(root, spec.data.name)  # <root>/<folder>/raw/<idx file>
+    raw = paths[0].parent
+    have_raw = all(p.is_file() for p in paths)
+    have_gz = all(p.with_name(p.name + ".gz").is_file() for p in paths)
     splits: dict[str, tuple[Tensor, Tensor]] = {}
     name, download = spec.data.name, spec.data.download
     if have_raw or download:
@@ -96,12 +78,12 @@ def _mnist_like(spec: RunSpec, root: Path, folder: str, tv_name: str, mean: floa
             except (RuntimeError, OSError) as err:  # not found, or the download failed
                 if have_raw:
                     raise unreadable(name, root, err) from err
-                raise missing(name, root, [raw / n for n in names], f" ({err})", download=download) from err
+                raise missing(name, root, paths, f" ({err})", download=download) from err
             except _READ_ERRORS as err:  # torchvision's idx reader asserts on a bad header
                 raise unreadable(name, root, err) from err
             splits[split] = (ds.data, ds.targets)
     elif have_gz:
-        for split, (img, lab) in _IDX.items():
+        for split, (img, lab) in IDX_FILES.items():
             try:
                 x = torch.from_numpy(_read_idx_gz(raw / f"{img}.gz").copy())
                 y = torch.from_numpy(_read_idx_gz(raw / f"{lab}.gz").astype(np.int64))
@@ -111,7 +93,7 @@ def _mnist_like(spec: RunSpec, root: Path, folder: str, tv_name: str, mean: floa
                 raise unreadable(name, root, ValueError(f"{split}: {len(x)} images but {len(y)} labels"))
             splits[split] = (x, y)
     else:
-        raise missing(spec.data.name, root, [raw / n for n in names] + [raw / "<same>.gz"])
+        raise missing(spec.data.name, root, paths + [raw / "<same>.gz"])
     (trx, try_), (tex, tey) = splits["train"], splits["test"]
     return RawData(trx[:, None].float() / 255.0, try_.long(), tex[:, None].float() / 255.0, tey.long(),
                    (mean,), (std,))
@@ -119,12 +101,12 @@ def _mnist_like(spec: RunSpec, root: Path, folder: str, tv_name: str, mean: floa
 
 @DATASETS.register("mnist")
 def _mnist(spec: RunSpec, root: Path) -> RawData:
-    return _mnist_like(spec, root, "MNIST", "MNIST", 0.1307, 0.3081)
+    return _mnist_like(spec, root, MNIST_FOLDERS["mnist"], 0.1307, 0.3081)
 
 
 @DATASETS.register("fashion_mnist")
 def _fashion_mnist(spec: RunSpec, root: Path) -> RawData:
-    return _mnist_like(spec, root, "FashionMNIST", "FashionMNIST", 0.2860, 0.3530)
+    return _mnist_like(spec, root, MNIST_FOLDERS["fashion_mnist"], 0.2860, 0.3530)
 
 
 # ---------------------------------------------------------------- CIFAR / SVHN (md5-checked by torchvision)
@@ -159,12 +141,12 @@ def _cifar(spec: RunSpec, root: Path, cls: str, folder: str, mean, std) -> RawDa
 
 @DATASETS.register("cifar10")
 def _cifar10(spec: RunSpec, root: Path) -> RawData:
-    return _cifar(spec, root, "CIFAR10", "cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    return _cifar(spec, root, "CIFAR10", CIFAR_FOLDERS["cifar10"], (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 @DATASETS.register("cifar100")
 def _cifar100(spec: RunSpec, root: Path) -> RawData:
-    return _cifar(spec, root, "CIFAR100", "cifar-100-python", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    return _cifar(spec, root, "CIFAR100", CIFAR_FOLDERS["cifar100"], (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
 @DATASETS.register("svhn")
@@ -172,8 +154,8 @@ def _svhn(spec: RunSpec, root: Path) -> RawData:
     import torchvision.datasets as tvd
 
     out = []
-    for split in ("train", "test"):
-        x, y = _torchvision_split(spec, root, [root / f"{split}_32x32.mat"], partial(
+    for split, file in zip(("train", "test"), SVHN_FILES):
+        x, y = _torchvision_split(spec, root, [root / file], partial(
             tvd.SVHN, str(root), split=split, download=spec.data.download))
         out += [torch.from_numpy(x).float().div(255.0), torch.from_numpy(y.astype(np.int64))]  # (N, 3, 32, 32)
     return RawData(*out, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))

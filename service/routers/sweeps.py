@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from nc_core.db import sweeps_repo as repo
+from nc_core.data_files import absent_files, missing
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
 from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, error_order, expand, get_path
@@ -36,6 +37,8 @@ def expand_checked(spec: SweepSpec, settings: Settings) -> list[ExpandedRun]:
         problems = list(exc.errors)
     named = {field for field, _ in problems}
     problems += [p for p in data_root_problems(spec, settings) if p[0] not in named]
+    if not problems and settings.check_data_files:
+        problems = data_file_problems(spec, expanded, settings)
     if problems:
         raise SpecError.of(sorted(problems, key=lambda p: error_order(spec, p[0])))
     return expanded
@@ -58,6 +61,35 @@ def data_root_problems(spec: SweepSpec, settings: Settings) -> list[tuple[str, s
         problems.append((field, f"{root!r} is not inside an allowed data root; expected an absolute path under one "
                                 f"of {[str(a) for a in allowed]} (settings.data_roots)"))
     return problems
+
+
+def data_file_problems(spec: SweepSpec, expanded: list[ExpandedRun], settings: Settings) -> list[tuple[str, str]]:
+    """(field, message) for each dataset whose files are not under its data root on this host, in runs that
+    do not download them (nothing is read; workers would fail each run with the same error). The field is
+    the axis that chose the data root or dataset (grid.data.root[i], …), else base.data.root/base.data.name."""
+    problems, seen = [], set()
+    for run in expanded:
+        data = run.spec.data
+        root = Path(data.root or settings.data_root).expanduser()
+        if run.spec.kind != "train" or data.download or (data.name, root) in seen:
+            continue
+        seen.add((data.name, root))
+        absent = absent_files(data.name, root)
+        if absent:
+            why = str(missing(data.name, root, absent))
+            problems.append((_choosing_field(spec, run), f"{why} (Checked on the API's host when the sweep was "
+                                                         "submitted; NCSWEEP_CHECK_DATA_FILES=false turns it off.)"))
+    return problems
+
+
+def _choosing_field(spec: SweepSpec, run: ExpandedRun) -> str:
+    """The field that gave a run its data root or dataset: an axis value ('grid.data.root[1]'), else the base."""
+    for path in ("data.root", "data.name"):
+        for section in ("grid", "zip"):
+            values = getattr(spec, section).get(path)
+            if values is not None and run.grid.get(path) in values:
+                return f"{section}.{path}[{values.index(run.grid[path])}]"
+    return "base.data.root" if get_path(spec.base, "data.root") else "base.data.name"
 
 
 def _sweep_or_404(session, sweep_id: int, *, lock: bool = False) -> Sweep:  # noqa: ANN001
