@@ -170,15 +170,21 @@ def error_field(err: dict[str, Any]) -> tuple[str, str]:
     return loc, msg
 
 
-_INDEXED = re.compile(r"^(grid|zip)\.(.+)\[(\d+)\]$")
+_INDEXED = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def field_loc(field: str) -> list[Any]:
+    """An error's field as a loc: 'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1]; 'base.epochs' → ['base', 'epochs']."""
+    m = _INDEXED.match(field)
+    return [*m.group(1).split("."), int(m.group(2))] if m else field.split(".")
 
 
 def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
     """Sort key of an error's field: base fields first, then grid and zip axes in their order, by value index."""
-    m = _INDEXED.match(field)
-    if m is None:
+    loc = field_loc(field)
+    if loc[0] not in ("grid", "zip") or not isinstance(loc[-1], int):
         return (0, 0, 0)
-    section, path, index = m.group(1), m.group(2), int(m.group(3))
+    section, path, index = loc[0], ".".join(loc[1:-1]), loc[-1]
     axes = list(getattr(sweep, section))
     return (1 if section == "grid" else 2, axes.index(path) if path in axes else len(axes), index)
 

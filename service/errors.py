@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from nc_core.db.states import IllegalTransition
 from nc_core.db.sweeps_repo import StateConflict
-from nc_core.sweep import SpecError
+from nc_core.sweep import SpecError, field_loc
 
 log = logging.getLogger(__name__)
 _SOURCES = ("body", "query", "path", "header", "cookie")  # request parts FastAPI puts first in loc
@@ -22,15 +22,6 @@ _PATH_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*): ")
 
 class NotFound(LookupError):
     """An unknown sweep/run id (HTTP 404)."""
-
-
-_INDEX = re.compile(r"^(.*)\[(\d+)\]$")
-
-
-def field_loc(field: str) -> list[Any]:
-    """'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1]; 'base.epochs' → ['base', 'epochs']."""
-    m = _INDEX.match(field)
-    return [*m.group(1).split("."), int(m.group(2))] if m else field.split(".")
 
 
 def error_item(field: str, msg: str, loc: list[Any] | None = None) -> dict[str, Any]:
