@@ -1,6 +1,7 @@
 """Declarative, validated run and sweep specifications (pydantic v2, torch-free)."""
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -52,6 +53,18 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+def imbalance_floor(n_max: int, factor: float, k: int) -> list[int]:
+    """The exponentially imbalanced train counts n_c = floor(n_max · f^(c/(K−1))), c = 0..K−1 (Cao et al. 2019);
+    a ValueError naming data.imbalance_factor when one of them is 0 (that class would have no sample)."""
+    counts = [math.floor(n_max * factor ** (c / (k - 1))) for c in range(k)]
+    empty = [c for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise ValueError(f"data.imbalance_factor: {factor} with n_max = {n_max} (data.per_class, else the smallest "
+                         f"class) leaves class(es) {empty} with floor(n_max·f^(c/(K−1))) = 0 training samples; "
+                         f"expected every class to keep one: raise it above {1 / n_max:.3g} (1/n_max) or raise n_max")
+    return counts
+
+
 class DataSpec(_Frozen):
     """Dataset and its modifiers (random labels, label noise, subsets, imbalance, augmentation)."""
 
@@ -79,6 +92,8 @@ class DataSpec(_Frozen):
         k = self.num_classes
         if self.class_counts is not None and len(self.class_counts) != k:
             raise ValueError(f"data.class_counts: expected {k} counts (one per class of {self.name}), got {len(self.class_counts)}")
+        if self.per_class is not None:  # n_max known here: an emptied class is refused before any run starts
+            imbalance_floor(self.per_class, self.imbalance_factor, k)
         return self
 
     @property

@@ -131,18 +131,21 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
             "lr": r.opt.param_groups[0]["lr"]}
 
 
-def _gof(spec: RunSpec) -> dict | None:
-    """GOF hyper-parameters for bias-free separate-decay runs (nc-spec §2.7), else None."""
+def _gof(spec: RunSpec, train_y: torch.Tensor, num_classes: int) -> dict | None:
+    """GOF hyper-parameters for bias-free separate-decay runs (nc-spec §2.7), else None. The class counts are
+    the training split's (``train_y`` (N,)) for every split: the GOF targets are those of the trained model."""
     if not spec.optim.sep_decay or spec.head.bias:
         return None
     return {"weight_decay": spec.optim.weight_decay, "feature_decay": spec.optim.feature_decay,
-            "depth_linear": spec.head.depth_linear}
+            "depth_linear": spec.head.depth_linear,
+            "class_counts": torch.bincount(train_y, minlength=num_classes).tolist()}
 
 
 @torch.no_grad()
-def _evaluate(r: _Run, splits: list[str]) -> dict[str, dict[str, float]]:
-    """NC metrics + acc/loss per split from one un-augmented pass, with the head's effective W and b."""
-    from nc_core.metrics import evaluate_split
+def _evaluate(r: _Run, splits: list[str], epoch: int) -> dict[str, dict[str, float]]:
+    """NC metrics + acc/loss per split from one un-augmented pass, with the head's effective W and b, after
+    ``epoch``; non-finite features → TrainingDiverged (the loss may stay finite while they blow up)."""
+    from nc_core.metrics import NonFiniteValues, evaluate_split
 
     r.model.eval()
     head = r.model.head
@@ -155,11 +158,15 @@ def _evaluate(r: _Run, splits: list[str]) -> dict[str, dict[str, float]]:
             feats, logits = _forward(r, xb, None)
         return feats.float(), logits.float()  # (B, d), (B, K)
 
-    out = {}
+    out, gof = {}, _gof(r.spec, r.y["train"], r.data.num_classes)
     for split in splits:
-        out[split] = evaluate_split(forward, _Split(r.x[split], r.y[split], max(EVAL_BATCH, r.spec.batch_size)),
-                                    num_classes=r.data.num_classes, loss_fn=r.loss_fn, weight=weight, bias=bias,
-                                    gof=_gof(r.spec))
+        try:
+            out[split] = evaluate_split(forward, _Split(r.x[split], r.y[split], max(EVAL_BATCH, r.spec.batch_size)),
+                                        num_classes=r.data.num_classes, loss_fn=r.loss_fn, weight=weight, bias=bias,
+                                        gof=gof)
+        except NonFiniteValues as exc:
+            raise TrainingDiverged(epoch, -1, evaluated=f"the {split} split's features have {exc.count} NaN/inf "
+                                                       "entries at evaluation (the training loss was finite)") from exc
     return out
 
 
@@ -234,7 +241,7 @@ def _loop(r: _Run, start: int, final: dict) -> dict:
                 _save(r, *pending)
             return {"epochs_done": epoch - 1, "stopped": True, "final": final}
         r.sched.step()
-        metrics = _evaluate(r, spec.eval.splits) if epoch in evals else {}
+        metrics = _evaluate(r, spec.eval.splits, epoch) if epoch in evals else {}
         metrics.setdefault("train", {}).update(running)
         for split, m in metrics.items():
             report_metrics(r.reporter, epoch, split, m)  # + on_distribution (sorted cosine margins)
@@ -271,7 +278,7 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
             if reporter.should_stop():
                 return {"epochs": want[:i - 1], "metrics": results, "stopped": True}
             r.model.load_state_dict(ck.load_checkpoint(available[e])["model"])
-            results[e] = _evaluate(r, splits)
+            results[e] = _evaluate(r, splits, e)
             for split, m in results[e].items():
                 report_metrics(reporter, e, split, m)
             reporter.on_progress(i, 1, 1, i / max(time.perf_counter() - t0, 1e-9))  # checkpoints per second

@@ -1,14 +1,13 @@
 """Train-split modifiers: per-class subsets, imbalance, size cap, random labels, label noise (seeded)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from nc_core.data.sources import rng
-from nc_core.spec import DataSpec
+from nc_core.spec import DataSpec, imbalance_floor
 
 # Independent random streams of one run seed (0–2 are used by the gaussian source).
 _STREAM_CAP, _STREAM_RANDOM, _STREAM_NOISE = 10, 11, 12
@@ -25,7 +24,7 @@ def class_targets(spec: DataSpec, counts: np.ndarray) -> np.ndarray | None:
         return np.asarray(spec.class_counts)
     if spec.imbalance_factor < 1.0:
         n_max = spec.per_class if spec.per_class is not None else int(counts.min())
-        return np.array([math.floor(n_max * spec.imbalance_factor ** (c / (k - 1))) for c in range(k)])
+        return np.array(imbalance_floor(n_max, spec.imbalance_factor, k))
     if spec.per_class is not None:
         return np.full(k, spec.per_class)
     return None

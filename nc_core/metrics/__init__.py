@@ -1,5 +1,5 @@
 """Neural-collapse metrics: streaming float64 class statistics, every metric key of docs/metrics.md, evaluate_split."""
-from ._util import MetricDict, MetricUndefined, result_reasons
+from ._util import MetricDict, MetricUndefined, NonFiniteValues, result_reasons
 from .evaluate import evaluate_split
 from .ncc import SampleStats
 from .stats import ClassStats
@@ -11,6 +11,7 @@ __all__ = [
     "ClassStats",
     "MetricDict",
     "MetricUndefined",
+    "NonFiniteValues",
     "SampleStats",
     "compute_metrics",
     "evaluate_split",

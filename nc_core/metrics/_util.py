@@ -96,12 +96,20 @@ def check_features(x: Any, *, dim: int | None = None, name: str = "features", fi
     return t
 
 
+class NonFiniteValues(ValueError):
+    """Input values that are NaN or infinite: ``name`` (e.g. 'features') and ``count`` of such entries."""
+
+    def __init__(self, name: str, count: int):
+        super().__init__(f"{name}: expected finite values, got {count} NaN/inf entries")
+        self.name, self.count = name, count
+
+
 def check_finite(parts: list[torch.Tensor], name: str = "features") -> None:
-    """Raise "``name``: expected finite values, got n NaN/inf entries" when any of ``parts`` has one
-    (an element-wise count: call it when a cheap test — a sum that is not finite — has failed)."""
+    """Raise :class:`NonFiniteValues` ("``name``: expected finite values, got n NaN/inf entries") when any of
+    ``parts`` has one (an element-wise count: call it when a cheap test — a sum that is not finite — has failed)."""
     bad = sum(int((~torch.isfinite(t)).sum()) for t in parts if t.is_floating_point())
     if bad:
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+        raise NonFiniteValues(name, bad)
 
 
 def check_labels(y: Any, *, n: int, num_classes: int | None, name: str = "labels") -> torch.Tensor:

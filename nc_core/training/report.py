@@ -68,11 +68,16 @@ def report_metrics(reporter: object, epoch: int, split: str, metrics: dict[str, 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite at (epoch, step) (1-based epoch, 0-based step); for a UFM run
-    ``ufm=True`` and ``epoch`` is the 1-based iteration."""
+    ``ufm=True`` and ``epoch`` is the 1-based iteration; ``evaluated`` says which split's features were not
+    finite when the model was evaluated after epoch ``epoch`` (step −1)."""
 
-    def __init__(self, epoch: int, step: int, value: float | None = None, *, ufm: bool = False):
+    def __init__(self, epoch: int, step: int, value: float | None = None, *, ufm: bool = False,
+                 evaluated: str | None = None):
         what = f" (loss = {value})" if value is not None else ""
-        if ufm:
+        if evaluated:  # the loss stayed finite, the features of an evaluated split did not (step = -1)
+            msg = (f"training diverged by epoch {epoch}: {evaluated}; lower optim.lr or add optim.grad_clip "
+                   "(under bf16, also try precision='fp32')")
+        elif ufm:
             msg = (f"UFM optimisation diverged at iteration {epoch}: non-finite objective{what}; lower ufm.lr "
                    "(or ufm.momentum)")
         else:
