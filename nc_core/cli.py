@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nc_core.cli_report import HISTORY, CLIReporter, table, write_metrics
+from nc_core.cli_report import HISTORY, CLIReporter, nan_notes, table, write_metrics
 from nc_core.spec import RunSpec
 from nc_core.sweep import error_field, set_path, spec_hash
 from nc_core.cli_files import out_path_problem, read_yaml_file
@@ -153,6 +153,8 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
                 reporter.on_metrics(reporter.start_epoch, split, m)
     if reporter.rows:  # a diverged run keeps the metrics of the epochs it evaluated
         console.print(table(reporter.rows, unit, width=console.width))
+        for note in nan_notes(reporter.rows):  # a NaN in the table says why
+            console.print(f"nan {note}", style="dim", highlight=False, markup=False)
     if summary is not None:
         done = summary["epochs_done"]
         stopped = " (stopped)" if summary.get("stopped") else ""

@@ -85,7 +85,10 @@ class CLIReporter:
             self.progress.update(self.epochs, description=f"{self.unit}s ({samples_per_s:,.0f}/s)")
 
     def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
-        new = [{"epoch": epoch, "split": split, "key": k, "value": float(v)} for k, v in metrics.items()]
+        reasons = getattr(metrics, "reasons", None) or {}  # a MetricDict says why a value is NaN
+        new = [{"epoch": epoch, "split": split, "key": k, "value": float(v),
+                **({"reason": reasons[k]} if k in reasons and not math.isfinite(float(v)) else {})}
+               for k, v in metrics.items()]
         self.rows += new
         if self.history is not None:
             with self.history.open("a") as f:
@@ -140,14 +143,25 @@ def table(rows: list[dict[str, Any]], unit: str = "epoch", width: int = 10**6) -
     return table
 
 
+def nan_notes(rows: list[dict[str, Any]], keys: tuple[str, ...] = TABLE_KEYS) -> list[str]:
+    """'key [split]: why it is NaN (epochs a–b)' for each reason a NaN of the table's keys came with."""
+    seen: dict[tuple[str, str, str], list[int]] = {}
+    for r in rows:
+        if r.get("reason") and r["key"] in keys:
+            seen.setdefault((r["key"], r["split"], r["reason"]), []).append(r["epoch"])
+    return [f"{key} [{split}]: {why} ({'epoch' if min(e) == max(e) else 'epochs'} "
+            f"{min(e)}{'' if min(e) == max(e) else f'–{max(e)}'})" for (key, split, why), e in seen.items()]
+
+
 def write_metrics(rows: list[dict[str, Any]], out: Path) -> None:
-    """JSON list of {epoch, split, key, value} (NaN/inf → null) for a .json ``out``, or CSV with the same
-    columns for a .csv one (the CLI refuses other suffixes before training)."""
+    """JSON list of {epoch, split, key, value[, reason]} (NaN/inf → null, with the reason a NaN came with) for
+    a .json ``out``, or CSV with the columns epoch, split, key, value, reason for a .csv one (the CLI refuses
+    other suffixes before training)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = [{**r, "value": r["value"] if math.isfinite(r["value"]) else None} for r in rows]
     if out.suffix.lower() == ".csv":
         with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "split", "key", "value"])
+            w = csv.DictWriter(f, fieldnames=["epoch", "split", "key", "value", "reason"])
             w.writeheader()
             w.writerows(clean)
     else:

@@ -203,7 +203,8 @@ def _save(r: _Run, epoch: int, state: dict[str, Any]) -> None:
 
 
 def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:
-    """Train ``spec`` (kind 'train'); checkpoints in ``workdir/ckpt``; resumes from the newest one.
+    """Train ``spec`` (kind 'train'); checkpoints in ``workdir/ckpt``; resumes from the newest one (held for
+    the run: a second run on the same workdir is refused).
 
     A cooperative stop (``reporter.should_stop()``) saves the last *completed* epoch (if not saved yet)
     and returns ``stopped=True``; the partial epoch is redone on resume, with the same data order.
@@ -213,13 +214,10 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
         raise ValueError(f"kind: fit() trains kind='train' specs, got {spec.kind!r}; use run_spec()")
     reporter = reporter or NullReporter()
     device = resolve_device(spec)
-    with determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir), determinism(spec.deterministic, device):
         r = _build(spec, device, reporter, workdir)
         start, final = 0, {}
-        if not resume:
-            for path in ck.list_checkpoints(workdir).values():
-                path.unlink()
-        elif (state := ck.load_newest(workdir)) is not None:  # on the CPU: RNG states must stay CPU tensors
+        if (state := ck.start_state(workdir, resume)) is not None:  # on the CPU: RNG states must stay CPU tensors
             _restore(r, state)
             start, final = state["epoch"], state["final"]
         if start and (on_resume := getattr(reporter, "on_resume", None)) is not None:

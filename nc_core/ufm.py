@@ -73,7 +73,8 @@ def _state(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, it: int, final
 def _restore(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, state: dict, workdir: str | Path) -> None:
     if "spec_hash" not in state or "optimizer" not in state:
         raise ValueError(f"{ck.ckpt_dir(workdir)} holds a UFM checkpoint of an older ncsweep that cannot be "
-                         "resumed; use another workdir or resume=False (--no-resume on the command line)")
+                         "resumed; use another workdir, or resume=False (--no-resume on the command line) to DELETE "
+                         "it and start afresh there")
     ck.check_spec(state, spec, workdir)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -94,17 +95,14 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
     reporter, u = reporter or NullReporter(), spec.ufm
     device = resolve_device(spec)
     keep_last = spec.checkpoint.keep_last
-    with determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir), determinism(spec.deterministic, device):
         seed_everything(spec.seed)
         g = torch.Generator().manual_seed(spec.seed)
         model = UFM(u.class_counts, u.dim, u.depth_linear, u.bias, g).to(device)
         params = list(model.parameters())
         opt = torch.optim.SGD(params, lr=u.lr, momentum=u.momentum, **fused_kwargs(params))
         start, final = 0, {}
-        if not resume:
-            for path in ck.list_checkpoints(workdir).values():
-                path.unlink()
-        elif (state := ck.load_newest(workdir)) is not None:
+        if (state := ck.start_state(workdir, resume)) is not None:
             _restore(model, opt, spec, state, workdir)
             start, final = state["epoch"], state["final"]
             if (on_resume := getattr(reporter, "on_resume", None)) is not None:

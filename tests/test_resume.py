@@ -125,10 +125,26 @@ def test_checkpoint_files_sha_and_pruning(tmp_path):
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
 
 
-def test_corrupt_newest_checkpoint_falls_back(tmp_path):
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
     fit(spec4(epochs=2), workdir=tmp_path)
     ck.ckpt_path(tmp_path, 2).write_bytes(b"truncated")
-    assert ck.load_newest(tmp_path)["epoch"] == 1
+    with caplog.at_level("WARNING", logger=ck.__name__):
+        assert ck.load_newest(tmp_path)["epoch"] == 1
+    assert "epoch_0002.pt is unreadable" in caplog.text and "moved aside to epoch_0002.pt.corrupt" in caplog.text
+    assert list(ck.list_checkpoints(tmp_path)) == [1]  # the junk no longer counts as a kept checkpoint
+    assert ck.ckpt_path(tmp_path, 2).with_name("epoch_0002.pt.corrupt").read_bytes() == b"truncated"
+
+
+def test_a_workdir_is_held_by_one_run_at_a_time(tmp_path):
+    with ck.workdir_lock(tmp_path):  # another run holds it (flock: another open file, as another process)
+        with pytest.raises(ValueError, match=rf"workdir: {tmp_path} is in use by another run \(pid \d+\)"):
+            fit(spec4(epochs=1), workdir=tmp_path)
+        assert not ck.list_checkpoints(tmp_path)
+    assert fit(spec4(epochs=1), workdir=tmp_path)["epochs_done"] == 1  # released
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match=r"workdir: expected a directory for the checkpoints, got a file: .*afile"):
+        fit(spec4(epochs=1), workdir=afile)
 
 
 def test_finished_run_resumes_to_a_no_op(tmp_path):
@@ -141,7 +157,7 @@ def test_finished_run_resumes_to_a_no_op(tmp_path):
 
 def test_resume_with_another_spec_is_refused(tmp_path):
     fit(spec4(epochs=1), workdir=tmp_path)
-    with pytest.raises(ValueError, match=r"different spec \(seed 3 → 4\)"):
+    with pytest.raises(ValueError, match=r"different spec \(seed 3 → 4\).*--no-resume.* to DELETE them"):
         fit(spec4(epochs=1, seed=4), workdir=tmp_path)
     assert fit(spec4(epochs=1, seed=4), workdir=tmp_path, resume=False)["epochs_done"] == 1
 

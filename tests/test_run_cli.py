@@ -48,7 +48,23 @@ def test_run_with_set_override_and_csv(tmp_path):
     assert res.exit_code == 0, res.output
     assert "1 epoch done" in res.output  # singular
     rows = list(csv.DictReader(out.open()))
-    assert {r["epoch"] for r in rows} == {"1"} and {"epoch", "split", "key", "value"} == set(rows[0])
+    assert {r["epoch"] for r in rows} == {"1"} and {"epoch", "split", "key", "value", "reason"} == set(rows[0])
+
+
+def test_a_nan_metric_says_why_in_the_table_and_the_files(tmp_path):
+    # 5 training samples of 10 gaussian classes: some class has none, so its mean (and nc1) is undefined
+    tree = {**TINY, "epochs": 1, "data": {"name": "gaussian", "train_size": 5, "test_size": 50}}
+    for out in (tmp_path / "m.csv", tmp_path / "m.json"):
+        res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / out.suffix[1:]),
+                                  "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        assert "nan nc1 [train]: class(es) [" in text and "have no sample in this split (epoch 1)" in text, text
+        rows = list(csv.DictReader(out.open())) if out.suffix == ".csv" else json.loads(out.read_text())
+        nc1 = next(r for r in rows if r["key"] == "nc1" and r["split"] == "train")
+        assert nc1["value"] in ("", None) and "have no sample in this split" in nc1["reason"]
+        test_nc1 = next(r for r in rows if r["key"] == "nc1" and r["split"] == "test")
+        assert test_nc1["value"] not in ("", None) and not test_nc1.get("reason")
 
 
 def test_invalid_spec_names_the_field_and_exits_2(tmp_path):

@@ -150,3 +150,11 @@ def test_ufm_accepts_the_fields_it_reads_and_defaults_spelled_out():
                                    "checkpoint": {"keep_last": None}, "loss": {"name": "ce"},
                                    "ufm": {"class_counts": [5, 5]}})
     assert RunSpec.model_validate(spec.model_dump(mode="json")) == spec  # a stored spec re-validates
+
+
+def test_a_ufm_workdir_is_held_by_one_run_at_a_time(tmp_path):
+    from nc_core.training import checkpoint as ck
+
+    with ck.workdir_lock(tmp_path), pytest.raises(ValueError, match=r"is in use by another run \(pid \d+\)"):
+        fit_ufm(ufm_spec(iterations=20, eval_every=10), workdir=tmp_path)
+    assert fit_ufm(ufm_spec(iterations=20, eval_every=10), workdir=tmp_path)["epochs_done"] == 20

@@ -1,16 +1,20 @@
 """Atomic checkpoints `ckpt/epoch_XXXX.pt`: save (tmp + fsync + rename), sha256, keep_last pruning, discovery."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
 import random
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
@@ -100,13 +104,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The newest readable checkpoint (a corrupt newest file falls back to the one before), or None."""
+    """The newest readable checkpoint, or None. An unreadable one (truncated, corrupt) is renamed
+    ``<name>.corrupt`` with a warning, so that it neither hides nor counts as a kept checkpoint, and the one
+    before it is tried."""
     for epoch, path in reversed(list_checkpoints(workdir).items()):
         try:
             return load_checkpoint(path, map_location)
-        except Exception:  # truncated/corrupt file: try an older one
-            continue
+        except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            log.warning("checkpoint %s is unreadable (%s: %s); moved aside to %s, resuming from an older one if any",
+                        path, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", aside.name)
     return None
+
+
+def start_state(workdir: str | Path, resume: bool, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The checkpoint a run starts from: the newest readable one when ``resume``, else None after deleting
+    every checkpoint in the workdir (a fresh start)."""
+    if resume:
+        return load_newest(workdir, map_location)
+    for path in list_checkpoints(workdir).values():
+        path.unlink()
+    return None
+
+
+@contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[Path]:
+    """Hold ``workdir`` for one run: an exclusive, non-blocking flock on ``workdir/.lock``, released on exit or
+    by the OS when the process dies. A second run on the same workdir (which would train the same epochs
+    again and interleave the checkpoints and metric history) is refused with a ValueError naming the holder."""
+    root = Path(workdir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"workdir: expected a directory for the checkpoints, got a file: {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "another process"
+            raise ValueError(f"workdir: {root} is in use by another run ({holder}); wait for it to end, or give "
+                             "this one another workdir (--workdir)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield root
+    finally:
+        os.close(fd)
 
 
 def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
@@ -117,8 +160,9 @@ def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
     if state.get("spec_hash") != spec_hash(spec):
         changed = spec_changes(state.get("spec") or {}, spec)
         raise ValueError(f"{ckpt_dir(workdir)} holds checkpoints of a different spec "
-                         f"({changed or 'hash ' + str(state.get('spec_hash'))[:12]}); use another workdir or "
-                         "resume=False (--no-resume on the command line)")
+                         f"({changed or 'hash ' + str(state.get('spec_hash'))[:12]}); use another workdir, or "
+                         "resume=False (--no-resume on the command line) to DELETE them and train this spec there "
+                         "afresh")
 
 
 def save_pruned(workdir: str | Path, epoch: int, state: dict[str, Any], keep_last: int | None, reporter: Any) -> None:
