@@ -50,14 +50,17 @@ def _check_ufm_fields(spec: "RunSpec") -> None:
     from nc_core.sweep import get_path
 
     tree, default = spec.model_dump(mode="json"), _training_defaults()
-    for path in field_paths():
-        if path.startswith("ufm.") or path in UFM_FIELDS:
-            continue
-        if get_path(tree, path) != get_path(default, path):
-            hint = f"; the UFM's own is {_UFM_COUNTERPART[path]}" if path in _UFM_COUNTERPART else ""
-            raise ValueError(f"{path}: has no effect with kind='ufm' (a UFM run uses only {', '.join(UFM_FIELDS[1:])} "
-                             f"and the ufm section{hint}); expected its default {get_path(default, path)!r}, "
-                             f"got {get_path(tree, path)!r}")
+    off = [path for path in field_paths() if not (path.startswith("ufm.") or path in UFM_FIELDS)
+           and get_path(tree, path) != get_path(default, path)]
+    if not off:
+        return
+    path, *more = off  # the first names the error's field; every other one is listed in the same message
+    hint = f"; the UFM's own is {_UFM_COUNTERPART[path]}" if path in _UFM_COUNTERPART else ""
+    also = "; ".join(f"{p} (default {get_path(default, p)!r}, got {get_path(tree, p)!r}"
+                     + (f"; the UFM's own is {_UFM_COUNTERPART[p]})" if p in _UFM_COUNTERPART else ")") for p in more)
+    raise ValueError(f"{path}: has no effect with kind='ufm' (a UFM run uses only {', '.join(UFM_FIELDS[1:])} "
+                     f"and the ufm section{hint}); expected its default {get_path(default, path)!r}, "
+                     f"got {get_path(tree, path)!r}" + (f". Also without effect here: {also}" if more else ""))
 
 
 def check_run(spec: "RunSpec") -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import difflib
 import itertools
 import json
 import re
@@ -161,13 +162,35 @@ _PATH_AT_START = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+): ")
 
 def error_field(err: dict[str, Any]) -> tuple[str, str]:
     """(field path, message) of a RunSpec validation error; a model validator's 'model.width: …' names its
-    own field, deeper than pydantic's loc ('model')."""
+    own field, deeper than pydantic's loc ('model'). pydantic's own messages are made to say what was
+    expected and what was got: an unknown field lists the valid ones (closest first), a wrong value is
+    echoed, and internal class names are dropped."""
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
     loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
     named = _PATH_AT_START.match(msg)
     if named and named.group(1).startswith(loc):
         return named.group(1), msg
+    kind, given = err.get("type", ""), err.get("input")
+    if kind == "extra_forbidden":
+        return loc, _unknown_field(loc)
+    msg = _CLASS_NAME.sub("", msg)
+    if kind != "value_error" and "got " not in msg and (given is None or isinstance(given, (str, int, float, list))):
+        text = repr(given)
+        msg += f", got {text if len(text) <= 80 else text[:77] + '...'}"
     return loc, msg
+
+
+_CLASS_NAME = re.compile(r" or instance of [A-Z]\w*")
+
+
+def _unknown_field(loc: str) -> str:
+    """'unknown field; did you mean …? expected one of …' for an extra field ``loc`` of a RunSpec."""
+    parent, _, name = loc.rpartition(".")
+    prefix = parent + "." if parent else ""
+    siblings = sorted({p[len(prefix):].split(".")[0] for p in field_paths() if p.startswith(prefix)})
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown field; {hint}expected one of {', '.join(siblings)}"
 
 
 _INDEXED = re.compile(r"^(.*)\[(\d+)\]$")

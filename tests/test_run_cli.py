@@ -204,6 +204,12 @@ def test_unwritable_out_says_where_the_metrics_are(tmp_path, monkeypatch):
     (["--set", "epochs=true"], "epochs: expected a number, got the boolean true"),
     (["--set", "optim.lr=false"], "optim.lr: expected a number, got the boolean false"),
     (["--set", "model.name=resnet18", "--set", "model.width=64"], "model.width: for resnet18 it is a channel"),
+    (["--set", "model.widht=64"], "model.widht: unknown field; did you mean 'width'? expected one of batch_norm, "
+                                  "depth, feature_dim, name, stem, temperature, width"),
+    (["--set", "loss.name=cee"], "loss.name: Input should be 'ce', 'mse', 'rescaled_mse', 'focal' or "
+                                 "'label_smoothing', got 'cee'"),
+    (["--set", "eval=[1, 2]"], "eval: Input should be a valid dictionary, got [1, 2]"),
+    (["--set", "eval.splits=test"], "eval.splits: Input should be a valid list, got 'test'"),
 ])
 def test_bad_overrides_are_one_line_errors_naming_the_field(tmp_path, args, expected):
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"), *args])

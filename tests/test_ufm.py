@@ -145,6 +145,18 @@ def test_ufm_refuses_training_fields_it_would_ignore(extra, field, counterpart):
     assert counterpart is None or counterpart in str(info.value)
 
 
+def test_ufm_lists_every_training_field_it_would_ignore_at_once():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        RunSpec.model_validate({"kind": "ufm", "ufm": {"dim": 8}, "epochs": 8, "model": {"width": 16},
+                                "optim": {"lr": 0.5}})
+    msg = info.value.errors()[0]["msg"]
+    assert msg.startswith("Value error, epochs: has no effect with kind='ufm'") and "ufm.iterations" in msg
+    assert "Also without effect here: model.width (default 128.0, got 16.0; the UFM's own is ufm.dim); " \
+           "optim.lr (default 0.05, got 0.5; the UFM's own is ufm.lr)" in msg
+
+
 def test_ufm_accepts_the_fields_it_reads_and_defaults_spelled_out():
     spec = RunSpec.model_validate({"kind": "ufm", "seed": 4, "device": "cpu", "deterministic": False,
                                    "checkpoint": {"keep_last": None}, "loss": {"name": "ce"},
