@@ -1,7 +1,7 @@
 """File arguments of the CLIs: YAML files read safely (duplicate keys refused) and output paths checked early."""
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,13 @@ def out_path_problem(out: Path, suffixes: tuple[str, ...]) -> str | None:
         return f"that is a directory; expected a {names} file path such as {str(out / ('out' + suffixes[0]))!r}"
     if not out.parent.is_dir():
         return f"the directory {str(out.parent)!r} does not exist; create it first"
-    if not os.access(out.parent, os.W_OK):
-        return f"the directory {str(out.parent)!r} is not writable"
+    try:  # a real write, not os.access: root passes every permission test, yet /sys or a read-only mount refuse
+        if out.exists():
+            with open(out, "ab"):  # appends nothing: the file is left as it is
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".ncsweep-probe-"):
+                pass
+    except OSError as exc:
+        return f"cannot write in {str(out.parent)!r} ({exc.strerror or type(exc).__name__})"
     return None

@@ -182,6 +182,18 @@ def test_out_in_a_directory_that_does_not_exist_is_refused_before_training(tmp_p
     assert not (tmp_path / "w").exists() and not (tmp_path / "nowhere").exists()
 
 
+def test_an_unwritable_out_directory_is_refused_before_training_even_for_root(tmp_path):
+    # /proc takes no new files whoever asks (os.access would pass root); --workdir: a --workdir file is refused too
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w"),
+                              "--out", "/proc/ncsweep-m.json"])
+    assert res.exit_code == 2 and "cannot write in '/proc'" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "afile").write_text("")
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "afile")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "workdir: expected a directory for the checkpoints, got a file" in text, text
+
+
 def test_unwritable_out_says_where_the_metrics_are(tmp_path, monkeypatch):
     import nc_core.cli as cli
 
