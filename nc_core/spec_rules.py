@@ -101,6 +101,10 @@ def check_run(spec: "RunSpec") -> None:
         raise ValueError("data.augment='crop_flip' needs image data; gaussian features cannot be cropped")
     if spec.schedule.name == "multistep":
         _check_milestones(spec.schedule.milestones, spec.epochs)
+    if spec.schedule.name == "step" and spec.epochs > 1 and spec.schedule.step_size >= spec.epochs:
+        raise ValueError(f"schedule.step_size: {spec.schedule.step_size} is not below the {spec.epochs} epochs, so the "
+                         f"LR would never decay; expected a step size in 1..{spec.epochs - 1} (or schedule.name="
+                         "'constant')")
     ev = spec.eval
     if ev.epochs is not None and not ev.epochs:
         raise ValueError("eval.epochs: expected at least one epoch (or leave it out to use eval.every)")

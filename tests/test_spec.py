@@ -199,3 +199,11 @@ def test_expand_reports_every_bad_value_once_in_axis_order():
     assert [f for f, _ in exc.value.errors] == ["grid.model.width[0]", "grid.model.width[2]", "grid.optim.lr[0]"]
     assert exc.value.field == "grid.model.width[0]" and "greater than 0" in exc.value.message
     assert str(exc.value).count("\n") == 2 and "grid.optim.lr[0]: " in str(exc.value)
+
+
+def test_a_step_schedule_that_would_never_decay_is_refused():
+    with pytest.raises(ValidationError, match=r"schedule.step_size: 40 is not below the 8 epochs, so the LR would "
+                                              r"never decay; expected a step size in 1..7"):
+        RunSpec.model_validate({"epochs": 8, "schedule": {"name": "step"}})
+    assert RunSpec.model_validate({"epochs": 8, "schedule": {"name": "step", "step_size": 7}}).schedule.step_size == 7
+    assert RunSpec.model_validate({"epochs": 1, "schedule": {"name": "step"}}).epochs == 1  # one epoch: no decay to miss
