@@ -115,10 +115,13 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 @app.command()
-def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="RunSpec YAML file"),
-        workdir: Optional[Path] = typer.Option(None, help="checkpoint directory (default runs/<spec hash>)"),
-        out: Optional[Path] = typer.Option(None, help="write all metrics to this .json or .csv file"),
-        set_: list[str] = typer.Option([], "--set", help="override a field: --set loss.name=mse"),
+def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="SPEC_FILE",
+                                         help="RunSpec YAML file"),
+        workdir: Optional[Path] = typer.Option(None, metavar="DIR", help="checkpoint directory (default "
+                                               "runs/<spec hash>)"),
+        out: Optional[Path] = typer.Option(None, metavar="FILE", help="write all metrics to this .json or .csv file"),
+        set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE",
+                                       help="override a field: --set loss.name=mse (repeatable)"),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="resume from the newest checkpoint"),
         debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
     """Validate SPEC_FILE, train it (resuming from WORKDIR), print a metric table, optionally write metrics."""
