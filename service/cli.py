@@ -229,9 +229,10 @@ def export(ctx: typer.Context, sweep: int = typer.Argument(...),
             rows.append({"run_id": run["id"], "kind": run.get("kind", "train"),
                          "parent_run_id": run.get("parent_run_id"), "status": run["status"], "seed": run["seed"],
                          **{a: (run.get("grid") or {}).get(a) for a in axes},
-                         "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"]})
-    write_rows(rows, ["run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value"],
-               format, out_path)
+                         "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"],
+                         "note": m.get("note")})
+    write_rows(rows, ["run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value",
+                      "note"], format, out_path)
     out.print(f"wrote {len(rows)} rows to {out_path}", highlight=False)
 
 

@@ -181,10 +181,14 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     if run.get("error"):
         parts += [Text("error:", style="bold red"), Text(run["error"])]
     last: dict[str, dict[str, tuple[int, Any]]] = {}
+    notes: dict[tuple[str, str], str] = {}  # (split, key) → why its last value is NaN
     for m in metrics:
         seen = last.setdefault(m["split"], {}).get(m["key"])
         if seen is None or m["epoch"] >= seen[0]:
             last[m["split"]][m["key"]] = (m["epoch"], m["value"])
+            notes.pop((m["split"], m["key"]), None)
+            if m.get("note"):
+                notes[(m["split"], m["key"])] = m["note"]
     if last:
         keys = TABLE_KEYS
         table = Table(title="last measured metrics", title_justify="left")
@@ -194,6 +198,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
             epoch = max(e for e, _ in values.values())
             table.add_row(split, str(epoch), *(_fmt(values[k][1]) if k in values else "" for k in keys))
         parts.append(table)
+        parts += [Text(f"nan {key} [{split}]: {why}", style="dim") for (split, key), why in sorted(notes.items())
+                  if key in keys]
     return Group(*parts)
 
 

@@ -156,9 +156,10 @@ class Client:
                         epoch=None if epoch is None else str(epoch))
 
     def run_metrics(self, run_id: int, keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """Flat metric rows [{epoch, split, key, value}] of one run (from its series; only ``keys`` if given)."""
+        """Flat metric rows [{epoch, split, key, value, note}] of one run (from its series; only ``keys`` if
+        given); ``note`` says why a null value is undefined, where the metric suite did."""
         body = self.get(f"/runs/{run_id}/metrics", keys=",".join(keys) if keys else None)
-        return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v}
+        return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e))}
                 for s in body.get("series", []) for e, v in zip(s["epochs"], s["values"])]
 
     def workers(self) -> list[dict[str, Any]]:

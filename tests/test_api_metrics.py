@@ -120,3 +120,35 @@ def test_results_errors_say_what_is_valid(app_client, sweep):
     assert detail["msg"] == f"99 is past the last epoch of every run of sweep {sweep[0]} (the longest has 3); " \
                             "expected 'last' or an epoch in 1..3"
     assert app_client.get(f"/sweeps/{sweep[0]}/results", params={"epoch": "3"}).status_code == 200
+
+
+def test_an_undefined_metric_keeps_its_reason(app_client, db_url, sweep):
+    # the metric suite says why a value is NaN; the worker stores it as the row's note, the API and CLI show it
+    from rich.console import Console
+
+    from nc_core.db import runs_repo
+    from nc_core.metrics import MetricDict
+    from service.cli_views import run_detail
+
+    _, ids, _, _ = sweep
+    rid = ids[3]
+    why = "class(es) [5, 6] have no sample in this split"
+    with session_scope(db_url) as s:
+        assert runs_repo.claim(s, rid, "w/1/abc", 60.0) is not None
+    with session_scope(db_url) as s:
+        metrics = MetricDict(nc1=float("nan"), nc3=float("nan"), acc=40.0)
+        metrics.reasons.update(nc1=why, nc3=why)
+        assert runs_repo.upsert_metrics(s, rid, "w/1/abc", 4, "train", metrics, 1)
+        later = MetricDict(nc1=0.5, nc3=float("nan"), acc=50.0)
+        later.reasons.update(nc3="W is zero, cannot be normalised")
+        assert runs_repo.upsert_metrics(s, rid, "w/1/abc", 5, "train", later, 1)
+    series = {(x["split"], x["key"]): x for x in app_client.get(f"/runs/{rid}/metrics").json()["series"]}
+    assert series[("train", "nc1")]["notes"] == {"4": why} and series[("train", "nc1")]["values"][-2:] == [None, 0.5]
+    assert series[("train", "nc3")]["notes"] == {"4": why, "5": "W is zero, cannot be normalised"}
+    assert series[("train", "acc")]["notes"] == {} and series[("test", "acc")]["notes"] == {}
+    rows = [{"epoch": e, "split": x["split"], "key": x["key"], "value": v, "note": x["notes"].get(str(e))}
+            for x in series.values() for e, v in zip(x["epochs"], x["values"])]
+    console = Console(width=160, record=True)
+    console.print(run_detail(app_client.get(f"/runs/{rid}").json(), rows))
+    text = " ".join(console.export_text().split())
+    assert "nan nc3 [train]: W is zero, cannot be normalised" in text and why not in text  # nc1 is defined at 5

@@ -162,7 +162,7 @@ def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) 
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
     assert len(rows) == 8 * 2 * 2 * 9  # runs × epochs × splits × keys
     assert set(rows[0]) == {"run_id", "kind", "parent_run_id", "status", "seed", "loss.name", "model.width", "epoch",
-                            "split", "key", "value"}
+                            "split", "key", "value", "note"}  # note: why a NaN value is undefined
     assert {(r["kind"], r["parent_run_id"]) for r in rows} == {("train", "")}  # a validate job's rows say whose
     assert {r["loss.name"] for r in rows} == {"ce", "mse"}
     rc, _, _ = ncsweep(capsys, "export", sid, "--format", "parquet", "--out", tmp_path / "m.parquet")

@@ -86,6 +86,7 @@ class Metric(Base):
     split: Mapped[str] = mapped_column(String(16))
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL = NaN / undefined
+    note: Mapped[str | None] = mapped_column(String(300), nullable=True)  # why value is NULL (the suite's reason)
     metric_version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

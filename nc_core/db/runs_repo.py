@@ -124,17 +124,20 @@ def _upsert(session: Session, table: Any, rows: list[dict], keys: list[str], upd
 
 def upsert_metrics(session: Session, run_id: int, owner: str, epoch: int, split: str,
                    metrics: dict[str, Any], version: int) -> bool:
-    """Write one metric row per key (NaN/inf → NULL); retries overwrite. False = not the lease holder."""
+    """Write one metric row per key (NaN/inf → NULL, with the reason a MetricDict gives for it as the row's
+    note); retries overwrite. False = not the lease holder."""
     now = utcnow()
     fence = _fence(session, run_id, owner, now)
     if fence is None:
         return False
+    reasons = getattr(metrics, "reasons", None) or {}
     rows = [{"run_id": run_id, "epoch": int(epoch), "split": split, "key": str(k), "value": _finite(v),
+             "note": str(reasons[k])[:300] if k in reasons and _finite(v) is None else None,
              "metric_version": int(version), "created_at": now}
             for k, v in metrics.items() if not str(k).startswith("_") and isinstance(v, (int, float))]
     if rows:
         _upsert(session, Metric.__table__, rows, ["run_id", "split", "key", "epoch"],
-                ["value", "metric_version", "created_at"])
+                ["value", "note", "metric_version", "created_at"])
         add_event(session, "metric", run_id, fence.sweep_id, epoch=int(epoch), split=split, n=len(rows))
     return True
 
