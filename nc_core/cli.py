@@ -9,6 +9,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nc_core.cli_report import HISTORY, CLIReporter, nan_notes, table, write_metrics
@@ -171,12 +172,12 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
             raise typer.Exit(1)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")
     if diverged is not None:
-        console.print(f"[bold red]diverged[/]: {diverged}")
+        console.print(f"[bold red]diverged[/]: {escape(str(diverged))}", soft_wrap=True)  # a log greps whole lines
         raise typer.Exit(1)
     if failed is not None:
         kind = "" if isinstance(failed, (ValueError, OSError)) else \
             f" ({type(failed).__name__}; --debug shows the traceback)"
-        console.print(f"[bold red]error[/]: {failed}{kind}", highlight=False)
+        console.print(f"[bold red]error[/]: {escape(str(failed))}{kind}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if summary is not None and summary.get("stopped"):
         console.print(f"the same command resumes the run from its last completed {unit}")
