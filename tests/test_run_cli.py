@@ -240,9 +240,10 @@ def test_unreadable_or_ambiguous_spec_files_are_refused(tmp_path, content, expec
 
 
 def test_missing_data_is_one_error_naming_where_it_looked(tmp_path):
-    tree = {**TINY, "data": {"name": "mnist", "root": str(tmp_path / "nodata")}}
+    tree = {**TINY, "data": {"name": "mnist", "root": str(tmp_path / "no[bold]data")}}  # brackets: text, not markup
     res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w")])
-    assert res.exit_code == 1 and "error" in res.output and "nodata" in res.output, res.output
+    assert res.exit_code == 1 and "error" in res.output and "no[bold]data/MNIST" in res.output, res.output
+    assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
     assert "download" in res.output and "Traceback" not in res.output
     assert "0/?" not in res.output and "epochs" not in res.output  # no empty progress bars before the error
 
