@@ -45,29 +45,37 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
-        valid = set(field_paths())
+        """Every problem of the sweep's shape in one error: the first names its field, the rest follow it."""
+        problems = self._problems()
+        if problems:
+            raise ValueError(problems[0] + "".join(f"; also {p}" for p in problems[1:]))
+        return self
+
+    def _problems(self) -> list[str]:
+        valid, out = set(field_paths()), []
         for section in ("grid", "zip"):
             for path, values in getattr(self, section).items():
-                if path not in valid:
-                    close = sorted(p for p in valid if p.split(".")[0] == path.split(".")[0])[:12]
-                    raise ValueError(f"{section}.{path}: unknown field; valid fields include {', '.join(close or sorted(valid)[:12])}")
                 if path == "seed":
-                    raise ValueError(f"{section}.seed: use the 'seeds' list for seeds")
+                    out.append(f"{section}.seed: use the 'seeds' list for seeds")
+                elif path not in valid:
+                    near = difflib.get_close_matches(path, valid, n=1)
+                    close = sorted(p for p in valid if p.split(".")[0] == path.split(".")[0])[:12]
+                    out.append(f"{section}.{path}: unknown field; " + (f"did you mean {near[0]!r}? " if near else "")
+                               + f"valid fields include {', '.join(close or sorted(valid)[:12])}")
                 if not values:
-                    raise ValueError(f"{section}.{path}: expected a non-empty list of values")
-        both = sorted(set(self.grid) & set(self.zip))
-        if both:
-            raise ValueError(f"zip.{both[0]}: {both[0]} is also a grid axis; an axis goes in grid or in zip, not both")
+                    out.append(f"{section}.{path}: expected a non-empty list of values")
+        out += [f"zip.{p}: {p} is also a grid axis; an axis goes in grid or in zip, not both"
+                for p in sorted(set(self.grid) & set(self.zip))]
         if "seed" in self.base:
-            raise ValueError("base.seed: use the 'seeds' list for seeds (every run gets its seed from it)")
+            out.append("base.seed: use the 'seeds' list for seeds (every run gets its seed from it)")
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
-            raise ValueError(f"zip: all zipped axes must have the same length, got lengths {sorted(lengths)}")
+            out.append(f"zip: all zipped axes must have the same length, got lengths {sorted(lengths)}")
         if not self.seeds:
-            raise ValueError("seeds: expected at least one seed")
+            out.append("seeds: expected at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds: duplicate seeds")
-        return self
+            out.append("seeds: duplicate seeds")
+        return out
 
     @property
     def size(self) -> int:

@@ -207,3 +207,14 @@ def test_a_step_schedule_that_would_never_decay_is_refused():
         RunSpec.model_validate({"epochs": 8, "schedule": {"name": "step"}})
     assert RunSpec.model_validate({"epochs": 8, "schedule": {"name": "step", "step_size": 7}}).schedule.step_size == 7
     assert RunSpec.model_validate({"epochs": 1, "schedule": {"name": "step"}}).epochs == 1  # one epoch: no decay to miss
+
+
+def test_a_sweep_lists_every_problem_of_its_shape_at_once():
+    with pytest.raises(ValidationError) as info:
+        SweepSpec.model_validate({"name": "x", "grid": {"optim.lrr": [0.1], "model.width": []},
+                                  "zip": {"model.width": [1]}, "seeds": [1, 1]})
+    msg = info.value.errors()[0]["msg"]
+    assert msg.startswith("Value error, grid.optim.lrr: unknown field; did you mean 'optim.lr'?"), msg
+    for also in ("; also grid.model.width: expected a non-empty list of values",
+                 "; also zip.model.width: model.width is also a grid axis", "; also seeds: duplicate seeds"):
+        assert also in msg, (also, msg)
