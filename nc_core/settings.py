@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_runs_per_sweep: int = 20_000
     lease_seconds: float = 120.0
     heartbeat_seconds: float = 5.0
+    cancel_poll_seconds: float = Field(default=1.0, description="how often a running job reads its cancel flag "
+                                       "between heartbeats (one primary-key read)")
     max_attempts: int = 3
     visibility_timeout: int = 7 * 24 * 3600
     worker_lost_after_seconds: float = 30.0

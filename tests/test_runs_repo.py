@@ -141,6 +141,33 @@ def test_db_reporter_shows_a_resumed_runs_epochs_from_the_first_heartbeat(url, t
         assert (run.epoch, run.step, run.epochs_total, run.steps_total) == (6, 0, 10, 50)
 
 
+def test_db_reporter_sees_a_cancel_between_heartbeats(url, tmp_path):
+    # heartbeats every 30 s (the lease), the cancel flag read every 0.05 s: a cancel stops the job at once
+    import time
+
+    from nc_core.settings import Settings
+    from worker.reporter import DBReporter
+
+    rid = _new_run(url)
+    with session_scope(url) as s:
+        runs_repo.claim(s, rid, "w1", 60)
+    settings = Settings(home=tmp_path / "home", database_url=url, heartbeat_seconds=30, cancel_poll_seconds=0.05)
+    rep = DBReporter(settings, rid, "w1").start()
+    try:
+        time.sleep(0.2)
+        assert not rep.should_stop()
+        with session_scope(url) as s:
+            s.get(Run, rid).cancel_requested = True
+        deadline = time.monotonic() + 10
+        while not rep.should_stop() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rep.cancelled and not rep.lease_lost
+    finally:
+        rep._stop.set()
+    with session_scope(url) as s:
+        assert s.get(Run, rid).lease_owner == "w1"  # a poll reads; it neither beats nor gives up the lease
+
+
 def test_heartbeat_reports_cancel_and_finish_checks_transitions(url):
     rid = _new_run(url)
     with session_scope(url) as s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from nc_core.db import runs_repo
@@ -14,8 +15,10 @@ log = logging.getLogger(__name__)
 
 class DBReporter:
     """Progress is kept in memory and written (with the lease extension) every heartbeat_seconds by a
-    background thread, so long evaluations keep the lease. should_stop() turns true on cancel or when
-    the lease is lost; metric and checkpoint writes are fenced by the lease."""
+    background thread, so long evaluations keep the lease; between beats the thread reads the run's cancel
+    flag every cancel_poll_seconds, so a cancel stops the job at its next step within about that long.
+    should_stop() turns true on cancel or when the lease is lost; metric and checkpoint writes are fenced
+    by the lease."""
 
     def __init__(self, settings: Any, run_id: int, owner: str, *, metric_version: int | None = None,
                  batch_size: int | None = None, heartbeater: Any = None):
@@ -50,8 +53,24 @@ class DBReporter:
 
     def _loop(self) -> None:
         period = float(self.settings.heartbeat_seconds)
-        while not self._stop.wait(period):
-            self.beat()
+        poll = min(period, float(self.settings.cancel_poll_seconds))
+        due = time.monotonic() + period
+        while not self._stop.wait(poll):
+            if time.monotonic() >= due - 1e-3:
+                self.beat()
+                due = time.monotonic() + period
+            elif not self.cancelled:
+                self.poll_cancel()
+
+    def poll_cancel(self) -> bool:
+        """Read the run's cancel flag now (a beat confirms the lease); True once a cancel is seen."""
+        try:
+            with session_scope(self.url) as session:
+                if runs_repo.cancel_requested(session, self.run_id):
+                    self._classify(session)
+        except Exception as exc:  # noqa: BLE001 - database briefly down: the next beat decides
+            log.debug("run %s: cancel poll failed: %s", self.run_id, exc)
+        return self.cancelled
 
     def beat(self) -> bool:
         """Extend the lease and write the latest progress now; False once the job must stop."""

@@ -82,6 +82,11 @@ def cancel_queued(session: Session, run_id: int) -> bool:
     return row is not None
 
 
+def cancel_requested(session: Session, run_id: int) -> bool:
+    """Whether a user asked to cancel the run (a primary-key read: jobs poll it between heartbeats)."""
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
 def heartbeat(session: Session, run_id: int, owner: str, lease_s: float, *, epoch: int | None = None,
               step: int | None = None, epochs_total: int | None = None, steps_total: int | None = None,
               samples_per_s: float | None = None, eta_s: float | None = None, start_epoch: int | None = None,
