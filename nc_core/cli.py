@@ -64,6 +64,27 @@ checkpoint:
   keep_last: 2         # null keeps every checkpoint (needed to validate old epochs later)
 """
 
+EXAMPLE_UFM_SPEC = """\
+# A UFM RunSpec: free features H and a (deep) linear classifier optimised directly, full batch. Only seed,
+# device, deterministic, checkpoint.keep_last and the ufm section apply; `python -m nc_core run this.yaml`.
+kind: ufm
+seed: 0
+device: auto           # auto | cpu | cuda
+ufm:
+  class_counts: [100, 100, 100, 100]   # samples per class: unequal counts make an imbalanced UFM
+  dim: 64              # feature dimension d
+  depth_linear: 1      # linear layers of the classifier (bias-free ones before the last)
+  bias: true           # GOF metrics need bias: false
+  lambda_w: 5.0e-4     # weight decay on the classifier
+  lambda_h: 5.0e-4     # weight decay on the features
+  lr: 0.1
+  momentum: 0.9
+  iterations: 30000
+  eval_every: 1000     # NC metrics (and a checkpoint) every n iterations, and at the last
+checkpoint:
+  keep_last: 2
+"""
+
 
 def _fail(console: Console, lines: list[str]) -> None:
     for line in lines:
@@ -185,9 +206,11 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
 
 
 @app.command("example-spec")
-def example_spec() -> None:
-    """Print a commented example RunSpec YAML."""
-    typer.echo(EXAMPLE_SPEC, nl=False)
+def example_spec(kind: str = typer.Option("train", "--kind", help="train | ufm")) -> None:
+    """Print a commented example RunSpec YAML (a training run, or with --kind ufm an unconstrained-feature model)."""
+    if kind not in ("train", "ufm"):
+        raise typer.BadParameter(f"expected train or ufm, got {kind!r}", param_hint="--kind")
+    typer.echo(EXAMPLE_SPEC if kind == "train" else EXAMPLE_UFM_SPEC, nl=False)
 
 
 def main() -> None:

@@ -83,6 +83,11 @@ def test_example_spec_is_a_valid_runspec():
     assert "#" in res.output  # commented
     spec = RunSpec.model_validate(yaml.safe_load(res.output))
     assert spec.kind == "train"
+    res = runner.invoke(app, ["example-spec", "--kind", "ufm"])
+    spec = RunSpec.model_validate(yaml.safe_load(res.output))  # a UFM template that validates as printed
+    assert res.exit_code == 0 and spec.kind == "ufm" and spec.ufm.class_counts == [100, 100, 100, 100]
+    res = runner.invoke(app, ["example-spec", "--kind", "ufn"])
+    assert res.exit_code == 2 and "expected train or ufm, got 'ufn'" in " ".join(res.output.split())
 
 
 def test_ufm_run_reports_iterations(tmp_path):
