@@ -124,3 +124,29 @@ def test_cos_margin_distribution_is_the_quantiles_of_the_reference_margins(N):
     assert evaluate_split(forward, batches, num_classes=K).distributions == {}  # no W: no margins
     spilled = evaluate_split(forward, iter(batches), num_classes=K, weight=head.weight, max_resident_bytes=0)
     assert spilled.distributions == {}  # per-sample pass impossible: cos_margin_* are NaN with a reason
+
+
+@pytest.mark.parametrize("path", ["resident", "two_pass", "nc_metrics"])
+def test_exactly_tied_logits_go_to_the_first_class_as_argmax(path):
+    # w_0·h = w_1·h exactly for half the samples (h_0 = h_1): rebuilt from centred products, the two logits
+    # would differ by rounding and the NCC agreement would count a random winner
+    g = torch.Generator().manual_seed(0)
+    K, n = 3, 600
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=torch.float64) * 0.37  # (K, 2)
+    b = torch.tensor([0.25, 0.25, -0.1], dtype=torch.float64)  # equal on the tied classes: ties with the bias too
+    y = torch.randint(0, K, (n,), generator=g)
+    h = torch.randn(n, 2, generator=g) + torch.tensor([3.1, -1.7])  # (n, 2) float32
+    tied = torch.rand(n, generator=g) < 0.5
+    h[tied, 1] = h[tied, 0]
+    logits = h.double() @ W.T  # (n, K): ties exact, argmax takes the first
+    means = torch.stack([h[y == k].double().mean(0) for k in range(K)])  # (K, 2)
+    ncc = torch.cdist(h.double(), means).argmin(1)  # (n,)
+    agree = (ncc == logits.argmax(1)).double().mean().item()
+    mismatch = 100.0 * (ncc != (logits + b).argmax(1)).double().mean().item()
+    if path == "nc_metrics":
+        out = nc_metrics(h, y, W, b)
+    else:
+        batches = [(h[i:i + 100], y[i:i + 100]) for i in range(0, n, 100)]
+        out = evaluate_split(lambda x: (x, x.double() @ W.T), batches, num_classes=K, weight=W, bias=b,
+                             max_resident_bytes=2**30 if path == "resident" else 1)
+    assert out["ncc_agreement"] == pytest.approx(agree, abs=0) and out["ncc_mismatch"] == pytest.approx(mismatch)

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ._blas import add_gram, symmetric
-from ._util import F64, MetricUndefined, check_classifier, check_features, check_labels
+from ._util import EPS64, F64, MetricUndefined, check_classifier, check_features, check_labels
 from .nc1 import class_rank_ratio, uncentred_grams
 from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
 
@@ -100,6 +100,10 @@ class SampleStats:
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
             self._offset_proj = self.products(self._mc.nan_to_num(0.0))  # (2K + 1, K) products of μ_k − μ_G
+            # rounding scale of the rebuilt logits: |W h| ≤ max‖w_k‖ (‖h − μ_G‖ + ‖μ_G‖), plus |b|
+            self._w_max = float(torch.linalg.vector_norm(self.W, dim=1).max())
+            self._mu_g_norm = float(torch.linalg.vector_norm(self._mu_g))
+            self._b_max = float(self.b.abs().max()) if self.b is not None else 0.0
         self.num_samples = 0
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
         self._agree = torch.zeros((), dtype=torch.int64, device=dev)
@@ -132,29 +136,29 @@ class SampleStats:
         xc = x.to(F64)  # (B, d)
         xc = xc - self._shift if xc.data_ptr() == x.data_ptr() else xc.sub_(self._shift)  # never mutate x
         xc.sub_(self._rel_g)  # (B, d) h − μ_G (via the shift: no large-offset cancellation)
-        self._per_sample(xc, y)
+        self._per_sample(xc, y, x)
         if grams and self._grams is not None and not self.empty_classes:
             r = xc - self._mc[y]  # (B, d) h − μ_{y}
             for k in torch.unique(y).tolist():
                 rk = r[y == k]  # (n_k, d)
                 add_gram(self._grams[k], rk)
 
-    def _per_sample(self, xc: torch.Tensor, y: torch.Tensor) -> None:
-        """NCC counts and cosine margins of centred float64 features xc = h − μ_G (B, d)."""
+    def _per_sample(self, xc: torch.Tensor, y: torch.Tensor, raw: torch.Tensor) -> None:
+        """NCC counts and cosine margins of centred float64 features xc = h − μ_G (B, d) of the rows ``raw``."""
         if self.W is None:
             return
         P = self.products(xc)  # (2K + 1, B): [(w_k − w̄)·xc | w̄·xc | (μ_k − μ_G)·xc]
-        self._absorb(self._score(P, torch.linalg.vector_norm(xc, dim=1), y))
+        self._absorb(self._score(P, torch.linalg.vector_norm(xc, dim=1), y, raw))
 
     def products(self, r: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(2K + 1, n) products of float64 rows r (n, d) with [w_k − w̄ | w̄ | μ_k − μ_G] (in ``out`` if
         given): one sample per column, so the scores' reductions over k run along contiguous rows."""
         return torch.mm(self._proj_t, r.T, out=out)
 
-    def _residual_scores(self, P: torch.Tensor, sq: torch.Tensor, k: int) -> Scores | None:
-        """The :class:`Scores` of rows of one class k given as residuals r = h − μ_k (None without W),
-        for :meth:`_absorb`: ``P`` (2K + 1, n) = :meth:`products` of r (OVERWRITTEN) and ``sq`` (n,) =
-        ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o, so its products are r's plus o's, and ‖h − μ_G‖² =
+    def _residual_scores(self, P: torch.Tensor, sq: torch.Tensor, k: int, raw: torch.Tensor) -> Scores | None:
+        """The :class:`Scores` of rows ``raw`` (n, d) of one class k given as residuals r = h − μ_k (None
+        without W), for :meth:`_absorb`: ``P`` (2K + 1, n) = :meth:`products` of r (OVERWRITTEN) and ``sq``
+        (n,) = ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o, so its products are r's plus o's, and ‖h − μ_G‖² =
         ‖r‖² + 2 r·o + ‖o‖² (r·o is row K + 1 + k of P): h − μ_G is never formed. Reads the
         statistics only, so classes may be scored concurrently."""
         if self.W is None:
@@ -162,25 +166,48 @@ class SampleStats:
         K = self.stats.num_classes
         norm = (sq + 2.0 * P[K + 1 + k] + self._mc_sq[k]).clamp_min_(0.0).sqrt_()  # (n,) ‖h − μ_G‖
         P += self._offset_proj[:, k:k + 1]
-        return self._score(P, norm, k)
+        return self._score(P, norm, k, raw)
 
-    def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> Scores:
+    def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int, raw: torch.Tensor) -> Scores:
         """NCC counts and both cosine margins from the products P (2K + 1, B) of h − μ_G with
-        [w_k − w̄ | w̄ | μ_k − μ_G] and its norms (B,); ``y`` the labels, or one int for a one-class block."""
+        [w_k − w̄ | w̄ | μ_k − μ_G] and its norms (B,) of the rows ``raw`` (B, d); ``y`` the labels, or one
+        int for a one-class block."""
         K = self.stats.num_classes
         num = P[:K]  # (K, B) (w_k − w̄)·(h − μ_G)
         logits = (P[K] + self._w_mu[:, None]).add_(num)  # (K, B) bias-free logits W h = w̄·h + (w_k − w̄)·h
         match = agree = None
         if not self.empty_classes:
             ncc = ncc_predict(P[K + 1:2 * K + 1], self._mc_sq)  # (B,)
-            agree = (ncc == first_index(logits, logits.amax(0))).sum()  # ()
+            tol = (xc_norm + self._mu_g_norm).mul_(self._w_max).add_(self._b_max).mul_(4 * raw.shape[1] * EPS64)
+            agree = (ncc == self._argmax(logits, tol, raw)).sum()  # ()
             if self.b is not None:
                 full = logits + self.b[:, None]  # (K, B)
-                match = (ncc == first_index(full, full.amax(0))).sum()  # ()
+                match = (ncc == self._argmax(full, tol, raw, self.b)).sum()  # ()
             else:
                 match = agree
         return Scores(match, agree, cosine_margins(num, self._wc_norm, xc_norm, y),
                       cosine_margins(logits, self._wc_norm, xc_norm, y))
+
+    def _argmax(self, A: torch.Tensor, tol: torch.Tensor, raw: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the first class of the largest entry of each column of the logits A (K, B) (W h, or W h + b:
+        ``bias``), as torch's argmax. Rebuilt from centred products, logits that tie exactly (an ETF head's
+        rows share entries, ReLU features have zeros) differ by rounding and would pick a winner at random:
+        columns whose top two lie within ``tol`` (B,) (4·d·eps of their scale) get W h (+ b) straight from
+        the rows ``raw`` (B, d) in float64 (written into A) and their first maximum."""
+        K = A.shape[0]
+        near = A >= A.amax(0) - tol  # (K, B) within rounding of the top
+        rev = torch.arange(K - 1, -1, -1, dtype=torch.uint8 if K <= 256 else torch.int32, device=A.device)  # (K,)
+        pred = (K - 1) - (near * rev[:, None]).amax(0).long()  # (B,) the first near-top class
+        tied = near.sum(0) > 1  # (B,)
+        if bool(tied.any()):
+            cols = tied.nonzero().squeeze(1)  # (m,)
+            exact = self.W @ raw[cols].to(F64).T  # (K, m) W h from h
+            if bias is not None:
+                exact += bias[:, None]
+            A[:, cols] = exact
+            pred[cols] = first_index(exact, exact.amax(0))
+        return pred
 
     def _absorb(self, scores: Scores | None) -> None:
         """Add one block's :class:`Scores` (in sample order; ``num_samples`` is the caller's to count)."""

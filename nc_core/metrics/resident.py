@@ -108,7 +108,7 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
                 free.put(chunk)
             if samples is None:
                 return sq.sum(), None, None
-            return sq.sum(), samples._residual_scores(P, sq, k), _class_ratio(stats._scatter[k], n[k], means[k])
+            return sq.sum(), samples._residual_scores(P, sq, k, xk), _class_ratio(stats._scatter[k], n[k], means[k])
 
         ratios = []
         for (k, xk), (ss_k, scores, ratio) in zip(classes, parallel_map(visit, classes, workers)):
