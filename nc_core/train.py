@@ -132,9 +132,10 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
 
 
 def _gof(spec: RunSpec, train_y: torch.Tensor, num_classes: int) -> dict | None:
-    """GOF hyper-parameters for bias-free separate-decay runs (nc-spec §2.7), else None. The class counts are
-    the training split's (``train_y`` (N,)) for every split: the GOF targets are those of the trained model."""
-    if not spec.optim.sep_decay or spec.head.bias:
+    """GOF hyper-parameters for bias-free separate-decay runs of a learned head (nc-spec §2.7), else None (a
+    fixed or implicit ETF head's W is not decayed by λ_W: the GOF targets do not apply). The class counts
+    are the training split's (``train_y`` (N,)) for every split: the GOF targets are those of the trained model."""
+    if not spec.optim.sep_decay or spec.head.bias or spec.head.name != "learned":
         return None
     return {"weight_decay": spec.optim.weight_decay, "feature_decay": spec.optim.feature_decay,
             "depth_linear": spec.head.depth_linear,
@@ -259,6 +260,9 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
     (``reporter.should_stop()``) is honoured between checkpoints, "epochs" then listing those done."""
     reporter = reporter or NullReporter()
     splits = list(splits or spec.eval.splits)
+    if spec.kind != "train":
+        raise ValueError(f"kind: validate_checkpoints re-evaluates kind='train' runs, got {spec.kind!r} (a UFM "
+                         "run's metrics are measured as it optimises)")
     available = ck.list_checkpoints(workdir)
     want = sorted(available) if epochs is None else sorted(set(epochs))
     missing = [e for e in want if e not in available]

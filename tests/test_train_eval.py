@@ -61,3 +61,21 @@ def test_features_that_blow_up_at_evaluation_are_a_divergence(tmp_path, monkeypa
                                                r" entries at evaluation .* lower optim.lr") as info:
         fit(spec(), workdir=tmp_path)
     assert info.value.epoch == 1 and info.value.step == -1
+
+
+@pytest.mark.parametrize("head", ["fixed_etf", "implicit_etf"])
+def test_an_etf_head_gets_no_gof_metrics(tmp_path, head):
+    # λ_W never acts on a fixed or implicit ETF head's W: targets that assume it would be scored against nothing
+    run = RunSpec.model_validate({**spec().model_dump(mode="json"), "head": {"name": head, "bias": False},
+                                  "model": {"name": "mlp", "width": 16, "depth": 2, "feature_dim": 10}})
+    out = fit(run, workdir=tmp_path)
+    assert not any(k.endswith("_gof") for k in out["final"]["train"]), sorted(out["final"]["train"])
+    assert "nc2_w_gof" in fit(spec(), workdir=tmp_path / "learned")["final"]["train"]
+
+
+def test_validate_checkpoints_refuses_a_ufm_spec_by_its_kind(tmp_path):
+    from nc_core.train import validate_checkpoints
+
+    ufm = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5], "iterations": 10, "eval_every": 5}})
+    with pytest.raises(ValueError, match=r"kind: validate_checkpoints re-evaluates kind='train' runs, got 'ufm'"):
+        validate_checkpoints(ufm, tmp_path)
