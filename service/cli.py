@@ -111,13 +111,17 @@ def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name"),
     url = settings.resolved_database_url()
     upgrade(url)
     token = create_token(url, name, scope)
+    replaced = ""
     if save:
         path = Path(settings.home).expanduser() / "token"
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.read_text().strip():
+            replaced = f" (it replaces the token that was there; a {scope} token cannot do what a broader one did)" \
+                if scope != "admin" else " (it replaces the token that was there)"
         path.write_text(token + "\n")
         path.chmod(0o600)
     out.print(token, highlight=False)
-    err.print(f"saved to {path}; the CLI uses it from there" if save else
+    err.print(f"saved to {path}; the CLI uses it from there{replaced}" if save else
               "not saved: the CLI uses it with --token, NCSWEEP_TOKEN, or `token create --save`", highlight=False)
 
 

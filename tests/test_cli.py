@@ -268,7 +268,12 @@ def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, mon
     rc, out, err = ncsweep(capsys, "--home", tmp_path / "home", "token", "create", "--name", "ci", "--scope", "read",
                            "--save")
     token = out.strip()
-    assert rc == 0 and token.startswith("ncs_") and "saved to" in err
+    assert rc == 0 and token.startswith("ncs_") and "saved to" in err and "replaces" not in err
+    rc, out, err = ncsweep(capsys, "--home", tmp_path / "home", "token", "create", "--name", "ci2", "--scope", "read",
+                           "--save")  # a second --save overwrites the first: say so
+    assert rc == 0 and "it replaces the token that was there; a read token cannot do what a broader one did" in \
+        " ".join(err.split())
+    token = out.strip()
     rc, out, err = ncsweep(capsys, "--home", tmp_path / "home2", "token", "create")
     assert rc == 0 and out.startswith("ncs_") and "not saved" in err and "--save" in err
     from nc_core.settings import Settings
