@@ -15,9 +15,15 @@ def first_index(A: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     """(B,) the first row k of A (K, B) with A[k, i] = best[i] in each column — ``A.max(0).indices`` when
     ``best = A.amax(0)``, ``A.min(0).indices`` when ``best = A.amin(0)`` (first index on ties, as torch),
     at about half the cost for small K: a hit mask weighted K − 1 − k and one more column max."""
-    K = A.shape[0]
-    rev = torch.arange(K - 1, -1, -1, dtype=torch.uint8 if K <= 256 else torch.int32, device=A.device)  # (K,)
-    return (K - 1) - ((A == best) * rev[:, None]).amax(0).long()  # (B,)
+    return first_true(A == best)
+
+
+def first_true(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) the first row k of the boolean mask (K, B) that is True in each column (K − 1 for none): the hit
+    mask weighted K − 1 − k, one column max."""
+    K = mask.shape[0]
+    rev = torch.arange(K - 1, -1, -1, dtype=torch.uint8 if K <= 256 else torch.int32, device=mask.device)  # (K,)
+    return (K - 1) - (mask * rev[:, None]).amax(0).long()  # (B,)
 
 
 def ncc_predict(dots: torch.Tensor, mc_sq: torch.Tensor) -> torch.Tensor:
@@ -195,10 +201,8 @@ class SampleStats:
         rows share entries, ReLU features have zeros) differ by rounding and would pick a winner at random:
         columns whose top two lie within ``tol`` (B,) (4·d·eps of their scale) get W h (+ b) straight from
         the rows ``raw`` (B, d) in float64 (written into A) and their first maximum."""
-        K = A.shape[0]
         near = A >= A.amax(0) - tol  # (K, B) within rounding of the top
-        rev = torch.arange(K - 1, -1, -1, dtype=torch.uint8 if K <= 256 else torch.int32, device=A.device)  # (K,)
-        pred = (K - 1) - (near * rev[:, None]).amax(0).long()  # (B,) the first near-top class
+        pred = first_true(near)  # (B,) the first near-top class
         tied = near.sum(0) > 1  # (B,)
         if bool(tied.any()):
             cols = tied.nonzero().squeeze(1)  # (m,)
