@@ -46,6 +46,7 @@ class _Run:
     gen: torch.Generator
     takes_y: bool
     raw: dict[str, torch.Tensor] = field(default_factory=dict)  # backbone output of the last forward
+    gof: dict | None = None  # the GOF parameters every evaluation scores against (_gof), fixed for the run
 
     @property
     def steps_per_epoch(self) -> int:
@@ -71,6 +72,7 @@ def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Pa
              torch.Generator(device=device), "y" in inspect.signature(model.forward).parameters)
     if spec.optim.sep_decay:  # λ_H acts on the un-normalised backbone output, before any temperature scaling
         model.backbone.register_forward_hook(lambda m, i, out: r.raw.__setitem__("h", out))
+    r.gof = _gof(spec, data.train_y, data.num_classes)  # the training labels never change: counted once
     return r
 
 
@@ -159,12 +161,12 @@ def _evaluate(r: _Run, splits: list[str], epoch: int) -> dict[str, dict[str, flo
             feats, logits = _forward(r, xb, None)
         return feats.float(), logits.float()  # (B, d), (B, K)
 
-    out, gof = {}, _gof(r.spec, r.y["train"], r.data.num_classes)
+    out = {}
     for split in splits:
         try:
             out[split] = evaluate_split(forward, _Split(r.x[split], r.y[split], max(EVAL_BATCH, r.spec.batch_size)),
                                         num_classes=r.data.num_classes, loss_fn=r.loss_fn, weight=weight, bias=bias,
-                                        gof=gof)
+                                        gof=r.gof)
         except NonFiniteValues as exc:
             raise TrainingDiverged(epoch, -1, evaluated=f"the {split} split's features have {exc.count} NaN/inf "
                                                        "entries at evaluation (the training loss was finite)") from exc

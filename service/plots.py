@@ -86,6 +86,11 @@ def run_series(session: Session, run_id: int, keys: Iterable[str]) -> dict[tuple
     return by
 
 
+def run_step(session: Session, run_id: int) -> str:
+    """What a run's metric epochs count, as axes name it ('iteration' for a UFM run; states.metric_step)."""
+    return metric_step(session.scalars(select(Run.kind).where(Run.id == run_id)))
+
+
 def plot_epochs(ax: Any, points: dict[int, float], unit: str = "epoch", **style: Any) -> None:
     """Draw {epoch: value} as a line, epochs ascending, on integer ticks labelled ``unit`` (states.metric_step)."""
     epochs = sorted(points)
@@ -246,8 +251,7 @@ def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None)
     if not by:
         return _message_png(f"run {run_id}: no metrics stored yet")
     present = [k for k in keys if any(kk == k for _, kk in by)]
-    run = session.get(Run, run_id)
-    unit = metric_step([run.kind] if run is not None else [])
+    unit = run_step(session, run_id)
     fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
     for ax, key in zip(axes.flat, present):
         for (sp, k), pts in sorted(by.items()):

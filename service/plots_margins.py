@@ -12,9 +12,8 @@ from sqlalchemy.orm import Session
 
 from nc_core.db import runs_repo
 from nc_core.db.models import Run
-from nc_core.db.states import metric_step
 from nc_core.spec import RunSpec
-from service.plots import _message_png, _png, plot_epochs, run_series
+from service.plots import _message_png, _png, plot_epochs, run_series, run_step
 
 MARGIN_KEYS = ("cos_margin_mean", "cos_margin_median", "cos_margin_min")
 TAIL = 0.02  # the hardest-samples panel shows the lowest 2% of the sorted margins
@@ -37,8 +36,7 @@ def margins_png(session: Session, run_id: int) -> bytes:
     dists = runs_repo.distributions(session, run_id, key="cos_margin")
     if not dists:
         return _statistics_png(session, run_id)
-    run = session.get(Run, run_id)
-    K, unit = num_classes(run), metric_step([run.kind] if run is not None else [])
+    K, unit = num_classes(session.get(Run, run_id)), run_step(session, run_id)
     ideal = 1.0 + 1.0 / (K - 1) if K and K > 1 else None
     fig, (full, tail) = plt.subplots(1, 2, figsize=(11, 4))
     for d in dists:
@@ -68,8 +66,7 @@ def _statistics_png(session: Session, run_id: int) -> bytes:
     if not by:
         return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
     splits = sorted({sp for sp, _ in by})
-    run = session.get(Run, run_id)
-    unit = metric_step([run.kind] if run is not None else [])
+    unit = run_step(session, run_id)
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
     for ax, sp in zip(axes.flat, splits):
         for key in MARGIN_KEYS:

@@ -45,5 +45,10 @@ RUN_UNITS = {"train": ("epoch", "samples/s"), "ufm": ("iteration", "it/s"), "val
 def metric_step(kinds: Iterable[str]) -> str:
     """What the ``epoch`` of metric rows counts for runs of these kinds, as tables and plot axes name it:
     'iteration' when they are all UFM runs, else 'epoch' (a validate job stores its parent's epochs)."""
-    kinds = set(kinds)
-    return "iteration" if kinds == {"ufm"} else "epoch"
+    return "iteration" if set(kinds) == {"ufm"} else "epoch"
+
+
+def default_split(kinds: Iterable[str]) -> str:
+    """The split results and plots show by default for runs of these kinds: 'test', or 'train' when they are
+    all UFM runs (a UFM has its free features and nothing else)."""
+    return "train" if set(kinds) == {"ufm"} else "test"

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from sqlalchemy import Integer, and_, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from nc_core.db import states
 from nc_core.db.bulk_insert import Job, insert_runs, now, run_rows
 from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
 from nc_core.db.runs_repo import unstarted
@@ -103,7 +104,7 @@ def sweep_kinds(session: Session, sweep_id: int) -> set[str]:
 def default_split(session: Session, sweep_id: int) -> str:
     """The split a sweep's results and plots show by default: 'test', or 'train' for a sweep of UFM runs
     only (a UFM has its free features and nothing else)."""
-    return "train" if sweep_kinds(session, sweep_id) == {"ufm"} else "test"
+    return states.default_split(sweep_kinds(session, sweep_id))
 
 
 def sweep_eta(session: Session, sweep_id: int) -> float | None:

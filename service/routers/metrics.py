@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from nc_core.db import runs_repo, sweeps_repo as repo
 from nc_core.db.models import Run
-from nc_core.db.states import metric_step
+from nc_core.db.states import default_split, metric_step
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
 from nc_core.sweep import SpecError, get_path
@@ -91,7 +91,7 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
     kinds = repo.sweep_kinds(session, sweep_id)
-    split, unit = split or ("train" if kinds == {"ufm"} else "test"), metric_step(kinds)
+    split, unit = split or default_split(kinds), metric_step(kinds)
     paths = [p for p in group_by.split(",") if p] if group_by is not None else list(sweep.axes or [])
     valid = set(field_paths())
     for p in paths:

@@ -68,12 +68,12 @@ def data_file_problems(spec: SweepSpec, expanded: list[ExpandedRun], settings: S
     do not download them (nothing is read; workers would fail each run with the same error). The field is
     the axis that chose the data root or dataset (grid.data.root[i], …), else base.data.root/base.data.name."""
     problems, seen = [], set()
-    for run in expanded:
+    for run in expanded:  # up to 20,000 runs, a handful of distinct (dataset, root): each is checked once
         data = run.spec.data
-        root = Path(data.root or settings.data_root).expanduser()
-        if run.spec.kind != "train" or data.download or (data.name, root) in seen:
+        if run.spec.kind != "train" or data.download or (data.name, data.root) in seen:
             continue
-        seen.add((data.name, root))
+        seen.add((data.name, data.root))
+        root = Path(data.root or settings.data_root).expanduser()
         absent = absent_files(data.name, root)
         if absent:
             why = str(missing(data.name, root, absent))
