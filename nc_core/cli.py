@@ -87,6 +87,7 @@ checkpoint:
 
 
 def _fail(console: Console, lines: list[str]) -> None:
+    """Print each line as an error (to ``console``: the run's stderr console) and exit 2."""
     for line in lines:
         console.print(f"[bold red]error[/]: {line}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -147,12 +148,12 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         resume: bool = typer.Option(True, "--resume/--no-resume", help="resume from the newest checkpoint"),
         debug: bool = typer.Option(False, "--debug", help="show the traceback of an error")) -> None:
     """Validate SPEC_FILE, train it (resuming from WORKDIR), print a metric table, optionally write metrics."""
-    console = Console()
+    console, err = Console(), Console(stderr=True)  # the table and progress; errors (a pipe keeps them apart)
     if not console.is_terminal:  # a log (SLURM, nohup): whole rows rather than 80 columns
         console.width = max(console.width, 120)
     if out is not None:
-        check_out_path(out, console)
-    spec = load_spec(spec_file, set_, console)
+        check_out_path(out, err)
+    spec = load_spec(spec_file, set_, err)
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
     from nc_core.train import TrainingDiverged, run_spec
 
@@ -170,6 +171,10 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
             if debug:
                 raise
             failed = exc
+        if not any(task.visible for task in progress.tasks):  # no bar was shown: no empty line for them
+            progress.live.transient = True
+            progress.live.stop()
+            progress.disable = True  # its own stop would end a log with an empty line
     if summary is not None and not summary.get("stopped") and summary["epochs_done"] == reporter.start_epoch > 0:
         console.print(f"nothing to train: {workdir} already holds all {reporter.start_epoch} {unit}s "
                       "(--no-resume trains again)")
@@ -188,17 +193,17 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         try:
             write_metrics(reporter.rows, out)
         except OSError as exc:
-            console.print(f"[bold red]error[/]: --out {str(out)!r}: could not write it ({exc.strerror or exc}); "
+            err.print(f"[bold red]error[/]: --out {str(out)!r}: could not write it ({exc.strerror or exc}); "
                           f"every metric row is also in {Path(workdir) / HISTORY}", highlight=False)
             raise typer.Exit(1)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")
     if diverged is not None:
-        console.print(f"[bold red]diverged[/]: {escape(str(diverged))}", soft_wrap=True)  # a log greps whole lines
+        err.print(f"[bold red]diverged[/]: {escape(str(diverged))}", soft_wrap=True)  # a log greps whole lines
         raise typer.Exit(1)
     if failed is not None:
         kind = "" if isinstance(failed, (ValueError, OSError)) else \
             f" ({type(failed).__name__}; --debug shows the traceback)"
-        console.print(f"[bold red]error[/]: {escape(str(failed))}{kind}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error[/]: {escape(str(failed))}{kind}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if summary is not None and summary.get("stopped"):
         console.print(f"the same command resumes the run from its last completed {unit}")

@@ -251,6 +251,14 @@ def test_missing_data_is_one_error_naming_where_it_looked(tmp_path):
     assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
     assert "download" in res.output and "Traceback" not in res.output
     assert "0/?" not in res.output and "epochs" not in res.output  # no empty progress bars before the error
+    assert res.stdout == "" and res.stderr.startswith("error: dataset 'mnist'")  # not even an empty line
+
+
+def test_errors_go_to_stderr_and_the_table_to_stdout(tmp_path):
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, {**TINY, "epochs": 0}))])
+    assert res.exit_code == 2 and res.stdout == "" and res.stderr.startswith("error: epochs:"), res.output
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 0 and res.stderr == "" and "2 epochs done" in res.stdout, res.output
 
 
 def test_a_workdir_of_another_spec_is_refused_without_a_traceback(tmp_path):
