@@ -14,7 +14,7 @@ from nc_core.spec import RunSpec
 from nc_core.spec_rules import checkpoint_epochs, eval_epochs
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
-from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
+from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, gof_lambdas
 from nc_core.training.report import DivergenceWatch, NullReporter, Reporter, TrainingDiverged, report_metrics
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
                                      warn_if_slow_bf16)
@@ -134,13 +134,14 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
 
 
 def _gof(spec: RunSpec, train_y: torch.Tensor, num_classes: int) -> dict | None:
-    """GOF hyper-parameters for bias-free separate-decay runs of a learned head (nc-spec §2.7), else None (a
-    fixed or implicit ETF head's W is not decayed by λ_W: the GOF targets do not apply). The class counts
-    are the training split's (``train_y`` (N,)) for every split: the GOF targets are those of the trained model."""
-    if not spec.optim.sep_decay or spec.head.bias or spec.head.name != "learned":
+    """GOF hyper-parameters (nc-spec §2.7) for the runs :func:`gof_lambdas` matches to a UFM objective
+    (bias-free separate-decay MSE on a learned head; a fixed or implicit ETF head's W is not decayed by
+    λ_W), with that objective's λ's, else None. The class counts are the training split's (``train_y``
+    (N,)) for every split: the GOF targets are those of the trained model."""
+    lambdas = gof_lambdas(spec, train_y.shape[0], num_classes)
+    if lambdas is None:
         return None
-    return {"weight_decay": spec.optim.weight_decay, "feature_decay": spec.optim.feature_decay,
-            "depth_linear": spec.head.depth_linear,
+    return {"weight_decay": lambdas[0], "feature_decay": lambdas[1], "depth_linear": spec.head.depth_linear,
             "class_counts": torch.bincount(train_y, minlength=num_classes).tolist()}
 
 

@@ -234,9 +234,9 @@ def export(ctx: typer.Context, sweep: int = typer.Argument(...),
                          "parent_run_id": run.get("parent_run_id"), "status": run["status"], "seed": run["seed"],
                          **{a: (run.get("grid") or {}).get(a) for a in axes},
                          "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"],
-                         "note": m.get("note")})
+                         "note": m.get("note"), "metric_version": m["metric_version"]})
     write_rows(rows, ["run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value",
-                      "note"], format, out_path)
+                      "note", "metric_version"], format, out_path)
     out.print(f"wrote {len(rows)} rows to {out_path}", highlight=False)
 
 

@@ -156,11 +156,12 @@ class Client:
                         epoch=None if epoch is None else str(epoch))
 
     def run_metrics(self, run_id: int, keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """Flat metric rows [{epoch, split, key, value, note}] of one run (from its series; only ``keys`` if
-        given); ``note`` says why a null value is undefined, where the metric suite did."""
+        """Flat metric rows [{epoch, split, key, value, note, metric_version}] of one run (from its series; only
+        ``keys`` if given); ``note`` says why a null value is undefined, where the metric suite did."""
         body = self.get(f"/runs/{run_id}/metrics", keys=",".join(keys) if keys else None)
-        return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e))}
-                for s in body.get("series", []) for e, v in zip(s["epochs"], s["values"])]
+        return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e)),
+                 "metric_version": ver}
+                for s in body.get("series", []) for e, v, ver in zip(s["epochs"], s["values"], s["versions"])]
 
     def workers(self) -> list[dict[str, Any]]:
         return self.get("/workers")

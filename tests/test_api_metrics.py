@@ -24,9 +24,10 @@ def sweep(app_client, db_url):  # noqa: ANN001, ANN201
             for epoch in range(1, last + 1):
                 acc = 0.1 * epoch + 0.01 * seed + (0.2 if grid["loss.name"] == "mse" else 0) + 0.001 * grid["model.width"]
                 nc1 = None if (i == 1 and epoch == last) else 1.0 / (epoch + seed)
-                rows += [dict(run_id=rid, epoch=epoch, split="test", key="acc", value=acc),
-                         dict(run_id=rid, epoch=epoch, split="test", key="nc1", value=nc1),
-                         dict(run_id=rid, epoch=epoch, split="train", key="acc", value=1.0)]
+                version = 2 if epoch == 3 else 1  # metric definitions of two releases
+                rows += [dict(run_id=rid, epoch=epoch, split="test", key="acc", value=acc, metric_version=version),
+                         dict(run_id=rid, epoch=epoch, split="test", key="nc1", value=nc1, metric_version=version),
+                         dict(run_id=rid, epoch=epoch, split="train", key="acc", value=1.0, metric_version=version)]
                 expected[(rid, epoch)] = (acc, nc1)
         s.execute(insert(Metric), rows)
     return sid, [r.id for r in runs], runs, expected
@@ -38,6 +39,7 @@ def test_run_metric_series(app_client, sweep):
     assert [(s["split"], s["key"]) for s in out["series"]] == [("test", "acc"), ("test", "nc1"), ("train", "acc")]
     acc = out["series"][0]
     assert acc["epochs"] == [1, 2, 3] and acc["values"] == pytest.approx([expected[(ids[2], e)][0] for e in (1, 2, 3)])
+    assert acc["versions"] == [1, 1, 2]  # each value says which metric definitions made it
     only = app_client.get(f"/runs/{ids[1]}/metrics", params={"split": "test", "key": "nc1"}).json()["series"]
     assert len(only) == 1 and only[0]["values"][-1] is None  # NaN stored as NULL comes back as null
     assert app_client.get(f"/runs/{ids[2]}/metrics", params={"key": "cdnv"}).json()["series"] == []  # not stored

@@ -79,3 +79,54 @@ def test_validate_checkpoints_refuses_a_ufm_spec_by_its_kind(tmp_path):
     ufm = RunSpec.model_validate({"kind": "ufm", "ufm": {"class_counts": [5, 5], "iterations": 10, "eval_every": 5}})
     with pytest.raises(ValueError, match=r"kind: validate_checkpoints re-evaluates kind='train' runs, got 'ufm'"):
         validate_checkpoints(ufm, tmp_path)
+
+
+def _ufm_objective(Ws: list, H: torch.Tensor, Y: torch.Tensor, lam_w: float, lam_h: float) -> torch.Tensor:
+    """nc-spec §5.1: (1/2N)‖W_L⋯W_1 Hᵀ − Yᵀ‖² + (λ_W/2)Σ_l‖W_l‖² + (λ_H/2)‖H‖² (Ws first layer first)."""
+    Z = H.T
+    for W in Ws:
+        Z = W @ Z  # (rows of W, N)
+    return ((Z - Y.T).pow(2).sum() / (2 * H.shape[0]) + lam_w / 2 * sum(W.pow(2).sum() for W in Ws)
+            + lam_h / 2 * H.pow(2).sum())
+
+
+@pytest.mark.parametrize("scale,depth", [(1.0, 1), (15.0, 1), (1.0, 3), (4.0, 2)])
+def test_gof_targets_take_the_lambdas_of_the_ufm_objective_the_run_minimises(scale, depth):
+    # one epoch's mean step objective at (t·W, t·H), t^{L+1} = s, is (2s²/K) × the one-hot UFM objective at
+    # (W, H) with the λ's gof_lambdas gives: the same minimisers, so the GOF targets of those λ's
+    from nc_core.losses import build_loss
+    from nc_core.training.optim import feature_penalty, gof_lambdas
+
+    K, N, B, d, lam_w, lam_h = 4, 12, 4, 3, 1e-2, 3e-2
+    run = RunSpec.model_validate({**spec().model_dump(mode="json"), "batch_size": B,
+                                  "head": {"bias": False, "depth_linear": depth},
+                                  "loss": {"name": "mse", "target_scale": scale},
+                                  "optim": {"name": "sgd", "sep_decay": True, "weight_decay": lam_w,
+                                            "feature_decay": lam_h}})
+    g = torch.Generator().manual_seed(0)
+    H = torch.randn(N, d, generator=g, dtype=torch.float64)  # (N, d)
+    Ws = [torch.randn(d, d, generator=g, dtype=torch.float64) for _ in range(depth - 1)]
+    Ws.append(torch.randn(K, d, generator=g, dtype=torch.float64))  # (K, d) the classifier
+    y = torch.arange(N) % K  # (N,)
+    t = scale ** (1.0 / (depth + 1))
+    loss_fn, steps = build_loss(run.loss, K), N // B
+    step_objectives = []
+    for lo in range(0, N, B):
+        Zb = (t * H[lo:lo + B]).T
+        for W in Ws:
+            Zb = (t * W) @ Zb  # (K, B) at the last layer
+        step_objectives.append(float(loss_fn(Zb.T, y[lo:lo + B])) + float(feature_penalty(run, t * H[lo:lo + B]))
+                               + lam_w / 2 * float(sum((t * W).pow(2).sum() for W in Ws)))
+    lam_w_ufm, lam_h_ufm = gof_lambdas(run, N, K)
+    ufm = float(_ufm_objective(Ws, H, torch.nn.functional.one_hot(y, K).double(), lam_w_ufm, lam_h_ufm))
+    assert sum(step_objectives) / steps == pytest.approx(2 * scale**2 / K * ufm, rel=1e-5)
+
+
+@pytest.mark.parametrize("change", [{"loss": {"name": "ce"}}, {"optim": {"name": "adamw", "sep_decay": True}},
+                                    {"model": {"name": "mlp", "width": 16, "depth": 2, "temperature": 5.0}},
+                                    {"head": {"bias": True}}, {"optim": {"name": "sgd", "sep_decay": False}}])
+def test_runs_no_ufm_objective_matches_get_no_gof_targets(change):
+    from nc_core.training.optim import gof_lambdas
+
+    assert gof_lambdas(spec(), 1000, 10) is not None
+    assert gof_lambdas(RunSpec.model_validate({**spec().model_dump(mode="json"), **change}), 1000, 10) is None

@@ -270,9 +270,10 @@ def query_runs(session: Session, *, sweep_id: int | None = None, status: str | N
 
 
 def metric_series(session: Session, run_id: int, split: str | None, keys: Sequence[str] | None) -> list[tuple]:
-    """(split, key, epoch, value, note) rows of one run (only `keys` if given), ordered; served by the
-    (run_id, split, key, epoch) index."""
-    q = select(Metric.split, Metric.key, Metric.epoch, Metric.value, Metric.note).where(Metric.run_id == run_id)
+    """(split, key, epoch, value, note, metric_version) rows of one run (only `keys` if given), ordered;
+    served by the (run_id, split, key, epoch) index."""
+    q = select(Metric.split, Metric.key, Metric.epoch, Metric.value, Metric.note,
+               Metric.metric_version).where(Metric.run_id == run_id)
     if split is not None:
         q = q.where(Metric.split == split)
     if keys:

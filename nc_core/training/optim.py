@@ -10,11 +10,13 @@ Weight decay conventions (nc-spec §1.3):
   biases not decayed), no decay on the backbone, and a feature term
   ``λ_H/2 · Σ_{i in batch} ‖h_i‖²`` (λ_H = ``optim.feature_decay``) on the **un-normalised**
   features h (the backbone output before any temperature normalisation), **summed** over the batch
-  while the data loss is a batch mean. With a full batch this is exactly the UFM objective
-  (1/N)Σℓ_i + λ_W/2‖W‖² + λ_H/2‖H‖² (nc-spec §5.1), so the GOF targets of §2.7 use the same λ's.
+  while the data loss is a batch mean. This is not the UFM objective of nc-spec §5.1 with the same
+  λ's: the MSE data term is a mean over B·K, not (1/2N)Σ, and each sample's feature term acts once per
+  epoch. :func:`gof_lambdas` gives the λ's of the UFM objective it equals, which the GOF targets take.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -90,6 +92,29 @@ def param_groups(spec: RunSpec, model: nn.Module) -> list[dict]:
 def build_optimizer(spec: RunSpec, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by ``spec.optim.name`` with the decay groups above."""
     return OPTIMIZERS.build(spec.optim.name, param_groups(spec, model), spec.optim)
+
+
+def gof_lambdas(spec: RunSpec, num_train: int, num_classes: int) -> tuple[float, float] | None:
+    """(λ_W', λ_H') of the §5.1 UFM objective whose minimisers the run's training objective shares, for
+    the GOF targets (nc-spec §2.7), or None where no UFM objective matches (the targets do not apply).
+
+    With S = ⌈N/B⌉ steps an epoch, one epoch's mean per-step objective of a separate-decay MSE run
+    (target scale s, L linear head layers, no bias) is
+        (1/(NK))‖Z − sY‖² + (λ_W/2)Σ_l‖W_l‖² + (λ_H/(2S))‖H‖²  =  (2/K)·UFM(λ_W K/2, λ_H K/(2S); target s)
+    (exact when B divides N), and W_l = t·W_l', H = t·H' with t^{L+1} = s turn the UFM with target s
+    into s² times the one with one-hot targets and λ'' = λ'·s^{2/(L+1) − 2}; the normalised GOF metrics
+    do not see t. So λ_W' = (K/2)·λ_W·c, λ_H' = (K/(2S))·λ_H·c, c = s^{2/(L+1) − 2}. (Fsoft scores its
+    networks, trained on MSE/2 over B·K, against the raw λ's: its targets are off by the factor K.)
+    None for other losses, AdamW's decoupled decay (not a penalty) and a temperature head input
+    (features on a sphere, not the free H of the UFM)."""
+    o, head = spec.optim, spec.head
+    if (not o.sep_decay or head.bias or head.name != "learned" or spec.loss.name != "mse" or o.name == "adamw"
+            or spec.model.temperature is not None):
+        return None
+    s, L = spec.loss.target_scale, head.depth_linear
+    c = s ** (2.0 / (L + 1) - 2.0)
+    steps = math.ceil(num_train / min(spec.batch_size, num_train))
+    return num_classes / 2 * o.weight_decay * c, num_classes / (2 * steps) * o.feature_decay * c
 
 
 def l2(params: Iterable[torch.Tensor]) -> torch.Tensor:

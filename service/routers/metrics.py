@@ -24,9 +24,10 @@ router = APIRouter(tags=["metrics"])
 @router.get("/runs/{run_id}/metrics")
 def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"] | None = None,
                 key: str | None = None, keys: str | None = None) -> JSONResponse:
-    """The run's metric series: [{split, key, epochs: [...], values: [...], notes: {epoch: why}}] (a null
-    value is NaN/undefined, and `notes` says why where the metric suite did); only `key`, or the
-    comma-separated `keys` (as /sweeps/{id}/results takes them), when given."""
+    """The run's metric series: [{split, key, epochs: [...], values: [...], versions: [...], notes: {epoch:
+    why}}] (a null value is NaN/undefined, and `notes` says why where the metric suite did; `versions`: the
+    metric definition version of each value, docs/metrics.md); only `key`, or the comma-separated `keys`
+    (as /sweeps/{id}/results takes them), when given."""
     if key is not None and keys is not None:
         raise SpecError("keys", "give either key (one metric) or keys (comma-separated), not both")
     key_list = parse_metric_keys("keys", keys) if keys is not None else [key] if key is not None else None
@@ -35,11 +36,12 @@ def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"]
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFound(f"run {run_id} not found")
     series: list[dict[str, Any]] = []
-    for s, k, epoch, value, note in repo.metric_series(session, run_id, split, key_list):
+    for s, k, epoch, value, note, version in repo.metric_series(session, run_id, split, key_list):
         if not series or series[-1]["split"] != s or series[-1]["key"] != k:
-            series.append({"split": s, "key": k, "epochs": [], "values": [], "notes": {}})
+            series.append({"split": s, "key": k, "epochs": [], "values": [], "versions": [], "notes": {}})
         series[-1]["epochs"].append(epoch)
         series[-1]["values"].append(value)
+        series[-1]["versions"].append(version)
         if note is not None:
             series[-1]["notes"][str(epoch)] = note
     return JSONResponse({"run_id": run_id, "series": series})
