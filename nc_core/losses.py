@@ -1,6 +1,7 @@
 """Training losses (nc-spec §1.3): ce, mse, rescaled_mse, focal, label_smoothing; mean over the batch."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -62,7 +63,11 @@ class RescaledMSE(_Loss):
 
 
 class Focal(_Loss):
-    """(1/B) Σ_i −(1 − p_{i,y_i})^γ log p_{i,y_i}, p = softmax(z) (nc_loss, γ = 3)."""
+    """(1/B) Σ_i −(1 − p_{i,y_i})^γ log p_{i,y_i}, p = softmax(z) (Lin et al. 2017; nc_loss, γ = 3).
+
+    1 − p is taken as −expm1(log p) (no cancellation) and held at the smallest normal float: where p
+    rounds to 1, d(1 − p)^γ/dp is infinite for γ < 1, and times log p = 0 it made a NaN gradient; the
+    term's true gradient there is 0."""
 
     def __init__(self, num_classes: int, gamma: float = 3.0) -> None:
         super().__init__(num_classes)
@@ -71,7 +76,8 @@ class Focal(_Loss):
     def forward(self, logits: Tensor, y: Tensor) -> Tensor:
         logp = F.log_softmax(self._check(logits, y), dim=1)  # (B, K)
         logp_y = logp.gather(1, y.long()[:, None])[:, 0]  # (B,)
-        return (-(1.0 - logp_y.exp()).pow(self.gamma) * logp_y).mean()
+        one_minus_p = (-torch.expm1(logp_y)).clamp_min(torch.finfo(logp_y.dtype).tiny)  # (B,) 1 − p_{i,y_i}
+        return (-one_minus_p.pow(self.gamma) * logp_y).mean()
 
 
 class LabelSmoothing(_Loss):

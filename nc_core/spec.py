@@ -71,7 +71,7 @@ class DataSpec(_Frozen):
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
     root: Text | None = None  # data root for torchvision datasets (default: settings.data_root)
     download: bool = False  # never download unless asked
-    random_labels: bool = False  # seeded permutation-free uniform relabelling of the train split
+    random_labels: bool = False  # train labels seededly permuted among the samples (class counts kept)
     label_noise: Annotated[Float, Field(ge=0, le=1)] = 0.0  # fraction of train labels replaced uniformly
     per_class: PositiveInt | None = None  # first n samples of each class (train split)
     class_counts: list[PositiveInt] | None = None  # explicit imbalanced train counts, one per class
@@ -89,6 +89,11 @@ class DataSpec(_Frozen):
             raise ValueError("data.class_counts and data.imbalance_factor are exclusive: give one of them")
         if self.class_counts is not None and self.per_class is not None:
             raise ValueError("data.class_counts and data.per_class are exclusive: give one of them")
+        shaped = [f for f, on in (("per_class", self.per_class is not None), ("class_counts", self.class_counts is not None),
+                                  ("imbalance_factor", self.imbalance_factor != 1.0)) if on]
+        if self.train_size is not None and self.name != "gaussian" and shaped:
+            raise ValueError(f"data.train_size: a random cap would undo the class counts data.{shaped[0]} asks for; "
+                             f"give one of them (got train_size={self.train_size} and {shaped[0]})")
         k = self.num_classes
         if self.class_counts is not None and len(self.class_counts) != k:
             raise ValueError(f"data.class_counts: expected {k} counts (one per class of {self.name}), got {len(self.class_counts)}")

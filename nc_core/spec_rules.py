@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -112,12 +113,18 @@ def check_run(spec: "RunSpec") -> None:
         raise ValueError(f"eval.epochs: {max(ev.epochs)} is past the last epoch {spec.epochs}")
     if spec.precision == "bf16" and spec.optim.name == "lbfgs":
         raise ValueError("precision='bf16' with optim.name='lbfgs': LBFGS line search needs fp32")
+    if spec.optim.grad_clip is not None and spec.optim.name == "lbfgs":
+        raise ValueError(f"optim.grad_clip={spec.optim.grad_clip} with optim.name='lbfgs': the strong-Wolfe line search "
+                         "pairs the closure's loss with its gradient, and a clipped gradient is not that loss's; "
+                         "expected no grad_clip (null) with lbfgs")
 
 
 def milestone_epoch(m: float, epochs: int) -> int:
     """The epoch after which a multistep milestone decays the LR: a fraction f < 1 of training is ⌊f·E⌋
-    (nc_loss style), a whole number is that epoch."""
-    return math.floor(m * epochs) if m < 1 else int(m)
+    (nc_loss style) of the fraction meant — the nearest with a denominator ≤ 10⁶, so 0.29 of 100 is 29 and
+    3/7 of 7 is 3 (the float products 0.29·100 = 28.999999999999996 and repr(3/7)·7 fall short) — and a
+    whole number is that epoch."""
+    return math.floor(Fraction(m).limit_denominator(10**6) * epochs) if m < 1 else int(m)
 
 
 def _check_milestones(milestones: list[float], epochs: int) -> None:

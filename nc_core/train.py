@@ -15,7 +15,8 @@ from nc_core.spec_rules import checkpoint_epochs, eval_epochs
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, gof_lambdas
-from nc_core.training.report import DivergenceWatch, NullReporter, Reporter, TrainingDiverged, report_metrics
+from nc_core.training.report import (DivergenceWatch, NullReporter, Reporter, TrainingDiverged, divergence_remedy,
+                                     report_metrics)
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
                                      warn_if_slow_bf16)
 from nc_core.training.schedule import build_scheduler
@@ -116,7 +117,7 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
     r.gen.manual_seed(epoch_seed(spec.seed, epoch))  # the order depends on (seed, epoch) only: resumable
     loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)
     correct = torch.zeros((), dtype=torch.long, device=r.device)
-    watch = DivergenceWatch(r.device, S)
+    watch = DivergenceWatch(r.device, S, remedy=divergence_remedy(spec))
     n, t0 = 0, time.perf_counter()
     it = batches(r.x["train"], r.y["train"], spec.batch_size, shuffle=True, generator=r.gen,
                  augment=spec.data.augment)
@@ -170,7 +171,8 @@ def _evaluate(r: _Run, splits: list[str], epoch: int) -> dict[str, dict[str, flo
                                         gof=r.gof)
         except NonFiniteValues as exc:
             raise TrainingDiverged(epoch, -1, evaluated=f"the {split} split's features have {exc.count} NaN/inf "
-                                                       "entries at evaluation (the training loss was finite)") from exc
+                                                       "entries at evaluation (the training loss was finite)",
+                                   remedy=divergence_remedy(r.spec)) from exc
     return out
 
 

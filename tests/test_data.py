@@ -179,12 +179,24 @@ def test_label_noise_fraction_and_determinism():
     assert not torch.equal((other_noisy != other_clean), (noisy != clean))  # another seed, other samples
 
 
-def test_random_labels_uniform_and_seeded():
+def test_random_labels_are_a_seeded_permutation_that_keeps_the_class_counts():
     clean = load_data(_gauss(), "cpu").train_y
     rand = load_data(_gauss(random_labels=True), "cpu").train_y
     assert (rand == clean).float().mean().item() == pytest.approx(0.1, abs=0.02)
-    assert torch.bincount(rand, minlength=10).min() > 400
+    assert torch.equal(torch.bincount(rand, minlength=10), torch.bincount(clean, minlength=10))
     assert torch.equal(rand, load_data(_gauss(random_labels=True), "cpu").train_y)
+    assert not torch.equal(rand, load_data(_gauss(seed=1, random_labels=True), "cpu").train_y)
+    for seed in range(5):  # tiny balanced subsets stay balanced: no class emptied by chance (tding1's permutation)
+        few = RunSpec(data={"name": "digits", "per_class": 2, "random_labels": True}, seed=seed)
+        assert torch.bincount(load_data(few, "cpu").train_y, minlength=10).tolist() == [2] * 10
+
+
+@pytest.mark.parametrize("shape", [{"per_class": 50}, {"class_counts": [30] * 10}, {"imbalance_factor": 0.5}])
+def test_a_train_size_cap_beside_class_counts_is_refused_naming_both(shape):
+    with pytest.raises(ValueError, match=rf"data.train_size: a random cap would undo the class counts "
+                                         rf"data.{next(iter(shape))} asks for"):
+        RunSpec(data={"name": "digits", "train_size": 300, **shape})
+    RunSpec(data={"name": "gaussian", "train_size": 300, **shape})  # gaussian: train_size is how many to draw
 
 
 def test_batches_cover_everything_and_drop_last():

@@ -81,3 +81,17 @@ def test_shape_errors_name_expected_and_got(batch):
         build_loss(LossSpec(name="mse"), 5)(z, y)
     with pytest.raises(ValueError, match=r"expected labels of shape \(6,\)"):
         build_loss(LossSpec(name="ce"), K)(z, y[:3])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1e-6, 0.5, 1.0, 3.0])
+def test_focal_gradient_is_finite_where_the_true_class_saturates(gamma):
+    # p_y rounds to 1: d(1 − p)^γ/dp is infinite for γ < 1, and times log p = 0 it used to make NaN
+    z = torch.tensor([[30.0, 0.0, 0.0], [200.0, 0.0, 0.0], [0.5, 0.2, 0.0]], requires_grad=True)
+    y = torch.zeros(3, dtype=torch.long)
+    loss = build_loss(LossSpec(name="focal", gamma=gamma), 3)(z, y)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all(), z.grad
+    zz = z[2:].detach().double().requires_grad_()  # the unsaturated row keeps the formula's gradient
+    lpz = torch.log_softmax(zz, 1)[0, 0]
+    (-(1 - lpz.exp()) ** gamma * lpz / 3).backward()
+    assert torch.allclose(z.grad[2].double(), zz.grad[0], rtol=1e-5, atol=1e-7)

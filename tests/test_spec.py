@@ -39,6 +39,7 @@ def test_unknown_name_lists_the_valid_ones():
     ({"data": {"name": "digits", "class_counts": [5, 5]}}, "data.class_counts"),
     ({"kind": "ufm"}, "ufm"),
     ({"data": {"name": "gaussian"}, "model": {"name": "resnet18"}}, "model.name"),
+    ({"optim": {"name": "lbfgs", "grad_clip": 1.0}}, "optim.grad_clip=1.0 with optim.name='lbfgs'"),
 ])
 def test_impossible_combinations_name_the_field(bad, field):
     with pytest.raises(ValidationError) as exc:

@@ -103,9 +103,21 @@ def test_sorted_margin_distributions_are_reported_per_eval_epoch_and_split(tmp_p
 
 def test_diverging_lr_raises_with_epoch_and_step(tmp_path):
     spec = tiny(loss__name="mse", optim__lr=1e6, optim__momentum=0.0)
-    with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+") as info:
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+: non-finite loss .*; lower optim.lr or add "
+                                               r"optim.grad_clip$") as info:
         fit(spec, workdir=tmp_path)
     assert info.value.epoch == 1 and info.value.step >= 0
+
+
+@pytest.mark.parametrize("optim, precision, remedy", [
+    ({"name": "sgd"}, "fp32", "lower optim.lr or add optim.grad_clip"),
+    ({"name": "sgd", "grad_clip": 1.0}, "fp32", "lower optim.lr"),  # clipped already
+    ({"name": "lbfgs"}, "fp32", "lower optim.lr"),  # LBFGS refuses grad_clip
+    ({"name": "adam"}, "bf16", "lower optim.lr or add optim.grad_clip (under bf16, also try precision='fp32')")])
+def test_a_divergence_suggests_only_what_the_spec_can_change(optim, precision, remedy):
+    from nc_core.training.report import divergence_remedy
+
+    assert divergence_remedy(tiny(optim=optim, precision=precision)) == remedy
 
 
 @pytest.mark.parametrize("on_host", [True, False])
@@ -170,6 +182,10 @@ def test_every_schedule_trains(tmp_path, schedule):
 def test_schedule_factors():
     spec = tiny(epochs=7, schedule={"name": "multistep", "milestones": [3 / 7, 5 / 7], "gamma": 0.1})
     assert milestone_epochs(spec) == [3, 5]
+    for epochs, fractions, expected in ((100, [0.29, 0.57, 0.58], [29, 57, 58]), (300, [0.41, 0.69, 0.82], [123, 207, 246]),
+                                        (800, [3 / 7, 5 / 7], [342, 571])):  # ⌊f·E⌋ of the fraction as written
+        run = tiny(epochs=epochs, schedule={"name": "multistep", "milestones": fractions})
+        assert milestone_epochs(run) == expected
     assert [round(lr_factor(spec, e), 6) for e in range(7)] == [1, 1, 1, 0.1, 0.1, 0.01, 0.01]
     cos = tiny(epochs=4, schedule={"name": "cosine"})
     assert [lr_factor(cos, e) for e in (0, 2, 4)] == pytest.approx([1.0, 0.5, 0.0])

@@ -53,8 +53,8 @@ def modify_train(spec: DataSpec, seed: int, x: Tensor, y: Tensor, num_classes: i
     if spec.train_size is not None and len(keep) > spec.train_size:
         keep = np.sort(rng(seed, _STREAM_CAP).choice(keep, size=spec.train_size, replace=False))
     yn = yn[keep].copy()
-    if spec.random_labels:
-        yn = rng(seed, _STREAM_RANDOM).integers(num_classes, size=len(yn))
+    if spec.random_labels:  # a seeded permutation of the labels (tding1's cifar10_random): class counts kept
+        yn = yn[rng(seed, _STREAM_RANDOM).permutation(len(yn))]
     if spec.label_noise > 0:
         g = rng(seed, _STREAM_NOISE)
         noisy = g.choice(len(yn), size=int(round(spec.label_noise * len(yn))), replace=False)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -69,23 +69,30 @@ def report_metrics(reporter: object, epoch: int, split: str, metrics: dict[str, 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite at (epoch, step) (1-based epoch, 0-based step); for a UFM run
     ``ufm=True`` and ``epoch`` is the 1-based iteration; ``evaluated`` says which split's features were not
-    finite when the model was evaluated after epoch ``epoch`` (step −1)."""
+    finite when the model was evaluated after epoch ``epoch`` (step −1). ``remedy``: what the message
+    suggests (:func:`divergence_remedy` of the run's spec)."""
 
     def __init__(self, epoch: int, step: int, value: float | None = None, *, ufm: bool = False,
-                 evaluated: str | None = None):
+                 evaluated: str | None = None, remedy: str = "lower optim.lr or add optim.grad_clip"):
         what = f" (loss = {value})" if value is not None else ""
         if evaluated:  # the loss stayed finite, the features of an evaluated split did not (step = -1)
-            msg = (f"training diverged by epoch {epoch}: {evaluated}; lower optim.lr or add optim.grad_clip "
-                   "(under bf16, also try precision='fp32')")
+            msg = f"training diverged by epoch {epoch}: {evaluated}; {remedy}"
         elif ufm:
             msg = (f"UFM optimisation diverged at iteration {epoch}: non-finite objective{what}; lower ufm.lr "
                    "(or ufm.momentum)")
         else:
-            msg = (f"training diverged at epoch {epoch}, step {step}: non-finite loss{what}; "
-                   "lower optim.lr or add optim.grad_clip (under bf16, also try precision='fp32')")
+            msg = f"training diverged at epoch {epoch}, step {step}: non-finite loss{what}; {remedy}"
         super().__init__(msg)
         self.epoch = epoch
         self.step = step
+
+
+def divergence_remedy(spec: Any) -> str:
+    """What a diverged run of ``spec`` (a RunSpec) can change: a lower LR; gradient clipping where the
+    optimizer takes it (not LBFGS); fp32 under bf16."""
+    remedy = "lower optim.lr" + ("" if spec.optim.name == "lbfgs" or spec.optim.grad_clip is not None
+                                 else " or add optim.grad_clip")
+    return remedy + (" (under bf16, also try precision='fp32')" if spec.precision == "bf16" else "")
 
 
 class DivergenceWatch:
@@ -93,8 +100,9 @@ class DivergenceWatch:
     (``on_host``) the loss is read at every step, which costs no sync; on an accelerator the first bad step
     is kept on the device and read every 32 steps and at the epoch's last step (``steps`` steps)."""
 
-    def __init__(self, device: torch.device, steps: int, *, on_host: bool | None = None):
-        self.steps = steps
+    def __init__(self, device: torch.device, steps: int, *, on_host: bool | None = None,
+                 remedy: str = "lower optim.lr or add optim.grad_clip"):
+        self.steps, self.remedy = steps, remedy
         self.on_host = device.type == "cpu" if on_host is None else on_host
         self._first = None if self.on_host else torch.full((), -1, dtype=torch.long, device=device)
 
@@ -102,8 +110,8 @@ class DivergenceWatch:
         """Check the (detached, scalar) loss of ``step`` (0-based) of ``epoch``."""
         if self.on_host:
             if not math.isfinite(value := loss.item()):
-                raise TrainingDiverged(epoch, step, value)
+                raise TrainingDiverged(epoch, step, value, remedy=self.remedy)
             return
         self._first = torch.where((self._first < 0) & ~torch.isfinite(loss), step, self._first)
         if (step % 32 == 31 or step == self.steps - 1) and (bad := int(self._first)) >= 0:
-            raise TrainingDiverged(epoch, bad)
+            raise TrainingDiverged(epoch, bad, remedy=self.remedy)
