@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from nc_core.spec import RunSpec
@@ -165,3 +165,16 @@ def checkpoint_epochs(spec: "RunSpec") -> list[int]:
     """Sorted 1-based epochs after which a checkpoint is written (the last epoch always is)."""
     every = spec.checkpoint.every
     return sorted(set(range(every, spec.epochs + 1, every)) | {spec.epochs})
+
+
+def schedule_tests(spec: "RunSpec") -> tuple[Callable[[int], bool], Callable[[int], bool]]:
+    """(is an eval epoch, is a checkpoint epoch): :func:`eval_epochs` and :func:`checkpoint_epochs` as
+    membership tests that never list every epoch (a run of 10⁸ epochs costs nothing to set up)."""
+    last, ev, every = spec.epochs, spec.eval, spec.checkpoint.every
+    if ev.epochs is not None or ev.log_points is not None:  # at most a listed or log-spaced handful
+        chosen = set(eval_epochs(spec))
+        is_eval = chosen.__contains__
+    else:
+        step = ev.every or 1
+        is_eval = lambda e: e % step == 0 or e == last  # noqa: E731
+    return is_eval, lambda e: e % every == 0 or e == last

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from nc_core.spec import RunSpec
-from nc_core.spec_rules import checkpoint_epochs, eval_epochs
+from nc_core.spec_rules import schedule_tests
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, gof_lambdas
@@ -234,7 +234,7 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
 
 def _loop(r: _Run, start: int, final: dict) -> dict:
     spec = r.spec
-    evals, ckpts = set(eval_epochs(spec)), set(checkpoint_epochs(spec))
+    is_eval, is_checkpoint = schedule_tests(spec)
     # pending: in-memory copy of the last completed epoch that has no checkpoint yet (0 = initial state)
     pending = None if start else (0, copy.deepcopy(_state(r, 0, final)))
     for epoch in range(start + 1, spec.epochs + 1):
@@ -245,12 +245,12 @@ def _loop(r: _Run, start: int, final: dict) -> dict:
                 _save(r, *pending)
             return {"epochs_done": epoch - 1, "stopped": True, "final": final}
         r.sched.step()
-        metrics = _evaluate(r, spec.eval.splits, epoch) if epoch in evals else {}
+        metrics = _evaluate(r, spec.eval.splits, epoch) if is_eval(epoch) else {}
         metrics.setdefault("train", {}).update(running)
         for split, m in metrics.items():
             report_metrics(r.reporter, epoch, split, m)  # + on_distribution (sorted cosine margins)
-        final = {**final, **{s: dict(m) for s, m in metrics.items() if epoch in evals}}
-        if epoch in ckpts:
+        final = {**final, **{s: dict(m) for s, m in metrics.items() if is_eval(epoch)}}
+        if is_checkpoint(epoch):
             _save(r, epoch, _state(r, epoch, final))
             pending = None
         else:

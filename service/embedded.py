@@ -194,7 +194,8 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
                 threading.Event().wait()
         return 0
     except KeyboardInterrupt:
-        console.print("\ninterrupted: stopped workers, API and Redis; runs resume on the next start")
+        console.print("\ninterrupted: stopped the workers (a running job first checkpoints its last completed "
+                      "epoch), the API and Redis; runs resume on the next start")
         return 130
     except StackError as exc:
         console.print(f"[red]error:[/red] {exc}")

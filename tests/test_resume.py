@@ -246,3 +246,15 @@ def test_eta_units_per_job_kind():
     assert samples_per_step("ufm", ufm) == 1
     assert samples_per_step("validate", spec4(epochs=2)) == 1
     assert samples_per_step("train", spec4(epochs=2)) == spec4(epochs=2).batch_size
+
+
+@pytest.mark.parametrize(("summary", "cancelled", "status"), [
+    ({"epochs_done": 2, "stopped": True, "final": {}}, False, "interrupted"),  # back to the queue
+    ({"epochs": [2], "metrics": {}, "stopped": True}, False, "interrupted"),  # a validate job too
+    ({"epochs_done": 2, "stopped": True, "final": {}}, True, "cancelled"),  # a user's cancel wins
+    ({"epochs_done": 5, "stopped": False, "final": {}}, False, "succeeded"),  # the stop came after the last step
+])
+def test_final_status_of_a_job_whose_worker_is_stopping(summary, cancelled, status):
+    from worker.runner import final_status
+
+    assert final_status(summary, cancelled=cancelled, lease_lost=False, interrupted=True) == (status, None)

@@ -304,3 +304,25 @@ def test_fused_step_equals_the_textbook_step(name, monkeypatch):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=k)
     assert fused_kwargs([torch.zeros(2, device="meta")]) == {}  # no fused kernel there: the default step
     assert fused_kwargs([{"params": [torch.zeros(2)]}]) == {"fused": True}
+
+
+@pytest.mark.parametrize("eval_, every, epochs", [({"every": 1}, 1, 7), ({"every": 3}, 2, 10), ({"epochs": [2, 5]}, 4, 9),
+                                                   ({"log_points": 5}, 3, 100), ({"every": 10}, 7, 7)])
+def test_schedule_tests_agree_with_the_listed_schedules(eval_, every, epochs):
+    from nc_core.spec_rules import checkpoint_epochs, eval_epochs, schedule_tests
+
+    spec = tiny(epochs=epochs, eval=eval_, checkpoint__every=every)
+    is_eval, is_checkpoint = schedule_tests(spec)
+    assert [e for e in range(1, epochs + 1) if is_eval(e)] == eval_epochs(spec)
+    assert [e for e in range(1, epochs + 1) if is_checkpoint(e)] == checkpoint_epochs(spec)
+
+
+def test_a_run_of_a_hundred_million_epochs_starts_at_once_and_stops_when_asked(tmp_path):
+    # its schedules were sets of every epoch: ~10 GB before the first step, and no cancel until then
+    class StopAfterSomeSteps(Recorder):
+        def should_stop(self) -> bool:
+            return len(self.progress) >= 2 or len(self.metrics) > 0
+
+    rec = StopAfterSomeSteps()
+    out = fit(tiny(epochs=10**8), rec, workdir=tmp_path)
+    assert out["stopped"] and out["epochs_done"] <= 1 and rec.started == (10**8, 11)

@@ -1,14 +1,17 @@
 """Start and supervise Celery workers: one per GPU (pinned by CUDA_VISIBLE_DEVICES) or CPU workers."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +58,11 @@ def worker_command(name: str, loglevel: str = "INFO", queues: str = "celery") ->
             "--without-heartbeat"]
 
 
+def _stop_file_path() -> str:
+    """A path no other supervisor uses: created by stop() to tell its workers' jobs to stop (NCSWEEP_STOP_FILE)."""
+    return os.path.join(tempfile.gettempdir(), f"ncsweep-stop-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
 @dataclass
 class Supervisor:
     """Keeps each worker process alive (restart with backoff) until stop()."""
@@ -64,12 +72,13 @@ class Supervisor:
     loglevel: str = "INFO"
     log_dir: Any = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    stop_file: str = field(default_factory=_stop_file_path)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def _spawn(self, spec: WorkerSpec) -> subprocess.Popen:
         env = {**os.environ, **self.base_env, **spec.env, "NCSWEEP_WORKER_NAME": spec.name,
-               "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1", "NCSWEEP_STOP_FILE": self.stop_file}
         out = None
         if self.log_dir is not None:
             os.makedirs(self.log_dir, exist_ok=True)
@@ -99,9 +108,20 @@ class Supervisor:
                     backoff[spec.name] = min(60.0, backoff[spec.name] * 2)
                     self.procs[spec.name] = self._spawn(spec)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL the process group after `timeout` seconds."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Tell running jobs to stop (the stop file: each checkpoints its last completed epoch and goes back to
+        the queue without using an attempt, within about cancel_poll_seconds), SIGTERM (warm shutdown: the
+        jobs return), then SIGKILL the process group after `timeout` seconds."""
         self._stop.set()
+        with open(self.stop_file, "w", encoding="ascii") as flag:
+            flag.write(f"stopping {time.time():.0f}\n")
+        try:
+            self._terminate(timeout)
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(self.stop_file)
+
+    def _terminate(self, timeout: float) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -17,8 +17,9 @@ class DBReporter:
     """Progress is kept in memory and written (with the lease extension) every heartbeat_seconds by a
     background thread, so long evaluations keep the lease; between beats the thread reads the run's cancel
     flag every cancel_poll_seconds, so a cancel stops the job at its next step within about that long.
-    should_stop() turns true on cancel or when the lease is lost; metric and checkpoint writes are fenced
-    by the lease."""
+    should_stop() turns true on cancel, when the lease is lost, or once the worker is stopping (its
+    supervisor created the file NCSWEEP_STOP_FILE names: ``interrupted``); metric and checkpoint writes are
+    fenced by the lease."""
 
     def __init__(self, settings: Any, run_id: int, owner: str, *, metric_version: int | None = None,
                  batch_size: int | None = None, heartbeater: Any = None):
@@ -29,6 +30,8 @@ class DBReporter:
         self.heartbeater = heartbeater
         self.cancelled = False  # cancel requested by a user
         self.lease_lost = False
+        self.interrupted = False  # the worker is stopping: the run goes back to the queue
+        self._stop_file = os.environ.get("NCSWEEP_STOP_FILE") or None
         self._progress: dict[str, Any] = {}
         self._epochs_total: int | None = None
         self._start_epoch = 0  # completed epochs this attempt resumed after
@@ -56,6 +59,9 @@ class DBReporter:
         poll = min(period, float(self.settings.cancel_poll_seconds))
         due = time.monotonic() + period
         while not self._stop.wait(poll):
+            if self._stop_file is not None and not self.interrupted and os.path.exists(self._stop_file):
+                log.info("run %s: the worker is stopping; the run stops after its last completed epoch", self.run_id)
+                self.interrupted = True
             if time.monotonic() >= due - 1e-3:
                 self.beat()
                 due = time.monotonic() + period
@@ -152,7 +158,7 @@ class DBReporter:
             self.lease_lost = True
 
     def should_stop(self) -> bool:
-        return self.cancelled or self.lease_lost
+        return self.cancelled or self.lease_lost or self.interrupted
 
     def _version(self) -> int:
         if self.metric_version is None:

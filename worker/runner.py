@@ -17,6 +17,10 @@ from worker.reporter import DBReporter
 
 log = logging.getLogger(__name__)
 
+#: Not a run status: the job stopped because its worker is stopping; the run goes back to the queue with its
+#: attempt given back (runs_repo.release) and resumes from its last completed epoch.
+INTERRUPTED = "interrupted"
+
 
 def worker_name() -> str:
     """The Celery node name of this worker (set by launch), else host-pid."""
@@ -62,7 +66,10 @@ def execute(run_id: int, kind: str, settings: Settings | None = None, *, hostnam
             heart.set_run(None)
             heart.stop(mark_stopped=False)
     with session_scope(url) as session:
-        written = runs_repo.finish(session, run_id, owner, status, error)
+        if status == INTERRUPTED:
+            written = runs_repo.release(session, run_id, owner)
+        else:
+            written = runs_repo.finish(session, run_id, owner, status, error)
     if not written:
         log.warning("run %s: lease lost before finishing; result %s discarded (another attempt owns it)", run_id, status)
         return "lost"
@@ -84,7 +91,8 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) ->
     finally:
         if reporter is not None:
             reporter.close()
-    return final_status(summary, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost)
+    return final_status(summary, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
+                        interrupted=reporter.interrupted)
 
 
 def samples_per_step(kind: str, spec: RunSpec) -> int:
@@ -93,15 +101,22 @@ def samples_per_step(kind: str, spec: RunSpec) -> int:
     return 1 if kind == "validate" or spec.kind == "ufm" else spec.batch_size
 
 
-def final_status(summary: Any, *, cancelled: bool, lease_lost: bool) -> tuple[str, str | None]:
-    """(status, error) of a job that returned ``summary``: cancelled when it stopped (or a cancel came and
-    the summary does not show the work done); succeeded when it did all its work — a train/UFM run all
-    its epochs, a validate job all its checkpoints — even if a cancel was requested after the last step."""
+def final_status(summary: Any, *, cancelled: bool, lease_lost: bool,
+                 interrupted: bool = False) -> tuple[str, str | None]:
+    """(status, error) of a job that returned ``summary``: cancelled when it stopped on a cancel (or a
+    cancel came and the summary does not show the work done); INTERRUPTED (back to the queue, its attempt
+    given back) when it stopped because its worker is stopping; succeeded when it did all its work — a
+    train/UFM run all its epochs, a validate job all its checkpoints — even if a cancel or a stop came
+    after the last step."""
     if lease_lost:
         return states.FAILED, "lease lost"  # finish() is fenced: this is never written
     complete = isinstance(summary, dict) and not summary.get("stopped") and (
         "epochs_done" in summary or "metrics" in summary)
-    if (isinstance(summary, dict) and summary.get("stopped")) or (cancelled and not complete):
+    if complete:
+        return states.SUCCEEDED, None
+    if interrupted and not cancelled:
+        return INTERRUPTED, None
+    if (isinstance(summary, dict) and summary.get("stopped")) or cancelled:
         return states.CANCELLED, None
     return states.SUCCEEDED, None
 

@@ -212,6 +212,20 @@ def finish(session: Session, run_id: int, owner: str, status: str, error: str | 
     return True
 
 
+def release(session: Session, run_id: int, owner: str) -> bool:
+    """running → queued by the lease holder whose worker is stopping cleanly (the job stopped after its last
+    completed epoch, checkpointed): the attempt is given back, and the run is marked as not sent so the
+    reconciler re-sends it at its next pass. False = lease lost."""
+    now = utcnow()
+    row = _fence(session, run_id, owner, now, status=states.QUEUED, attempt=Run.attempt - 1, lease_owner=None,
+                 lease_expires_at=None, **unstarted())
+    if row is None:
+        return False
+    touch(session, [run_id], now=now - timedelta(days=1))
+    add_event(session, "status", run_id, row.sweep_id, status=states.QUEUED, reason="worker stopped")
+    return True
+
+
 def expired_runs(session: Session, now: datetime | None = None) -> list[Run]:
     """Running runs whose lease has expired (their worker died or lost the database)."""
     now = now or utcnow()
