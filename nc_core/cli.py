@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nc_core.cli_report import HISTORY, CLIReporter, nan_notes, table, write_metrics
 from nc_core.spec import RunSpec
 from nc_core.sweep import error_field, set_path, spec_hash
-from nc_core.cli_files import out_path_problem, read_yaml_file
+from nc_core.cli_files import out_path_problem, read_yaml_file, yaml_kind
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
 
@@ -97,11 +97,12 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
     """YAML file + `--set path=value` overrides → validated RunSpec; errors name the field, exit 2."""
     tree: Any = None
     try:
-        tree = read_yaml_file(path, "a RunSpec YAML file") or {}
+        tree = read_yaml_file(path, "a RunSpec YAML file")
     except ValueError as exc:
         _fail(console, [str(exc)])
     if not isinstance(tree, dict):
-        _fail(console, [f"{path}: expected a mapping of RunSpec fields, got {type(tree).__name__}"])
+        _fail(console, [f"{path}: expected a mapping of RunSpec fields (`python -m nc_core example-spec` prints a "
+                        f"commented one), got {yaml_kind(tree)}"])
     for item in overrides:
         key, eq, raw = item.partition("=")
         key = key.strip()
@@ -219,4 +220,7 @@ def example_spec(kind: str = typer.Option("train", "--kind", help="train | ufm")
 
 
 def main() -> None:
+    from nc_core.cli_help import plain_flags
+
+    plain_flags()
     app(prog_name="python -m nc_core")

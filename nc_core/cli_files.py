@@ -26,16 +26,31 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(text: str):  # noqa: ANN201 - any YAML value
-    """Parse one YAML document safely, refusing duplicate keys."""
+def load_yaml(text: Any):  # noqa: ANN201 - any YAML value
+    """Parse one YAML document (a string, or a text file whose name the error marks then cite) safely,
+    refusing duplicate keys."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - UniqueKeyLoader is a SafeLoader
+
+
+def yaml_kind(value: Any) -> str:
+    """What a parsed YAML document is, in words, for "expected a mapping, got …" (never a Python type name)."""
+    if value is None:
+        return "an empty document (nothing but comments or blank lines)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    return "a list" if isinstance(value, list) else f"a {type(value).__name__} value"
 
 
 def read_yaml_file(path: Path, what: str) -> Any:
     """Parse the YAML file ``path``; ValueError naming the file when it cannot be read, is not UTF-8, is not
     valid YAML or repeats a key (``what`` says what the file should be, e.g. "a RunSpec YAML file")."""
     try:
-        return load_yaml(path.read_text(encoding="utf-8"))
+        with path.open(encoding="utf-8") as text:  # YAML errors then point at the file, not "<unicode string>"
+            return load_yaml(text)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected {what}") from None
     except OSError as exc:

@@ -1,6 +1,7 @@
 """The `ncsweep` command line: start the stack, submit sweeps, watch them, query results, export, plot."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,10 +73,12 @@ def _csv(text: Optional[str]) -> Optional[list[str]]:
 @app.command()
 def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-example", help="submit the bundled example sweep"),
        home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: settings.home)"),
-       workers: Optional[int] = typer.Option(None, "--workers", help="CPU workers when there is no GPU"),
+       workers: Optional[int] = typer.Option(None, "--workers", help="CPU workers when there is no GPU "
+                                             "(default: 2, or 1 on a one-core machine)"),
        gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (default: every GPU found)"),
        port: Optional[int] = typer.Option(None, "--port", help="API port"),
-       serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="keep serving after the example"),
+       serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="keep serving after the example "
+                                            "(default: serve only with --no-example)"),
        fresh: bool = typer.Option(False, "--fresh", help="submit the example again even if it already ran")):
     """Start the embedded stack (SQLite + Redis + workers + API) under one directory."""
     from service import embedded
@@ -98,7 +101,7 @@ def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices,
 
 
 @token_app.command("create")
-def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name"),
+def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name", help="a label stored with the token"),
                  scope: str = typer.Option("write", "--scope", help="read | write | admin"),
                  save: bool = typer.Option(False, "--save", help="also write it to <home>/token")):
     """Create an API token in the configured database and print it (shown once)."""
@@ -137,7 +140,8 @@ def submit(ctx: typer.Context, path: Path = typer.Argument(..., exists=True, dir
 
 
 @app.command()
-def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typer.Option(False, "--once"),
+def watch(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
+          once: bool = typer.Option(False, "--once", help="print the current view once and exit"),
           interval: float = typer.Option(1.0, "--interval", help="refresh seconds"),
           max_rows: int = typer.Option(25, "--max-rows", help="runs shown (running first)"),
           timeout: float = typer.Option(0, "--timeout", help="give up after this many seconds (exit 3); 0 = never")):
@@ -179,11 +183,12 @@ def watch(ctx: typer.Context, sweep: int = typer.Argument(...), once: bool = typ
 
 
 @app.command()
-def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"),
-         status: Optional[str] = typer.Option(None, "--status"),
+def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep", help="only this sweep's runs"),
+         status: Optional[str] = typer.Option(None, "--status", help="only runs that are queued | running | "
+                                              "succeeded | failed | cancelled"),
          filter: list[str] = typer.Option([], "--filter", help="AXIS=VALUE on the run spec, e.g. loss.name=mse; "
                                           "repeat an AXIS for any of several values"),
-         limit: int = typer.Option(200, "--limit")):
+         limit: int = typer.Option(200, "--limit", help="at most this many runs")):
     """List runs (optionally of one sweep, with one status, matching spec filters)."""
     filters = [parse_filter(f) for f in filter]
     rows = []
@@ -287,9 +292,14 @@ def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
 @app.command()
 def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (margins: the run id unless --run)"),
          kind: str = typer.Option("dynamics", "--kind", help="dynamics | heatmap | margins"),
-         out_path: Path = typer.Option(..., "--out"), keys: Optional[str] = typer.Option(None, "--keys"),
-         split: Optional[str] = typer.Option(None, "--split"), x: Optional[str] = typer.Option(None, "--x"),
-         y: Optional[str] = typer.Option(None, "--y"), key: str = typer.Option("acc", "--key"),
+         out_path: Path = typer.Option(..., "--out", help="the .png file to write"),
+         keys: Optional[str] = typer.Option(None, "--keys", help="dynamics: comma-separated metric keys (default "
+                                            "nc1,nc2_w,nc3,wh_b,acc)"),
+         split: Optional[str] = typer.Option(None, "--split", help="train | test (default: NC metrics on train, "
+                                             "acc on both; a heatmap: test, train for a UFM sweep)"),
+         x: Optional[str] = typer.Option(None, "--x", help="heatmap: the sweep axis along x, e.g. model.width"),
+         y: Optional[str] = typer.Option(None, "--y", help="heatmap: the sweep axis along y, e.g. loss.name"),
+         key: str = typer.Option("acc", "--key", help="heatmap: the metric key"),
          mode: str = typer.Option("value", "--mode", help="heatmap: value | diff_vs | variance"),
          ref: Optional[str] = typer.Option(None, "--ref", help="heatmap diff_vs: AXIS:VALUE"),
          run: Optional[int] = typer.Option(None, "--run", help="margins: the run")):
@@ -318,6 +328,9 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
 # -- terminal rendering (rich) -------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: API errors and an unreachable API print one line and exit 1."""
+    from nc_core.cli_help import plain_flags
+
+    plain_flags()
     for console in (out, err):
         if not console.is_terminal:  # a pipe or a log: keep table rows whole rather than 80 columns
             console.width = max(console.width, 160)
@@ -342,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {exc}", highlight=False)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - e.g. a reply of another ncsweep version: one line, not a traceback
+        if os.environ.get("NCSWEEP_DEBUG"):
+            raise
+        err.print(f"error: unexpected {type(exc).__name__}: {exc} (is the API the same ncsweep version as this "
+                  "CLI? NCSWEEP_DEBUG=1 shows the traceback)", highlight=False, markup=False)
     return 1
 
 

@@ -10,7 +10,7 @@ import typer
 
 def read_sweep_file(path: Path) -> dict[str, Any]:
     """A sweep YAML/JSON file → its mapping; unreadable, non-UTF-8, invalid or duplicate-key files → BadParameter."""
-    from nc_core.cli_files import read_yaml_file
+    from nc_core.cli_files import read_yaml_file, yaml_kind
     from nc_core.spec import RunSpec
     from nc_core.sweep import SweepSpec
 
@@ -19,7 +19,8 @@ def read_sweep_file(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if not isinstance(spec, dict):
-        raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec), got {type(spec).__name__}")
+        raise typer.BadParameter(f"{path}: expected a mapping (a SweepSpec: name, base, grid, seeds), got "
+                                 f"{yaml_kind(spec)}")
     run_fields = set(RunSpec.model_fields) - set(SweepSpec.model_fields)
     if "name" not in spec and "base" not in spec and run_fields & set(spec):
         raise typer.BadParameter(f"{path} looks like a RunSpec (one run), not a sweep: a sweep file has a `name:` "

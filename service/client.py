@@ -161,7 +161,8 @@ class Client:
         body = self.get(f"/runs/{run_id}/metrics", keys=",".join(keys) if keys else None)
         return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e)),
                  "metric_version": ver}
-                for s in body.get("series", []) for e, v, ver in zip(s["epochs"], s["values"], s["versions"])]
+                for s in body.get("series", [])  # an API older than `versions` (metric version 2): None
+                for e, v, ver in zip(s["epochs"], s["values"], s.get("versions") or [None] * len(s["epochs"]))]
 
     def workers(self) -> list[dict[str, Any]]:
         return self.get("/workers")

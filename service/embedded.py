@@ -39,13 +39,19 @@ def redis_server_binary() -> str:
     return found
 
 
-def free_port(preferred: int | None = None) -> int:
-    """`preferred` when it is free on 127.0.0.1, else any free port."""
+def free_port(preferred: int | None = None, *, required: bool = False) -> int:
+    """`preferred` when it is free on 127.0.0.1 (a socket of a stopped server in TIME_WAIT counts as free: the
+    servers bind with SO_REUSEADDR too), else any free port — or, when ``required`` (a port the user asked
+    for), a StackError naming it."""
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
+                if required:
+                    raise StackError(f"--port {port}: 127.0.0.1:{port} is in use (another ncsweep stack or server?); "
+                                     "expected a free port, or leave --port out to take any") from None
                 continue
             return s.getsockname()[1]
     raise StackError("no free TCP port on 127.0.0.1")
@@ -80,7 +86,8 @@ def stack_settings(home: Path, redis_port: int, api_port: int | None = None) -> 
     return base.model_copy(update={
         "home": home, "database_url": f"sqlite:///{home / 'ncsweep.db'}",
         "broker_url": f"redis://127.0.0.1:{redis_port}/0", "artifacts_dir": home / "artifacts",
-        "api_host": "127.0.0.1", "api_port": free_port(api_port or base.api_port), "api_url": "", "token": ""})
+        "api_host": "127.0.0.1", "api_url": "", "token": "",
+        "api_port": free_port(api_port, required=True) if api_port else free_port(base.api_port)})
 
 
 def child_env(settings: Settings) -> dict[str, str]:

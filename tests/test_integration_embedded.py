@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -63,3 +64,16 @@ def _ok(api: str) -> bool:
         return httpx.get(f"{api}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_port_asked_for_that_is_taken_is_an_error_not_another_port():
+    from service.embedded import StackError, free_port as stack_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StackError, match=rf"--port {port}: 127.0.0.1:{port} is in use .* leave --port out"):
+            stack_port(port, required=True)
+        assert stack_port(port) not in (port, 0)  # the default port may move: the stack prints its URL
+    assert stack_port(port, required=True) == port  # free again

@@ -234,8 +234,10 @@ def test_bad_overrides_are_one_line_errors_naming_the_field(tmp_path, args, expe
     assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
 
 
-@pytest.mark.parametrize("content, expected", [(b"\xff\xfeepochs: 2\n", "not UTF-8 text"),
-                                               (b"epochs: 2\nseed: 1\nepochs: 3\n", "duplicate key 'epochs'")])
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfeepochs: 2\n", "not UTF-8 text"), (b"epochs: 2\nseed: 1\nepochs: 3\n", "duplicate key 'epochs'"),
+    (b"", "got an empty document"), (b"# epochs: 5\n\n", "got an empty document"),  # not a silent default run
+    (b"- epochs: 2\n", "got a list"), (b"epochs: [2\nseed: 1\n", 'spec.yaml", line 1')])  # the file, by name
 def test_unreadable_or_ambiguous_spec_files_are_refused(tmp_path, content, expected):
     path = tmp_path / "spec.yaml"
     path.write_bytes(content)
@@ -295,3 +297,30 @@ def test_metric_table_keeps_small_values_whole_in_80_columns():
         text = console.export_text()
         assert "…" not in text and all(text.count(v) == 4 for v in shown), text
         assert max(map(len, text.splitlines())) <= width
+
+
+def _commands(group, prefix=()):  # noqa: ANN001, ANN202 - click objects
+    """(path, click command) of every leaf command under a click group."""
+    for name, cmd in getattr(group, "commands", {}).items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+@pytest.mark.parametrize("which", ["nc_core", "ncsweep"])
+def test_every_option_of_both_clis_says_what_it_does_and_flags_show_no_type(which):
+    import typer
+
+    from nc_core.cli_help import plain_flags
+    from service.cli import app as service_app
+
+    cli_app = app if which == "nc_core" else service_app
+    group = typer.main.get_command(cli_app)
+    undocumented = [f"{' '.join(path)} {p.opts[0]}" for path, cmd in _commands(group) for p in cmd.params
+                    if p.param_type_name == "option" and not (p.help or "").strip()]
+    assert undocumented == []
+    plain_flags()
+    for path, _ in _commands(group):
+        res = CliRunner().invoke(cli_app, [*path, "--help"], terminal_width=140)
+        assert res.exit_code == 0 and "<bool>" not in res.output, (path, res.output)
