@@ -22,15 +22,23 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 #: The keys a results table shows when none are asked for: accuracy and the four NC headline metrics.
 HEADLINE_KEYS: tuple[str, ...] = ("acc", "nc1", "nc2_w", "nc3", "wh_b")
+#: Training statistics the trainer stores besides the NC contract, on the train split of a 'train' run at every
+#: epoch (nc_core/train.py ``_train_epoch``): the running mean loss and accuracy (%) of the epoch's augmented
+#: batches, and the learning rate it trained with. A UFM run stores METRIC_KEYS only.
+TRAINING_KEYS: tuple[str, ...] = ("running_loss", "running_acc", "lr")
+#: Every key a run may store, so every key the API, the plots and the CLI accept.
+STORED_KEYS: tuple[str, ...] = METRIC_KEYS + TRAINING_KEYS
+
+
 def check_metric_keys(field: str, keys: Iterable[str]) -> None:
-    """Raise SpecError(field) naming every key that is not a metric key, and the valid ones."""
+    """Raise SpecError(field) naming every key that no run stores, and the valid ones (STORED_KEYS)."""
     from nc_core.sweep import SpecError
 
-    bad = [k for k in keys if k not in METRIC_KEYS]
+    bad = [k for k in keys if k not in STORED_KEYS]
     if bad:
         listed = ", ".join(repr(k) for k in bad)
         raise SpecError(field, f"unknown metric key{'s' if len(bad) > 1 else ''} {listed}; expected some of "
-                               f"{', '.join(METRIC_KEYS)}")
+                               f"{', '.join(STORED_KEYS)}")
 
 
 def parse_metric_keys(field: str, raw: str | None) -> list[str] | None:

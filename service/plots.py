@@ -99,6 +99,21 @@ def plot_epochs(ax: Any, points: dict[int, float], unit: str = "epoch", **style:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def finite_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values, NaN without any (as /sweeps/{id}/results' ``mean`` is null)."""
+    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    return float(xs.mean()) if xs.size else math.nan
+
+
+def sample_std(values: Iterable[float]) -> float:
+    """Sample std (ddof 1) of the finite values, NaN with fewer than 2 (as /sweeps/{id}/results' ``std`` is null)."""
+    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    return float(xs.std(ddof=1)) if xs.size > 1 else math.nan
+
+
+SPREAD_NOTE = "mean ± sample std (ddof 1) over seeds; no band where fewer than 2 seeds have a finite value"
+
+
 def _panels(keys: list[str], split: str | None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key in keys:
@@ -112,8 +127,8 @@ def _panels(keys: list[str], split: str | None) -> list[tuple[str, str]]:
 
 
 def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
-    """One subplot per metric (acc: train and test): mean ± std over seeds vs epoch (iteration for UFM runs),
-    one line per configuration."""
+    """One subplot per metric (acc: train and test): mean ± sample std (ddof 1, as /results) over seeds vs epoch
+    (iteration for UFM runs), one line per configuration; no band where fewer than 2 seeds have a finite value."""
     keys = list(keys or DEFAULT_KEYS)
     runs = sweep_runs(session, sweep_id)
     unit = metric_step(r.kind for r in runs)
@@ -136,9 +151,8 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
         for config in (c for c in configs if c in panel):
             by_epoch = panel[config]
             epochs = sorted(by_epoch)
-            vals = [np.array(by_epoch[e], dtype=float) for e in epochs]
-            mean = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan for v in vals])
-            std = np.array([np.nanstd(v) if np.isfinite(v).sum() > 1 else 0.0 for v in vals])
+            mean = np.array([finite_mean(by_epoch[e]) for e in epochs])
+            std = np.array([sample_std(by_epoch[e]) for e in epochs])  # NaN: fill_between leaves a gap
             ax.plot(epochs, mean, lw=2, alpha=0.8, color=colors[config], label=config)
             ax.fill_between(epochs, mean - std, mean + std, color=colors[config], alpha=0.2)
         ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
@@ -150,6 +164,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.suptitle(SPREAD_NOTE, fontsize=8)
     fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
     return _png(fig)
 
@@ -183,20 +198,20 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
         if vals == [None]:
             raise PlotError("x" if path == x else "y", f"{path!r} is not a field of this sweep's runs")
 
-    def cells(select_run) -> np.ndarray:  # mean per cell over the runs select_run keeps
+    def cells(select_run) -> np.ndarray:  # per cell over the runs select_run keeps: mean, or sample variance
         acc: dict[tuple[int, int], list[float]] = defaultdict(list)
         for r in runs:
             if select_run(r) and r.id in finals:
                 acc[(ys.index(_axis_value(r, y)), xs.index(_axis_value(r, x)))].append(finals[r.id])
         m = np.full((len(ys), len(xs)), np.nan)
         for (i, j), v in acc.items():
-            m[i, j] = np.var(v) if mode == "variance" else np.nanmean(v)
+            m[i, j] = sample_std(v) ** 2 if mode == "variance" else finite_mean(v)
         return m
 
     if mode == "value":
         return xs, ys, [(f"{key} [{split}] (mean)", cells(lambda r: True))]
-    if mode == "variance":
-        return xs, ys, [(f"variance of {key} [{split}] over runs", cells(lambda r: True))]
+    if mode == "variance":  # the square of /results' std: ddof 1 over the finite values, – with fewer than 2
+        return xs, ys, [(f"sample variance (ddof 1) of {key} [{split}] over runs", cells(lambda r: True))]
     if mode != "diff_vs":
         raise PlotError("mode", f"expected value, diff_vs or variance, got {mode!r}")
     path, ref_value = parse_ref(ref)
@@ -213,7 +228,8 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
 
 def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc", split: str = "test",
                 mode: str = "value", ref: str | None = None) -> bytes:
-    """Heatmap over two axes of a metric at the final epoch (value, |ref − other| per value, or variance)."""
+    """Heatmap over two axes of a metric at the final epoch (value, |ref − other| per value, or sample variance
+    (ddof 1, the square of /results' std; – where fewer than 2 runs have a finite value))."""
     xs, ys, panels = heatmap_grids(session, sweep_id, x, y, key, split, mode, ref)
     if not panels:
         return _message_png(f"nothing to compare against {ref}")

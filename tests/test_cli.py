@@ -155,6 +155,29 @@ def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys, mon
 
 
 @SQLITE
+def test_an_api_of_another_version_gets_no_traceback(live: str, db_url: str, capsys, tmp_path: Path,
+                                                      monkeypatch) -> None:  # noqa: ANN001
+    from service.client import Client
+
+    sid, runs = seed_sweep(db_url, epochs=1)
+    real_get = Client.get
+
+    def older(self, path, **params):  # noqa: ANN001, ANN003, ANN202 - an API from before metric version 2
+        body = real_get(self, path, **params)
+        for s in body.get("series", []) if isinstance(body, dict) else []:
+            s.pop("versions", None)
+        return body
+
+    monkeypatch.setattr(Client, "get", older)
+    rc, _, err = ncsweep(capsys, "export", sid, "--out", tmp_path / "old.csv")
+    rows = list(csv.DictReader((tmp_path / "old.csv").open()))
+    assert rc == 0 and rows and {r["metric_version"] for r in rows} == {""}, err
+    monkeypatch.setattr(Client, "get", lambda self, path, **params: {"series": [{"split": "test"}]})  # no epochs
+    rc, out, err = ncsweep(capsys, "show", runs[0])
+    assert rc == 1 and "Traceback" not in err and err.startswith("error: unexpected KeyError") and "version" in err
+
+
+@SQLITE
 def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
     sid, _ = seed_sweep(db_url, epochs=2)
     rc, out, _ = ncsweep(capsys, "export", sid, "--format", "csv", "--out", tmp_path / "m.csv")
@@ -238,6 +261,25 @@ def test_validate_queues_a_job_and_explains_refusals(live: str, db_url: str, cap
     assert rc == 1 and "HTTP 422" in err and "splits" in err and "Traceback" not in err
     rc, _, err = ncsweep(capsys, "validate", runs[1], "--epochs", "four")
     assert rc == 2 and "comma-separated integers for --epochs" in err
+
+
+@SQLITE
+def test_results_and_plot_take_the_trainers_training_keys(live: str, db_url: str, capsys,  # noqa: ANN001
+                                                          tmp_path: Path) -> None:
+    from nc_core.db.models import Metric
+
+    sid, runs = seed_sweep(db_url, epochs=2)
+    with session_scope(db_url) as s:  # what nc_core.train stores on the train split besides the NC keys
+        s.add_all(Metric(run_id=rid, epoch=2, split="train", key=k, value=v) for rid in runs
+                  for k, v in (("lr", 0.05), ("running_acc", 97.5), ("running_loss", 0.25)))
+    rc, out, err = ncsweep(capsys, "results", sid, "--keys", "running_acc,lr", "--split", "train")
+    assert rc == 0, err
+    assert "running_acc" in out and "97.5" in out and "lr" in out and "0.05" in out
+    rc, out, err = ncsweep(capsys, "plot", sid, "--kind", "dynamics", "--keys", "running_loss",
+                           "--out", tmp_path / "r.png")
+    assert rc == 0 and (tmp_path / "r.png").read_bytes()[:8] == PNG_SIGNATURE, err
+    rc, _, err = ncsweep(capsys, "results", sid, "--keys", "learning_rate")
+    assert rc == 1 and "unknown metric key 'learning_rate'" in err and "running_loss, running_acc, lr" in err
 
 
 @SQLITE

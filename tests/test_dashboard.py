@@ -12,7 +12,7 @@ from nc_core.db import events_repo, workers_repo
 from nc_core.db.models import Run
 from nc_core.db.session import session_scope
 from test_events import serve
-from test_plots import seed_sweep
+from test_plots import add_validate_job, seed_sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,4 +109,27 @@ def test_index_workers_and_run_pages(page, db_url: str) -> None:  # noqa: ANN001
     shot(pg, "run.png")
     assert pg.goto(f"{url}/ui/sweeps/999999").status == 404
     errors[:] = [e for e in errors if "404" not in e]  # the deliberate 404 above
+    assert errors == []
+
+
+def test_validate_jobs_stay_out_of_the_run_counts_and_cell_means(page, db_url: str) -> None:  # noqa: ANN001
+    pg, url, errors = page
+    sid, runs = seed_sweep(db_url, widths=(32, 64, 128), seeds=(0, 1, 2))  # 18 runs
+    add_validate_job(db_url, runs[0])  # a re-evaluation of run 0: its metrics once more
+    pg.goto(f"{url}/ui")
+    row = pg.locator(f'#sweeps tr[data-sweep="{sid}"]')
+    for rendered in ("server", "poll"):  # the template, then dashboard.js's poll (every 3 s) re-renders the row
+        row.wait_for()
+        assert row.locator("td").nth(3).inner_text() == "18", rendered
+        assert "succeeded 18" in row.inner_text() and "validate jobs 1" in row.inner_text(), rendered
+        pg.wait_for_timeout(3500)
+    pg.goto(f"{url}/ui/sweeps/{sid}")
+    pg.wait_for_selector("#matrix td.cell")
+    assert pg.locator("#cell-0-0").inner_text() == "3/3"  # ce, width 32: seeds 0, 1, 2
+    assert pg.locator("#sweep-counts").inner_text() == "succeeded 18" and pg.locator("#runs tbody tr").count() == 18
+    assert "validate jobs 1" in pg.locator("#sweep-validate-jobs").inner_text()
+    pg.select_option("#colour-by", "acc|test")
+    pg.wait_for_function("document.querySelector('#cell-0-0').style.background !== ''", timeout=10_000)
+    mean = sum(50 + 40 / (1 + 0.1 * seed) for seed in (0, 1, 2)) / 3  # final (epoch 4) test acc of the 3 seeds
+    assert pg.locator("#cell-0-0").inner_text() == f"{mean:.3g}"
     assert errors == []

@@ -125,7 +125,34 @@ def test_heatmap_values_are_final_epoch_means(sqlite_app_client) -> None:
         with pytest.raises(ValueError, match="ref"):
             heatmap_grids(s, sid, "model.width", "loss.name", "acc", "test", "diff_vs", "loss.name:ce")
         _, _, var = heatmap_grids(s, sid, "model.width", "loss.name", "acc", "test", "variance")
-        assert var[0][1][0, 0] == pytest.approx(np.var([50 + 30 / (1 + 0.1 * sd) for sd in (0, 1)]))
+        assert var[0][1][0, 0] == pytest.approx(np.var([50 + 30 / (1 + 0.1 * sd) for sd in (0, 1)], ddof=1))
+
+
+def test_spread_over_seeds_is_the_sample_std_of_results(sqlite_app_client, monkeypatch) -> None:  # noqa: ANN001
+    # /results' std is ddof 1 over the finite values, null below 2: the variance heatmap is its square and the
+    # dynamics band its ± (no band, not 0, where fewer than 2 seeds have a finite value)
+    from service.plots import heatmap_grids
+
+    client = sqlite_app_client
+    sid, runs = seed_sweep(client.db_url, losses=("ce",), seeds=(0, 1, 2), epochs=2,
+                           statuses={4: "queued", 5: "queued"})
+    with session_scope(client.db_url) as s:  # width 32: seed 2's final test acc is NaN (NULL); width 64: one run
+        s.query(Metric).filter_by(run_id=runs[2], epoch=2, split="test", key="acc").update({"value": None})
+    groups = client.get(f"/sweeps/{sid}/results", params={"keys": "acc", "split": "test"}).json()["groups"]
+    std32, std64 = (g["metrics"]["acc"]["std"] for g in groups)
+    assert std32 > 0 and std64 is None
+    with session_scope(client.db_url) as s:
+        _, _, [(title, var)] = heatmap_grids(s, sid, "model.width", "loss.name", "acc", "test", "variance")
+    assert "ddof 1" in title and var[0, 0] == pytest.approx(std32 ** 2) and np.isnan(var[0, 1])
+    _get_png(client, f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc&mode=variance")
+    bands: list[tuple] = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda ax, x, lo, hi, **k: bands.append((x, lo, hi)))
+    _get_png(client, f"/sweeps/{sid}/plots/dynamics.png?keys=acc&split=test")
+    (epochs32, lo32, hi32), (epochs64, lo64, hi64) = bands  # configurations in axis order: width 32, 64
+    assert list(epochs32) == [1, 2] and (hi32[1] - lo32[1]) / 2 == pytest.approx(std32)
+    first = [50 + 10 / (1 + 0.1 * sd) for sd in (0, 1, 2)]  # acc at epoch 1 of the three width-32 seeds
+    assert (hi32[0] - lo32[0]) / 2 == pytest.approx(np.std(first, ddof=1))
+    assert np.isnan(lo64).all() and np.isnan(hi64).all()  # one seed: no band
 
 
 def test_plot_errors_are_readable(sqlite_app_client) -> None:
@@ -283,3 +310,39 @@ def test_a_ufm_runs_page_counts_iterations(sqlite_app_client) -> None:
     page = client.get(f"/ui/runs/{rid}")
     assert page.status_code == 200, page.text
     assert "iteration 300/30000" in page.text and "632 it/s" in page.text and "samples/s" not in page.text
+
+
+def add_validate_job(url: str, parent_id: int) -> int:
+    """A succeeded validate job of run `parent_id` that stores a copy of its metrics (as re-evaluation does)."""
+    with session_scope(url) as s:
+        parent = s.get(Run, parent_id)
+        job = Run(sweep_id=parent.sweep_id, kind="validate", parent_run_id=parent.id, spec=parent.spec,
+                  spec_hash=parent.spec_hash, grid=parent.grid, seed=parent.seed, status="succeeded",
+                  epoch=parent.epochs_total, epochs_total=parent.epochs_total)
+        s.add(job)
+        s.flush()
+        for m in s.query(Metric).filter_by(run_id=parent_id).all():
+            s.add(Metric(run_id=job.id, epoch=m.epoch, split=m.split, key=m.key, value=m.value))
+        return job.id
+
+
+def test_the_dashboard_counts_only_the_sweeps_own_runs(sqlite_app_client) -> None:
+    # a validate job repeats a run's metrics: as in GET /sweeps/{id}, it is no run of the grid and no seed of a cell
+    client = sqlite_app_client
+    sid, runs = seed_sweep(client.db_url, widths=(32, 64, 128), seeds=(0, 1, 2))  # 18 runs
+    job = add_validate_job(client.db_url, runs[0])
+    api = client.get(f"/sweeps/{sid}").json()
+    [row] = [s for s in client.get("/ui/sweeps.json").json() if s["id"] == sid]
+    assert (row["runs"], row["counts"], row["progress"]) == (18, {"succeeded": 18}, api["progress"])
+    state = client.get(f"/ui/sweeps/{sid}/state.json").json()
+    assert state["counts"] == {"succeeded": 18} and len(state["runs"]) == 18
+    assert job not in [r["id"] for r in state["runs"]]
+    cell = state["matrix"][0][0]  # ce, width 32: seeds 0..2
+    assert (cell["n"], cell["done"], cell["runs"]) == (3, 3, runs[:3])
+    assert row.get("validate_jobs") == state.get("validate_jobs") == {"succeeded": 1}  # shown apart
+    by_acc = client.get(f"/ui/sweeps/{sid}/state.json", params={"key": "acc", "split": "test"}).json()
+    [group] = [g for g in client.get(f"/sweeps/{sid}/results", params={"keys": "acc"}).json()["groups"]
+               if g["values"] == {"loss.name": "ce", "model.width": 32}]
+    assert by_acc["matrix"][0][0]["value"] == pytest.approx(group["metrics"]["acc"]["mean"])
+    index = client.get("/ui").text
+    assert "<td>18</td>" in index and "succeeded 18" in index and "validate jobs 1" in index

@@ -27,12 +27,18 @@ function poll(fn, ms) {
   setTimeout(tick, ms);
 }
 
+// validate jobs re-evaluate a run's checkpoints: shown apart, never in a sweep's run counts or cell means
+const validateJobs = (byStatus) => {
+  const n = Object.values(byStatus || {}).reduce((a, b) => a + b, 0);
+  return n ? ` <small class="validate-jobs" title="${esc(Object.entries(byStatus).map(([k, v]) => `${k} ${v}`).join(", "))}">+ validate jobs ${n}</small>` : "";
+};
+
 // -- sweeps list ---------------------------------------------------------------------------------
 function renderSweeps(sweeps) {
   const rows = sweeps.map((s) => `<tr data-sweep="${s.id}"><td><a href="/ui/sweeps/${s.id}">${s.id}</a></td>
     <td><a href="/ui/sweeps/${s.id}">${esc(s.name)}</a></td><td>${esc(s.axes.join(", "))}</td><td>${s.runs}</td>
     <td>${bar(s.progress)} <span class="pct">${pct(s.progress)}</span></td>
-    <td>${Object.entries(s.counts).map(([k, v]) => `<span class="chip st-${k}">${k} ${v}</span>`).join(" ")}</td>
+    <td>${Object.entries(s.counts).map(([k, v]) => `<span class="chip st-${k}">${k} ${v}</span>`).join(" ")}${validateJobs(s.validate_jobs)}</td>
     <td>${esc(s.created_at.slice(0, 19))}</td></tr>`);
   $("#sweeps tbody").innerHTML = rows.join("") || `<tr><td colspan="7">no sweeps yet</td></tr>`;
 }
@@ -71,6 +77,7 @@ function renderRuns(state) {
   $("#sweep-bar").style.width = `${(100 * state.progress).toFixed(1)}%`;
   $("#sweep-pct").textContent = pct(state.progress);
   $("#sweep-counts").innerHTML = Object.entries(state.counts).map(([k, v]) => `<span class="chip st-${k}">${k} ${v}</span>`).join(" ");
+  $("#sweep-validate-jobs").innerHTML = validateJobs(state.validate_jobs);
 }
 
 function sweepPage() {
