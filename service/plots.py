@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from nc_core.db.models import Metric, Run  # noqa: E402
+from nc_core.db.models import Metric, Run, Sweep  # noqa: E402
 from nc_core.db.states import metric_step  # noqa: E402
 from nc_core.db.sweeps_repo import PRIMARY_KINDS  # noqa: E402
 from nc_core.sweep import get_path, short_names  # noqa: E402
@@ -194,9 +194,14 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     finals = final_values(session, runs, key, split)
     xs = sorted({_axis_value(r, x) for r in runs}, key=_sort_key)
     ys = sorted({_axis_value(r, y) for r in runs}, key=_sort_key)
+    sweep = session.get(Sweep, sweep_id)
+    varied = [*((sweep.axes or []) if sweep is not None else []), "seed"]
     for path, vals in ((x, xs), (y, ys)):
         if vals == [None]:
             raise PlotError("x" if path == x else "y", f"{path!r} is not a field of this sweep's runs")
+        if len(vals) == 1 and path not in varied:  # a constant field: one row or column averaging everything
+            raise PlotError("x" if path == x else "y", f"{path!r} has one value ({vals[0]!r}) in every run of sweep "
+                                                       f"{sweep_id}; expected an axis it varies: {', '.join(varied)}")
 
     def cells(select_run) -> np.ndarray:  # per cell over the runs select_run keeps: mean, or sample variance
         acc: dict[tuple[int, int], list[float]] = defaultdict(list)

@@ -161,6 +161,9 @@ def test_plot_errors_are_readable(sqlite_app_client) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "ref"
     r = sqlite_app_client.get(f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=no.such&key=acc")
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "y"
+    r = sqlite_app_client.get(f"/sweeps/{sid}/plots/heatmap.png?x=optim.lr&y=seed")  # a field no axis varies
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "x", r.text
+    assert "has one value (0.05) in every run" in r.text and "loss.name, model.width, seed" in r.text
     for url, field in ((f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=accuracy", "key"),
                        (f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&split=val", "split"),
                        (f"/sweeps/{sid}/plots/dynamics.png?keys=nc1,nc9", "keys"),
