@@ -314,7 +314,8 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
         png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split)
     elif kind == "heatmap":
         if not x or not y:
-            raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y epochs)")
+            raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y loss.name, "
+                                     "or --y seed)")
         png = client.png(f"/sweeps/{sweep}/plots/heatmap.png", x=x, y=y, key=key, split=split,
                          mode=mode, ref=ref)
     elif kind == "margins":

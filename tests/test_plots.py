@@ -92,7 +92,7 @@ PLOT_URLS = [
     "/sweeps/{sid}/plots/dynamics.png",
     "/sweeps/{sid}/plots/dynamics.png?keys=nc1,acc&split=test",
     "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc&split=test",
-    "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=epochs&key=acc&split=test&mode=diff_vs&ref=loss.name:ce",
+    "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=seed&key=acc&split=test&mode=diff_vs&ref=loss.name:ce",
     "/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc&mode=variance",
     "/runs/{rid}/plots/margins.png",
     "/runs/{rid}/plots/curves.png",

@@ -47,7 +47,7 @@ def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, desc
 
 @router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response)
 def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="grid axis for columns, e.g. model.width"),
-            y: str = Query(..., description="grid axis for rows, e.g. epochs"), key: str = "acc",
+            y: str = Query(..., description="grid axis for rows, e.g. loss.name, or seed"), key: str = "acc",
             split: Split | None = Query(None, description="default test; train for a UFM sweep"),
             mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
             ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
