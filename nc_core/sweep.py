@@ -31,6 +31,23 @@ class SpecError(ValueError):
         return cls(field, message, more=more)
 
 
+def axis_problems(section: str, axes: dict[str, list[Any]]) -> list[tuple[str, str]]:
+    """(field, message) for each axis of ``section`` ('grid' or 'zip') that is the seed, not a spec field
+    (did-you-mean and the valid fields), or has no values."""
+    valid, out = set(field_paths()), []
+    for path, values in axes.items():
+        if path == "seed":
+            out.append((f"{section}.seed", "use the 'seeds' list for seeds"))
+        elif path not in valid:
+            near = difflib.get_close_matches(path, valid, n=1)
+            close = sorted(p for p in valid if p.split(".")[0] == path.split(".")[0])[:12]
+            out.append((f"{section}.{path}", "unknown field; " + (f"did you mean {near[0]!r}? " if near else "")
+                        + f"valid fields include {', '.join(close or sorted(valid)[:12])}"))
+        if not values:
+            out.append((f"{section}.{path}", "expected a non-empty list of values"))
+    return out
+
+
 class SweepSpec(BaseModel):
     """A sweep: base run × grid axes (cartesian) × zipped axes (parallel) × seeds."""
 
@@ -52,18 +69,8 @@ class SweepSpec(BaseModel):
         return self
 
     def _problems(self) -> list[str]:
-        valid, out = set(field_paths()), []
-        for section in ("grid", "zip"):
-            for path, values in getattr(self, section).items():
-                if path == "seed":
-                    out.append(f"{section}.seed: use the 'seeds' list for seeds")
-                elif path not in valid:
-                    near = difflib.get_close_matches(path, valid, n=1)
-                    close = sorted(p for p in valid if p.split(".")[0] == path.split(".")[0])[:12]
-                    out.append(f"{section}.{path}: unknown field; " + (f"did you mean {near[0]!r}? " if near else "")
-                               + f"valid fields include {', '.join(close or sorted(valid)[:12])}")
-                if not values:
-                    out.append(f"{section}.{path}: expected a non-empty list of values")
+        out = [f"{field}: {msg}" for section in ("grid", "zip")
+               for field, msg in axis_problems(section, getattr(self, section))]
         out += [f"zip.{p}: {p} is also a grid axis; an axis goes in grid or in zip, not both"
                 for p in sorted(set(self.grid) & set(self.zip))]
         if "seed" in self.base:
@@ -174,18 +181,24 @@ def error_field(err: dict[str, Any]) -> tuple[str, str]:
     expected and what was got: an unknown field lists the valid ones (closest first), a wrong value is
     echoed, and internal class names are dropped."""
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
-    loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
+    loc = field_path([x for x in err.get("loc", ()) if x != "__root__"])
     named = _PATH_AT_START.match(msg)
     if named and named.group(1).startswith(loc):
         return named.group(1), msg
-    kind, given = err.get("type", ""), err.get("input")
-    if kind == "extra_forbidden":
+    if err.get("type") == "extra_forbidden":
         return loc, _unknown_field(loc)
-    msg = _CLASS_NAME.sub("", msg)
-    if kind != "value_error" and "got " not in msg and (given is None or isinstance(given, (str, int, float, list))):
-        text = repr(given)
-        msg += f", got {text if len(text) <= 80 else text[:77] + '...'}"
-    return loc, msg
+    return loc, with_input(_CLASS_NAME.sub("", msg), err)
+
+
+def with_input(msg: str, err: dict[str, Any]) -> str:
+    """A pydantic message with ', got <input>' appended (a scalar or list input, cut at 80 characters), unless
+    it is a validator's own text or already says what it got."""
+    given = err.get("input")
+    echoed = given is None or isinstance(given, (str, int, float, list))
+    if err.get("type") == "value_error" or "got " in msg or not echoed:
+        return msg
+    text = repr(given)
+    return msg + f", got {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 _CLASS_NAME = re.compile(r" or instance of [A-Z]\w*")
@@ -201,13 +214,24 @@ def _unknown_field(loc: str) -> str:
     return f"unknown field; {hint}expected one of {', '.join(siblings)}"
 
 
-_INDEXED = re.compile(r"^(.*)\[(\d+)\]$")
+_PART = re.compile(r"\[(\d+)\]|[^.\[]+")
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """A loc as the field path an error names, list positions as [i]: ['seeds', 0] → 'seeds[0]',
+    ['base', 'eval', 'splits', 1] → 'base.eval.splits[1]'."""
+    path = ""
+    for part in loc:
+        index = isinstance(part, int) and not isinstance(part, bool)
+        path += f"[{part}]" if index else f".{part}" if path else str(part)
+    return path
 
 
 def field_loc(field: str) -> list[Any]:
-    """An error's field as a loc: 'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1]; 'base.epochs' → ['base', 'epochs']."""
-    m = _INDEXED.match(field)
-    return [*m.group(1).split("."), int(m.group(2))] if m else field.split(".")
+    """An error's field as a loc (field_path inverted): 'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1];
+    'base.epochs' → ['base', 'epochs']."""
+    parts = [int(m.group(1)) if m.group(1) is not None else m.group(0) for m in _PART.finditer(field)]
+    return parts or [field]
 
 
 def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
@@ -222,10 +246,10 @@ def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
 
 def _value_field(sweep: SweepSpec, loc: str, grid_index: dict[str, int], zip_index: int) -> str:
     """The field of an invalid value: 'grid.optim.lr[1]' (the axis's value at that index; also for an error
-    inside a list value, 'data.class_counts.2'), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a
+    inside a list value, 'data.class_counts[2]'), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a
     whole-spec error)."""
     for section, axes in (("grid", grid_index), ("zip", sweep.zip)):
-        path = next((p for p in axes if loc == p or loc.startswith(p + ".")), None)
+        path = next((p for p in axes if loc == p or loc.startswith((p + ".", p + "["))), None)
         if path is not None:
             return f"{section}.{path}[{grid_index[path] if section == 'grid' else zip_index}]"
     return f"base.{loc}" if loc else "base"

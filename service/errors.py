@@ -1,4 +1,4 @@
-"""Error handlers and the body-size middleware: 422 with field paths, 404/409/413, no stack traces."""
+"""Error handlers and the body middleware (size, JSON depth): 422 with field paths, 404/409/413, no stack traces."""
 from __future__ import annotations
 
 import json
@@ -7,17 +7,21 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from nc_core.db.states import IllegalTransition
 from nc_core.db.sweeps_repo import StateConflict
-from nc_core.sweep import SpecError, field_loc
+from nc_core.sweep import SpecError, field_loc, field_path, with_input
 
 log = logging.getLogger(__name__)
 _SOURCES = ("body", "query", "path", "header", "cookie")  # request parts FastAPI puts first in loc
 _PATH_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*): ")
+MAX_JSON_DEPTH = 64  # JSON nesting a request body may have (a sweep spec needs 5); deeper is a 422 naming `body`
+_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads raised on (not JSON)
 
 
 class NotFound(LookupError):
@@ -33,8 +37,9 @@ def spec_error_response(exc: SpecError) -> JSONResponse:
     return JSONResponse({"detail": [error_item(f, m) for f, m in exc.errors]}, status_code=422)
 
 
-def pydantic_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic errors → [{loc, msg, field}]; a model-level 'path: message' error names its path."""
+def pydantic_items(errors: list[dict[str, Any]], content_type: str | None = None) -> list[dict[str, Any]]:
+    """Pydantic errors → [{loc, msg, field}], list positions as [i] ('seeds[0]'), the input echoed; a
+    model-level 'path: message; also path: message' error gives one item per path it names."""
     items = []
     for err in errors:
         loc = [x for x in err.get("loc", ()) if x != "__root__"]
@@ -43,21 +48,69 @@ def pydantic_items(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             items.append({"loc": ["body"], "msg": f"malformed JSON at character {loc[-1]}: {msg}",
                           "field": "body", "type": "json_invalid"})
             continue
-        parts = [str(x) for x in (loc[1:] if loc and loc[0] in _SOURCES else loc)]
-        m = _PATH_PREFIX.match(msg)
-        if not parts and m:  # model validator: "grid.foo: unknown field ..." names the path itself
-            parts = m.group(1).split(".")
-        field = ".".join(parts) or "body"
-        items.append({"loc": loc, "msg": msg, "field": field, "type": err.get("type")})
+        source = loc[:1] if loc and loc[0] in _SOURCES else []
+        parts = loc[len(source):]
+        if not parts and _PATH_PREFIX.match(msg):  # model validator: "grid.foo: unknown field …" names its path
+            items += [_named_item(source, piece, err.get("type")) for piece in msg.split("; also ")]
+            continue
+        if source == ["body"] and not parts:
+            msg = _body_message(err, content_type)
+        items.append({"loc": loc, "msg": with_input(msg, err), "field": field_path(parts) or "body",
+                      "type": err.get("type")})
     return items
 
 
-async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"detail": pydantic_items(list(exc.errors()))}, status_code=422)
+def _named_item(source: list[Any], text: str, kind: str | None) -> dict[str, Any]:
+    """The item of one 'path: message' problem of a model validator, loc and field from its path."""
+    m = _PATH_PREFIX.match(text)
+    field, msg = (m.group(1), text[m.end():]) if m else ("body", text)
+    return {"loc": [*source, *field_loc(field)], "msg": msg, "field": field, "type": kind}
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _body_message(err: dict[str, Any], content_type: str | None) -> str:
+    """What was wrong with the body as a whole: empty, not sent as JSON, or JSON but not an object."""
+    msg = str(err.get("msg", ""))
+    if err.get("type") == "missing":
+        return "expected a JSON object body with content-type application/json, got an empty body"
+    if not _is_json(content_type):
+        got = f"content-type {content_type!r}" if content_type else "no content-type header"
+        return f"expected a JSON object body with content-type application/json, got {got}"
+    given = err.get("input")
+    if given is None:
+        return "expected a JSON object, got null"
+    if isinstance(given, (list, str, int, float, bool)):
+        kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(given), "a number")
+        return f"expected a JSON object, got {kind}: {json.dumps(given)[:80]}"
+    return msg
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    items = pydantic_items(list(exc.errors()), request.headers.get("content-type"))
+    return JSONResponse({"detail": items}, status_code=422)
 
 
 async def _pydantic(_: Request, exc: ValidationError) -> JSONResponse:
     return JSONResponse({"detail": pydantic_items(exc.errors(include_url=False))}, status_code=422)
+
+
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's bare 400 for a body the JSON parser raised on, as a 422 saying why; other HTTP errors as is."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or exc.detail != _PARSE_FAILED or cause is None:
+        return await http_exception_handler(request, exc)
+    if isinstance(cause, UnicodeDecodeError):
+        msg = f"expected a JSON object body in UTF-8, got a byte that is not UTF-8 at byte {cause.start}"
+    elif isinstance(cause, RecursionError):
+        msg = f"expected JSON nested at most {MAX_JSON_DEPTH} levels deep, got nesting too deep to parse"
+    else:
+        msg = f"expected a JSON object body, got one that could not be parsed ({type(cause).__name__}: {cause})"
+    return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "field": "body", "type": "json_invalid"}]},
+                        status_code=422)
 
 
 async def _spec(_: Request, exc: SpecError) -> JSONResponse:
@@ -82,6 +135,7 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ValidationError, _pydantic)
     app.add_exception_handler(SpecError, _spec)
@@ -91,8 +145,28 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal)
 
 
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a string (skipped whole) or a bracket
+
+
+def json_depth_problem(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a JSON body nests deeper than ``limit`` (where the first level past it opens), else None."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return None
+    depth = 0
+    for token in _JSON_TOKEN.finditer(body):
+        if token.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return (f"expected JSON nested at most {limit} levels deep, got deeper nesting (level {depth} "
+                        f"opens at byte {token.start()})")
+        elif token.group() in (b"]", b"}"):
+            depth -= 1
+    return None
+
+
 class BodyLimitMiddleware:
-    """413 for request bodies above `max_bytes`: checks Content-Length, then counts streamed bytes."""
+    """413 for request bodies above `max_bytes` (checks Content-Length, then counts streamed bytes); 422 for a
+    JSON body nested deeper than MAX_JSON_DEPTH (Python's parser would fail with a bare 400)."""
 
     def __init__(self, app, max_bytes: int):  # noqa: ANN001
         self.app, self.max_bytes = app, max_bytes
@@ -100,7 +174,8 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):  # noqa: ANN001
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._reject(send, int(length))
         chunks, size, more = [], 0, True
@@ -114,6 +189,10 @@ class BodyLimitMiddleware:
             if size > self.max_bytes:
                 return await self._reject(send, size)
         body = b"".join(chunks)
+        too_deep = json_depth_problem(body) if _is_json(headers.get(b"content-type", b"").decode("latin-1")) else None
+        if too_deep:
+            item = {"loc": ["body"], "msg": too_deep, "field": "body", "type": "json_too_deep"}
+            return await _send_json(send, 422, {"detail": [item]})
         replayed = False
 
         async def replay():  # noqa: ANN202
@@ -126,8 +205,12 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay, send)
 
     async def _reject(self, send, size: int) -> None:  # noqa: ANN001
-        payload = json.dumps({"detail": f"request body too large: {size} bytes, the limit is "
-                                        f"{self.max_bytes} bytes (settings.max_body_bytes)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await _send_json(send, 413, {"detail": f"request body too large: {size} bytes, the limit is "
+                                               f"{self.max_bytes} bytes (settings.max_body_bytes)"})
+
+
+async def _send_json(send, status: int, content: dict[str, Any]) -> None:  # noqa: ANN001
+    payload = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -5,6 +5,7 @@ import pytest
 
 BIG, HUGE = 2**31, 2**63  # just past the 32-bit id columns (PostgreSQL); past SQLite's 64-bit integers
 NUL = "must not contain NUL characters"
+MAX_JSON_DEPTH = 64  # service.errors.MAX_JSON_DEPTH
 
 
 @pytest.fixture
@@ -90,10 +91,41 @@ def test_nul_characters_are_422_naming_the_field(app_client, sweep_id, row_count
 
 def test_booleans_are_not_integers_in_request_bodies(app_client, sweep_id, row_counts):
     before = row_counts()
-    assert_422(app_client.post(f"/sweeps/{sweep_id}/extend", json={"seeds": [True]}), "seeds.0", "boolean")
-    assert_422(app_client.post(f"/sweeps/{sweep_id}/extend", json={"seeds": [BIG]}), "seeds.0")
+    assert_422(app_client.post(f"/sweeps/{sweep_id}/extend", json={"seeds": [True]}), "seeds[0]", "boolean")
+    assert_422(app_client.post(f"/sweeps/{sweep_id}/extend", json={"seeds": [BIG]}), "seeds[0]", f"got {BIG}")
     run_id = app_client.get("/runs", params={"sweep_id": sweep_id}).json()["items"][0]["id"]
-    assert_422(app_client.post(f"/runs/{run_id}/validate", json={"epochs": [True]}), "epochs.0", "boolean")
-    assert_422(app_client.post(f"/runs/{run_id}/validate", json={"epochs": [0]}), "epochs.0")
+    assert_422(app_client.post(f"/runs/{run_id}/validate", json={"epochs": [True]}), "epochs[0]", "boolean")
+    assert_422(app_client.post(f"/runs/{run_id}/validate", json={"epochs": [0]}), "epochs[0]", "got 0")
     assert row_counts() == before
     assert app_client.post(f"/sweeps/{sweep_id}/extend", json={"seeds": [1]}).json()["added"] == 2
+
+
+def test_a_body_not_sent_as_json_says_what_content_type_was_expected(app_client, sweep_id, row_counts):
+    before = row_counts()
+    body = '{"name": "x", "base": {"data": {"name": "gaussian"}}}'
+    expected = "expected a JSON object body with content-type application/json, got "
+    for headers, got in (({"content-type": "text/plain"}, "content-type 'text/plain'"), ({}, "no content-type header")):
+        assert_422(app_client.post("/sweeps", content=body, headers=headers), "body", expected + got)
+        assert_422(app_client.post(f"/sweeps/{sweep_id}/extend", content='{"seeds": [3]}', headers=headers), "body",
+                   expected + got)
+    json_type = {"content-type": "application/json"}
+    assert_422(app_client.post("/sweeps", content="[1, 2]", headers=json_type), "body",
+               "expected a JSON object, got an array: [1, 2]")
+    assert_422(app_client.post("/sweeps", content="", headers=json_type), "body", expected + "an empty body")
+    assert_422(app_client.post("/sweeps", content=b'{"name": "\xff"}', headers=json_type), "body",
+               "expected a JSON object body in UTF-8, got a byte that is not UTF-8 at byte 10")
+    assert row_counts() == before
+
+
+def test_deeply_nested_json_is_422_saying_how_deep_it_may_be(app_client):
+    json_type = {"content-type": "application/json"}
+    for depth in (MAX_JSON_DEPTH + 1, 5000):
+        resp = app_client.post("/sweeps", content="[" * depth + "]" * depth, headers=json_type)
+        assert_422(resp, "body", f"expected JSON nested at most {MAX_JSON_DEPTH} levels deep, got deeper nesting "
+                                 f"(level {MAX_JSON_DEPTH + 1} opens at byte {MAX_JSON_DEPTH})")
+    brackets_in_a_string = '{"name": "' + "[" * 150 + '", "base": {"data": {"name": "gaussian"}}}'
+    assert app_client.post("/sweeps", content=brackets_in_a_string, headers=json_type).status_code == 201
+    assert_422(app_client.post("/sweeps", content="[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, headers=json_type),
+               "body", "expected a JSON object, got an array")  # as deep as allowed: parsed, then validated
+    deep_text = app_client.post("/sweeps", content="[" * 5000, headers={"content-type": "text/plain"})
+    assert_422(deep_text, "body", "with content-type application/json, got content-type 'text/plain'")

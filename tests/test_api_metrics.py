@@ -154,3 +154,78 @@ def test_an_undefined_metric_keeps_its_reason(app_client, db_url, sweep):
     console.print(run_detail(app_client.get(f"/runs/{rid}").json(), rows))
     text = " ".join(console.export_text().split())
     assert "nan nc3 [train]: W is zero, cannot be normalised" in text and why not in text  # nc1 is defined at 5
+
+
+def test_the_trainers_training_keys_are_accepted_and_listed(app_client, db_url, sweep):
+    # a train run stores lr, running_acc and running_loss on its train split: every route that takes keys serves them
+    sid, ids, runs, _ = sweep
+    training = {"lr": lambda seed: 0.05, "running_acc": lambda seed: 90.0 + seed, "running_loss": lambda seed: 0.1}
+    with session_scope(db_url) as s:
+        s.execute(insert(Metric), [dict(run_id=rid, epoch=3, split="train", key=k, value=f(seed))
+                                   for rid, _, seed in runs for k, f in training.items()])
+    url = f"/runs/{ids[2]}/metrics"
+    for params in ({"keys": "lr"}, {"key": "lr"}, {"keys": "running_acc, running_loss"}):
+        res = app_client.get(url, params=params)
+        assert res.status_code == 200, res.text
+        assert [s["key"] for s in res.json()["series"]] == sorted(params.get("keys", params.get("key")).split(", "))
+    res = app_client.get(f"/sweeps/{sid}/results", params={"keys": "running_acc,lr", "split": "train"})
+    assert res.status_code == 200, res.text
+    acc = res.json()["groups"][0]["metrics"]["running_acc"]
+    assert (acc["mean"], acc["std"], acc["count"]) == (pytest.approx(91.0), pytest.approx(1.0), 3)
+    assert app_client.get(f"/sweeps/{sid}/plots/dynamics.png", params={"keys": "lr,running_loss"}).status_code == 200
+    msg = app_client.get(url, params={"keys": "nc1,learning_rate"}).json()["detail"][0]["msg"]
+    assert msg.startswith("unknown metric key 'learning_rate'; expected some of nc1, ")
+    assert msg.endswith(", acc, loss, running_loss, running_acc, lr")
+
+
+def test_every_key_the_trainers_store_is_a_stored_key(tmp_path, one_torch_thread):  # noqa: ANN001
+    # what nc_core.train and nc_core.ufm report is what a run stores: check_metric_keys must accept all of it
+    from nc_core.metric_keys import METRIC_KEYS, STORED_KEYS, TRAINING_KEYS, check_metric_keys
+    from nc_core.spec import RunSpec
+    from nc_core.train import run_spec
+    from nc_core.training.report import NullReporter
+
+    class Keys(NullReporter):
+        def __init__(self) -> None:
+            self.by_split: dict[str, set[str]] = {}
+
+        def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
+            self.by_split.setdefault(split, set()).update(metrics)
+
+    train, ufm = Keys(), Keys()
+    run_spec(RunSpec.model_validate({"epochs": 1, "batch_size": 256, "device": "cpu", "data": {"name": "digits"},
+                                     "model": {"name": "mlp", "width": 16, "depth": 1}}), train, workdir=tmp_path / "t")
+    run_spec(RunSpec.model_validate({"kind": "ufm", "device": "cpu", "ufm": {"class_counts": [5, 5, 5], "dim": 4,
+                                                                             "iterations": 20, "eval_every": 10}}),
+             ufm, workdir=tmp_path / "u")
+    stored = set().union(*train.by_split.values(), *ufm.by_split.values())
+    check_metric_keys("keys", sorted(stored))
+    assert stored <= set(STORED_KEYS) and train.by_split["train"] - set(METRIC_KEYS) == set(TRAINING_KEYS)
+    assert train.by_split["test"] <= set(METRIC_KEYS) and ufm.by_split["train"] <= set(METRIC_KEYS)
+
+
+def test_distributions_at_an_epoch_without_them_list_the_epochs_that_have_them(app_client, db_url, sweep):
+    from nc_core.db.models import MetricDistribution
+
+    _, ids, _, _ = sweep
+    rid = ids[0]
+    with session_scope(db_url) as s:
+        rows = [dict(run_id=rid, epoch=e, split=split, key="cos_margin", values=[0.1, 0.5], n=2)
+                for e, split in ((1, "test"), (3, "test"), (2, "train"))]
+        s.execute(insert(MetricDistribution), rows)
+    url = f"/runs/{rid}/distributions"
+    at3 = app_client.get(url, params={"epoch": 3}).json()["items"]
+    assert [(d["epoch"], d["split"], d["values"]) for d in at3] == [(3, "test", [0.1, 0.5])]
+    for params, says in (({"epoch": 5}, f"run {rid} has no distributions at epoch 5; expected an epoch that has them: "
+                                        "1, 2, 3"),
+                         ({"epoch": 2, "split": "test", "key": "cos_margin"},
+                          f"run {rid} has no split='test' key='cos_margin' distributions at epoch 2; expected an epoch "
+                          "that has them: 1, 3")):
+        resp = app_client.get(url, params=params)
+        assert resp.status_code == 422 and resp.json()["detail"] == [{"loc": ["epoch"], "field": "epoch",
+                                                                      "msg": says}], resp.text
+    none = app_client.get(f"/runs/{ids[1]}/distributions", params={"epoch": 1})
+    assert none.status_code == 422 and "it has none stored at any epoch" in none.json()["detail"][0]["msg"]
+    assert app_client.get(f"/runs/{ids[1]}/distributions").json() == {"run_id": ids[1], "items": []}
+    last = app_client.get(url).json()["items"]
+    assert [(d["split"], d["epoch"]) for d in last] == [("test", 3), ("train", 2)]

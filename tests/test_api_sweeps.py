@@ -290,3 +290,42 @@ def test_every_bad_data_root_is_listed(app_client, settings):
     resp = app_client.post("/sweeps", json=sweep_body(grid={"data.root": ["/data\x00", "/etc"], "model.width": [0]}))
     assert fields(resp) == ["grid.data.root[0]", "grid.data.root[1]", "grid.model.width[0]"], resp.json()
     assert "NUL" in resp.json()["detail"][0]["msg"] and "allowed data root" in resp.json()["detail"][1]["msg"]
+
+
+def test_extend_errors_point_into_the_request_not_the_merged_grid(app_client, row_counts):
+    sid = app_client.post("/sweeps", json=sweep_body(grid={"optim.lr": [0.1, 0.2, 0.3, 0.4]})).json()["sweep_id"]
+    before = row_counts()
+    for added, index in (["x"], 0), ([0.5, "x"], 1), ([0.1, "x"], 1):  # 0.1 is already an axis value
+        resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"optim.lr": added}})
+        assert resp.status_code == 422 and fields(resp) == [f"grid.optim.lr[{index}]"], resp.text
+        assert resp.json()["detail"][0]["loc"] == ["grid", "optim", "lr", index] and "got 'x'" in resp.text
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.width": [8, -1]}})  # a new axis
+    assert fields(resp) == ["grid.model.width[1]"], resp.text
+    assert row_counts() == before
+
+
+def test_extend_names_a_seed_axis_and_unknown_fields_as_submit_does(app_client, row_counts):
+    sid = app_client.post("/sweeps", json=sweep_body()).json()["sweep_id"]
+    before = row_counts()
+    submitted = app_client.post("/sweeps", json=sweep_body(grid={"seed": [3]})).json()["detail"]
+    extended = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"seed": [3]}}).json()["detail"]
+    assert [(d["field"], d["msg"]) for d in extended] == [(d["field"], d["msg"]) for d in submitted] \
+        == [("grid.seed", "use the 'seeds' list for seeds")]
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.widht": [8], "optim.lr": []}})
+    assert resp.status_code == 422 and fields(resp) == ["grid.model.widht", "grid.optim.lr"], resp.text
+    unknown, empty = resp.json()["detail"]
+    assert unknown["loc"] == ["grid", "model", "widht"] and "did you mean 'model.width'?" in unknown["msg"]
+    assert empty["msg"] == "expected a non-empty list of values"
+    assert row_counts() == before
+
+
+def test_list_positions_are_written_as_brackets_and_the_value_is_echoed(app_client, row_counts):
+    before = row_counts()
+    resp = app_client.post("/sweeps", json=sweep_body(seeds=[0, 2**40]))
+    assert resp.status_code == 422 and fields(resp) == ["seeds[1]"], resp.text
+    assert resp.json()["detail"][0]["msg"] == "Input should be less than or equal to 2147483647, got 1099511627776"
+    resp = app_client.post("/sweeps", json=sweep_body(base={"data": {"name": "gaussian"}, "eval": {"splits": ["x"]}}))
+    assert fields(resp) == ["base.eval.splits[0]"] and resp.json()["detail"][0]["loc"] == ["base", "eval", "splits", 0]
+    resp = app_client.post("/sweeps", json=sweep_body(grid={"seed": [1]}, seeds=[1, 1]))  # a model-level error
+    assert fields(resp) == ["grid.seed", "seeds"] and resp.json()["detail"][1]["msg"] == "duplicate seeds", resp.text
+    assert row_counts() == before

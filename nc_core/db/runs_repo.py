@@ -178,6 +178,15 @@ def distributions(session: Session, run_id: int, *, split: str | None = None, ke
     return list(session.scalars(q.order_by(D.split, D.key)))
 
 
+def distribution_epochs(session: Session, run_id: int, *, split: str | None = None,
+                        key: str | None = None) -> list[int]:
+    """The epochs at which a run has stored distributions (of ``split``/``key`` when given), ascending."""
+    D = MetricDistribution
+    where = [D.run_id == run_id] + ([D.split == split] if split is not None else []) + \
+        ([D.key == key] if key is not None else [])
+    return list(session.scalars(select(D.epoch).where(*where).distinct().order_by(D.epoch)))
+
+
 def record_checkpoint(session: Session, run_id: int, owner: str, epoch: int, uri: str, nbytes: int,
                       sha256: str) -> bool:
     """Upsert the checkpoint row of (run, epoch). False = not the lease holder."""

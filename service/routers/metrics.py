@@ -56,6 +56,14 @@ def run_distributions(run_id: Id, session: SessionDep, split: Literal["train", "
         raise NotFound(f"run {run_id} not found")
     items = [{"epoch": d.epoch, "split": d.split, "key": d.key, "n": d.n, "values": d.values}
              for d in runs_repo.distributions(session, run_id, split=split, key=key, epoch=epoch)]
+    if epoch is not None and not items:  # a 422 naming `epoch` (as /sweeps/{id}/results), never a silent []
+        have = runs_repo.distribution_epochs(session, run_id, split=split, key=key)
+        which = "".join(f" {name}={value!r}" for name, value in (("split", split), ("key", key)) if value)
+        shown = ", ".join(map(str, have[:20])) + (f", … ({len(have)} epochs, the last {have[-1]})" if len(have) > 20
+                                                   else "")
+        expected = f"expected an epoch that has them: {shown}" if have else \
+            "it has none stored at any epoch (they are written when the run evaluates)"
+        raise SpecError("epoch", f"run {run_id} has no{which} distributions at epoch {epoch}; {expected}")
     return JSONResponse({"run_id": run_id, "items": items})
 
 

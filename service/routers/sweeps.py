@@ -11,7 +11,8 @@ from nc_core.db import sweeps_repo as repo
 from nc_core.data_files import absent_files, missing
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
-from nc_core.sweep import ExpandedRun, SpecError, SweepSpec, error_order, expand, get_path
+from nc_core.sweep import (ExpandedRun, SpecError, SweepSpec, axis_problems, error_order, expand, field_loc,
+                           get_path)
 from service.auth import WriteAuth
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
@@ -160,8 +161,12 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
                  enqueuer: EnqueuerDep, _: WriteAuth) -> SweepExtended:
     """Add axis values / seeds: re-expand the merged spec and insert only runs with a new spec_hash."""
     sweep = _sweep_or_404(session, sweep_id, lock=True)
-    merged = merge_spec(SweepSpec.model_validate(sweep.spec), body)
-    expanded = expand_checked(merged, settings)
+    old = SweepSpec.model_validate(sweep.spec)
+    merged = merge_spec(old, body)
+    try:
+        expanded = expand_checked(merged, settings)
+    except SpecError as exc:  # its fields index the merged grid: point them into the request instead
+        raise SpecError.of([(_field_in_request(old, merged, body, f), m) for f, m in exc.errors]) from None
     have = repo.existing_hashes(session, sweep_id)
     new = [r for r in expanded if r.spec_hash not in have]
     jobs = repo.add_runs(session, sweep_id, new, max_attempts=settings.max_attempts) if new else []
@@ -172,19 +177,43 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
 
 
 def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
-    """Append new values to grid axes (a new axis starts with the base value) and new seeds."""
+    """Append new values to grid axes (a new axis starts with the base value) and new seeds. One SpecError
+    lists every axis that cannot be extended (the seed, an unknown field, no values, a zipped axis, …)."""
     grid = {path: list(values) for path, values in old.grid.items()}
+    problems = axis_problems("grid", body.grid)
+    named = {field for field, _ in problems}
     old_runs = None
     for path, values in body.grid.items():
+        if f"grid.{path}" in named:
+            continue
         if path in old.zip:
-            raise SpecError(f"grid.{path}", "a zipped axis cannot be extended (its partners would need values too)")
+            problems.append((f"grid.{path}", "a zipped axis cannot be extended (its partners would need values too)"))
+            continue
         if path not in grid:  # a new axis starts with the value the existing runs have
             old_runs = old_runs if old_runs is not None else expand(old)
             current = {json.dumps(get_path(r.tree, path)): get_path(r.tree, path) for r in old_runs}
             if len(current) > 1:
-                raise SpecError(f"grid.{path}", f"the existing runs differ in {path} ({', '.join(sorted(current))}: "
-                                                "it follows another axis), so it cannot become an axis of this sweep")
+                problems.append((f"grid.{path}", f"the existing runs differ in {path} ({', '.join(sorted(current))}: "
+                                                 "it follows another axis), so it cannot become an axis of this sweep"))
+                continue
             grid[path] = list(current.values())
         grid[path] += [v for v in values if v not in grid[path]]
+    if problems:
+        raise SpecError.of(problems)
     seeds = list(old.seeds) + [s for s in body.seeds if s not in old.seeds]
     return SweepSpec.model_validate({**old.model_dump(mode="json"), "grid": grid, "seeds": seeds})
+
+
+def _field_in_request(old: SweepSpec, merged: SweepSpec, body: ExtendRequest, field: str) -> str:
+    """An error's field in the merged spec as the request's: a value the request adds, at its index in the
+    request ('grid.optim.lr[0]', not [4] of the merged axis); any other field as it is."""
+    loc = field_loc(field)
+    if loc[0] != "grid" or not isinstance(loc[-1], int):
+        return field
+    path, index = ".".join(str(x) for x in loc[1:-1]), loc[-1]
+    existing = len(old.grid[path]) if path in old.grid else 1  # a new axis starts with the runs' value
+    if path not in body.grid or index < existing:
+        return field
+    value = merged.grid[path][index]
+    sent = next((j for j, v in enumerate(body.grid[path]) if v is value or v == value), None)
+    return field if sent is None else f"grid.{path}[{sent}]"
