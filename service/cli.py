@@ -13,8 +13,8 @@ from rich.console import Console
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
-from service.cli_views import (FINISHED, _enrich_workers, action_line, parse_filter, results_hint, results_table,
-                               run_detail, runs_table, watch_view, workers_table, write_rows)
+from service.cli_views import (FINISHED, _enrich_workers, action_line, parse_filter, results_caveat, results_hint,
+                               results_table, run_detail, runs_table, watch_view, workers_table, write_rows)
 from service.cli_args import check_png_out, export_format, read_sweep_file
 from service.client import ApiError, Client, Unreachable
 
@@ -219,6 +219,9 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
     body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
     split = body.get("split", split or "test")
     out.print(results_table(body, sweep, split, epoch, width=out.width))
+    caveat = results_caveat(body) if str(epoch) == "last" else None
+    if caveat:
+        err.print(caveat, highlight=False, markup=False)
     hint = results_hint(body, sweep, split, epoch)
     if hint:
         err.print(hint, highlight=False)

@@ -260,6 +260,25 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
     return table
 
 
+def results_caveat(body: dict) -> str | None:
+    """At 'last', a note when the values of the table do not all come from one epoch or from finished runs
+    (a cancelled run's last epoch is short of the others'), naming them and the --epoch that lines them up."""
+    groups = body.get("groups") or [] if isinstance(body, dict) else []
+    unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"
+    epochs = sorted({e for g in groups for e in g.get("measured_epochs") or []})
+    unfinished = sorted({r for g in groups for r in g.get("unfinished_runs") or []})
+    if len(epochs) < 2 and not unfinished:
+        return None
+    parts = []
+    if unfinished:
+        shown = ", ".join(map(str, unfinished[:8])) + (", …" if len(unfinished) > 8 else "")
+        parts.append(f"{len(unfinished)} run(s) behind these values have not succeeded (run {shown})")
+    if len(epochs) > 1:
+        parts.append(f"the values come from {unit}s {epochs[0]}–{epochs[-1]}, each run's last measured one; "
+                     f"--epoch {epochs[0]} compares every run at one {unit}")
+    return "note: " + "; ".join(parts)
+
+
 def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
     """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None."""
     measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())

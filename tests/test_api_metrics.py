@@ -90,6 +90,15 @@ def test_results_aggregate_over_seeds_at_last_epoch(app_client, sweep):
         n = g["metrics"]["nc1"]
         assert n["count"] == sum(v is not None for v in ncs) and n["missing"] == sum(v is None for v in ncs)
         assert n["mean"] == pytest.approx(statistics.mean(v for v in ncs if v is not None))
+        assert g["measured_epochs"] == sorted(set(last.values()))  # run ids[0] stopped at epoch 2
+        assert g["unfinished_runs"] == g["run_ids"]  # none of these runs has succeeded (they are queued)
+
+
+def test_equal_values_have_a_std_of_exactly_zero():
+    from service.routers.metrics import aggregate
+
+    assert aggregate([0.05, 0.05, 0.05])["std"] == 0.0  # a naive two-pass sum gave 8.5e-18
+    assert aggregate([0.05, 0.05, 0.05])["mean"] == 0.05
 
 
 def test_results_custom_grouping_epoch_and_single_run_std(app_client, sweep):

@@ -448,3 +448,14 @@ def test_a_ufm_run_and_sweep_are_shown_in_iterations() -> None:
     assert results_hint(empty, 2, "train", "500") == ("no run of sweep 2 has train metrics at iteration 500 yet "
                                                        "(a run measures only the iterations of its eval schedule)")
     assert "results [test, last epoch]" in text(results_table({**empty, "unit": "epoch"}, 2, "test"))
+
+
+def test_results_at_last_say_when_runs_are_unfinished_or_epochs_differ() -> None:
+    from service.cli_views import results_caveat
+
+    body = {"unit": "epoch", "groups": [{"measured_epochs": [3000], "unfinished_runs": []},
+                                        {"measured_epochs": [1500, 3000], "unfinished_runs": [51, 52]}]}
+    assert results_caveat(body) == ("note: 2 run(s) behind these values have not succeeded (run 51, 52); the values "
+                                    "come from epochs 1500–3000, each run's last measured one; --epoch 1500 "
+                                    "compares every run at one epoch")
+    assert results_caveat({"unit": "epoch", "groups": [{"measured_epochs": [20], "unfinished_runs": []}]}) is None

@@ -282,13 +282,13 @@ def metric_series(session: Session, run_id: int, split: str | None, keys: Sequen
 
 
 def sweep_values(session: Session, sweep_id: int, split: str, keys: Sequence[str] | None,
-                 epoch: int | None) -> tuple[list[tuple[int, dict]], list[tuple[int, str, float | None]]]:
-    """The sweep's primary runs (id, spec) and their (run_id, key, value) rows at `epoch`
+                 epoch: int | None) -> tuple[list[tuple[int, dict, str]], list[tuple[int, str, float | None, int]]]:
+    """The sweep's primary runs (id, spec, status) and their (run_id, key, value, epoch) rows at `epoch`
     (None: the last epoch each run has in `split`)."""
-    runs = list(session.execute(select(Run.id, Run.spec).where(Run.sweep_id == sweep_id,
-                                                               Run.kind.in_(PRIMARY_KINDS)).order_by(Run.id)))
+    runs = list(session.execute(select(Run.id, Run.spec, Run.status).where(
+        Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).order_by(Run.id)))
     run_ids = select(Run.id).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).scalar_subquery()
-    q = select(Metric.run_id, Metric.key, Metric.value).where(Metric.split == split)
+    q = select(Metric.run_id, Metric.key, Metric.value, Metric.epoch).where(Metric.split == split)
     if keys:
         q = q.where(Metric.key.in_(list(keys)))
     if epoch is None:
@@ -297,4 +297,4 @@ def sweep_values(session: Session, sweep_id: int, split: str, keys: Sequence[str
         q = q.join(last, (Metric.run_id == last.c.rid) & (Metric.epoch == last.c.e))
     else:
         q = q.where(Metric.epoch == epoch, Metric.run_id.in_(run_ids))
-    return [(rid, spec) for rid, spec in runs], [tuple(r) for r in session.execute(q)]
+    return [(rid, spec, status) for rid, spec, status in runs], [tuple(r) for r in session.execute(q)]

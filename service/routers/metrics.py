@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -71,8 +72,8 @@ def aggregate(values: list[float | None]) -> dict[str, Any]:
     """mean, sample std (ddof 1; null for n < 2), min, max, count of defined values, missing (NaN/null)."""
     xs = [v for v in values if v is not None and math.isfinite(v)]
     n = len(xs)
-    mean = sum(xs) / n if n else None
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+    mean = float(statistics.mean(xs)) if n else None  # exact: equal values average to themselves
+    std = statistics.stdev(xs) if n > 1 else None  # exact sums of squares: equal values give 0, not 1e-18
     return {"mean": mean, "std": std, "min": min(xs) if xs else None, "max": max(xs) if xs else None,
             "count": n, "missing": len(values) - n}
 
@@ -96,7 +97,9 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
                   split: Literal["train", "test"] | None = None, epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
     group (seeds): at the last epoch each run has in `split` (default test; train for a UFM sweep), or
-    at `epoch`. `unit` says what the epochs count: 'iteration' for a sweep of UFM runs."""
+    at `epoch`. `unit` says what the epochs count: 'iteration' for a sweep of UFM runs. Each group says
+    which epochs its values are from (`measured_epochs`) and which of its measured runs have not succeeded
+    (`unfinished_runs`: running, cancelled or failed, so their last epoch may be short of the others')."""
     sweep = repo.get_sweep(session, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
@@ -111,22 +114,27 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)
     last = max((int(spec.get("epochs", 0) if spec.get("kind") != "ufm" else (spec.get("ufm") or {}).get(
-        "iterations", 0)) for _, spec in runs), default=0)
+        "iterations", 0)) for _, spec, _ in runs), default=0)
     if at is not None and runs and at > last:
         raise SpecError("epoch", f"{at} is past the last {unit} of every run of sweep {sweep_id} (the longest has "
                                  f"{last}); expected 'last' or an {unit} in 1..{last}")
     by_run: dict[int, dict[str, float | None]] = {}
-    for rid, k, v in rows:
+    run_epoch: dict[int, int] = {}  # the epoch each run's values are from
+    for rid, k, v, e in rows:
         by_run.setdefault(rid, {})[k] = v
-    all_keys = key_list or sorted({k for _, k, _ in rows})
+        run_epoch[rid] = e
+    all_keys = key_list or sorted({k for _, k, _, _ in rows})
     groups: dict[tuple, list[int]] = {}
-    for rid, spec in runs:
+    status = {rid: st for rid, _, st in runs}
+    for rid, spec, _ in runs:
         groups.setdefault(tuple(get_path(spec, p) for p in paths), []).append(rid)
     out = []
     for gkey in sorted(groups, key=_sort_key):
         ids = groups[gkey]
         measured = [rid for rid in ids if rid in by_run]
         out.append({"values": dict(zip(paths, gkey)), "runs": len(ids), "run_ids": ids,
+                    "measured_epochs": sorted({run_epoch[r] for r in measured}),
+                    "unfinished_runs": [r for r in measured if status[r] != "succeeded"],
                     "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})
     return {"sweep_id": sweep_id, "group_by": paths, "keys": all_keys, "split": split,
             "epoch": epoch if at is None else at, "unit": unit, "groups": out}
