@@ -39,6 +39,19 @@ def _status(text: str) -> str:
     return f"[{STATUS_STYLE.get(text, 'white')}]{text}[/]"
 
 
+#: A running run whose worker has not reported for this long may have lost it (heartbeats come every 5 s by
+#: default; the lease, 120 s, decides): the views say so instead of showing it as healthy.
+SILENT_AFTER_S = 30.0
+
+
+def _run_status(run: dict) -> str:
+    """The run's status, and for a running one its worker's silence when it has not reported lately."""
+    silent = run.get("silent_s")
+    if run["status"] == "running" and silent is not None and silent >= SILENT_AFTER_S:
+        return f"{_status('running')} [yellow](silent {silent:.0f} s: worker lost?)[/]"
+    return _status(run["status"])
+
+
 def _grid(run: dict) -> str:
     grid = run.get("grid") or {}
     return " ".join(f"{k}={v}" for k, v in zip(short_names(list(grid)), grid.values())) + f" seed={run.get('seed')}"
@@ -112,7 +125,7 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     for r in shown:
         f = run_fraction(r)
         unit = "" if rate != "rate" else " " + RUN_UNITS[r.get("kind", "train")][1]
-        table.add_row(str(r["id"]), _status(r["status"]), _grid(r), _bar(f), f"{100 * f:5.1f}%",
+        table.add_row(str(r["id"]), _run_status(r), _grid(r), _bar(f), f"{100 * f:5.1f}%",
                       f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
                       f"{r['samples_per_s']:.0f}{unit}" if r.get("samples_per_s") else "", _eta(run_eta(r)))
     return Group(head, table, workers_table(_enrich_workers(workers, runs)))
@@ -140,7 +153,7 @@ def runs_table(rows: list[dict]) -> Any:
     the runs differ in them."""
     table = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}", title_justify="left")
     cells = {"run": lambda r: str(r["id"]), "sweep": lambda r: str(r["sweep_id"]), "kind": lambda r: r.get("kind", ""),
-             "status": lambda r: _status(r["status"]), "config": _grid,
+             "status": _run_status, "config": _grid,
              "epoch": lambda r: f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
              "progress": lambda r: f"{100 * run_fraction(r):.0f}%", "worker": lambda r: r.get("worker_name") or "",
              "error": _error_cell}
@@ -168,7 +181,7 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     head = Table.grid(padding=(0, 2))
     parent = f" (validates run {run['parent_run_id']})" if run.get("parent_run_id") else ""
     rows = [("run", f"{run['id']} of sweep {run['sweep_id']}, {run.get('kind', 'train')}{parent}"),
-            ("status", _status(run["status"]) + (" (cancel requested)" if run.get("cancel_requested") else "")),
+            ("status", _run_status(run) + (" (cancel requested)" if run.get("cancel_requested") else "")),
             ("config", _grid(run)), ("spec hash", run.get("spec_hash", "")),
             ("progress", f"{RUN_UNITS.get(run.get('kind'), RUN_UNITS['train'])[0]} {run.get('epoch', 0)}/"
                          f"{run.get('epochs_total', 0)}, {100 * run_fraction(run):.0f}%"),

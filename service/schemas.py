@@ -1,10 +1,10 @@
 """Request and response models of the HTTP API (pydantic v2)."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from nc_core.spec import Int, PositiveInt
 
@@ -98,6 +98,15 @@ class RunOut(_Out):
     started_at: datetime | None = Field(description="start of the current attempt (null while queued)")
     finished_at: datetime | None
     updated_at: datetime
+
+    @computed_field(description="a running run: seconds since its worker last reported (heartbeats come every "
+                                "heartbeat_seconds; a worker that died stays 'running' until its lease expires)")
+    @property
+    def silent_s(self) -> float | None:
+        if self.status != "running":
+            return None
+        seen = self.updated_at if self.updated_at.tzinfo else self.updated_at.replace(tzinfo=timezone.utc)
+        return round(max(0.0, (datetime.now(timezone.utc) - seen).total_seconds()), 1)
 
 
 class RunDetail(RunOut):

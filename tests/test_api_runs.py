@@ -103,6 +103,17 @@ def test_get_run_and_404(app_client, sweep):
         assert app_client.post(path).status_code == 404
 
 
+def test_a_running_run_says_how_long_its_worker_has_been_silent(app_client, sweep, db_url):
+    from datetime import datetime, timedelta, timezone
+
+    _, ids = sweep
+    assert app_client.get(f"/runs/{ids[0]}").json()["silent_s"] is None  # queued: nothing to report
+    set_status(db_url, ids[0], "running", updated_at=datetime.now(timezone.utc) - timedelta(seconds=100))
+    silent = app_client.get(f"/runs/{ids[0]}").json()["silent_s"]
+    listed = next(r for r in app_client.get("/runs", params={"status": "running"}).json()["items"] if r["id"] == ids[0])
+    assert 99 <= silent < 130 and 99 <= listed["silent_s"] < 130
+
+
 def test_cancel_queued_running_and_finished(app_client, sweep, db_url):
     _, ids = sweep
     resp = app_client.post(f"/runs/{ids[0]}/cancel")

@@ -459,3 +459,19 @@ def test_results_at_last_say_when_runs_are_unfinished_or_epochs_differ() -> None
                                     "come from epochs 1500–3000, each run's last measured one; --epoch 1500 "
                                     "compares every run at one epoch")
     assert results_caveat({"unit": "epoch", "groups": [{"measured_epochs": [20], "unfinished_runs": []}]}) is None
+
+
+def test_a_running_run_whose_worker_went_silent_says_so() -> None:
+    from rich.console import Console
+
+    from service.cli_views import runs_table
+
+    def text(rows: list[dict]) -> str:
+        console = Console(width=200, record=True)
+        console.print(runs_table(rows))
+        return console.export_text()
+
+    run = {"id": 56, "sweep_id": 1, "status": "running", "grid": {}, "seed": 0, "epoch": 655, "epochs_total": 3000}
+    assert "silent" not in text([{**run, "silent_s": 4.0}])
+    assert "running (silent 95 s: worker lost?)" in text([{**run, "silent_s": 95.0}])
+    assert "silent" not in text([{**run, "status": "queued", "silent_s": None}])
