@@ -1,15 +1,12 @@
-"""Rich renderings of the `ncsweep` CLI: watch view, run/worker/result tables, exports."""
+"""Rich renderings of the `ncsweep` CLI: the watch view, run and worker tables, one run in full."""
 from __future__ import annotations
 
-import csv
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Group
-from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -18,6 +15,7 @@ from nc_core.db import progress
 from nc_core.db.progress import attempt_eta
 from nc_core.db.states import RUN_UNITS, metric_step
 from nc_core.sweep import short_names
+from service.cli_results import fmt_value
 
 FINISHED = ("succeeded", "failed", "cancelled")
 STATUS_STYLE = {"queued": "grey50", "running": "cyan", "succeeded": "green", "failed": "red",
@@ -174,6 +172,26 @@ def _error_cell(run: dict) -> str:
     return last[0] if len(last[0]) <= 60 else last[0][:59] + "…"
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted path: leaf value} of a nested spec mapping (lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def spec_changes(spec: dict) -> str:
+    """The run's spec as the fields that differ from RunSpec's defaults ('epochs=30 optim.lr=0.1 …'), seed aside."""
+    from nc_core.spec import RunSpec
+
+    defaults = _flat(RunSpec().model_dump(mode="json"))
+    changed = {p: v for p, v in _flat(spec).items() if p != "seed" and (p not in defaults or defaults[p] != v)}
+    return " ".join(f"{p}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for p, v in changed.items()) or \
+        "every field at its default"
+
+
 def run_detail(run: dict, metrics: list[dict]) -> Any:
     """One run in full: status, config, progress, worker, times, the whole error and its last metrics."""
     from rich.text import Text
@@ -182,7 +200,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     parent = f" (validates run {run['parent_run_id']})" if run.get("parent_run_id") else ""
     rows = [("run", f"{run['id']} of sweep {run['sweep_id']}, {run.get('kind', 'train')}{parent}"),
             ("status", _run_status(run) + (" (cancel requested)" if run.get("cancel_requested") else "")),
-            ("config", _grid(run)), ("spec hash", run.get("spec_hash", "")),
+            ("config", _grid(run)), *((("spec", spec_changes(run["spec"])),) if isinstance(run.get("spec"), dict) else ()),
+            ("spec hash", run.get("spec_hash", "")),
             ("progress", f"{RUN_UNITS.get(run.get('kind'), RUN_UNITS['train'])[0]} {run.get('epoch', 0)}/"
                          f"{run.get('epochs_total', 0)}, {100 * run_fraction(run):.0f}%"),
             ("attempt", f"{run.get('attempt', 0)} of {run.get('max_attempts', 0)}"),
@@ -209,7 +228,7 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
             table.add_column(col, justify="right")
         for split, values in sorted(last.items(), key=lambda kv: kv[0] != "train"):
             epoch = max(e for e, _ in values.values())
-            table.add_row(split, str(epoch), *(_fmt(values[k][1]) if k in values else "" for k in keys))
+            table.add_row(split, str(epoch), *(fmt_value(values[k][1]) if k in values else "" for k in keys))
         parts.append(table)
         parts += [Text(f"nan {key} [{split}]: {why}", style="dim") for (split, key), why in sorted(notes.items())
                   if key in keys]
@@ -221,103 +240,6 @@ def parse_filter(text: str) -> tuple[str, str]:
         raise typer.BadParameter(f"expected AXIS=VALUE such as loss.name=mse, got {text!r}", param_hint="--filter")
     path, value = text.split("=", 1)
     return path.strip(), value.strip()
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
-
-
-def _mean_std(m: dict | None) -> str:
-    mean, std = (m or {}).get("mean"), (m or {}).get("std")
-    return "" if mean is None else f"{mean:.4g}±{std:.2g}" if std is not None else f"{mean:.4g}"
-
-
-def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6) -> Any:
-    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds; when the keys do
-    not fit in ``width`` columns, one row per group and key instead."""
-    items = body.get("groups", []) if isinstance(body, dict) else body
-    group_by = body.get("group_by") if isinstance(body, dict) else None
-    keys = body.get("keys") if isinstance(body, dict) else None
-    unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"  # 'iteration' for a UFM sweep
-    at = f"last {unit}" if str(epoch) == "last" else f"{unit} {epoch}"
-    title = escape(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)")  # [..] is not rich markup
-    table = Table(title=title, title_justify="left")
-    if not items:
-        table.add_column("no finished results yet")
-        return table
-    group_by = group_by or list((items[0].get("values") or {}).keys())
-    keys = keys or list((items[0].get("metrics") or {}).keys())
-    rows = []
-    for item in items:
-        group, metrics = item.get("values") or {}, item.get("metrics") or {}
-        counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
-        rows.append(([_fmt(group.get(g)) for g in group_by], f"{max(counts, default=0)}/{item.get('runs', '')}",
-                     [_mean_std(metrics.get(k)) for k in keys]))
-    heads = [*short_names(group_by), "seeds"]
-    fixed = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads[:-1])] + [5]
-    cells = [max([len(k)] + [len(r[2][i]) for r in rows]) for i, k in enumerate(keys)]
-    for col in heads:
-        table.add_column(col, justify="right" if col == "seeds" else "left", no_wrap=True)
-    if sum(w + 3 for w in fixed + cells) + 1 <= width:
-        for k in keys:
-            table.add_column(k, justify="right", no_wrap=True)
-        for values, n, row in rows:
-            table.add_row(*values, n, *row)
-        return table
-    table.add_column("key", no_wrap=True)
-    table.add_column("mean ± std", justify="right", no_wrap=True)
-    for values, n, row in rows:
-        for i, (k, cell) in enumerate(zip(keys, row)):
-            table.add_row(*(values if i == 0 else [""] * len(values)), n if i == 0 else "", k, cell)
-        table.add_section()
-    return table
-
-
-def results_caveat(body: dict) -> str | None:
-    """At 'last', a note when the values of the table do not all come from one epoch or from finished runs
-    (a cancelled run's last epoch is short of the others'), naming them and the --epoch that lines them up."""
-    groups = body.get("groups") or [] if isinstance(body, dict) else []
-    unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"
-    epochs = sorted({e for g in groups for e in g.get("measured_epochs") or []})
-    unfinished = sorted({r for g in groups for r in g.get("unfinished_runs") or []})
-    if len(epochs) < 2 and not unfinished:
-        return None
-    parts = []
-    if unfinished:
-        shown = ", ".join(map(str, unfinished[:8])) + (", …" if len(unfinished) > 8 else "")
-        parts.append(f"{len(unfinished)} run(s) behind these values have not succeeded (run {shown})")
-    if len(epochs) > 1:
-        parts.append(f"the values come from {unit}s {epochs[0]}–{epochs[-1]}, each run's last measured one; "
-                     f"--epoch {epochs[0]} compares every run at one {unit}")
-    return "note: " + "; ".join(parts)
-
-
-def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
-    """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None."""
-    measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
-    if not body.get("groups") or measured:
-        return None
-    unit = body.get("unit", "epoch")
-    at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
-    return (f"no run of sweep {sweep} has {split} metrics at {at} yet"
-            + ("" if epoch == "last" else f" (a run measures only the {unit}s of its eval schedule)"))
-
-
-def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
-    if fmt == "csv":
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise typer.BadParameter("parquet export needs pyarrow (pip install 'ncsweep[parquet]')") from None
-    table = pa.table({c: [r.get(c) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c))
-                          for r in rows] for c in columns})
-    pq.write_table(table, path)
 
 
 def action_line(action: str, res: dict) -> str:

@@ -397,7 +397,7 @@ def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
     from rich.console import Console
 
     from nc_core.sweep import short_names
-    from service.cli_views import results_table
+    from service.cli_results import results_table
 
     assert short_names(["loss.name", "model.width", "optim.lr"]) == ["loss", "width", "lr"]
     assert short_names(["loss.name", "model.name"]) == ["loss", "model"]
@@ -428,7 +428,8 @@ def test_only_running_runs_show_an_eta() -> None:
 def test_a_ufm_run_and_sweep_are_shown_in_iterations() -> None:
     from rich.console import Console
 
-    from service.cli_views import results_hint, results_table, run_detail
+    from service.cli_results import results_hint, results_table
+    from service.cli_views import run_detail
 
     def text(renderable) -> str:  # noqa: ANN001
         console = Console(width=160, record=True)
@@ -451,7 +452,7 @@ def test_a_ufm_run_and_sweep_are_shown_in_iterations() -> None:
 
 
 def test_results_at_last_say_when_runs_are_unfinished_or_epochs_differ() -> None:
-    from service.cli_views import results_caveat
+    from service.cli_results import results_caveat
 
     body = {"unit": "epoch", "groups": [{"measured_epochs": [3000], "unfinished_runs": []},
                                         {"measured_epochs": [1500, 3000], "unfinished_runs": [51, 52]}]}
@@ -475,3 +476,13 @@ def test_a_running_run_whose_worker_went_silent_says_so() -> None:
     assert "silent" not in text([{**run, "silent_s": 4.0}])
     assert "running (silent 95 s: worker lost?)" in text([{**run, "silent_s": 95.0}])
     assert "silent" not in text([{**run, "status": "queued", "silent_s": None}])
+
+
+def test_show_lists_the_spec_fields_that_differ_from_the_defaults() -> None:
+    from nc_core.spec import RunSpec
+    from service.cli_views import spec_changes
+
+    spec = RunSpec.model_validate({"seed": 3, "epochs": 30, "optim": {"lr": 0.1}, "eval": {"splits": ["test"]},
+                                   "data": {"name": "digits"}}).model_dump(mode="json")
+    assert spec_changes(spec) == 'epochs=30 optim.lr=0.1 eval.splits=["test"]'  # spec order; seed: in config
+    assert spec_changes(RunSpec().model_dump(mode="json")) == "every field at its default"

@@ -1,0 +1,112 @@
+"""`ncsweep results` and `export`: the results table over seeds, its notes, and metric rows as CSV/Parquet."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nc_core.sweep import short_names
+
+
+def fmt_value(x: Any) -> str:
+    """A table cell: floats to 4 significant digits, None empty, anything else as text."""
+    return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
+
+
+def _mean_std(m: dict | None) -> str:
+    """'mean±std' of one aggregate (mean alone for a single run; empty when nothing was measured)."""
+    mean, std = (m or {}).get("mean"), (m or {}).get("std")
+    return "" if mean is None else f"{mean:.4g}±{std:.2g}" if std is not None else f"{mean:.4g}"
+
+
+def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6) -> Any:
+    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds; when the keys do
+    not fit in ``width`` columns, one row per group and key instead."""
+    items = body.get("groups", []) if isinstance(body, dict) else body
+    group_by = body.get("group_by") if isinstance(body, dict) else None
+    keys = body.get("keys") if isinstance(body, dict) else None
+    unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"  # 'iteration' for a UFM sweep
+    at = f"last {unit}" if str(epoch) == "last" else f"{unit} {epoch}"
+    title = escape(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)")  # [..] is not rich markup
+    table = Table(title=title, title_justify="left")
+    if not items:
+        table.add_column("no finished results yet")
+        return table
+    group_by = group_by or list((items[0].get("values") or {}).keys())
+    keys = keys or list((items[0].get("metrics") or {}).keys())
+    rows = []
+    for item in items:
+        group, metrics = item.get("values") or {}, item.get("metrics") or {}
+        counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
+        rows.append(([fmt_value(group.get(g)) for g in group_by], f"{max(counts, default=0)}/{item.get('runs', '')}",
+                     [_mean_std(metrics.get(k)) for k in keys]))
+    heads = [*short_names(group_by), "seeds"]
+    fixed = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads[:-1])] + [5]
+    cells = [max([len(k)] + [len(r[2][i]) for r in rows]) for i, k in enumerate(keys)]
+    for col in heads:
+        table.add_column(col, justify="right" if col == "seeds" else "left", no_wrap=True)
+    if sum(w + 3 for w in fixed + cells) + 1 <= width:
+        for k in keys:
+            table.add_column(k, justify="right", no_wrap=True)
+        for values, n, row in rows:
+            table.add_row(*values, n, *row)
+        return table
+    table.add_column("key", no_wrap=True)
+    table.add_column("mean ± std", justify="right", no_wrap=True)
+    for values, n, row in rows:
+        for i, (k, cell) in enumerate(zip(keys, row)):
+            table.add_row(*(values if i == 0 else [""] * len(values)), n if i == 0 else "", k, cell)
+        table.add_section()
+    return table
+
+
+def results_caveat(body: dict) -> str | None:
+    """At 'last', a note when the values of the table do not all come from one epoch or from finished runs
+    (a cancelled run's last epoch is short of the others'), naming them and the --epoch that lines them up."""
+    groups = body.get("groups") or [] if isinstance(body, dict) else []
+    unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"
+    epochs = sorted({e for g in groups for e in g.get("measured_epochs") or []})
+    unfinished = sorted({r for g in groups for r in g.get("unfinished_runs") or []})
+    if len(epochs) < 2 and not unfinished:
+        return None
+    parts = []
+    if unfinished:
+        shown = ", ".join(map(str, unfinished[:8])) + (", …" if len(unfinished) > 8 else "")
+        parts.append(f"{len(unfinished)} run(s) behind these values have not succeeded (run {shown})")
+    if len(epochs) > 1:
+        parts.append(f"the values come from {unit}s {epochs[0]}–{epochs[-1]}, each run's last measured one; "
+                     f"--epoch {epochs[0]} compares every run at one {unit}")
+    return "note: " + "; ".join(parts)
+
+
+def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
+    """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None."""
+    measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
+    if not body.get("groups") or measured:
+        return None
+    unit = body.get("unit", "epoch")
+    at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
+    return (f"no run of sweep {sweep} has {split} metrics at {at} yet"
+            + ("" if epoch == "last" else f" (a run measures only the {unit}s of its eval schedule)"))
+
+
+def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
+    if fmt == "csv":
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise typer.BadParameter("parquet export needs pyarrow (pip install 'ncsweep[parquet]')") from None
+    table = pa.table({c: [r.get(c) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c))
+                          for r in rows] for c in columns})
+    pq.write_table(table, path)
