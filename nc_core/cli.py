@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nc_core.cli_report import HISTORY, CLIReporter, nan_notes, table, write_metrics
+from nc_core.cli_report import HISTORY, TABLE_KEYS, CLIReporter, nan_notes, table, write_metrics
 from nc_core.spec import RunSpec
 from nc_core.sweep import error_field, set_path, spec_hash
 from nc_core.cli_files import out_path_problem, read_yaml_file, yaml_kind
@@ -123,6 +123,16 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
     raise AssertionError("unreachable")
 
 
+def _first_evaluation(spec: RunSpec) -> int:
+    """The first epoch (iteration, for a UFM run) after which the run measures its metrics."""
+    if spec.kind == "ufm":
+        return min(spec.ufm.eval_every, spec.ufm.iterations)
+    from nc_core.spec_rules import schedule_tests
+
+    is_eval, _ = schedule_tests(spec)
+    return next(e for e in range(1, spec.epochs + 1) if is_eval(e))
+
+
 def check_out_path(out: Path, console: Console) -> None:
     """Refuse an --out path that cannot be written, before any training: wrong suffix, a directory, no parent."""
     problem = out_path_problem(out, (".json", ".csv"))
@@ -182,15 +192,21 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         if not reporter.rows:  # no history (trained elsewhere): the last evaluated metrics, from the checkpoint
             for split, m in summary.get("final", {}).items():
                 reporter.on_metrics(reporter.start_epoch, split, m)
-    if reporter.rows:  # a diverged run keeps the metrics of the epochs it evaluated
+    evaluated = any(r["key"] in TABLE_KEYS for r in reporter.rows)
+    if evaluated:  # a diverged run keeps the metrics of the epochs it evaluated
         console.print(table(reporter.rows, unit, width=console.width))
         for note in nan_notes(reporter.rows):  # a NaN in the table says why
             console.print(f"nan {note}", style="dim", highlight=False, markup=False)
+    elif reporter.rows:  # trained, but stopped before its first evaluation
+        first = _first_evaluation(spec)
+        console.print(f"no NC metrics yet: the first evaluation is after {unit} {first} (eval schedule)")
     if summary is not None:
         done = summary["epochs_done"]
         stopped = " (stopped)" if summary.get("stopped") else ""
         console.print(f"{done} {unit}{'' if done == 1 else 's'} done{stopped}; checkpoints in {workdir}")
-    if out is not None and (reporter.rows or (diverged is None and failed is None)):
+    if out is not None and not reporter.rows and diverged is None and failed is None:
+        console.print(f"--out {str(out)!r} not written: no {unit} completed yet")  # an earlier file stays as it was
+    elif out is not None and reporter.rows:
         try:
             write_metrics(reporter.rows, out)
         except OSError as exc:

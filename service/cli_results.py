@@ -91,8 +91,9 @@ def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
         return None
     unit = body.get("unit", "epoch")
     at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
-    return (f"no run of sweep {sweep} has {split} metrics at {at} yet"
-            + ("" if epoch == "last" else f" (a run measures only the {unit}s of its eval schedule)"))
+    if epoch == "last":
+        return f"no run of sweep {sweep} has {split} metrics at {at} yet"
+    return f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its eval schedule)"
 
 
 def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:

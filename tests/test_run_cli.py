@@ -162,6 +162,24 @@ def test_ctrl_c_stops_and_the_same_command_resumes_with_the_whole_history(tmp_pa
     assert json.loads(out.read_text()) == rows
 
 
+def test_a_stop_before_the_first_evaluation_says_when_it_comes_and_keeps_an_earlier_out_file(tmp_path, monkeypatch):
+    out = tmp_path / "m.csv"
+    out.write_text("epoch,split,key,value,reason\n1,train,acc,99.0,\n")  # what an earlier run wrote
+    tree = {**TINY, "epochs": 4, "eval": {"every": 3, "splits": ["train"]}}
+    args = ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w"), "--out", str(out)]
+    with monkeypatch.context() as m:
+        real = CLIReporter.on_start
+        m.setattr(CLIReporter, "on_start", lambda self, *a: (real(self, *a), signal.raise_signal(signal.SIGINT)))
+        res = runner.invoke(app, args)
+    assert res.exit_code == 130 and "0 epochs done (stopped)" in res.output, res.output
+    assert "not written: no epoch completed yet" in res.output and "99.0" in out.read_text()  # not emptied
+    with monkeypatch.context() as m:
+        _ctrl_c_after_epoch(m, 1)
+        res = runner.invoke(app, args)
+    assert res.exit_code == 130 and "metrics per epoch" not in res.output, res.output  # no empty table
+    assert "no NC metrics yet: the first evaluation is after epoch 3" in " ".join(res.output.split())
+
+
 def test_second_ctrl_c_aborts(tmp_path, monkeypatch):
     _ctrl_c_after_epoch(monkeypatch, 1, times=2)
     res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
