@@ -446,7 +446,7 @@ def test_a_ufm_run_and_sweep_are_shown_in_iterations() -> None:
              "groups": [{"values": {"ufm.lambda_w": 0.01}, "runs": 1, "metrics": {"nc1": {"count": 0}}}]}
     assert "results [train, last iteration]" in text(results_table(empty, 2, "train"))
     assert "results [train, iteration 500]" in text(results_table(empty, 2, "train", 500))
-    assert results_hint(empty, 2, "train", "500") == ("no run of sweep 2 has train metrics at iteration 500 yet "
+    assert results_hint(empty, 2, "train", "500") == ("no run of sweep 2 has train metrics at iteration 500 "
                                                        "(a run measures only the iterations of its eval schedule)")
     assert "results [test, last epoch]" in text(results_table({**empty, "unit": "epoch"}, 2, "test"))
 
