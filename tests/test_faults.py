@@ -158,9 +158,11 @@ def test_validate_job_recomputes_metrics_from_checkpoints(stack):
     assert points == {(2, "test"), (3, "test")}
 
 
-def test_a_clean_worker_stop_requeues_its_run_without_using_an_attempt(tmp_path):
-    # Supervisor.stop (Ctrl-C of `ncsweep up`, SIGTERM of the launcher): the job stops after its last completed
-    # epoch, checkpoints it, and goes back to the queue with its attempt given back; the next worker resumes it
+@pytest.mark.parametrize("stopped_by", ["supervisor", "celery"])
+def test_a_clean_worker_stop_requeues_its_run_without_using_an_attempt(tmp_path, stopped_by):
+    # Supervisor.stop (Ctrl-C of `ncsweep up`, SIGTERM of the launcher) or Celery's own warm shutdown (SIGTERM of
+    # a worker started directly, as docker compose does): the job stops after its last completed epoch,
+    # checkpoints it, and goes back to the queue with its attempt given back; the next worker resumes it
     from nc_core.db.models import Checkpoint
     from tests.helpers_stack import ROOT, settings_env
     from worker.launch import Supervisor, WorkerSpec
@@ -169,30 +171,34 @@ def test_a_clean_worker_stop_requeues_its_run_without_using_an_attempt(tmp_path)
     redis = RedisServer(tmp_path / "redis").start()
     settings = make_settings(tmp_path, sqlite_db(tmp_path), redis.url(), lease_seconds=30.0, heartbeat_seconds=0.5)
     api = ApiServer(settings).start()
-    env = {**settings_env(settings), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    sup = Supervisor([WorkerSpec("stopping@test", {})], env, log_dir=tmp_path / "logs").start()
+    if stopped_by == "supervisor":
+        env = {**settings_env(settings), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        first = Supervisor([WorkerSpec("stopping@test", {})], env, log_dir=tmp_path / "logs").start()
+    else:
+        first = CeleryWorker(settings, "stopping").start()
     local = {"api": api, "url": settings.resolved_database_url(), "workers": []}
     after = None
     try:
         (rid,) = submit(local, "stop", {**spec(60), "checkpoint": {"every": 50, "keep_last": 2}})
         wait_for(lambda: run_row(local, rid).epoch >= 3, 90, 0.1, "epoch 3")
-        sup.stop()
+        first.stop(**({"timeout": 60} if stopped_by == "celery" else {}))
         stopped = run_row(local, rid)
         assert (stopped.status, stopped.attempt, stopped.lease_owner) == ("queued", 0, None), stopped.error
-        assert not os.path.exists(sup.stop_file)
         with session_scope(local["url"]) as s:
             saved = set(s.scalars(select(Checkpoint.epoch).where(Checkpoint.run_id == rid)))
             reason = s.scalars(select(Event.payload).where(Event.run_id == rid, Event.kind == "status")
                                .order_by(Event.id.desc())).first()
         assert stopped.epoch >= 3 and stopped.epoch in saved  # the last completed epoch, not the every-50 one
         assert reason == {"status": "queued", "reason": "worker stopped"}
+        if stopped_by == "supervisor":
+            assert not os.path.exists(first.stop_file)  # the flag is gone: a restarted worker is not told to stop
         after = CeleryWorker(settings, "after").start()
         assert rid in reconcile_once(settings)["resent"]  # re-sent at once, not after the grace period
         local["workers"] = [after]
         done = wait_status(local, rid, FINISHED, 150)
         assert (done.status, done.attempt, done.start_epoch) == ("succeeded", 1, stopped.epoch), done.error
     finally:
-        sup.stop()
+        first.stop()
         if after is not None:
             after.stop()
         api.stop()

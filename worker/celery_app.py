@@ -1,8 +1,11 @@
 """Celery application for ncsweep workers: JSON-only, late acks, one fresh child per job."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
+import uuid
 
 from celery import Celery, signals
 
@@ -87,6 +90,32 @@ def _start_idle_heartbeat(sender=None, **_kw) -> None:  # noqa: ANN001
 def _stop_idle_heartbeat(**_kw) -> None:
     for beat in _PARENT_BEAT:
         beat.stop(mark_stopped=True)
+    for path in _OWN_STOP_FILE:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+_OWN_STOP_FILE: list[str] = []
+
+
+@signals.worker_init.connect
+def _name_the_stop_file(**_kw) -> None:
+    """Without a supervisor (celery started directly, e.g. by docker compose) the worker names its own
+    NCSWEEP_STOP_FILE before forking its job children, which read it (worker.reporter.DBReporter)."""
+    if not os.environ.get("NCSWEEP_STOP_FILE"):
+        path = os.path.join(tempfile.gettempdir(), f"ncsweep-stop-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        os.environ["NCSWEEP_STOP_FILE"] = path
+        _OWN_STOP_FILE.append(path)
+
+
+@signals.worker_shutting_down.connect
+def _tell_the_job_to_stop(**_kw) -> None:
+    """A warm shutdown (SIGTERM): the running job stops after its last completed epoch, checkpoints it and
+    goes back to the queue with its attempt given back, instead of being killed when the grace period ends."""
+    path = os.environ.get("NCSWEEP_STOP_FILE")
+    if path:
+        with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as flag:
+            flag.write("stopping\n")
 
 
 @signals.worker_init.connect
