@@ -58,5 +58,6 @@ def missing(name: str, root: Path, looked_for: list[Path], extra: str = "", *,
     else:
         fix = (f"Fix: put the {name} files there in the torchvision layout, or set data.download=true in the "
                f"spec to let torchvision fetch them, {ROOT_FIX}")
-    return MissingDataError(f"dataset {name!r}: files not found under data root {root} (looked for {paths})"
+    what = " (it is a file, not a directory)" if root.is_file() else ""
+    return MissingDataError(f"dataset {name!r}: files not found under data root {root}{what} (looked for {paths})"
                             f"{extra}. {fix}")

@@ -95,6 +95,14 @@ class DataSpec(_Frozen):
             raise ValueError(f"data.train_size: a random cap would undo the class counts data.{shaped[0]} asks for; "
                              f"give one of them (got train_size={self.train_size} and {shaped[0]})")
         k = self.num_classes
+        if self.test_size is not None and self.name not in ("gaussian", "digits"):
+            raise ValueError(f"data.test_size: {self.name} has a fixed test split; test_size applies to gaussian and "
+                             f"digits only (got test_size={self.test_size})")
+        for field in ("train_size", "test_size"):
+            size = getattr(self, field)
+            if self.name == "gaussian" and size is not None and size < k:
+                raise ValueError(f"data.{field}: {size} gaussian samples cannot cover the {k} classes "
+                                 f"(data.gaussian_classes); expected at least {k}")
         if self.class_counts is not None and len(self.class_counts) != k:
             raise ValueError(f"data.class_counts: expected {k} counts (one per class of {self.name}), got {len(self.class_counts)}")
         if self.per_class is not None:  # n_max known here: an emptied class is refused before any run starts

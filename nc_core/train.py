@@ -67,6 +67,7 @@ def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Pa
     if device.type == "cuda" and data.train_x.dim() == 4:  # conv nets: NHWC kernels
         model = model.to(memory_format=torch.channels_last)
         x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+        data.train_x, data.test_x = x["train"], x["test"]  # the NCHW copies go: one copy of the data on the GPU
     opt = build_optimizer(spec, model)
     r = _Run(spec, device, reporter, Path(workdir), data, x, {"train": data.train_y, "test": data.test_y}, model,
              opt, build_scheduler(spec, opt), build_loss(spec.loss, data.num_classes),

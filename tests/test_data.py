@@ -113,6 +113,44 @@ def test_failed_download_does_not_advise_download(tmp_path, monkeypatch, name, c
     assert "data.download=true is set" in msg and str(exc) in msg and "set data.download=true in" not in msg
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("prefix, images, labels, says", [
+    ("t10k", None, np.arange(20) % 10 + 5, "the test split has labels 5..14, expected 0..9"),
+    ("train", None, np.arange(30) % 10, "the train split has 40 images but 30 labels"),
+    ("train", np.zeros((40, 32, 32)), None, "the train split has images of shape (32, 32), expected (28, 28)")])
+def test_idx_files_that_do_not_fit_together_are_refused_naming_them(tmp_path, compress, prefix, images, labels, says):
+    # torchvision checks no md5 of idx files: another dataset's files (or a truncated label file) used to load,
+    # and fail an epoch later, or train silently on a prefix of the images
+    _fake_mnist(tmp_path, "MNIST", compress)
+    raw = tmp_path / "MNIST" / "raw"
+    for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+        if arr is not None:
+            path = raw / f"{prefix}-{kind}-ubyte"
+            for old in (path, Path(f"{path}.gz")):
+                old.unlink(missing_ok=True)
+            _write_idx(path, arr, compress)
+    with pytest.raises(MissingDataError) as err:
+        load_data(RunSpec(data={"name": "mnist", "root": str(tmp_path)}), "cpu")
+    msg = " ".join(str(err.value).split())
+    assert says in msg and f"{raw / prefix}-labels-idx1-ubyte" in msg and "replace them" in msg, msg
+
+
+def test_size_fields_that_would_be_ignored_or_empty_a_class_are_refused():
+    with pytest.raises(ValueError, match=r"data.test_size: mnist has a fixed test split; .* \(got test_size=10\)"):
+        RunSpec(data={"name": "mnist", "test_size": 10})
+    with pytest.raises(ValueError, match=r"data.train_size: 5 gaussian samples cannot cover the 10 classes"):
+        RunSpec(data={"name": "gaussian", "train_size": 5})
+    assert RunSpec(data={"name": "digits", "test_size": 100}).data.test_size == 100
+
+
+def test_a_data_root_that_is_a_file_or_an_unknown_users_home_says_so(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MissingDataError, match=r"under data root .*afile \(it is a file, not a directory\)"):
+        load_data(RunSpec(data={"name": "mnist", "root": str(tmp_path / "afile")}), "cpu")
+    with pytest.raises(ValueError, match=r"data.root: cannot expand '~no-such-user-xyz/d' .* expected an existing"):
+        load_data(RunSpec(data={"name": "mnist", "root": "~no-such-user-xyz/d"}), "cpu")
+
+
 def test_digits_shapes_split_and_seed():
     a = load_data(RunSpec(data={"name": "digits"}, seed=0), "cpu")
     assert a.train_x.shape == (1347, 1, 8, 8) and a.test_x.shape == (450, 1, 8, 8) and a.input_shape == (1, 8, 8)

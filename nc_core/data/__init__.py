@@ -35,14 +35,21 @@ class DataBundle:
 
 
 def data_root(spec: RunSpec, settings=None) -> Path:
-    """spec.data.root, else settings.data_root (NCSWEEP_DATA_ROOT), user-expanded."""
+    """spec.data.root, else settings.data_root (NCSWEEP_DATA_ROOT), user-expanded; a '~user' that names no
+    user is a ValueError naming the field."""
     if spec.data.root:
-        return Path(spec.data.root).expanduser()
-    if settings is None:
-        from nc_core.settings import get_settings
+        field, root = "data.root", spec.data.root
+    else:
+        if settings is None:
+            from nc_core.settings import get_settings
 
-        settings = get_settings()
-    return Path(settings.data_root).expanduser()
+            settings = get_settings()
+        field, root = "NCSWEEP_DATA_ROOT (settings.data_root)", str(settings.data_root)
+    try:
+        return Path(root).expanduser()
+    except RuntimeError as exc:  # Path.expanduser: "Could not determine home directory"
+        raise ValueError(f"{field}: cannot expand {root!r} ({exc}); expected an existing user's ~ or a full "
+                         "path") from None
 
 
 def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

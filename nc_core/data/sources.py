@@ -35,16 +35,32 @@ def rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, stream]))
 
 
-_READ_ERRORS = (RuntimeError, AssertionError, ValueError, EOFError, OSError, KeyError, IndexError)
+_READ_ERRORS = (RuntimeError, AssertionError, ValueError, EOFError, OSError, KeyError, IndexError, TypeError)
 
 
-def unreadable(name: str, root: Path, err: BaseException) -> MissingDataError:
-    """The error for files that are there but corrupt or truncated (a torchvision assert has no message)."""
+def unreadable(name: str, root: Path, err: BaseException, files: str | None = None) -> MissingDataError:
+    """The error for files that are there but corrupt or truncated (a torchvision assert has no message);
+    ``files``: which ones, when known."""
     why = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} in the file reader"
+    why = f"{files}: {why}" if files else why
     return MissingDataError(
         f"dataset {name!r}: the files under data root {root} are there but could not be read ({why}); they are "
         f"corrupt, incomplete, truncated or of another format. Fix: replace them with intact {name} files (or "
         f"delete them and set data.download=true to fetch them again), {ROOT_FIX}")
+
+
+def _check_split(spec: RunSpec, root: Path, split: str, files: str, x: Tensor, y: Tensor, shape: tuple) -> None:
+    """What a file set must hold, checked when it is read (torchvision checks no md5 of idx files, so any idx
+    file passes it): as many labels as images, images of ``shape``, labels in 0..K−1."""
+    k, problems = spec.data.num_classes, []
+    if len(x) != len(y):
+        problems.append(f"{len(x)} images but {len(y)} labels")
+    if tuple(x.shape[1:]) != shape:
+        problems.append(f"images of shape {tuple(x.shape[1:])}, expected {shape}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        problems.append(f"labels {int(y.min())}..{int(y.max())}, expected 0..{k - 1}")
+    if problems:
+        raise unreadable(spec.data.name, root, ValueError(f"the {split} split has " + "; ".join(problems)), files)
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx files)
@@ -79,8 +95,8 @@ def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float
                 if have_raw:
                     raise unreadable(name, root, err) from err
                 raise missing(name, root, paths, f" ({err})", download=download) from err
-            except _READ_ERRORS as err:  # torchvision's idx reader asserts on a bad header
-                raise unreadable(name, root, err) from err
+            except Exception as err:  # noqa: BLE001 - torchvision's idx reader asserts, reshapes, indexes
+                raise unreadable(name, root, err, ", ".join(str(raw / f) for f in IDX_FILES[split])) from err
             splits[split] = (ds.data, ds.targets)
     elif have_gz:
         for split, (img, lab) in IDX_FILES.items():
@@ -88,14 +104,14 @@ def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float
                 x = torch.from_numpy(_read_idx_gz(raw / f"{img}.gz").copy())
                 y = torch.from_numpy(_read_idx_gz(raw / f"{lab}.gz").astype(np.int64))
             except _READ_ERRORS as err:
-                raise unreadable(name, root, err) from err
-            if len(x) != len(y):
-                raise unreadable(name, root, ValueError(f"{split}: {len(x)} images but {len(y)} labels"))
+                raise unreadable(name, root, err, f"{raw / img}.gz, {raw / lab}.gz") from err
             splits[split] = (x, y)
     else:
         raise missing(spec.data.name, root, paths + [raw / "<same>.gz"])
+    for split, (x, y) in splits.items():
+        _check_split(spec, root, split, ", ".join(str(raw / f) for f in IDX_FILES[split]), x, y, (28, 28))
     (trx, try_), (tex, tey) = splits["train"], splits["test"]
-    return RawData(trx[:, None].float() / 255.0, try_.long(), tex[:, None].float() / 255.0, tey.long(),
+    return RawData(trx[:, None].float().div_(255.0), try_.long(), tex[:, None].float().div_(255.0), tey.long(),
                    (mean,), (std,))
 
 
@@ -121,7 +137,7 @@ def _torchvision_split(spec: RunSpec, root: Path, expected: list[Path], make) ->
         if all(p.exists() for p in expected):  # there, but incomplete or failing torchvision's md5 check
             raise unreadable(spec.data.name, root, err) from err
         raise missing(spec.data.name, root, expected, f"; torchvision says: {err}", download=download) from err
-    except _READ_ERRORS as err:
+    except Exception as err:  # noqa: BLE001 - a pickle or .mat reader's own error (UnpicklingError, MatReadError)
         raise unreadable(spec.data.name, root, err) from err
     labels = getattr(ds, "targets", None)
     return np.asarray(ds.data), np.asarray(labels if labels is not None else ds.labels)
@@ -134,8 +150,10 @@ def _cifar(spec: RunSpec, root: Path, cls: str, folder: str, mean, std) -> RawDa
     for train in (True, False):
         x, y = _torchvision_split(spec, root, [root / folder], partial(
             getattr(tvd, cls), str(root), train=train, download=spec.data.download))
-        out += [torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255.0).contiguous(),  # (N, 3, 32, 32)
-                torch.from_numpy(y.astype(np.int64))]
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8: one float copy below
+        y = torch.from_numpy(y.astype(np.int64))
+        _check_split(spec, root, "train" if train else "test", str(root / folder), x, y, (3, 32, 32))
+        out += [x.float().div_(255.0), y]
     return RawData(*out, mean, std)
 
 
@@ -157,7 +175,10 @@ def _svhn(spec: RunSpec, root: Path) -> RawData:
     for split, file in zip(("train", "test"), SVHN_FILES):
         x, y = _torchvision_split(spec, root, [root / file], partial(
             tvd.SVHN, str(root), split=split, download=spec.data.download))
-        out += [torch.from_numpy(x).float().div(255.0), torch.from_numpy(y.astype(np.int64))]  # (N, 3, 32, 32)
+        x = torch.from_numpy(np.ascontiguousarray(x))  # (N, 3, 32, 32) uint8 (torchvision's is a transposed view)
+        y = torch.from_numpy(y.astype(np.int64))
+        _check_split(spec, root, split, str(root / file), x, y, (3, 32, 32))
+        out += [x.float().div_(255.0), y]
     return RawData(*out, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 
 
