@@ -52,8 +52,9 @@ def test_run_with_set_override_and_csv(tmp_path):
 
 
 def test_a_nan_metric_says_why_in_the_table_and_the_files(tmp_path):
-    # 5 training samples of 10 gaussian classes: some class has none, so its mean (and nc1) is undefined
-    tree = {**TINY, "epochs": 1, "data": {"name": "gaussian", "train_size": 5, "test_size": 50}}
+    # 10 training samples of 10 gaussian classes, every label redrawn: some class has none, so its mean (and nc1)
+    # is undefined
+    tree = {**TINY, "epochs": 1, "data": {"name": "gaussian", "train_size": 10, "test_size": 50, "label_noise": 1.0}}
     for out in (tmp_path / "m.csv", tmp_path / "m.json"):
         res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / out.suffix[1:]),
                                   "--out", str(out)])
