@@ -17,7 +17,7 @@ COPY nc_core ./nc_core
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install . && useradd --create-home --uid 1000 ncsweep && mkdir -p /data/artifacts \
+RUN pip install . && useradd --create-home --uid 1000 ncsweep && mkdir -p /data/artifacts /data/datasets \
     && chown -R ncsweep /data
 USER ncsweep
 

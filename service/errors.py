@@ -11,6 +11,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from nc_core.db.states import IllegalTransition
@@ -129,6 +130,14 @@ async def _conflict(_: Request, exc: StateConflict) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached (a restart, a failover): 503 with Retry-After, not a 500 — nothing was
+    written (each request is one transaction) and the same request succeeds once it is back (see /readyz)."""
+    log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "the database is unreachable; nothing was changed, retry shortly (GET /readyz "
+                                   "says when it is back)"}, status_code=503, headers={"Retry-After": "5"})
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal server error (logged on the server)"}, status_code=500)
@@ -142,6 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IllegalTransition, _illegal)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(StateConflict, _conflict)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(InterfaceError, _database_down)
     app.add_exception_handler(Exception, _internal)
 
 

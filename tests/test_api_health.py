@@ -45,6 +45,14 @@ def test_readyz_reports_dead_database(settings, enqueuer, tmp_path):
     assert resp.status_code == 503 and resp.json()["failed"] == ["database"]
 
 
+def test_requests_while_the_database_is_down_are_503_not_500(settings, enqueuer):
+    settings.database_url = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
+    with TestClient(create_app(settings, enqueuer=enqueuer, broker_check=lambda: None)) as client:
+        for resp in (client.get("/sweeps"), client.get("/runs/1")):
+            assert resp.status_code == 503 and resp.headers["retry-after"] == "5", resp.text
+            assert "database is unreachable; nothing was changed" in resp.json()["detail"]
+
+
 def test_workers_lists_rows(app_client, db_url):
     assert app_client.get("/workers").json() == []
     with session_scope(db_url) as s:

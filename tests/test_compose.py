@@ -131,3 +131,21 @@ def test_app_env_points_at_compose_services():
     env = SERVICES["api"]["environment"]
     assert "@postgres:5432/" in env["NCSWEEP_DATABASE_URL"] and env["NCSWEEP_BROKER_URL"].startswith("redis://redis:6379")
     assert SERVICES["beat"]["environment"]["NCSWEEP_CONTROL"] == "1"
+
+
+def test_the_containers_settings_allow_their_own_data_root_and_read_their_own_gpu(monkeypatch):
+    # a spec's data.root under the datasets volume must pass the data-roots check; NVML inside a worker's
+    # container sees only its reserved GPU, as index 0; the volumes' mount points exist for the non-root user
+    from nc_core.settings import Settings
+
+    env = SERVICES["api"]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert any(settings.data_root == root or root in settings.data_root.parents for root in settings.data_roots)
+    for name, svc in SERVICES.items():
+        if name.startswith("worker-gpu"):
+            assert svc["environment"]["NCSWEEP_GPU_INDEX"] == "0", name
+    mounts = {v.split(":")[1] for v in SERVICES["api"]["volumes"]}
+    text = (ROOT / "Dockerfile").read_text()
+    assert all(m in text.split("mkdir -p", 1)[1].split("&&", 1)[0] for m in mounts), mounts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -201,5 +202,27 @@ def test_a_clean_worker_stop_requeues_its_run_without_using_an_attempt(tmp_path,
         first.stop()
         if after is not None:
             after.stop()
+        api.stop()
+        redis.stop()
+
+
+def test_a_redis_restart_does_not_end_a_running_job_nor_spend_an_attempt(tmp_path):
+    # the database lease fences the job: Redis going away and coming back leaves it running to the end
+    redis = RedisServer(tmp_path / "redis").start()
+    settings = make_settings(tmp_path, sqlite_db(tmp_path), redis.url(), lease_seconds=30.0, heartbeat_seconds=0.5)
+    api = ApiServer(settings).start()
+    worker = CeleryWorker(settings, "blip").start()
+    local = {"api": api, "url": settings.resolved_database_url(), "workers": [worker]}
+    try:
+        (rid,) = submit(local, "blip", spec(40))
+        wait_for(lambda: run_row(local, rid).epoch >= 3, 90, 0.1, "epoch 3")
+        redis.kill()
+        time.sleep(2.0)
+        redis.start()  # same port, same data directory
+        done = wait_status(local, rid, FINISHED, 150)
+        assert (done.status, done.attempt) == ("succeeded", 1), (done.status, done.attempt, done.error)
+        assert "Terminating it instead" not in worker.tail(400)
+    finally:
+        worker.stop()
         api.stop()
         redis.stop()

@@ -59,6 +59,28 @@ def test_downgrade_to_base_and_up_again(empty_url):
     assert migrate.current(empty_url) == head and _diffs(empty_url) == []
 
 
+def test_a_sweep_holds_one_primary_run_per_spec(empty_url):
+    # the unique constraint includes parent_run_id, NULL for a sweep's own runs, and NULLs never collide
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    migrate.upgrade(empty_url)
+    engine = create_engine(empty_url)
+    row = ("INSERT INTO run (sweep_id, kind, parent_run_id, status, cancel_requested, attempt, max_attempts, seed, "
+           "grid, spec, spec_hash, options, epoch, epochs_total, start_epoch, step, steps_total, created_at, "
+           "updated_at) VALUES (1, 'train', {parent}, 'queued', false, 0, 3, 0, '{{}}', '{{}}', 'h', '{{}}', 0, 1, 0, "
+           "0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO sweep (id, name, owner, spec, axes, created_at) VALUES "
+                              "(1, 's', 'me', '{}', '[]', CURRENT_TIMESTAMP)"))
+            conn.execute(text(row.format(parent="NULL")))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(row.format(parent="NULL")))  # the same spec twice in one sweep
+    finally:
+        engine.dispose()
+
+
 def test_single_head_and_packaged_location():
     from alembic.script import ScriptDirectory
 

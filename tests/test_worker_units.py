@@ -21,7 +21,8 @@ def test_celery_config_for_long_gpu_jobs():
     assert conf.broker_transport_options["visibility_timeout"] == 12345
     assert conf.accept_content == ["json"] and conf.task_serializer == "json" and conf.result_serializer == "json"
     assert conf.result_backend is None
-    assert conf.worker_cancel_long_running_tasks_on_connection_loss and conf.broker_connection_retry_on_startup
+    assert conf.broker_connection_retry_on_startup
+    assert not conf.worker_cancel_long_running_tasks_on_connection_loss  # the lease fences a redelivered message
 
 
 def test_worker_modules_import_without_torch_or_io():
@@ -125,3 +126,35 @@ def test_reconciler_resends_a_run_whose_message_is_only_unacked(tmp_path):
         assert reconcile_once(settings, resend_after_s=60)["resent"] == [rid]
     finally:
         server.stop()
+
+
+def test_writes_are_retried_through_a_database_outage_and_only_then(tmp_path, monkeypatch):
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    import worker.reporter as reporter
+
+    slept: list[float] = []
+    monkeypatch.setattr(reporter.time, "sleep", slept.append)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    calls = {"n": 0}
+
+    def flaky(session):  # noqa: ANN001, ANN202 - down twice (a restart), then written
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OperationalError("INSERT ...", {}, ConnectionRefusedError("connection refused"))
+        return "written"
+
+    assert reporter.write_retrying(url, flaky, 60.0, "run 1: metrics") == "written"
+    assert calls["n"] == 3 and slept == [0.5, 1.0]
+    calls["n"] = 0
+    with pytest.raises(OperationalError):  # the outage outlasts the patience: the job fails, as before
+        reporter.write_retrying(url, flaky, 0.0, "run 1: metrics")
+
+    def conflict(session):  # noqa: ANN001, ANN202 - not an outage: never retried
+        calls["n"] += 1
+        raise IntegrityError("INSERT ...", {}, Exception("UNIQUE constraint failed"))
+
+    calls["n"] = 0
+    with pytest.raises(IntegrityError):
+        reporter.write_retrying(url, conflict, 60.0, "run 1: metrics")
+    assert calls["n"] == 1

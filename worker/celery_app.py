@@ -32,7 +32,10 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_backend=None,
         task_ignore_result=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A broker blip must not end a job: the database lease decides who runs a run, and the message Redis
+        # redelivers after the blip finds it claimed (a no-op). Cancelling would kill every running job and
+        # spend one of its attempts per Redis restart (architecture.md's True assumes no such fence).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         task_default_queue=TRAIN_QUEUE,
         task_routes={"ncsweep.reconcile": {"queue": CONTROL_QUEUE}},

@@ -5,12 +5,32 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from nc_core.db import runs_repo
 from nc_core.db.session import session_scope
 
 log = logging.getLogger(__name__)
+
+
+def write_retrying(url: str, write: Callable[[Any], Any], patience_s: float, what: str) -> Any:
+    """``write(session)`` in a transaction of its own, retried while the database cannot be reached (a
+    restart, a failover, a full connection pool) for up to ``patience_s`` seconds, then the error. Every
+    write passed here is idempotent (an UPSERT or a fenced UPDATE), so a retry after a lost commit is safe."""
+    deadline, delay = time.monotonic() + patience_s, 0.5
+    while True:
+        try:
+            with session_scope(url) as session:
+                return write(session)
+        except DBAPIError as exc:
+            unreachable = isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
+            if not unreachable or time.monotonic() >= deadline:
+                raise
+            log.warning("%s: database unreachable (%s); retrying in %.1f s", what, type(exc.orig).__name__, delay)
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 class DBReporter:
@@ -134,26 +154,32 @@ class DBReporter:
                     left = (int(total) - int(done)) * steps_per_epoch - (0 if step >= steps_per_epoch else step)
                     p["eta_s"] = max(0.0, left * self.batch_size / float(samples_per_s))
 
+    def _write(self, what: str, write: Callable[[Any], Any]) -> Any:
+        """A fenced write, retried through a database outage for up to half a lease (then the job fails)."""
+        return write_retrying(self.url, write, float(self.settings.lease_seconds) / 2, f"run {self.run_id}: {what}")
+
     def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
-        with session_scope(self.url) as session:
-            ok = runs_repo.upsert_metrics(session, self.run_id, self.owner, epoch, split, metrics,
-                                          self._version())
+        ok = self._write(f"metrics of epoch {epoch}/{split}", lambda session: runs_repo.upsert_metrics(
+            session, self.run_id, self.owner, epoch, split, metrics, self._version()))
         if not ok:
             self.lease_lost = True
             log.warning("run %s: metrics of epoch %s/%s discarded: lease lost", self.run_id, epoch, split)
 
     def on_distribution(self, epoch: int, split: str, key: str, values: list[float]) -> None:
-        with session_scope(self.url) as session:
-            ok = runs_repo.upsert_distribution(session, self.run_id, self.owner, epoch, split, key, values)
+        ok = self._write(f"{key} of epoch {epoch}/{split}", lambda session: runs_repo.upsert_distribution(
+            session, self.run_id, self.owner, epoch, split, key, values))
         if not ok:
             self.lease_lost = True
             log.warning("run %s: %s distribution of epoch %s/%s discarded: lease lost", self.run_id, key, epoch, split)
 
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
-        with session_scope(self.url) as session:
+        def record(session: Any) -> bool:
             ok = runs_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)
             if ok:  # keep_last pruned older files: the table lists only checkpoints that exist
                 runs_repo.forget_missing_checkpoints(session, self.run_id, self.owner, os.path.exists)
+            return ok
+
+        ok = self._write(f"checkpoint of epoch {epoch}", record)
         if not ok:
             self.lease_lost = True
 

@@ -13,7 +13,7 @@ from nc_core.db.models import Run
 from nc_core.db.session import session_scope
 from nc_core.settings import Settings, get_settings
 from nc_core.spec import RunSpec
-from worker.reporter import DBReporter
+from worker.reporter import DBReporter, write_retrying
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,12 @@ def execute(run_id: int, kind: str, settings: Settings | None = None, *, hostnam
         if heart is not None:
             heart.set_run(None)
             heart.stop(mark_stopped=False)
-    with session_scope(url) as session:
+    def record(session: Any) -> bool:
         if status == INTERRUPTED:
-            written = runs_repo.release(session, run_id, owner)
-        else:
-            written = runs_repo.finish(session, run_id, owner, status, error)
+            return runs_repo.release(session, run_id, owner)
+        return runs_repo.finish(session, run_id, owner, status, error)
+
+    written = write_retrying(url, record, float(settings.lease_seconds) / 2, f"run {run_id}: final status {status}")
     if not written:
         log.warning("run %s: lease lost before finishing; result %s discarded (another attempt owns it)", run_id, status)
         return "lost"

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
-                        Text, UniqueConstraint)
+                        Text, UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -34,6 +34,10 @@ class Run(Base):
     __tablename__ = "run"
     __table_args__ = (
         UniqueConstraint("sweep_id", "kind", "spec_hash", "parent_run_id", name="uq_run_sweep_kind_hash"),
+        # a sweep's own runs have no parent, and NULLs never collide in a UNIQUE constraint: this index is
+        # what keeps one run per spec in a sweep
+        Index("uq_run_primary_hash", "sweep_id", "kind", "spec_hash", unique=True,
+              postgresql_where=text("parent_run_id IS NULL"), sqlite_where=text("parent_run_id IS NULL")),
         Index("ix_run_sweep_status", "sweep_id", "status"),
         Index("ix_run_status_lease", "status", "lease_expires_at"),
     )
