@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from nc_core.db.session import session_factory
 from nc_core.settings import Settings, get_settings
+from service.auth import ReadAuth
 from service.enqueue import CeleryEnqueuer, Enqueuer, broker_ping
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.routers import health, metrics, runs, sweeps, workers
@@ -31,8 +32,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.broker_check = broker_check or functools.partial(broker_ping, settings.broker_url)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for module in (health, sweeps, runs, metrics, workers):
-        app.include_router(module.router)
-    for module in (events, plots, prom, dashboard):
-        app.include_router(module.router)
+    app.include_router(health.router)  # /healthz, /readyz: open for probes
+    for module in (sweeps, runs, metrics, workers, events, plots, prom):  # reads need a token with auth_reads
+        app.include_router(module.router, dependencies=[ReadAuth])
+    app.include_router(dashboard.router)  # its pages and data take ReadAuth themselves (not its static files)
     return app

@@ -1,4 +1,5 @@
-"""Bearer tokens: sha256-hashed in api_token; write endpoints need a write/admin-scope token."""
+"""Bearer tokens: sha256-hashed in api_token; write endpoints need a write/admin-scope token, and with
+settings.auth_reads every read needs a token of any scope (header, or the dashboard's cookie)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,8 @@ from service.deps import SessionDep, SettingsDep
 SCOPES = ("read", "write", "admin")
 WRITE_SCOPES = frozenset({"write", "admin"})
 TOKEN_PREFIX = "ncs_"
+#: The cookie the dashboard keeps a read token in (set by its token form; reads only, never writes).
+TOKEN_COOKIE = "ncsweep_token"
 
 
 def hash_token(token: str) -> str:
@@ -51,11 +54,14 @@ def _unauthorized(msg: str) -> HTTPException:
     return HTTPException(401, msg, headers={"WWW-Authenticate": "Bearer"})
 
 
-def lookup_token(session: Session, request: Request) -> ApiToken:
-    """The valid token of the request, or 401."""
+def lookup_token(session: Session, request: Request, *, cookie: bool = False) -> ApiToken:
+    """The valid token of the request (its Authorization header; with ``cookie``, else the dashboard's
+    cookie), or 401."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if not header:
+    if not header and cookie and request.cookies.get(TOKEN_COOKIE):
+        scheme, token = "bearer", request.cookies[TOKEN_COOKIE]
+    elif not header:
         raise _unauthorized("missing 'Authorization: Bearer <token>' header (create one with "
                             "`ncsweep token create --save`, or pass --token / NCSWEEP_TOKEN)")
     if scheme.lower() != "bearer" or not token.strip():
@@ -77,3 +83,14 @@ def require_write(request: Request, session: SessionDep, settings: SettingsDep) 
 
 
 WriteAuth = Annotated[ApiToken | None, Depends(require_write)]
+
+
+def require_read(request: Request, session: SessionDep, settings: SettingsDep) -> ApiToken | None:
+    """Dependency of every reading route when settings.auth_reads (and auth_required): 401 without a valid
+    token of any scope, from the Authorization header or the dashboard's cookie."""
+    if not (settings.auth_required and settings.auth_reads):
+        return None
+    return lookup_token(session, request, cookie=True)
+
+
+ReadAuth = Depends(require_read)

@@ -11,6 +11,7 @@ from nc_core.db import events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
 from nc_core.db.states import RUN_UNITS, metric_step
+from service.auth import ReadAuth, lookup_token
 from service.dashboard import data
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
@@ -29,6 +30,21 @@ def _page(request: Request, name: str, **ctx) -> HTMLResponse:  # noqa: ANN003
     return templates.TemplateResponse(request, name, ctx)
 
 
+def _login_needed(request: Request) -> HTMLResponse | None:
+    """With settings.auth_reads, the token form (401) for a browser without a valid token, else None."""
+    settings = app_settings(request)
+    if not (settings.auth_required and settings.auth_reads):
+        return None
+    with _session(request) as s:
+        try:
+            lookup_token(s, request, cookie=True)
+            return None
+        except HTTPException as exc:
+            page = _page(request, "login.html", reason=exc.detail, title="token")
+            page.status_code = 401
+            return page
+
+
 @router.get("/")
 def root() -> RedirectResponse:
     return RedirectResponse("/ui")
@@ -43,11 +59,13 @@ def static(name: str) -> FileResponse:
 
 @router.get("/ui", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
+    if (login := _login_needed(request)) is not None:
+        return login
     with _session(request) as s:
         return _page(request, "index.html", sweeps=data.sweeps_overview(s), title="sweeps")
 
 
-@router.get("/ui/sweeps.json")
+@router.get("/ui/sweeps.json", dependencies=[ReadAuth])
 def sweeps_json(request: Request) -> JSONResponse:
     with _session(request) as s:
         return JSONResponse(data.sweeps_overview(s))
@@ -62,6 +80,8 @@ def _sweep_or_404(s, sweep_id: int) -> Sweep:  # noqa: ANN001 - a Session
 
 @router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
 def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
+    if (login := _login_needed(request)) is not None:
+        return login
     with _session(request) as s:
         sweep = _sweep_or_404(s, sweep_id)
         state = data.sweep_state(s, sweep_id)
@@ -70,7 +90,7 @@ def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
                      cursor=events_repo.latest_event_id(s), title=f"sweep {sweep_id}")
 
 
-@router.get("/ui/sweeps/{sweep_id}/state.json")
+@router.get("/ui/sweeps/{sweep_id}/state.json", dependencies=[ReadAuth])
 def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query(None),
                      split: SafeStr = "test") -> JSONResponse:
     with _session(request) as s:
@@ -80,13 +100,15 @@ def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query
 
 @router.get("/ui/workers", response_class=HTMLResponse)
 def workers_page(request: Request) -> HTMLResponse:
+    if (login := _login_needed(request)) is not None:
+        return login
     settings = app_settings(request)
     with _session(request) as s:
         return _page(request, "workers.html", workers=workers_repo.list_workers(s, settings.worker_lost_after_seconds),
                      title="workers")
 
 
-@router.get("/ui/workers.json")
+@router.get("/ui/workers.json", dependencies=[ReadAuth])
 def workers_json(request: Request) -> JSONResponse:
     with _session(request) as s:
         return JSONResponse(workers_repo.list_workers(s, app_settings(request).worker_lost_after_seconds))
@@ -94,6 +116,8 @@ def workers_json(request: Request) -> JSONResponse:
 
 @router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: Id) -> HTMLResponse:
+    if (login := _login_needed(request)) is not None:
+        return login
     with _session(request) as s:
         run = s.get(Run, run_id)
         if run is None:
