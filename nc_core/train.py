@@ -120,8 +120,9 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
     correct = torch.zeros((), dtype=torch.long, device=r.device)
     watch = DivergenceWatch(r.device, S, remedy=divergence_remedy(spec))
     n, t0 = 0, time.perf_counter()
+    black = -torch.tensor(r.data.mean) / torch.tensor(r.data.std)  # (C,) a black pixel, normalised
     it = batches(r.x["train"], r.y["train"], spec.batch_size, shuffle=True, generator=r.gen,
-                 augment=spec.data.augment)
+                 augment=spec.data.augment, fill=black if spec.data.augment == "crop_flip" else None)
     for step, (xb, yb) in enumerate(it):
         if r.reporter.should_stop():
             raise _Stopped

@@ -266,6 +266,19 @@ def test_crop_flip_matches_loop_reference_and_replays():
         assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop)
 
 
+def test_crop_flip_pads_with_the_fill_colour_exactly():
+    # the seeds pad PIL images black before Normalize: after normalisation that is −mean/std per channel
+    x = torch.randn(64, 3, 32, 32)
+    fill = torch.tensor([-1.9, -2.0, -1.7])
+    out = crop_flip(x, torch.Generator().manual_seed(0), fill)
+    g = torch.Generator().manual_seed(0)
+    plain = crop_flip(x, g)  # the same draws, zero padding
+    border = plain == 0  # the padded pixels (randn is never exactly 0)
+    assert border.any()
+    assert torch.equal(out[~border], plain[~border])  # the image itself: bit for bit
+    assert torch.equal(out[border], fill[None, :, None, None].expand_as(out)[border])
+
+
 def test_batches_with_augmentation_are_reproducible():
     bundle = load_data(RunSpec(data={"name": "digits", "per_class": 5}), "cpu")
 

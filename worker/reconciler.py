@@ -42,7 +42,8 @@ def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = 
         send_runs(app, [(rid, kinds.get(rid, "train")) for rid in requeued])
         log.info("re-queued runs with expired leases: %s", requeued)
     if failed:
-        log.warning("runs failed after their last attempt lost its worker: %s", failed)
+        log.warning("runs ended when their worker was lost (failed on their last attempt, or cancelled as "
+                    "requested): %s", failed)
     resent = resend_lost(settings, app, now - timedelta(seconds=resend_after_s),
                          held_after=time.time() - resend_after_s)
     return {"requeued": requeued, "failed": failed, "resent": resent}

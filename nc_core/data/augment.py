@@ -10,11 +10,13 @@ from torch import Tensor
 AUGMENTS = ("none", "crop_flip")
 
 
-def crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Random crop after zero padding (4 px at 32 px, scaled: max(1, round(4·H/32))) + horizontal flip.
+def crop_flip(x: Tensor, generator: torch.Generator | None = None, fill: Tensor | None = None) -> Tensor:
+    """Random crop after padding (4 px at 32 px, scaled: max(1, round(4·H/32))) + horizontal flip.
 
     Vectorised as one gather; the draws come from ``generator`` (on its own device), so a saved
-    generator state replays the same augmentations. Zero padding = the mean colour after normalisation.
+    generator state replays the same augmentations. The padding is ``fill`` (C,) per channel — a black
+    pixel after normalisation, −mean/std, as torchvision's RandomCrop pads the seeds' PIL images before
+    Normalize — or 0 without it.
     """
     b, _, h, w = x.shape  # (B, C, H, W)
     pad = max(1, round(4 * h / 32))
@@ -26,14 +28,20 @@ def crop_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # (B, W)
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    if fill is not None:  # the border takes the fill exactly (no x − f + f rounding inside)
+        f = fill.to(device=x.device, dtype=x.dtype)[None, :, None, None]  # (1, C, 1, 1)
+        for border in (padded[:, :, :pad], padded[:, :, -pad:], padded[:, :, :, :pad], padded[:, :, :, -pad:]):
+            border.copy_(f.expand_as(border))
     bi = torch.arange(b, device=x.device)[:, None, None, None]
     ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None,
-            augment: str = "none", drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Mini-batches of resident tensors; the permutation and augmentation draws use ``generator``."""
+            augment: str = "none", drop_last: bool = False,
+            fill: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mini-batches of resident tensors; the permutation and augmentation draws use ``generator``;
+    ``fill`` (C,): crop_flip's padding value."""
     if augment not in AUGMENTS:
         raise ValueError(f"batches: unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
     if augment == "crop_flip" and x.ndim != 4:
@@ -54,5 +62,5 @@ def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: 
             idx = order[start:start + batch_size]  # (B,)
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # ~3x faster than x[idx] on the CPU
         if augment == "crop_flip":
-            xb = crop_flip(xb, generator)
+            xb = crop_flip(xb, generator, fill)
         yield xb, yb

@@ -244,7 +244,8 @@ def expired_runs(session: Session, now: datetime | None = None) -> list[Run]:
 
 def requeue_expired(session: Session, now: datetime | None = None,
                     max_attempts: int | None = None) -> tuple[list[int], list[int]]:
-    """Expired leases → queued again (attempts left), else failed (or cancelled if requested)."""
+    """Expired leases → queued again (attempts left), else failed (or cancelled if requested): (re-queued ids,
+    ended ids — failed and cancelled alike)."""
     now = now or utcnow()
     requeued, failed = [], []
     for run in expired_runs(session, now):
