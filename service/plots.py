@@ -21,6 +21,7 @@ from nc_core.db.sweeps_repo import PRIMARY_KINDS  # noqa: E402
 from nc_core.sweep import get_path, short_names  # noqa: E402
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
+POINT_MARKERS = {"marker": "o", "markersize": 3}  # small: a single eval point shows, many stay a readable line
 TITLES = {"nc1": "NC1", "nc2_w": "NC2 (W)", "nc3": "NC3", "wh_b": "NC4 (‖Wμ_G + b‖)", "acc": "accuracy %"}
 
 
@@ -92,9 +93,10 @@ def run_step(session: Session, run_id: int) -> str:
 
 
 def plot_epochs(ax: Any, points: dict[int, float], unit: str = "epoch", **style: Any) -> None:
-    """Draw {epoch: value} as a line, epochs ascending, on integer ticks labelled ``unit`` (states.metric_step)."""
+    """Draw {epoch: value} as a line with small point markers (one eval point stays visible), epochs ascending,
+    on integer ticks labelled ``unit`` (states.metric_step)."""
     epochs = sorted(points)
-    ax.plot(epochs, [points[e] for e in epochs], lw=2, **style)
+    ax.plot(epochs, [points[e] for e in epochs], lw=2, **{**POINT_MARKERS, **style})
     ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -153,7 +155,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
             epochs = sorted(by_epoch)
             mean = np.array([finite_mean(by_epoch[e]) for e in epochs])
             std = np.array([sample_std(by_epoch[e]) for e in epochs])  # NaN: fill_between leaves a gap
-            ax.plot(epochs, mean, lw=2, alpha=0.8, color=colors[config], label=config)
+            ax.plot(epochs, mean, lw=2, alpha=0.8, color=colors[config], label=config, **POINT_MARKERS)
             ax.fill_between(epochs, mean - std, mean + std, color=colors[config], alpha=0.2)
         ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
         ax.set_xlabel(unit)

@@ -349,3 +349,20 @@ def test_the_dashboard_counts_only_the_sweeps_own_runs(sqlite_app_client) -> Non
     assert by_acc["matrix"][0][0]["value"] == pytest.approx(group["metrics"]["acc"]["mean"])
     index = client.get("/ui").text
     assert "<td>18</td>" in index and "succeeded 18" in index and "validate jobs 1" in index
+
+
+def test_metric_curves_mark_their_points_so_one_point_shows(sqlite_app_client, monkeypatch) -> None:  # noqa: ANN001
+    # a 1-epoch run has a single eval point per curve: a line without markers draws nothing
+    client = sqlite_app_client
+    sid, runs = seed_sweep(client.db_url, epochs=1)
+    lines: list = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, *a, **k: lines.extend(plot(ax, *a, **k)) or lines)
+    for url in (f"/sweeps/{sid}/plots/dynamics.png", f"/runs/{runs[0]}/plots/curves.png",
+                f"/runs/{runs[0]}/plots/margins.png"):
+        _get_png(client, url)
+        assert lines, url
+        assert all(len(line.get_xdata()) == 1 for line in lines), url
+        assert all(line.get_marker() not in (None, "", "None", " ") for line in lines), url
+        assert all(0 < line.get_markersize() <= 4 for line in lines), url  # small: multi-point curves stay lines
+        lines.clear()

@@ -1,6 +1,7 @@
 """Dashboard view models: sweep list with progress, completion matrix, run table, worker bars."""
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from typing import Any
@@ -10,10 +11,35 @@ from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
+from nc_core.db.states import RUN_UNITS
 from nc_core.db.sweeps_repo import PRIMARY_KINDS
 from service.plots import _axis_value, _sort_key, final_values, finite_mean, sweep_runs
 
 STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
+FINISHED = ("succeeded", "failed", "cancelled")
+ERROR_CHARS = 120  # the runs table's error column; the full last line goes in its title
+
+
+def value_label(value: Any) -> str:
+    """An axis value as the runs table writes it (JSON style: true/false), empty for a missing axis."""
+    if value is None:
+        return ""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def error_line(error: str | None) -> str:
+    """The last line of a run's error (its exception), whole."""
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def short_error(line: str, limit: int = ERROR_CHARS) -> str:
+    """`line` cut to `limit` characters at a word boundary where one is near, with an ellipsis."""
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit * 2 // 3 else cut).rstrip() + "…"
 
 
 def sweeps_overview(session: Session, limit: int = 200) -> list[dict[str, Any]]:
@@ -50,16 +76,20 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: str = "test") -> dict[str, Any]:
+def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: str | None = None) -> dict[str, Any]:
     """The runs the sweep's grid defines (with progress) and the completion matrix over the first two axes
     (others + seeds folded; a cell's value is the mean over its runs' finite final values, as /results);
-    validate jobs are counted apart (``validate_jobs``, per status) and stay out of the counts and the cells."""
+    validate jobs are counted apart (``validate_jobs``, per status) and stay out of the counts and the cells;
+    `split` defaults to the sweep's (sweeps_repo.default_split: train for a UFM sweep)."""
     sweep = session.get(Sweep, sweep_id)
+    default_split = sweeps_repo.default_split(session, sweep_id)
+    split = split or default_split
     runs = sweep_runs(session, sweep_id)
     axes = list(sweep.axes or []) if sweep else []
     row_axis = axes[0] if axes else None
     col_axis = axes[1] if len(axes) > 1 else None
     values = final_values(session, runs, key, split) if key else {}
+    keys = metric_keys(session, sweep_id)
 
     def axis_values(path: str | None) -> list:
         return sorted({_axis_value(r, path) for r in runs}, key=_sort_key) if path else [None]
@@ -71,8 +101,10 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
         i = rows.index(_axis_value(r, row_axis)) if row_axis else 0
         j = cols.index(_axis_value(r, col_axis)) if col_axis else 0
         cells[(i, j)].append(r)
-        run_rows.append({"id": r.id, "status": r.status, "grid": r.grid or {}, "seed": r.seed, "worker": r.worker_name,
-                         "error": (r.error or "").strip().splitlines()[-1][:120] if r.error else "",
+        last_line = error_line(r.error)
+        run_rows.append({"id": r.id, "status": r.status, "grid": {k: value_label(v) for k, v in (r.grid or {}).items()},
+                         "seed": r.seed, "worker": r.worker_name, "error": short_error(last_line),
+                         "error_full": last_line,
                          "value": _finite_or_none(values.get(r.id)), **workers_repo.run_progress(r)})
     matrix = []
     for i, _ in enumerate(rows):
@@ -85,10 +117,36 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
                          "value": _finite_or_none(mean)})
         matrix.append(line)
     total = len(runs)
-    finished = sum(r.status in ("succeeded", "failed", "cancelled") for r in runs)
+    finished = sum(r.status in FINISHED for r in runs)
     stats = sweeps_repo.sweep_stats(session, [sweep_id])[sweep_id]  # the API's progress (work done) and counts
     return {"sweep_id": sweep_id, "name": sweep.name if sweep else "", "axes": axes, "row_axis": row_axis,
-            "col_axis": col_axis, "rows": [str(v) for v in rows], "cols": [str(v) for v in cols], "matrix": matrix,
+            "col_axis": col_axis, "rows": [value_label(v) for v in rows], "cols": [value_label(v) for v in cols],
+            "matrix": matrix,
             "runs": run_rows, "counts": dict(Counter(r.status for r in runs)), "progress": stats["progress"],
-            "validate_jobs": stats["validate_jobs"],
-            "finished": total > 0 and finished == total, "key": key, "split": split}
+            "validate_jobs": stats["validate_jobs"], "validate_runs": validate_runs(session, sweep_id),
+            "keys": keys,
+            "finished": total > 0 and finished == total, "key": key, "split": split, "default_split": default_split,
+            "heatmap": heatmap_metric(keys, default_split)}
+
+
+def heatmap_metric(keys: list[dict[str, str]], split: str) -> dict[str, str]:
+    """The heatmap's metric while the matrix is coloured by status: acc on the sweep's default split, else its
+    first stored key there (a UFM sweep stores no acc)."""
+    on_split = [k["key"] for k in keys if k["split"] == split]
+    return {"key": "acc" if "acc" in on_split or not on_split else on_split[0], "split": split}
+
+
+def validate_runs(session: Session, sweep_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    """The sweep's validate jobs (newest first): id, status and the run each re-evaluates."""
+    jobs = session.scalars(select(Run).where(Run.sweep_id == sweep_id, Run.kind == "validate")
+                           .order_by(Run.id.desc()).limit(limit))
+    return [{"id": j.id, "status": j.status, "parent_run_id": j.parent_run_id} for j in jobs]
+
+
+def run_view(session: Session, run: Run) -> dict[str, Any]:
+    """What the run page shows and refreshes: status, attempt, worker, progress/ETA, error, telemetry."""
+    return {"id": run.id, "sweep_id": run.sweep_id, "kind": run.kind, "parent_run_id": run.parent_run_id,
+            "status": run.status, "finished": run.status in FINISHED, "attempt": run.attempt,
+            "max_attempts": run.max_attempts, "worker": run.worker_name, "error": run.error or "",
+            "unit": list(RUN_UNITS.get(run.kind, RUN_UNITS["train"])), **workers_repo.run_progress(run),
+            "telemetry": workers_repo.run_telemetry(session, run.id)}

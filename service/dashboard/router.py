@@ -10,15 +10,16 @@ from fastapi.templating import Jinja2Templates
 from nc_core.db import events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
-from nc_core.db.states import RUN_UNITS, metric_step
+from nc_core.db.states import metric_step
 from service.auth import ReadAuth, lookup_token
 from service.dashboard import data
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
 
 HERE = Path(__file__).resolve().parent
-STATIC = {"dashboard.js": "text/javascript", "style.css": "text/css"}
+STATIC = {"dashboard.js": "text/javascript", "sweep.js": "text/javascript", "style.css": "text/css"}
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["value_label"] = data.value_label
 router = APIRouter(include_in_schema=False)
 
 
@@ -85,17 +86,17 @@ def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
     with _session(request) as s:
         sweep = _sweep_or_404(s, sweep_id)
         state = data.sweep_state(s, sweep_id)
-        return _page(request, "sweep.html", sweep=sweep, state=state, keys=data.metric_keys(s, sweep_id),
+        return _page(request, "sweep.html", sweep=sweep, state=state,
                      unit=metric_step(sweeps_repo.sweep_kinds(s, sweep_id)),  # what its runs count
                      cursor=events_repo.latest_event_id(s), title=f"sweep {sweep_id}")
 
 
 @router.get("/ui/sweeps/{sweep_id}/state.json", dependencies=[ReadAuth])
 def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query(None),
-                     split: SafeStr = "test") -> JSONResponse:
+                     split: SafeStr | None = Query(None)) -> JSONResponse:
     with _session(request) as s:
         _sweep_or_404(s, sweep_id)
-        return JSONResponse(data.sweep_state(s, sweep_id, key or None, split))
+        return JSONResponse(data.sweep_state(s, sweep_id, key or None, split or None))
 
 
 @router.get("/ui/workers", response_class=HTMLResponse)
@@ -114,14 +115,23 @@ def workers_json(request: Request) -> JSONResponse:
         return JSONResponse(workers_repo.list_workers(s, app_settings(request).worker_lost_after_seconds))
 
 
+def _run_or_404(s, run_id: int) -> Run:  # noqa: ANN001 - a Session
+    run = s.get(Run, run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id} not found")
+    return run
+
+
+@router.get("/ui/runs/{run_id}.json", dependencies=[ReadAuth])  # before /ui/runs/{run_id}, which would match it
+def run_json(request: Request, run_id: Id) -> JSONResponse:
+    with _session(request) as s:
+        return JSONResponse(data.run_view(s, _run_or_404(s, run_id)))
+
+
 @router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: Id) -> HTMLResponse:
     if (login := _login_needed(request)) is not None:
         return login
     with _session(request) as s:
-        run = s.get(Run, run_id)
-        if run is None:
-            raise HTTPException(404, f"run {run_id} not found")
-        return _page(request, "run.html", run=run, progress=workers_repo.run_progress(run),
-                     unit=RUN_UNITS.get(run.kind, RUN_UNITS["train"]),
-                     telemetry=workers_repo.run_telemetry(s, run_id), title=f"run {run_id}")
+        run = _run_or_404(s, run_id)
+        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {run_id}")

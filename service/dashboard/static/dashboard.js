@@ -1,4 +1,4 @@
-// ncsweep dashboard: live tables, completion matrix, refreshed plots (no build step, no dependencies).
+// ncsweep dashboard: live tables, run page, refreshed plots (no build step, no dependencies); sweep page: sweep.js.
 "use strict";
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
@@ -6,8 +6,11 @@ const pct = (f) => `${(100 * (f || 0)).toFixed(0)}%`;
 const bar = (f, cls = "") => `<div class="bar ${cls}"><div style="width:${(100 * Math.min(1, f || 0)).toFixed(1)}%"></div></div>`;
 const eta = (s) => s == null ? "" : s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m` : `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, "0")}s`;
 const gib = (b) => b == null ? "" : (b / 2 ** 30).toFixed(1);
+const whole = (x) => x == null ? "—" : x.toFixed(0);
 const config = (r) => Object.entries(r.grid || {}).map(([k, v]) => `${k}=${v}`).join(" ") + ` seed=${r.seed}`;
+const chip = (status, text = status) => `<span class="chip st-${esc(status)}">${esc(text)}</span>`;
 const init = () => JSON.parse(($("#init") || {}).textContent || "{}");
+const pages = {};  // page name (body's data-page) → its setup; sweep.js adds the sweep page
 
 function refreshPlots() {
   for (const img of document.querySelectorAll("img.plot")) {
@@ -22,85 +25,45 @@ async function getJSON(url) {
   return res.json();
 }
 
-function poll(fn, ms) {
-  const tick = async () => { try { await fn(); } catch (e) { console.warn(e.message); } setTimeout(tick, ms); };
-  setTimeout(tick, ms);
+// the nav's ● : green while this page's polls or event stream succeed, red when they fail, grey when idle
+const live = {
+  set(state, title) { const el = $("#live"); if (el) { el.className = `live ${state}`; el.title = title; } },
+  ok(what) { live.set("on", `live: ${what} updated ${new Date().toLocaleTimeString()}`); },
+  fail(what, err) { live.set("down", `server unreachable: ${what} failed (${err.message}) at ${new Date().toLocaleTimeString()}; retrying`); },
+  idle(why) { live.set("idle", why); },
+};
+
+// calls fn every ms while started (stop() inside fn ends it); reports each outcome on the live indicator
+function poller(fn, ms, what, onIdle = () => live.idle(`${what}: not polling`)) {
+  let timer = null, active = false;
+  const tick = async () => {
+    clearTimeout(timer);
+    timer = null;
+    try { await fn(); if (active) live.ok(what); else onIdle(); } catch (e) { console.warn(e.message); live.fail(what, e); }
+    if (active && !timer) timer = setTimeout(tick, ms);
+  };
+  return {
+    start() { active = true; if (!timer) timer = setTimeout(tick, ms); },
+    stop() { active = false; clearTimeout(timer); timer = null; },
+    now: tick,
+  };
 }
 
 // validate jobs re-evaluate a run's checkpoints: shown apart, never in a sweep's run counts or cell means
-const validateJobs = (byStatus) => {
+const validateJobs = (byStatus, href) => {
   const n = Object.values(byStatus || {}).reduce((a, b) => a + b, 0);
-  return n ? ` <small class="validate-jobs" title="${esc(Object.entries(byStatus).map(([k, v]) => `${k} ${v}`).join(", "))}">+ validate jobs ${n}</small>` : "";
+  const title = esc(Object.entries(byStatus || {}).map(([k, v]) => `${k} ${v}`).join(", "));
+  return n ? ` <a class="validate-jobs" href="${href}" title="${title}"><small>+ validate jobs ${n}</small></a>` : "";
 };
 
 // -- sweeps list ---------------------------------------------------------------------------------
 function renderSweeps(sweeps) {
   const rows = sweeps.map((s) => `<tr data-sweep="${s.id}"><td><a href="/ui/sweeps/${s.id}">${s.id}</a></td>
-    <td><a href="/ui/sweeps/${s.id}">${esc(s.name)}</a></td><td>${esc(s.axes.join(", "))}</td><td>${s.runs}</td>
+    <td class="name"><a href="/ui/sweeps/${s.id}">${esc(s.name)}</a></td><td>${esc(s.axes.join(", "))}</td><td>${s.runs}</td>
     <td>${bar(s.progress)} <span class="pct">${pct(s.progress)}</span></td>
-    <td>${Object.entries(s.counts).map(([k, v]) => `<span class="chip st-${k}">${k} ${v}</span>`).join(" ")}${validateJobs(s.validate_jobs)}</td>
+    <td>${Object.entries(s.counts).map(([k, v]) => chip(k, `${k} ${v}`)).join(" ")}${validateJobs(s.validate_jobs, `/ui/sweeps/${s.id}#validate`)}</td>
     <td>${esc(s.created_at.slice(0, 19))}</td></tr>`);
   $("#sweeps tbody").innerHTML = rows.join("") || `<tr><td colspan="7">no sweeps yet</td></tr>`;
-}
-
-// -- sweep page ----------------------------------------------------------------------------------
-function colourScale(values) {
-  const finite = values.filter((v) => v != null && isFinite(v));
-  const lo = Math.min(...finite), hi = Math.max(...finite);
-  return (v) => {
-    if (v == null || !isFinite(v)) return "#e5e7eb";
-    const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;  // dark purple → teal → yellow (viridis-like)
-    const stops = [[68, 1, 84], [33, 145, 140], [253, 231, 37]];
-    const [a, b, u] = t < 0.5 ? [stops[0], stops[1], t * 2] : [stops[1], stops[2], (t - 0.5) * 2];
-    return `rgb(${a.map((x, i) => Math.round(x + (b[i] - x) * u)).join(",")})`;
-  };
-}
-
-function renderMatrix(state) {
-  const byValue = !!state.key;
-  const scale = colourScale(state.matrix.flat().map((c) => c.value));
-  const head = `<tr><th>${esc(state.row_axis || "")} \\ ${esc(state.col_axis || "")}</th>${state.cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr>`;
-  const body = state.matrix.map((line, i) => `<tr><th>${esc(state.rows[i])}</th>${line.map((c, j) => {
-    const label = byValue ? (c.value == null ? "–" : c.value.toPrecision(3)) : `${c.done}/${c.n}`;
-    const style = byValue ? ` style="background:${scale(c.value)}"` : "";
-    return `<td id="cell-${i}-${j}" class="cell st-${c.status}" data-status="${c.status}"${style}
-      title="runs ${c.runs.join(", ")}: ${c.status}">${label}</td>`;
-  }).join("")}</tr>`);
-  $("#matrix").innerHTML = `<table>${head}${body.join("")}</table>`;
-}
-
-function renderRuns(state) {
-  $("#runs tbody").innerHTML = state.runs.map((r) => `<tr data-run="${r.id}" data-status="${r.status}">
-    <td><a href="/ui/runs/${r.id}">${r.id}</a></td><td><span class="chip st-${r.status}">${r.status}</span></td>
-    <td>${esc(config(r))}</td><td>${bar(r.progress)} ${pct(r.progress)}</td>
-    <td>${r.epoch}/${r.epochs_total}</td><td>${eta(r.eta_s)}</td><td>${esc(r.worker || "")}</td><td>${esc(r.error)}</td></tr>`).join("");
-  $("#sweep-bar").style.width = `${(100 * state.progress).toFixed(1)}%`;
-  $("#sweep-pct").textContent = pct(state.progress);
-  $("#sweep-counts").innerHTML = Object.entries(state.counts).map(([k, v]) => `<span class="chip st-${k}">${k} ${v}</span>`).join(" ");
-  $("#sweep-validate-jobs").innerHTML = validateJobs(state.validate_jobs);
-}
-
-function sweepPage() {
-  const {sweep_id: id, cursor, state} = init();
-  const render = (s) => { renderMatrix(s); renderRuns(s); };
-  render(state);
-  refreshPlots();
-  let pending = null, lastPlot = Date.now();
-  const refresh = async () => {
-    const [key, split] = ($("#colour-by").value || "|").split("|");
-    const q = key ? `?key=${encodeURIComponent(key)}&split=${encodeURIComponent(split)}` : "";
-    render(await getJSON(`/ui/sweeps/${id}/state.json${q}`));
-    if (Date.now() - lastPlot > 5000) { lastPlot = Date.now(); refreshPlots(); }
-  };
-  const schedule = () => { if (!pending) pending = setTimeout(() => { pending = null; refresh().catch((e) => console.warn(e.message)); }, 300); };
-  $("#colour-by").addEventListener("change", schedule);
-  if (window.EventSource) {
-    const es = new EventSource(`/events?sweep_id=${id}&since=${cursor}`);
-    for (const kind of ["status", "progress", "metric", "worker"]) es.addEventListener(kind, schedule);
-    es.onopen = () => $("#live").classList.add("on");
-    es.onerror = () => $("#live").classList.remove("on");
-  }
-  poll(refresh, 10000);  // fallback when events are not delivered (proxies, old browsers)
 }
 
 // -- workers page --------------------------------------------------------------------------------
@@ -109,7 +72,7 @@ function renderWorkers(workers) {
     const mem = w.memory_total ? w.memory_used / w.memory_total : 0;
     const run = w.run ? `<a href="/ui/runs/${w.run.id}">${w.run.id}</a>` : "";
     return `<tr data-worker="${esc(w.name)}" data-status="${w.status}"><td>${esc(w.name)}<br><small>${esc(w.host)} pid ${w.pid ?? ""}</small></td>
-      <td><span class="chip st-${w.status}">${w.status}</span></td><td>${esc(w.gpu_name || w.device)}</td>
+      <td>${chip(w.status)}</td><td>${esc(w.gpu_name || w.device)}</td>
       <td>${bar((w.util_percent || 0) / 100)} ${w.util_percent == null ? "" : w.util_percent.toFixed(0) + "%"}</td>
       <td>${bar(mem)} ${gib(w.memory_used)}/${gib(w.memory_total)} GiB</td>
       <td>${w.temperature_c == null ? "" : w.temperature_c.toFixed(0) + " °C"}</td><td>${run}</td>
@@ -118,10 +81,39 @@ function renderWorkers(workers) {
   }).join("") || `<tr><td colspan="9">no workers have reported yet: <code>ncsweep worker</code></td></tr>`;
 }
 
-const pages = {
-  index: () => poll(async () => renderSweeps(await getJSON("/ui/sweeps.json")), 3000),
-  sweep: sweepPage,
-  workers: () => { renderWorkers(init().workers); poll(async () => renderWorkers(await getJSON("/ui/workers.json")), 2000); },
-  run: () => { refreshPlots(); if (["running", "queued"].includes(init().status)) poll(async () => refreshPlots(), 10000); },
-};
-(pages[document.body.dataset.page] || (() => {}))();
+// -- run page ------------------------------------------------------------------------------------
+function renderRun(v) {
+  const [steps, rate] = v.unit;
+  $("#run-status").className = `chip st-${v.status}`;
+  $("#run-status").textContent = v.status;
+  $("#run-attempt").textContent = `${v.attempt}/${v.max_attempts}`;
+  $("#run-worker").textContent = v.worker || "—";
+  $("#run-bar").style.width = `${(100 * Math.min(1, v.progress || 0)).toFixed(1)}%`;
+  $("#run-progress").textContent = `${steps} ${v.epoch}/${v.epochs_total}` + (v.kind === "train" ? ` · step ${v.step}/${v.steps_total}` : "")
+    + (v.samples_per_s ? ` · ${v.samples_per_s.toFixed(0)} ${rate}` : "") + (v.eta_s ? ` · ETA ${eta(v.eta_s)}` : "");
+  const t = v.telemetry;
+  $("#run-telemetry").textContent = t.samples ? `telemetry: peak memory ${t.peak_memory ? (t.peak_memory / 2 ** 30).toFixed(2) : "—"} GiB`
+    + ` · mean ${whole(t.mean_samples_per_s)} / peak ${whole(t.peak_samples_per_s)} ${rate}` : "";
+  $("#run-error").innerHTML = v.error ? `<h2>Error</h2><pre id="error">${esc(v.error)}</pre>` : "";
+}
+
+function runPage() {
+  let view = init().run, lastPlot = Date.now();
+  const done = () => live.idle(`run ${view.id} ${view.status}: no more updates`);
+  const poll = poller(async () => {
+    const next = await getJSON(`/ui/runs/${view.id}.json`);
+    const changed = next.status !== view.status;
+    view = next;
+    renderRun(view);
+    if (changed || (view.status === "running" && Date.now() - lastPlot >= 10000)) { lastPlot = Date.now(); refreshPlots(); }
+    if (view.finished) poll.stop();
+  }, 3000, `run ${view.id}`, done);
+  renderRun(view);
+  refreshPlots();
+  if (view.finished) done(); else poll.start();
+}
+
+pages.index = () => poller(async () => renderSweeps(await getJSON("/ui/sweeps.json")), 3000, "sweeps").start();
+pages.workers = () => { renderWorkers(init().workers); poller(async () => renderWorkers(await getJSON("/ui/workers.json")), 2000, "workers").start(); };
+pages.run = runPage;
+document.addEventListener("DOMContentLoaded", () => (pages[document.body.dataset.page] || (() => {}))());
