@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neur
 EXAMPLE_SPEC = """\
 # A RunSpec: one training run. Every field has a default; `python -m nc_core run this.yaml`.
 kind: train            # train | ufm (unconstrained-feature model, needs a `ufm:` section)
-seed: 0
+seed: 0                # a sweep takes its seeds from its `seeds:` list: leave this out of a sweep's base
 epochs: 30
 batch_size: 128
 device: auto           # auto | cpu | cuda
@@ -68,7 +68,7 @@ EXAMPLE_UFM_SPEC = """\
 # A UFM RunSpec: free features H and a (deep) linear classifier optimised directly, full batch. Only seed,
 # device, deterministic, checkpoint.keep_last and the ufm section apply; `python -m nc_core run this.yaml`.
 kind: ufm
-seed: 0
+seed: 0                # a sweep takes its seeds from its `seeds:` list: leave this out of a sweep's base
 device: auto           # auto | cpu | cuda
 ufm:
   class_counts: [100, 100, 100, 100]   # samples per class: unequal counts make an imbalanced UFM

@@ -54,6 +54,19 @@ class _Run:
         return -(-self.y["train"].shape[0] // self.spec.batch_size)
 
 
+def _check_batch_norm_batches(spec: RunSpec, model: torch.nn.Module, n: int) -> None:
+    """Batch norm cannot train on a batch of one sample: refuse a batch_size that makes one (the last batch of
+    an epoch when N mod B = 1, or every batch when B = 1) before the first step, naming the fields."""
+    bs = spec.batch_size
+    if not (bs == 1 or n % bs == 1) or not any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    near = ", ".join(str(b) for b in sorted({bs + d for d in range(-3, 4)}) if b >= 2 and n % b != 1)
+    raise ValueError(f"batch_size: {bs} leaves a batch of 1 sample of the {n} training samples, and the model's "
+                     f"batch norm cannot train on one sample; expected a batch_size with N mod batch_size ≠ 1 "
+                     f"(e.g. {near}), or model.batch_norm: false for an MLP")
+
+
 def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Path) -> _Run:
     from nc_core.data import load_data
     from nc_core.losses import build_loss
@@ -63,6 +76,7 @@ def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Pa
     seed_everything(spec.seed)
     data = load_data(spec, device)
     model = build_model(spec, data.input_shape, data.num_classes).to(device)
+    _check_batch_norm_batches(spec, model, data.train_y.shape[0])
     x = {"train": data.train_x, "test": data.test_x}
     if device.type == "cuda" and data.train_x.dim() == 4:  # conv nets: NHWC kernels
         model = model.to(memory_format=torch.channels_last)

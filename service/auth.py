@@ -50,6 +50,22 @@ def revoke_token(url: str, token: str) -> bool:
         return True
 
 
+def revoke_named(url: str, name: str) -> int:
+    """Revoke every live token labelled ``name``; how many were."""
+    with session_scope(url) as session:
+        rows = list(session.scalars(select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False))))
+        for row in rows:
+            row.revoked = True
+        return len(rows)
+
+
+def list_tokens(url: str) -> list[dict]:
+    """Every token's id, name, scope, creation time and whether it is revoked (never the token itself)."""
+    with session_scope(url) as session:
+        return [{"id": t.id, "name": t.name, "scope": t.scope, "created_at": t.created_at, "revoked": t.revoked}
+                for t in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+
 def _unauthorized(msg: str) -> HTTPException:
     return HTTPException(401, msg, headers={"WWW-Authenticate": "Bearer"})
 

@@ -129,6 +129,47 @@ def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name", h
               "not saved: the CLI uses it with --token, NCSWEEP_TOKEN, or `token create --save`", highlight=False)
 
 
+@token_app.command("list")
+def token_list(ctx: typer.Context):
+    """The configured database's tokens: id, name, scope, created, revoked (never the tokens themselves)."""
+    from rich.table import Table
+
+    from nc_core.db.migrate import upgrade
+    from service.auth import list_tokens
+
+    url = _ctx(ctx).settings.resolved_database_url()
+    upgrade(url)
+    table = Table(title="API tokens", title_justify="left")
+    for col in ("id", "name", "scope", "created", "revoked"):
+        table.add_column(col)
+    for t in list_tokens(url):
+        table.add_row(str(t["id"]), t["name"], t["scope"], f"{t['created_at']:%Y-%m-%d %H:%M}", "yes" if t["revoked"] else "")
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(ctx: typer.Context, token: Optional[str] = typer.Argument(None, help="the token to revoke"),
+                 name: Optional[str] = typer.Option(None, "--name", help="revoke every live token with this name")):
+    """Revoke a token (or every token with a name): its next request gets 401."""
+    from nc_core.db.migrate import upgrade
+    from service.auth import revoke_named, revoke_token
+
+    if (token is None) == (name is None):
+        raise typer.BadParameter("expected a TOKEN or --name NAME (one of them)", param_hint="TOKEN / --name")
+    url = _ctx(ctx).settings.resolved_database_url()
+    upgrade(url)
+    if token is not None:
+        if not revoke_token(url, token.strip()):
+            raise typer.BadParameter("no such token in this database (`ncsweep token list` shows their names)",
+                                     param_hint="TOKEN")
+        out.print("revoked 1 token", highlight=False)
+        return
+    n = revoke_named(url, name)
+    if not n:
+        raise typer.BadParameter(f"no live token named {name!r} (`ncsweep token list` shows them)", param_hint="--name")
+    out.print(f"revoked {n} token{'' if n == 1 else 's'} named {name!r}", highlight=False)
+
+
 @app.command()
 def submit(ctx: typer.Context, path: Path = typer.Argument(..., exists=True, dir_okay=False, help="sweep YAML or JSON")):
     """Submit a sweep; prints its id and run count."""
@@ -220,7 +261,7 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
     body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
     split = body.get("split", split or "test")
     out.print(results_table(body, sweep, split, epoch, width=out.width))
-    caveat = results_caveat(body) if str(epoch) == "last" else None
+    caveat = results_caveat(body)
     if caveat:
         err.print(caveat, highlight=False, markup=False)
     hint = results_hint(body, sweep, split, epoch)

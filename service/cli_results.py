@@ -66,8 +66,9 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
 
 
 def results_caveat(body: dict) -> str | None:
-    """At 'last', a note when the values of the table do not all come from one epoch or from finished runs
-    (a cancelled run's last epoch is short of the others'), naming them and the --epoch that lines them up."""
+    """A note when the values of the table do not all come from finished runs (a cancelled or running run's
+    values stand beside finished ones) or, at 'last', from one epoch (a cancelled run's last epoch is short of
+    the others'), naming them and the --epoch that lines them up."""
     groups = body.get("groups") or [] if isinstance(body, dict) else []
     unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"
     epochs = sorted({e for g in groups for e in g.get("measured_epochs") or []})

@@ -42,11 +42,15 @@ def _status(text: str) -> str:
 SILENT_AFTER_S = 30.0
 
 
+def _silent(run: dict) -> bool:
+    """A running run whose worker has not reported for SILENT_AFTER_S (its ETA means nothing then)."""
+    return run["status"] == "running" and (run.get("silent_s") or 0.0) >= SILENT_AFTER_S
+
+
 def _run_status(run: dict) -> str:
     """The run's status, and for a running one its worker's silence when it has not reported lately."""
-    silent = run.get("silent_s")
-    if run["status"] == "running" and silent is not None and silent >= SILENT_AFTER_S:
-        return f"{_status('running')} [yellow](silent {silent:.0f} s: worker lost?)[/]"
+    if _silent(run):
+        return f"{_status('running')} [yellow](silent {run['silent_s']:.0f} s: worker lost?)[/]"
     return _status(run["status"])
 
 
@@ -125,7 +129,8 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
         unit = "" if rate != "rate" else " " + RUN_UNITS[r.get("kind", "train")][1]
         table.add_row(str(r["id"]), _run_status(r), _grid(r), _bar(f), f"{100 * f:5.1f}%",
                       f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
-                      f"{r['samples_per_s']:.0f}{unit}" if r.get("samples_per_s") else "", _eta(run_eta(r)))
+                      f"{r['samples_per_s']:.0f}{unit}" if r.get("samples_per_s") else "",
+                      "?" if _silent(r) else _eta(run_eta(r)))
     return Group(head, table, workers_table(_enrich_workers(workers, runs)))
 
 
@@ -188,7 +193,8 @@ def spec_changes(spec: dict) -> str:
 
     defaults = _flat(RunSpec().model_dump(mode="json"))
     changed = {p: v for p, v in _flat(spec).items() if p != "seed" and (p not in defaults or defaults[p] != v)}
-    return " ".join(f"{p}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for p, v in changed.items()) or \
+    shown = {p: int(v) if isinstance(v, float) and v.is_integer() else v for p, v in changed.items()}  # width=256
+    return " ".join(f"{p}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for p, v in shown.items()) or \
         "every field at its default"
 
 

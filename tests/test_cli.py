@@ -332,6 +332,33 @@ def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, mon
     assert rc == 2 and "read, write, admin" in err
 
 
+@SQLITE
+def test_tokens_are_listed_without_secrets_and_revoked_by_value_or_name(db_url: str, tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from nc_core.db.models import ApiToken
+    from nc_core.db.session import session_scope
+
+    monkeypatch.setenv("NCSWEEP_DATABASE_URL", db_url)
+    tokens = [ncsweep(capsys, "token", "create", "--name", name, "--scope", "read")[1].strip()
+              for name in ("alice", "bob", "bob")]
+    rc, out, _ = ncsweep(capsys, "token", "list")
+    assert rc == 0 and "alice" in out and out.count("bob") == 2 and not any(t in out for t in tokens)
+    rc, out, _ = ncsweep(capsys, "token", "revoke", tokens[0])
+    assert rc == 0 and "revoked 1 token" in out
+    rc, out, _ = ncsweep(capsys, "token", "revoke", "--name", "bob")
+    assert rc == 0 and "revoked 2 tokens named 'bob'" in out
+    with session_scope(db_url) as s:
+        assert all(s.scalars(select(ApiToken.revoked)))
+    rc, _, err = ncsweep(capsys, "token", "revoke", "--name", "bob")  # none left
+    assert rc == 2 and "no live token named 'bob'" in err
+    rc, _, err = ncsweep(capsys, "token", "revoke", "ncs_unknown")
+    assert rc == 2 and "no such token" in err
+    rc, _, err = ncsweep(capsys, "token", "revoke")
+    assert rc == 2 and "expected a TOKEN or --name NAME" in " ".join(err.split())
+
+
 def test_unreachable_api_is_one_readable_line(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "NCSWEEP_API_URL": url, "NCSWEEP_HOME": str(tmp_path)}
@@ -460,6 +487,8 @@ def test_results_at_last_say_when_runs_are_unfinished_or_epochs_differ() -> None
                                     "come from epochs 1500–3000, each run's last measured one; --epoch 1500 "
                                     "compares every run at one epoch")
     assert results_caveat({"unit": "epoch", "groups": [{"measured_epochs": [20], "unfinished_runs": []}]}) is None
+    at_25 = {"unit": "epoch", "groups": [{"measured_epochs": [25], "unfinished_runs": [18]}]}  # --epoch 25
+    assert results_caveat(at_25) == "note: 1 run(s) behind these values have not succeeded (run 18)"
 
 
 def test_a_running_run_whose_worker_went_silent_says_so() -> None:
@@ -476,6 +505,12 @@ def test_a_running_run_whose_worker_went_silent_says_so() -> None:
     assert "silent" not in text([{**run, "silent_s": 4.0}])
     assert "running (silent 95 s: worker lost?)" in text([{**run, "silent_s": 95.0}])
     assert "silent" not in text([{**run, "status": "queued", "silent_s": None}])
+    from service.cli_views import watch_view
+
+    view = Console(width=200, record=True)
+    view.print(watch_view({"id": 1, "progress": 0.2, "eta_s": 50}, [{**run, "silent_s": 95.0, "eta_s": 17}], []))
+    row = next(line for line in view.export_text().splitlines() if "silent 95 s" in line)
+    assert row.rstrip(" │").endswith("?")  # no ETA from a worker that stopped reporting
 
 
 def test_show_lists_the_spec_fields_that_differ_from_the_defaults() -> None:
@@ -483,6 +518,6 @@ def test_show_lists_the_spec_fields_that_differ_from_the_defaults() -> None:
     from service.cli_views import spec_changes
 
     spec = RunSpec.model_validate({"seed": 3, "epochs": 30, "optim": {"lr": 0.1}, "eval": {"splits": ["test"]},
-                                   "data": {"name": "digits"}}).model_dump(mode="json")
-    assert spec_changes(spec) == 'epochs=30 optim.lr=0.1 eval.splits=["test"]'  # spec order; seed: in config
+                                   "data": {"name": "digits"}, "model": {"width": 256}}).model_dump(mode="json")
+    assert spec_changes(spec) == 'epochs=30 model.width=256 optim.lr=0.1 eval.splits=["test"]'  # not 256.0
     assert spec_changes(RunSpec().model_dump(mode="json")) == "every field at its default"

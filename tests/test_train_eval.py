@@ -130,3 +130,17 @@ def test_runs_no_ufm_objective_matches_get_no_gof_targets(change):
 
     assert gof_lambdas(spec(), 1000, 10) is not None
     assert gof_lambdas(RunSpec.model_validate({**spec().model_dump(mode="json"), **change}), 1000, 10) is None
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 673])
+def test_a_batch_of_one_sample_under_batch_norm_is_refused_before_training(tmp_path, batch_size):
+    # digits has 1347 training samples: 1347 mod 2 = 1347 mod 673 = 1; batch norm raises on a batch of one
+    run = RunSpec.model_validate({**spec().model_dump(mode="json"), "batch_size": batch_size, "epochs": 1})
+    with pytest.raises(ValueError, match=rf"batch_size: {batch_size} leaves a batch of 1 sample of the 1347 "
+                                         r"training samples, .*\(e.g. \d+.*\), or model.batch_norm: false"):
+        fit(run, workdir=tmp_path)
+    assert not list(tmp_path.glob("**/*.pt"))  # refused before any step or checkpoint
+    no_bn = RunSpec.model_validate({**run.model_dump(mode="json"),
+                                    "model": {"name": "mlp", "width": 16, "depth": 2, "batch_norm": False}})
+    if batch_size > 1:
+        assert fit(no_bn, workdir=tmp_path / "no_bn")["epochs_done"] == 1
