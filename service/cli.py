@@ -11,10 +11,11 @@ import typer
 from rich.console import Console
 
 from nc_core.cli_report import TABLE_KEYS
+from nc_core.db.states import FINISHED
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
 from service.cli_results import results_caveat, results_hint, results_table, write_rows
-from service.cli_views import (FINISHED, _enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
+from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
                                workers_table)
 from service.cli_args import check_png_out, export_format, read_sweep_file
 from service.client import ApiError, Client, Unreachable

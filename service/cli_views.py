@@ -17,7 +17,6 @@ from nc_core.db.states import RUN_UNITS, metric_step
 from nc_core.sweep import short_names
 from service.cli_results import fmt_value
 
-FINISHED = ("succeeded", "failed", "cancelled")
 STATUS_STYLE = {"queued": "grey50", "running": "cyan", "succeeded": "green", "failed": "red",
                 "cancelled": "yellow", "busy": "cyan", "idle": "green", "lost": "red", "stopped": "grey50"}
 

@@ -11,12 +11,11 @@ from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
-from nc_core.db.states import RUN_UNITS
+from nc_core.db.states import FINISHED, RUN_UNITS
 from nc_core.db.sweeps_repo import PRIMARY_KINDS
 from service.plots import _axis_value, _sort_key, final_values, finite_mean, sweep_runs
 
 STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
-FINISHED = ("succeeded", "failed", "cancelled")
 ERROR_CHARS = 120  # the runs table's error column; the full last line goes in its title
 
 
