@@ -5,6 +5,7 @@ import contextlib
 import json
 import queue
 import threading
+import time
 from typing import Iterator
 
 import httpx
@@ -166,8 +167,6 @@ def test_sse_stream_ends_after_max_lifetime(live: str, db_url: str, monkeypatch:
 
 def test_a_client_gone_mid_backlog_costs_no_stream_of_failed_writes(live: str, db_url: str,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    import time
-
     sid, runs = seed_sweep(db_url)
     with session_scope(db_url) as s:
         for epoch in range(1500):  # a backlog of three batches
@@ -181,3 +180,22 @@ def test_a_client_gone_mid_backlog_costs_no_stream_of_failed_writes(live: str, d
         time.sleep(2.0)
     failed = [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
     assert not failed, f"{len(failed)} writes to a closed socket were logged"
+
+
+def test_a_stream_ends_soon_after_its_token_is_revoked(app, db_url: str, read_token: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.auth import revoke_token
+    from service.routers import events as events_router
+
+    monkeypatch.setattr(events_router, "AUTH_RECHECK_S", 0.3)
+    app.state.settings.auth_reads = True  # reads need a token
+    with serve(app) as url:
+        reader = SSEReader(f"{url}/events", headers={"Authorization": f"Bearer {read_token}"})
+        reader.start()
+        assert reader.connected.wait(10) and reader.content_type.startswith("text/event-stream")
+        time.sleep(1.0)
+        assert reader.is_alive()  # a valid token: the stream stays open
+        revoke_token(db_url, read_token)
+        reader.join(10)
+        assert not reader.is_alive()  # ended within a recheck, not at MAX_STREAM_S (300 s)
+        assert httpx.get(f"{url}/events", headers={"Authorization": f"Bearer {read_token}"}).status_code == 401

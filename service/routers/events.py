@@ -19,6 +19,7 @@ router = APIRouter(tags=["events"])
 POLL_S = 0.5
 PING_S = 15.0
 MAX_STREAM_S = 300.0  # end a stream after this long; EventSource reconnects with Last-Event-ID (nothing lost)
+AUTH_RECHECK_S = 10.0  # with auth_reads, a stream whose token was revoked ends within this long
 BATCH = 500
 
 
@@ -42,14 +43,30 @@ def _latest(url: str) -> int:
         return events_repo.latest_event_id(session)
 
 
+def _still_authorised(url: str, request: Request) -> bool:
+    """Whether the request's token (header or the dashboard's cookie) is still valid: not revoked since."""
+    from fastapi import HTTPException
+
+    from service.auth import lookup_token
+
+    with session_factory(url)() as session:
+        try:
+            lookup_token(session, request, cookie=True)
+            return True
+        except HTTPException:
+            return False
+
+
 def format_sse(event: dict) -> str:
     return f"id: {event['id']}\nevent: {event['kind']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
 async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | None, *,
-                       poll_s: float = POLL_S, ping_s: float = PING_S, max_s: float = MAX_STREAM_S) -> AsyncIterator[str]:
+                       poll_s: float = POLL_S, ping_s: float = PING_S, max_s: float = MAX_STREAM_S,
+                       recheck_s: float | None = None) -> AsyncIterator[str]:
     """Yield SSE frames for events after `cursor` until the client disconnects (or after `max_s`, so that
-    server shutdowns never wait on an open dashboard; clients reconnect and resume from Last-Event-ID).
+    server shutdowns never wait on an open dashboard; clients reconnect and resume from Last-Event-ID), or —
+    with ``recheck_s`` (reads need a token) — until a recheck, every that many seconds, finds its token revoked.
 
     PostgreSQL sequences can commit out of order, so there the poll re-reads a small id window
     behind the cursor and drops ids already sent; SQLite commits in id order.
@@ -59,8 +76,12 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
     sent: deque[int] = deque(maxlen=4 * BATCH)
     sent_set: set[int] = set()
     yield "retry: 2000\n\n"
-    last_out = started = time.monotonic()
+    last_out = started = checked = time.monotonic()
     while not await request.is_disconnected() and time.monotonic() - started < max_s:
+        if recheck_s is not None and time.monotonic() - checked >= recheck_s:
+            checked = time.monotonic()
+            if not await asyncio.to_thread(_still_authorised, url, request):
+                return  # the token was revoked: the reconnect meets the 401
         events = await asyncio.to_thread(_fetch, url, max(floor, cursor - window), sweep_id)
         frames = []
         for ev in events:
@@ -95,6 +116,9 @@ async def events(request: Request, sweep_id: Id | None = Query(None, description
         cursor = int(resume)  # a malformed or out-of-range Last-Event-ID is ignored, like a missing one
     if cursor is None:
         cursor = await asyncio.to_thread(_latest, url)
-    stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S)
+    settings = app_settings(request)
+    recheck = AUTH_RECHECK_S if settings.auth_required and settings.auth_reads else None
+    stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S,
+                          recheck_s=recheck)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
