@@ -134,9 +134,11 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
     correct = torch.zeros((), dtype=torch.long, device=r.device)
     watch = DivergenceWatch(r.device, S, remedy=divergence_remedy(spec))
     n, t0 = 0, time.perf_counter()
-    black = -torch.tensor(r.data.mean) / torch.tensor(r.data.std)  # (C,) a black pixel, normalised
+    black = None  # (C,) crop_flip's padding, a black pixel normalised, on the device once (no copy per batch)
+    if spec.data.augment == "crop_flip":
+        black = (-torch.tensor(r.data.mean) / torch.tensor(r.data.std)).to(r.device)
     it = batches(r.x["train"], r.y["train"], spec.batch_size, shuffle=True, generator=r.gen,
-                 augment=spec.data.augment, fill=black if spec.data.augment == "crop_flip" else None)
+                 augment=spec.data.augment, fill=black)
     for step, (xb, yb) in enumerate(it):
         if r.reporter.should_stop():
             raise _Stopped
