@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -72,8 +71,11 @@ def aggregate(values: list[float | None]) -> dict[str, Any]:
     """mean, sample std (ddof 1; null for n < 2), min, max, count of defined values, missing (NaN/null)."""
     xs = [v for v in values if v is not None and math.isfinite(v)]
     n = len(xs)
-    mean = float(statistics.mean(xs)) if n else None  # exact: equal values average to themselves
-    std = statistics.stdev(xs) if n > 1 else None  # exact sums of squares: equal values give 0, not 1e-18
+    if n and min(xs) == max(xs):  # equal values (e.g. lr over seeds): themselves and 0, not 0.05000000000000001 ± 8e-18
+        mean, std = xs[0], (0.0 if n > 1 else None)
+    else:  # fsum: one rounding per sum, fast on a 20,000-run sweep (statistics. exact fractions are ~70× slower)
+        mean = math.fsum(xs) / n if n else None
+        std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
     return {"mean": mean, "std": std, "min": min(xs) if xs else None, "max": max(xs) if xs else None,
             "count": n, "missing": len(values) - n}
 
