@@ -73,7 +73,7 @@ def aggregate(values: list[float | None]) -> dict[str, Any]:
     n = len(xs)
     if n and min(xs) == max(xs):  # equal values (e.g. lr over seeds): themselves and 0, not 0.05000000000000001 ± 8e-18
         mean, std = xs[0], (0.0 if n > 1 else None)
-    else:  # fsum: one rounding per sum, fast on a 20,000-run sweep (statistics. exact fractions are ~70× slower)
+    else:  # fsum: one rounding per sum, fast on a 20,000-run sweep (statistics.mean's exact fractions: ~70× slower)
         mean = math.fsum(xs) / n if n else None
         std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
     return {"mean": mean, "std": std, "min": min(xs) if xs else None, "max": max(xs) if xs else None,
