@@ -110,3 +110,14 @@ def require_read(request: Request, session: SessionDep, settings: SettingsDep) -
 
 
 ReadAuth = Depends(require_read)
+
+
+def read_refusal(session: Session, request: Request) -> str | None:
+    """Why the request may not read (the 401's detail: no, a wrong or a revoked token, by header or the
+    dashboard's cookie), or None; for the callers that answer otherwise than with a 401 (the dashboard's token
+    form, an open event stream)."""
+    try:
+        lookup_token(session, request, cookie=True)
+        return None
+    except HTTPException as exc:
+        return str(exc.detail)

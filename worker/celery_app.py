@@ -4,8 +4,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
-import uuid
 
 from celery import Celery, signals
 
@@ -106,7 +104,9 @@ def _name_the_stop_file(**_kw) -> None:
     """Without a supervisor (celery started directly, e.g. by docker compose) the worker names its own
     NCSWEEP_STOP_FILE before forking its job children, which read it (worker.reporter.DBReporter)."""
     if not os.environ.get("NCSWEEP_STOP_FILE"):
-        path = os.path.join(tempfile.gettempdir(), f"ncsweep-stop-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        from worker.launch import new_stop_file_path
+
+        path = new_stop_file_path()
         os.environ["NCSWEEP_STOP_FILE"] = path
         _OWN_STOP_FILE.append(path)
 
@@ -117,8 +117,10 @@ def _tell_the_job_to_stop(**_kw) -> None:
     goes back to the queue with its attempt given back, instead of being killed when the grace period ends."""
     path = os.environ.get("NCSWEEP_STOP_FILE")
     if path:
-        with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as flag:
-            flag.write("stopping\n")
+        from worker.launch import raise_stop_flag
+
+        with contextlib.suppress(OSError):
+            raise_stop_flag(path)
 
 
 @signals.worker_init.connect

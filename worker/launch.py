@@ -58,9 +58,16 @@ def worker_command(name: str, loglevel: str = "INFO", queues: str = "celery") ->
             "--without-heartbeat"]
 
 
-def _stop_file_path() -> str:
-    """A path no other supervisor uses: created by stop() to tell its workers' jobs to stop (NCSWEEP_STOP_FILE)."""
+def new_stop_file_path() -> str:
+    """A path no other process uses for NCSWEEP_STOP_FILE: once it exists, the jobs of the workers that were
+    given it stop after their last completed epoch (worker.reporter.DBReporter reads it)."""
     return os.path.join(tempfile.gettempdir(), f"ncsweep-stop-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def raise_stop_flag(path: str) -> None:
+    """Create the stop file ``path`` (a supervisor's stop, or a Celery warm shutdown)."""
+    with open(path, "w", encoding="ascii") as flag:
+        flag.write(f"stopping {time.time():.0f}\n")
 
 
 @dataclass
@@ -72,7 +79,7 @@ class Supervisor:
     loglevel: str = "INFO"
     log_dir: Any = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    stop_file: str = field(default_factory=_stop_file_path)
+    stop_file: str = field(default_factory=new_stop_file_path)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -113,8 +120,7 @@ class Supervisor:
         the queue without using an attempt, within about cancel_poll_seconds), SIGTERM (warm shutdown: the
         jobs return), then SIGKILL the process group after `timeout` seconds."""
         self._stop.set()
-        with open(self.stop_file, "w", encoding="ascii") as flag:
-            flag.write(f"stopping {time.time():.0f}\n")
+        raise_stop_flag(self.stop_file)
         try:
             self._terminate(timeout)
         finally:

@@ -11,7 +11,7 @@ from nc_core.db import events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
 from nc_core.db.states import metric_step
-from service.auth import ReadAuth, lookup_token
+from service.auth import ReadAuth, read_refusal
 from service.dashboard import data
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
@@ -37,13 +37,12 @@ def _login_needed(request: Request) -> HTMLResponse | None:
     if not (settings.auth_required and settings.auth_reads):
         return None
     with _session(request) as s:
-        try:
-            lookup_token(s, request, cookie=True)
-            return None
-        except HTTPException as exc:
-            page = _page(request, "login.html", reason=exc.detail, title="token")
-            page.status_code = 401
-            return page
+        reason = read_refusal(s, request)
+    if reason is None:
+        return None
+    page = _page(request, "login.html", reason=reason, title="token")
+    page.status_code = 401
+    return page
 
 
 @router.get("/")

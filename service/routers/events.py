@@ -45,16 +45,10 @@ def _latest(url: str) -> int:
 
 def _still_authorised(url: str, request: Request) -> bool:
     """Whether the request's token (header or the dashboard's cookie) is still valid: not revoked since."""
-    from fastapi import HTTPException
-
-    from service.auth import lookup_token
+    from service.auth import read_refusal
 
     with session_factory(url)() as session:
-        try:
-            lookup_token(session, request, cookie=True)
-            return True
-        except HTTPException:
-            return False
+        return read_refusal(session, request) is None
 
 
 def format_sse(event: dict) -> str:
