@@ -62,11 +62,35 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
-        """Every problem of the sweep's shape in one error: the first names its field, the rest follow it."""
+        """Every problem of the sweep's shape in one error, then the bad values of the axes that are sound
+        (so one submission shows both): the first names its field, the rest follow it."""
         problems = self._problems()
         if problems:
+            problems += [f"{f}: {m}" for f, m in self._sound_part().value_problems()]
             raise ValueError(problems[0] + "".join(f"; also {p}" for p in problems[1:]))
         return self
+
+    def _sound_part(self) -> "SweepSpec":
+        """The sweep without what its shape problems name (unknown, empty or seed axes, an axis in both grid
+        and zip, zipped axes of unequal lengths, base.seed, duplicate seeds), built without validation."""
+        named = {f for section in ("grid", "zip") for f, _ in axis_problems(section, getattr(self, section))}
+        grid = {p: v for p, v in self.grid.items() if f"grid.{p}" not in named}
+        zipped = {p: v for p, v in self.zip.items() if f"zip.{p}" not in named and p not in grid}
+        if len({len(v) for v in zipped.values()}) > 1:
+            zipped = {}
+        base = {k: v for k, v in self.base.items() if k != "seed"}
+        return SweepSpec.model_construct(name=self.name, base=base, grid=grid, zip=zipped,
+                                         seeds=list(dict.fromkeys(self.seeds)) or [0], max_runs=self.max_runs)
+
+    def value_problems(self) -> list[tuple[str, str]]:
+        """(field, message) of each bad value :func:`expand` would refuse; none checked past max_runs."""
+        if self.size > self.max_runs:
+            return []
+        try:
+            expand(self)
+        except SpecError as exc:
+            return list(exc.errors)
+        return []
 
     def _problems(self) -> list[str]:
         out = [f"{field}: {msg}" for section in ("grid", "zip")
@@ -83,6 +107,15 @@ class SweepSpec(BaseModel):
         if len(set(self.seeds)) != len(self.seeds):
             out.append("seeds: duplicate seeds")
         return out
+
+    @classmethod
+    def stored(cls, tree: dict[str, Any]) -> "SweepSpec":
+        """A sweep as the database keeps it. Sweeps stored before base.seed was refused may carry one; the
+        seeds list always overrode it, so it is dropped (their runs keep their spec hashes)."""
+        base = tree.get("base")
+        if isinstance(base, dict) and "seed" in base:
+            tree = {**tree, "base": {k: v for k, v in base.items() if k != "seed"}}
+        return cls.model_validate(tree)
 
     @property
     def size(self) -> int:

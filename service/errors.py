@@ -20,7 +20,7 @@ from nc_core.sweep import SpecError, field_loc, field_path, with_input
 
 log = logging.getLogger(__name__)
 _SOURCES = ("body", "query", "path", "header", "cookie")  # request parts FastAPI puts first in loc
-_PATH_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)*): ")
+_PATH_PREFIX = re.compile(r"^([A-Za-z_]\w*(?:\.\w+|\[\d+\])*): ")  # 'grid.optim.lr[1]: …' names its field
 MAX_JSON_DEPTH = 64  # JSON nesting a request body may have (a sweep spec needs 5); deeper is a 422 naming `body`
 _PARSE_FAILED = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads raised on (not JSON)
 

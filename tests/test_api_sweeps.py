@@ -329,3 +329,27 @@ def test_list_positions_are_written_as_brackets_and_the_value_is_echoed(app_clie
     resp = app_client.post("/sweeps", json=sweep_body(grid={"seed": [1]}, seeds=[1, 1]))  # a model-level error
     assert fields(resp) == ["grid.seed", "seeds"] and resp.json()["detail"][1]["msg"] == "duplicate seeds", resp.text
     assert row_counts() == before
+
+
+def test_shape_mistakes_and_bad_values_come_in_one_answer(app_client, row_counts):
+    before = row_counts()
+    body = sweep_body(grid={"model.widht": [8], "optim.lr": [0.1, -1.0]}, zip={"model.width": [2]}, seeds=[0, 0])
+    resp = app_client.post("/sweeps", json=body)
+    assert resp.status_code == 422 and fields(resp) == ["grid.model.widht", "seeds", "grid.optim.lr[1]"], resp.text
+    assert "greater than 0, got -1.0" in resp.json()["detail"][2]["msg"]
+    assert row_counts() == before
+    sid = app_client.post("/sweeps", json=sweep_body()).json()["sweep_id"]
+    before = row_counts()
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"seed": [3], "optim.lr": [0.1, -1.0]}})
+    assert resp.status_code == 422 and fields(resp) == ["grid.seed", "grid.optim.lr[1]"], resp.text
+    assert row_counts() == before and app_client.get(f"/sweeps/{sid}").json()["spec"]["grid"] == GRID
+
+
+def test_a_sweep_stored_with_a_base_seed_can_still_be_extended(app_client, db_url):
+    sid = app_client.post("/sweeps", json=sweep_body()).json()["sweep_id"]
+    with session_scope(db_url) as s:  # as sweeps were stored before base.seed was refused
+        sweep = s.get(Sweep, sid)
+        sweep.spec = {**sweep.spec, "base": {**sweep.spec["base"], "seed": 7}}
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"seeds": [2]})
+    assert resp.status_code == 200 and resp.json()["added"] == 4 and resp.json()["existing"] == 8, resp.text
+    assert "seed" not in app_client.get(f"/sweeps/{sid}").json()["spec"]["base"]

@@ -29,7 +29,7 @@ def find_existing(client: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
             continue
         detail = client.sweep(summary["id"])
         try:
-            same = SweepSpec.model_validate(detail.get("spec") or {}).model_dump(mode="json") == want
+            same = SweepSpec.stored(detail.get("spec") or {}).model_dump(mode="json") == want
         except Exception:  # noqa: BLE001 - an old spec that no longer validates
             same = False
         if same:

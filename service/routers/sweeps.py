@@ -161,7 +161,7 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
                  enqueuer: EnqueuerDep, _: WriteAuth) -> SweepExtended:
     """Add axis values / seeds: re-expand the merged spec and insert only runs with a new spec_hash."""
     sweep = _sweep_or_404(session, sweep_id, lock=True)
-    old = SweepSpec.model_validate(sweep.spec)
+    old = SweepSpec.stored(sweep.spec)
     merged = merge_spec(old, body)
     try:
         expanded = expand_checked(merged, settings)
@@ -198,9 +198,10 @@ def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
                 continue
             grid[path] = list(current.values())
         grid[path] += [v for v in values if v not in grid[path]]
-    if problems:
-        raise SpecError.of(problems)
     seeds = list(old.seeds) + [s for s in body.seeds if s not in old.seeds]
+    if problems:  # with the bad values of the axes that can be extended, so one request shows both
+        sound = old.model_copy(update={"grid": grid, "seeds": seeds})
+        raise SpecError.of(problems + [(_field_in_request(old, sound, body, f), m) for f, m in sound.value_problems()])
     return SweepSpec.model_validate({**old.model_dump(mode="json"), "grid": grid, "seeds": seeds})
 
 
