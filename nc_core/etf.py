@@ -116,15 +116,17 @@ def _check_frame(Y: torch.Tensor, name: str = "Y") -> tuple[int, int]:
 def nearest_etf(Y: torch.Tensor) -> torch.Tensor:
     """Nearest normalised simplex ETF P* M̃ to Y ∈ R^{d×K} over P ∈ St(d, K) (Guiding `ETF_distance.py`).
 
-    Closed form (nc-spec §2.6): with the thin SVD Y M̃ = UΣVᵀ, P* M̃ = U_r V_rᵀ M̃ over the r = K−1
-    non-zero singular values (M̃1 = 0 makes the K-th one zero). No iterative solver. The answer is
-    unique when σ_{K−1}(Y M̃) > 0. Valid for any d ≥ K−1 (the K−1-dimensional ETF needs no more).
+    Closed form (nc-spec §2.6): M̃ = QQᵀ/√(K−1) with Q the Helmert basis of 1⊥ (K × (K−1)), so the set
+    {P M̃} is {O Qᵀ/√(K−1) : O ∈ St(d, K−1)} and the nearest point is polar(Y Q) Qᵀ/√(K−1), polar(YQ) = UVᵀ
+    of the thin SVD YQ = UΣVᵀ (orthogonal Procrustes; ‖Y − P*M̃‖² = ‖Y‖² + 1 − 2‖Y M̃‖_*). No iterative
+    solver. The answer is unique when σ_{K−1}(Y M̃) > 0; when YQ is rank deficient any polar factor is
+    a nearest point (the SVD's completion of U stays orthonormal, so the result is always an ETF).
+    Valid for any d ≥ K−1 (the K−1-dimensional ETF needs no more).
     """
     d, K = _check_frame(Y)
-    Mt = etf_gram(K, dtype=Y.dtype, device=Y.device)  # (K, K)
-    U, _, Vh = torch.linalg.svd(Y @ Mt, full_matrices=False)  # (.., d, m), (.., m), (.., m, K)
-    r = K - 1
-    return U[..., :, :r] @ Vh[..., :r, :] @ Mt  # (.., d, K)
+    Q = helmert_basis(K, dtype=Y.dtype, device=Y.device)  # (K, K-1)
+    U, _, Vh = torch.linalg.svd(Y @ Q, full_matrices=False)  # (.., d, K-1), (.., K-1), (.., K-1, K-1)
+    return U @ Vh @ Q.T / math.sqrt(K - 1)  # (.., d, K)
 
 
 def etf_distance(Y: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """NC1 metrics (within-class variability): nc1, nc1_svd, nc1_quotient, cdnv, vci, traces, nuclear ratios."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._util import EPS64, MetricUndefined, pinv_keep
@@ -113,31 +114,50 @@ def trace_sb(hc: torch.Tensor) -> float:
     return float((hc * hc).sum()) / hc.shape[0]
 
 
-def uncentred_grams(scatter: torch.Tensor, n_rows: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """(b, d, d) Grams X_kᵀX_k = C_k + n_k μ_k μ_kᵀ of uncentred class matrices from their symmetric
-    scatter about the class mean C_k (b, d, d), float64 sizes n_k (b,) and means μ_k (b, d)."""
-    return scatter + n_rows[:, None, None] * (means[:, :, None] * means[:, None, :])  # (b, d, d)
+def centred_factors(scatter: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(F (b, r, d), r): factors FᵀF = C_k of symmetric PSD class scatters C_k (b, d, d) (upper triangles
+    read), over the r largest numerical ranks' rows (rows past a class's rank are zero). Directions of C_k
+    below d·eps·‖C_k‖ are rounding noise of the Gram and count as 0 — relative to the class's own spread,
+    so a nearly collapsed class keeps them. CPU float64: LAPACK's pivoted Cholesky (dpstrf, its default
+    cutoff d·u·max C_ii; ~9× faster than eigh); elsewhere √λ-scaled eigenvectors of eigh."""
+    b, d, _ = scatter.shape
+    if scatter.device.type != "cpu" or scatter.dtype != torch.float64:
+        lam, V = torch.linalg.eigh(scatter, UPLO="U")  # (b, d) ascending, (b, d, d)
+        keep = lam > d * torch.finfo(lam.dtype).eps * lam[:, -1:].clamp_min(0)  # (b, d)
+        return (torch.where(keep, lam, 0.0).sqrt()[:, :, None] * V.mT).flip(1), d  # (b, d, d) kept rows first
+    from scipy.linalg import lapack  # noqa: PLC0415 - scipy's LAPACK, loaded on first use
+
+    F = torch.zeros_like(scatter)  # (b, d, d)
+    rank = 0
+    for C, out in zip(scatter.numpy(), F.numpy()):
+        u, piv, r, info = lapack.dpstrf(C, lower=0)  # Pᵀ C P = UᵀU, U (r × d) upper trapezoidal
+        if info < 0:
+            raise ValueError(f"dpstrf: argument {-info} had an illegal value")
+        out[:r, piv - 1] = np.triu(u[:r])  # (r, d) U Pᵀ: C = (U Pᵀ)ᵀ (U Pᵀ)
+        rank = max(rank, int(r))
+    return F[:, :rank], rank
 
 
-def class_rank_ratios(grams: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
-    """(K,) ‖X_k‖_*/‖X_k‖_F of uncentred class matrices X_k (n_k × d) from their Grams X_kᵀX_k (K, d, d)
-    and row counts n_k (K,): singular values = √eig(X_kᵀX_k) (float64 eigvalsh, one batched call) over
-    the min(n_k, d) largest eigenvalues (rank bound) that exceed d·eps·λ_max (pinv-style cutoff: smaller
-    eigenvalues of a Gram are rounding noise, so singular values below √(d·eps)·σ_max count as 0 — exact
-    for rank-deficient classes)."""
-    d = grams.shape[-1]
-    ev = torch.linalg.eigvalsh(grams)  # (K, d) ascending
-    rank_bound = torch.arange(d, device=ev.device)[None, :] >= d - n_rows.to(ev.device)[:, None]  # (K, d)
-    keep = rank_bound & (ev > d * EPS64 * ev[:, -1:])  # (K, d)
-    fro2 = grams.diagonal(dim1=-2, dim2=-1).sum(-1)  # (K,) ‖X_k‖_F²
+def class_rank_ratios(scatter: torch.Tensor, n_rows: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """(b,) ‖X_k‖_*/‖X_k‖_F of uncentred class matrices X_k (n_k × d) from their scatter about the class
+    mean C_k (b, d, d; upper triangles read), float64 sizes n_k (b,) and means μ_k (b, d).
+
+    X_kᵀX_k = C_k + n_k μ_kμ_kᵀ = BᵀB with B = [F; √n_k μ_kᵀ] (FᵀF = C_k, :func:`centred_factors`), so X_k's
+    singular values are B's ((r + 1) × d, float64 SVD): accurate to eps·σ_max even for a nearly collapsed
+    class, whose small singular values the eigenvalues of X_kᵀX_k itself (√(d·eps)·σ_max of noise) would
+    lose. ‖X_k‖_F² = tr C_k + n_k‖μ_k‖²."""
+    fro2 = scatter.diagonal(dim1=-2, dim2=-1).sum(-1) + n_rows * (means * means).sum(-1)  # (b,) ‖X_k‖_F²
     if not bool((fro2 > 0).all()):
         raise MetricUndefined("a class feature matrix is zero, ‖X_k‖_*/‖X_k‖_F undefined")
-    return torch.where(keep, ev, 0.0).sqrt().sum(1) / fro2.sqrt()  # (K,)
+    F, _ = centred_factors(scatter)  # (b, r, d)
+    B = torch.cat([F, (n_rows.sqrt()[:, None] * means)[:, None, :]], dim=1)  # (b, r + 1, d)
+    return torch.linalg.svdvals(B).sum(-1) / fro2.sqrt()  # (b,)
 
 
-def class_rank_ratio(gram: torch.Tensor, n_rows: int) -> float:
-    """:func:`class_rank_ratios` of one class: Gram X_kᵀX_k (d × d), n_k rows."""
-    return float(class_rank_ratios(gram[None], torch.tensor([int(n_rows)]))[0])
+def class_rank_ratio(scatter: torch.Tensor, n_rows: int, mean: torch.Tensor) -> float:
+    """:func:`class_rank_ratios` of one class: scatter C_k (d × d), n_k rows, mean μ_k (d,)."""
+    n = torch.tensor([float(n_rows)], dtype=scatter.dtype, device=scatter.device)
+    return float(class_rank_ratios(scatter[None], n, mean[None])[0])
 
 
 def nuclear_frobenius(ratios: torch.Tensor) -> float:

@@ -5,9 +5,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._blas import add_gram, symmetric
+from ._blas import add_gram
 from ._util import EPS64, F64, MetricUndefined, check_classifier, check_features, check_labels
-from .nc1 import class_rank_ratio, uncentred_grams
+from .nc1 import class_rank_ratio
 from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
 
 
@@ -53,8 +53,10 @@ def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tens
     ‖w_k − w̄‖ and ``xc_norm`` (B,) = ‖h_i − μ_G‖. The factor 1/‖h_i − μ_G‖ > 0 is the same for a whole
     column, so it commutes with the max and scales the margin instead of K cosines. With the
     uncentred numerator w_kᵀh_i (the logit minus its bias) this is the MSE repo's variant (may leave
-    [−1, 1]). A zero vector has cosine 0."""
-    return _margin(num / wc_norm.clamp_min(1e-300)[:, None], y) / xc_norm.clamp_min(1e-300)  # (B,)
+    [−1, 1]). A zero vector has cosine 0: a class with w_k = w̄ and, in both variants, a sample at μ_G
+    (margin 0, where the uncentred numerator would otherwise be divided by 0)."""
+    margin = _margin(num / wc_norm.clamp_min(1e-300)[:, None], y)  # (B,) times ‖h_i − μ_G‖
+    return torch.where(xc_norm > 0, margin / xc_norm.clamp_min(1e-300), 0.0)  # (B,)
 
 
 class Scores(NamedTuple):
@@ -249,14 +251,13 @@ class SampleStats:
         """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""
         if self.class_ratios is None and self._grams is not None and not self.empty_classes:
             n, mean = self.stats.counts, self._means
-            grams = (uncentred_grams(symmetric(self._grams[k])[None], n[k:k + 1], mean[k:k + 1])[0]  # (d, d)
-                     for k in range(self.stats.num_classes))
-            self._set_ratios((g, int(n[k])) for k, g in enumerate(grams))
+            self._set_ratios((self._grams[k], int(n[k]), mean[k]) for k in range(self.stats.num_classes))
         return self
 
-    def _set_ratios(self, grams) -> None:
+    def _set_ratios(self, classes) -> None:
+        """class_ratios from (scatter about the class mean (d, d), n_k, μ_k (d,)) of each class, or the reason."""
         try:
-            self.class_ratios = torch.tensor([class_rank_ratio(g, n) for g, n in grams], dtype=F64)  # (K,)
+            self.class_ratios = torch.tensor([class_rank_ratio(c, n, m) for c, n, m in classes], dtype=F64)  # (K,)
         except MetricUndefined as exc:
             self.class_ratio_reason = exc.reason
 
@@ -279,14 +280,14 @@ class SampleStats:
         if not stats.per_class and not self.empty_classes:
             dev = stats.device
 
-            def class_rows(k: int) -> torch.Tensor:
+            means = stats.means  # (K, d)
+
+            def centred_scatter(k: int) -> tuple[torch.Tensor, int, torch.Tensor]:
                 parts = [x.to(dev)[y.to(dev) == k] for x, y in groups]
-                return torch.cat(parts).to(F64)  # (n_k, d)
+                r = torch.cat(parts).to(F64) - means[k]  # (n_k, d) h − μ_k
+                c = torch.zeros(stats.dim, stats.dim, dtype=F64, device=dev)  # (d, d), upper triangle
+                add_gram(c, r)
+                return c, r.shape[0], means[k]
 
-            def gram(xk: torch.Tensor) -> tuple[torch.Tensor, int]:
-                g = torch.zeros(stats.dim, stats.dim, dtype=F64, device=dev)  # (d, d)
-                add_gram(g, xk)
-                return symmetric(g), xk.shape[0]
-
-            self._set_ratios(map(gram, map(class_rows, range(stats.num_classes))))
+            self._set_ratios(map(centred_scatter, range(stats.num_classes)))
         return self

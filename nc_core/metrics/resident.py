@@ -6,11 +6,11 @@ import queue
 
 import torch
 
-from ._blas import add_gram, column_sums, symmetric
+from ._blas import add_gram, column_sums
 from ._parallel import class_workers, parallel_map
 from ._util import F64, MetricUndefined, check_finite as check_finite_values, label_order
 from ._workspace import release_workspace, sorted_buffer  # noqa: F401 - release_workspace: public here
-from .nc1 import class_rank_ratios, uncentred_grams
+from .nc1 import class_rank_ratios
 from .ncc import SampleStats, Scores
 from .stats import PER_CLASS_AUTO_BYTES, ClassStats, class_slices
 
@@ -125,9 +125,8 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
 def _class_ratio(scatter: torch.Tensor, n_k: torch.Tensor, mean: torch.Tensor) -> torch.Tensor | str:
     """‖X_k‖_*/‖X_k‖_F of one class from its scatter's upper triangle (d, d), size () and mean (d,), as
     the suite takes it — or the reason it is undefined."""
-    gram = uncentred_grams(symmetric(scatter)[None], n_k[None], mean[None])  # (1, d, d) X_kᵀX_k
     try:
-        return class_rank_ratios(gram, n_k.long()[None])[0]
+        return class_rank_ratios(scatter[None], n_k[None], mean[None])[0]
     except MetricUndefined as exc:
         return exc.reason
 

@@ -76,12 +76,11 @@ class _Ctx:
         cs = self.stats.class_scatter
         if cs is not None:
             n, d = self.stats.counts, cs.shape[-1]
-            step = max(1, RATIO_BLOCK_BYTES // (8 * d * d))  # classes per batched eigvalsh
+            step = max(1, RATIO_BLOCK_BYTES // (8 * d * d))  # classes per batched factor and SVD
             parts = []
             for lo in range(0, self.K, step):
                 m, nk = means[lo:lo + step], n[lo:lo + step]  # (b, d), (b,)
-                grams = nc1.uncentred_grams(cs[lo:lo + step], nk, m)  # (b, d, d) X_kᵀX_k
-                parts.append(nc1.class_rank_ratios(grams, nk.long()))
+                parts.append(nc1.class_rank_ratios(cs[lo:lo + step], nk, m))
             return torch.cat(parts)  # (K,)
         if self.samples is None:
             raise MetricUndefined(self.no_sample_reason or
