@@ -5,8 +5,9 @@ from typing import Iterable
 
 #: The version of the metric definitions, stored with every value (docs/metrics.md, "Versioning"):
 #: 1 the first; 2 a training run's GOF keys score against the λ's of the UFM objective it minimises
-#: (nc_core.training.optim.gof_lambdas) and the training class counts on every split.
-METRIC_VERSION = 2
+#: (nc_core.training.optim.gof_lambdas) and the training class counts on every split; 3 nuclear-norm
+#: ratios exact near collapse, ETF distances of rank-deficient frames, a logit margin at μ_G.
+METRIC_VERSION = 3
 
 METRIC_KEYS: tuple[str, ...] = (
     "nc1", "nc1_svd", "nc1_quotient", "cdnv", "vci", "trace_sw", "trace_sb",
