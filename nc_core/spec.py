@@ -179,7 +179,7 @@ class OptimSpec(_Frozen):
     history_size: PositiveInt = 10  # lbfgs
     sep_decay: bool = False  # λ_W = weight_decay on the head only, λ_H = feature_decay on features
     feature_decay: NonNegFloat = 1e-4
-    grad_clip: PositiveFloat | None = None
+    grad_clip: PositiveFloat | None = None  # max ‖∇‖₂ of the loss (+ λ_H penalty); weight decay acts after it
 
     @model_validator(mode="after")
     def _check(self) -> "OptimSpec":
