@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     visibility_timeout: int = 7 * 24 * 3600
     worker_lost_after_seconds: float = 30.0
+    event_retention_seconds: float = Field(default=7 * 24 * 3600, ge=0, description="the change feed (/events) "
+                                           "keeps events this long; the reconciler deletes older ones every pass "
+                                           "(0 = keep every event)")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'ncsweep.db').resolve()}"

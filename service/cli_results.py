@@ -1,12 +1,8 @@
-"""`ncsweep results` and `export`: the results table over seeds, its notes, and metric rows as CSV/Parquet."""
+"""`ncsweep results`: the results table over seeds and its notes (why values differ in epoch, why none)."""
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
 from typing import Any
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
@@ -80,7 +76,7 @@ def results_caveat(body: dict) -> str | None:
         shown = ", ".join(map(str, unfinished[:8])) + (", …" if len(unfinished) > 8 else "")
         parts.append(f"{len(unfinished)} run(s) behind these values have not succeeded (run {shown})")
     if len(epochs) > 1:
-        parts.append(f"the values come from {unit}s {epochs[0]}–{epochs[-1]}, each run's last measured one; "
+        parts.append(f"the values come from {unit}s {epochs[0]}–{epochs[-1]}, each run's last measurement of each key; "
                      f"--epoch {epochs[0]} compares every run at one {unit}")
     return "note: " + "; ".join(parts)
 
@@ -95,20 +91,3 @@ def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
     if epoch == "last":
         return f"no run of sweep {sweep} has {split} metrics at {at} yet"
     return f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its eval schedule)"
-
-
-def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
-    if fmt == "csv":
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise typer.BadParameter("parquet export needs pyarrow (pip install 'ncsweep[parquet]')") from None
-    table = pa.table({c: [r.get(c) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c))
-                          for r in rows] for c in columns})
-    pq.write_table(table, path)

@@ -484,7 +484,7 @@ def test_results_at_last_say_when_runs_are_unfinished_or_epochs_differ() -> None
     body = {"unit": "epoch", "groups": [{"measured_epochs": [3000], "unfinished_runs": []},
                                         {"measured_epochs": [1500, 3000], "unfinished_runs": [51, 52]}]}
     assert results_caveat(body) == ("note: 2 run(s) behind these values have not succeeded (run 51, 52); the values "
-                                    "come from epochs 1500–3000, each run's last measured one; --epoch 1500 "
+                                    "come from epochs 1500–3000, each run's last measurement of each key; --epoch 1500 "
                                     "compares every run at one epoch")
     assert results_caveat({"unit": "epoch", "groups": [{"measured_epochs": [20], "unfinished_runs": []}]}) is None
     at_25 = {"unit": "epoch", "groups": [{"measured_epochs": [25], "unfinished_runs": [18]}]}  # --epoch 25

@@ -1,4 +1,4 @@
-"""Reconciler: re-queue runs whose lease expired (or fail them), re-send queued runs whose message was lost."""
+"""Reconciler: re-queue runs whose lease expired (or fail them), re-send lost messages, prune old events."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from nc_core.db import runs_repo
+from nc_core.db import events_repo, runs_repo
 from nc_core.db.session import session_scope
 from nc_core.settings import Settings, get_settings
 
@@ -27,8 +27,8 @@ def _app(settings: Settings) -> Any:
 
 
 def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = RESEND_AFTER_S,
-                   app: Any = None) -> dict[str, list[int]]:
-    """One pass; returns {'requeued': ids, 'failed': ids, 'resent': ids}."""
+                   app: Any = None) -> dict[str, Any]:
+    """One pass; returns {'requeued': ids, 'failed': ids, 'resent': ids, 'pruned_events': count}."""
     settings = settings or get_settings()
     app = app or _app(settings)
     url = settings.resolved_database_url()
@@ -46,7 +46,16 @@ def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = 
                     "requested): %s", failed)
     resent = resend_lost(settings, app, now - timedelta(seconds=resend_after_s),
                          held_after=time.time() - resend_after_s)
-    return {"requeued": requeued, "failed": failed, "resent": resent}
+    return {"requeued": requeued, "failed": failed, "resent": resent, "pruned_events": prune_old_events(settings)}
+
+
+def prune_old_events(settings: Settings) -> int:
+    """Delete change-feed events older than settings.event_retention_seconds (0 keeps them all); returns how
+    many went (a bounded batch a pass: events_repo.prune_events)."""
+    if settings.event_retention_seconds <= 0:
+        return 0
+    with session_scope(settings.resolved_database_url()) as session:
+        return events_repo.prune_events(session, settings.event_retention_seconds)
 
 
 def resend_lost(settings: Settings, app: Any, older_than: Any, held_after: float | None = None) -> list[int]:

@@ -45,7 +45,15 @@ def event_dict(event: Event) -> dict[str, Any]:
             "run_id": event.run_id, "at": at.isoformat() if at is not None else None}
 
 
-def prune_events(session: Session, older_than_s: float) -> int:
-    """Delete events older than `older_than_s` seconds; returns the number removed."""
+def prune_events(session: Session, older_than_s: float, batch: int = 50_000) -> int:
+    """Delete events older than `older_than_s` seconds, at most the `batch` oldest ids a call; returns the number
+    removed. Ids grow with `at` (an event's id comes from its insert), so the expired events are the oldest ids:
+    the first one kept is found by walking the primary key from the oldest, and the delete is an id range,
+    never a scan of the whole feed (the reconciler calls this every pass)."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    return session.execute(delete(Event).where(Event.at < cutoff)).rowcount or 0
+    oldest = session.scalar(select(func.min(Event.id)))
+    if oldest is None:
+        return 0
+    first_kept = session.scalar(select(Event.id).where(Event.at >= cutoff).order_by(Event.id).limit(1))
+    upto = oldest + batch if first_kept is None else min(first_kept, oldest + batch)
+    return session.execute(delete(Event).where(Event.id < upto, Event.at < cutoff)).rowcount or 0

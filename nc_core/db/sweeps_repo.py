@@ -5,7 +5,7 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from sqlalchemy import Integer, and_, case, func, insert, or_, select, update
+from sqlalchemy import Integer, String, and_, case, func, insert, literal, or_, select, true, union_all, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
@@ -13,6 +13,7 @@ from nc_core.db.bulk_insert import Job, insert_runs, now, run_rows
 from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
 from nc_core.db.runs_repo import unstarted
 from nc_core.db.states import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, IllegalTransition, status_phrase
+from nc_core.metric_keys import STORED_KEYS
 from nc_core.sweep import ExpandedRun, SweepSpec
 
 RETRYABLE = (FAILED, CANCELLED)
@@ -281,20 +282,36 @@ def metric_series(session: Session, run_id: int, split: str | None, keys: Sequen
     return list(session.execute(q.order_by(Metric.split, Metric.key, Metric.epoch)))
 
 
+def _key_table(keys: Sequence[str]):  # noqa: ANN202 - a one-column FROM clause
+    """The keys as a table k(key): a UNION ALL of literals, which PostgreSQL and SQLite both take."""
+    return union_all(*(select(literal(k, String(64)).label("key")) for k in dict.fromkeys(keys))).subquery("k")
+
+
+def latest_values(session: Session, split: str, keys: Sequence[str] | None, *, sweep_id: int | None = None,
+                  run_ids: Sequence[int] = (), epoch: int | None = None) -> list[tuple[int, str, float | None, int]]:
+    """(run_id, key, value, epoch) of each run (the sweep's primary runs, or `run_ids`) and key (None: every
+    stored key) at the last epoch that run measured that key in `split`, or at `epoch`; none where it has no
+    such row. Per key, not per run: a run evaluates its NC metrics and acc at its eval epochs only but stores
+    its training keys (TRAINING_KEYS) every epoch, so its last epoch overall may have no NC value. Each
+    (run, key) costs two descents of the (run_id, split, key, epoch) index (ORDER BY epoch DESC LIMIT 1: the
+    epoch, index-only, and the value), never a scan of the runs' series."""
+    cond = and_(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)) if sweep_id is not None \
+        else Run.id.in_(list(run_ids))
+    runs, k = select(Run.id.label("rid")).where(cond).subquery("r"), _key_table(keys or STORED_KEYS)
+    point = select(Metric.epoch).where(Metric.run_id == runs.c.rid, Metric.split == split, Metric.key == k.c.key)
+    if epoch is not None:
+        point = point.where(Metric.epoch == epoch)
+    last = point.order_by(Metric.epoch.desc()).limit(1)
+    q = select(runs.c.rid, k.c.key, last.with_only_columns(Metric.value).scalar_subquery(),
+               last.scalar_subquery()).select_from(runs.join(k, true()))
+    return [(rid, key, value, e) for rid, key, value, e in session.execute(q) if e is not None]
+
+
 def sweep_values(session: Session, sweep_id: int, split: str, keys: Sequence[str] | None,
                  epoch: int | None) -> tuple[list[tuple[int, dict, str]], list[tuple[int, str, float | None, int]]]:
     """The sweep's primary runs (id, spec, status) and their (run_id, key, value, epoch) rows at `epoch`
-    (None: the last epoch each run has in `split`)."""
+    (None: the last epoch each run measured each key in `split`, see latest_values)."""
     runs = list(session.execute(select(Run.id, Run.spec, Run.status).where(
         Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).order_by(Run.id)))
-    run_ids = select(Run.id).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).scalar_subquery()
-    q = select(Metric.run_id, Metric.key, Metric.value, Metric.epoch).where(Metric.split == split)
-    if keys:
-        q = q.where(Metric.key.in_(list(keys)))
-    if epoch is None:
-        last = (select(Metric.run_id.label("rid"), func.max(Metric.epoch).label("e"))
-                .where(Metric.split == split, Metric.run_id.in_(run_ids)).group_by(Metric.run_id).subquery())
-        q = q.join(last, (Metric.run_id == last.c.rid) & (Metric.epoch == last.c.e))
-    else:
-        q = q.where(Metric.epoch == epoch, Metric.run_id.in_(run_ids))
-    return [(rid, spec, status) for rid, spec, status in runs], [tuple(r) for r in session.execute(q)]
+    return ([(rid, spec, status) for rid, spec, status in runs],
+            latest_values(session, split, keys, sweep_id=sweep_id, epoch=epoch))

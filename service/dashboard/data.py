@@ -6,13 +6,15 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.states import FINISHED, RUN_UNITS
 from nc_core.db.sweeps_repo import PRIMARY_KINDS
+from nc_core.metric_keys import METRIC_KEYS, TRAINING_KEYS
+from nc_core.spec import SPLITS
 from service.plots import _axis_value, _sort_key, final_values, finite_mean, sweep_runs
 
 STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
@@ -53,12 +55,27 @@ def sweeps_overview(session: Session, limit: int = 200) -> list[dict[str, Any]]:
             for s in sweeps]
 
 
+def storable_pairs(kinds: set[str]) -> list[tuple[str, str]]:
+    """The (key, split) pairs runs of these kinds can store (nc_core.metric_keys): a train run METRIC_KEYS on
+    each split and TRAINING_KEYS on train, a UFM run METRIC_KEYS on train (its free features only)."""
+    pairs = {(k, s) for k in METRIC_KEYS for s in (SPLITS if "train" in kinds else ("train",) if kinds else ())}
+    return sorted(pairs | ({(k, "train") for k in TRAINING_KEYS} if "train" in kinds else set()))
+
+
 def metric_keys(session: Session, sweep_id: int) -> list[dict[str, str]]:
     """(key, split) pairs stored for the runs the sweep's grid defines: the options of the matrix's metric
-    dropdown."""
-    rows = session.execute(select(Metric.key, Metric.split).join(Run, Run.id == Metric.run_id)
-                           .where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).distinct()
-                           .order_by(Metric.key, Metric.split))
+    dropdown. Each pair its kinds can store (storable_pairs) is probed through the (run_id, split, key, epoch)
+    index, run by run until one has it (LIMIT 1), so a page load never scans the sweep's metric rows."""
+    pairs = storable_pairs(sweeps_repo.sweep_kinds(session, sweep_id))
+    if not pairs:
+        return []
+    table = union_all(*(select(literal(k, String(64)).label("key"), literal(s, String(16)).label("split"))
+                        for k, s in pairs)).subquery("pair")
+    stored_by_a_run = (select(Metric.run_id).join(Run, Run.id == Metric.run_id)
+                       .where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS), Metric.split == table.c.split,
+                              Metric.key == table.c.key).limit(1).scalar_subquery())
+    rows = session.execute(select(table.c.key, table.c.split).where(stored_by_a_run.is_not(None))
+                           .order_by(table.c.key, table.c.split))
     return [{"key": k, "split": s} for k, s in rows]
 
 

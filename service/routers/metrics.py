@@ -98,10 +98,13 @@ def _sort_key(values: tuple) -> tuple:
 def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None, keys: str | None = None,
                   split: Literal["train", "test"] | None = None, epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
-    group (seeds): at the last epoch each run has in `split` (default test; train for a UFM sweep), or
-    at `epoch`. `unit` says what the epochs count: 'iteration' for a sweep of UFM runs. Each group says
-    which epochs its values are from (`measured_epochs`) and which of its measured runs have not succeeded
-    (`unfinished_runs`: running, cancelled or failed, so their last epoch may be short of the others')."""
+    group (seeds): each run's value of a key at the last epoch that run measured that key in `split`
+    (default test; train for a UFM sweep), or at `epoch`. Per key: a run evaluates NC metrics and acc only
+    at its eval epochs but stores its training keys every epoch, so a run stopped between eval epochs shows
+    its last evaluation beside its latest running_loss. `unit` says what the epochs count: 'iteration' for
+    a sweep of UFM runs. Each group says which epochs its values are from (`measured_epochs`: every epoch
+    any of its measured runs' values is from) and which of its measured runs have not succeeded
+    (`unfinished_runs`: running, cancelled or failed, so their last epochs may be short of the others')."""
     sweep = repo.get_sweep(session, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
@@ -121,10 +124,10 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
         raise SpecError("epoch", f"{at} is past the last {unit} of every run of sweep {sweep_id} (the longest has "
                                  f"{last}); expected 'last' or an {unit} in 1..{last}")
     by_run: dict[int, dict[str, float | None]] = {}
-    run_epoch: dict[int, int] = {}  # the epoch each run's values are from
+    run_epochs: dict[int, set[int]] = {}  # the epochs each run's values are from (one per key at 'last')
     for rid, k, v, e in rows:
         by_run.setdefault(rid, {})[k] = v
-        run_epoch[rid] = e
+        run_epochs.setdefault(rid, set()).add(e)
     all_keys = key_list or sorted({k for _, k, _, _ in rows})
     groups: dict[tuple, list[int]] = {}
     status = {rid: st for rid, _, st in runs}
@@ -135,7 +138,7 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
         ids = groups[gkey]
         measured = [rid for rid in ids if rid in by_run]
         out.append({"values": dict(zip(paths, gkey)), "runs": len(ids), "run_ids": ids,
-                    "measured_epochs": sorted({run_epoch[r] for r in measured}),
+                    "measured_epochs": sorted({e for r in measured for e in run_epochs[r]}),
                     "unfinished_runs": [r for r in measured if status[r] != "succeeded"],
                     "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})
     return {"sweep_id": sweep_id, "group_by": paths, "keys": all_keys, "split": split,

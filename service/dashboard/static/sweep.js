@@ -102,9 +102,11 @@ function setHeatmap(state, chosen) {
   if (img.dataset.src !== src) { img.dataset.src = src; img.src = `${src}&t=${Date.now()}`; }
 }
 
+const EVENT_REFETCH_MS = 2500;  // the least time between two event-driven state fetches
+
 function sweepPage() {
   const {sweep_id: id, cursor, state: first, unit} = init();
-  let state = first, lastPlot = Date.now(), events = null;
+  let state = first, lastPlot = Date.now(), lastFetch = Date.now(), events = null;
   const chosen = () => { const [key, split] = ($("#colour-by").value || "|").split("|"); return key ? {key, split} : null; };
   const render = (s) => {
     state = s;
@@ -119,6 +121,7 @@ function sweepPage() {
   // a finished sweep is polled no more and its plots stay as they are, until an event (retry, extend) arrives
   const poll = poller(async () => {
     const sel = chosen(), wasFinished = state.finished;
+    lastFetch = Date.now();
     const q = sel ? `?key=${encodeURIComponent(sel.key)}&split=${encodeURIComponent(sel.split)}` : "";
     render(await getJSON(`/ui/sweeps/${id}/state.json${q}`));
     const settled = state.finished && wasFinished;
@@ -127,9 +130,14 @@ function sweepPage() {
   }, 10000, `sweep ${id}`, idle);
   render(first);
   refreshPlots();
+  // events refetch state.json 300 ms after the first of a burst, and at most once per EVENT_REFETCH_MS since
+  // the last fetch: a running sweep streams progress events every step; a dropdown change fetches at once
   let pending = null;
-  const schedule = () => { if (!pending) pending = setTimeout(() => { pending = null; poll.now(); }, 300); };
-  $("#colour-by").addEventListener("change", schedule);
+  const fetchNow = () => { clearTimeout(pending); pending = null; poll.now(); };
+  const schedule = () => {
+    if (!pending) pending = setTimeout(fetchNow, Math.max(300, lastFetch + EVENT_REFETCH_MS - Date.now()));
+  };
+  $("#colour-by").addEventListener("change", fetchNow);
   if (window.EventSource) {
     events = new EventSource(`/events?sweep_id=${id}&since=${cursor}`);
     for (const kind of ["status", "progress", "metric", "worker"]) events.addEventListener(kind, schedule);
