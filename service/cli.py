@@ -14,7 +14,7 @@ from nc_core.cli_report import TABLE_KEYS
 from nc_core.db.states import FINISHED
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
-from service.cli_results import results_caveat, results_hint, results_table, write_rows
+from service.cli_results import results_caveat, results_hint, results_table
 from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
                                workers_table)
 from service.cli_args import check_png_out, export_format, read_sweep_file
@@ -275,20 +275,17 @@ def export(ctx: typer.Context, sweep: int = typer.Argument(...),
            format: Optional[str] = typer.Option(None, "--format", help="csv | parquet (default: from --out's suffix)"),
            out_path: Path = typer.Option(..., "--out", help="output file, .csv or .parquet")):
     """Every metric row of a sweep with its run's axes and seed, as CSV or Parquet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from service.export import export_sweep
+
     format = export_format(out_path, format)
-    client = _ctx(ctx).client
-    axes = client.sweep(sweep).get("axes") or []
-    rows = []
-    for run in client.iter_runs(sweep_id=sweep):
-        for m in client.run_metrics(run["id"]):
-            rows.append({"run_id": run["id"], "kind": run.get("kind", "train"),
-                         "parent_run_id": run.get("parent_run_id"), "status": run["status"], "seed": run["seed"],
-                         **{a: (run.get("grid") or {}).get(a) for a in axes},
-                         "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"],
-                         "note": m.get("note"), "metric_version": m["metric_version"]})
-    write_rows(rows, ["run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value",
-                      "note", "metric_version"], format, out_path)
-    out.print(f"wrote {len(rows)} rows to {out_path}", highlight=False)
+    columns = (TextColumn("exporting runs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("export", total=None)
+        rows = export_sweep(_ctx(ctx).client, sweep, format, out_path,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    out.print(f"wrote {rows} rows to {out_path}", highlight=False)
 
 
 @app.command()

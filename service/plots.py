@@ -6,19 +6,18 @@ import math
 from collections import defaultdict
 from typing import Any, Iterable
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from nc_core.db.models import Metric, Run, Sweep  # noqa: E402
-from nc_core.db.states import metric_step  # noqa: E402
-from nc_core.db.sweeps_repo import PRIMARY_KINDS  # noqa: E402
-from nc_core.sweep import get_path, short_names  # noqa: E402
+from nc_core.db.models import Metric, Run, Sweep
+from nc_core.db.states import metric_step
+from nc_core.db.sweeps_repo import PRIMARY_KINDS, latest_values
+from nc_core.sweep import get_path, short_names
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
 POINT_MARKERS = {"marker": "o", "markersize": 3}  # small: a single eval point shows, many stay a readable line
@@ -33,15 +32,24 @@ class PlotError(ValueError):
         self.field, self.message = field, message
 
 
-def _png(fig: Any) -> bytes:
+def new_figure(*grid: int, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Figure, Any]:
+    """A figure on its own Agg canvas with ``grid`` (rows, cols) subplots, as ``pyplot.subplots`` returns them but
+    without pyplot's process-wide state: threads may draw figures at the same time."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, squeeze=squeeze)
+
+
+def _png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (80 dpi)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     return buf.getvalue()
 
 
 def _message_png(text: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 2))
+    """A small figure that only says ``text`` (nothing to plot yet)."""
+    fig, ax = new_figure(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
     return _png(fig)
@@ -92,7 +100,7 @@ def run_step(session: Session, run_id: int) -> str:
     return metric_step(session.scalars(select(Run.kind).where(Run.id == run_id)))
 
 
-def plot_epochs(ax: Any, points: dict[int, float], unit: str = "epoch", **style: Any) -> None:
+def plot_epochs(ax: Axes, points: dict[int, float], unit: str = "epoch", **style: Any) -> None:
     """Draw {epoch: value} as a line with small point markers (one eval point stays visible), epochs ascending,
     on integer ticks labelled ``unit`` (states.metric_step)."""
     epochs = sorted(points)
@@ -116,71 +124,22 @@ def sample_std(values: Iterable[float]) -> float:
 SPREAD_NOTE = "mean ± sample std (ddof 1) over seeds; no band where fewer than 2 seeds have a finite value"
 
 
-def _panels(keys: list[str], split: str | None) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for key in keys:
-        if split:
-            out.append((key, split))
-        elif key in ("acc", "loss"):
-            out += [(key, "train"), (key, "test")]
-        else:
-            out.append((key, "train"))
-    return out
-
-
 def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
-    """One subplot per metric (acc: train and test): mean ± sample std (ddof 1, as /results) over seeds vs epoch
-    (iteration for UFM runs), one line per configuration; no band where fewer than 2 seeds have a finite value."""
-    keys = list(keys or DEFAULT_KEYS)
-    runs = sweep_runs(session, sweep_id)
-    unit = metric_step(r.kind for r in runs)
-    config_of = {r.id: _config_label(r.grid or {}) for r in runs}
-    series: dict[tuple[str, str], dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for run_id, epoch, sp, key, value in metric_rows(session, config_of, keys):
-        series[(key, sp)][config_of[run_id]][epoch].append(value)
-    panels = _panels(keys, split)
-    if not any(series.get(p) for p in panels):
-        return _message_png(f"sweep {sweep_id}: no stored values yet for {', '.join(keys)}")
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    ordered = sorted(runs, key=lambda r: tuple(_sort_key(v) for _, v in sorted((r.grid or {}).items())))
-    configs = list(dict.fromkeys(config_of[r.id] for r in ordered))
-    cmap = plt.cm.tab10 if len(configs) <= 10 else plt.cm.tab20
-    colors = {c: cmap(i % cmap.N) for i, c in enumerate(configs)}
-    for ax, (key, sp) in zip(axes.flat, panels):
-        panel = series.get((key, sp), {})
-        for config in (c for c in configs if c in panel):
-            by_epoch = panel[config]
-            epochs = sorted(by_epoch)
-            mean = np.array([finite_mean(by_epoch[e]) for e in epochs])
-            std = np.array([sample_std(by_epoch[e]) for e in epochs])  # NaN: fill_between leaves a gap
-            ax.plot(epochs, mean, lw=2, alpha=0.8, color=colors[config], label=config, **POINT_MARKERS)
-            ax.fill_between(epochs, mean - std, mean + std, color=colors[config], alpha=0.2)
-        ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
-        ax.set_xlabel(unit)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
-    fig.suptitle(SPREAD_NOTE, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
-    return _png(fig)
+    """The sweep's NC dynamics figure (mean ± sample std over seeds per configuration); drawn in
+    service/plots_dynamics.py."""
+    from service.plots_dynamics import dynamics_png as draw  # it imports this module: load it lazily
+
+    return draw(session, sweep_id, keys, split)
 
 
 def final_values(session: Session, runs: list[Run], key: str, split: str) -> dict[int, float]:
-    """run id → the value of `key` on `split` at the run's last stored epoch."""
-    last: dict[int, tuple[int, float]] = {}
-    for run_id, epoch, sp, _, value in metric_rows(session, [r.id for r in runs], [key]):
-        if sp == split and (run_id not in last or epoch > last[run_id][0]):
-            last[run_id] = (epoch, value)
-    return {rid: v for rid, (_, v) in last.items()}
+    """run id → the value of `key` on `split` at the last epoch the run measured it (one index descent a run)."""
+    rows = latest_values(session, split, [key], run_ids=[r.id for r in runs])
+    return {rid: math.nan if value is None else float(value) for rid, _, value, _ in rows}  # NULL is a NaN
 
 
 def parse_ref(ref: str | None) -> tuple[str, str]:
+    """(axis path, value) of a diff_vs reference ``AXIS:VALUE``."""
     if not ref or ":" not in ref:
         raise PlotError("ref", f"expected AXIS:VALUE such as loss.name:ce, got {ref!r}")
     path, value = ref.split(":", 1)
@@ -240,7 +199,7 @@ def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc
     xs, ys, panels = heatmap_grids(session, sweep_id, x, y, key, split, mode, ref)
     if not panels:
         return _message_png(f"nothing to compare against {ref}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(xs) * len(panels) + 1.5 * len(panels),
+    fig, axes = new_figure(1, len(panels), figsize=(1.2 + 1.1 * len(xs) * len(panels) + 1.5 * len(panels),
                                                     1.5 + 0.8 * len(ys)), squeeze=False)
     for ax, (title, m) in zip(axes.flat, panels):
         im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap="viridis", aspect="auto")
@@ -275,7 +234,7 @@ def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None)
         return _message_png(f"run {run_id}: no metrics stored yet")
     present = [k for k in keys if any(kk == k for _, kk in by)]
     unit = run_step(session, run_id)
-    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    fig, axes = new_figure(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
     for ax, key in zip(axes.flat, present):
         for (sp, k), pts in sorted(by.items()):
             if k == key:

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import math
+import threading
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from sqlalchemy.orm import Session
 
 from nc_core.db import runs_repo
 from nc_core.db.models import Run
 from nc_core.spec import RunSpec
-from service.plots import _message_png, _png, plot_epochs, run_series, run_step
+from service.plots import _message_png, _png, new_figure, plot_epochs, run_series, run_step
 
 MARGIN_KEYS = ("cos_margin_mean", "cos_margin_median", "cos_margin_min")
 TAIL = 0.02  # the hardest-samples panel shows the lowest 2% of the sorted margins
+# matplotlib's mathtext parser (the P_CM title) is one shared object with per-parse state: one such figure at a time
+_MATHTEXT = threading.Lock()
 
 
 def num_classes(run: Run | None) -> int | None:
@@ -38,7 +37,7 @@ def margins_png(session: Session, run_id: int) -> bytes:
         return _statistics_png(session, run_id)
     K, unit = num_classes(session.get(Run, run_id)), run_step(session, run_id)
     ideal = 1.0 + 1.0 / (K - 1) if K and K > 1 else None
-    fig, (full, tail) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (full, tail) = new_figure(1, 2, figsize=(11, 4))
     for d in dists:
         y = np.array([math.nan if v is None else float(v) for v in d.values])  # (n,) ascending
         x = np.linspace(0.0, 1.0, y.shape[0])  # (n,) quantile probability = sample fraction
@@ -56,8 +55,9 @@ def margins_png(session: Session, run_id: int) -> bytes:
     full.set_title(f"run {run_id}: sorted cosine margins " r"$\mathcal{P}_{CM}$" f" (last stored {unit})", fontsize=9)
     tail.set_title(f"hardest samples: lowest {TAIL:.0%}", fontsize=9)
     full.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
+    with _MATHTEXT:  # layout and drawing parse the title's mathtext
+        fig.tight_layout()
+        return _png(fig)
 
 
 def _statistics_png(session: Session, run_id: int) -> bytes:
@@ -67,7 +67,7 @@ def _statistics_png(session: Session, run_id: int) -> bytes:
         return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
     splits = sorted({sp for sp, _ in by})
     unit = run_step(session, run_id)
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
+    fig, axes = new_figure(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)
     for ax, sp in zip(axes.flat, splits):
         for key in MARGIN_KEYS:
             pts = by.get((sp, key))

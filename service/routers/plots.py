@@ -1,7 +1,6 @@
 """PNG plot endpoints: sweep NC dynamics and heatmaps, run cosine margins and metric curves."""
 from __future__ import annotations
 
-import threading
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -17,7 +16,6 @@ from service.errors import NotFound, error_item
 from service.routers.events import db_url
 
 router = APIRouter(tags=["plots"])
-_PYPLOT = threading.Lock()  # pyplot keeps global state: one figure at a time per process
 _NO_CACHE = {"Cache-Control": "no-store"}
 
 
@@ -25,9 +23,8 @@ def _render(request: Request, model: type, obj_id: int, draw) -> Response:  # no
     with session_factory(db_url(request))() as session:
         if session.get(model, obj_id) is None:
             raise NotFound(f"{model.__tablename__} {obj_id} not found")
-        try:
-            with _PYPLOT:
-                png = draw(session)
+        try:  # no lock: each figure has its own canvas (service.plots.new_figure), requests draw in parallel
+            png = draw(session)
         except plots.PlotError as exc:
             raise HTTPException(422, detail=[error_item(exc.field, exc.message)]) from None
     return Response(png, media_type="image/png", headers=_NO_CACHE)
