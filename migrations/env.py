@@ -1,4 +1,4 @@
-"""Alembic environment: URL from the config (caller) or Settings; batch mode for SQLite."""
+"""Alembic environment: URL from the config (caller) or Settings; batch mode for SQLite; one migrator at a time."""
 from __future__ import annotations
 
 from alembic import context
@@ -25,6 +25,21 @@ def _configure(**kwargs) -> None:  # noqa: ANN003
                       compare_type=True, **kwargs)
 
 
+#: pg_advisory_xact_lock key held while migrating: processes starting together (the compose `migrate` services of
+#: several hosts, the CLI's token commands) wait for each other instead of running the same DDL twice.
+MIGRATION_LOCK_KEY = 0x6E637377  # "ncsw"
+
+
+def _run_locked(connection) -> None:  # noqa: ANN001
+    """Run the migrations in one transaction, on PostgreSQL under the migration advisory lock (released at commit):
+    a second migrator reads the revision only after the first committed, and finds nothing to do."""
+    _configure(connection=connection)
+    with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        context.run_migrations()
+
+
 def run_migrations_offline() -> None:
     _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
@@ -34,18 +49,14 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:  # a caller (tests, migrate.upgrade) passed its own connection
-        _configure(connection=connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run_locked(connection)
         return
     from sqlalchemy import create_engine
 
     engine = create_engine(_url(), poolclass=pool.NullPool)  # no cached engine: closes (and checkpoints) at the end
     try:
         with engine.connect() as conn:
-            _configure(connection=conn)
-            with context.begin_transaction():
-                context.run_migrations()
+            _run_locked(conn)
     finally:
         engine.dispose()
 

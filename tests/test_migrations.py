@@ -89,3 +89,65 @@ def test_single_head_and_packaged_location():
     assert (migrate.migrations_dir() / "env.py").is_file()
     root = Path(__file__).resolve().parents[1]
     assert "script_location = migrations" in (root / "alembic.ini").read_text()
+
+
+def _migrate_at(url: str, start: float) -> str:
+    """In a fresh process: wait for ``start`` (time.time()), upgrade ``url``; 'ok' or the error's first line."""
+    import time
+
+    while time.time() < start:
+        pass
+    try:
+        migrate.upgrade(url)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return "ok"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_empty_url(request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
+    """A maker of empty databases of one kind (SQLite files; PostgreSQL databases, dropped afterwards)."""
+    made: list[str] = []
+    if request.param == "sqlite":
+        yield lambda: made.append(f"sqlite:///{tmp_path / f'race{len(made)}.db'}") or made[-1]
+        return
+    server = request.getfixturevalue("pg_server")
+    yield lambda: made.append(server.create("ncsweep_mig")) or made[-1]
+    for url in made:
+        server.drop(url)
+
+
+def test_migrators_started_together_wait_for_each_other(new_empty_url):
+    # e.g. the compose `migrate` services of two worker hosts after a release: without a lock both ran the same
+    # CREATE TABLEs and one crashed (PostgreSQL: a duplicate pg_type row; SQLite: table already exists)
+    import multiprocessing
+    import time
+
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        for _ in range(3):
+            url = new_empty_url()
+            start = time.time() + 1.5  # the three are waiting by then (spawned and imported at the first round)
+            assert pool.starmap(_migrate_at, [(url, start)] * 3) == ["ok"] * 3
+            assert _diffs(url) == []
+
+
+def test_migration_0005_names_duplicate_primary_runs_instead_of_failing_on_the_index(empty_url):
+    from sqlalchemy import text
+
+    migrate.upgrade(empty_url, "0004")
+    engine = create_engine(empty_url)
+    row = ("INSERT INTO run (sweep_id, kind, parent_run_id, status, cancel_requested, attempt, max_attempts, seed, "
+           "grid, spec, spec_hash, options, epoch, epochs_total, start_epoch, step, steps_total, created_at, "
+           "updated_at) VALUES (1, 'train', NULL, 'queued', false, 0, 3, 0, '{}', '{}', 'abcdef0123456789', '{}', "
+           "0, 1, 0, 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)")
+    try:
+        with engine.begin() as conn:  # two primary runs of one spec, as 0004's constraint let through
+            conn.execute(text("INSERT INTO sweep (id, name, owner, spec, axes, created_at) VALUES "
+                              "(1, 's', 'me', '{}', '[]', CURRENT_TIMESTAMP)"))
+            conn.execute(text(row))
+            conn.execute(text(row))
+    finally:
+        engine.dispose()
+    with pytest.raises(RuntimeError, match=r"one primary run per .*\(sweep 1 train spec_hash abcdef012345…: 2 runs"):
+        migrate.upgrade(empty_url)
+    assert migrate.current(empty_url) == "0004"

@@ -20,6 +20,15 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
+    duplicates = op.get_bind().execute(sa.text(
+        "SELECT sweep_id, kind, spec_hash, count(*) AS n, min(id) AS first_id FROM run WHERE parent_run_id IS NULL "
+        "GROUP BY sweep_id, kind, spec_hash HAVING count(*) > 1 ORDER BY sweep_id, first_id")).all()
+    if duplicates:  # the index cannot be built over them; which row to keep is the operator's call
+        listed = "; ".join(f"sweep {s} {k} spec_hash {h[:12]}…: {n} runs from id {i}" for s, k, h, n, i in duplicates[:10])
+        raise RuntimeError(
+            f"migration 0005: expected one primary run per (sweep, kind, spec_hash), found {len(duplicates)} group(s) "
+            f"with more ({listed}). Keep one run of each group (e.g. the one with metrics) and delete the others "
+            "(DELETE FROM run WHERE id IN (...); their metrics and checkpoints go with them), then migrate again.")
     op.create_index('uq_run_primary_hash', 'run', ['sweep_id', 'kind', 'spec_hash'], unique=True,
                     postgresql_where=sa.text('parent_run_id IS NULL'), sqlite_where=sa.text('parent_run_id IS NULL'))
 

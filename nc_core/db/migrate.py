@@ -1,7 +1,9 @@
 """Programmatic Alembic: upgrade a database (SQLite or PostgreSQL) to the newest revision."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -24,12 +26,30 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Create or upgrade the schema at `url` to `revision` (default: head)."""
+    """Create or upgrade the schema at `url` to `revision` (default: head), one process at a time: PostgreSQL
+    under an advisory lock (migrations/env.py), an SQLite file under an flock of `<file>.migrate-lock` (SQLite
+    DDL is not transactional in Alembic, so two migrators would both create the tables)."""
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with _file_lock(Path(path + ".migrate-lock")):
+                command.upgrade(alembic_config(url), revision)
+            return
     command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock of ``path`` (created if needed) for the block; other processes wait for it."""
+    import fcntl
+
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def downgrade(url: str, revision: str = "base") -> None:
