@@ -10,6 +10,7 @@ __all__ = [
     "helmert_basis",
     "simplex_etf",
     "polar",
+    "polar_completed",
     "nearest_etf",
     "etf_distance",
     "etf_pair_distance",
@@ -62,8 +63,8 @@ def simplex_etf(K: int, d: int, *, unit_columns: bool = False, dtype: torch.dtyp
 class _Polar(torch.autograd.Function):
     """Polar factor Q = UVᵀ of a tall A (m ≥ n) with a backward that is stable at repeated singular
     values (the generic SVD backward divides by σ_i² − σ_j² and is not) and at rank deficiency: Σ⁺
-    drops σ ≈ 0 (the implicit-ETF head's first solve polar(Y M) has σ_K = 0 because M1 = 0, and early
-    batches missing classes lose more rank; W = √(K/(K−1)) M Xᵀ never sees those directions)."""
+    drops σ ≈ 0 (the implicit-ETF head's later solves polar((2/√(K−1)) Y M + δ·Prox) are full rank in
+    practice; its first solve, where Y M has σ_K = 0 because M1 = 0, uses :func:`polar_completed`)."""
 
     @staticmethod
     def forward(ctx, A):
@@ -101,6 +102,63 @@ def polar(A: torch.Tensor) -> torch.Tensor:
     if A.shape[-2] >= A.shape[-1]:
         return _Polar.apply(A)
     return _Polar.apply(A.mT).mT
+
+
+class _PolarCompleted(torch.autograd.Function):
+    """Polar factor of a tall A (m ≥ n) whose non-unique part is taken from a guide (see
+    :func:`polar_completed`); the backward differentiates the unique part U_r V_rᵀ only."""
+
+    @staticmethod
+    def forward(ctx, A, guide, rtol):
+        U, S, Vh = torch.linalg.svd(A, full_matrices=True)  # (m, m), (n,), (n, n)
+        rank = int((S > rtol * S[0]).sum()) if float(S[0]) > 0.0 else 0
+        u_range, v_range = U[:, :rank], Vh[:rank].mT  # (m, r), (n, r)
+        u_comp, v_null = U[:, rank:], Vh[rank:].mT  # (m, m-r), (n, n-r): bases of range(A)⊥ and null(A)
+        guide_coords = u_comp.mT @ guide @ v_null  # (m-r, n-r) projected guide, in those bases
+        Pg, _, Qgh = torch.linalg.svd(guide_coords, full_matrices=False)  # (m-r, n-r), (n-r,), (n-r, n-r)
+        completion = u_comp @ (Pg @ Qgh) @ v_null.mT  # (m, n) = U_⊥ polar(U_⊥ᵀ Γ V_⊥) V_⊥ᵀ, basis-free
+        ctx.save_for_backward(u_range, S[:rank], v_range)
+        return u_range @ v_range.mT + completion  # (m, n)
+
+    @staticmethod
+    def backward(ctx, G):
+        U, S, V = ctx.saved_tensors  # (m, r), (r,), (n, r)
+        Z = U.mT @ G @ V  # (r, r)
+        inner = (Z - Z.mT) / (S[:, None] + S[None, :])  # (r, r) Ω, σ_i + σ_j ≥ 2·rtol·σ_1 > 0
+        GV = G @ V  # (m, r)
+        grad = U @ inner @ V.mT + ((GV - U @ (U.mT @ GV)) / S[None, :]) @ V.mT  # U Ω Vᵀ + (I − UUᵀ) G V Σ⁻¹ Vᵀ
+        if V.shape[0] > V.shape[1]:  # rank deficient: row-space rotation U Σ⁻¹ Uᵀ G (I − VVᵀ)
+            UG = U.mT @ G  # (r, n)
+            grad = grad + (U / S[None, :]) @ (UG - (UG @ V) @ V.mT)
+        return grad, None, None
+
+
+def polar_completed(A: torch.Tensor, guide: torch.Tensor, *, rtol: float | None = None) -> torch.Tensor:
+    """A maximiser X of ⟨X, A⟩ over XᵀX = I that does not depend on LAPACK's choice of null vectors.
+
+    A (m × n, m ≥ n) = U_r Σ_r V_rᵀ with r = #{σ_i > rtol·σ_1} (default rtol = √eps of A's dtype: a
+    singular direction with σ ≤ √eps·σ_1 is fixed by the data only to ~eps·σ_1/σ ≥ √eps, and dropping
+    it costs ⟨X, A⟩ at most σ). polar(A) = U_r V_rᵀ is unique only on that range; the rest is
+    completed from the fixed guide Γ (m × n):
+
+        X = U_r V_rᵀ + U_⊥ polar(U_⊥ᵀ Γ V_⊥) V_⊥ᵀ,
+
+    U_⊥ (m × (m−r)) and V_⊥ (n × (n−r)) orthonormal bases of range(A)⊥ and null(A). The completion
+    does not depend on those bases (it is the polar factor of (I − U_rU_rᵀ) Γ (I − V_rV_rᵀ) on its
+    range) when U_⊥ᵀ Γ V_⊥ has full column rank n − r, which holds unless a null direction's guide
+    image lies in range(A); XᵀX = I and ⟨X, A⟩ = Σ_{i≤r} σ_i hold regardless. 2-D inputs only.
+
+    Differentiable in A through the unique part only (the completion is a choice, detached): dX =
+    U_r Ω V_rᵀ + (I − U_rU_rᵀ) dA V_r Σ_r⁻¹ V_rᵀ + U_r Σ_r⁻¹ U_rᵀ dA (I − V_rV_rᵀ), Ω_ij =
+    (Z_ij − Z_ji)/(σ_i + σ_j), Z = U_rᵀ dA V_r. At full rank this is :func:`polar`'s rule and X = polar(A).
+    """
+    if A.ndim != 2 or A.shape[0] < A.shape[1]:
+        raise ValueError(f"polar_completed: expected a tall matrix (m, n), m >= n, got shape {tuple(A.shape)}")
+    if guide.shape != A.shape:
+        raise ValueError(f"polar_completed: guide shape {tuple(guide.shape)} != A shape {tuple(A.shape)}")
+    if rtol is None:
+        rtol = math.sqrt(torch.finfo(A.dtype).eps)
+    return _PolarCompleted.apply(A, guide.detach().to(A.dtype), float(rtol))
 
 
 def _check_frame(Y: torch.Tensor, name: str = "Y") -> tuple[int, int]:

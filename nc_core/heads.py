@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nc_core.etf import helmert_basis, polar
+from nc_core.etf import helmert_basis, polar, polar_completed
 from nc_core.registry import HEADS
 from nc_core.spec import HeadSpec
 
@@ -104,14 +104,39 @@ def _ema_rate(t: int) -> float:
     return max(2.0 / (t + 2.0), 1e-4)
 
 
+def _first_solve(y_norm: Tensor) -> Tensor:
+    """X (d, K) maximising ⟨X, Y M⟩ over St(d, K) (d = K−1: X Xᵀ = I, X1 = 0), chosen deterministically.
+
+    M = QQᵀ with Q the Helmert basis of 1⊥ (K, K−1), so ⟨X, Y M⟩ = ⟨XQ, YQ⟩ and the maximisers are
+    X = O Qᵀ + e 1ᵀ/√K with O ∈ polar(YQ) and e a unit vector ⟂ range(O) (no e when d = K−1). polar(Y M)
+    left e — and O's columns on YQ's null space, when a first batch misses classes — to LAPACK's null
+    vectors, i.e. to rounding noise, and X becomes the next step's Prox. Here, in the orthonormal
+    class basis H = [Q, 1/√K] (K, K), Y M H = [YQ, 0] and X = polar_completed([YQ, 0], Γ H) Hᵀ: the unique
+    part U_r V_rᵀ of polar(YQ) (σ_i > √eps·σ_1) is differentiable as before, the null part is completed
+    from the guide Γ = the first K standard basis columns of R^d (feature axis k ↔ class k), detached.
+    """
+    d, k = y_norm.shape
+    helmert = helmert_basis(k, dtype=y_norm.dtype, device=y_norm.device)  # (K, K-1)
+    coords = y_norm @ helmert  # (d, K-1) = Y Q
+    if d >= k:
+        ones = torch.full((k, 1), 1.0 / math.sqrt(k), dtype=y_norm.dtype, device=y_norm.device)  # (K, 1)
+        basis = torch.cat([helmert, ones], dim=1)  # (K, K) orthogonal
+        coords = torch.cat([coords, torch.zeros_like(coords[:, :1])], dim=1)  # (d, K) = Y M H
+    else:
+        basis = helmert  # (K, K-1): X = O Qᵀ, rows ⟂ 1
+    guide = torch.eye(d, k, dtype=y_norm.dtype, device=y_norm.device) @ basis  # (d, K | K-1)
+    return polar_completed(coords, guide) @ basis.mT  # (d, K)
+
+
 def implicit_etf_solve(h: Tensor, y: Tensor, f_prev: Tensor, t: int, prox: Tensor | None, *,
                        num_classes: int, delta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One training step of the nearest-ETF layer (nc-spec §4, closed form), pure and differentiable.
 
     Returns (W (K, d), f̄ (d,), F (d, K), X (d, K)): F = α·[m_1 … m_K] + (1−α)·F_prev for classes present
     (absent classes keep F_prev), m_k = batch class mean − f̄; Y = F/‖F‖_F, M = I − 11ᵀ/K;
-    X = polar((2/√(K−1)) Y M + δ·Prox), first call X = polar(Y M); W = √(K/(K−1)) M Xᵀ.
-    Gradients reach h through the current-batch term of F and through f̄.
+    X = polar((2/√(K−1)) Y M + δ·Prox), first call X = argmax ⟨X, Y M⟩ over St(d, K) (see
+    :func:`_first_solve`); W = √(K/(K−1)) M Xᵀ. Gradients reach h through the current-batch term of F
+    and through f̄.
     """
     k = num_classes
     fbar = h.mean(dim=0)  # (d,)
@@ -122,11 +147,10 @@ def implicit_etf_solve(h: Tensor, y: Tensor, f_prev: Tensor, t: int, prox: Tenso
     f_new = torch.where(counts[None, :] > 0, alpha * means + (1.0 - alpha) * f_prev.detach(), f_prev.detach())  # (d, K)
     y_norm = f_new / f_new.norm().clamp_min(torch.finfo(h.dtype).tiny)  # (d, K)
     m = torch.eye(k, dtype=h.dtype, device=h.device) - 1.0 / k  # (K, K)
-    ym = y_norm @ m  # (d, K)
-    if prox is None:  # first call: the feasibility solve, no proximal term (X·1 is free; W ignores it)
-        x = polar(ym)  # (d, K)
+    if prox is None:  # first call: the feasibility solve, no proximal term
+        x = _first_solve(y_norm)  # (d, K)
     else:
-        x = polar((2.0 / math.sqrt(k - 1)) * ym + delta * prox.detach())  # (d, K)
+        x = polar((2.0 / math.sqrt(k - 1)) * (y_norm @ m) + delta * prox.detach())  # (d, K)
     w = math.sqrt(k / (k - 1)) * m @ x.mT  # (K, d)
     return w, fbar, f_new, x
 
@@ -145,7 +169,7 @@ class ImplicitETFHead(Head):
         super().__init__(dim, num_classes)
         if spec.depth_linear != 1:
             raise ValueError(f"implicit_etf head: expected depth_linear = 1, got {spec.depth_linear}")
-        # d = K−1 works too: Y M, the first polar(Y M) and hence every X have rows ⟂ 1 (exact ETF W).
+        # d = K−1 works too: Y M, the first solve's X and hence every X have rows ⟂ 1 (exact ETF W).
         self.delta, self.use_bias = spec.delta, spec.bias
         self.register_buffer("ema", torch.zeros(dim, num_classes))  # (d, K) F
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # t

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from nc_core.etf import polar
 from nc_core.heads import FixedETFHead, ImplicitETFHead, LearnedHead, build_head, implicit_etf_solve
 from nc_core.spec import HeadSpec
 
@@ -152,3 +153,89 @@ def test_implicit_etf_first_batch_missing_classes_has_bounded_gradient():
     (logits * torch.randn_like(logits)).sum().backward()
     assert torch.isfinite(h.grad).all() and h.grad.abs().max() < 1e3
     assert torch.equal(head.ema[:, 4:], torch.zeros(16, 2))  # never-seen classes keep their (zero) column
+
+
+def _two_steps(h0: torch.Tensor, y0: torch.Tensor, h1: torch.Tensor, y1: torch.Tensor, k: int, delta: float = 1e-3):
+    """(X₀ (d, K), W₁ (K, d)): the first solve's X (the next Prox) and W after step 1."""
+    _, _, f0, x0 = implicit_etf_solve(h0, y0, torch.zeros(h0.shape[1], k, dtype=h0.dtype), 0, None,
+                                      num_classes=k, delta=delta)
+    w1, _, _, _ = implicit_etf_solve(h1, y1, f0, 1, x0, num_classes=k, delta=delta)
+    return x0, w1
+
+
+@pytest.mark.parametrize("present", [10, 8], ids=["all_classes", "two_missing"])
+def test_implicit_etf_first_solve_is_deterministic_under_rounding_noise(present):
+    """Y M has σ_K = 0 (M1 = 0), and more zeros when classes are missing: X₀'s completion on those
+    directions must not be LAPACK's noise-chosen null vectors, or W after step 1 moves by O(δ)."""
+    k, d, b = 10, 64, 100
+    g = torch.Generator().manual_seed(7)
+    h0 = torch.randn(b, d, dtype=torch.float64, generator=g) + 3.0  # (B, d) with a common offset
+    h1 = torch.randn(b, d, dtype=torch.float64, generator=g)  # (B, d)
+    noise = 1e-9 * torch.randn(b, d, dtype=torch.float64, generator=g)  # (B, d)
+    y0, y1 = torch.arange(b) % present, torch.arange(b) % k
+    x0, w1 = _two_steps(h0, y0, h1, y1, k)
+    x0_noisy, w1_noisy = _two_steps(h0 + noise, y0, h1, y1, k)
+    assert (x0 - x0_noisy).abs().max() < 1e-6  # O(1e-9)·modest, not O(1)
+    assert (w1 - w1_noisy).abs().max() < 1e-6  # not O(δ) = 1e-3
+
+
+def _first_solve_np(ym: np.ndarray) -> np.ndarray:
+    """Independent closed form of the first solve: X = U_r V_rᵀ + polar((I − U_rU_rᵀ) Γ N) on its range,
+    Γ = eye(d, K), N the projector onto null(Y M) (within 1⊥ when d = K−1), r = #{σ > √eps·σ_1}."""
+    d, k = ym.shape
+    u, s, vt = np.linalg.svd(ym, full_matrices=False)
+    r = int((s > math.sqrt(np.finfo(float).eps) * s[0]).sum())
+    null = np.eye(k) - vt[:r].T @ vt[:r] - (np.ones((k, k)) / k if d < k else 0.0)  # (K, K)
+    guided = (np.eye(d) - u[:, :r] @ u[:, :r].T) @ np.eye(d, k) @ null  # (d, K)
+    gu, _, gvt = np.linalg.svd(guided, full_matrices=False)
+    fill = min(d, k) - r
+    return u[:, :r] @ vt[:r] + gu[:, :fill] @ gvt[:fill]  # (d, K)
+
+
+@pytest.mark.parametrize("d,k,present", [(64, 10, 10), (64, 10, 8), (10, 10, 7), (9, 10, 10), (9, 10, 8)])
+def test_implicit_etf_first_solve_is_an_exact_guided_maximiser(d, k, present):
+    """X₀ ∈ St(d, K) (d = K−1: X Xᵀ = I, X1 = 0) attains ⟨X₀, Y M⟩ = ‖Y M‖_* and its non-unique part
+    is the guided completion, not the SVD's."""
+    g = torch.Generator().manual_seed(d + present)
+    h = torch.randn(5 * k, d, dtype=torch.float64, generator=g)  # (B, d)
+    y = torch.arange(5 * k) % present
+    w, _, f, x = implicit_etf_solve(h, y, torch.zeros(d, k, dtype=torch.float64), 0, None, num_classes=k, delta=1e-3)
+    ym = f / f.norm() @ (torch.eye(k, dtype=torch.float64) - 1.0 / k)  # (d, K)
+    gram = x.T @ x if d >= k else x @ x.T  # (min(d, K), min(d, K))
+    assert torch.allclose(gram, torch.eye(min(d, k), dtype=torch.float64), atol=1e-12, rtol=0)
+    assert abs(float((x * ym).sum() - torch.linalg.matrix_norm(ym, ord="nuc"))) < 1e-12
+    if d < k:
+        assert x.sum(dim=1).abs().max() < 1e-12
+    np.testing.assert_allclose(x.numpy(), _first_solve_np(ym.numpy()), atol=1e-10)
+    assert torch.allclose(w @ w.T, k / (k - 1) * (torch.eye(k, dtype=torch.float64) - 1.0 / k), atol=1e-12)
+
+
+@pytest.mark.parametrize("d,k", [(64, 10), (6, 4), (4, 4), (3, 4)])
+def test_implicit_etf_first_solve_gradient_equals_polar_of_ym(d, k):
+    """With all classes present the completion is invisible to W: the first step's gradient w.r.t. h
+    is that of W = √(K/(K−1)) M polar(Y M)ᵀ."""
+    g = torch.Generator().manual_seed(d)
+    h = torch.randn(5 * k, d, dtype=torch.float64, generator=g, requires_grad=True)  # (B, d)
+    y = torch.arange(5 * k) % k
+    probe = torch.randn(5 * k, k, dtype=torch.float64, generator=g)  # (B, K)
+    m = torch.eye(k, dtype=torch.float64) - 1.0 / k  # (K, K)
+    w, fbar, f, _ = implicit_etf_solve(h, y, torch.zeros(d, k, dtype=torch.float64), 0, None, num_classes=k, delta=1e-3)
+    w_ref = math.sqrt(k / (k - 1)) * m @ polar(f / f.norm() @ m).T  # (K, d)
+    grads = [torch.autograd.grad(((h @ v.T - v @ fbar) * probe).sum(), h, retain_graph=True)[0] for v in (w, w_ref)]
+    assert torch.allclose(w, w_ref, atol=1e-12)
+    assert torch.allclose(grads[0], grads[1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("present", [4, 3])
+def test_implicit_etf_resume_after_first_step_matches_uninterrupted(present):
+    d, k = 8, 4
+    torch.manual_seed(3)
+    spec = HeadSpec(name="implicit_etf")
+    head = build_head(spec, d, k)
+    batches = [(torch.randn(12, d), torch.arange(12) % (present if i == 0 else k)) for i in range(4)]
+    head(*batches[0])
+    clone = build_head(spec, d, k)
+    clone.load_state_dict(head.state_dict())
+    for hb, yb in batches[1:]:
+        assert torch.equal(head(hb, yb), clone(hb, yb))
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), clone.state_dict().values()))
