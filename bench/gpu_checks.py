@@ -25,6 +25,9 @@ from nc_core.train import NullReporter, fit  # noqa: E402
 
 #: GPU float64 kernels reduce in another order than the CPU's: agreement to this relative tolerance.
 RTOL = 1e-9
+#: acc (percent) comes from float32 logits, whose GEMM rounding differs between devices: a few argmaxes
+#: of near-tied samples may flip (each moves acc by 100/N); every other key is float64 and held to RTOL
+ACC_TOL_POINTS = 0.05
 
 
 def _features(n: int, d: int, K: int, seed: int = 0):
@@ -53,7 +56,8 @@ def _differences(got: dict, want: dict) -> list[str]:
         g = got.get(k)
         if g is None or (math.isnan(v) and math.isnan(g)):
             continue
-        if not abs(g - v) <= RTOL * max(1.0, abs(v)):
+        tol = ACC_TOL_POINTS if k == "acc" else RTOL * max(1.0, abs(v))  # acc: float32 logits' argmax may flip
+        if not abs(g - v) <= tol:
             bad.append(f"{k}: {g!r} vs {v!r}")
     return bad
 

@@ -177,6 +177,11 @@ class ImplicitETFHead(Head):
         self.register_buffer("weight", _simplex_etf(num_classes, dim))  # (K, d)
         self.register_buffer("bias", torch.zeros(num_classes))  # (K,)
         self.register_buffer("fbar_run", torch.zeros(dim))  # (d,)
+        self._t: int | None = 0  # steps on the host (None: read the buffer once, after a state dict was loaded)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._t = None  # the loaded steps buffer holds t now
 
     def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
         if not self.training:
@@ -184,7 +189,7 @@ class ImplicitETFHead(Head):
             return out + self.bias.to(h.dtype) if self.use_bias else out
         if y is None:
             raise ValueError("implicit_etf head: training forward needs the labels y (B,), got None")
-        t = int(self.steps)
+        t = self._t if self._t is not None else int(self.steps)  # no device sync a step, only after a load
         with torch.autocast(device_type=h.device.type, enabled=False):
             hf = h.float()  # (B, d)
             w, fbar, f_new, x = implicit_etf_solve(hf, y, self.ema, t, self.prox if t > 0 else None,
@@ -200,6 +205,7 @@ class ImplicitETFHead(Head):
             self.fbar_run.mul_(1.0 - alpha).add_(alpha * fbar)
             self.bias.copy_(-(w @ self.fbar_run) if self.use_bias else torch.zeros_like(self.bias))
             self.steps.add_(1)
+        self._t = t + 1
         return logits
 
     def effective_weight(self) -> Tensor:

@@ -289,3 +289,18 @@ def test_batches_with_augmentation_are_reproducible():
     a, b = run(0), run(0)
     assert all(torch.equal(p, q) for p, q in zip(a, b)) and a[0].shape == (16, 1, 8, 8)
     assert not torch.equal(torch.cat(a), torch.cat(run(1)))
+
+
+@pytest.mark.parametrize("augment", ["none", "crop_flip"])
+def test_channels_last_images_stay_channels_last_in_every_batch(augment):
+    # CUDA convnet runs store the split channels_last; a row gather or crop_flip's gather returned NCHW batches
+    x = torch.randn(40, 3, 8, 8)
+    y = torch.arange(40) % 4
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    for shuffle in (True, False):
+        plain = list(batches(x, y, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(0), augment=augment))
+        last = list(batches(nhwc, y, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(0),
+                            augment=augment))
+        for (xa, ya), (xb, yb) in zip(plain, last, strict=True):
+            assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

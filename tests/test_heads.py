@@ -239,3 +239,19 @@ def test_implicit_etf_resume_after_first_step_matches_uninterrupted(present):
     for hb, yb in batches[1:]:
         assert torch.equal(head(hb, yb), clone(hb, yb))
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), clone.state_dict().values()))
+
+
+class _NoHostRead(torch.Tensor):
+    """A buffer whose value may not be read on the host (int() would synchronise a CUDA device every step)."""
+
+    def __int__(self) -> int:
+        raise AssertionError("the step counter was read on the host")
+
+
+def test_implicit_etf_steps_do_not_read_the_step_counter_from_the_device():
+    d, k = 6, 3
+    head = build_head(HeadSpec(name="implicit_etf"), d, k)
+    head.steps = head.steps.as_subclass(_NoHostRead)
+    for _ in range(3):
+        head(torch.randn(9, d), torch.arange(9) % k)
+    assert torch.equal(head.steps.as_subclass(torch.Tensor), torch.tensor(3))

@@ -41,7 +41,9 @@ def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: 
             augment: str = "none", drop_last: bool = False,
             fill: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Mini-batches of resident tensors; the permutation and augmentation draws use ``generator``;
-    ``fill`` (C,): crop_flip's padding value."""
+    ``fill`` (C,): crop_flip's padding value. Images stored channels_last (CUDA convnet runs) come out
+    channels_last too: a row gather and crop_flip's gather return NCHW, which cuDNN would convert back
+    every step."""
     if augment not in AUGMENTS:
         raise ValueError(f"batches: unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
     if augment == "crop_flip" and x.ndim != 4:
@@ -49,6 +51,8 @@ def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: 
     if len(x) != len(y):
         raise ValueError(f"batches: x has {len(x)} rows but y has {len(y)}")
     n = len(x)
+    nhwc = x.ndim == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()  # (N, C, H, W) stored as (N, H, W, C)
     order = None  # unshuffled batches are views (no copy)
     if shuffle:
         gdev = generator.device if generator is not None else torch.device("cpu")
@@ -63,4 +67,6 @@ def batches(x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: 
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)  # ~3x faster than x[idx] on the CPU
         if augment == "crop_flip":
             xb = crop_flip(xb, generator, fill)
+        if nhwc:
+            xb = xb.contiguous(memory_format=torch.channels_last)  # a no-op for views of x
         yield xb, yb

@@ -39,8 +39,8 @@ def resident_pass(batches: list, num_classes: int, dim: int, weight: torch.Tenso
     places each batch's rows otherwise. Sweep 1 takes each class's float64 sum (its mean); sweep 2
     visits each class again in cache-sized float64 chunks r = h − μ_k and, while the chunk is in cache,
     takes ‖r‖², adds rᵀr (its Gram) and projects r on the classifier and the centred means; the
-    per-sample metrics and the class's nuclear-norm ratio are then taken a class at a time from those
-    (2K + 1, n_k) products and its Gram. No float64 copy of the split is made. On a CPU with T ≥ 2 torch
+    per-sample metrics and (on a CPU) the class's nuclear-norm ratio are then taken a class at a time from
+    those (2K + 1, n_k) products and its Gram. No float64 copy of the split is made. On a CPU with T ≥ 2 torch
     threads and at least T classes, both sweeps share the classes out among T single-threaded workers
     (:func:`class_workers`); results are merged in class order either way.
     The ClassStats equals, to rounding, one fed with the same batches through ``update``.
@@ -108,7 +108,10 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
                 free.put(chunk)
             if samples is None:
                 return sq.sum(), None, None
-            return sq.sum(), samples._residual_scores(P, sq, k, xk), _class_ratio(stats._scatter[k], n[k], means[k])
+            # on a CPU the class's nuclear-norm ratio while its scatter is in cache; elsewhere the suite takes all
+            # classes in one batched factorisation and SVD (one launch and one sync instead of K)
+            ratio = _class_ratio(stats._scatter[k], n[k], means[k]) if device.type == "cpu" else None
+            return sq.sum(), samples._residual_scores(P, sq, k, xk), ratio
 
         ratios = []
         for (k, xk), (ss_k, scores, ratio) in zip(classes, parallel_map(visit, classes, workers)):

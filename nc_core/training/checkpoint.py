@@ -44,7 +44,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """torch (CPU and every CUDA device), numpy and python RNG states."""
+    """torch (CPU and every visible CUDA device), numpy and python RNG states."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -53,11 +53,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states. CUDA states go to the devices this process sees, by index: a run
+    checkpointed by a process that saw more GPUs (a CLI run without CUDA_VISIBLE_DEVICES) resumes in a
+    worker pinned to one (its device 0 is the run's device there), where the rest have no device."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def save_checkpoint(workdir: str | Path, epoch: int, state: dict[str, Any]) -> tuple[Path, int, str]:
