@@ -97,7 +97,10 @@ def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices,
     """Start one worker process per GPU (or CPU workers) against the configured broker and database."""
     from worker import launch
 
-    rc = launch.main(_ints(gpus, "--gpus") if gpus else None, cpu)
+    try:
+        rc = launch.main(_ints(gpus, "--gpus") if gpus else None, cpu)
+    except launch.GpuSelectionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--gpus") from None
     if rc:
         raise typer.Exit(rc)
 

@@ -217,6 +217,11 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     from worker import launch
     from worker.reconciler import run_forever
 
+    if gpus is not None:  # before anything starts: --gpus outside an inherited CUDA_VISIBLE_DEVICES
+        try:
+            launch.check_gpus_allotted(gpus)
+        except launch.GpuSelectionError as exc:
+            raise StackError(str(exc)) from None
     stack.enter_context(_lock_home(home))
     redis_port = free_port()
     settings = stack_settings(home, redis_port, api_port)

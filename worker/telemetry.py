@@ -62,18 +62,37 @@ def _nvml() -> Any | None:
 
 
 def _gpu_sample(nvml: Any, index: int) -> dict[str, Any]:
+    """What NVML reports of GPU `index`: each field read on its own, None for one it cannot read (MIG mode
+    and some virtual GPUs raise NVMLError_NotSupported for utilization, fanless or passive boards for
+    temperature), so one unsupported query never hides the rest. Raises only when the GPU itself is gone."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
-    name = nvml.nvmlDeviceGetName(handle)
-    mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-    util = nvml.nvmlDeviceGetUtilizationRates(handle)
-    try:
-        temp = float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-    except Exception:
-        temp = None
+    name = _gpu_field(index, "gpu_name", lambda: nvml.nvmlDeviceGetName(handle))
+    mem = _gpu_field(index, "memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+    util = _gpu_field(index, "util_percent", lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+    temp = _gpu_field(index, "temperature_c", lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
     return {"device": f"cuda:{index}", "gpu_index": index,
-            "gpu_name": name.decode() if isinstance(name, bytes) else str(name),
-            "util_percent": float(util.gpu), "memory_used": int(mem.used), "memory_total": int(mem.total),
-            "temperature_c": temp}
+            "gpu_name": None if name is None else name.decode() if isinstance(name, bytes) else str(name),
+            "util_percent": None if util is None else float(util.gpu),
+            "memory_used": None if mem is None else int(mem.used),
+            "memory_total": None if mem is None else int(mem.total),
+            "temperature_c": None if temp is None else float(temp)}
+
+
+# (GPU index, field) pairs whose NVML query failed and was logged: a field NVML does not support on a GPU
+# fails on every heartbeat, so it is logged once per process (a forked child inherits the set), not every beat.
+_UNREADABLE_GPU_FIELDS: set[tuple[int, str]] = set()
+
+
+def _gpu_field(index: int, field_name: str, query: Callable[[], Any]) -> Any | None:
+    """query(), or None when NVML cannot answer it (logged once per GPU and field, at WARNING)."""
+    try:
+        return query()
+    except Exception as exc:  # NVMLError_NotSupported in MIG mode / on virtual GPUs, or any other NVML failure
+        if (index, field_name) not in _UNREADABLE_GPU_FIELDS:
+            _UNREADABLE_GPU_FIELDS.add((index, field_name))
+            log.warning("NVML cannot read %s of GPU %s (%s: %s); reporting it as unknown (logged once)",
+                        field_name, index, type(exc).__name__, exc)
+        return None
 
 
 def _cpu_sample() -> dict[str, Any]:
@@ -86,7 +105,10 @@ def _cpu_sample() -> dict[str, Any]:
 def sample(gpu_index: int | None) -> dict[str, Any]:
     """One telemetry sample: GPU `gpu_index` through NVML (physical index), else CPU % and RAM.
 
-    NVML ignores CUDA_VISIBLE_DEVICES, so pass the physical GPU index. Never initialises CUDA.
+    NVML ignores CUDA_VISIBLE_DEVICES, so pass the physical GPU index: NVML's, i.e. PCI bus order, the order
+    worker.launch pins each worker's CUDA_VISIBLE_DEVICES in (with CUDA_DEVICE_ORDER=PCI_BUS_ID), so the GPU
+    reported is the GPU trained on. A field NVML cannot read is None (the rest is still reported); only a
+    GPU NVML cannot reach at all falls back to CPU telemetry. Never initialises CUDA.
     """
     if gpu_index is not None:
         nvml = _nvml()
