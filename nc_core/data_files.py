@@ -7,8 +7,10 @@ from pathlib import Path
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-#: CIFAR: spec name → the folder torchvision extracts under the root.
+#: CIFAR: spec name → the folder torchvision extracts under the root, and the files it reads there.
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+CIFAR_FILES = {"cifar10": (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+               "cifar100": ("train", "test", "meta")}
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
 ROOT_FIX = "or point data.root (or the NCSWEEP_DATA_ROOT environment variable) at a directory that holds them."
@@ -30,7 +32,7 @@ def expected_paths(name: str, root: Path) -> list[Path]:
     if name in MNIST_FOLDERS:
         return idx_paths(root, name)
     if name in CIFAR_FOLDERS:
-        return [root / CIFAR_FOLDERS[name]]
+        return [root / CIFAR_FOLDERS[name] / f for f in CIFAR_FILES[name]]
     if name == "svhn":
         return [root / f for f in SVHN_FILES]
     return []

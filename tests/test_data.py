@@ -74,13 +74,30 @@ def test_data_root_from_settings(tmp_path):
         load_data(RunSpec(data={"name": "mnist"}), "cpu", settings=Settings(data_root=tmp_path / "elsewhere"))
 
 
-def test_corrupt_cifar_folder_is_unreadable_data(tmp_path):
-    (tmp_path / "cifar-10-batches-py").mkdir()
-    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not a pickle")
+def test_an_incomplete_cifar_folder_names_the_missing_files(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"not a pickle")
     with pytest.raises(MissingDataError) as err:
         load_data(RunSpec(data={"name": "cifar10", "root": str(tmp_path)}), "cpu")
-    msg = str(err.value)  # the folder is there: incomplete or corrupt, with torchvision's reason
-    assert "could not be read (RuntimeError: Dataset not found or corrupted" in msg and "incomplete" in msg
+    msg = str(err.value)  # was: "are there but could not be read", naming no file
+    assert "files not found" in msg and str(folder / "data_batch_3") in msg and str(folder / "batches.meta") in msg
+    assert str(folder / "data_batch_1") not in msg
+    from nc_core.data_files import absent_files  # the API's check before a sweep is queued sees it too
+
+    assert folder / "data_batch_3" in absent_files("cifar10", tmp_path)
+
+
+def test_corrupt_cifar_files_are_unreadable_data_named_in_one_line(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"):
+        (folder / name).write_bytes(b"not a pickle")
+    with pytest.raises(MissingDataError) as err:
+        load_data(RunSpec(data={"name": "cifar10", "root": str(tmp_path)}), "cpu")
+    msg = str(err.value)  # all there: corrupt, with torchvision's reason but not its download=True advice
+    assert "could not be read (" in msg and "Dataset not found or corrupted" in msg and "incomplete" in msg
+    assert str(folder / "test_batch") in msg and "download=True" not in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
@@ -304,3 +321,21 @@ def test_channels_last_images_stay_channels_last_in_every_batch(augment):
         for (xa, ya), (xb, yb) in zip(plain, last, strict=True):
             assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_train_subset_is_selected_from_the_uint8_images_before_the_float_copy(tmp_path, monkeypatch):
+    # the modifiers' x[keep] beside a float copy of the whole split held both at once (+0.5 GB on CIFAR-10)
+    import nc_core.data as data
+
+    files = _fake_mnist(tmp_path, "MNIST", compress=False, n_train=60)
+    seen = []
+    modify = data.modify_train
+    monkeypatch.setattr(data, "modify_train",
+                        lambda spec, seed, x, y, k: seen.append(x.dtype) or modify(spec, seed, x, y, k))
+    bundle = load_data(RunSpec(data={"name": "mnist", "root": str(tmp_path), "per_class": 3}), "cpu")
+    assert seen == [torch.uint8] and bundle.train_x.dtype == torch.float32 and bundle.train_x.shape == (30, 1, 28, 28)
+    x, y = files["train"]
+    kept = np.sort(np.concatenate([np.flatnonzero(y == c)[:3] for c in range(10)]))  # the first 3 of each class
+    full = load_data(RunSpec(data={"name": "mnist", "root": str(tmp_path)}), "cpu")
+    assert torch.equal(bundle.train_x, full.train_x[torch.from_numpy(kept)])  # the same bits as before
+    np.testing.assert_allclose((bundle.train_x[:, 0] * 0.3081 + 0.1307).numpy(), x[kept] / 255.0, atol=1e-5)

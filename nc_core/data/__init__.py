@@ -52,11 +52,15 @@ def data_root(spec: RunSpec, settings=None) -> Path:
                          "path") from None
 
 
-def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale: float = 1.0) -> Tensor:
+    """(x/scale − mean)/std per channel as float32: one float copy of uint8 images (scale 255), worked on in place;
+    (N, D) features are used as drawn."""
     if x.ndim != 4:
         return x.float()  # (N, D): synthetic features are used as drawn
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    if x.dtype == torch.uint8:
+        return x.float().div_(scale).sub_(m).div_(s)  # (N, C, H, W): the new float copy, in place
     return x.float().contiguous().sub_(m).div_(s)  # (N, C, H, W), in place on the loader's own copy
 
 
@@ -68,8 +72,8 @@ def load_data(spec: RunSpec, device: torch.device | str = "cpu", *, settings=Non
     train_x, train_y = modify_train(spec.data, spec.seed, raw.train_x, raw.train_y, k)
     to = dict(device=device)
     return DataBundle(
-        train_x=_normalise(train_x, raw.mean, raw.std).to(**to), train_y=train_y.to(**to),
-        test_x=_normalise(raw.test_x, raw.mean, raw.std).to(**to), test_y=raw.test_y.long().to(**to),
+        train_x=_normalise(train_x, raw.mean, raw.std, raw.scale).to(**to), train_y=train_y.to(**to),
+        test_x=_normalise(raw.test_x, raw.mean, raw.std, raw.scale).to(**to), test_y=raw.test_y.long().to(**to),
         num_classes=k, input_shape=tuple(raw.train_x.shape[1:]), mean=raw.mean, std=raw.std)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from nc_core.data_files import (CIFAR_FOLDERS, IDX_FILES, MNIST_FOLDERS, ROOT_FIX, SVHN_FILES, MissingDataError,
-                                idx_paths, missing)
+                                expected_paths, idx_paths, missing)
 from nc_core.registry import DATASETS
 from nc_core.spec import RunSpec
 
@@ -20,14 +21,17 @@ __all__ = ["MissingDataError", "RawData", "missing", "unreadable"]
 
 @dataclass
 class RawData:
-    """Un-normalised splits on the CPU: x float32 (N, C, H, W) in [0, 1] or (N, D); y int64 (N,)."""
+    """Un-normalised splits on the CPU: x (N, C, H, W) or (N, D) with x/scale in [0, 1] — image files stay uint8
+    (scale 255) until the train-split modifiers have dropped what they drop, so a subset never sits beside a
+    float copy of the whole split; y int64 (N,)."""
 
     train_x: Tensor
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
-    mean: tuple[float, ...]  # per channel (images) / per input (gaussian: zeros)
+    mean: tuple[float, ...]  # per channel of x/scale (images) / per input (gaussian: zeros)
     std: tuple[float, ...]
+    scale: float = 1.0
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -38,10 +42,14 @@ def rng(seed: int, stream: int) -> np.random.Generator:
 _READ_ERRORS = (RuntimeError, AssertionError, ValueError, EOFError, OSError, KeyError, IndexError, TypeError)
 
 
+_TORCHVISION_HINT = re.compile(r"\s*You can use download=True to download it\.?")
+
+
 def unreadable(name: str, root: Path, err: BaseException, files: str | None = None) -> MissingDataError:
     """The error for files that are there but corrupt or truncated (a torchvision assert has no message);
     ``files``: which ones, when known."""
-    why = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__} in the file reader"
+    text = " ".join(_TORCHVISION_HINT.sub("", str(err)).split())  # one line, without torchvision's download=True
+    why = f"{type(err).__name__}: {text}" if text else f"{type(err).__name__} in the file reader"
     why = f"{files}: {why}" if files else why
     return MissingDataError(
         f"dataset {name!r}: the files under data root {root} are there but could not be read ({why}); they are "
@@ -91,10 +99,10 @@ def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float
         for split in ("train", "test"):
             try:
                 ds = getattr(tvd, tv_name)(str(root), train=split == "train", download=download)
-            except (RuntimeError, OSError) as err:  # not found, or the download failed
+            except (RuntimeError, OSError) as err:  # not found, a truncated file, or the download failed
                 if have_raw:
-                    raise unreadable(name, root, err) from err
-                raise missing(name, root, paths, f" ({err})", download=download) from err
+                    raise unreadable(name, root, err, ", ".join(str(raw / f) for f in IDX_FILES[split])) from err
+                raise missing(name, root, paths, f" ({' '.join(str(err).split())})", download=download) from err
             except Exception as err:  # noqa: BLE001 - torchvision's idx reader asserts, reshapes, indexes
                 raise unreadable(name, root, err, ", ".join(str(raw / f) for f in IDX_FILES[split])) from err
             splits[split] = (ds.data, ds.targets)
@@ -111,8 +119,7 @@ def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float
     for split, (x, y) in splits.items():
         _check_split(spec, root, split, ", ".join(str(raw / f) for f in IDX_FILES[split]), x, y, (28, 28))
     (trx, try_), (tex, tey) = splits["train"], splits["test"]
-    return RawData(trx[:, None].float().div_(255.0), try_.long(), tex[:, None].float().div_(255.0), tey.long(),
-                   (mean,), (std,))
+    return RawData(trx[:, None], try_.long(), tex[:, None], tey.long(), (mean,), (std,), 255.0)  # (N, 1, 28, 28) uint8
 
 
 @DATASETS.register("mnist")
@@ -128,17 +135,19 @@ def _fashion_mnist(spec: RunSpec, root: Path) -> RawData:
 # ---------------------------------------------------------------- CIFAR / SVHN (md5-checked by torchvision)
 def _torchvision_split(spec: RunSpec, root: Path, expected: list[Path], make) -> tuple[np.ndarray, np.ndarray]:
     """``make()`` a torchvision dataset (data, labels as numpy); absent or corrupt files -> MissingDataError."""
-    download = spec.data.download
-    if not download and not all(p.exists() for p in expected):
-        raise missing(spec.data.name, root, expected)
+    download, files = spec.data.download, ", ".join(str(p) for p in expected)
+    absent = [p for p in expected if not p.exists()]
+    if absent and not download:
+        raise missing(spec.data.name, root, absent)
     try:
         ds = make()
     except (RuntimeError, OSError) as err:  # "Dataset not found or corrupted" (md5 mismatch), a failed download
         if all(p.exists() for p in expected):  # there, but incomplete or failing torchvision's md5 check
-            raise unreadable(spec.data.name, root, err) from err
-        raise missing(spec.data.name, root, expected, f"; torchvision says: {err}", download=download) from err
+            raise unreadable(spec.data.name, root, err, files) from err
+        said = " ".join(_TORCHVISION_HINT.sub("", str(err)).split())
+        raise missing(spec.data.name, root, absent, f"; torchvision says: {said}", download=download) from err
     except Exception as err:  # noqa: BLE001 - a pickle or .mat reader's own error (UnpicklingError, MatReadError)
-        raise unreadable(spec.data.name, root, err) from err
+        raise unreadable(spec.data.name, root, err, files) from err
     labels = getattr(ds, "targets", None)
     return np.asarray(ds.data), np.asarray(labels if labels is not None else ds.labels)
 
@@ -148,13 +157,13 @@ def _cifar(spec: RunSpec, root: Path, cls: str, folder: str, mean, std) -> RawDa
 
     out = []
     for train in (True, False):
-        x, y = _torchvision_split(spec, root, [root / folder], partial(
+        x, y = _torchvision_split(spec, root, expected_paths(spec.data.name, root), partial(
             getattr(tvd, cls), str(root), train=train, download=spec.data.download))
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8: one float copy below
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8: one float copy later
         y = torch.from_numpy(y.astype(np.int64))
         _check_split(spec, root, "train" if train else "test", str(root / folder), x, y, (3, 32, 32))
-        out += [x.float().div_(255.0), y]
-    return RawData(*out, mean, std)
+        out += [x, y]
+    return RawData(*out, mean, std, 255.0)
 
 
 @DATASETS.register("cifar10")
@@ -178,8 +187,8 @@ def _svhn(spec: RunSpec, root: Path) -> RawData:
         x = torch.from_numpy(np.ascontiguousarray(x))  # (N, 3, 32, 32) uint8 (torchvision's is a transposed view)
         y = torch.from_numpy(y.astype(np.int64))
         _check_split(spec, root, split, str(root / file), x, y, (3, 32, 32))
-        out += [x.float().div_(255.0), y]
-    return RawData(*out, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+        out += [x, y]
+    return RawData(*out, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), 255.0)
 
 
 # ---------------------------------------------------------------- bundled and synthetic
