@@ -191,17 +191,23 @@ def test_run_page_follows_its_run_until_it_finishes(page, db_url: str) -> None: 
     assert errors == []
 
 
-@browser_test
-def test_a_finished_sweep_settles_until_an_event_arrives(page, db_url: str) -> None:  # noqa: ANN001
-    pg, url, errors = page
-    sid, runs = seed_sweep(db_url)  # all succeeded
-    pg.clock.install()
+def open_live_sweep_page(pg, url: str, sid: int) -> list[str]:  # noqa: ANN001
+    """Open sweep ``sid``'s page, wait for its event stream and plots, then record every URL it requests."""
     requests: list[str] = []
     pg.on("request", lambda r: requests.append(r.url))
     pg.goto(f"{url}/ui/sweeps/{sid}")
     pg.wait_for_function("document.querySelector('#live').classList.contains('on')", timeout=10_000)  # the stream
     pg.wait_for_function(PLOTS_LOADED, timeout=30_000)
     requests.clear()
+    return requests
+
+
+@browser_test
+def test_a_finished_sweep_settles_until_an_event_arrives(page, db_url: str) -> None:  # noqa: ANN001
+    pg, url, errors = page
+    sid, runs = seed_sweep(db_url)  # all succeeded
+    pg.clock.install()
+    requests = open_live_sweep_page(pg, url, sid)
     pg.clock.run_for(120_000)
     pg.wait_for_timeout(500)
     assert [u for u in requests if "state.json" in u or ".png" in u] == []

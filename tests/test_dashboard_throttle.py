@@ -5,7 +5,7 @@ import pytest
 
 from nc_core.db import events_repo
 from nc_core.db.session import session_scope
-from test_dashboard import PLOTS_LOADED, browser, browser_test, page  # noqa: F401 - the browser and page fixtures
+from test_dashboard import browser, browser_test, open_live_sweep_page, page  # noqa: F401 - the browser and page fixtures
 from test_plots import seed_sweep
 
 pytestmark = [pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
@@ -15,12 +15,7 @@ pytestmark = [pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 def test_a_running_sweeps_events_refetch_its_state_at_most_every_few_seconds(page, db_url: str) -> None:  # noqa: ANN001, F811
     pg, url, errors = page
     sid, runs = seed_sweep(db_url, statuses={0: "running"})
-    requests: list[str] = []
-    pg.on("request", lambda r: requests.append(r.url))
-    pg.goto(f"{url}/ui/sweeps/{sid}")
-    pg.wait_for_function("document.querySelector('#live').classList.contains('on')", timeout=10_000)  # the stream
-    pg.wait_for_function(PLOTS_LOADED, timeout=30_000)
-    requests.clear()
+    requests = open_live_sweep_page(pg, url, sid)
     began = pg.evaluate("Date.now()")
     for step in range(30):  # a progress event every 300 ms for 9 s (the stream delivers them every 0.5 s)
         with session_scope(db_url) as s:
