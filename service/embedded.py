@@ -187,8 +187,9 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
         console.width = max(console.width, 120)  # logs and pipes: keep the results table unwrapped
     home = Path(home or get_settings().home).expanduser().resolve()
     keep_running = (not example) if keep_running is None else keep_running
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
         with ExitStack() as stack:
             settings = _start(stack, home, workers, gpus, api_port, console)
@@ -207,6 +208,9 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
     except StackError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1
+    finally:
+        if previous is not None:  # the caller's handler again (main() may be called in a longer-lived process)
+            signal.signal(signal.SIGTERM, previous)
 
 
 

@@ -8,6 +8,7 @@ on some virtual GPUs) must not throw away the rest of the sample nor warn on eve
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from types import SimpleNamespace
 
@@ -235,6 +236,7 @@ def test_ncsweep_up_refuses_gpus_outside_the_allotted_ones_before_starting_anyth
     out = capsys.readouterr().out
     assert "error:" in out and "got [0] outside it" in out and "Traceback" not in out
     assert not home.exists()  # no lock, database, Redis or API was started
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main() put the caller's handler back
 
 
 def test_ncsweep_worker_names_gpus_outside_the_allotted_ones_without_a_traceback(nvml, monkeypatch, capsys):  # noqa: ANN001
