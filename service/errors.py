@@ -11,7 +11,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from nc_core.db.states import IllegalTransition
@@ -130,6 +130,36 @@ async def _conflict(_: Request, exc: StateConflict) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+def constraint_conflict(exc: IntegrityError) -> str | None:
+    """The constraint a unique or foreign-key violation broke ('uq_run_sweep_kind_hash', or SQLite's 'UNIQUE
+    constraint failed: run.sweep_id, …' text), else None: a NOT NULL or CHECK violation is a bug, no race."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)  # psycopg: 23505 unique, 23503 foreign key
+    if state in ("23505", "23503"):
+        diag = getattr(orig, "diag", None)
+        return getattr(diag, "constraint_name", None) or f"SQLSTATE {state}"
+    text = str(orig).strip()
+    if text.startswith(("UNIQUE constraint failed", "FOREIGN KEY constraint failed")):  # SQLite
+        return text
+    return None
+
+
+async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
+    """A unique or foreign-key violation that the repository's checks did not prevent: a concurrent request
+    wrote the same row first. 409, not 500: nothing was changed (each request is one transaction), and the
+    state the other request left is what a retry of this one meets. Logged with its traceback all the same:
+    each one is a race that a row lock should have serialised. Other integrity errors are bugs: 500."""
+    constraint = constraint_conflict(exc)
+    if constraint is None:
+        return await _internal(request, exc)
+    log.error("integrity conflict on %s %s (a race the repository did not serialise): %s", request.method,
+              request.url.path, constraint, exc_info=exc)
+    return JSONResponse({"detail": f"conflict with a concurrent request: expected this request's rows to be new, "
+                                   f"but another request wrote the same one first ({constraint}); nothing was "
+                                   "changed: read the current state and retry if it is still needed"},
+                        status_code=409)
+
+
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     """The database cannot be reached (a restart, a failover): 503 with Retry-After, not a 500 — nothing was
     written (each request is one transaction) and the same request succeeds once it is back (see /readyz)."""
@@ -151,6 +181,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IllegalTransition, _illegal)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(StateConflict, _conflict)
+    app.add_exception_handler(IntegrityError, _integrity)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)
     app.add_exception_handler(Exception, _internal)

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from sqlalchemy.orm import Session
 
-from nc_core.db import runs_repo
+from nc_core.db import distributions_repo
 from nc_core.db.models import Run
 from nc_core.spec import RunSpec
 from service.plots import _message_png, _png, new_figure, plot_epochs, run_series, run_step
@@ -32,7 +32,7 @@ def margins_png(session: Session, run_id: int) -> bytes:
     """Sorted per-sample cosine margins of the last stored epoch per split (x = sample fraction, y = margin)
     plus the lowest 2% (hardest samples), with the collapsed value 1 + 1/(K−1) dashed; without a stored
     distribution, the statistics (mean, median, min) vs epoch."""
-    dists = runs_repo.distributions(session, run_id, key="cos_margin")
+    dists = distributions_repo.distributions(session, run_id, key="cos_margin")
     if not dists:
         return _statistics_png(session, run_id)
     K, unit = num_classes(session.get(Run, run_id)), run_step(session, run_id)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from nc_core.db import runs_repo, states
+from nc_core.db import distributions_repo, runs_repo, states
 from nc_core.db.models import Checkpoint, Event, Metric, MetricDistribution, Run, Sweep
 from nc_core.db.session import session_scope
 from tests.helpers_stack import postgres_db, sqlite_db
@@ -100,10 +100,10 @@ def test_distribution_upsert_is_fenced_and_overwrites(url):
                          .order_by(MetricDistribution.split, MetricDistribution.epoch)).all()
         assert [(r.split, r.epoch, r.values, r.n) for r in rows] == [
             ("test", 1, [0.0], 1), ("train", 1, [-0.25, None, 1.5], 3), ("train", 2, [0.5, 1.0], 2)]
-        last = runs_repo.distributions(s, rid)
+        last = distributions_repo.distributions(s, rid)
         assert [(d.split, d.epoch) for d in last] == [("test", 1), ("train", 2)]
-        assert [d.values for d in runs_repo.distributions(s, rid, split="train", epoch=1)] == [[-0.25, None, 1.5]]
-        assert runs_repo.distributions(s, rid, key="nope") == []
+        assert [d.values for d in distributions_repo.distributions(s, rid, split="train", epoch=1)] == [[-0.25, None, 1.5]]
+        assert distributions_repo.distributions(s, rid, key="nope") == []
 
 
 def test_db_reporter_writes_distributions_until_the_lease_is_lost(url, tmp_path):
@@ -117,12 +117,12 @@ def test_db_reporter_writes_distributions_until_the_lease_is_lost(url, tmp_path)
     rep.on_distribution(2, "test", "cos_margin", [-0.1, 0.4, 1.0])
     assert not rep.lease_lost
     with session_scope(url) as s:
-        assert [d.values for d in runs_repo.distributions(s, rid)] == [[-0.1, 0.4, 1.0]]
+        assert [d.values for d in distributions_repo.distributions(s, rid)] == [[-0.1, 0.4, 1.0]]
         s.get(Run, rid).lease_owner = "w2"  # the lease moved
     rep.on_distribution(3, "test", "cos_margin", [0.0])
     assert rep.lease_lost and rep.should_stop()
     with session_scope(url) as s:
-        assert [d.epoch for d in runs_repo.distributions(s, rid)] == [2]
+        assert [d.epoch for d in distributions_repo.distributions(s, rid)] == [2]
 
 
 def test_db_reporter_shows_a_resumed_runs_epochs_from_the_first_heartbeat(url, tmp_path):

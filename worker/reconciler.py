@@ -28,7 +28,9 @@ def _app(settings: Settings) -> Any:
 
 def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = RESEND_AFTER_S,
                    app: Any = None) -> dict[str, Any]:
-    """One pass; returns {'requeued': ids, 'failed': ids, 'resent': ids, 'pruned_events': count}."""
+    """One pass; returns {'requeued': ids, 'failed': ids, 'cancelled': ids, 'resent': ids, 'pruned_events':
+    count}. 'cancelled': queued runs whose cancel was requested and that no worker ended within the grace
+    period (resend_after_s) — they have no message to make one do it (runs_repo.cancel_stale_requested)."""
     settings = settings or get_settings()
     app = app or _app(settings)
     url = settings.resolved_database_url()
@@ -36,6 +38,9 @@ def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = 
     with session_scope(url) as session:
         requeued, failed = runs_repo.requeue_expired(session, now, settings.max_attempts)
         kinds = runs_repo.kinds(session, requeued)
+        cancelled = runs_repo.cancel_stale_requested(session, now - timedelta(seconds=resend_after_s))
+    if cancelled:
+        log.warning("cancelled queued runs whose cancel was requested but that no worker ended: %s", cancelled)
     if requeued:
         from worker.celery_app import send_runs
 
@@ -46,7 +51,8 @@ def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = 
                     "requested): %s", failed)
     resent = resend_lost(settings, app, now - timedelta(seconds=resend_after_s),
                          held_after=time.time() - resend_after_s)
-    return {"requeued": requeued, "failed": failed, "resent": resent, "pruned_events": prune_old_events(settings)}
+    return {"requeued": requeued, "failed": failed, "cancelled": cancelled, "resent": resent,
+            "pruned_events": prune_old_events(settings)}
 
 
 def prune_old_events(settings: Settings) -> int:

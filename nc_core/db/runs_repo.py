@@ -5,7 +5,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
@@ -72,14 +72,26 @@ def claim(session: Session, run_id: int, owner: str, lease_s: float, *, now: dat
     return session.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
 
 
+def _cancel_queued_where(session: Session, *where: Any, **why: Any) -> list[int]:
+    """Queued runs matching `where` whose cancel was requested → cancelled, one status event each; their ids."""
+    now = utcnow()
+    rows = session.execute(update(Run).where(Run.status == states.QUEUED, Run.cancel_requested.is_(True), *where)
+                           .values(status=states.CANCELLED, finished_at=now, updated_at=now)
+                           .returning(Run.id, Run.sweep_id).execution_options(synchronize_session=False)).all()
+    for row in rows:
+        add_event(session, "status", row.id, row.sweep_id, status=states.CANCELLED, **why)
+    return sorted(row.id for row in rows)
+
+
 def cancel_queued(session: Session, run_id: int) -> bool:
     """A queued run whose cancel was requested becomes cancelled (when a worker meets its message)."""
-    row = session.execute(update(Run).where(Run.id == run_id, Run.status == states.QUEUED, Run.cancel_requested.is_(True))
-                          .values(status=states.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
-                          .returning(Run.sweep_id).execution_options(synchronize_session=False)).first()
-    if row is not None:
-        add_event(session, "status", run_id, row.sweep_id, status=states.CANCELLED)
-    return row is not None
+    return bool(_cancel_queued_where(session, Run.id == run_id))
+
+
+def cancel_stale_requested(session: Session, older_than: datetime) -> list[int]:
+    """The reconciler's backstop: queued runs with cancel_requested untouched since `older_than` → cancelled
+    (their ids). stale_queued does not re-send them, so no worker would ever end them (cancel_queued)."""
+    return _cancel_queued_where(session, Run.updated_at < older_than, reason="cancel requested while queued")
 
 
 def cancel_requested(session: Session, run_id: int) -> bool:
@@ -162,31 +174,6 @@ def upsert_distribution(session: Session, run_id: int, owner: str, epoch: int, s
     return True
 
 
-def distributions(session: Session, run_id: int, *, split: str | None = None, key: str | None = None,
-                  epoch: int | None = None) -> list[MetricDistribution]:
-    """Stored distributions of a run at ``epoch`` (None: the last epoch of each (split, key)), by split, key."""
-    D = MetricDistribution
-    where = [D.run_id == run_id] + ([D.split == split] if split is not None else []) + \
-        ([D.key == key] if key is not None else [])
-    q = select(D).where(*where)
-    if epoch is not None:
-        q = q.where(D.epoch == int(epoch))
-    else:
-        last = (select(D.split, D.key, func.max(D.epoch).label("epoch")).where(*where)
-                .group_by(D.split, D.key).subquery())
-        q = q.join(last, and_(D.split == last.c.split, D.key == last.c.key, D.epoch == last.c.epoch))
-    return list(session.scalars(q.order_by(D.split, D.key)))
-
-
-def distribution_epochs(session: Session, run_id: int, *, split: str | None = None,
-                        key: str | None = None) -> list[int]:
-    """The epochs at which a run has stored distributions (of ``split``/``key`` when given), ascending."""
-    D = MetricDistribution
-    where = [D.run_id == run_id] + ([D.split == split] if split is not None else []) + \
-        ([D.key == key] if key is not None else [])
-    return list(session.scalars(select(D.epoch).where(*where).distinct().order_by(D.epoch)))
-
-
 def record_checkpoint(session: Session, run_id: int, owner: str, epoch: int, uri: str, nbytes: int,
                       sha256: str) -> bool:
     """Upsert the checkpoint row of (run, epoch). False = not the lease holder."""
@@ -221,15 +208,31 @@ def finish(session: Session, run_id: int, owner: str, status: str, error: str | 
     return True
 
 
+def _requeue_or_end(requeue: Any, now: datetime, **values: Any) -> dict[str, Any]:
+    """SET values for a running run that goes back to the queue where the SQL condition `requeue` holds (the
+    per-attempt fields cleared: unstarted()) and ends otherwise (finished_at now, its attempt's fields kept):
+    decided by the UPDATE itself on the row it locks, never from an earlier read of it."""
+    out = {k: case((requeue, v), else_=getattr(Run, k)) for k, v in unstarted().items()}
+    out["finished_at"] = case((requeue, None), else_=now)
+    return {**out, "lease_owner": None, "lease_expires_at": None, **values}
+
+
 def release(session: Session, run_id: int, owner: str) -> bool:
     """running → queued by the lease holder whose worker is stopping cleanly (the job stopped after its last
     completed epoch, checkpointed): the attempt is given back, and the run is marked as not sent so the
-    reconciler re-sends it at its next pass. False = lease lost."""
+    reconciler re-sends it at its next pass. Unless a cancel was requested by then (after the job's last poll):
+    → cancelled, as a cancel of a queued run does — a queued run with cancel_requested has no message and no
+    worker would ever end it. The UPDATE reads the flag itself. False = lease lost."""
     now = utcnow()
-    row = _fence(session, run_id, owner, now, status=states.QUEUED, attempt=Run.attempt - 1, lease_owner=None,
-                 lease_expires_at=None, **unstarted())
+    requeue = Run.cancel_requested.is_(False)
+    row = _fence(session, run_id, owner, now, **_requeue_or_end(
+        requeue, now, status=case((requeue, states.QUEUED), else_=states.CANCELLED),
+        attempt=case((requeue, Run.attempt - 1), else_=Run.attempt)))
     if row is None:
         return False
+    if row.cancel_requested:
+        add_event(session, "status", run_id, row.sweep_id, status=states.CANCELLED, reason="worker stopped")
+        return True
     touch(session, [run_id], now=now - timedelta(days=1))
     add_event(session, "status", run_id, row.sweep_id, status=states.QUEUED, reason="worker stopped")
     return True
@@ -245,27 +248,25 @@ def expired_runs(session: Session, now: datetime | None = None) -> list[Run]:
 def requeue_expired(session: Session, now: datetime | None = None,
                     max_attempts: int | None = None) -> tuple[list[int], list[int]]:
     """Expired leases → queued again (attempts left), else failed (or cancelled if requested): (re-queued ids,
-    ended ids — failed and cancelled alike)."""
+    ended ids — failed and cancelled alike). The UPDATE chooses the status from the row it locks: a cancel
+    requested after expired_runs read the run ends it cancelled, not queued with no message."""
     now = now or utcnow()
     requeued, failed = [], []
     for run in expired_runs(session, now):
         limit = max_attempts if max_attempts is not None else run.max_attempts
-        if run.cancel_requested:
-            target, error = states.CANCELLED, None
-        elif run.attempt < limit:
-            target, error = states.QUEUED, None
-        else:
-            target = states.FAILED
-            error = (f"worker lost: the lease of {run.lease_owner or 'a worker'} expired on attempt "
-                     f"{run.attempt} of {limit}; no attempts left")
-        values: dict[str, Any] = dict(status=target, lease_owner=None, lease_expires_at=None, updated_at=now)
-        values.update(unstarted() if target == states.QUEUED else dict(error=error, finished_at=now))
-        done = session.execute(update(Run).where(Run.id == run.id, Run.status == states.RUNNING,
-                                                 Run.lease_expires_at < now).values(**values)
-                               .execution_options(synchronize_session=False)).rowcount
-        if done:
-            add_event(session, "status", run.id, run.sweep_id, status=target, error=error, reason="lease expired")
-            (requeued if target == states.QUEUED else failed).append(run.id)
+        cancel, left = Run.cancel_requested.is_(True), Run.attempt < limit
+        lost = (f"worker lost: the lease of {run.lease_owner or 'a worker'} expired on attempt {run.attempt} of "
+                f"{limit}; no attempts left")
+        status = case((cancel, states.CANCELLED), (left, states.QUEUED), else_=states.FAILED)
+        values = _requeue_or_end(and_(~cancel, left), now, status=status, updated_at=now,
+                                 error=case((or_(cancel, left), None), else_=lost))
+        row = session.execute(update(Run).where(Run.id == run.id, Run.status == states.RUNNING, Run.lease_expires_at < now,
+                                                Run.attempt == run.attempt).values(**values)
+                              .returning(Run.status, Run.error).execution_options(synchronize_session=False)).first()
+        if row is not None:
+            add_event(session, "status", run.id, run.sweep_id, status=row.status, error=row.error,
+                      reason="lease expired")
+            (requeued if row.status == states.QUEUED else failed).append(run.id)
     return requeued, failed
 
 

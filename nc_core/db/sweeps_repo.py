@@ -1,8 +1,6 @@
-"""Sweep and run creation, status changes from the API (cancel/retry/extend) and run queries."""
+"""Sweep and run creation, row locks for the API's status changes (those are in actions_repo) and run queries."""
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Sequence
 
 from sqlalchemy import Integer, String, and_, case, func, insert, literal, or_, select, true, union_all, update
@@ -10,13 +8,11 @@ from sqlalchemy.orm import Session
 
 from nc_core.db import states
 from nc_core.db.bulk_insert import Job, insert_runs, now, run_rows
-from nc_core.db.models import Checkpoint, Event, Metric, Run, Sweep
-from nc_core.db.runs_repo import unstarted
-from nc_core.db.states import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, IllegalTransition, status_phrase
+from nc_core.db.models import Event, Metric, Run, Sweep
+from nc_core.db.states import QUEUED, RUNNING, SUCCEEDED
 from nc_core.metric_keys import STORED_KEYS
 from nc_core.sweep import ExpandedRun, SweepSpec
 
-RETRYABLE = (FAILED, CANCELLED)
 PRIMARY_KINDS = ("train", "ufm")  # runs that a sweep's grid defines (validate runs hang off them)
 
 
@@ -51,13 +47,31 @@ def existing_hashes(session: Session, sweep_id: int) -> set[str]:
     return set(session.scalars(q))
 
 
+def lock_row(session: Session, model: type[Sweep] | type[Run], row_id: int) -> None:
+    """Hold the row's lock until the transaction ends, so that concurrent status changes of it (and of the
+    runs under it) act one after the other, each reading what the one before committed. PostgreSQL: SELECT …
+    FOR NO KEY UPDATE (not FOR UPDATE, which would also stop inserts whose foreign key names the row: a run's
+    validate job, a sweep's new runs). SQLite ignores FOR UPDATE, so a no-op UPDATE of the row takes its
+    database write lock instead (as early, with the same effect: later reads see every committed change)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(model).where(model.id == row_id).values(id=model.id)
+                        .execution_options(synchronize_session=False))
+    else:
+        session.execute(select(model.id).where(model.id == row_id).with_for_update(key_share=True))
+
+
 def get_sweep(session: Session, sweep_id: int, *, lock: bool = False) -> Sweep | None:
-    q = select(Sweep).where(Sweep.id == sweep_id)
-    return session.scalar(q.with_for_update() if lock else q)
+    """The sweep; with lock=True its row is locked first (lock_row): cancel, retry and extend take it."""
+    if lock:
+        lock_row(session, Sweep, sweep_id)
+    return session.scalar(select(Sweep).where(Sweep.id == sweep_id).execution_options(populate_existing=lock))
 
 
-def get_run(session: Session, run_id: int) -> Run | None:
-    return session.get(Run, run_id)
+def get_run(session: Session, run_id: int, *, lock: bool = False) -> Run | None:
+    """The run; with lock=True its row is locked first (lock_row) and the object read afresh."""
+    if lock:
+        lock_row(session, Run, run_id)
+    return session.get(Run, run_id, populate_existing=lock)
 
 
 def _fraction_sql(dialect: str):  # noqa: ANN202 - a SQL float expression
@@ -131,110 +145,6 @@ def list_sweeps(session: Session, limit: int, offset: int) -> tuple[int, list[Sw
     total = session.scalar(select(func.count()).select_from(Sweep)) or 0
     rows = session.scalars(select(Sweep).order_by(Sweep.id.desc()).limit(limit).offset(offset))
     return total, list(rows)
-
-
-def cancel_run(session: Session, run_id: int) -> str:
-    """queued → cancelled now; running → cancel_requested (the worker stops at the next step).
-    Returns 'cancelled' or 'cancel_requested'; IllegalTransition for finished runs."""
-    for _ in range(3):  # a worker may claim or finish the run between our read and our write
-        status, sweep_id = session.execute(select(Run.status, Run.sweep_id).where(Run.id == run_id)).one()
-        base = update(Run).where(Run.id == run_id, Run.status == status)
-        if status == QUEUED:
-            values = dict(status=CANCELLED, cancel_requested=True, finished_at=now(), updated_at=now())
-            outcome = "cancelled"
-        elif status == RUNNING:
-            values, outcome = dict(cancel_requested=True, updated_at=now()), "cancel_requested"
-        else:
-            why = "is already cancelled" if status == CANCELLED else \
-                f"{status_phrase(status)}; only queued or running runs can be cancelled"
-            raise IllegalTransition(run_id, status, CANCELLED, f"run {run_id} {why}")
-        if session.execute(base.values(**values)).rowcount:
-            add_event(session, sweep_id, run_id, **({"status": CANCELLED} if outcome == "cancelled"
-                                                   else {"status": RUNNING, "cancel_requested": True}))
-            return outcome
-    raise StateConflict(f"run {run_id}: status kept changing; try again")
-
-
-def cancel_sweep(session: Session, sweep_id: int) -> dict[str, int]:
-    """Cancel every queued run, flag every running run; finished runs are untouched."""
-    t = now()
-    cancelled = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == QUEUED)
-                                .values(status=CANCELLED, cancel_requested=True, finished_at=t, updated_at=t)).rowcount
-    flagged = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RUNNING,
-                                                Run.cancel_requested.is_(False))
-                              .values(cancel_requested=True, updated_at=t)).rowcount
-    add_event(session, sweep_id, None, status=CANCELLED, runs=cancelled, cancel_requested=flagged)
-    return {"cancelled": cancelled, "cancel_requested": flagged}
-
-
-def _requeue_values(max_attempts: int) -> dict[str, Any]:
-    """A retry starts a fresh series of attempts: attempt 0 of max_attempts (the next claim is "attempt 1 of
-    max_attempts", as for a new run, and the reconciler's limit settings.max_attempts agrees), with the
-    per-attempt fields of the ended attempt cleared (runs_repo.unstarted); the completed epochs stay."""
-    return dict(status=QUEUED, cancel_requested=False, error=None, lease_owner=None, lease_expires_at=None,
-                worker_name=None, updated_at=now(), attempt=0, max_attempts=max_attempts, **unstarted())
-
-
-def retry_run(session: Session, run_id: int, *, max_attempts: int) -> Job:
-    """failed/cancelled → queued with a fresh allowance: attempt 0 of max_attempts (see _requeue_values)."""
-    status = session.scalar(select(Run.status).where(Run.id == run_id))
-    if status not in RETRYABLE:
-        raise IllegalTransition(run_id, status, QUEUED,
-                                f"run {run_id} {status_phrase(status)}; only failed or cancelled runs can be retried")
-    reader = session.scalar(select(Run.id).where(Run.parent_run_id == run_id, Run.kind == "validate",
-                                                 Run.status.in_((QUEUED, RUNNING))).limit(1))
-    if reader is not None:  # training again would write (and prune) the checkpoints the job reads
-        raise StateConflict(f"run {run_id} has a validate job reading its checkpoints (run {reader}); retry it "
-                            f"once that job has ended, or cancel run {reader} first")
-    row = session.execute(update(Run).where(Run.id == run_id, Run.status.in_(RETRYABLE))
-                          .values(**_requeue_values(max_attempts))
-                          .returning(Run.kind, Run.id, Run.sweep_id, Run.attempt)).first()
-    if row is None:
-        raise StateConflict(f"run {run_id}: status changed while retrying; try again")
-    add_event(session, row[2], run_id, status=QUEUED, retry=True, attempt=row[3])
-    return row[0], row[1]
-
-
-def retry_sweep(session: Session, sweep_id: int, *, max_attempts: int) -> list[Job]:
-    """Re-queue every failed/cancelled run of the sweep like retry_run; StateConflict if there is none."""
-    rows = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status.in_(RETRYABLE))
-                           .values(**_requeue_values(max_attempts)).returning(Run.kind, Run.id)).all()
-    if not rows:
-        raise StateConflict(f"sweep {sweep_id} has no failed or cancelled runs to retry")
-    add_event(session, sweep_id, None, status=QUEUED, retry=True, runs=len(rows))
-    return sorted(((kind, run_id) for kind, run_id in rows), key=lambda j: j[1])
-
-
-def checkpoint_epochs(session: Session, run_id: int) -> list[int]:
-    return list(session.scalars(select(Checkpoint.epoch).where(Checkpoint.run_id == run_id).order_by(Checkpoint.epoch)))
-
-
-def create_validate_run(session: Session, parent: Run, options: dict[str, Any], *, epochs_total: int,
-                        max_attempts: int) -> Job:
-    """A 'validate' run recomputing metrics from the parent's checkpoints (caller checked them)."""
-    key = json.dumps({"parent": parent.spec_hash, "options": options}, sort_keys=True)
-    h = hashlib.sha256(key.encode()).hexdigest()
-    clash = session.execute(select(Run.id, Run.status).where(
-        Run.sweep_id == parent.sweep_id, Run.kind == "validate", Run.parent_run_id == parent.id,
-        Run.spec_hash == h)).first()
-    if clash is not None:
-        cid, status = clash
-        then = {QUEUED: "is queued to validate", RUNNING: "is validating"}.get(status)
-        if then:
-            raise StateConflict(f"run {cid} {then} run {parent.id} with these options")
-        if status in RETRYABLE:
-            raise StateConflict(f"run {cid}, a validate job of run {parent.id} with these options, {status}; "
-                                f"retry run {cid} instead")
-        raise StateConflict(f"run {cid} has validated run {parent.id} with these options already (the checkpoints "
-                            f"of a finished run do not change): its metrics are at /runs/{cid}/metrics")
-    t = now()
-    values = {"sweep_id": parent.sweep_id, "kind": "validate", "parent_run_id": parent.id, "spec": parent.spec,
-              "spec_hash": h, "grid": parent.grid, "seed": parent.seed, "options": options, "status": QUEUED,
-              "max_attempts": max_attempts, "epochs_total": epochs_total, "created_at": t,
-              "updated_at": t}
-    job = insert_runs(session, [values])[0]
-    add_event(session, parent.sweep_id, job[1], status=QUEUED, kind="validate", parent_run_id=parent.id)
-    return job
 
 
 # ---- queries: runs by spec field, metric series, per-run values at an epoch -------------------

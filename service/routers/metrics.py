@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from nc_core.db import runs_repo, sweeps_repo as repo
+from nc_core.db import distributions_repo, sweeps_repo as repo
 from nc_core.db.models import Run
 from nc_core.db.states import default_split, metric_step
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
@@ -55,9 +55,9 @@ def run_distributions(run_id: Id, session: SessionDep, split: Literal["train", "
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFound(f"run {run_id} not found")
     items = [{"epoch": d.epoch, "split": d.split, "key": d.key, "n": d.n, "values": d.values}
-             for d in runs_repo.distributions(session, run_id, split=split, key=key, epoch=epoch)]
+             for d in distributions_repo.distributions(session, run_id, split=split, key=key, epoch=epoch)]
     if epoch is not None and not items:  # a 422 naming `epoch` (as /sweeps/{id}/results), never a silent []
-        have = runs_repo.distribution_epochs(session, run_id, split=split, key=key)
+        have = distributions_repo.distribution_epochs(session, run_id, split=split, key=key)
         which = "".join(f" {name}={value!r}" for name, value in (("split", split), ("key", key)) if value)
         shown = ", ".join(map(str, have[:20])) + (f", … ({len(have)} epochs, the last {have[-1]})" if len(have) > 20
                                                    else "")

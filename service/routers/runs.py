@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from nc_core.db import sweeps_repo as repo
+from nc_core.db import actions_repo, sweeps_repo as repo
 from nc_core.db.models import Run
 from nc_core.db.states import FINISHED, STATUSES
 from nc_core.spec_fields import spec_field_choices, spec_field_kinds
@@ -66,8 +66,9 @@ def _parse_value(name: str, kind: str, raw: str) -> Any:
     raise SpecError(name, f"expected a {'number' if kind == 'num' else 'boolean (true/false)'}, got {raw!r}")
 
 
-def _run_or_404(session, run_id: int) -> Run:  # noqa: ANN001
-    run = repo.get_run(session, run_id)
+def _run_or_404(session, run_id: int, *, lock: bool = False) -> Run:  # noqa: ANN001
+    """The run, or NotFound; lock=True locks its row first (sweeps_repo.get_run) for a status change."""
+    run = repo.get_run(session, run_id, lock=lock)
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
@@ -94,8 +95,8 @@ def get_run(run_id: Id, session: SessionDep) -> Run:
 @router.post("/runs/{run_id}/cancel", response_model=ActionResult)
 def cancel_run(run_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
     """queued → cancelled; running → cancel_requested; finished → 409."""
-    _run_or_404(session, run_id)
-    outcome = repo.cancel_run(session, run_id)
+    _run_or_404(session, run_id, lock=True)
+    outcome = actions_repo.cancel_run(session, run_id)
     session.commit()
     return ActionResult(**{outcome: 1})
 
@@ -105,8 +106,8 @@ def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: 
               _: WriteAuth) -> ActionResult:
     """failed/cancelled → queued with a fresh allowance (attempt 0 of settings.max_attempts; the start time,
     rate and ETA of the ended attempt cleared), re-enqueued; 409 otherwise."""
-    _run_or_404(session, run_id)
-    job = repo.retry_run(session, run_id, max_attempts=settings.max_attempts)
+    _run_or_404(session, run_id, lock=True)
+    job = actions_repo.retry_run(session, run_id, max_attempts=settings.max_attempts)
     session.commit()
     return ActionResult(retried=1, enqueued=safe_enqueue(enqueuer, [job]))
 
@@ -115,13 +116,14 @@ def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: 
 def validate_run(run_id: Id, body: ValidateRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> dict[str, Any]:
     """A 'validate' job recomputing metrics from the checkpoints of a finished train run.
-    409 unless the parent is a finished train run with stored checkpoints (covering `epochs` if given)."""
-    parent = _run_or_404(session, run_id)
+    409 unless the parent is a finished train run with stored checkpoints (covering `epochs` if given). The
+    parent's row is locked before these checks, as a retry of it locks it: the two act one after the other."""
+    parent = _run_or_404(session, run_id, lock=True)
     if parent.kind != "train":
         raise repo.StateConflict(f"run {run_id} is a {parent.kind!r} run; only train runs have checkpoints to validate")
     if parent.status not in FINISHED:
         raise repo.StateConflict(f"run {run_id} is {parent.status}; validate a finished run (its checkpoints still change)")
-    stored = repo.checkpoint_epochs(session, run_id)
+    stored = actions_repo.checkpoint_epochs(session, run_id)
     if not stored:
         raise repo.StateConflict(f"run {run_id} has no stored checkpoints to validate")
     missing = sorted(set(body.epochs or ()) - set(stored))
@@ -129,8 +131,8 @@ def validate_run(run_id: Id, body: ValidateRequest, session: SessionDep, setting
         raise repo.StateConflict(f"run {run_id} has no checkpoint for epochs {missing}; stored epochs: {stored}")
     options = {"epochs": sorted(set(body.epochs)) if body.epochs else None,
                "splits": [s for s in ("train", "test") if s in body.splits]}  # one order: the same options, one job
-    job = repo.create_validate_run(session, parent, options, epochs_total=len(options["epochs"] or stored),
-                                   max_attempts=settings.max_attempts)
+    job = actions_repo.create_validate_run(session, parent, options, epochs_total=len(options["epochs"] or stored),
+                                           max_attempts=settings.max_attempts)
     session.commit()
     return {"run_id": job[1], "parent_run_id": run_id, "kind": "validate", "options": options,
             "enqueued": safe_enqueue(enqueuer, [job])}

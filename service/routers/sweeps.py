@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query
 
-from nc_core.db import sweeps_repo as repo
+from nc_core.db import actions_repo, sweeps_repo as repo
 from nc_core.data_files import absent_files, missing
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
@@ -20,6 +21,7 @@ from service.errors import NotFound
 from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
                              SweepSummary)
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["sweeps"])
 
 
@@ -138,9 +140,10 @@ def get_sweep(sweep_id: Id, session: SessionDep) -> SweepDetail:
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=ActionResult)
 def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
-    """Queued runs → cancelled; running runs get cancel_requested (workers stop at the next step)."""
-    _sweep_or_404(session, sweep_id)
-    counts = repo.cancel_sweep(session, sweep_id)
+    """Queued runs → cancelled; running runs get cancel_requested (workers stop at the next step). Under the
+    sweep's lock, so a concurrent retry or extend of the sweep acts wholly before or after it."""
+    _sweep_or_404(session, sweep_id, lock=True)
+    counts = actions_repo.cancel_sweep(session, sweep_id)
     session.commit()
     return ActionResult(**counts)
 
@@ -149,10 +152,15 @@ def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResul
 def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
                 _: WriteAuth) -> ActionResult:
     """Failed and cancelled runs → queued with a fresh allowance of attempts (as a run retry) and re-enqueued;
-    409 when there is none."""
-    _sweep_or_404(session, sweep_id)
-    jobs = repo.retry_sweep(session, sweep_id, max_attempts=settings.max_attempts)
+    409 when there is none. Runs whose checkpoints a queued or running validate job reads are skipped (as a run
+    retry refuses them; the 409 names them when they are all there is, the change feed counts them). Under the
+    sweep's lock, so a concurrent cancel or extend of the sweep acts wholly before or after it."""
+    _sweep_or_404(session, sweep_id, lock=True)
+    jobs, skipped = actions_repo.retry_sweep(session, sweep_id, max_attempts=settings.max_attempts)
     session.commit()
+    if skipped:
+        log.info("sweep %s retry: skipped %d runs whose checkpoints validate jobs read: %s", sweep_id, len(skipped),
+                 dict(sorted(skipped.items())[:20]))
     return ActionResult(retried=len(jobs), enqueued=safe_enqueue(enqueuer, jobs))
 
 
