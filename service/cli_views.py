@@ -248,5 +248,8 @@ def parse_filter(text: str) -> tuple[str, str]:
 
 
 def action_line(action: str, res: dict) -> str:
-    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items() if v not in (None, 0, False)]
+    """'retry: retried: 3, enqueued: True, skipped: run 5 (its validate job 9 reads its checkpoints)'."""
+    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items() if v not in (None, 0, False, {}) and k != "skipped"]
+    parts += [f"skipped: run {run} (its validate job {job} reads its checkpoints)"
+              for run, job in (res.get("skipped") or {}).items()]
     return f"{action}: " + (", ".join(parts) if parts else "nothing to do")

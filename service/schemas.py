@@ -128,6 +128,8 @@ class ActionResult(BaseModel):
     cancel_requested: int = 0
     retried: int = 0
     enqueued: bool | None = None
+    skipped: dict[int, int] = Field(default_factory=dict, description="sweep retry: runs left as they are "
+                                    "because a queued or running validate job reads their checkpoints → that job")
 
 
 class WorkerOut(_Out):

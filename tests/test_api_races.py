@@ -289,6 +289,7 @@ def test_sweep_retry_skips_runs_a_validate_job_reads(app_client, sweep, db_url):
         s.execute(update(Run).where(Run.id == ids[1]).values(status="failed"))
     resp = app_client.post(f"/sweeps/{sid}/retry")
     assert resp.status_code == 200 and resp.json()["retried"] == 1, resp.text
+    assert resp.json()["skipped"] == {str(ids[0]): job}  # the answer says which run was left, and why
     assert statuses(db_url, sid)[ids[0]] == "cancelled" and statuses(db_url, sid)[ids[1]] == "queued"
     with session_scope(db_url) as s:
         last = s.scalars(select(Event).where(Event.sweep_id == sid).order_by(Event.id.desc())).first()

@@ -521,3 +521,12 @@ def test_show_lists_the_spec_fields_that_differ_from_the_defaults() -> None:
                                    "data": {"name": "digits"}, "model": {"width": 256}}).model_dump(mode="json")
     assert spec_changes(spec) == 'epochs=30 model.width=256 optim.lr=0.1 eval.splits=["test"]'  # not 256.0
     assert spec_changes(RunSpec().model_dump(mode="json")) == "every field at its default"
+
+
+def test_a_retry_line_names_the_runs_it_left_for_their_validate_jobs() -> None:
+    from service.cli_views import action_line
+
+    line = action_line("retry", {"cancelled": 0, "cancel_requested": 0, "retried": 2, "enqueued": True,
+                                 "skipped": {"5": 9}})
+    assert line == "retry: retried: 2, enqueued: True, skipped: run 5 (its validate job 9 reads its checkpoints)"
+    assert action_line("retry", {"retried": 0, "skipped": {}}) == "retry: nothing to do"

@@ -161,7 +161,7 @@ def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueu
     if skipped:
         log.info("sweep %s retry: skipped %d runs whose checkpoints validate jobs read: %s", sweep_id, len(skipped),
                  dict(sorted(skipped.items())[:20]))
-    return ActionResult(retried=len(jobs), enqueued=safe_enqueue(enqueuer, jobs))
+    return ActionResult(retried=len(jobs), enqueued=safe_enqueue(enqueuer, jobs), skipped=skipped)
 
 
 @router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
