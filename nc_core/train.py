@@ -16,7 +16,7 @@ from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, gof_lambdas
 from nc_core.training.report import (DivergenceWatch, NullReporter, Reporter, TrainingDiverged, divergence_remedy,
-                                     report_metrics)
+                                     report_metrics, resumable_epochs, workdir_wait_s)
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
                                      warn_if_slow_bf16)
 from nc_core.training.schedule import build_scheduler
@@ -227,8 +227,9 @@ def _save(r: _Run, epoch: int, state: dict[str, Any]) -> None:
 
 
 def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:
-    """Train ``spec`` (kind 'train'); checkpoints in ``workdir/ckpt``; resumes from the newest one (held for
-    the run: a second run on the same workdir is refused).
+    """Train ``spec`` (kind 'train'); checkpoints in ``workdir/ckpt``; resumes from the newest one the reporter
+    accepts (``resumable_epochs``; any without). The workdir is held for the run: a second run on it waits
+    ``reporter.workdir_wait_s`` (0: refused at once) and then raises WorkdirBusy.
 
     A cooperative stop (``reporter.should_stop()``) saves the last *completed* epoch (if not saved yet)
     and returns ``stopped=True``; the partial epoch is redone on resume, with the same data order.
@@ -238,10 +239,11 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
         raise ValueError(f"kind: fit() trains kind='train' specs, got {spec.kind!r}; use run_spec()")
     reporter = reporter or NullReporter()
     device = resolve_device(spec)
-    with ck.workdir_lock(workdir), determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir, workdir_wait_s(reporter)), determinism(spec.deterministic, device):
         r = _build(spec, device, reporter, workdir)
         start, final = 0, {}
-        if (state := ck.start_state(workdir, resume)) is not None:  # on the CPU: RNG states must stay CPU tensors
+        # on the CPU: RNG states must stay CPU tensors; only checkpoints the reporter's record vouches for
+        if (state := ck.start_state(workdir, resume, resumable=resumable_epochs(reporter))) is not None:
             _restore(r, state)
             start, final = state["epoch"], state["final"]
         if start and (on_resume := getattr(reporter, "on_resume", None)) is not None:

@@ -11,7 +11,8 @@ from nc_core.spec import RunSpec
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.optim import fused_kwargs
-from nc_core.training.report import NullReporter, Reporter, TrainingDiverged, report_metrics
+from nc_core.training.report import (NullReporter, Reporter, TrainingDiverged, report_metrics, resumable_epochs,
+                                     workdir_wait_s)
 from nc_core.training.runtime import determinism, resolve_device, seed_everything
 
 
@@ -95,14 +96,14 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
     reporter, u = reporter or NullReporter(), spec.ufm
     device = resolve_device(spec)
     keep_last = spec.checkpoint.keep_last
-    with ck.workdir_lock(workdir), determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir, workdir_wait_s(reporter)), determinism(spec.deterministic, device):
         seed_everything(spec.seed)
         g = torch.Generator().manual_seed(spec.seed)
         model = UFM(u.class_counts, u.dim, u.depth_linear, u.bias, g).to(device)
         params = list(model.parameters())
         opt = torch.optim.SGD(params, lr=u.lr, momentum=u.momentum, **fused_kwargs(params))
         start, final = 0, {}
-        if (state := ck.start_state(workdir, resume)) is not None:
+        if (state := ck.start_state(workdir, resume, resumable=resumable_epochs(reporter))) is not None:
             _restore(model, opt, spec, state, workdir)
             start, final = state["epoch"], state["final"]
             if (on_resume := getattr(reporter, "on_resume", None)) is not None:

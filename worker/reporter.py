@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from nc_core.db import runs_repo
+from nc_core.db import actions_repo, runs_repo
 from nc_core.db.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class DBReporter:
         self.cancelled = False  # cancel requested by a user
         self.lease_lost = False
         self.interrupted = False  # the worker is stopping: the run goes back to the queue
+        # a previous attempt may still hold the workdir: its lease had expired when this one claimed the run,
+        # so it stops within a heartbeat of its next write; wait one lease for it before failing the run
+        self.workdir_wait_s = float(settings.lease_seconds)
         self._stop_file = os.environ.get("NCSWEEP_STOP_FILE") or None
         self._progress: dict[str, Any] = {}
         self._epochs_total: int | None = None
@@ -185,6 +188,11 @@ class DBReporter:
 
     def should_stop(self) -> bool:
         return self.cancelled or self.lease_lost or self.interrupted
+
+    def resumable_epochs(self) -> set[int]:
+        """The epochs of the run's checkpoint rows: the checkpoints an attempt recorded while it held the lease.
+        A newer file has no row when a fenced-out attempt wrote it after its epoch's metrics were discarded."""
+        return set(self._write("checkpoint rows", lambda session: actions_repo.checkpoint_epochs(session, self.run_id)))
 
     def _version(self) -> int:
         if self.metric_version is None:

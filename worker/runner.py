@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,26 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) ->
         summary = _dispatch(settings, run, kind, spec, reporter)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable reason on the run
         log.exception("run %s failed", run.id)
-        return states.FAILED, readable_error(exc)
+        return states.FAILED, failure_reason(exc)
     finally:
         if reporter is not None:
             reporter.close()
     return final_status(summary, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
                         interrupted=reporter.interrupted)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The run's error for ``exc``: :func:`readable_error`, except for a workdir still held after the wait for
+    the previous attempt (checkpoint.WorkdirBusy with ``waited_s`` > 0), which says who held it and why that
+    process, not the run, is at fault."""
+    checkpoint = sys.modules.get("nc_core.training.checkpoint")  # not imported here: it imports torch
+    if checkpoint is None or not isinstance(exc, checkpoint.WorkdirBusy) or not exc.waited_s:
+        return readable_error(exc)
+    text = (f"WorkdirBusy: workdir {exc.workdir} was held by another process ({exc.holder}) for the whole "
+            f"{exc.waited_s:g} s wait after this run's lease moved "
+            "to this worker; a previous attempt stops within a heartbeat of losing its lease, so that process "
+            "looks stuck: end it, then retry the run")
+    return text[:1000]
 
 
 def samples_per_step(kind: str, spec: RunSpec) -> int:

@@ -7,9 +7,10 @@ import logging
 import os
 import random
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -107,11 +108,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The newest readable checkpoint, or None. An unreadable one (truncated, corrupt) is renamed
-    ``<name>.corrupt`` with a warning, so that it neither hides nor counts as a kept checkpoint, and the one
-    before it is tried."""
+def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu", *,
+                accept: Callable[[int], bool] | None = None) -> dict[str, Any] | None:
+    """The newest readable checkpoint (of an epoch ``accept`` takes, when given), or None. An unreadable one
+    (truncated, corrupt) is renamed ``<name>.corrupt`` with a warning, so that it neither hides nor counts as
+    a kept checkpoint, and the one before it is tried."""
     for epoch, path in reversed(list_checkpoints(workdir).items()):
+        if accept is not None and not accept(epoch):
+            continue
         try:
             return load_checkpoint(path, map_location)
         except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
@@ -122,38 +126,93 @@ def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu") -
     return None
 
 
-def start_state(workdir: str | Path, resume: bool, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+def start_state(workdir: str | Path, resume: bool, map_location: str | torch.device = "cpu", *,
+                resumable: set[int] | None = None) -> dict[str, Any] | None:
     """The checkpoint a run starts from: the newest readable one when ``resume``, else None after deleting
-    every checkpoint in the workdir (a fresh start)."""
-    if resume:
+    every checkpoint in the workdir (a fresh start).
+
+    ``resumable``: the epochs whose checkpoints the run's record vouches for (the worker's database rows), or
+    None for any file. A file of another epoch that is newer than the one resumed from was written by an
+    attempt fenced out after losing its lease (its epoch's metrics were discarded): it is deleted, so that
+    the run trains and reports that epoch again."""
+    if not resume:
+        for path in list_checkpoints(workdir).values():
+            path.unlink()
+        return None
+    if resumable is None:
         return load_newest(workdir, map_location)
-    for path in list_checkpoints(workdir).values():
-        path.unlink()
-    return None
+    state = load_newest(workdir, map_location, accept=resumable.__contains__)
+    start = int(state["epoch"]) if state is not None else 0
+    stale = [e for e in list_checkpoints(workdir) if e > start and e not in resumable]
+    for epoch in stale:
+        ckpt_path(workdir, epoch).unlink(missing_ok=True)
+    if stale:
+        log.warning("deleted the checkpoints of epochs %s in %s: no record of them (written by an attempt that had "
+                    "lost its lease); resuming after epoch %s", stale, ckpt_dir(workdir), start)
+    return state
+
+
+class WorkdirBusy(ValueError):
+    """Another run (``holder``: "pid N" from the lock file) holds the workdir; ``waited_s``: how long this
+    one waited for it (0: refused at once)."""
+
+    def __init__(self, message: str, *, workdir: Path, holder: str, waited_s: float):
+        super().__init__(message)
+        self.workdir, self.holder, self.waited_s = workdir, holder, waited_s
+
+
+#: How often :func:`workdir_lock` retries a busy workdir while it waits.
+LOCK_POLL_S = 0.5
 
 
 @contextmanager
-def workdir_lock(workdir: str | Path) -> Iterator[Path]:
-    """Hold ``workdir`` for one run: an exclusive, non-blocking flock on ``workdir/.lock``, released on exit or
-    by the OS when the process dies. A second run on the same workdir (which would train the same epochs
-    again and interleave the checkpoints and metric history) is refused with a ValueError naming the holder."""
+def workdir_lock(workdir: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold ``workdir`` for one run: an exclusive flock on ``workdir/.lock``, released on exit or by the OS when
+    the process dies. A second run on the same workdir (which would train the same epochs again and
+    interleave the checkpoints and metric history) waits up to ``wait_s`` seconds for the holder to let go,
+    retrying every :data:`LOCK_POLL_S`, and is then refused with :class:`WorkdirBusy` naming the holder
+    (``wait_s`` 0: refused at once)."""
     root = Path(workdir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"workdir: expected a directory for the checkpoints, got a file: {root}")
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "another process"
-            raise ValueError(f"workdir: {root} is in use by another run ({holder}); wait for it to end, or give "
-                             "this one another workdir (--workdir)") from None
+        _acquire(fd, root, max(0.0, float(wait_s)))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield root
     finally:
         os.close(fd)
+
+
+def _acquire(fd: int, root: Path, wait_s: float) -> None:
+    """flock ``fd`` (the lock file of ``root``), polling for up to ``wait_s`` seconds; WorkdirBusy after that."""
+    started = time.monotonic()
+    deadline, told = started + wait_s, False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if told:
+                log.info("workdir %s is free after %.1f s; starting", root, time.monotonic() - started)
+            return
+        except BlockingIOError:
+            pass
+        holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "another process"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not told:
+            log.info("workdir %s is in use by another run (%s); waiting up to %.0f s for it to end", root, holder,
+                     wait_s)
+            told = True
+        time.sleep(min(LOCK_POLL_S, left))
+    if wait_s <= 0:
+        raise WorkdirBusy(f"workdir: {root} is in use by another run ({holder}); wait for it to end, or give this "
+                          "one another workdir (--workdir)", workdir=root, holder=holder, waited_s=0.0)
+    raise WorkdirBusy(f"workdir: {root} is still in use by another run ({holder}) after waiting {wait_s:g} s for it "
+                      "to end; that process held it for the whole wait (stuck?): end it, or give this run another "
+                      "workdir", workdir=root, holder=holder, waited_s=wait_s)
 
 
 def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
@@ -170,7 +229,14 @@ def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
 
 
 def save_pruned(workdir: str | Path, epoch: int, state: dict[str, Any], keep_last: int | None, reporter: Any) -> None:
-    """:func:`save_checkpoint`, then :func:`prune` to ``keep_last``, then ``reporter.on_checkpoint``."""
+    """:func:`save_checkpoint`, then :func:`prune` to ``keep_last``, then ``reporter.on_checkpoint`` — nothing
+    at all once the reporter has lost the run's lease (``reporter.lease_lost``): the workdir then belongs to the
+    attempt that holds the lease, which resumes from it."""
+    if getattr(reporter, "lease_lost", False):
+        log.warning("checkpoint of epoch %s not saved in %s: the run's lease is lost (another attempt owns the "
+                    "workdir)", epoch, ckpt_dir(workdir))
+        return
     path, nbytes, sha = save_checkpoint(workdir, epoch, state)
-    prune(workdir, keep_last, protect=epoch)
+    if not getattr(reporter, "lease_lost", False):  # lost while saving: leave the older files to their owner
+        prune(workdir, keep_last, protect=epoch)
     reporter.on_checkpoint(epoch, str(path), nbytes, sha)

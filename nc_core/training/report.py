@@ -9,7 +9,21 @@ import torch
 
 @runtime_checkable
 class Reporter(Protocol):
-    """Callbacks from fit()/fit_ufm(); the worker writes DB rows, the CLI draws a progress bar."""
+    """Callbacks from fit()/fit_ufm(); the worker writes DB rows, the CLI draws a progress bar.
+
+    Optional members, read with getattr (a reporter without them gets the default; they are not protocol
+    members, so that ``isinstance(x, Reporter)`` does not ask for them):
+
+    - ``workdir_wait_s: float`` (default 0): how long fit() waits for another process that holds the workdir
+      to let go before it refuses the run (:func:`workdir_wait_s`). 0 refuses at once (the CLI). The worker
+      waits one lease: a previous attempt of the run, fenced out when its lease moved, stops within a
+      heartbeat once it notices.
+    - ``resumable_epochs() -> set[int] | None`` (default None: any checkpoint file): the epochs whose
+      checkpoints the run may resume from (:func:`resumable_epochs`). The worker answers from the run's
+      checkpoint rows; a newer file without one was written by a fenced-out attempt and is deleted.
+    - ``lease_lost: bool`` (default False): this process no longer holds the run; checkpoints are then neither
+      saved nor pruned (checkpoint.save_pruned), the workdir being the new holder's.
+    """
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None: ...
 
@@ -54,6 +68,18 @@ class NullReporter:
 
     def should_stop(self) -> bool:
         return False
+
+
+def workdir_wait_s(reporter: object) -> float:
+    """The reporter's ``workdir_wait_s`` (seconds to wait for a busy workdir), 0.0 when it has none."""
+    return float(getattr(reporter, "workdir_wait_s", 0.0) or 0.0)
+
+
+def resumable_epochs(reporter: object) -> set[int] | None:
+    """The reporter's ``resumable_epochs()`` (epochs a run may resume from), None (any) when it has none."""
+    ask = getattr(reporter, "resumable_epochs", None)
+    epochs = ask() if ask is not None else None
+    return None if epochs is None else {int(e) for e in epochs}
 
 
 def report_metrics(reporter: object, epoch: int, split: str, metrics: dict[str, float]) -> None:
