@@ -239,7 +239,7 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
         raise ValueError(f"kind: fit() trains kind='train' specs, got {spec.kind!r}; use run_spec()")
     reporter = reporter or NullReporter()
     device = resolve_device(spec)
-    with ck.workdir_lock(workdir, workdir_wait_s(reporter)), determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir, workdir_wait_s(reporter), reporter.should_stop), determinism(spec.deterministic, device):
         r = _build(spec, device, reporter, workdir)
         start, final = 0, {}
         # on the CPU: RNG states must stay CPU tensors; only checkpoints the reporter's record vouches for

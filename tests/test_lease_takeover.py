@@ -180,6 +180,31 @@ class StopAfter(NullReporter):
         return self.done
 
 
+def test_a_cancel_while_waiting_for_the_workdir_cancels_the_run(app_client, settings, db_url):
+    # the wait for a stuck holder used to see no cancel: after the whole wait the run failed (WorkdirBusy)
+    import threading
+
+    from worker.runner import execute, run_workdir
+
+    rid = _queued_run(app_client)
+    holder = hold_workdir(run_workdir(settings, rid), 60.0)
+    quick = settings.model_copy(update={"lease_seconds": 20.0, "heartbeat_seconds": 1.0})
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(execute(rid, "train", quick, hostname="new")))
+    try:
+        worker.start()
+        for _ in range(200):  # claimed: the worker now waits for the workdir
+            if _row(db_url, rid).status == states.RUNNING:
+                break
+            time.sleep(0.05)
+        assert app_client.post(f"/runs/{rid}/cancel").status_code == 200
+        worker.join(60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert outcome == [states.CANCELLED] and _row(db_url, rid).status == states.CANCELLED, _row(db_url, rid).error
+
+
 def test_a_takeover_resumes_after_the_last_recorded_checkpoint_and_rewrites_the_rest(app_client, settings, db_url):
     from worker.runner import execute, run_workdir
 

@@ -88,6 +88,10 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) ->
                               heartbeater=heart).start()
         summary = _dispatch(settings, run, kind, spec, reporter)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable reason on the run
+        if reporter is not None and reporter.should_stop() and _workdir_busy(exc):  # a cancel or stop while waiting
+            log.info("run %s: stopped while waiting for its workdir", run.id)
+            return final_status(None, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
+                                interrupted=reporter.interrupted)
         log.exception("run %s failed", run.id)
         return states.FAILED, failure_reason(exc)
     finally:
@@ -97,12 +101,17 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) ->
                         interrupted=reporter.interrupted)
 
 
+def _workdir_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is checkpoint.WorkdirBusy (the workdir stayed held by another process)."""
+    checkpoint = sys.modules.get("nc_core.training.checkpoint")  # not imported here: it imports torch
+    return checkpoint is not None and isinstance(exc, checkpoint.WorkdirBusy)
+
+
 def failure_reason(exc: BaseException) -> str:
     """The run's error for ``exc``: :func:`readable_error`, except for a workdir still held after the wait for
     the previous attempt (checkpoint.WorkdirBusy with ``waited_s`` > 0), which says who held it and why that
     process, not the run, is at fault."""
-    checkpoint = sys.modules.get("nc_core.training.checkpoint")  # not imported here: it imports torch
-    if checkpoint is None or not isinstance(exc, checkpoint.WorkdirBusy) or not exc.waited_s:
+    if not _workdir_busy(exc) or not exc.waited_s:
         return readable_error(exc)
     text = (f"WorkdirBusy: workdir {exc.workdir} was held by another process ({exc.holder}) for the whole "
             f"{exc.waited_s:g} s wait after this run's lease moved "

@@ -166,19 +166,19 @@ LOCK_POLL_S = 0.5
 
 
 @contextmanager
-def workdir_lock(workdir: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
+def workdir_lock(workdir: str | Path, wait_s: float = 0.0, stop: Callable[[], bool] | None = None) -> Iterator[Path]:
     """Hold ``workdir`` for one run: an exclusive flock on ``workdir/.lock``, released on exit or by the OS when
     the process dies. A second run on the same workdir (which would train the same epochs again and
     interleave the checkpoints and metric history) waits up to ``wait_s`` seconds for the holder to let go,
     retrying every :data:`LOCK_POLL_S`, and is then refused with :class:`WorkdirBusy` naming the holder
-    (``wait_s`` 0: refused at once)."""
+    (``wait_s`` 0: refused at once) — at once, too, when ``stop()`` turns true while it waits (a cancel)."""
     root = Path(workdir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"workdir: expected a directory for the checkpoints, got a file: {root}")
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, root, max(0.0, float(wait_s)))
+        _acquire(fd, root, max(0.0, float(wait_s)), stop)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield root
@@ -186,8 +186,9 @@ def workdir_lock(workdir: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
         os.close(fd)
 
 
-def _acquire(fd: int, root: Path, wait_s: float) -> None:
-    """flock ``fd`` (the lock file of ``root``), polling for up to ``wait_s`` seconds; WorkdirBusy after that."""
+def _acquire(fd: int, root: Path, wait_s: float, stop: Callable[[], bool] | None = None) -> None:
+    """flock ``fd`` (the lock file of ``root``), polling for up to ``wait_s`` seconds (or until ``stop()``);
+    WorkdirBusy after that."""
     started = time.monotonic()
     deadline, told = started + wait_s, False
     while True:
@@ -200,7 +201,8 @@ def _acquire(fd: int, root: Path, wait_s: float) -> None:
             pass
         holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "another process"
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or (stop is not None and stop()):
+            wait_s = min(wait_s, time.monotonic() - started)
             break
         if not told:
             log.info("workdir %s is in use by another run (%s); waiting up to %.0f s for it to end", root, holder,
