@@ -268,3 +268,30 @@ def test_a_stop_after_the_lease_is_lost_saves_no_checkpoint(tmp_path):
     out = fit(tiny(checkpoint={"every": 3, "keep_last": None}), reporter, workdir=tmp_path)
     assert out["stopped"] and out["epochs_done"] == 1
     assert ck.list_checkpoints(tmp_path) == {} and reporter.checkpoints == []
+
+
+class RefusesTheRecord(NullReporter):
+    """on_checkpoint is refused: the lease moved while the new checkpoint was being saved."""
+
+    def __init__(self):
+        self.lease_lost, self.pruned = False, []
+
+    def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
+        self.lease_lost = True
+
+    def on_pruned(self, epochs: list[int]) -> None:
+        self.pruned.append(epochs)
+
+
+def test_older_checkpoints_are_pruned_only_once_the_new_one_is_on_record(tmp_path):
+    # keep_last 1: pruning before the record deleted epoch 2, the last recorded one, when the record was
+    # refused; the attempt that took the run over then found nothing to resume from
+    for epoch in (1, 2):
+        ck.save_checkpoint(tmp_path, epoch, {"epoch": epoch})
+    refused = RefusesTheRecord()
+    ck.save_pruned(tmp_path, 3, {"epoch": 3}, 1, refused)
+    assert list(ck.list_checkpoints(tmp_path)) == [1, 2, 3] and refused.pruned == []
+    recorded = RefusesTheRecord()
+    recorded.on_checkpoint = lambda *args: None  # the record succeeds
+    ck.save_pruned(tmp_path, 4, {"epoch": 4}, 1, recorded)
+    assert list(ck.list_checkpoints(tmp_path)) == [4] and recorded.pruned == [[1, 2, 3]]

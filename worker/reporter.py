@@ -178,13 +178,19 @@ class DBReporter:
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
         def record(session: Any) -> bool:
             ok = runs_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)
-            if ok:  # keep_last pruned older files: the table lists only checkpoints that exist
+            if ok:  # files gone since (deleted by hand, a crash between prune and on_pruned): off the table
                 runs_repo.forget_missing_checkpoints(session, self.run_id, self.owner, os.path.exists)
             return ok
 
         ok = self._write(f"checkpoint of epoch {epoch}", record)
         if not ok:
             self.lease_lost = True
+
+    def on_pruned(self, epochs: list[int]) -> None:
+        """keep_last deleted these epochs' files (after the newer checkpoint was recorded): the table lists only
+        checkpoints that exist."""
+        self._write(f"pruned checkpoints {epochs}", lambda session: runs_repo.forget_missing_checkpoints(
+            session, self.run_id, self.owner, os.path.exists))  # fenced: a lost lease forgets nothing
 
     def should_stop(self) -> bool:
         return self.cancelled or self.lease_lost or self.interrupted

@@ -231,14 +231,20 @@ def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
 
 
 def save_pruned(workdir: str | Path, epoch: int, state: dict[str, Any], keep_last: int | None, reporter: Any) -> None:
-    """:func:`save_checkpoint`, then :func:`prune` to ``keep_last``, then ``reporter.on_checkpoint`` — nothing
-    at all once the reporter has lost the run's lease (``reporter.lease_lost``): the workdir then belongs to the
-    attempt that holds the lease, which resumes from it."""
+    """:func:`save_checkpoint`, then ``reporter.on_checkpoint`` (the record), then :func:`prune` to ``keep_last``
+    and ``reporter.on_pruned(epochs)`` (when it has one) — older files are deleted only once the new one is on
+    record, so a lease lost before the record leaves the workdir's recorded checkpoints intact for the attempt
+    that resumes from them. Nothing at all once the reporter has lost the run's lease (``reporter.lease_lost``):
+    the workdir then belongs to the attempt that holds the lease."""
     if getattr(reporter, "lease_lost", False):
         log.warning("checkpoint of epoch %s not saved in %s: the run's lease is lost (another attempt owns the "
                     "workdir)", epoch, ckpt_dir(workdir))
         return
     path, nbytes, sha = save_checkpoint(workdir, epoch, state)
-    if not getattr(reporter, "lease_lost", False):  # lost while saving: leave the older files to their owner
-        prune(workdir, keep_last, protect=epoch)
     reporter.on_checkpoint(epoch, str(path), nbytes, sha)
+    if getattr(reporter, "lease_lost", False):  # the record was refused: leave the older files to their owner
+        return
+    pruned = prune(workdir, keep_last, protect=epoch)
+    on_pruned = getattr(reporter, "on_pruned", None)
+    if pruned and on_pruned is not None:
+        on_pruned(pruned)

@@ -23,6 +23,8 @@ class Reporter(Protocol):
       checkpoint rows; a newer file without one was written by a fenced-out attempt and is deleted.
     - ``lease_lost: bool`` (default False): this process no longer holds the run; checkpoints are then neither
       saved nor pruned (checkpoint.save_pruned), the workdir being the new holder's.
+    - ``on_pruned(epochs: list[int])``: keep_last deleted these epochs' files, after the newer checkpoint's
+      on_checkpoint (the worker drops their rows).
     """
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None: ...
