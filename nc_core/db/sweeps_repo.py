@@ -192,9 +192,11 @@ def metric_series(session: Session, run_id: int, split: str | None, keys: Sequen
     return list(session.execute(q.order_by(Metric.split, Metric.key, Metric.epoch)))
 
 
-def _key_table(keys: Sequence[str]):  # noqa: ANN202 - a one-column FROM clause
-    """The keys as a table k(key): a UNION ALL of literals, which PostgreSQL and SQLite both take."""
-    return union_all(*(select(literal(k, String(64)).label("key")) for k in dict.fromkeys(keys))).subquery("k")
+def string_table(name: str, columns: Sequence[str], rows: Sequence[tuple[str, ...]]):  # noqa: ANN202 - a FROM clause
+    """Distinct rows of strings as a table ``name(columns…)``: a UNION ALL of literals, which PostgreSQL and
+    SQLite both take (``rows`` must not be empty)."""
+    return union_all(*(select(*(literal(v, String(64)).label(c) for c, v in zip(columns, row)))
+                       for row in dict.fromkeys(rows))).subquery(name)
 
 
 def latest_values(session: Session, split: str, keys: Sequence[str] | None, *, sweep_id: int | None = None,
@@ -207,7 +209,8 @@ def latest_values(session: Session, split: str, keys: Sequence[str] | None, *, s
     epoch, index-only, and the value), never a scan of the runs' series."""
     cond = and_(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)) if sweep_id is not None \
         else Run.id.in_(list(run_ids))
-    runs, k = select(Run.id.label("rid")).where(cond).subquery("r"), _key_table(keys or STORED_KEYS)
+    runs = select(Run.id.label("rid")).where(cond).subquery("r")
+    k = string_table("k", ["key"], [(key,) for key in keys or STORED_KEYS])
     point = select(Metric.epoch).where(Metric.run_id == runs.c.rid, Metric.split == split, Metric.key == k.c.key)
     if epoch is not None:
         point = point.where(Metric.epoch == epoch)

@@ -6,7 +6,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from sqlalchemy import String, literal, select, union_all
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
@@ -69,8 +69,7 @@ def metric_keys(session: Session, sweep_id: int) -> list[dict[str, str]]:
     pairs = storable_pairs(sweeps_repo.sweep_kinds(session, sweep_id))
     if not pairs:
         return []
-    table = union_all(*(select(literal(k, String(64)).label("key"), literal(s, String(16)).label("split"))
-                        for k, s in pairs)).subquery("pair")
+    table = sweeps_repo.string_table("pair", ["key", "split"], pairs)
     stored_by_a_run = (select(Metric.run_id).join(Run, Run.id == Metric.run_id)
                        .where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS), Metric.split == table.c.split,
                               Metric.key == table.c.key).limit(1).scalar_subquery())
