@@ -1,6 +1,7 @@
 """Single-run CLI: `python -m nc_core run spec.yaml [--set k=v] [--out m.json|.csv]` and `example-spec`."""
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -13,9 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nc_core.cli_report import HISTORY, TABLE_KEYS, CLIReporter, nan_notes, table, write_metrics
-from nc_core.spec import RunSpec
+from nc_core.spec import RunSpec, field_paths
 from nc_core.sweep import error_field, set_path, spec_hash
-from nc_core.cli_files import out_path_problem, read_yaml_file, yaml_kind
+from nc_core.cli_files import make_workdir, out_path_problem, read_yaml_file, remove_if_empty, yaml_kind
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
 
@@ -103,12 +104,21 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
     if not isinstance(tree, dict):
         _fail(console, [f"{path}: expected a mapping of RunSpec fields (`python -m nc_core example-spec` prints a "
                         f"commented one), got {yaml_kind(tree)}"])
+    if _is_sweep(tree):
+        _fail(console, [f"{path} is a sweep file (name, base, grid, seeds), not a RunSpec: submit it with "
+                        f"`ncsweep submit {path}`; to train one of its runs here, put its `base:` fields (and one "
+                        "value of each axis) in a RunSpec file"])
+    leaves = set(field_paths())
     for item in overrides:
         key, eq, raw = item.partition("=")
         key = key.strip()
         parts = key.split(".")
         if not eq or not key or not all(p.isidentifier() for p in parts):
             _fail(console, [f"--set {item!r}: expected path=value with a dotted field path, e.g. loss.name=mse"])
+        leaf = next((".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in leaves), None)
+        if leaf is not None:
+            _fail(console, [f"--set {item!r}: {leaf} is a field with a value, not a section of fields; expected "
+                            f"--set {leaf}=VALUE"])
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
@@ -121,6 +131,14 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
     except ValidationError as exc:
         _fail(console, [_describe(err) for err in exc.errors()])
     raise AssertionError("unreachable")
+
+
+def _is_sweep(tree: dict[str, Any]) -> bool:
+    """A sweep file's shape (a `base:` or `grid:`, or several of the sweep's own keys) rather than a RunSpec's."""
+    from nc_core.sweep import SweepSpec
+
+    own = set(SweepSpec.model_fields) - set(RunSpec.model_fields)
+    return "base" in tree or "grid" in tree or len(own & set(tree)) >= 2
 
 
 def _first_evaluation(spec: RunSpec) -> int:
@@ -143,6 +161,10 @@ def check_out_path(out: Path, console: Console) -> None:
 def _describe(err: dict[str, Any]) -> str:
     """One pydantic error as 'field: message' (a message that names its field already is kept as it is)."""
     loc, msg = error_field(err)
+    given = err.get("input")
+    if isinstance(given, dict) and "got " not in msg and err.get("type") != "extra_forbidden":
+        text = json.dumps(given, default=str)  # a section where a value belongs: say what it got
+        msg += f", got {text if len(text) <= 80 else text[:77] + '...'}"
     if not loc or msg.split(":")[0].split("=")[0].startswith(loc):
         return msg
     return f"{loc}: {msg}"
@@ -166,6 +188,10 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         check_out_path(out, err)
     spec = load_spec(spec_file, set_, err)
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
+    try:  # the directories this run creates: removed if it fails leaving them empty
+        created = make_workdir(Path(workdir))
+    except ValueError as exc:
+        _fail(err, [str(exc)])
     from nc_core.train import TrainingDiverged, run_spec
 
     unit = "iteration" if spec.kind == "ufm" else "epoch"
@@ -179,6 +205,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         except TrainingDiverged as exc:
             diverged = exc
         except Exception as exc:  # missing data, a workdir of another spec, no CUDA, ...: one line, no traceback
+            remove_if_empty(created)
             if debug:
                 raise
             failed = exc
@@ -218,9 +245,10 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         err.print(f"[bold red]diverged[/]: {escape(str(diverged))}", soft_wrap=True)  # a log greps whole lines
         raise typer.Exit(1)
     if failed is not None:
-        kind = "" if isinstance(failed, (ValueError, OSError)) else \
-            f" ({type(failed).__name__}; --debug shows the traceback)"
-        err.print(f"[bold red]error[/]: {escape(str(failed))}{kind}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error[/]: {escape(str(failed))}", highlight=False, soft_wrap=True)
+        if not isinstance(failed, (ValueError, OSError)):  # not one of the errors a spec or a file explains
+            err.print("this error was not expected; run the same command with --debug to see where it came from",
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if summary is not None and summary.get("stopped"):
         console.print(f"the same command resumes the run from its last completed {unit}")

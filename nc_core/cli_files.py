@@ -1,6 +1,9 @@
 """File arguments of the CLIs: YAML files read safely (duplicate keys refused) and output paths checked early."""
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,3 +82,48 @@ def out_path_problem(out: Path, suffixes: tuple[str, ...]) -> str | None:
     except OSError as exc:
         return f"cannot write in {str(out.parent)!r} ({exc.strerror or type(exc).__name__})"
     return None
+
+
+def make_workdir(workdir: Path) -> list[Path]:
+    """Create a run's ``workdir`` (and its missing parents) before training, so that a path that cannot be one
+    is a ValueError naming --workdir; returns the directories it created, outermost first."""
+    created = [p for p in (workdir, *workdir.parents) if not p.exists()][::-1]
+    if workdir.exists():  # a directory, or a file the run refuses (workdir_lock) naming it
+        return []
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        remove_if_empty(created)
+        raise ValueError(f"--workdir {str(workdir)!r}: cannot create the directory ({exc.strerror or exc}); expected "
+                         "a directory path where this user may write the checkpoints") from None
+    return created
+
+
+def remove_if_empty(created: list[Path]) -> None:
+    """Remove the directories a failed run created (outermost first in ``created``) while they hold nothing but
+    its lock and an empty metric history: never a workdir that existed before, or one with checkpoints or
+    metrics in it."""
+    from nc_core.cli_report import HISTORY
+
+    if not created or not created[-1].is_dir():
+        return
+    workdir = created[-1]
+    for path in workdir.rglob("*"):
+        if path.is_file() and path != workdir / ".lock" and not (path.name == HISTORY and path.stat().st_size == 0):
+            return
+    try:
+        fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no other run has taken it since
+        shutil.rmtree(workdir, ignore_errors=True)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    for parent in reversed(created[:-1]):
+        try:
+            parent.rmdir()  # only while empty
+        except OSError:
+            return

@@ -160,9 +160,10 @@ class ImplicitETFHead(Head):
     """Implicit nearest-ETF classifier (Guiding ``--declarative_ETF``), not an optimizer parameter.
 
     Training (needs y): W from :func:`implicit_etf_solve`, b = −W f̄_batch (if head.bias), logits = W f + b.
-    Eval: the stored W of the last training step and b = −W·f̄_run, f̄_run a running mean of batch
-    means with the same α schedule (not the eval batch's mean, so eval logits do not depend on batching).
-    State (F, t, Prox, W, b, f̄_run) lives in buffers, so it checkpoints and resumes with the model.
+    Eval: the stored W and b = −W f̄_batch of the last training step (nc-spec §4: saved and reused at
+    evaluation; not the eval batch's mean, so eval logits do not depend on batching). State (F, t, Prox,
+    W, b) lives in buffers, so it checkpoints and resumes with the model; a state dict of the older
+    running-mean bias (b = −W f̄_run, with an ``fbar_run`` buffer) still loads, its b kept until the next step.
     """
 
     def __init__(self, spec: HeadSpec, dim: int, num_classes: int) -> None:
@@ -176,11 +177,11 @@ class ImplicitETFHead(Head):
         self.register_buffer("prox", torch.zeros(dim, num_classes))  # (d, K) previous X
         self.register_buffer("weight", _simplex_etf(num_classes, dim))  # (K, d)
         self.register_buffer("bias", torch.zeros(num_classes))  # (K,)
-        self.register_buffer("fbar_run", torch.zeros(dim))  # (d,)
         self._t: int | None = 0  # steps on the host (None: read the buffer once, after a state dict was loaded)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        state_dict.pop(prefix + "fbar_run", None)  # older checkpoints: the running mean their stored b came from
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._t = None  # the loaded steps buffer holds t now
 
     def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
@@ -195,15 +196,14 @@ class ImplicitETFHead(Head):
             w, fbar, f_new, x = implicit_etf_solve(hf, y, self.ema, t, self.prox if t > 0 else None,
                                                    num_classes=self.num_classes, delta=self.delta)
             logits = hf @ w.mT  # (B, K)
-            if self.use_bias:
-                logits = logits - (w @ fbar)[None, :]
+            bias = -(w @ fbar) if self.use_bias else None  # (K,) b = −W f̄_batch
+            if bias is not None:
+                logits = logits + bias[None, :]
         with torch.no_grad():
-            alpha = _ema_rate(t)
             self.ema.copy_(f_new)
             self.prox.copy_(x)
             self.weight.copy_(w)
-            self.fbar_run.mul_(1.0 - alpha).add_(alpha * fbar)
-            self.bias.copy_(-(w @ self.fbar_run) if self.use_bias else torch.zeros_like(self.bias))
+            self.bias.copy_(bias if bias is not None else torch.zeros_like(self.bias))
             self.steps.add_(1)
         self._t = t + 1
         return logits

@@ -40,13 +40,21 @@ def no_nul(value: str) -> str:
     return value
 
 
-# Integers fit the database's 32-bit columns (seed, epochs); floats are finite (JSON has no inf/nan).
-Int = Annotated[int, BeforeValidator(_no_bool), Field(ge=-2**31, le=2**31 - 1)]
-Float = Annotated[float, BeforeValidator(_no_bool)]  # finite: the spec models set allow_inf_nan=False
+def int_in(ge: int = -2**31, le: int = 2**31 - 1) -> Any:
+    """An integer in ge..le (default: the database's 32-bit columns), never a boolean. Bounds before the boolean check:
+    the schema then says minimum/maximum (after a validator pydantic shows them as non-standard 'ge'/'le')."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_no_bool)]
+
+
+def float_in(**bounds: float) -> Any:  # a float within bounds (ge, gt, le, lt), never a boolean; as int_in
+    return Annotated[float, Field(**bounds), BeforeValidator(_no_bool)]
+
+
+Int, Float = int_in(), float_in()  # floats are finite: the spec models set allow_inf_nan=False (JSON has no inf/nan)
 Text = Annotated[str, AfterValidator(no_nul)]
-PositiveInt = Annotated[Int, Field(ge=1)]
-PositiveFloat = Annotated[Float, Field(gt=0)]
-NonNegFloat = Annotated[Float, Field(ge=0)]
+PositiveInt = int_in(ge=1)
+PositiveFloat = float_in(gt=0)
+NonNegFloat = float_in(ge=0)
 
 
 class _Frozen(BaseModel):
@@ -72,14 +80,14 @@ class DataSpec(_Frozen):
     root: Text | None = None  # data root for torchvision datasets (default: settings.data_root)
     download: bool = False  # never download unless asked
     random_labels: bool = False  # train labels seededly permuted among the samples (class counts kept)
-    label_noise: Annotated[Float, Field(ge=0, le=1)] = 0.0  # fraction of train labels replaced uniformly
+    label_noise: float_in(ge=0, le=1) = 0.0  # fraction of train labels replaced uniformly
     per_class: PositiveInt | None = None  # first n samples of each class (train split)
     class_counts: list[PositiveInt] | None = None  # explicit imbalanced train counts, one per class
-    imbalance_factor: Annotated[Float, Field(gt=0, le=1)] = 1.0  # n_k = floor(n_max * f^(k/(K-1)))
+    imbalance_factor: float_in(gt=0, le=1) = 1.0  # n_k = floor(n_max * f^(k/(K-1)))
     train_size: PositiveInt | None = None  # gaussian: train samples; others: cap on the train split
     test_size: PositiveInt | None = None  # gaussian / digits: test samples
     augment: Literal["none", "crop_flip"] = "none"
-    gaussian_classes: Annotated[Int, Field(ge=2)] = 10
+    gaussian_classes: int_in(ge=2) = 10
     gaussian_dim: PositiveInt = 32
     gaussian_spread: NonNegFloat = 1.0  # within-class std relative to unit-norm class centres
 
@@ -165,7 +173,7 @@ class LossSpec(_Frozen):
     M: PositiveFloat = 1.0  # rescaled mse target value
     k: PositiveFloat = 1.0  # rescaled mse true-class weight
     gamma: NonNegFloat = 3.0  # focal
-    alpha: Annotated[Float, Field(ge=0, le=1)] = 0.05  # label smoothing
+    alpha: float_in(ge=0, le=1) = 0.05  # label smoothing
 
 
 class OptimSpec(_Frozen):
@@ -173,7 +181,7 @@ class OptimSpec(_Frozen):
 
     name: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
     lr: PositiveFloat = 0.05
-    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
+    momentum: float_in(ge=0, lt=1) = 0.9
     nesterov: bool = False
     weight_decay: NonNegFloat = 5e-4
     history_size: PositiveInt = 10  # lbfgs
@@ -229,7 +237,7 @@ class UFMSpec(_Frozen):
     lambda_w: NonNegFloat = 5e-4
     lambda_h: NonNegFloat = 5e-4
     lr: PositiveFloat = 0.1
-    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
+    momentum: float_in(ge=0, lt=1) = 0.9
     iterations: PositiveInt = 30000
     eval_every: PositiveInt = 1000
 

@@ -9,22 +9,33 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from nc_core.spec import RunSpec
 
-# Natural feature dimension of each backbone at width 1 (MLP: its hidden width).
-_NATURAL_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "wide_resnet50": 2048,
-                "vgg11": 512, "vgg13": 512, "vgg16": 512, "vgg19": 512}
+# Last stage of each conv backbone: (channels at width 1, block expansion); its output is expansion × channels.
+_LAST_STAGE = {"resnet18": (512, 1), "resnet34": (512, 1), "resnet50": (512, 4),
+               "vgg11": (512, 1), "vgg13": (512, 1), "vgg16": (512, 1), "vgg19": (512, 1)}
+
+
+def scaled_channels(base: int, width: float) -> int:
+    """Channels of a layer of ``base`` channels at width multiplier ``width`` (ResNet stages, VGG convs)."""
+    return max(1, round(base * width))
 
 
 def feature_dim(spec: "RunSpec") -> int:
-    """Dimension d of the features the classifier head sees."""
+    """Dimension d of the features the classifier head sees: model.feature_dim, else what the backbone
+    produces by itself (MLP: its hidden width; WRN-50: 2048 whatever the bottleneck factor; ResNet/VGG:
+    expansion × the scaled last-stage channels, e.g. ResNet-50 at width 0.3 is 4·round(512·0.3) = 616)."""
     m = spec.model
     if m.feature_dim is not None:
         return m.feature_dim
     if m.name == "mlp":
         return int(m.width)
-    if m.name in ("wide_resnet50",):
-        return _NATURAL_DIM[m.name]
-    return max(1, int(round(_NATURAL_DIM[m.name] * m.width)))
+    if m.name == "wide_resnet50":
+        return 2048
+    base, expansion = _LAST_STAGE[m.name]
+    return expansion * scaled_channels(base, m.width)
 
+
+#: Heads with no parameter that separate decay's λ_W acts on (Head.decayed_parameters() is empty): why.
+UNDECAYED_HEADS = {"fixed_etf": "a frozen buffer", "implicit_etf": "solved in closed form each step, not trained"}
 
 #: The fields a UFM run reads besides its ``ufm`` section; every other one must keep its default.
 UFM_FIELDS = ("kind", "seed", "device", "deterministic", "checkpoint.keep_last")
@@ -79,11 +90,20 @@ def check_run(spec: "RunSpec") -> None:
     if head.name in ("fixed_etf", "implicit_etf") and d < k - 1:
         raise ValueError(f"head.name={head.name!r} needs model.feature_dim >= K-1 = {k - 1} "
                          f"(a {k}-class simplex ETF spans K-1 dimensions), got d = {d}")
-    if head.name == "fixed_etf" and d == k - 1 and not head.bias:
-        raise ValueError(f"head.name='fixed_etf' with model.feature_dim = K-1 = {d} and head.bias=false cannot "
+    if head.name in ("fixed_etf", "implicit_etf") and d == k - 1 and not head.bias:
+        why = ("some class never scores highest" if head.name == "fixed_etf" else
+               "the nearest ETF, with no bias b = -W f̄ to centre its logits, leaves a class that never scores "
+               "highest (3 gaussian classes train to 66.7 % accuracy, the 10 digits classes to about 90 %)")
+        raise ValueError(f"head.name={head.name!r} with model.feature_dim = K-1 = {d} and head.bias=false cannot "
                          "learn every class: the backbone's features are non-negative (they come out of a ReLU) "
-                         "and reach only one orthant of the K-1 dimensions, where some class never scores "
-                         f"highest; use model.feature_dim >= K = {k} or head.bias=true")
+                         f"and reach only one orthant of the K-1 dimensions, where {why}; use "
+                         f"model.feature_dim >= K = {k} or head.bias=true")
+    if head.name in UNDECAYED_HEADS and spec.optim.sep_decay and spec.optim.weight_decay > 0:
+        raise ValueError(f"optim.weight_decay: has no effect with optim.sep_decay=true and head.name={head.name!r}: "
+                         "separate decay applies λ_W = optim.weight_decay only to the head's linear weights, and "
+                         f"a {head.name} head has none (its W is {UNDECAYED_HEADS[head.name]}, its bias, if any, is "
+                         "never decayed), so a sweep over it would repeat the same run; expected 0, got "
+                         f"{spec.optim.weight_decay:g} (the feature decay optim.feature_decay = λ_H still applies)")
     if head.name == "implicit_etf" and head.depth_linear != 1:
         raise ValueError("head.depth_linear: the implicit ETF head is a single layer; expected 1, "
                          f"got {head.depth_linear}")
@@ -128,8 +148,9 @@ def milestone_epoch(m: float, epochs: int) -> int:
 
 
 def _check_milestones(milestones: list[float], epochs: int) -> None:
-    """Each multistep milestone must decay the LR before the run ends: a whole epoch in 1..E-1, or a
-    fraction f < 1 with ⌊f·E⌋ >= 1 (a one-epoch run has no later epoch, so its milestones go unchecked)."""
+    """Each multistep milestone must decay the LR before the run ends, on an epoch of its own: a whole epoch in
+    1..E-1, or a fraction f < 1 with ⌊f·E⌋ >= 1 (a one-epoch run has no later epoch, so its milestones go
+    unchecked)."""
     if not milestones:
         raise ValueError("schedule.milestones: multistep needs at least one milestone (epochs, or fractions < 1)")
     if epochs == 1:
@@ -144,6 +165,14 @@ def _check_milestones(milestones: list[float], epochs: int) -> None:
         if milestone_epoch(m, epochs) >= epochs:
             raise ValueError(f"schedule.milestones: epoch {int(m)} is not before the last epoch {epochs}, so the LR "
                              "would never decay there; use an earlier epoch or a fraction of training (< 1)")
+    seen: dict[int, float] = {}
+    for m in milestones:
+        e = milestone_epoch(m, epochs)
+        if e in seen:
+            raise ValueError(f"schedule.milestones: {seen[e]:g} and {m:g} both fall on epoch {e} of {epochs} (a "
+                             "fraction f < 1 is epoch ⌊f·E⌋), where the LR would decay once, not once per milestone "
+                             "as in torch's MultiStepLR; expected milestones on distinct epochs")
+        seen[e] = m
 
 
 def eval_epochs(spec: "RunSpec") -> list[int]:

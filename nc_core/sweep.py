@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nc_core.spec import Int, RunSpec, Text, field_paths
+from nc_core.spec import Int, PositiveInt, RunSpec, Text, field_paths
 
 
 class SpecError(ValueError):
@@ -29,6 +29,14 @@ class SpecError(ValueError):
         """One error carrying several (field, message) pairs, in the given order."""
         (field, message), *more = errors
         return cls(field, message, more=more)
+
+
+class SweepShapeError(SpecError):
+    """The SpecError of a sweep's shape, raised inside its validation: pydantic shows its text, one line
+    ('field: message; also field: message'), and keeps it as the error's ctx['error'] (the API's items)."""
+
+    def __str__(self) -> str:
+        return "; also ".join(f"{field}: {message}" for field, message in self.errors)
 
 
 def axis_problems(section: str, axes: dict[str, list[Any]]) -> list[tuple[str, str]]:
@@ -58,7 +66,7 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: dict[str, list[Any]] = Field(default_factory=dict)
     seeds: list[Int] = Field(default_factory=lambda: [0])
-    max_runs: Int = Field(default=1000, ge=1)
+    max_runs: PositiveInt = 1000
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
@@ -66,9 +74,37 @@ class SweepSpec(BaseModel):
         (so one submission shows both): the first names its field, the rest follow it."""
         problems = self._problems()
         if problems:
-            problems += [f"{f}: {m}" for f, m in self._sound_part().value_problems()]
-            raise ValueError(problems[0] + "".join(f"; also {p}" for p in problems[1:]))
+            raise SweepShapeError.of(problems + self._sound_part().value_problems())
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _known_keys(cls, data: Any, handler: Any) -> "SweepSpec":
+        """An unknown top-level key ('gird') as RunSpec's unknown fields are told: did-you-mean and the keys a
+        sweep has, beside every other problem of the rest of the sweep."""
+        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
+        if not unknown:
+            return handler(data)
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        errors = []
+        for key in unknown:
+            near = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else \
+                "a run's field goes under 'base'; " if key in RunSpec.model_fields else ""
+            kind = PydanticCustomError("extra_forbidden", "unknown field; {hint}expected one of {keys}",
+                                       {"hint": hint, "keys": ", ".join(cls.model_fields)})
+            errors.append(InitErrorDetails(type=kind, loc=(key,), input=data[key]))
+        try:
+            handler({k: v for k, v in data.items() if k in cls.model_fields})
+        except ValidationError as exc:
+            errors += [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx") or {})
+                       for e in exc.errors(include_url=False)]
+        try:
+            error = ValidationError.from_exception_data(cls.__name__, errors)
+        except Exception:  # noqa: BLE001 - an error type pydantic cannot rebuild: its own report, unchanged
+            return handler(data)
+        raise error
 
     def _sound_part(self) -> "SweepSpec":
         """The sweep without what its shape problems name (unknown, empty or seed axes, an axis in both grid
@@ -92,20 +128,19 @@ class SweepSpec(BaseModel):
             return list(exc.errors)
         return []
 
-    def _problems(self) -> list[str]:
-        out = [f"{field}: {msg}" for section in ("grid", "zip")
-               for field, msg in axis_problems(section, getattr(self, section))]
-        out += [f"zip.{p}: {p} is also a grid axis; an axis goes in grid or in zip, not both"
+    def _problems(self) -> list[tuple[str, str]]:
+        out = [problem for section in ("grid", "zip") for problem in axis_problems(section, getattr(self, section))]
+        out += [(f"zip.{p}", f"{p} is also a grid axis; an axis goes in grid or in zip, not both")
                 for p in sorted(set(self.grid) & set(self.zip))]
         if "seed" in self.base:
-            out.append("base.seed: use the 'seeds' list for seeds (every run gets its seed from it)")
+            out.append(("base.seed", "use the 'seeds' list for seeds (every run gets its seed from it)"))
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
-            out.append(f"zip: all zipped axes must have the same length, got lengths {sorted(lengths)}")
+            out.append(("zip", f"all zipped axes must have the same length, got lengths {sorted(lengths)}"))
         if not self.seeds:
-            out.append("seeds: expected at least one seed")
+            out.append(("seeds", "expected at least one seed"))
         if len(set(self.seeds)) != len(self.seeds):
-            out.append("seeds: duplicate seeds")
+            out.append(("seeds", "duplicate seeds"))
         return out
 
     @classmethod
@@ -190,7 +225,7 @@ class ExpandedRun:
     """One run of an expanded sweep, with its JSON form computed once (the API stores all of it)."""
 
     spec: RunSpec
-    grid: dict[str, Any]  # axis path -> value (seed excluded)
+    grid: dict[str, Any]  # axis path -> its value in the validated spec ("2" given for epochs: 2; seed excluded)
     tree: dict[str, Any]  # spec.model_dump(mode="json")
     canonical: str  # canonical_json(spec)
     spec_hash: str  # sha256 of canonical
@@ -205,7 +240,7 @@ def _copy_tree(node: Any) -> Any:
     return node
 
 
-_PATH_AT_START = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+): ")
+_PATH_AT_START = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)*): ")  # 'model.width: …', 'ufm: …' (a RunSpec field)
 
 
 def error_field(err: dict[str, Any]) -> tuple[str, str]:
@@ -216,7 +251,7 @@ def error_field(err: dict[str, Any]) -> tuple[str, str]:
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
     loc = field_path([x for x in err.get("loc", ()) if x != "__root__"])
     named = _PATH_AT_START.match(msg)
-    if named and named.group(1).startswith(loc):
+    if named and named.group(1).split(".")[0] in RunSpec.model_fields and named.group(1).startswith(loc):
         return named.group(1), msg
     if err.get("type") == "extra_forbidden":
         return loc, _unknown_field(loc)
@@ -247,7 +282,7 @@ def _unknown_field(loc: str) -> str:
     return f"unknown field; {hint}expected one of {', '.join(siblings)}"
 
 
-_PART = re.compile(r"\[(\d+)\]|[^.\[]+")
+_INDEX = re.compile(r"\[(\d+)\]")
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -263,8 +298,11 @@ def field_path(loc: Sequence[Any]) -> str:
 def field_loc(field: str) -> list[Any]:
     """An error's field as a loc (field_path inverted): 'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1];
     'base.epochs' → ['base', 'epochs']."""
-    parts = [int(m.group(1)) if m.group(1) is not None else m.group(0) for m in _PART.finditer(field)]
-    return parts or [field]
+    loc: list[Any] = []
+    for segment in field.split("."):  # an axis key's empty part stays one: 'grid.loss..name' → [grid, loss, '', name]
+        name, *indices = _INDEX.split(segment)
+        loc += ([name] if name or not indices else []) + [int(i) for i in indices[0::2]]
+    return loc
 
 
 def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
@@ -279,10 +317,11 @@ def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
 
 def _value_field(sweep: SweepSpec, loc: str, grid_index: dict[str, int], zip_index: int) -> str:
     """The field of an invalid value: 'grid.optim.lr[1]' (the axis's value at that index; also for an error
-    inside a list value, 'data.class_counts[2]'), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a
-    whole-spec error)."""
+    inside a list value, 'data.class_counts[2]'; for an error of a section that only the axis put in the run,
+    'ufm: …' of a ufm.dim axis), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a whole-spec error)."""
     for section, axes in (("grid", grid_index), ("zip", sweep.zip)):
-        path = next((p for p in axes if loc == p or loc.startswith((p + ".", p + "["))), None)
+        path = next((p for p in axes if loc == p or loc.startswith((p + ".", p + "["))), None) or next(
+            (p for p in axes if loc and p.startswith(loc + ".") and get_path(sweep.base, loc) is None), None)
         if path is not None:
             return f"{section}.{path}[{grid_index[path] if section == 'grid' else zip_index}]"
     return f"base.{loc}" if loc else "base"
@@ -332,7 +371,7 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                 if h in seen:
                     continue
                 seen.add(h)
-                out.append(ExpandedRun(run, axes, dumped, canonical, h))
+                out.append(ExpandedRun(run, {p: get_path(dumped, p) for p in axes}, dumped, canonical, h))
     if problems:
         raise SpecError.of([(f, m) for f, (_, m) in sorted(problems.items(), key=lambda kv: error_order(sweep, kv[0]))])
     return out

@@ -74,8 +74,7 @@ def _state(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, it: int, final
 def _restore(model: UFM, opt: torch.optim.Optimizer, spec: RunSpec, state: dict, workdir: str | Path) -> None:
     if "spec_hash" not in state or "optimizer" not in state:
         raise ValueError(f"{ck.ckpt_dir(workdir)} holds a UFM checkpoint of an older ncsweep that cannot be "
-                         "resumed; use another workdir, or resume=False (--no-resume on the command line) to DELETE "
-                         "it and start afresh there")
+                         "resumed; use another --workdir, or --no-resume to DELETE it and start afresh there")
     ck.check_spec(state, spec, workdir)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])

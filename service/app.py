@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from nc_core.db.session import session_factory
 from nc_core.settings import Settings, get_settings
 from service.auth import ReadAuth
+from service.deps import SingleQuery
 from service.enqueue import CeleryEnqueuer, Enqueuer, broker_ping
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.routers import health, metrics, runs, sweeps, workers
@@ -34,6 +35,6 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)  # /healthz, /readyz: open for probes
     for module in (sweeps, runs, metrics, workers, events, plots, prom):  # reads need a token with auth_reads
-        app.include_router(module.router, dependencies=[ReadAuth])
-    app.include_router(dashboard.router)  # its pages and data take ReadAuth themselves (not its static files)
+        app.include_router(module.router, dependencies=[ReadAuth, SingleQuery])  # a parameter given twice: 422
+    app.include_router(dashboard.router, dependencies=[SingleQuery])  # its pages and data take ReadAuth themselves
     return app

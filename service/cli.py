@@ -17,7 +17,7 @@ from nc_core.settings import Settings
 from service.cli_results import results_caveat, results_hint, results_table
 from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
                                workers_table)
-from service.cli_args import check_png_out, export_format, read_sweep_file
+from service.cli_args import check_png_out, export_format, int_range, read_sweep_file
 from service.client import ApiError, Client, Unreachable
 
 app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,
@@ -31,6 +31,8 @@ err = Console(stderr=True, soft_wrap=True)
 class Ctx:
     """Settings and a lazily built client, shared by the commands of one invocation."""
 
+    api_used = False  # a command of this process built a client (main's last-resort message reads it)
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self._client: Client | None = None
@@ -39,6 +41,7 @@ class Ctx:
     def client(self) -> Client:
         if self._client is None:
             self._client = Client.from_settings(self.settings)
+            Ctx.api_used = True
         return self._client
 
 
@@ -75,10 +78,10 @@ def _csv(text: Optional[str]) -> Optional[list[str]]:
 @app.command()
 def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-example", help="submit the bundled example sweep"),
        home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: settings.home)"),
-       workers: Optional[int] = typer.Option(None, "--workers", help="CPU workers when there is no GPU "
-                                             "(default: 2, or 1 on a one-core machine)"),
-       gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices (default: every GPU found)"),
-       port: Optional[int] = typer.Option(None, "--port", help="API port"),
+       workers: Optional[int] = typer.Option(None, "--workers", callback=int_range(1), help="CPU workers when "
+                                             "there is no GPU (default: 2, or 1 on a one-core machine)"),
+       gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: every GPU found)"),
+       port: Optional[int] = typer.Option(None, "--port", callback=int_range(1, 65535), help="API port"),
        serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="keep serving after the example "
                                             "(default: serve only with --no-example)"),
        fresh: bool = typer.Option(False, "--fresh", help="submit the example again even if it already ran")):
@@ -93,7 +96,7 @@ def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-ex
 
 @app.command()
 def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: every GPU found)"),
-           cpu: int = typer.Option(1, "--cpu", help="CPU workers when no GPU is used")):
+           cpu: int = typer.Option(1, "--cpu", callback=int_range(1), help="CPU workers when no GPU is used")):
     """Start one worker process per GPU (or CPU workers) against the configured broker and database."""
     from worker import launch
 
@@ -234,15 +237,17 @@ def runs(ctx: typer.Context, sweep: Optional[int] = typer.Option(None, "--sweep"
                                               "succeeded | failed | cancelled"),
          filter: list[str] = typer.Option([], "--filter", help="AXIS=VALUE on the run spec, e.g. loss.name=mse; "
                                           "repeat an AXIS for any of several values"),
-         limit: int = typer.Option(200, "--limit", help="at most this many runs")):
+         limit: int = typer.Option(200, "--limit", callback=int_range(1), help="at most this many runs (the "
+                                   "title says how many match)")):
     """List runs (optionally of one sweep, with one status, matching spec filters)."""
     filters = [parse_filter(f) for f in filter]
-    rows = []
-    for run in _ctx(ctx).client.iter_runs(sweep_id=sweep, status=status, filters=filters):
-        rows.append(run)
-        if len(rows) >= limit:
-            break
-    out.print(runs_table(rows))
+    client = _ctx(ctx).client
+    rows, total = client.first_runs(limit, sweep_id=sweep, status=status, filters=filters)
+    if not rows and sweep is not None:
+        client.sweep(sweep)  # no such sweep: its 404, as results/show/watch give
+    out.print(runs_table(rows, total))
+    if total > len(rows):
+        err.print(f"showing the first {len(rows)} of {total} matching runs (--limit {limit})", highlight=False)
 
 
 @app.command()
@@ -269,6 +274,8 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
     if caveat:
         err.print(caveat, highlight=False, markup=False)
     hint = results_hint(body, sweep, split, epoch)
+    if hint and epoch == "last":  # say why: runs that ended without metrics, or runs still to come
+        hint = results_hint(body, sweep, split, epoch, counts=_ctx(ctx).client.sweep(sweep).get("counts"))
     if hint:
         err.print(hint, highlight=False)
 
@@ -336,7 +343,7 @@ def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
 
 
 @app.command()
-def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (margins: the run id unless --run)"),
+def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
          kind: str = typer.Option("dynamics", "--kind", help="dynamics | heatmap | margins"),
          out_path: Path = typer.Option(..., "--out", help="the .png file to write"),
          keys: Optional[str] = typer.Option(None, "--keys", help="dynamics: comma-separated metric keys (default "
@@ -348,11 +355,17 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
          key: str = typer.Option("acc", "--key", help="heatmap: the metric key"),
          mode: str = typer.Option("value", "--mode", help="heatmap: value | diff_vs | variance"),
          ref: Optional[str] = typer.Option(None, "--ref", help="heatmap diff_vs: AXIS:VALUE"),
-         run: Optional[int] = typer.Option(None, "--run", help="margins: the run")):
+         run: Optional[int] = typer.Option(None, "--run", help="margins: the run (one of the sweep's)")):
     """Save a PNG: NC dynamics, a grid heatmap, or a run's cosine margins."""
     check_png_out(out_path)
+    if kind == "margins" and run is None:
+        raise typer.BadParameter(f"--kind margins plots one run: expected --run RUN, a run of sweep {sweep} "
+                                 f"(`ncsweep runs --sweep {sweep}` lists them)", param_hint="--run")
+    if kind == "heatmap" and mode == "diff_vs" and not ref:
+        raise typer.BadParameter("--ref is required with --mode diff_vs: expected AXIS:VALUE, the runs every "
+                                 "cell is compared with, e.g. --ref loss.name:ce", param_hint="--ref")
     client = _ctx(ctx).client
-    if kind == "margins" and run is not None:
+    if kind == "margins":
         owner = client.run(run).get("sweep_id")
         if owner != sweep:
             raise typer.BadParameter(f"run {run} belongs to sweep {owner}, not to sweep {sweep}", param_hint="--run")
@@ -365,7 +378,7 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id (ma
         png = client.png(f"/sweeps/{sweep}/plots/heatmap.png", x=x, y=y, key=key, split=split,
                          mode=mode, ref=ref)
     elif kind == "margins":
-        png = client.png(f"/runs/{run if run is not None else sweep}/plots/margins.png")
+        png = client.png(f"/runs/{run}/plots/margins.png")
     else:
         raise typer.BadParameter(f"expected dynamics, heatmap or margins, got {kind!r}", param_hint="--kind")
     out_path.write_bytes(png)
@@ -378,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     from nc_core.cli_help import plain_flags
 
     plain_flags()
+    Ctx.api_used = False
     for console in (out, err):
         if not console.is_terminal:  # a pipe or a log: keep table rows whole rather than 80 columns
             console.width = max(console.width, 160)
@@ -405,9 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. a reply of another ncsweep version: one line, not a traceback
         if os.environ.get("NCSWEEP_DEBUG"):
             raise
-        err.print(f"error: unexpected {type(exc).__name__}: {exc} (is the API the same ncsweep version as this "
-                  "CLI? NCSWEEP_DEBUG=1 shows the traceback)", highlight=False, markup=False)
+        why = "is the API the same ncsweep version as this CLI? " if _reading_a_reply(exc) else ""
+        err.print(f"error: unexpected {type(exc).__name__}: {exc} ({why or 'a bug in ncsweep; '}NCSWEEP_DEBUG=1 "
+                  "shows the traceback)", highlight=False, markup=False)
     return 1
+
+
+def _reading_a_reply(exc: Exception) -> bool:
+    """Whether ``exc`` looks like a reply the CLI could not read: an error of a missing or mistyped value
+    (KeyError, TypeError, ...) raised while a command was using the API (it had built its client), such as a
+    reply of another ncsweep version gives — not, say, a local bind() error of `ncsweep up`."""
+    return isinstance(exc, (LookupError, TypeError, AttributeError)) and Ctx.api_used
 
 
 if __name__ == "__main__":

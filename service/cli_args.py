@@ -3,9 +3,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import typer
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[int | None], int | None]:
+    """A typer option callback refusing an integer outside lo..hi (no upper bound when hi is None): the
+    option's usage error says 'expected 1..65535, got 99999'; None (the option left out) passes."""
+    def check(value: int | None) -> int | None:
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            raise typer.BadParameter(f"expected {lo}..{hi}, got {value}" if hi is not None else
+                                     f"expected an integer of at least {lo}, got {value}")
+        return value
+    return check
 
 
 def read_sweep_file(path: Path) -> dict[str, Any]:

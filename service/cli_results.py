@@ -1,10 +1,11 @@
 """`ncsweep results`: the results table over seeds and its notes (why values differ in epoch, why none)."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterable
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nc_core.sweep import short_names
 
@@ -14,10 +15,29 @@ def fmt_value(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else ("" if x is None else str(x))
 
 
-def _mean_std(m: dict | None) -> str:
-    """'mean±std' of one aggregate (mean alone for a single run; empty when nothing was measured)."""
+def column_decimals(aggs: Iterable[dict | None]) -> int | None:
+    """Decimals of one column of mean ± std cells, from the largest |mean| in it, so that its cells line up:
+    1 from 10 up (accuracy in %: 98.2±0.6), 3 from 0.1 up (0.110±0.001, 1.371±0.269), below that 3 significant
+    digits of the largest (0.0512), and None (scientific notation) under 1e-5."""
+    means = [abs(m["mean"]) for m in aggs if m and isinstance(m.get("mean"), (int, float))
+             and math.isfinite(m["mean"]) and m["mean"] != 0]
+    top = max(means, default=1.0)
+    if top >= 10:
+        return 1
+    if top >= 0.1:
+        return 3
+    digits = 2 - math.floor(math.log10(top))
+    return digits if digits <= 7 else None
+
+
+def mean_std(m: dict | None, decimals: int | None, empty: str = "") -> str:
+    """'mean±std' of one aggregate with ``decimals`` (None: scientific); the mean alone for a single run,
+    ``empty`` when nothing was measured."""
     mean, std = (m or {}).get("mean"), (m or {}).get("std")
-    return "" if mean is None else f"{mean:.4g}±{std:.2g}" if std is not None else f"{mean:.4g}"
+    if mean is None:
+        return empty
+    text = (lambda x: f"{x:.{decimals}f}") if decimals is not None else (lambda x: f"{x:.2e}")
+    return text(mean) + (f"±{text(std)}" if std is not None else "")
 
 
 def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6) -> Any:
@@ -28,7 +48,8 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
     keys = body.get("keys") if isinstance(body, dict) else None
     unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"  # 'iteration' for a UFM sweep
     at = f"last {unit}" if str(epoch) == "last" else f"{unit} {epoch}"
-    title = escape(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)")  # [..] is not rich markup
+    title = Text(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)", no_wrap=True,
+                 overflow="ignore")  # one line, however narrow the table below it
     table = Table(title=title, title_justify="left")
     if not items:
         table.add_column("no finished results yet")
@@ -36,16 +57,18 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
     group_by = group_by or list((items[0].get("values") or {}).keys())
     keys = keys or list((items[0].get("metrics") or {}).keys())
     rows = []
+    decimals = {k: column_decimals((item.get("metrics") or {}).get(k) for item in items) for k in keys}
     for item in items:
         group, metrics = item.get("values") or {}, item.get("metrics") or {}
         counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
-        rows.append(([fmt_value(group.get(g)) for g in group_by], f"{max(counts, default=0)}/{item.get('runs', '')}",
-                     [_mean_std(metrics.get(k)) for k in keys]))
-    heads = [*short_names(group_by), "seeds"]
+        n = max(counts, default=0)
+        rows.append(([fmt_value(group.get(g)) for g in group_by], str(n) if n == item.get("runs") else
+                     f"{n}/{item.get('runs', '')}", [mean_std(metrics.get(k), decimals[k]) for k in keys]))
+    heads = [*short_names(group_by), "runs"]
     fixed = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads[:-1])] + [5]
     cells = [max([len(k)] + [len(r[2][i]) for r in rows]) for i, k in enumerate(keys)]
     for col in heads:
-        table.add_column(col, justify="right" if col == "seeds" else "left", no_wrap=True)
+        table.add_column(col, justify="right" if col == "runs" else "left", no_wrap=True)
     if sum(w + 3 for w in fixed + cells) + 1 <= width:
         for k in keys:
             table.add_column(k, justify="right", no_wrap=True)
@@ -81,13 +104,30 @@ def results_caveat(body: dict) -> str | None:
     return "note: " + "; ".join(parts)
 
 
-def results_hint(body: dict, sweep: int, split: str, epoch: str) -> str | None:
-    """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None."""
+def results_hint(body: dict, sweep: int, split: str, epoch: str, counts: dict[str, int] | None = None) -> str | None:
+    """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None; with the
+    sweep's run ``counts`` per status (GET /sweeps/{id}), how many runs ended without any (failed or cancelled)
+    and whether any are still to come."""
     measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
     if not body.get("groups") or measured:
         return None
     unit = body.get("unit", "epoch")
     at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
-    if epoch == "last":
+    if epoch != "last":
+        return (f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its "
+                "eval schedule)")
+    if counts is None:
         return f"no run of sweep {sweep} has {split} metrics at {at} yet"
-    return f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its eval schedule)"
+    stopped = [f"{counts[s]} {s}" for s in ("failed", "cancelled") if counts.get(s)]
+    ended = [" and ".join(stopped) + " before measuring any"] if stopped else []
+    if counts.get("succeeded"):
+        ended.append(f"{counts['succeeded']} succeeded without {split} metrics (see their eval.splits)")
+    why = "; ".join(ended)
+    pending = counts.get("queued", 0) + counts.get("running", 0)
+    total = sum(counts.values())
+    if pending:
+        return (f"no run of sweep {sweep} has {split} metrics at {at} yet: {pending} of its {total} run(s) "
+                f"{'is' if pending == 1 else 'are'} queued or running" + (f"; {why}" if why else ""))
+    return (f"no run of sweep {sweep} has {split} metrics, and none is queued or running: of its {total} run(s), "
+            f"{why or 'none measured any'}" + (f" (`ncsweep runs --sweep {sweep}` shows why; `ncsweep retry "
+                                               f"{sweep}` runs them again)" if stopped else ""))

@@ -14,6 +14,7 @@ from nc_core.cli_report import TABLE_KEYS
 from nc_core.db import progress
 from nc_core.db.progress import attempt_eta
 from nc_core.db.states import RUN_UNITS, metric_step
+from nc_core.spec_fields import value_text
 from nc_core.sweep import short_names
 from service.cli_results import fmt_value
 
@@ -55,7 +56,8 @@ def _run_status(run: dict) -> str:
 
 def _grid(run: dict) -> str:
     grid = run.get("grid") or {}
-    return " ".join(f"{k}={v}" for k, v in zip(short_names(list(grid)), grid.values())) + f" seed={run.get('seed')}"
+    return " ".join(f"{k}={value_text(v)}" for k, v in zip(short_names(list(grid)), grid.values())) + \
+        f" seed={run.get('seed')}"  # a width stored as 64.0 reads 64, a list [1, 2]
 
 
 def run_eta(run: dict) -> float | None:
@@ -106,31 +108,50 @@ def _add_columns(table: Table, cols: tuple[str, ...] | list[str], runs: list[dic
                          min_width={"status": 9, "config": min(longest, 30)}.get(col))
 
 
-def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
+def _counts(runs: list[dict]) -> str:
+    """'failed 1  succeeded 12': runs per status, coloured."""
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
+
+
+def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
+    """The sweep's bar and its runs' status counts (as GET /sweeps/{id} counts them: its grid's runs), a table of
+    its runs and, when it has any, one of its validate jobs (they recompute a finished run's metrics from its
+    checkpoints: not runs of the grid, counted apart), then the workers."""
+    primary = [r for r in runs if r.get("kind", "train") != "validate"]
+    jobs = [r for r in runs if r.get("kind", "train") == "validate"]
     head = Table.grid(padding=(0, 2))
     frac = detail.get("progress")
-    frac = frac if frac is not None else progress.sweep_fraction(
-        [run_fraction(r) for r in runs if r.get("kind", "train") != "validate"])
-    summary = "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
+    frac = frac if frac is not None else progress.sweep_fraction([run_fraction(r) for r in primary])
+    summary = _counts(primary) + (f"  [dim]validate jobs:[/] {_counts(jobs)}" if jobs else "")
     head.add_row(f"[bold]sweep {detail['id']}[/] {detail.get('name', '')}", _bar(frac, 40),
                  f"{100 * frac:5.1f}%", f"ETA {_eta(detail.get('eta_s')) or '?'}", summary)
     order = {"running": 0, "queued": 2, "failed": 1}
-    shown = sorted(runs, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
-    table = Table(title=f"runs ({len(shown)} of {len(runs)})", title_justify="left", expand=False)
-    kinds = {r.get("kind", "train") for r in shown}
+    parts: list[Any] = [head]
+    for rows, title in ((primary, "runs"), (jobs, "validate jobs")):
+        shown = sorted(rows, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
+        if rows or title == "runs":
+            parts.append(_progress_table(f"{title} ({len(shown)} of {len(rows)})", shown, title != "runs"))
+    return Group(*parts, workers_table(_enrich_workers(workers, runs)))
+
+
+def _progress_table(title: str, shown: list[dict], validate: bool) -> Table:
+    """Rows of runs with their progress bars; a validate job's row names the run it validates."""
+    table = Table(title=title, title_justify="left", expand=False)
+    kinds = {r.get("kind", "train") for r in shown} if not validate else {"validate"}
     step, rate = RUN_UNITS[kinds.pop()] if len(kinds) == 1 else ("step", "rate")  # a UFM counts iterations, ...
-    _add_columns(table, ("run", "status", "config", "progress", "", step, rate, "ETA"), shown)
+    cols = ("job", "status", "validates", "config") if validate else ("run", "status", "config")
+    _add_columns(table, (*cols, "progress", "", step, rate, "ETA"), shown)
     for r in shown:
         f = run_fraction(r)
         unit = "" if rate != "rate" else " " + RUN_UNITS[r.get("kind", "train")][1]
-        table.add_row(str(r["id"]), _run_status(r), _grid(r), _bar(f), f"{100 * f:5.1f}%",
-                      f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
+        table.add_row(str(r["id"]), _run_status(r), *([f"run {r.get('parent_run_id', '?')}"] if validate else []),
+                      _grid(r), _bar(f), f"{100 * f:5.1f}%", f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
                       f"{r['samples_per_s']:.0f}{unit}" if r.get("samples_per_s") else "",
                       "?" if _silent(r) else _eta(run_eta(r)))
-    return Group(head, table, workers_table(_enrich_workers(workers, runs)))
+    return table
 
 
 def workers_table(workers: list[dict]) -> Any:
@@ -150,10 +171,12 @@ def workers_table(workers: list[dict]) -> Any:
     return table
 
 
-def runs_table(rows: list[dict]) -> Any:
+def runs_table(rows: list[dict], total: int | None = None) -> Any:
     """Runs with status, config, progress, worker and last error line; the sweep and kind columns only when
-    the runs differ in them."""
-    table = Table(title=f"{len(rows)} run{'' if len(rows) == 1 else 's'}", title_justify="left")
+    the runs differ in them. The title says how many of ``total`` matching runs are shown when not all."""
+    shown = f"{len(rows)} run{'' if len(rows) == 1 else 's'}"
+    table = Table(title=shown if total is None or total <= len(rows) else f"runs ({len(rows)} of {total})",
+                  title_justify="left")
     cells = {"run": lambda r: str(r["id"]), "sweep": lambda r: str(r["sweep_id"]), "kind": lambda r: r.get("kind", ""),
              "status": _run_status, "config": _grid,
              "epoch": lambda r: f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",

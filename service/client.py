@@ -67,14 +67,21 @@ def _error_from(response: httpx.Response) -> ApiError:
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list) and detail:
         items = [item if isinstance(item, dict) else {"msg": str(item)} for item in detail]
-        errors = [(item.get("field") or ".".join(str(x) for x in item.get("loc", []) if x != "body") or None,
-                   str(item.get("msg", item))) for item in items]
+        errors = [(item.get("field") or _loc_field(item.get("loc") or []), str(item.get("msg", item)))
+                  for item in items]
         more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
         return ApiError(response.status_code, errors[0][1] + more, errors[0][0], errors)
     if isinstance(detail, dict):
         return ApiError(response.status_code, str(detail.get("message") or detail.get("msg") or detail),
                         detail.get("field"))
     return ApiError(response.status_code, str(detail))
+
+
+def _loc_field(loc: list) -> str | None:
+    """A 422 item's field from its loc, without the request part it starts with: ['query', 'loss', 'name'] →
+    'loss.name' (an API that does not send the item's "field")."""
+    parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else loc
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or None
 
 
 class Client:
@@ -128,13 +135,31 @@ class Client:
                   filters: list[tuple[str, str]] | None = None, page: int = 500) -> Iterator[dict]:
         """Every matching run, page by page; `filters` are (spec path, value) pairs, e.g. [("loss.name", "mse")],
         a repeated path meaning any of its values."""
+        for body in self._run_pages(sweep_id, status, filters, page):
+            yield from body["items"]
+
+    def first_runs(self, limit: int, sweep_id: int | None = None, status: str | None = None,
+                   filters: list[tuple[str, str]] | None = None) -> tuple[list[dict], int]:
+        """The first `limit` matching runs (by id) and how many match in all (the API's `total`)."""
+        rows: list[dict] = []
+        total = 0
+        for body in self._run_pages(sweep_id, status, filters, min(500, max(1, limit))):
+            rows += body["items"]
+            total = body["total"]
+            if len(rows) >= limit:
+                break
+        return rows[:limit], max(total, len(rows[:limit]))
+
+    def _run_pages(self, sweep_id: int | None, status: str | None, filters: list[tuple[str, str]] | None,
+                   page: int) -> Iterator[dict]:
+        """GET /runs bodies ({total, items}) page by page until every matching run came."""
         pairs = list(filters or [])
         offset = 0
         while True:
             fixed = {"sweep_id": sweep_id, "status": status, "limit": page, "offset": offset}
             params = [(k, v) for k, v in fixed.items() if v is not None] + pairs
             body = self.request("GET", "/runs", params=params).json()
-            yield from body["items"]
+            yield body
             offset += len(body["items"])
             if not body["items"] or offset >= body["total"]:
                 return

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from nc_core.settings import Settings
 from nc_core.spec import Text
+from nc_core.sweep import SpecError
 from service.enqueue import Enqueuer
 
 ID_MAX = 2**31 - 1  # run/sweep/epoch columns are 32-bit INTEGER on PostgreSQL
@@ -40,6 +41,28 @@ def get_enqueuer(request: Request) -> Enqueuer:
     return request.app.state.enqueuer
 
 
+def refuse_repeated_query(request: Request) -> None:
+    """422 naming a query parameter of the route given more than once: FastAPI would keep its last value
+    silently. Names the route does not declare are the route's to read (GET /runs' spec-field filters, which
+    may repeat: a run matching any of the values is listed)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None or len(request.query_params) == len(request.query_params.multi_items()):
+        return
+    declared = _query_names(dependant)
+    for name in dict.fromkeys(n for n, _ in request.query_params.multi_items() if n in declared):
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
+            hint = f" (several go comma-separated in one: {name}=a,b)" if name in ("keys", "group_by") else ""
+            raise SpecError(name, f"expected one value{hint}, got {len(values)}: "
+                                  f"{', '.join(repr(v) for v in values[:5])}{', …' if len(values) > 5 else ''}")
+
+
+def _query_names(dependant) -> set[str]:  # noqa: ANN001 - fastapi's Dependant
+    """The query parameter names a route (with its dependencies) declares."""
+    return {p.alias for p in dependant.query_params}.union(*map(_query_names, dependant.dependencies))
+
+
+SingleQuery = Depends(refuse_repeated_query)
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]

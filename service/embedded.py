@@ -162,7 +162,12 @@ class ApiThread:
 
 
 def _lock_home(home: Path) -> Any:
-    home.mkdir(parents=True, exist_ok=True)
+    if home.exists() and not home.is_dir():
+        raise StackError(f"--home: {home} is a file, expected a directory (the stack's state directory)")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StackError(f"--home: cannot create the directory {home} ({exc.strerror or exc})") from None
     fh = open(home / ".lock", "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -206,7 +211,9 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
                       "epoch), the API and Redis; runs resume on the next start")
         return 130
     except StackError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line, however long
         return 1
     finally:
         if previous is not None:  # the caller's handler again (main() may be called in a longer-lived process)
@@ -221,11 +228,15 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     from worker import launch
     from worker.reconciler import run_forever
 
-    if gpus is not None:  # before anything starts: --gpus outside an inherited CUDA_VISIBLE_DEVICES
+    if gpus is not None:  # before anything starts: a GPU twice, one not on this host or not allotted to it
         try:
-            launch.check_gpus_allotted(gpus)
+            launch.check_gpu_selection(gpus)
         except launch.GpuSelectionError as exc:
-            raise StackError(str(exc)) from None
+            raise StackError(f"--gpus {','.join(map(str, gpus))}: {exc}") from None
+    if workers is not None and workers < 1:
+        raise StackError(f"--workers: expected at least 1 CPU worker, got {workers}")
+    if api_port is not None and not 1 <= api_port <= 65535:
+        raise StackError(f"--port: expected 1..65535, got {api_port}")
     stack.enter_context(_lock_home(home))
     redis_port = free_port()
     settings = stack_settings(home, redis_port, api_port)
@@ -238,7 +249,7 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     api = ApiThread(settings).start()
     stack.callback(api.stop)
     gpu_list = launch.detect_gpus() if gpus is None else gpus
-    n_cpu = workers or min(2, max(1, os.cpu_count() or 1))
+    n_cpu = workers if workers is not None else min(2, max(1, os.cpu_count() or 1))
     sup = launch.start(gpu_list, n_cpu, env=child_env(settings), log_dir=home / "logs")
     stack.callback(sup.stop)
     stop = threading.Event()

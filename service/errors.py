@@ -29,33 +29,49 @@ class NotFound(LookupError):
     """An unknown sweep/run id (HTTP 404)."""
 
 
-def error_item(field: str, msg: str, loc: list[Any] | None = None) -> dict[str, Any]:
-    return {"loc": loc if loc is not None else field_loc(field), "msg": msg, "field": field}
+def error_item(field: str, msg: str, source: str = "body", kind: str = "value_error") -> dict[str, Any]:
+    """One 422 item as FastAPI writes them: loc = [source ('body', 'query', 'path'), *the field's path], msg,
+    type, and the field in dotted form ('grid.optim.lr[1]', 'loss.name')."""
+    return {"loc": [source, *field_loc(field)], "msg": msg, "field": field, "type": kind}
 
 
-def spec_error_response(exc: SpecError) -> JSONResponse:
+def request_source(request: Request) -> str:
+    """Where a request's values come from: a GET's in its query, any other request's in its JSON body."""
+    return "query" if request.method in ("GET", "HEAD") else "body"
+
+
+def spec_error_response(exc: SpecError, source: str = "body") -> JSONResponse:
     """422 with one item per (field, message) of the error: every bad value of a sweep, not just the first."""
-    return JSONResponse({"detail": [error_item(f, m) for f, m in exc.errors]}, status_code=422)
+    return JSONResponse({"detail": [error_item(f, m, source) for f, m in exc.errors]}, status_code=422)
 
 
-def pydantic_items(errors: list[dict[str, Any]], content_type: str | None = None) -> list[dict[str, Any]]:
-    """Pydantic errors → [{loc, msg, field}], list positions as [i] ('seeds[0]'), the input echoed; a
-    model-level 'path: message; also path: message' error gives one item per path it names."""
+def pydantic_items(errors: list[dict[str, Any]], content_type: str | None = None,
+                   source: str | None = None) -> list[dict[str, Any]]:
+    """Pydantic errors → [{loc, msg, type, field}], list positions as [i] ('seeds[0]'), the input echoed, loc
+    starting with its source (``source`` where pydantic gave none: a model validated in a route); a model-level
+    error of several problems (a SpecError, or 'path: message; also path: message') gives one item per field."""
     items = []
     for err in errors:
         loc = [x for x in err.get("loc", ()) if x != "__root__"]
+        if source is not None and not (loc and loc[0] in _SOURCES):
+            loc = [source, *loc]
         msg = str(err.get("msg", "")).removeprefix("Value error, ")  # pydantic's wrapper of a validator's text
         if err.get("type") == "json_invalid":  # loc is ("body", character offset)
             items.append({"loc": ["body"], "msg": f"malformed JSON at character {loc[-1]}: {msg}",
                           "field": "body", "type": "json_invalid"})
             continue
-        source = loc[:1] if loc and loc[0] in _SOURCES else []
-        parts = loc[len(source):]
-        if not parts and _PATH_PREFIX.match(msg):  # model validator: "grid.foo: unknown field …" names its path
-            items += [_named_item(source, piece, err.get("type")) for piece in msg.split("; also ")]
+        prefix = loc[:1] if loc and loc[0] in _SOURCES else []
+        parts = loc[len(prefix):]
+        cause = (err.get("ctx") or {}).get("error")
+        if not parts and isinstance(cause, SpecError):  # a sweep's shape problems, each naming its field
+            items += [{"loc": [*prefix, *field_loc(f)], "msg": m, "field": f, "type": err.get("type")}
+                      for f, m in cause.errors]
             continue
-        if source == ["body"] and not parts:
-            msg = _body_message(err, content_type)
+        if not parts and _PATH_PREFIX.match(msg):  # model validator: "grid.foo: unknown field …" names its path
+            items += [_named_item(prefix, piece, err.get("type")) for piece in msg.split("; also ")]
+            continue
+        if prefix == ["body"] and not parts:
+            msg = _body_message(err, msg, content_type)
         items.append({"loc": loc, "msg": with_input(msg, err), "field": field_path(parts) or "body",
                       "type": err.get("type")})
     return items
@@ -73,9 +89,9 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def _body_message(err: dict[str, Any], content_type: str | None) -> str:
-    """What was wrong with the body as a whole: empty, not sent as JSON, or JSON but not an object."""
-    msg = str(err.get("msg", ""))
+def _body_message(err: dict[str, Any], msg: str, content_type: str | None) -> str:
+    """What was wrong with the body as a whole: empty, not sent as JSON, or JSON but not an object (else ``msg``,
+    the validator's own text)."""
     if err.get("type") == "missing":
         return "expected a JSON object body with content-type application/json, got an empty body"
     if not _is_json(content_type):
@@ -95,8 +111,10 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse({"detail": items}, status_code=422)
 
 
-async def _pydantic(_: Request, exc: ValidationError) -> JSONResponse:
-    return JSONResponse({"detail": pydantic_items(exc.errors(include_url=False))}, status_code=422)
+async def _pydantic(request: Request, exc: ValidationError) -> JSONResponse:
+    """A model a route validated itself (a merged sweep): its loc as the request's body's or query's."""
+    items = pydantic_items(exc.errors(include_url=False), source=request_source(request))
+    return JSONResponse({"detail": items}, status_code=422)
 
 
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -114,8 +132,8 @@ async def _http(request: Request, exc: HTTPException) -> JSONResponse:
                         status_code=422)
 
 
-async def _spec(_: Request, exc: SpecError) -> JSONResponse:
-    return spec_error_response(exc)
+async def _spec(request: Request, exc: SpecError) -> JSONResponse:
+    return spec_error_response(exc, request_source(request))
 
 
 async def _illegal(_: Request, exc: IllegalTransition) -> JSONResponse:

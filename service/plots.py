@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.states import metric_step
 from nc_core.db.sweeps_repo import PRIMARY_KINDS, latest_values
+from nc_core.spec_fields import distinct_values, value_sort_key, value_text
 from nc_core.sweep import get_path, short_names
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
@@ -66,8 +67,7 @@ def _config_label(grid: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, (_, v) in zip(short_names([k for k, _ in items]), items)) or "base"
 
 
-def _sort_key(v: Any) -> tuple:
-    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+_sort_key = value_sort_key  # numbers by value, lists element by element, the rest by text
 
 
 def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
@@ -153,8 +153,8 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     if not runs:
         raise PlotError("sweep_id", f"sweep {sweep_id} has no runs")
     finals = final_values(session, runs, key, split)
-    xs = sorted({_axis_value(r, x) for r in runs}, key=_sort_key)
-    ys = sorted({_axis_value(r, y) for r in runs}, key=_sort_key)
+    xs = sorted(distinct_values(_axis_value(r, x) for r in runs), key=_sort_key)  # a value may be a list
+    ys = sorted(distinct_values(_axis_value(r, y) for r in runs), key=_sort_key)
     sweep = session.get(Sweep, sweep_id)
     varied = [*((sweep.axes or []) if sweep is not None else []), "seed"]
     for path, vals in ((x, xs), (y, ys)):
@@ -183,12 +183,12 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     path, ref_value = parse_ref(ref)
     if path in (x, y):
         raise PlotError("ref", f"the reference axis {path!r} must differ from x and y (it selects the panels)")
-    others = sorted({str(_axis_value(r, path)) for r in runs} - {ref_value})
-    if ref_value not in {str(_axis_value(r, path)) for r in runs}:
+    others = sorted({value_text(_axis_value(r, path)) for r in runs} - {ref_value})
+    if ref_value not in {value_text(_axis_value(r, path)) for r in runs}:
         raise PlotError("ref", f"no run has {path}={ref_value}")
-    base = cells(lambda r: str(_axis_value(r, path)) == ref_value)
+    base = cells(lambda r: value_text(_axis_value(r, path)) == ref_value)
     panels = [(f"|{key}({ref_value}) − {key}({o})| [{split}]",
-               np.abs(base - cells(lambda r, o=o: str(_axis_value(r, path)) == o))) for o in others]
+               np.abs(base - cells(lambda r, o=o: value_text(_axis_value(r, path)) == o))) for o in others]
     return xs, ys, panels
 
 
@@ -203,8 +203,8 @@ def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc
                                                     1.5 + 0.8 * len(ys)), squeeze=False)
     for ax, (title, m) in zip(axes.flat, panels):
         im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+        ax.set_xticks(range(len(xs)), [value_text(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [value_text(v) for v in ys])
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.set_title(title, fontsize=9)

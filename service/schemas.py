@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from nc_core.spec import Int, PositiveInt
 
@@ -28,18 +28,33 @@ class SweepExtended(BaseModel):
     sweep_id: int
     added: int = Field(description="new runs inserted (spec_hash not yet in the sweep)")
     existing: int = Field(description="runs of the merged sweep that already existed (untouched)")
-    enqueued: bool
+    enqueued: bool = Field(description="the added runs were sent to the broker; False when none was added, or "
+                                       "the broker failed (they stay queued and the reconciler re-sends them)")
 
 
 class ExtendRequest(_In):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="axis path → values to add")
-    seeds: list[Int] = Field(default_factory=list, description="seeds to add")
+    seeds: list[Int] = Field(default_factory=list, description="seeds to add (each once)")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):  # as POST /sweeps refuses them
+            raise ValueError("duplicate seeds")
+        return seeds
 
 
 class ValidateRequest(_In):
     epochs: list[PositiveInt] | None = Field(default=None,
                                              description="checkpoint epochs; null = every stored checkpoint")
     splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
+
+    @field_validator("epochs")
+    @classmethod
+    def _some_epochs(cls, epochs: list[int] | None) -> list[int] | None:
+        if epochs is not None and not epochs:  # [] is no request for all: that is null
+            raise ValueError("expected at least one epoch, or null for all stored checkpoints, got []")
+        return epochs
 
 
 class SweepSummary(_Out):
@@ -149,3 +164,46 @@ class WorkerOut(_Out):
     last_seen: datetime
     age_s: float  # seconds since the last heartbeat
     run: dict[str, Any] | None = None  # the current run's id, sweep, status, epoch/step, progress, ETA
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="what was wrong, and what to do")
+
+
+class Conflict(Problem):
+    run_id: int | None = Field(None, description="an illegal status change: the run")
+    status: str | None = Field(None, description="an illegal status change: the run's status")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: the request part (body, query, path) then the field's path")
+    msg: str = Field(description="what was expected and what was got")
+    type: str = Field(description="the kind of problem, e.g. value_error, missing, json_invalid")
+    field: str = Field(description="the field in dotted form, list positions as [i]: grid.optim.lr[1], seeds[0]")
+
+
+class ValidationProblems(BaseModel):
+    detail: list[ErrorItem] = Field(description="one item per problem (a sweep lists every bad value)")
+
+
+_RESPONSES: dict[int, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no valid bearer token (NCSWEEP_AUTH_READS: also for reads)"},
+    403: {"model": Problem, "description": "a read-only token on a mutating endpoint"},
+    404: {"model": Problem, "description": "no sweep or run with that id"},
+    409: {"model": Conflict, "description": "illegal in the current state (a finished run, nothing to retry, …); "
+                                            "nothing was changed"},
+    422: {"model": ValidationProblems, "description": "invalid request: one item per problem, each naming its field"},
+    503: {"model": Problem, "description": "the database is unreachable; nothing was changed, retry after "
+                                           "Retry-After seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
+}
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+EVENT_STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                      "description": "server-sent events: 'id:', 'event:' (status, progress, metric, worker) and "
+                                     "'data:' (the event's JSON) lines; ': ping' comments keep it open"}}
+
+
+def problems(*codes: int, **more: dict[int, Any]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses=`` of a route: the error statuses it can answer (401 … 503, one description each,
+    in this one place), plus ``ok`` (PNG, EVENT_STREAM) for its success."""
+    return {**more.get("ok", {}), **{code: _RESPONSES[code] for code in codes}}

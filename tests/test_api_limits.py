@@ -63,7 +63,7 @@ def test_offset_and_limit_are_bounded(app_client, sweep_id, path):
     assert page["items"] == [] and page["offset"] == BIG - 1
 
 
-def test_events_cursor_and_sweep_are_bounded(app_client, monkeypatch):
+def test_events_cursor_and_sweep_are_bounded(app_client, sweep_id, monkeypatch):
     from service.routers import events
 
     async def fake_stream(request, url, cursor, sweep_id, **_):  # noqa: ANN001, ANN003, ANN202
@@ -71,7 +71,7 @@ def test_events_cursor_and_sweep_are_bounded(app_client, monkeypatch):
     monkeypatch.setattr(events, "event_stream", fake_stream)
     assert_422(app_client.get("/events", params={"sweep_id": BIG}), "sweep_id")
     assert_422(app_client.get("/events", params={"since": 2**64}), "since")
-    assert app_client.get("/events", params={"since": 5, "sweep_id": 1}).text == "5 1"
+    assert app_client.get("/events", params={"since": 5, "sweep_id": sweep_id}).text == f"5 {sweep_id}"
     # an out-of-range Last-Event-ID is ignored like a malformed one: the stream starts at the newest event
     latest = app_client.get("/events", headers={"Last-Event-ID": "x"}).text
     assert app_client.get("/events", headers={"Last-Event-ID": str(2**64)}).text == latest

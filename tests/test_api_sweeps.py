@@ -79,7 +79,8 @@ def test_a_queued_ufm_run_counts_its_iterations(app_client, db_url):
     (sweep_body(base={"loss": {"name": "hinge"}}, grid={"model.width": [2]}), "base.loss.name", ["'ce'", "'focal'"]),
     (sweep_body(seeds=[]), "seeds", ["at least one seed"]),
     (sweep_body(name=""), "name", ["at least 1 character"]),
-    (sweep_body(extra=1), "extra", ["Extra inputs"]),
+    (sweep_body(extra=1), "extra", ["unknown field", "expected one of name, base, grid, zip, seeds, max_runs"]),
+    (sweep_body(gird={"loss.name": ["ce"]}), "gird", ["did you mean 'grid'?", "expected one of name, base"]),
     (sweep_body(base={"data": {"name": "gaussian", "root": "/etc"}}), "base.data.root", ["settings.data_roots"]),
     (sweep_body(grid={"data.root": ["/tmp/../etc"]}), "grid.data.root[0]", ["allowed data root"]),
     # a UFM run ignores the training fields: sweeping one would repeat the same run under different labels
@@ -269,7 +270,7 @@ def test_every_bad_grid_value_is_listed_with_its_field(app_client, row_counts):
     assert resp.status_code == 422, resp.text
     assert fields(resp) == ["grid.optim.lr[1]", "grid.optim.lr[3]"], resp.json()
     first, second = resp.json()["detail"]
-    assert first["loc"] == ["grid", "optim", "lr", 1] and "greater than 0" in first["msg"]
+    assert first["loc"] == ["body", "grid", "optim", "lr", 1] and "greater than 0" in first["msg"]
     assert "(run with optim.lr=-1, model.width=2)" in first["msg"] and "optim.lr=-2" in second["msg"]
     one_in_each_axis = sweep_body(grid={"loss.name": ["ce", "bogus"], "model.width": [0, 2]})
     resp = app_client.post("/sweeps", json=one_in_each_axis)
@@ -298,7 +299,7 @@ def test_extend_errors_point_into_the_request_not_the_merged_grid(app_client, ro
     for added, index in (["x"], 0), ([0.5, "x"], 1), ([0.1, "x"], 1):  # 0.1 is already an axis value
         resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"optim.lr": added}})
         assert resp.status_code == 422 and fields(resp) == [f"grid.optim.lr[{index}]"], resp.text
-        assert resp.json()["detail"][0]["loc"] == ["grid", "optim", "lr", index] and "got 'x'" in resp.text
+        assert resp.json()["detail"][0]["loc"] == ["body", "grid", "optim", "lr", index] and "got 'x'" in resp.text
     resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.width": [8, -1]}})  # a new axis
     assert fields(resp) == ["grid.model.width[1]"], resp.text
     assert row_counts() == before
@@ -314,7 +315,7 @@ def test_extend_names_a_seed_axis_and_unknown_fields_as_submit_does(app_client, 
     resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"model.widht": [8], "optim.lr": []}})
     assert resp.status_code == 422 and fields(resp) == ["grid.model.widht", "grid.optim.lr"], resp.text
     unknown, empty = resp.json()["detail"]
-    assert unknown["loc"] == ["grid", "model", "widht"] and "did you mean 'model.width'?" in unknown["msg"]
+    assert unknown["loc"] == ["body", "grid", "model", "widht"] and "did you mean 'model.width'?" in unknown["msg"]
     assert empty["msg"] == "expected a non-empty list of values"
     assert row_counts() == before
 
@@ -325,7 +326,7 @@ def test_list_positions_are_written_as_brackets_and_the_value_is_echoed(app_clie
     assert resp.status_code == 422 and fields(resp) == ["seeds[1]"], resp.text
     assert resp.json()["detail"][0]["msg"] == "Input should be less than or equal to 2147483647, got 1099511627776"
     resp = app_client.post("/sweeps", json=sweep_body(base={"data": {"name": "gaussian"}, "eval": {"splits": ["x"]}}))
-    assert fields(resp) == ["base.eval.splits[0]"] and resp.json()["detail"][0]["loc"] == ["base", "eval", "splits", 0]
+    assert fields(resp) == ["base.eval.splits[0]"] and resp.json()["detail"][0]["loc"] == ["body", "base", "eval", "splits", 0]
     resp = app_client.post("/sweeps", json=sweep_body(grid={"seed": [1]}, seeds=[1, 1]))  # a model-level error
     assert fields(resp) == ["grid.seed", "seeds"] and resp.json()["detail"][1]["msg"] == "duplicate seeds", resp.text
     assert row_counts() == before

@@ -116,12 +116,12 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
     rc, out, _ = ncsweep(capsys, "results", sid, "--group-by", "loss.name", "--keys", "acc")
     assert rc == 0 and "ce" in out and "model.width" not in out
     rc, out, _ = ncsweep(capsys, "results", sid)  # default: the headline keys, in their order, nothing else
-    header = next(line for line in out.splitlines() if "┃ seeds ┃" in line)
+    header = next(line for line in out.splitlines() if "┃ runs ┃" in line)
     assert rc == 0 and [c for c in ("acc", "nc1", "nc2_w", "nc3", "wh_b") if c in header] == ["acc", "nc1", "nc2_w",
                                                                                              "nc3", "wh_b"]
     assert "cos_margin_min" not in out and f"sweep {sid} results [test, last epoch]" in out
     rc, out, _ = ncsweep(capsys, "results", sid, "--keys", "all")
-    assert rc == 0 and "│ cos_margin_min " in out  # 9 keys do not fit in 160 columns: one row per key
+    assert rc == 0 and "┃ cos_margin_min " in out and max(map(len, out.splitlines())) <= 160  # 9 keys fit in 160
     rc, out, err = ncsweep(capsys, "results", sid, "--epoch", "1", "--keys", "acc")
     assert rc == 0 and "epoch 1]" in out and "±" in out
     queued, _ = seed_sweep(db_url, name="queued", statuses={i: "queued" for i in range(8)})
@@ -416,8 +416,10 @@ def test_watch_names_what_each_kind_of_run_counts() -> None:
 
     only_ufm = text([row(1, "ufm"), row(2, "ufm")])
     assert "iteration" in only_ufm and "it/s" in only_ufm and "samples/s" not in only_ufm
-    mixed = text([row(1, "train"), row(2, "validate")])
-    assert "┃ rate" in mixed and "632 samples/s" in mixed and "632 ckpt/s" in mixed
+    mixed = text([row(1, "train"), row(2, "ufm")])
+    assert "┃ rate" in mixed and "632 samples/s" in mixed and "632 it/s" in mixed
+    with_job = text([row(1, "train"), {**row(2, "validate"), "parent_run_id": 1}])  # a validate job: its own table
+    assert "┃ rate" not in with_job and "┃ samples/s" in with_job and "┃ ckpt/s" in with_job and "run 1" in with_job
 
 
 def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
@@ -438,7 +440,7 @@ def test_results_table_goes_long_when_the_keys_do_not_fit() -> None:
         console.print(results_table(body, 2, "test", 8, width=width))
         text = console.export_text()
         assert "sweep 2 results [test, epoch 8]" in " ".join(text.split()) and "…" not in text
-        assert ("┃ key" in text) == long and text.count("0.1235±0.012") == 5 and "label_smoothing" in text
+        assert ("┃ key" in text) == long and text.count("0.123±0.012") == 5 and "label_smoothing" in text
         assert max(map(len, text.splitlines())) <= width
 
 

@@ -247,3 +247,42 @@ def test_ncsweep_worker_names_gpus_outside_the_allotted_ones_without_a_traceback
     assert cli.main(["worker", "--gpus", "0"]) == 2
     err = capsys.readouterr().err
     assert "--gpus" in err and "got [0] outside it" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("gpus, says", [([0, 0], "got 0 more than once"),
+                                        ([1, 5], "got 5, which this host does not have")])
+def test_ncsweep_up_refuses_a_gpu_twice_or_one_the_host_lacks(nvml, tmp_path, capsys, gpus, says):  # noqa: ANN001
+    from service import embedded
+
+    home = tmp_path / "home"
+    assert embedded.main(home, example=False, keep_running=False, gpus=gpus) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"error: --gpus {','.join(map(str, gpus))}: " in out and says in out, out
+    assert "available GPUs: 0, 1, 2" in out and "Traceback" not in out
+    assert not home.exists()  # refused before anything started
+
+
+def test_ncsweep_worker_refuses_a_gpu_twice_or_one_the_host_lacks(nvml, monkeypatch, capsys):  # noqa: ANN001
+    from service import cli
+
+    monkeypatch.setattr(launch.Supervisor, "start", lambda self: pytest.fail("no worker may start"))
+    for gpus, says in (("0,0", "got 0 more than once"), ("7", "got 7, which this host does not have")):
+        assert cli.main(["worker", "--gpus", gpus]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "--gpus" in err and says in err and "available GPUs: 0, 1, 2" in err, err
+
+
+def test_without_a_gpu_any_gpus_option_is_refused(monkeypatch):  # noqa: ANN001
+    monkeypatch.setattr(launch, "nvml_gpus", lambda: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(launch.GpuSelectionError, match=r"got 0, which this host does not have; available GPUs: none"):
+        launch.check_gpu_selection([0])
+
+
+def test_the_supervisor_refuses_two_workers_of_one_name_before_starting_any(monkeypatch):  # noqa: ANN001
+    spawned = []
+    monkeypatch.setattr(launch.Supervisor, "_spawn", lambda self, spec: spawned.append(spec.name))
+    spec = launch.worker_specs([], cpu_workers=1)[0]
+    with pytest.raises(ValueError, match="expected one worker per name, got ncsweep-cpu0@.* twice"):
+        launch.Supervisor([spec, spec]).start()
+    assert spawned == []

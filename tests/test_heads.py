@@ -126,7 +126,6 @@ def test_implicit_etf_eval_uses_stored_state_and_resumes():
     h = torch.randn(4, d)
     want = h @ head.weight.T + head.bias
     assert torch.allclose(head(h), want) and torch.allclose(head(h[:1]), want[:1])  # batch-independent
-    assert torch.allclose(head.bias, -head.weight @ head.fbar_run)
     clone = build_head(spec, d, k)
     clone.load_state_dict(head.state_dict())
     head.train(), clone.train()
@@ -135,6 +134,34 @@ def test_implicit_etf_eval_uses_stored_state_and_resumes():
     with pytest.raises(ValueError, match="needs the labels"):
         head(hb)
     assert head.decayed_parameters() == [] and list(head.parameters()) == []
+
+
+def test_implicit_etf_eval_bias_is_minus_w_times_the_last_batch_mean():
+    # nc-spec §4: b = −W f̄_batch of the training step, stored and reused at evaluation — not a running mean
+    # over the run, which lags features that drift (here the batch means move by 3 each step)
+    d, k = 5, 3
+    torch.manual_seed(0)
+    head = build_head(HeadSpec(name="implicit_etf"), d, k)
+    for step in range(4):
+        hb, yb = torch.randn(9, d) + 3.0 * step, torch.arange(9) % k
+        train_logits = head(hb, yb)
+    assert torch.allclose(head.bias, -head.weight @ hb.mean(0), atol=1e-5)
+    head.eval()
+    assert torch.allclose(head(hb), train_logits, atol=1e-4)  # eval = the last step's logits on its own batch
+
+
+def test_implicit_etf_loads_a_state_dict_with_the_old_running_mean():
+    d, k = 5, 3
+    torch.manual_seed(0)
+    head = build_head(HeadSpec(name="implicit_etf"), d, k)
+    head(torch.randn(9, d), torch.arange(9) % k)
+    old = {**head.state_dict(), "fbar_run": torch.ones(d)}  # a checkpoint written before the change
+    clone = build_head(HeadSpec(name="implicit_etf"), d, k)
+    clone.load_state_dict(old)  # strict: fbar_run is dropped, not "unexpected"
+    assert "fbar_run" in old and "fbar_run" not in clone.state_dict()
+    assert torch.equal(clone.bias, head.bias) and int(clone.steps) == 1
+    wrapped = torch.nn.Sequential(build_head(HeadSpec(name="implicit_etf"), d, k))
+    wrapped.load_state_dict({f"0.{key}": v for key, v in old.items()})  # under a prefix, as in NCModel.head
 
 
 def test_implicit_etf_without_bias_has_no_offset():
@@ -255,3 +282,13 @@ def test_implicit_etf_steps_do_not_read_the_step_counter_from_the_device():
     for _ in range(3):
         head(torch.randn(9, d), torch.arange(9) % k)
     assert torch.equal(head.steps.as_subclass(torch.Tensor), torch.tensor(3))
+
+
+def test_heads_refused_a_separate_head_decay_are_those_without_decayed_weights():
+    # spec_rules refuses optim.weight_decay > 0 with sep_decay exactly where λ_W would act on nothing
+    from nc_core.registry import HEADS
+    from nc_core.spec_rules import UNDECAYED_HEADS
+
+    for name in HEADS.names():
+        head = build_head(HeadSpec(name=name, bias=True), 6, 4)
+        assert (head.decayed_parameters() == []) == (name in UNDECAYED_HEADS), name

@@ -96,3 +96,27 @@ def test_implicit_head_gets_labels_through_model():
     feats, logits = net(x, y)
     logits.sum().backward()
     assert net.backbone.net[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "wide_resnet50", "vgg11", "vgg19", "mlp"])
+@pytest.mark.parametrize("width", [0.1, 0.3])
+def test_default_feature_dim_is_what_the_network_produces(name, width):
+    # the default d must be the backbone's own output: ResNet-50 at width 0.3 makes 4·round(512·0.3) = 616
+    # channels, and a d of round(2048·0.3) = 614 would add an unrequested 1×1-conv projection to the last block
+    from nc_core.models.resnet import _ARCH, ResNet
+    from nc_core.models.vgg import CFGS, VGG
+
+    spec = _spec(name, width=64 if name == "mlp" else width)
+    net = build_model(spec, (3, 8, 8), 10)
+    if name in _ARCH:
+        block, layers = _ARCH[name]
+        wide = name == "wide_resnet50"
+        natural = ResNet(block, layers, 3, width=1.0 if wide else width, inner_factor=width if wide else None)
+        assert isinstance(net.backbone.stages[-1][-1].shortcut, torch.nn.Identity)  # no projection block
+    elif name in CFGS:
+        natural = VGG(CFGS[name], (3, 8, 8), width=width)
+    else:
+        natural = net.backbone
+    assert net.feature_dim == net.backbone.out_dim == natural.out_dim
+    if name == "resnet50" and width == 0.3:
+        assert net.feature_dim == 616

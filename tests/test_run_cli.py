@@ -343,3 +343,81 @@ def test_every_option_of_both_clis_says_what_it_does_and_flags_show_no_type(whic
     for path, _ in _commands(group):
         res = CliRunner().invoke(cli_app, [*path, "--help"], terminal_width=140)
         assert res.exit_code == 0 and "<bool>" not in res.output, (path, res.output)
+
+
+@pytest.mark.parametrize("setup", ["missing_data", "no_cuda"])
+def test_a_run_that_fails_before_training_leaves_no_empty_workdir(tmp_path, monkeypatch, setup):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tree = {**TINY, "data": {"name": "mnist", "root": str(tmp_path / "nodata")}} if setup == "missing_data" else \
+        {**TINY, "device": "cuda"}
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree))])  # the default workdir: runs/<spec hash>
+    assert res.exit_code == 1 and res.stderr.startswith("error: "), res.output
+    assert not (tmp_path / "runs").exists(), list((tmp_path / "runs").rglob("*"))
+    (tmp_path / "mine").mkdir()  # a workdir that was there before stays, even empty
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "mine")])
+    assert res.exit_code == 1 and (tmp_path / "mine").is_dir()
+
+
+def test_a_failure_after_checkpoints_keeps_the_workdir(tmp_path, monkeypatch):
+    args = ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")]
+    _ctrl_c_after_epoch(monkeypatch, 1)
+    assert runner.invoke(app, args).exit_code == 128 + signal.SIGINT
+    monkeypatch.undo()
+    other = write_spec(tmp_path, {**TINY, "seed": 5})  # refused: the workdir holds another spec's checkpoints
+    res = runner.invoke(app, ["run", str(other), "--workdir", str(tmp_path / "w")])
+    assert res.exit_code == 1 and (tmp_path / "w" / "ckpt" / "epoch_0001.pt").exists()
+    from nc_core.cli_files import remove_if_empty
+
+    remove_if_empty([tmp_path / "w"])  # even when asked to: it holds checkpoints and metrics
+    assert (tmp_path / "w" / "ckpt" / "epoch_0001.pt").exists() and (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_messages_speak_of_the_command_line_not_of_python(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, {**TINY, "device": "cuda"})), "--workdir",
+                              str(tmp_path / "w")])
+    text = " ".join(res.stderr.split())
+    assert res.exit_code == 1 and "device: cuda was asked for, but this machine has no GPU" in text, text
+    assert "RuntimeError" not in text and "is_available" not in text and "--debug" not in text
+    args = ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w2")]
+    _ctrl_c_after_epoch(monkeypatch, 1)
+    runner.invoke(app, args)
+    monkeypatch.undo()
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, {**TINY, "seed": 5})), "--workdir", str(tmp_path / "w2")])
+    text = " ".join(res.output.split())
+    assert "use another --workdir, or --no-resume to DELETE them" in text and "resume=False" not in text, text
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("{tmp}/file/w", "--workdir '{tmp}/file/w': cannot create the directory (Not a directory)"),
+    ("/proc/ncsweep-w", "--workdir '/proc/ncsweep-w': cannot create the directory (No such file or directory)")])
+def test_a_workdir_that_cannot_be_one_is_named_before_training(tmp_path, where, expected):
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", where.format(tmp=tmp_path)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and expected.format(tmp=tmp_path) in text and "Errno" not in text, text
+
+
+def test_a_set_path_below_a_value_field_says_so_and_a_section_given_for_a_value_is_echoed(tmp_path):
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--set", "model.width.x=3"])
+    assert res.exit_code == 2 and "--set 'model.width.x=3': model.width is a field with a value, not a section of " \
+                                  "fields; expected --set model.width=VALUE" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, {**TINY, "model": {"width": {"x": 3}}}))])
+    assert res.exit_code == 2 and 'model.width: Input should be a valid number, got {"x": 3}' in res.output, res.output
+
+
+def test_a_sweep_file_is_named_as_one_and_sent_to_ncsweep_submit(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: s\nbase: {epochs: 1}\ngrid: {loss.name: [ce, mse]}\nseeds: [0, 1]\n")
+    res = runner.invoke(app, ["run", str(path), "--workdir", str(tmp_path / "w")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"{path} is a sweep file (name, base, grid, seeds), not a RunSpec: submit it " \
+                                  f"with `ncsweep submit {path}`" in text, text
+    assert "unknown field" not in text and text.count("error:") == 1
+    res = runner.invoke(app, ["run", str(write_spec(tmp_path, {**TINY, "seeds": [0, 1]}))])  # a RunSpec's typo
+    assert res.exit_code == 2 and "seeds: unknown field; did you mean 'seed'?" in res.output

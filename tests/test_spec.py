@@ -50,6 +50,7 @@ def test_impossible_combinations_name_the_field(bad, field):
 def test_feature_dim_and_schedules():
     assert feature_dim(RunSpec.model_validate({"model": {"name": "resnet18", "width": 1}})) == 512
     assert feature_dim(RunSpec.model_validate({"model": {"name": "resnet18", "width": 1, "feature_dim": 10}})) == 10
+    assert feature_dim(RunSpec.model_validate({"model": {"name": "resnet50", "width": 0.3}})) == 616  # 4·round(512·0.3)
     spec = RunSpec.model_validate({"epochs": 10, "eval": {"every": 3}, "checkpoint": {"every": 4}})
     assert eval_epochs(spec) == [3, 6, 9, 10]
     assert checkpoint_epochs(spec) == [4, 8, 10]
@@ -143,9 +144,12 @@ def test_booleans_are_not_numbers(path):
         SweepSpec(name="s", seeds=[True, 2])
 
 
-def test_fixed_etf_in_k_minus_1_dims_needs_a_bias():
-    etf = {"name": "fixed_etf", "bias": False}
-    with pytest.raises(ValidationError, match=r"feature_dim = K-1 = 9 and head.bias=false cannot learn every class"):
+@pytest.mark.parametrize("name", ["fixed_etf", "implicit_etf"])
+def test_an_etf_head_in_k_minus_1_dims_needs_a_bias(name):
+    # ReLU features reach one orthant of the K-1 dims: without a bias some class never scores highest there
+    etf = {"name": name, "bias": False}
+    with pytest.raises(ValidationError, match=rf"head.name='{name}' with model.feature_dim = K-1 = 9 and "
+                                              r"head.bias=false cannot learn every class.*head.bias=true"):
         RunSpec(model={"feature_dim": 9}, head=etf)
     assert RunSpec(model={"feature_dim": 9}, head={**etf, "bias": True}).head.bias
     assert RunSpec(model={"feature_dim": 10}, head=etf).model.feature_dim == 10
@@ -161,6 +165,32 @@ def test_milestones_that_never_apply_are_refused(milestones, epochs, says):
         RunSpec(epochs=epochs, schedule={"name": "multistep", "milestones": milestones})
     for ok, e in (([0.1, 9], 10), ([1 / 3], 3), ([0.5], 1)):  # a 1-epoch run has nothing to decay
         assert RunSpec(epochs=e, schedule={"name": "multistep", "milestones": ok}).schedule.milestones == ok
+
+
+@pytest.mark.parametrize("milestones, epochs, says", [
+    ([10, 10], 20, "10 and 10 both fall on epoch 10 of 20"),
+    ([0.5, 10], 20, "0.5 and 10 both fall on epoch 10 of 20"),
+    ([0.3, 0.33], 5, "0.3 and 0.33 both fall on epoch 1 of 5"),
+])
+def test_milestones_on_the_same_epoch_are_refused(milestones, epochs, says):
+    # MultiStepLR decays once per milestone; merged into one epoch they would decay once
+    with pytest.raises(ValidationError, match=rf"schedule.milestones: {says} .*expected milestones on distinct epochs"):
+        RunSpec(epochs=epochs, schedule={"name": "multistep", "milestones": milestones})
+    assert RunSpec(epochs=epochs, schedule={"name": "multistep", "milestones": [0.3, 0.6]}).schedule.milestones
+
+
+@pytest.mark.parametrize("name", ["fixed_etf", "implicit_etf"])
+def test_head_weight_decay_on_a_head_without_decayed_weights_is_refused(name):
+    # sep_decay puts λ_W on the head's linear weights only; an ETF head has none, so λ_W would change nothing
+    base = {"head": {"name": name}, "model": {"feature_dim": 10}}
+    with pytest.raises(ValidationError, match=rf"optim.weight_decay: has no effect with optim.sep_decay=true and "
+                                              rf"head.name='{name}'.*expected 0, got 0.001"):
+        RunSpec.model_validate({**base, "optim": {"sep_decay": True, "weight_decay": 1e-3}})
+    ok = RunSpec.model_validate({**base, "optim": {"sep_decay": True, "weight_decay": 0, "feature_decay": 1e-3}})
+    assert ok.optim.feature_decay == 1e-3  # λ_H still acts on the features
+    assert RunSpec.model_validate({**base, "optim": {"weight_decay": 1e-3}}).optim.weight_decay == 1e-3  # joint decay
+    learned = {"model": {"feature_dim": 10}, "optim": {"sep_decay": True, "weight_decay": 1e-3}}
+    assert RunSpec.model_validate(learned).optim.weight_decay == 1e-3
 
 
 @pytest.mark.parametrize("tree, path, says", [

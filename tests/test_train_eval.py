@@ -65,9 +65,12 @@ def test_features_that_blow_up_at_evaluation_are_a_divergence(tmp_path, monkeypa
 
 @pytest.mark.parametrize("head", ["fixed_etf", "implicit_etf"])
 def test_an_etf_head_gets_no_gof_metrics(tmp_path, head):
-    # λ_W never acts on a fixed or implicit ETF head's W: targets that assume it would be scored against nothing
-    run = RunSpec.model_validate({**spec().model_dump(mode="json"), "head": {"name": head, "bias": False},
-                                  "model": {"name": "mlp", "width": 16, "depth": 2, "feature_dim": 10}})
+    # λ_W never acts on a fixed or implicit ETF head's W (a λ_W > 0 is refused): targets that assume it would be
+    # scored against nothing
+    base = spec().model_dump(mode="json")
+    run = RunSpec.model_validate({**base, "head": {"name": head, "bias": False},
+                                  "model": {"name": "mlp", "width": 16, "depth": 2, "feature_dim": 10},
+                                  "optim": {**base["optim"], "weight_decay": 0.0}})
     out = fit(run, workdir=tmp_path)
     assert not any(k.endswith("_gof") for k in out["final"]["train"]), sorted(out["final"]["train"])
     assert "nc2_w_gof" in fit(spec(), workdir=tmp_path / "learned")["final"]["train"]

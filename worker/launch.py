@@ -156,7 +156,24 @@ def check_gpus_allotted(gpus: list[int]) -> None:
 
 
 class GpuSelectionError(ValueError):
-    """GPUs asked for (--gpus) that this process was not given (its inherited CUDA_VISIBLE_DEVICES)."""
+    """GPUs asked for (--gpus) that cannot get a worker: named twice, not on this host, or not given to this
+    process (its inherited CUDA_VISIBLE_DEVICES)."""
+
+
+def check_gpu_selection(gpus: list[int]) -> None:
+    """GpuSelectionError unless `gpus` (NVML indices, as --gpus gives them) names each GPU once, each one that
+    detect_gpus() finds (a GPU twice would get two workers of one name; a GPU not there, a worker on the CPU)."""
+    twice = sorted({gpu for gpu in gpus if gpus.count(gpu) > 1})
+    if not twice:
+        check_gpus_allotted(gpus)
+    available = detect_gpus()
+    missing = [gpu for gpu in gpus if gpu not in available]
+    if twice or missing:
+        have = ", ".join(map(str, available)) or "none (no NVIDIA driver or GPU found, or none allotted: leave " \
+            "--gpus out for CPU workers)"
+        got = f"{', '.join(map(str, twice))} more than once (one worker per GPU)" if twice else \
+            f"{', '.join(map(str, missing))}, which this host does not have"
+        raise GpuSelectionError(f"expected distinct indices of this host's GPUs, got {got}; available GPUs: {have}")
 
 
 @dataclass
@@ -230,6 +247,14 @@ class Supervisor:
         return proc
 
     def start(self) -> "Supervisor":
+        """Spawn every worker; ValueError before spawning any when two specs share a name (the second process
+        would replace the first in ``procs``, which would then never be stopped)."""
+        names = [spec.name for spec in self.specs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        running = [name for name in names if name in self.procs and self.procs[name].poll() is None]
+        if twice or running:
+            raise ValueError(f"expected one worker per name, got {', '.join(twice or running)} "
+                             f"{'twice' if twice else 'already running'}; no worker was started")
         for spec in self.specs:
             self.procs[spec.name] = self._spawn(spec)
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
@@ -279,13 +304,13 @@ class Supervisor:
 def start(gpus: list[int] | None = None, concurrency: int = 1, *, env: dict[str, str] | None = None,
           loglevel: str = "INFO", log_dir: Any = None) -> Supervisor:
     """Start workers without blocking: one per GPU in `gpus` (NVML indices; None = detect_gpus, which honours
-    an inherited CUDA_VISIBLE_DEVICES), else `concurrency` CPU workers. ValueError when `gpus` names a GPU
-    outside an inherited CUDA_VISIBLE_DEVICES."""
+    an inherited CUDA_VISIBLE_DEVICES), else `concurrency` CPU workers. GpuSelectionError (a ValueError) when
+    `gpus` names a GPU twice, one this host does not have, or one outside an inherited CUDA_VISIBLE_DEVICES."""
     if gpus is None:
         gpus = detect_gpus()
     else:
         gpus = list(gpus)
-        check_gpus_allotted(gpus)
+        check_gpu_selection(gpus)
     return Supervisor(worker_specs(gpus, concurrency), env or {}, loglevel, log_dir).start()
 
 

@@ -194,7 +194,11 @@ def _svhn(spec: RunSpec, root: Path) -> RawData:
 # ---------------------------------------------------------------- bundled and synthetic
 @DATASETS.register("digits")
 def _digits(spec: RunSpec, root: Path) -> RawData:
-    """sklearn's bundled 8×8 digits (1797 images, 1×8×8), seeded stratified split (test 25% by default)."""
+    """sklearn's bundled 8×8 digits (1797 images, 1×8×8), stratified split (test 25% by default).
+
+    The split is drawn from ``spec.seed``, and the normalisation mean/std are those of its training part:
+    runs with different seeds train and test on different images, with slightly different statistics.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from nc_core.models.layers import init_conv_weights
+from nc_core.spec_rules import scaled_channels
 
 
 def _norm2d(batch_norm: bool):
@@ -71,7 +72,7 @@ class ResNet(nn.Module):
                  feature_dim: int | None = None) -> None:
         super().__init__()
         norm = _norm2d(batch_norm)
-        planes = [max(1, round(base * width)) for base in (64, 128, 256, 512)]
+        planes = [scaled_channels(base, width) for base in (64, 128, 256, 512)]  # as spec_rules.feature_dim
         c0 = planes[0]
         if stem == "cifar":
             self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 3, padding=1, bias=False), norm(c0), nn.ReLU(inplace=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from nc_core.models.layers import init_conv_weights
+from nc_core.spec_rules import scaled_channels
 
 CFGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -34,7 +35,7 @@ class VGG(nn.Module):
                     size //= 2
                 continue
             seen += 1
-            cout = feature_dim if (seen == n_conv and feature_dim) else max(1, round(v * width))
+            cout = feature_dim if (seen == n_conv and feature_dim) else scaled_channels(v, width)
             layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm),
                        nn.BatchNorm2d(cout) if batch_norm else nn.Identity(), nn.ReLU(inplace=True)]
             cin = cout

@@ -225,9 +225,8 @@ def check_spec(state: dict[str, Any], spec: Any, workdir: str | Path) -> None:
     if state.get("spec_hash") != spec_hash(spec):
         changed = spec_changes(state.get("spec") or {}, spec)
         raise ValueError(f"{ckpt_dir(workdir)} holds checkpoints of a different spec "
-                         f"({changed or 'hash ' + str(state.get('spec_hash'))[:12]}); use another workdir, or "
-                         "resume=False (--no-resume on the command line) to DELETE them and train this spec there "
-                         "afresh")
+                         f"({changed or 'hash ' + str(state.get('spec_hash'))[:12]}); use another --workdir, or "
+                         "--no-resume to DELETE them and train this spec there afresh")
 
 
 def save_pruned(workdir: str | Path, epoch: int, state: dict[str, Any], keep_last: int | None, reporter: Any) -> None:

@@ -20,7 +20,8 @@ def resolve_device(spec: RunSpec) -> torch.device:
     if spec.device == "cpu":
         return torch.device("cpu")
     if spec.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
+        raise ValueError("device: cuda was asked for, but this machine has no GPU that torch can use (no CUDA "
+                         "device or driver found); expected device auto (a GPU when there is one) or cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

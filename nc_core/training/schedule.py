@@ -10,7 +10,8 @@ from nc_core.spec_rules import milestone_epoch
 
 
 def milestone_epochs(spec: RunSpec) -> list[int]:
-    """Multistep milestones as epochs: values < 1 are fractions of training (⌊f·E⌋, nc_loss style)."""
+    """Multistep milestones as epochs: values < 1 are fractions of training (⌊f·E⌋, nc_loss style); each on an
+    epoch of its own (two on one epoch, which MultiStepLR would decay twice, are refused by the spec)."""
     return sorted({m for m in (milestone_epoch(f, spec.epochs) for f in spec.schedule.milestones) if m >= 1})
 
 

@@ -15,6 +15,7 @@ from nc_core.db.states import FINISHED, RUN_UNITS
 from nc_core.db.sweeps_repo import PRIMARY_KINDS
 from nc_core.metric_keys import METRIC_KEYS, TRAINING_KEYS
 from nc_core.spec import SPLITS
+from nc_core.spec_fields import distinct_values, value_text
 from service.plots import _axis_value, _sort_key, final_values, finite_mean, sweep_runs
 
 STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
@@ -22,10 +23,8 @@ ERROR_CHARS = 120  # the runs table's error column; the full last line goes in i
 
 
 def value_label(value: Any) -> str:
-    """An axis value as the runs table writes it (JSON style: true/false), empty for a missing axis."""
-    if value is None:
-        return ""
-    return json.dumps(value) if isinstance(value, bool) else str(value)
+    """An axis value as the runs table writes it (JSON style: true/false, [1, 2]), empty for a missing axis."""
+    return "" if value is None else value_text(value)
 
 
 def error_line(error: str | None) -> str:
@@ -107,7 +106,7 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
     keys = metric_keys(session, sweep_id)
 
     def axis_values(path: str | None) -> list:
-        return sorted({_axis_value(r, path) for r in runs}, key=_sort_key) if path else [None]
+        return sorted(distinct_values(_axis_value(r, path) for r in runs), key=_sort_key) if path else [None]
 
     rows, cols = axis_values(row_axis), axis_values(col_axis)
     cells: dict[tuple[int, int], list[Run]] = defaultdict(list)

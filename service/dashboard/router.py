@@ -11,6 +11,9 @@ from nc_core.db import events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
 from nc_core.db.states import metric_step
+from nc_core.metric_keys import check_metric_keys
+from nc_core.spec import SPLITS
+from nc_core.sweep import SpecError
 from service.auth import ReadAuth, read_refusal
 from service.dashboard import data
 from service.deps import Id, SafeStr
@@ -93,6 +96,15 @@ def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
 @router.get("/ui/sweeps/{sweep_id}/state.json", dependencies=[ReadAuth])
 def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query(None),
                      split: SafeStr | None = Query(None)) -> JSONResponse:
+    problems = []  # the matrix's metric: a key some run may store, on a split (else a 422 listing the valid ones)
+    try:
+        check_metric_keys("key", [key] if key else [])
+    except SpecError as exc:
+        problems += exc.errors
+    if split and split not in SPLITS:
+        problems.append(("split", f"expected one of {', '.join(map(repr, SPLITS))}, got {split!r}"))
+    if problems:
+        raise SpecError.of(problems)
     with _session(request) as s:
         _sweep_or_404(s, sweep_id)
         return JSONResponse(data.sweep_state(s, sweep_id, key or None, split or None))

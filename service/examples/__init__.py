@@ -48,7 +48,7 @@ def run_example(settings: Any, console: Any, *, fresh: bool = False, poll_s: flo
         counts = existing.get("counts", {})
         done = sum(counts.get(s, 0) for s in FINISHED)
         state = "finished" if done == existing.get("runs") else "unfinished: resuming"
-        console.print(f"reusing example sweep {existing['id']} ({state}); pass fresh=True / --fresh for a new one")
+        console.print(f"reusing example sweep {existing['id']} ({state}); pass --fresh for a new one")
         sweep_id = existing["id"]
     else:
         created = client.submit(spec)
@@ -102,19 +102,24 @@ def _label(run: dict[str, Any]) -> str:
 def print_results(client: Any, sweep_id: int, console: Any) -> None:
     """Final test accuracy and NC metrics per configuration, mean ± std over seeds."""
     from rich.table import Table
+    from rich.text import Text
+
+    from service.cli_results import column_decimals, mean_std
 
     body = client.results(sweep_id, keys=list(RESULT_KEYS), split="test")
     runs = list(client.iter_runs(sweep_id=sweep_id))
     failed = [r for r in runs if r["status"] != "succeeded"]
-    table = Table(title=f"sweep {sweep_id}: test split, last epoch, mean ± std over seeds")
+    title = Text(f"sweep {sweep_id}: test split, last epoch, mean ± std over seeds", no_wrap=True, overflow="ignore")
+    table = Table(title=title, title_justify="left")
     for label in short_names(body["group_by"]):
         table.add_column(label)
     table.add_column("runs", justify="right")
     for key in RESULT_KEYS:
         table.add_column(key, justify="right")
-    for group in body["groups"]:
+    decimals = {k: column_decimals(g["metrics"].get(k) for g in body["groups"]) for k in RESULT_KEYS}
+    for group in body["groups"]:  # each column at one number of decimals (98.2±0.6, 0.110±0.001)
         cells = [_value(group["values"].get(p)) for p in body["group_by"]] + [str(group["runs"])]
-        table.add_row(*cells, *(_fmt(group["metrics"].get(k)) for k in RESULT_KEYS))
+        table.add_row(*cells, *(mean_std(group["metrics"].get(k), decimals[k], "—") for k in RESULT_KEYS))
     console.print(table)
     for r in failed:
         console.print(f"run {r['id']} {_label(r)}: {r['status']}" + (f" — {r['error']}" if r.get("error") else ""))
@@ -123,10 +128,3 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
 def _value(v: Any) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
-
-def _fmt(agg: dict[str, Any] | None) -> str:
-    if not agg or agg.get("mean") is None:
-        return "—"
-    mean, std = agg["mean"], agg.get("std")
-    digits = 1 if abs(mean) >= 10 else 3
-    return f"{mean:.{digits}f}±{std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"

@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from nc_core.db import events_repo
+from nc_core.db.models import Sweep
 from nc_core.db.session import session_factory
 from nc_core.settings import Settings, get_settings
 from service.deps import EVENT_ID_MAX, EventCursor, Id
+from service.errors import NotFound
+from service.schemas import EVENT_STREAM, problems
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["events"])
 POLL_S = 0.5
 PING_S = 15.0
@@ -38,8 +44,12 @@ def _fetch(url: str, after: int, sweep_id: int | None) -> list[dict]:
         return [events_repo.event_dict(e) for e in events_repo.events_since(session, after, sweep_id, BATCH)]
 
 
-def _latest(url: str) -> int:
+def _opening(url: str, sweep_id: int | None) -> int:
+    """The latest event id, once the database has answered and the sweep (when one is asked for) exists:
+    a stream opens only when it can be served (else 503 or 404, as on every other route)."""
     with session_factory(url)() as session:
+        if sweep_id is not None and session.get(Sweep, sweep_id) is None:
+            raise NotFound(f"sweep {sweep_id} not found")
         return events_repo.latest_event_id(session)
 
 
@@ -72,11 +82,15 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
     yield "retry: 2000\n\n"
     last_out = started = checked = time.monotonic()
     while not await request.is_disconnected() and time.monotonic() - started < max_s:
-        if recheck_s is not None and time.monotonic() - checked >= recheck_s:
-            checked = time.monotonic()
-            if not await asyncio.to_thread(_still_authorised, url, request):
-                return  # the token was revoked: the reconnect meets the 401
-        events = await asyncio.to_thread(_fetch, url, max(floor, cursor - window), sweep_id)
+        try:
+            if recheck_s is not None and time.monotonic() - checked >= recheck_s:
+                checked = time.monotonic()
+                if not await asyncio.to_thread(_still_authorised, url, request):
+                    return  # the token was revoked: the reconnect meets the 401
+            events = await asyncio.to_thread(_fetch, url, max(floor, cursor - window), sweep_id)
+        except (OperationalError, InterfaceError) as exc:  # the database went away: end the stream, the
+            log.warning("event stream ended: the database is unreachable: %s", exc)  # reconnect meets the 503
+            return
         frames = []
         for ev in events:
             if ev["id"] in sent_set:
@@ -98,7 +112,7 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
         await asyncio.sleep(poll_s)
 
 
-@router.get("/events")
+@router.get("/events", response_class=StreamingResponse, responses=problems(404, 422, 503, ok=EVENT_STREAM))
 async def events(request: Request, sweep_id: Id | None = Query(None, description="only this sweep's events"),
                  since: EventCursor | None = Query(None, description="replay events after this id (default: only new)"),
                  last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:
@@ -108,8 +122,8 @@ async def events(request: Request, sweep_id: Id | None = Query(None, description
     resume = (last_event_id or "").strip()
     if resume.isascii() and resume.isdigit() and len(resume) <= 19 and int(resume) <= EVENT_ID_MAX:
         cursor = int(resume)  # a malformed or out-of-range Last-Event-ID is ignored, like a missing one
-    if cursor is None:
-        cursor = await asyncio.to_thread(_latest, url)
+    latest = await asyncio.to_thread(_opening, url, sweep_id)  # 404 / 503 before the stream opens
+    cursor = latest if cursor is None else cursor
     settings = app_settings(request)
     recheck = AUTH_RECHECK_S if settings.auth_required and settings.auth_reads else None
     stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S,

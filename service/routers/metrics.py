@@ -1,7 +1,6 @@
 """Metric endpoints: one run's series and distributions, and a sweep's results aggregated over seeds."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Literal
 
@@ -14,14 +13,25 @@ from nc_core.db.models import Run
 from nc_core.db.states import default_split, metric_step
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
+from nc_core.spec_fields import value_key, value_sort_key
 from nc_core.sweep import SpecError, get_path
 from service.deps import ID_MAX, Epoch, Id, SessionDep
 from service.errors import NotFound
+from service.schemas import problems
 
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/runs/{run_id}/metrics")
+def parse_keys(raw: str | None) -> list[str] | None:
+    """The comma-separated `keys` parameter (parse_metric_keys); None when it is absent (every key), a 422 when
+    it is given blank (`?keys=`), as a blank `key` is."""
+    if raw is not None and not raw.replace(",", "").strip():
+        raise SpecError("keys", f"expected one or more comma-separated metric keys such as acc,nc1, got {raw!r}; "
+                                "leave keys out for every key")
+    return parse_metric_keys("keys", raw)
+
+
+@router.get("/runs/{run_id}/metrics", responses=problems(404, 422, 503))
 def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"] | None = None,
                 key: str | None = None, keys: str | None = None) -> JSONResponse:
     """The run's metric series: [{split, key, epochs: [...], values: [...], versions: [...], notes: {epoch:
@@ -30,7 +40,7 @@ def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"]
     (as /sweeps/{id}/results takes them), when given."""
     if key is not None and keys is not None:
         raise SpecError("keys", "give either key (one metric) or keys (comma-separated), not both")
-    key_list = parse_metric_keys("keys", keys) if keys is not None else [key] if key is not None else None
+    key_list = parse_keys(keys) if keys is not None else [key] if key is not None else None
     if key is not None:
         check_metric_keys("key", [key])
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
@@ -47,7 +57,7 @@ def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"]
     return JSONResponse({"run_id": run_id, "series": series})
 
 
-@router.get("/runs/{run_id}/distributions")
+@router.get("/runs/{run_id}/distributions", responses=problems(404, 422, 503))
 def run_distributions(run_id: Id, session: SessionDep, split: Literal["train", "test"] | None = None,
                       key: Literal["cos_margin"] | None = None, epoch: Epoch | None = None) -> JSONResponse:
     """Stored sorted distributions (cos_margin: ≤ 1001 quantiles of the per-sample margins, ascending):
@@ -90,11 +100,10 @@ def _parse_epoch(epoch: str) -> int | None:
 
 
 def _sort_key(values: tuple) -> tuple:
-    return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, json.dumps(v))
-                 for v in values)
+    return tuple(map(value_sort_key, values))
 
 
-@router.get("/sweeps/{sweep_id}/results")
+@router.get("/sweeps/{sweep_id}/results", responses=problems(404, 422, 503))
 def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None, keys: str | None = None,
                   split: Literal["train", "test"] | None = None, epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
@@ -115,7 +124,7 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
     for p in paths:
         if p not in valid:
             raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)")
-    key_list = parse_metric_keys("keys", keys)
+    key_list = parse_keys(keys)
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)
     last = max((int(spec.get("epochs", 0) if spec.get("kind") != "ufm" else (spec.get("ufm") or {}).get(
@@ -129,15 +138,15 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
         by_run.setdefault(rid, {})[k] = v
         run_epochs.setdefault(rid, set()).add(e)
     all_keys = key_list or sorted({k for _, k, _, _ in rows})
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple, tuple[tuple, list[int]]] = {}  # by value_key (a list value is unhashable): (values, ids)
     status = {rid: st for rid, _, st in runs}
     for rid, spec, _ in runs:
-        groups.setdefault(tuple(get_path(spec, p) for p in paths), []).append(rid)
+        values = tuple(get_path(spec, p) for p in paths)
+        groups.setdefault(tuple(map(value_key, values)), (values, []))[1].append(rid)
     out = []
-    for gkey in sorted(groups, key=_sort_key):
-        ids = groups[gkey]
+    for gvalues, ids in sorted(groups.values(), key=lambda g: _sort_key(g[0])):
         measured = [rid for rid in ids if rid in by_run]
-        out.append({"values": dict(zip(paths, gkey)), "runs": len(ids), "run_ids": ids,
+        out.append({"values": dict(zip(paths, gvalues)), "runs": len(ids), "run_ids": ids,
                     "measured_epochs": sorted({e for r in measured for e in run_epochs[r]}),
                     "unfinished_runs": [r for r in measured if status[r] != "succeeded"],
                     "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})

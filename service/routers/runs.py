@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -17,16 +18,21 @@ from nc_core.spec import NUL_MESSAGE
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.errors import NotFound
-from service.schemas import ActionResult, RunDetail, RunPage, ValidateRequest
+from service.schemas import ActionResult, RunDetail, RunPage, ValidateRequest, problems
 
 router = APIRouter(tags=["runs"])
 RESERVED = {"sweep_id", "status", "kind", "limit", "offset"}
+MAX_FILTER_VALUES = 100  # values of one repeated filter (each is one more OR term of the run query)
 
 
 def parse_filters(params: Any) -> list[tuple[str, str, Any]]:
     """Query parameters other than the reserved ones → (spec path, kind, value); 422 naming a bad one.
     A repeated path (`?loss.name=mse&loss.name=ce`) gives one tuple per value: the run query ORs them."""
     kinds, choices, out = spec_field_kinds(), spec_field_choices(), []
+    counts = Counter(name for name, _ in params.multi_items())
+    for name, n in counts.items():
+        if n > MAX_FILTER_VALUES:
+            raise SpecError(name, f"expected at most {MAX_FILTER_VALUES} values of one filter, got {n}")
     for name, raw in params.multi_items():
         if name in RESERVED:
             continue
@@ -74,7 +80,7 @@ def _run_or_404(session, run_id: int, *, lock: bool = False) -> Run:  # noqa: AN
     return run
 
 
-@router.get("/runs", response_model=RunPage)
+@router.get("/runs", response_model=RunPage, responses=problems(422, 503))
 def list_runs(request: Request, session: SessionDep, sweep_id: Id | None = None,
               status: Literal[STATUSES] | None = None, kind: Literal["train", "validate", "ufm"] | None = None,  # type: ignore[valid-type]
               limit: int = Query(100, ge=1, le=1000), offset: Offset = 0) -> RunPage:
@@ -86,13 +92,13 @@ def list_runs(request: Request, session: SessionDep, sweep_id: Id | None = None,
     return RunPage(total=total, limit=limit, offset=offset, items=runs)
 
 
-@router.get("/runs/{run_id}", response_model=RunDetail)
+@router.get("/runs/{run_id}", response_model=RunDetail, responses=problems(404, 422, 503))
 def get_run(run_id: Id, session: SessionDep) -> Run:
     """One run with its full spec and options."""
     return _run_or_404(session, run_id)
 
 
-@router.post("/runs/{run_id}/cancel", response_model=ActionResult)
+@router.post("/runs/{run_id}/cancel", response_model=ActionResult, responses=problems(401, 403, 404, 409, 422, 503))
 def cancel_run(run_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
     """queued → cancelled; running → cancel_requested; finished → 409."""
     _run_or_404(session, run_id, lock=True)
@@ -101,7 +107,7 @@ def cancel_run(run_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
     return ActionResult(**{outcome: 1})
 
 
-@router.post("/runs/{run_id}/retry", response_model=ActionResult)
+@router.post("/runs/{run_id}/retry", response_model=ActionResult, responses=problems(401, 403, 404, 409, 422, 503))
 def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
               _: WriteAuth) -> ActionResult:
     """failed/cancelled → queued with a fresh allowance (attempt 0 of settings.max_attempts; the start time,
@@ -112,7 +118,7 @@ def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: 
     return ActionResult(retried=1, enqueued=safe_enqueue(enqueuer, [job]))
 
 
-@router.post("/runs/{run_id}/validate", status_code=201)
+@router.post("/runs/{run_id}/validate", status_code=201, responses=problems(401, 403, 404, 409, 422, 503))
 def validate_run(run_id: Id, body: ValidateRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> dict[str, Any]:
     """A 'validate' job recomputing metrics from the checkpoints of a finished train run.

@@ -12,6 +12,7 @@ from nc_core.db import actions_repo, sweeps_repo as repo
 from nc_core.data_files import absent_files, missing
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
+from nc_core.spec_fields import normalized
 from nc_core.sweep import (ExpandedRun, SpecError, SweepSpec, axis_problems, error_order, expand, field_loc,
                            get_path)
 from service.auth import WriteAuth
@@ -19,7 +20,7 @@ from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.errors import NotFound
 from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
-                             SweepSummary)
+                             SweepSummary, problems)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["sweeps"])
@@ -102,20 +103,20 @@ def _sweep_or_404(session, sweep_id: int, *, lock: bool = False) -> Sweep:  # no
     return sweep
 
 
-@router.post("/sweeps", status_code=201, response_model=SweepCreated)
+@router.post("/sweeps", status_code=201, response_model=SweepCreated, responses=problems(401, 403, 422, 503))
 def submit_sweep(spec: SweepSpec, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
                  token: WriteAuth) -> SweepCreated:
     """Validate and expand the sweep, insert sweep + runs in one transaction, commit, then enqueue.
     If the broker is down the runs stay queued (enqueued=false) and the reconciler re-sends them."""
     expanded = expand_checked(spec, settings)
-    sweep_id, jobs = repo.create_sweep(session, spec, expanded, owner=token.name if token else "",
+    sweep_id, jobs = repo.create_sweep(session, normalized(spec), expanded, owner=token.name if token else "",
                                        max_attempts=settings.max_attempts)
     session.commit()
     return SweepCreated(sweep_id=sweep_id, runs=len(jobs), duplicates=spec.size - len(expanded),
                         enqueued=safe_enqueue(enqueuer, jobs))
 
 
-@router.get("/sweeps", response_model=SweepPage)
+@router.get("/sweeps", response_model=SweepPage, responses=problems(422, 503))
 def list_sweeps(session: SessionDep, limit: int = Query(50, ge=1, le=1000), offset: Offset = 0) -> SweepPage:
     """Sweeps, newest first, with run counts per status and progress (0..1)."""
     total, sweeps = repo.list_sweeps(session, limit, offset)
@@ -129,7 +130,7 @@ def _summary(sweep: Sweep) -> dict[str, Any]:
             "axes": sweep.axes or []}
 
 
-@router.get("/sweeps/{sweep_id}", response_model=SweepDetail)
+@router.get("/sweeps/{sweep_id}", response_model=SweepDetail, responses=problems(404, 422, 503))
 def get_sweep(sweep_id: Id, session: SessionDep) -> SweepDetail:
     """One sweep: spec, axes, counts per status, progress and a rough ETA."""
     sweep = _sweep_or_404(session, sweep_id)
@@ -138,7 +139,7 @@ def get_sweep(sweep_id: Id, session: SessionDep) -> SweepDetail:
                                        "eta_s": repo.sweep_eta(session, sweep_id)})
 
 
-@router.post("/sweeps/{sweep_id}/cancel", response_model=ActionResult)
+@router.post("/sweeps/{sweep_id}/cancel", response_model=ActionResult, responses=problems(401, 403, 404, 422, 503))
 def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
     """Queued runs → cancelled; running runs get cancel_requested (workers stop at the next step). Under the
     sweep's lock, so a concurrent retry or extend of the sweep acts wholly before or after it."""
@@ -148,7 +149,8 @@ def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResul
     return ActionResult(**counts)
 
 
-@router.post("/sweeps/{sweep_id}/retry", response_model=ActionResult)
+@router.post("/sweeps/{sweep_id}/retry", response_model=ActionResult,
+             responses=problems(401, 403, 404, 409, 422, 503))
 def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
                 _: WriteAuth) -> ActionResult:
     """Failed and cancelled runs → queued with a fresh allowance of attempts (as a run retry) and re-enqueued;
@@ -164,7 +166,8 @@ def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueu
     return ActionResult(retried=len(jobs), enqueued=safe_enqueue(enqueuer, jobs), skipped=skipped)
 
 
-@router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended)
+@router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended,
+             responses=problems(401, 403, 404, 409, 422, 503))
 def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> SweepExtended:
     """Add axis values / seeds: re-expand the merged spec and insert only runs with a new spec_hash."""
@@ -178,10 +181,10 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
     have = repo.existing_hashes(session, sweep_id)
     new = [r for r in expanded if r.spec_hash not in have]
     jobs = repo.add_runs(session, sweep_id, new, max_attempts=settings.max_attempts) if new else []
-    sweep.spec, sweep.axes = merged.model_dump(mode="json"), merged.axes
+    sweep.spec, sweep.axes = normalized(merged).model_dump(mode="json"), merged.axes
     session.commit()
     return SweepExtended(sweep_id=sweep_id, added=len(jobs), existing=len(expanded) - len(new),
-                         enqueued=safe_enqueue(enqueuer, jobs))
+                         enqueued=bool(jobs) and safe_enqueue(enqueuer, jobs))  # nothing added: nothing enqueued
 
 
 def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:

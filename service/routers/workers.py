@@ -7,12 +7,12 @@ from fastapi import APIRouter
 
 from nc_core.db import workers_repo
 from service.deps import SessionDep, SettingsDep
-from service.schemas import WorkerOut
+from service.schemas import WorkerOut, problems
 
 router = APIRouter(tags=["workers"])
 
 
-@router.get("/workers", response_model=list[WorkerOut])
+@router.get("/workers", response_model=list[WorkerOut], responses=problems(503))
 def list_workers(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """Workers by name; `status` is `lost` once no heartbeat came for settings.worker_lost_after_seconds."""
     return workers_repo.list_workers(session, settings.worker_lost_after_seconds)
