@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nc_core.spec_types import Int, NonNegFloat, PositiveFloat, PositiveInt, Text, float_in, int_in
+from nc_core.spec_types import NUL_MESSAGE, Float, no_nul  # noqa: F401 - re-exported
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits", "gaussian")
 MODELS = ("mlp", "resnet18", "resnet34", "resnet50", "wide_resnet50", "vgg11", "vgg13", "vgg16", "vgg19")
@@ -21,40 +24,6 @@ DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 
 # ResNet/VGG channel multiplier (1 = the standard 64…512 channels).
 DEFAULT_WIDTH = {"mlp": 128, "wide_resnet50": 2}
 MAX_MULTIPLIER = 16  # a 16× ResNet18 has ~2.9 G parameters; beyond that a width is an MLP habit, not a plan
-
-
-def _no_bool(value: Any) -> Any:
-    """Refuse true/false where a number is expected (pydantic's lax mode would read them as 1/0)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
-    return value
-
-
-NUL_MESSAGE = "must not contain NUL characters"
-
-
-def no_nul(value: str) -> str:
-    """Refuse NUL characters (PostgreSQL text and JSON cannot store or compare them)."""
-    if "\x00" in value:
-        raise ValueError(NUL_MESSAGE)
-    return value
-
-
-def int_in(ge: int = -2**31, le: int = 2**31 - 1) -> Any:
-    """An integer in ge..le (default: the database's 32-bit columns), never a boolean. Bounds before the boolean check:
-    the schema then says minimum/maximum (after a validator pydantic shows them as non-standard 'ge'/'le')."""
-    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_no_bool)]
-
-
-def float_in(**bounds: float) -> Any:  # a float within bounds (ge, gt, le, lt), never a boolean; as int_in
-    return Annotated[float, Field(**bounds), BeforeValidator(_no_bool)]
-
-
-Int, Float = int_in(), float_in()  # floats are finite: the spec models set allow_inf_nan=False (JSON has no inf/nan)
-Text = Annotated[str, AfterValidator(no_nul)]
-PositiveInt = int_in(ge=1)
-PositiveFloat = float_in(gt=0)
-NonNegFloat = float_in(ge=0)
 
 
 class _Frozen(BaseModel):

@@ -1,17 +1,19 @@
 """Sweep specifications: a base RunSpec, grid and zipped axes, seeds → de-duplicated RunSpecs."""
 from __future__ import annotations
 
-import hashlib
 import difflib
+import hashlib
 import itertools
-import json
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nc_core.spec import Int, PositiveInt, RunSpec, Text, field_paths
+from nc_core.spec_tree import canonical_text, copy_tree, get_path, set_path
+from nc_core.spec_tree import canonical_json, short_names, spec_changes, spec_hash  # noqa: F401 - re-exported
+from nc_core.sweep_errors import error_field, error_order, value_field
+from nc_core.sweep_errors import field_loc, field_path, with_input  # noqa: F401 - re-exported
 
 
 class SpecError(ValueError):
@@ -167,59 +169,6 @@ class SweepSpec(BaseModel):
         return list(self.grid) + list(self.zip)
 
 
-def short_names(paths: list[str]) -> list[str]:
-    """Display labels of spec paths: the last part ('model.width' → 'width'; 'loss.name' → 'loss'), or the
-    whole path where two labels would collide ('head.depth_linear', 'ufm.depth_linear')."""
-    labels = [p.split(".")[0] if p.endswith(".name") and p.count(".") == 1 else p.split(".")[-1] for p in paths]
-    return [label if labels.count(label) == 1 else p for label, p in zip(labels, paths)]
-
-
-def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
-    """Set a dotted path in a nested dict, creating sub-dicts."""
-    parts = path.split(".")
-    node = tree
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[p] = nxt
-        node = nxt
-    node[parts[-1]] = value
-
-
-def get_path(tree: dict[str, Any], path: str) -> Any:
-    node: Any = tree
-    for p in path.split("."):
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return node
-
-
-def _canonical(tree: dict[str, Any]) -> str:
-    return json.dumps(tree, sort_keys=True, separators=(",", ":"))
-
-
-def canonical_json(spec: RunSpec) -> str:
-    """The spec as JSON with sorted keys and every default included: the input of spec_hash."""
-    return _canonical(spec.model_dump(mode="json"))
-
-
-def spec_hash(spec: RunSpec) -> str:
-    """sha256 of the canonical JSON (sorted keys, defaults included)."""
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
-
-
-def spec_changes(stored: dict[str, Any], spec: RunSpec, limit: int = 3) -> str:
-    """The leaf fields where ``spec`` differs from a stored spec tree, as "epochs 1000 → 1200, optim.lr 0.1 →
-    0.05" (at most ``limit``, then "and n more"); "" when none can be named (an older spec format)."""
-    tree = spec.model_dump(mode="json")
-    diffs = [f"{p} {get_path(stored, p)!r} → {get_path(tree, p)!r}" for p in field_paths()
-             if get_path(stored, p) != get_path(tree, p)]
-    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
-    return ", ".join(diffs[:limit]) + more
-
-
 @dataclass(frozen=True, slots=True)
 class ExpandedRun:
     """One run of an expanded sweep, with its JSON form computed once (the API stores all of it)."""
@@ -229,102 +178,6 @@ class ExpandedRun:
     tree: dict[str, Any]  # spec.model_dump(mode="json")
     canonical: str  # canonical_json(spec)
     spec_hash: str  # sha256 of canonical
-
-
-def _copy_tree(node: Any) -> Any:
-    """Deep copy of a JSON-like tree (dicts and lists; leaves are immutable)."""
-    if isinstance(node, dict):
-        return {k: _copy_tree(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_copy_tree(v) for v in node]
-    return node
-
-
-_PATH_AT_START = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)*): ")  # 'model.width: …', 'ufm: …' (a RunSpec field)
-
-
-def error_field(err: dict[str, Any]) -> tuple[str, str]:
-    """(field path, message) of a RunSpec validation error; a model validator's 'model.width: …' names its
-    own field, deeper than pydantic's loc ('model'). pydantic's own messages are made to say what was
-    expected and what was got: an unknown field lists the valid ones (closest first), a wrong value is
-    echoed, and internal class names are dropped."""
-    msg = str(err.get("msg", "")).removeprefix("Value error, ")
-    loc = field_path([x for x in err.get("loc", ()) if x != "__root__"])
-    named = _PATH_AT_START.match(msg)
-    if named and named.group(1).split(".")[0] in RunSpec.model_fields and named.group(1).startswith(loc):
-        return named.group(1), msg
-    if err.get("type") == "extra_forbidden":
-        return loc, _unknown_field(loc)
-    return loc, with_input(_CLASS_NAME.sub("", msg), err)
-
-
-def with_input(msg: str, err: dict[str, Any]) -> str:
-    """A pydantic message with ', got <input>' appended (a scalar or list input, cut at 80 characters), unless
-    it is a validator's own text or already says what it got."""
-    given = err.get("input")
-    echoed = given is None or isinstance(given, (str, int, float, list))
-    if err.get("type") == "value_error" or "got " in msg or not echoed:
-        return msg
-    text = repr(given)
-    return msg + f", got {text if len(text) <= 80 else text[:77] + '...'}"
-
-
-_CLASS_NAME = re.compile(r" or instance of [A-Z]\w*")
-
-
-def _unknown_field(loc: str) -> str:
-    """'unknown field; did you mean …? expected one of …' for an extra field ``loc`` of a RunSpec."""
-    parent, _, name = loc.rpartition(".")
-    prefix = parent + "." if parent else ""
-    siblings = sorted({p[len(prefix):].split(".")[0] for p in field_paths() if p.startswith(prefix)})
-    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown field; {hint}expected one of {', '.join(siblings)}"
-
-
-_INDEX = re.compile(r"\[(\d+)\]")
-
-
-def field_path(loc: Sequence[Any]) -> str:
-    """A loc as the field path an error names, list positions as [i]: ['seeds', 0] → 'seeds[0]',
-    ['base', 'eval', 'splits', 1] → 'base.eval.splits[1]'."""
-    path = ""
-    for part in loc:
-        index = isinstance(part, int) and not isinstance(part, bool)
-        path += f"[{part}]" if index else f".{part}" if path else str(part)
-    return path
-
-
-def field_loc(field: str) -> list[Any]:
-    """An error's field as a loc (field_path inverted): 'grid.optim.lr[1]' → ['grid', 'optim', 'lr', 1];
-    'base.epochs' → ['base', 'epochs']."""
-    loc: list[Any] = []
-    for segment in field.split("."):  # an axis key's empty part stays one: 'grid.loss..name' → [grid, loss, '', name]
-        name, *indices = _INDEX.split(segment)
-        loc += ([name] if name or not indices else []) + [int(i) for i in indices[0::2]]
-    return loc
-
-
-def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
-    """Sort key of an error's field: base fields first, then grid and zip axes in their order, by value index."""
-    loc = field_loc(field)
-    if loc[0] not in ("grid", "zip") or not isinstance(loc[-1], int):
-        return (0, 0, 0)
-    section, path, index = loc[0], ".".join(loc[1:-1]), loc[-1]
-    axes = list(getattr(sweep, section))
-    return (1 if section == "grid" else 2, axes.index(path) if path in axes else len(axes), index)
-
-
-def _value_field(sweep: SweepSpec, loc: str, grid_index: dict[str, int], zip_index: int) -> str:
-    """The field of an invalid value: 'grid.optim.lr[1]' (the axis's value at that index; also for an error
-    inside a list value, 'data.class_counts[2]'; for an error of a section that only the axis put in the run,
-    'ufm: …' of a ufm.dim axis), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a whole-spec error)."""
-    for section, axes in (("grid", grid_index), ("zip", sweep.zip)):
-        path = next((p for p in axes if loc == p or loc.startswith((p + ".", p + "["))), None) or next(
-            (p for p in axes if loc and p.startswith(loc + ".") and get_path(sweep.base, loc) is None), None)
-        if path is not None:
-            return f"{section}.{path}[{grid_index[path] if section == 'grid' else zip_index}]"
-    return f"base.{loc}" if loc else "base"
 
 
 def expand(sweep: SweepSpec) -> list[ExpandedRun]:
@@ -342,7 +195,7 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
     for combo in itertools.product(*(range(len(values)) for _, values in grid_items)):
         for zi in range(zip_len):
             for seed in sweep.seeds:
-                tree = _copy_tree(sweep.base)
+                tree = copy_tree(sweep.base)
                 axes: dict[str, Any] = {}
                 for (path, values), i in zip(grid_items, combo):
                     set_path(tree, path, values[i])
@@ -359,14 +212,14 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                     errors = exc.errors()
                     for err in errors:
                         loc, msg = error_field(err)
-                        field = _value_field(sweep, loc, index, zi)
+                        field = value_field(sweep, loc, index, zi)
                         if field not in problems or len(errors) < problems[field][0]:
                             problems[field] = (len(errors), f"{msg} (run with {where or 'base values'})")
                     continue
                 if problems:
                     continue  # the sweep is refused: only look for more bad values
                 dumped = run.model_dump(mode="json")
-                canonical = _canonical(dumped)
+                canonical = canonical_text(dumped)
                 h = hashlib.sha256(canonical.encode()).hexdigest()
                 if h in seen:
                     continue

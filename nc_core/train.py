@@ -14,7 +14,9 @@ from nc_core.spec import RunSpec
 from nc_core.spec_rules import schedule_tests
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
-from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty, gof_lambdas
+from nc_core.training.evaluation import evaluate, gof_params, model_forward
+from nc_core.training.evaluation import EVAL_BATCH  # noqa: F401 - re-exported
+from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
 from nc_core.training.report import (DivergenceWatch, NullReporter, Reporter, TrainingDiverged, divergence_remedy,
                                      report_metrics, resumable_epochs, workdir_wait_s)
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
@@ -22,7 +24,6 @@ from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve
 from nc_core.training.schedule import build_scheduler
 
 __all__ = ["Reporter", "NullReporter", "TrainingDiverged", "fit", "validate_checkpoints", "run_spec"]
-EVAL_BATCH = 1024  # evaluation batch size (no gradients; BN in eval mode, so the value is batch-independent)
 
 
 class _Stopped(Exception):
@@ -47,7 +48,7 @@ class _Run:
     gen: torch.Generator
     takes_y: bool
     raw: dict[str, torch.Tensor] = field(default_factory=dict)  # backbone output of the last forward
-    gof: dict | None = None  # the GOF parameters every evaluation scores against (_gof), fixed for the run
+    gof: dict | None = None  # the GOF parameters every evaluation scores against (gof_params), fixed for the run
 
     @property
     def steps_per_epoch(self) -> int:
@@ -88,12 +89,8 @@ def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Pa
              torch.Generator(device=device), "y" in inspect.signature(model.forward).parameters)
     if spec.optim.sep_decay:  # λ_H acts on the un-normalised backbone output, before any temperature scaling
         model.backbone.register_forward_hook(lambda m, i, out: r.raw.__setitem__("h", out))
-    r.gof = _gof(spec, data.train_y, data.num_classes)  # the training labels never change: counted once
+    r.gof = gof_params(spec, data.train_y, data.num_classes)  # the training labels never change: counted once
     return r
-
-
-def _forward(r: _Run, xb: torch.Tensor, yb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return r.model(xb, yb) if r.takes_y else r.model(xb)  # (B, d), (B, K)
 
 
 def _step(r: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +100,7 @@ def _step(r: _Run, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, to
     def closure() -> torch.Tensor:
         r.opt.zero_grad(set_to_none=True)
         with autocast(spec, r.device):
-            feats, logits = _forward(r, xb, yb)  # (B, d), (B, K)
+            feats, logits = model_forward(r, xb, yb)  # (B, d), (B, K)
             loss = r.loss_fn(logits, yb)
             total = loss
             for penalty in (feature_penalty(spec, r.raw.get("h", feats)), closure_weight_decay(spec, r.model)):
@@ -150,60 +147,6 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
         r.reporter.on_progress(epoch, step + 1, S, n / max(time.perf_counter() - t0, 1e-9))
     return {"running_loss": float(loss_sum) / max(n, 1), "running_acc": 100.0 * int(correct) / max(n, 1),
             "lr": r.opt.param_groups[0]["lr"]}
-
-
-def _gof(spec: RunSpec, train_y: torch.Tensor, num_classes: int) -> dict | None:
-    """GOF hyper-parameters (nc-spec §2.7) for the runs :func:`gof_lambdas` matches to a UFM objective
-    (bias-free separate-decay MSE on a learned head; a fixed or implicit ETF head's W is not decayed by
-    λ_W), with that objective's λ's, else None. The class counts are the training split's (``train_y``
-    (N,)) for every split: the GOF targets are those of the trained model."""
-    lambdas = gof_lambdas(spec, train_y.shape[0], num_classes)
-    if lambdas is None:
-        return None
-    return {"weight_decay": lambdas[0], "feature_decay": lambdas[1], "depth_linear": spec.head.depth_linear,
-            "class_counts": torch.bincount(train_y, minlength=num_classes).tolist()}
-
-
-@torch.no_grad()
-def _evaluate(r: _Run, splits: list[str], epoch: int) -> dict[str, dict[str, float]]:
-    """NC metrics + acc/loss per split from one un-augmented pass, with the head's effective W and b, after
-    ``epoch``; non-finite features → TrainingDiverged (the loss may stay finite while they blow up)."""
-    from nc_core.metrics import NonFiniteValues, evaluate_split
-
-    r.model.eval()
-    head = r.model.head
-    weight = head.effective_weight().detach().float()  # (K, d)
-    bias = head.effective_bias()
-    bias = None if bias is None else bias.detach().float()  # (K,)
-
-    def forward(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(r.spec, r.device):
-            feats, logits = _forward(r, xb, None)
-        return feats.float(), logits.float()  # (B, d), (B, K)
-
-    out = {}
-    for split in splits:
-        try:
-            out[split] = evaluate_split(forward, _Split(r.x[split], r.y[split], max(EVAL_BATCH, r.spec.batch_size)),
-                                        num_classes=r.data.num_classes, loss_fn=r.loss_fn, weight=weight, bias=bias,
-                                        gof=r.gof)
-        except NonFiniteValues as exc:
-            raise TrainingDiverged(epoch, -1, evaluated=f"the {split} split's features have {exc.count} NaN/inf "
-                                                       "entries at evaluation (the training loss was finite)",
-                                   remedy=divergence_remedy(r.spec)) from exc
-    return out
-
-
-class _Split:
-    """Re-iterable un-augmented batches of one split in a fixed order (evaluate_split may take two passes)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __iter__(self):
-        from nc_core.data import batches
-
-        return batches(self.x, self.y, self.batch_size, shuffle=False, generator=None, augment="none")
 
 
 def _state(r: _Run, epoch: int, final: dict) -> dict[str, Any]:
@@ -265,7 +208,7 @@ def _loop(r: _Run, start: int, final: dict) -> dict:
                 _save(r, *pending)
             return {"epochs_done": epoch - 1, "stopped": True, "final": final}
         r.sched.step()
-        metrics = _evaluate(r, spec.eval.splits, epoch) if is_eval(epoch) else {}
+        metrics = evaluate(r, spec.eval.splits, epoch) if is_eval(epoch) else {}
         metrics.setdefault("train", {}).update(running)
         for split, m in metrics.items():
             report_metrics(r.reporter, epoch, split, m)  # + on_distribution (sorted cosine margins)
@@ -305,7 +248,7 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
             if reporter.should_stop():
                 return {"epochs": want[:i - 1], "metrics": results, "stopped": True}
             r.model.load_state_dict(ck.load_checkpoint(available[e])["model"])
-            results[e] = _evaluate(r, splits, e)
+            results[e] = evaluate(r, splits, e)
             for split, m in results[e].items():
                 report_metrics(reporter, e, split, m)
             reporter.on_progress(i, 1, 1, i / max(time.perf_counter() - t0, 1e-9))  # checkpoints per second

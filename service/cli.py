@@ -8,41 +8,24 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.db.states import FINISHED
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
+from service.cli_args import int_range, read_sweep_file
+from service.cli_context import Ctx, err, out
+from service.cli_context import invocation as _ctx
+from service.cli_output import export, plot
 from service.cli_results import results_caveat, results_hint, results_table
+from service.cli_tokens import token_app
 from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
                                workers_table)
-from service.cli_args import check_png_out, export_format, int_range, read_sweep_file
-from service.client import ApiError, Client, Unreachable
+from service.client import ApiError, Unreachable
 
 app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
-
-
-class Ctx:
-    """Settings and a lazily built client, shared by the commands of one invocation."""
-
-    api_used = False  # a command of this process built a client (main's last-resort message reads it)
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client.from_settings(self.settings)
-            Ctx.api_used = True
-        return self._client
 
 
 @app.callback()
@@ -58,10 +41,6 @@ def _root(ctx: typer.Context,
     if token:
         overrides["token"] = token
     ctx.obj = Ctx(Settings(**overrides))
-
-
-def _ctx(ctx: typer.Context) -> Ctx:
-    return ctx.obj
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -106,75 +85,6 @@ def worker(gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices,
         raise typer.BadParameter(str(exc), param_hint="--gpus") from None
     if rc:
         raise typer.Exit(rc)
-
-
-@token_app.command("create")
-def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name", help="a label stored with the token"),
-                 scope: str = typer.Option("write", "--scope", help="read | write | admin"),
-                 save: bool = typer.Option(False, "--save", help="also write it to <home>/token")):
-    """Create an API token in the configured database and print it (shown once)."""
-    from nc_core.db.migrate import upgrade
-    from service.auth import SCOPES, create_token
-
-    if scope not in SCOPES:
-        raise typer.BadParameter(f"expected one of {', '.join(SCOPES)}, got {scope!r}", param_hint="--scope")
-    settings = _ctx(ctx).settings
-    url = settings.resolved_database_url()
-    upgrade(url)
-    token = create_token(url, name, scope)
-    replaced = ""
-    if save:
-        path = Path(settings.home).expanduser() / "token"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.read_text().strip():
-            replaced = f" (it replaces the token that was there; a {scope} token cannot do what a broader one did)" \
-                if scope != "admin" else " (it replaces the token that was there)"
-        path.write_text(token + "\n")
-        path.chmod(0o600)
-    out.print(token, highlight=False)
-    err.print(f"saved to {path}; the CLI uses it from there{replaced}" if save else
-              "not saved: the CLI uses it with --token, NCSWEEP_TOKEN, or `token create --save`", highlight=False)
-
-
-@token_app.command("list")
-def token_list(ctx: typer.Context):
-    """The configured database's tokens: id, name, scope, created, revoked (never the tokens themselves)."""
-    from rich.table import Table
-
-    from nc_core.db.migrate import upgrade
-    from service.auth import list_tokens
-
-    url = _ctx(ctx).settings.resolved_database_url()
-    upgrade(url)
-    table = Table(title="API tokens", title_justify="left")
-    for col in ("id", "name", "scope", "created", "revoked"):
-        table.add_column(col)
-    for t in list_tokens(url):
-        table.add_row(str(t["id"]), t["name"], t["scope"], f"{t['created_at']:%Y-%m-%d %H:%M}", "yes" if t["revoked"] else "")
-    out.print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(ctx: typer.Context, token: Optional[str] = typer.Argument(None, help="the token to revoke"),
-                 name: Optional[str] = typer.Option(None, "--name", help="revoke every live token with this name")):
-    """Revoke a token (or every token with a name): its next request gets 401."""
-    from nc_core.db.migrate import upgrade
-    from service.auth import revoke_named, revoke_token
-
-    if (token is None) == (name is None):
-        raise typer.BadParameter("expected a TOKEN or --name NAME (one of them)", param_hint="TOKEN / --name")
-    url = _ctx(ctx).settings.resolved_database_url()
-    upgrade(url)
-    if token is not None:
-        if not revoke_token(url, token.strip()):
-            raise typer.BadParameter("no such token in this database (`ncsweep token list` shows their names)",
-                                     param_hint="TOKEN")
-        out.print("revoked 1 token", highlight=False)
-        return
-    n = revoke_named(url, name)
-    if not n:
-        raise typer.BadParameter(f"no live token named {name!r} (`ncsweep token list` shows them)", param_hint="--name")
-    out.print(f"revoked {n} token{'' if n == 1 else 's'} named {name!r}", highlight=False)
 
 
 @app.command()
@@ -280,22 +190,7 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
         err.print(hint, highlight=False)
 
 
-@app.command()
-def export(ctx: typer.Context, sweep: int = typer.Argument(...),
-           format: Optional[str] = typer.Option(None, "--format", help="csv | parquet (default: from --out's suffix)"),
-           out_path: Path = typer.Option(..., "--out", help="output file, .csv or .parquet")):
-    """Every metric row of a sweep with its run's axes and seed, as CSV or Parquet."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from service.export import export_sweep
-
-    format = export_format(out_path, format)
-    columns = (TextColumn("exporting runs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("export", total=None)
-        rows = export_sweep(_ctx(ctx).client, sweep, format, out_path,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
-    out.print(f"wrote {rows} rows to {out_path}", highlight=False)
+app.command()(export)  # service.cli_output's commands, registered in their --help places
 
 
 @app.command()
@@ -342,47 +237,7 @@ def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
         raise typer.BadParameter("give a SWEEP id or --run ID (one of them)")
 
 
-@app.command()
-def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
-         kind: str = typer.Option("dynamics", "--kind", help="dynamics | heatmap | margins"),
-         out_path: Path = typer.Option(..., "--out", help="the .png file to write"),
-         keys: Optional[str] = typer.Option(None, "--keys", help="dynamics: comma-separated metric keys (default "
-                                            "nc1,nc2_w,nc3,wh_b,acc)"),
-         split: Optional[str] = typer.Option(None, "--split", help="train | test (default: NC metrics on train, "
-                                             "acc on both; a heatmap: test, train for a UFM sweep)"),
-         x: Optional[str] = typer.Option(None, "--x", help="heatmap: the sweep axis along x, e.g. model.width"),
-         y: Optional[str] = typer.Option(None, "--y", help="heatmap: the sweep axis along y, e.g. loss.name"),
-         key: str = typer.Option("acc", "--key", help="heatmap: the metric key"),
-         mode: str = typer.Option("value", "--mode", help="heatmap: value | diff_vs | variance"),
-         ref: Optional[str] = typer.Option(None, "--ref", help="heatmap diff_vs: AXIS:VALUE"),
-         run: Optional[int] = typer.Option(None, "--run", help="margins: the run (one of the sweep's)")):
-    """Save a PNG: NC dynamics, a grid heatmap, or a run's cosine margins."""
-    check_png_out(out_path)
-    if kind == "margins" and run is None:
-        raise typer.BadParameter(f"--kind margins plots one run: expected --run RUN, a run of sweep {sweep} "
-                                 f"(`ncsweep runs --sweep {sweep}` lists them)", param_hint="--run")
-    if kind == "heatmap" and mode == "diff_vs" and not ref:
-        raise typer.BadParameter("--ref is required with --mode diff_vs: expected AXIS:VALUE, the runs every "
-                                 "cell is compared with, e.g. --ref loss.name:ce", param_hint="--ref")
-    client = _ctx(ctx).client
-    if kind == "margins":
-        owner = client.run(run).get("sweep_id")
-        if owner != sweep:
-            raise typer.BadParameter(f"run {run} belongs to sweep {owner}, not to sweep {sweep}", param_hint="--run")
-    if kind == "dynamics":
-        png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split)
-    elif kind == "heatmap":
-        if not x or not y:
-            raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y loss.name, "
-                                     "or --y seed)")
-        png = client.png(f"/sweeps/{sweep}/plots/heatmap.png", x=x, y=y, key=key, split=split,
-                         mode=mode, ref=ref)
-    elif kind == "margins":
-        png = client.png(f"/runs/{run}/plots/margins.png")
-    else:
-        raise typer.BadParameter(f"expected dynamics, heatmap or margins, got {kind!r}", param_hint="--kind")
-    out_path.write_bytes(png)
-    out.print(f"wrote {out_path} ({len(png)} bytes)", highlight=False)
+app.command()(plot)
 
 
 # -- terminal rendering (rich) -------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nc_core.db.models import Metric, Run, Sweep
-from nc_core.db.states import metric_step
+from nc_core.db.states import metric_step, unfinished_runs
 from nc_core.db.sweeps_repo import PRIMARY_KINDS, latest_values
 from nc_core.spec_fields import distinct_values, value_sort_key, value_text
 from nc_core.sweep import get_path, short_names
@@ -48,12 +48,16 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _message_png(text: str) -> bytes:
+def message_figure(text: str) -> Figure:
     """A small figure that only says ``text`` (nothing to plot yet)."""
     fig, ax = new_figure(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
-    return _png(fig)
+    return fig
+
+
+def _message_png(text: str) -> bytes:
+    return _png(message_figure(text))
 
 
 def _axis_value(run: Run, path: str) -> Any:
@@ -132,10 +136,16 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     return draw(session, sweep_id, keys, split)
 
 
-def final_values(session: Session, runs: list[Run], key: str, split: str) -> dict[int, float]:
-    """run id → the value of `key` on `split` at the last epoch the run measured it (one index descent a run)."""
+def final_points(session: Session, runs: list[Run], key: str, split: str) -> dict[int, tuple[float, int]]:
+    """run id → (value, epoch) of `key` on `split` at the last epoch the run measured it (one index descent a run);
+    a NULL value is a NaN."""
     rows = latest_values(session, split, [key], run_ids=[r.id for r in runs])
-    return {rid: math.nan if value is None else float(value) for rid, _, value, _ in rows}  # NULL is a NaN
+    return {rid: (math.nan if value is None else float(value), epoch) for rid, _, value, epoch in rows}
+
+
+def final_values(session: Session, runs: list[Run], key: str, split: str) -> dict[int, float]:
+    """run id → the value of `key` on `split` at the last epoch the run measured it (final_points' values)."""
+    return {rid: value for rid, (value, _) in final_points(session, runs, key, split).items()}
 
 
 def parse_ref(ref: str | None) -> tuple[str, str]:
@@ -146,13 +156,32 @@ def parse_ref(ref: str | None) -> tuple[str, str]:
     return path, value
 
 
+#: Per panel: cell (row i, column j) → the unfinished runs behind its value (states.unfinished_runs, as /results).
+Marks = dict[tuple[int, int], list[int]]
+
+
+class Heatmap(NamedTuple):
+    xs: list
+    ys: list
+    panels: list[tuple[str, np.ndarray]]  # (title, matrix (len ys, len xs))
+    unfinished: list[Marks]  # one per panel
+
+
 def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, split: str, mode: str,
                   ref: str | None = None) -> tuple[list, list, list[tuple[str, np.ndarray]]]:
-    """(x values, y values, [(panel title, matrix (len y, len x))]) for the requested mode."""
+    """(x values, y values, [(panel title, matrix (len y, len x))]) for the requested mode (heatmap_cells)."""
+    return tuple(heatmap_cells(session, sweep_id, x, y, key, split, mode, ref))[:3]
+
+
+def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, split: str, mode: str,
+                  ref: str | None = None) -> Heatmap:
+    """The heatmap's axis values, panels and, per panel, which cells' values include runs that have not succeeded
+    (their last measured epoch, as /results' ``unfinished_runs``)."""
     runs = sweep_runs(session, sweep_id)
     if not runs:
         raise PlotError("sweep_id", f"sweep {sweep_id} has no runs")
     finals = final_values(session, runs, key, split)
+    status = {r.id: r.status for r in runs}
     xs = sorted(distinct_values(_axis_value(r, x) for r in runs), key=_sort_key)  # a value may be a list
     ys = sorted(distinct_values(_axis_value(r, y) for r in runs), key=_sort_key)
     sweep = session.get(Sweep, sweep_id)
@@ -164,20 +193,23 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
             raise PlotError("x" if path == x else "y", f"{path!r} has one value ({vals[0]!r}) in every run of sweep "
                                                        f"{sweep_id}; expected an axis it varies: {', '.join(varied)}")
 
-    def cells(select_run) -> np.ndarray:  # per cell over the runs select_run keeps: mean, or sample variance
-        acc: dict[tuple[int, int], list[float]] = defaultdict(list)
+    def cells(select_run) -> tuple[np.ndarray, Marks]:  # per cell over the runs kept: mean, or sample variance
+        ids: dict[tuple[int, int], list[int]] = defaultdict(list)
         for r in runs:
             if select_run(r) and r.id in finals:
-                acc[(ys.index(_axis_value(r, y)), xs.index(_axis_value(r, x)))].append(finals[r.id])
+                ids[(ys.index(_axis_value(r, y)), xs.index(_axis_value(r, x)))].append(r.id)
         m = np.full((len(ys), len(xs)), np.nan)
-        for (i, j), v in acc.items():
+        for (i, j), members in ids.items():
+            v = [finals[r] for r in members]
             m[i, j] = sample_std(v) ** 2 if mode == "variance" else finite_mean(v)
-        return m
+        marks = {c: unfinished_runs(members, status) for c, members in ids.items()}
+        return m, {c: u for c, u in marks.items() if u}
 
-    if mode == "value":
-        return xs, ys, [(f"{key} [{split}] (mean)", cells(lambda r: True))]
-    if mode == "variance":  # the square of /results' std: ddof 1 over the finite values, – with fewer than 2
-        return xs, ys, [(f"sample variance (ddof 1) of {key} [{split}] over runs", cells(lambda r: True))]
+    if mode in ("value", "variance"):  # variance: the square of /results' std, ddof 1 over the finite values
+        m, marks = cells(lambda r: True)
+        title = f"{key} [{split}] (mean)" if mode == "value" else \
+            f"sample variance (ddof 1) of {key} [{split}] over runs"
+        return Heatmap(xs, ys, [(title, m)], [marks])
     if mode != "diff_vs":
         raise PlotError("mode", f"expected value, diff_vs or variance, got {mode!r}")
     path, ref_value = parse_ref(ref)
@@ -186,36 +218,24 @@ def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     others = sorted({value_text(_axis_value(r, path)) for r in runs} - {ref_value})
     if ref_value not in {value_text(_axis_value(r, path)) for r in runs}:
         raise PlotError("ref", f"no run has {path}={ref_value}")
-    base = cells(lambda r: value_text(_axis_value(r, path)) == ref_value)
-    panels = [(f"|{key}({ref_value}) − {key}({o})| [{split}]",
-               np.abs(base - cells(lambda r, o=o: value_text(_axis_value(r, path)) == o))) for o in others]
-    return xs, ys, panels
+    base, base_marks = cells(lambda r: value_text(_axis_value(r, path)) == ref_value)
+    panels, marks = [], []
+    for o in others:
+        other, other_marks = cells(lambda r, o=o: value_text(_axis_value(r, path)) == o)
+        panels.append((f"|{key}({ref_value}) − {key}({o})| [{split}]", np.abs(base - other)))
+        marks.append({c: sorted({*base_marks.get(c, ()), *other_marks.get(c, ())})
+                      for c in {*base_marks, *other_marks}})
+    return Heatmap(xs, ys, panels, marks)
 
 
 def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc", split: str = "test",
                 mode: str = "value", ref: str | None = None) -> bytes:
     """Heatmap over two axes of a metric at the final epoch (value, |ref − other| per value, or sample variance
-    (ddof 1, the square of /results' std; – where fewer than 2 runs have a finite value))."""
-    xs, ys, panels = heatmap_grids(session, sweep_id, x, y, key, split, mode, ref)
-    if not panels:
-        return _message_png(f"nothing to compare against {ref}")
-    fig, axes = new_figure(1, len(panels), figsize=(1.2 + 1.1 * len(xs) * len(panels) + 1.5 * len(panels),
-                                                    1.5 + 0.8 * len(ys)), squeeze=False)
-    for ax, (title, m) in zip(axes.flat, panels):
-        im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(xs)), [value_text(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [value_text(v) for v in ys])
-        ax.set_xlabel(x)
-        ax.set_ylabel(y)
-        ax.set_title(title, fontsize=9)
-        lo, hi = (np.nanmin(m), np.nanmax(m)) if np.isfinite(m).any() else (0.0, 1.0)
-        for (i, j), v in np.ndenumerate(m):
-            bright = np.isfinite(v) and hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis turns yellow
-            ax.text(j, i, "–" if np.isnan(v) else f"{v:.3g}", ha="center", va="center", fontsize=8,
-                    color="k" if bright else "w")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    return _png(fig)
+    (ddof 1, the square of /results' std; – where fewer than 2 runs have a finite value)); drawn in
+    service/plots_heatmap.py, a cell whose value includes an unfinished run marked *."""
+    from service.plots_heatmap import heatmap_figure  # it imports this module: load it lazily
+
+    return _png(heatmap_figure(heatmap_cells(session, sweep_id, x, y, key, split, mode, ref), x, y, ref))
 
 
 def margins_png(session: Session, run_id: int) -> bytes:

@@ -46,8 +46,17 @@ def _pairs_condition(pairs: Iterable[tuple[str, str]]):  # noqa: ANN202 - a SQL 
 def config_curves(session: Session, config_of_run: dict[int, int], pairs: list[tuple[str, str]]
                   ) -> dict[tuple[str, str], dict[int, Curve]]:
     """{(key, split): {config index: {epoch: (mean, sample std)}}} over the runs of each configuration
-    (``config_of_run``: run id → config index), only for ``pairs``. Like ``finite_mean``/``sample_std`` (ddof 1,
-    as /results): over the finite values, mean NaN without any, std NaN with fewer than 2; a point whose values are
+    (``config_of_run``: run id → config index), only for ``pairs`` (curve_points without the run counts)."""
+    return {pair: {c: {e: (mean, std) for e, (mean, std, _) in pts.items()} for c, pts in by.items()}
+            for pair, by in curve_points(session, config_of_run, pairs).items()}
+
+
+def curve_points(session: Session, config_of_run: dict[int, int], pairs: list[tuple[str, str]]
+                 ) -> dict[tuple[str, str], dict[int, dict[int, tuple[float, float, int]]]]:
+    """{(key, split): {config index: {epoch: (mean, sample std, runs)}}} over the runs of each configuration
+    (``config_of_run``: run id → config index), only for ``pairs``; ``runs``: how many runs have a row there (fewer
+    past a cancelled, failed or still running run's last epoch). Like ``finite_mean``/``sample_std`` (ddof 1, as
+    /results): over the finite values, mean NaN without any, std NaN with fewer than 2; a point whose values are
     all NULL is kept (NaN), so the line shows its gap. Aggregated in SQL (two passes: the group mean, then the
     squared deviations from it), one row per (config, epoch, key, split)."""
     if not config_of_run or not pairs:
@@ -64,17 +73,40 @@ def config_curves(session: Session, config_of_run: dict[int, int], pairs: list[t
     deviation = points.c.value - points.c.mean
     by_group = (points.c.config, points.c.epoch, points.c.key, points.c.split)
     q = select(*by_group, func.min(points.c.mean), func.count(points.c.value),
-               func.sum(deviation * deviation)).group_by(*by_group)
-    curves: dict[tuple[str, str], dict[int, Curve]] = defaultdict(lambda: defaultdict(dict))
-    for config, epoch, key, split, mean, n, squares in session.execute(q):
+               func.sum(deviation * deviation), func.count()).group_by(*by_group)
+    curves: dict = defaultdict(lambda: defaultdict(dict))
+    for config, epoch, key, split, mean, n, squares, runs in session.execute(q):
         std = math.sqrt(squares / (n - 1)) if n > 1 else math.nan
-        curves[(key, split)][config][epoch] = (math.nan if mean is None else float(mean), std)
+        curves[(key, split)][config][epoch] = (math.nan if mean is None else float(mean), std, runs)
     return curves
+
+
+def run_drops(curve: dict[int, tuple[float, float, int]]) -> list[tuple[int, int, int]]:
+    """(epoch, runs before, runs from there) wherever fewer runs are behind the curve than at its previous point."""
+    epochs = sorted(curve)
+    return [(e, curve[p][2], curve[e][2]) for p, e in zip(epochs, epochs[1:]) if curve[e][2] < curve[p][2]]
+
+
+DROP_MARKER = {"marker": "v", "markersize": 9, "markerfacecolor": "none", "markeredgewidth": 1.5, "ls": "none"}
+DROP_NOTE = ("▽ fewer runs from here on: the curve averages the runs left",
+             "   (past a cancelled, failed or unfinished run's last {unit}):")
+DROP_CONFIGS = 4  # configurations the footer details before "…"
+
+
+def drop_footer(drops: dict[str, set[tuple[int, int, int]]], unit: str) -> list[str]:
+    """The footer's lines: what ▽ means, then one per configuration with its counts ('2 → 1 run at epoch 16')."""
+    if not drops:
+        return []
+    details = [f"{config}: " + ", ".join(f"{a} → {b} run{'s' if b != 1 else ''} at {unit} {e}"
+                                         for e, a, b in sorted(points)) for config, points in drops.items()]
+    more = [f"… {len(details) - DROP_CONFIGS} more configurations"] if len(details) > DROP_CONFIGS else []
+    return [DROP_NOTE[0], DROP_NOTE[1].format(unit=unit), *details[:DROP_CONFIGS], *more]
 
 
 def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
     """One subplot per metric (acc: train and test): mean ± sample std (ddof 1, as /results) over seeds vs epoch
-    (iteration for UFM runs), one line per configuration; no band where fewer than 2 seeds have a finite value."""
+    (iteration for UFM runs), one line per configuration; no band where fewer than 2 seeds have a finite value;
+    ▽ (and the footer's counts) where fewer runs are behind a curve than before (a run stopped there)."""
     keys = list(keys or DEFAULT_KEYS)
     runs = sweep_runs(session, sweep_id)
     unit = metric_step(r.kind for r in runs)
@@ -82,13 +114,14 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     configs = list(dict.fromkeys(_config_label(r.grid or {}) for r in ordered))
     index = {c: i for i, c in enumerate(configs)}
     drawn = panels(keys, split)
-    series = config_curves(session, {r.id: index[_config_label(r.grid or {})] for r in runs}, drawn)
+    series = curve_points(session, {r.id: index[_config_label(r.grid or {})] for r in runs}, drawn)
     if not any(series.get(p) for p in drawn):
         return _message_png(f"sweep {sweep_id}: no stored values yet for {', '.join(keys)}")
     cols = min(3, len(drawn))
     rows = math.ceil(len(drawn) / cols)
     fig, axes = new_figure(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     cmap = matplotlib.colormaps["tab10" if len(configs) <= 10 else "tab20"]
+    drops: dict[str, set[tuple[int, int, int]]] = defaultdict(set)
     for ax, (key, sp) in zip(axes.flat, drawn):
         panel = series.get((key, sp), {})
         for i, config in enumerate(configs):
@@ -101,15 +134,23 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
             color = cmap(i % cmap.N)
             ax.plot(epochs, mean, lw=2, alpha=0.8, color=color, label=config, **POINT_MARKERS)
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+            for e, before, after in run_drops(curve):
+                ax.plot([e], [curve[e][0]], color=color, **DROP_MARKER)
+                drops[config].add((e, before, after))
         ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
         ax.set_xlabel(unit)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(drawn):]:
         ax.axis("off")
+    footer = drop_footer({c: drops[c] for c in configs if c in drops}, unit)  # in legend order
+    below = 0.18 * len(footer) / (3.6 * rows)  # the footer's lines (8 pt) as a fraction of the figure's height
+    for n, line in enumerate(footer):
+        fig.text(0.01, below - 0.18 * (n + 1) / (3.6 * rows) + 0.005, line, fontsize=8, ha="left", va="bottom")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
+                   bbox_to_anchor=(0.5, below))
     fig.suptitle(SPREAD_NOTE, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
+    fig.tight_layout(rect=(0, below + 0.04 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
     return _png(fig)

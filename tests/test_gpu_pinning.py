@@ -55,7 +55,7 @@ def fake_pynvml(gpus=HOST_GPUS, unsupported: tuple[str, ...] = ()) -> SimpleName
 
 @pytest.fixture
 def nvml(monkeypatch):  # noqa: ANN001, ANN201
-    """The fake NVML as `import pynvml` in launch and as telemetry's initialised module; no inherited
+    """The fake NVML as `import pynvml` in worker.gpus and as telemetry's initialised module; no inherited
     CUDA_VISIBLE_DEVICES / CUDA_DEVICE_ORDER unless a test sets one."""
     fake = fake_pynvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -273,7 +273,9 @@ def test_ncsweep_worker_refuses_a_gpu_twice_or_one_the_host_lacks(nvml, monkeypa
 
 
 def test_without_a_gpu_any_gpus_option_is_refused(monkeypatch):  # noqa: ANN001
-    monkeypatch.setattr(launch, "nvml_gpus", lambda: None)
+    from worker import gpus as worker_gpus
+
+    monkeypatch.setattr(worker_gpus, "nvml_gpus", lambda: None)  # where detect_gpus looks it up
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(launch.GpuSelectionError, match=r"got 0, which this host does not have; available GPUs: none"):
         launch.check_gpu_selection([0])

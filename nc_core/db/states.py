@@ -1,7 +1,7 @@
 """Run statuses and the one table of legal transitions."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -52,3 +52,15 @@ def default_split(kinds: Iterable[str]) -> str:
     """The split results and plots show by default for runs of these kinds: 'test', or 'train' when they are
     all UFM runs (a UFM has its free features and nothing else)."""
     return "train" if set(kinds) == {"ufm"} else "test"
+
+
+#: What a result says when its values mix unfinished runs' last measured epochs with finished runs' final ones.
+UNFINISHED_NOTE = "* includes unfinished runs (last measured epoch)"
+
+
+def unfinished_runs(measured: Iterable[int], status: Mapping[int, str]) -> list[int]:
+    """Of the runs behind a value (those that ``measured`` one: they have a stored row), the ones that have not
+    succeeded (queued, running, cancelled, failed), in order: their last measured epoch may be short of the
+    others' final one. One definition for /sweeps/{id}/results' ``unfinished_runs``, the heatmap's asterisks and
+    the dashboard's cells."""
+    return [r for r in measured if status[r] != SUCCEEDED]

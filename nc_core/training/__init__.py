@@ -1,1 +1,1 @@
-"""Training helpers: optimizers and decay, LR schedules, atomic checkpoints."""
+"""Training helpers: optimizers and decay, LR schedules, atomic checkpoints, evaluation after an epoch."""

@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
-from nc_core.db.states import FINISHED, RUN_UNITS
+from nc_core.db.states import FINISHED, RUN_UNITS, unfinished_runs
 from nc_core.db.sweeps_repo import PRIMARY_KINDS
 from nc_core.metric_keys import METRIC_KEYS, TRAINING_KEYS
 from nc_core.spec import SPLITS
 from nc_core.spec_fields import distinct_values, value_text
-from service.plots import _axis_value, _sort_key, final_values, finite_mean, sweep_runs
+from service.plots import _axis_value, _sort_key, final_points, finite_mean, sweep_runs
 
 STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
 ERROR_CHARS = 120  # the runs table's error column; the full last line goes in its title
@@ -92,7 +92,9 @@ def _finite_or_none(value: float | None) -> float | None:
 
 def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: str | None = None) -> dict[str, Any]:
     """The runs the sweep's grid defines (with progress) and the completion matrix over the first two axes
-    (others + seeds folded; a cell's value is the mean over its runs' finite final values, as /results);
+    (others + seeds folded; a cell's value is the mean over its runs' finite final values, as /results, and its
+    ``unfinished_runs`` the runs behind it that have not succeeded, their value from their last measured epoch:
+    each run's ``value_epoch``, its ``epoch`` being its progress);
     validate jobs are counted apart (``validate_jobs``, per status) and stay out of the counts and the cells;
     `split` defaults to the sweep's (sweeps_repo.default_split: train for a UFM sweep)."""
     sweep = session.get(Sweep, sweep_id)
@@ -102,7 +104,9 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
     axes = list(sweep.axes or []) if sweep else []
     row_axis = axes[0] if axes else None
     col_axis = axes[1] if len(axes) > 1 else None
-    values = final_values(session, runs, key, split) if key else {}
+    points = final_points(session, runs, key, split) if key else {}  # run id → (value, the epoch it is from)
+    values = {rid: value for rid, (value, _) in points.items()}
+    status = {r.id: r.status for r in runs}
     keys = metric_keys(session, sweep_id)
 
     def axis_values(path: str | None) -> list:
@@ -119,7 +123,8 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
         run_rows.append({"id": r.id, "status": r.status, "grid": {k: value_label(v) for k, v in (r.grid or {}).items()},
                          "seed": r.seed, "worker": r.worker_name, "error": short_error(last_line),
                          "error_full": last_line,
-                         "value": _finite_or_none(values.get(r.id)), **workers_repo.run_progress(r)})
+                         "value": _finite_or_none(values.get(r.id)), **workers_repo.run_progress(r),
+                         "value_epoch": points[r.id][1] if r.id in points else None})
     matrix = []
     for i, _ in enumerate(rows):
         line = []
@@ -128,7 +133,8 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
             mean = finite_mean(values[r.id] for r in members if r.id in values)
             line.append({"status": _aggregate([r.status for r in members]), "n": len(members),
                          "done": sum(r.status == "succeeded" for r in members), "runs": [r.id for r in members],
-                         "value": _finite_or_none(mean)})
+                         "value": _finite_or_none(mean),
+                         "unfinished_runs": unfinished_runs([r.id for r in members if r.id in values], status)})
         matrix.append(line)
     total = len(runs)
     finished = sum(r.status in FINISHED for r in runs)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from nc_core.db import distributions_repo, sweeps_repo as repo
 from nc_core.db.models import Run
-from nc_core.db.states import default_split, metric_step
+from nc_core.db.states import default_split, metric_step, unfinished_runs
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
 from nc_core.spec_fields import value_key, value_sort_key
@@ -148,7 +148,7 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
         measured = [rid for rid in ids if rid in by_run]
         out.append({"values": dict(zip(paths, gvalues)), "runs": len(ids), "run_ids": ids,
                     "measured_epochs": sorted({e for r in measured for e in run_epochs[r]}),
-                    "unfinished_runs": [r for r in measured if status[r] != "succeeded"],
+                    "unfinished_runs": unfinished_runs(measured, status),
                     "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})
     return {"sweep_id": sweep_id, "group_by": paths, "keys": all_keys, "split": split,
             "epoch": epoch if at is None else at, "unit": unit, "groups": out}

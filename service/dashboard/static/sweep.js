@@ -34,19 +34,28 @@ function valueRange(state) {
   return finite.length ? [Math.min(...finite), Math.max(...finite)] : [null, null];
 }
 
-function renderMatrix(state) {
+// where an unfinished run's shown value is from: "epoch 15 of 400, cancelled"
+const valueFrom = (r, unit) => `${unit} ${r.value_epoch} of ${r.epochs_total}, ${r.status}`;
+const UNFINISHED_NOTE = "* includes unfinished runs (last measured epoch)";
+
+function renderMatrix(state, unit) {
   const byValue = !!state.key;
   const [lo, hi] = valueRange(state);
   const scale = colourScale(lo, hi);
+  const byId = Object.fromEntries(state.runs.map((r) => [r.id, r]));
   const corner = [state.row_axis, state.col_axis].filter(Boolean).map(esc).join(" \\ ");
   const head = `<tr><th>${corner}</th>${state.cols.map((c) => `<th>${esc(c) || "—"}</th>`).join("")}</tr>`;
   const body = state.matrix.map((line, i) => `<tr><th>${esc(state.rows[i]) || "—"}</th>${line.map((c, j) => {
-    const label = byValue ? formatValue(c.value) : `${c.done}/${c.n}`;
+    const unfinished = byValue ? c.unfinished_runs || [] : [];
+    const mark = unfinished.length ? `<span class="unfinished">*</span>` : "";
+    const label = byValue ? esc(formatValue(c.value)) + mark : `${c.done}/${c.n}`;
     const rgb = scale(c.value);
     const style = byValue ? ` style="background:${css(rgb)};color:${textOn(rgb)}"` : "";
     const value = byValue ? ` · ${esc(state.key)} [${esc(state.split)}] ${c.value == null ? "none" : c.value}` : "";
+    const from = unfinished.length ? `\n${UNFINISHED_NOTE}: ${unfinished.map((id) => byId[id]
+      ? `run ${id} ${valueFrom(byId[id], unit)}` : `run ${id}`).join("; ")}` : "";
     return `<td id="cell-${i}-${j}" class="cell st-${c.status}${byValue ? " by-value" : ""}" data-status="${c.status}"${style}
-      title="runs ${c.runs.join(", ")}: ${c.status}${value}">${label}</td>`;
+      data-unfinished="${unfinished.join(" ")}" title="runs ${c.runs.join(", ")}: ${c.status}${value}${esc(from)}">${label}</td>`;
   }).join("")}</tr>`);
   $("#matrix").innerHTML = `<table>${head}${body.join("")}</table>`;
   renderLegend(state, lo, hi);
@@ -58,15 +67,25 @@ function renderLegend(state, lo, hi) {
   const ramp = [0, 0.5, 1].map((t) => css(colourScale(0, 1)(t))).join(",");
   $("#legend").innerHTML = `<span class="scale">${esc(state.key)} [${esc(state.split)}]
     <span id="scale-min">${formatValue(lo)}</span><span class="ramp" style="background:linear-gradient(to right,${ramp})"></span><span id="scale-max">${formatValue(hi)}</span></span>
-    <span class="outlines">outline: ${STATUSES.filter((s) => s !== "succeeded").map((s) => `<span class="cell-key by-value st-${s}">${s}</span>`).join(" ")}</span>`;
+    <span class="outlines">outline: ${STATUSES.filter((s) => s !== "succeeded").map((s) => `<span class="cell-key by-value st-${s}">${s}</span>`).join(" ")}</span>
+    ${state.matrix.flat().some((c) => (c.unfinished_runs || []).length) ? `<span id="unfinished-note">${UNFINISHED_NOTE} (hover a cell: which epoch)</span>` : ""}`;
 }
 
-function renderRuns(state) {
+// a run's value of the chosen metric; * and where it is from when the run has not succeeded
+function runValue(state, r, unit) {
+  if (!state.key || r.value_epoch == null) return `<td class="value"></td>`;
+  const unfinished = r.status !== "succeeded";
+  const title = unfinished ? ` title="${esc(valueFrom(r, unit))}"` : "";
+  return `<td class="value"${title}>${esc(formatValue(r.value))}${unfinished ? `<span class="unfinished">*</span>` : ""}</td>`;
+}
+
+function renderRuns(state, unit) {
+  $("#value-head").textContent = state.key ? `${state.key} [${state.split}]` : "value";
   $("#runs tbody").innerHTML = state.runs.map((r) => `<tr data-run="${r.id}" data-status="${r.status}">
     <td><a href="/ui/runs/${r.id}">${r.id}</a></td><td>${chip(r.status)}</td>
     <td>${esc(config(r))}</td><td>${bar(r.progress)} ${pct(r.progress)}</td>
     <td>${r.epoch}/${r.epochs_total}</td><td>${eta(r.eta_s)}</td><td>${esc(r.worker || "")}</td>
-    <td class="error" title="${esc(r.error_full)}">${esc(r.error)}</td></tr>`).join("");
+    ${runValue(state, r, unit)}<td class="error" title="${esc(r.error_full)}">${esc(r.error)}</td></tr>`).join("");
   $("#sweep-bar").style.width = `${(100 * state.progress).toFixed(1)}%`;
   $("#sweep-pct").textContent = pct(state.progress);
   $("#sweep-counts").innerHTML = Object.entries(state.counts).map(([k, v]) => chip(k, `${k} ${v}`)).join(" ");
@@ -111,8 +130,8 @@ function sweepPage() {
   const render = (s) => {
     state = s;
     renderKeyOptions(s.keys, unit);
-    renderMatrix(s);
-    renderRuns(s);
+    renderMatrix(s, unit);
+    renderRuns(s, unit);
     renderValidateRuns(s);
     setHeatmap(s, chosen());
   };
