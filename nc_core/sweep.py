@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from nc_core.spec import Int, PositiveInt, RunSpec, Text, field_paths
 from nc_core.spec_tree import canonical_text, copy_tree, get_path, set_path
 from nc_core.spec_tree import canonical_json, short_names, spec_changes, spec_hash  # noqa: F401 - re-exported
-from nc_core.sweep_errors import error_field, error_order, value_field
-from nc_core.sweep_errors import field_loc, field_path, with_input  # noqa: F401 - re-exported
+from nc_core.sweep_errors import error_field, error_order, field_loc, value_field
+from nc_core.sweep_errors import field_path, with_input  # noqa: F401 - re-exported
 
 
 class SpecError(ValueError):
@@ -81,32 +81,61 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _known_keys(cls, data: Any, handler: Any) -> "SweepSpec":
-        """An unknown top-level key ('gird') as RunSpec's unknown fields are told: did-you-mean and the keys a
-        sweep has, beside every other problem of the rest of the sweep."""
-        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
-        if not unknown:
+    def _all_problems(cls, data: Any, handler: Any) -> "SweepSpec":
+        """Every problem of a sweep in one error: an unknown top-level key ('gird') as RunSpec's unknown fields
+        are told (did-you-mean and the keys a sweep has), the errors of the sweep's own fields, and then the
+        shape problems and bad values of the parts that are sound (see :meth:`_sound_problems`)."""
+        if not isinstance(data, dict):
             return handler(data)
         from pydantic_core import InitErrorDetails, PydanticCustomError
 
         errors = []
-        for key in unknown:
+        for key in [k for k in data if k not in cls.model_fields]:
             near = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.6)
             hint = f"did you mean {near[0]!r}? " if near else \
                 "a run's field goes under 'base'; " if key in RunSpec.model_fields else ""
             kind = PydanticCustomError("extra_forbidden", "unknown field; {hint}expected one of {keys}",
                                        {"hint": hint, "keys": ", ".join(cls.model_fields)})
             errors.append(InitErrorDetails(type=kind, loc=(key,), input=data[key]))
+        known = {k: v for k, v in data.items() if k in cls.model_fields}
         try:
-            handler({k: v for k, v in data.items() if k in cls.model_fields})
+            spec = handler(known)
         except ValidationError as exc:
+            found = exc.errors(include_url=False)
+            sound = cls._sound_problems(known, {e["loc"][0] for e in found if e["loc"]}, handler)
+            if not errors and not sound:
+                raise  # only the sweep's own errors: pydantic's report, unchanged
             errors += [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx") or {})
-                       for e in exc.errors(include_url=False)]
+                       for e in found]
+            if sound:  # one model-level error naming each problem (as _check's)
+                errors.append(InitErrorDetails(type="value_error", loc=(), input=data,
+                                               ctx={"error": SweepShapeError.of(sound)}))
+        else:
+            if not errors:
+                return spec
         try:
             error = ValidationError.from_exception_data(cls.__name__, errors)
         except Exception:  # noqa: BLE001 - an error type pydantic cannot rebuild: its own report, unchanged
             return handler(data)
         raise error
+
+    @classmethod
+    def _sound_problems(cls, data: dict[str, Any], bad: set[Any], handler: Any) -> list[tuple[str, str]]:
+        """When some of the sweep's own fields are invalid (``bad``: a seed out of range, max_runs 'x'; the
+        model's checks did not run), the shape problems and bad values of the rest, each field that is bad
+        left at its default (a placeholder name), and none that names a bad field: [] where those were not
+        the errors (a shape problem, already with the values)."""
+        if not bad or not bad <= set(cls.model_fields):
+            return []
+        rest = {k: v for k, v in data.items() if k not in bad} | ({"name": "sweep"} if "name" in bad else {})
+        try:
+            problems = handler(rest).value_problems()
+        except ValidationError as exc:
+            causes = [(e.get("ctx") or {}).get("error") for e in exc.errors(include_url=False)]
+            problems = [p for c in causes if isinstance(c, SpecError) for p in c.errors]
+        if "base" in bad:  # the axes' values are checked against the base: only the shape problems
+            problems = [p for p in problems if not p[0].endswith("]")]
+        return list(dict.fromkeys(p for p in problems if field_loc(p[0])[0] not in bad))
 
     def _sound_part(self) -> "SweepSpec":
         """The sweep without what its shape problems name (unknown, empty or seed axes, an axis in both grid

@@ -16,6 +16,7 @@ from nc_core.db.models import Metric
 from nc_core.db.states import metric_step
 from service.plots import (DEFAULT_KEYS, POINT_MARKERS, SPREAD_NOTE, TITLES, _config_label, _message_png, _png,
                            _sort_key, new_figure, sweep_runs)
+from service.plots_layout import layout_figure
 
 #: One configuration's curve on one panel: {epoch: (mean, sample std)}, NaN where undefined.
 Curve = dict[int, tuple[float, float]]
@@ -144,13 +145,6 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     for ax in list(axes.flat)[len(drawn):]:
         ax.axis("off")
     footer = drop_footer({c: drops[c] for c in configs if c in drops}, unit)  # in legend order
-    below = 0.18 * len(footer) / (3.6 * rows)  # the footer's lines (8 pt) as a fraction of the figure's height
-    for n, line in enumerate(footer):
-        fig.text(0.01, below - 0.18 * (n + 1) / (3.6 * rows) + 0.005, line, fontsize=8, ha="left", va="bottom")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
-                   bbox_to_anchor=(0.5, below))
-    fig.suptitle(SPREAD_NOTE, fontsize=8)
-    fig.tight_layout(rect=(0, below + 0.04 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
+    layout_figure(fig, SPREAD_NOTE, handles, labels, footer)  # legend and footer below the axes, inside the image
     return _png(fig)
