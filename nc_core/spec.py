@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nc_core.spec_types import Int, NonNegFloat, PositiveFloat, PositiveInt, Text, float_in, int_in
-from nc_core.spec_types import NUL_MESSAGE, Float, no_nul  # noqa: F401 - re-exported
+from nc_core.spec_types import NUL_MESSAGE  # noqa: F401 - re-exported
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "digits", "gaussian")
 MODELS = ("mlp", "resnet18", "resnet34", "resnet50", "wide_resnet50", "vgg11", "vgg13", "vgg16", "vgg19")

@@ -15,7 +15,6 @@ from nc_core.spec_rules import schedule_tests
 from nc_core.sweep import spec_hash
 from nc_core.training import checkpoint as ck
 from nc_core.training.evaluation import evaluate, gof_params, model_forward
-from nc_core.training.evaluation import EVAL_BATCH  # noqa: F401 - re-exported
 from nc_core.training.optim import build_optimizer, closure_weight_decay, feature_penalty
 from nc_core.training.report import (DivergenceWatch, NullReporter, Reporter, TrainingDiverged, divergence_remedy,
                                      report_metrics, resumable_epochs, workdir_wait_s)

@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
+import yaml
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,6 +20,7 @@ from nc_core.db.states import metric_step, unfinished_runs
 from nc_core.db.sweeps_repo import PRIMARY_KINDS, latest_values
 from nc_core.spec_fields import distinct_values, value_sort_key, value_text
 from nc_core.sweep import get_path, short_names
+from service.plots_layout import DPI
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
 POINT_MARKERS = {"marker": "o", "markersize": 3}  # small: a single eval point shows, many stay a readable line
@@ -42,9 +44,9 @@ def new_figure(*grid: int, figsize: tuple[float, float], squeeze: bool = True) -
 
 
 def _png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (80 dpi)."""
+    """The figure as PNG bytes (at :data:`DPI`, which the layout measures text at)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 
@@ -68,7 +70,7 @@ def _axis_value(run: Run, path: str) -> Any:
 
 def _config_label(grid: dict[str, Any]) -> str:
     items = sorted(grid.items())
-    return ", ".join(f"{k}={v}" for k, (_, v) in zip(short_names([k for k, _ in items]), items)) or "base"
+    return ", ".join(f"{k}={value_text(v)}" for k, (_, v) in zip(short_names([k for k, _ in items]), items)) or "base"
 
 
 _sort_key = value_sort_key  # numbers by value, lists element by element, the rest by text
@@ -153,7 +155,22 @@ def parse_ref(ref: str | None) -> tuple[str, str]:
     if not ref or ":" not in ref:
         raise PlotError("ref", f"expected AXIS:VALUE such as loss.name:ce, got {ref!r}")
     path, value = ref.split(":", 1)
-    return path, value
+    return path, _as_label(value)
+
+
+def _as_label(text: str) -> str:
+    """A reference value as the axes label it (:func:`value_text`): 8.0 and 8 read 8, True reads true, 1e-3
+    reads 0.001; text that is no YAML number, boolean or list stays as typed."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text
+        try:
+            value = float(value)
+        except ValueError:
+            return text
+    return value_text(value) if isinstance(value, (int, float, bool, list)) else text
 
 
 #: Per panel: cell (row i, column j) → the unfinished runs behind its value (states.unfinished_runs, as /results).

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.gpus import check_gpu_selection, detect_gpus
-from worker.gpus import GpuSelectionError, NvmlGpu, nvml_gpus  # noqa: F401 - re-exported
-from worker.gpus import allotted_gpus, check_gpus_allotted  # noqa: F401 - re-exported
+from worker.gpus import GpuSelectionError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 

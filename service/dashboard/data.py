@@ -1,7 +1,6 @@
 """Dashboard view models: sweep list with progress, completion matrix, run table, worker bars."""
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter, defaultdict
 from typing import Any

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from nc_core.metric_keys import HEADLINE_KEYS
+from nc_core.spec_fields import value_text
 from nc_core.sweep import short_names
 
 EXAMPLE = Path(__file__).resolve().parent / "digits_sweep.yaml"
@@ -95,7 +96,7 @@ def _update_run_bars(progress: Any, bars: dict[int, Any], runs: list[dict[str, A
 
 def _label(run: dict[str, Any]) -> str:
     axes = run.get("grid") or {}
-    values = " ".join(f"{k}={_value(v)}" for k, v in zip(short_names(list(axes)), axes.values()))
+    values = " ".join(f"{k}={value_text(v)}" for k, v in zip(short_names(list(axes)), axes.values()))
     return f"{values} seed={run.get('seed')}".strip()
 
 
@@ -118,13 +119,9 @@ def print_results(client: Any, sweep_id: int, console: Any) -> None:
         table.add_column(key, justify="right")
     decimals = {k: column_decimals(g["metrics"].get(k) for g in body["groups"]) for k in RESULT_KEYS}
     for group in body["groups"]:  # each column at one number of decimals (98.2±0.6, 0.110±0.001)
-        cells = [_value(group["values"].get(p)) for p in body["group_by"]] + [str(group["runs"])]
+        cells = [value_text(group["values"].get(p)) for p in body["group_by"]] + [str(group["runs"])]
         table.add_row(*cells, *(mean_std(group["metrics"].get(k), decimals[k], "—") for k in RESULT_KEYS))
     console.print(table)
     for r in failed:
         console.print(f"run {r['id']} {_label(r)}: {r['status']}" + (f" — {r['error']}" if r.get("error") else ""))
-
-
-def _value(v: Any) -> str:
-    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
