@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import httpx
 
 from nc_core.settings import Settings
+from nc_core.sweep_errors import field_path
 
 
 class ApiError(Exception):
@@ -81,7 +82,7 @@ def _loc_field(loc: list) -> str | None:
     """A 422 item's field from its loc, without the request part it starts with: ['query', 'loss', 'name'] →
     'loss.name' (an API that does not send the item's "field")."""
     parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else loc
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".") or None
+    return field_path(parts) or None
 
 
 class Client:

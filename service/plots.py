@@ -73,9 +73,6 @@ def _config_label(grid: dict[str, Any]) -> str:
     return ", ".join(f"{k}={value_text(v)}" for k, (_, v) in zip(short_names([k for k, _ in items]), items)) or "base"
 
 
-_sort_key = value_sort_key  # numbers by value, lists element by element, the rest by text
-
-
 def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
     """The runs the sweep's grid defines (as /results takes them: a validate job repeats its parent's
     epochs and would count as one more seed)."""
@@ -199,8 +196,8 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
         raise PlotError("sweep_id", f"sweep {sweep_id} has no runs")
     finals = final_values(session, runs, key, split)
     status = {r.id: r.status for r in runs}
-    xs = sorted(distinct_values(_axis_value(r, x) for r in runs), key=_sort_key)  # a value may be a list
-    ys = sorted(distinct_values(_axis_value(r, y) for r in runs), key=_sort_key)
+    xs = sorted(distinct_values(_axis_value(r, x) for r in runs), key=value_sort_key)  # a value may be a list
+    ys = sorted(distinct_values(_axis_value(r, y) for r in runs), key=value_sort_key)
     sweep = session.get(Sweep, sweep_id)
     varied = [*((sweep.axes or []) if sweep is not None else []), "seed"]
     for path, vals in ((x, xs), (y, ys)):

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from nc_core.db.models import Metric
 from nc_core.db.states import metric_step
+from nc_core.spec_fields import value_sort_key
 from service.plots import (DEFAULT_KEYS, POINT_MARKERS, SPREAD_NOTE, TITLES, _config_label, _message_png, _png,
-                           _sort_key, new_figure, sweep_runs)
+                           new_figure, sweep_runs)
 from service.plots_layout import layout_figure
 
 #: One configuration's curve on one panel: {epoch: (mean, sample std)}, NaN where undefined.
@@ -111,7 +112,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     keys = list(keys or DEFAULT_KEYS)
     runs = sweep_runs(session, sweep_id)
     unit = metric_step(r.kind for r in runs)
-    ordered = sorted(runs, key=lambda r: tuple(_sort_key(v) for _, v in sorted((r.grid or {}).items())))
+    ordered = sorted(runs, key=lambda r: tuple(value_sort_key(v) for _, v in sorted((r.grid or {}).items())))
     configs = list(dict.fromkeys(_config_label(r.grid or {}) for r in ordered))
     index = {c: i for i, c in enumerate(configs)}
     drawn = panels(keys, split)

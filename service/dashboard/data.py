@@ -14,8 +14,8 @@ from nc_core.db.states import FINISHED, RUN_UNITS, unfinished_runs
 from nc_core.db.sweeps_repo import PRIMARY_KINDS
 from nc_core.metric_keys import METRIC_KEYS, TRAINING_KEYS
 from nc_core.spec import SPLITS
-from nc_core.spec_fields import distinct_values, value_text
-from service.plots import _axis_value, _sort_key, final_points, finite_mean, sweep_runs
+from nc_core.spec_fields import distinct_values, value_sort_key, value_text
+from service.plots import _axis_value, final_points, finite_mean, sweep_runs
 
 STATUS_ORDER = ("failed", "running", "queued", "cancelled", "succeeded")
 ERROR_CHARS = 120  # the runs table's error column; the full last line goes in its title
@@ -109,7 +109,7 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
     keys = metric_keys(session, sweep_id)
 
     def axis_values(path: str | None) -> list:
-        return sorted(distinct_values(_axis_value(r, path) for r in runs), key=_sort_key) if path else [None]
+        return sorted(distinct_values(_axis_value(r, path) for r in runs), key=value_sort_key) if path else [None]
 
     rows, cols = axis_values(row_axis), axis_values(col_axis)
     cells: dict[tuple[int, int], list[Run]] = defaultdict(list)
