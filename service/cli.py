@@ -10,7 +10,6 @@ from typing import Any, Optional
 import typer
 
 from nc_core.cli_report import TABLE_KEYS
-from nc_core.db.states import FINISHED
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings
 from service.cli_args import int_range, read_sweep_file
@@ -19,8 +18,8 @@ from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
 from service.cli_results import results_caveat, results_hint, results_table
 from service.cli_tokens import token_app
-from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
-                               workers_table)
+from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, sweep_finished,
+                               watch_rows, watch_view, workers_table)
 from service.client import ApiError, Unreachable
 
 app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,
@@ -111,10 +110,8 @@ def watch(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
 
     def snapshot() -> tuple[Any, bool]:
         detail = client.sweep(sweep)
-        runs = list(client.iter_runs(sweep_id=sweep))
-        workers = client.workers()
-        done = bool(runs) and all(r["status"] in FINISHED for r in runs)
-        return watch_view(detail, runs, workers, max_rows), done
+        return watch_view(detail, watch_rows(client, detail, max_rows), client.workers(), max_rows), \
+            sweep_finished(detail)
 
     view, done = snapshot()
     if once:

@@ -13,7 +13,7 @@ from rich.table import Table
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.db import progress
 from nc_core.db.progress import attempt_eta
-from nc_core.db.states import RUN_UNITS, metric_step
+from nc_core.db.states import FINISHED, RUN_UNITS, metric_step
 from nc_core.spec_fields import value_text
 from nc_core.sweep import short_names
 from service.cli_results import fmt_value
@@ -113,28 +113,67 @@ def _counts(runs: list[dict]) -> str:
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()))
+    return _count_text(counts)
+
+
+def _count_text(counts: dict[str, int]) -> str:
+    return "  ".join(f"{_status(k)} {v}" for k, v in sorted(counts.items()) if v)
+
+
+#: The order in which watch shows runs (and fetches them: only the rows it shows).
+WATCH_ORDER = ("running", "failed", "queued", "succeeded", "cancelled")
 
 
 def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: int = 25) -> Any:
     """The sweep's bar and its runs' status counts (as GET /sweeps/{id} counts them: its grid's runs), a table of
     its runs and, when it has any, one of its validate jobs (they recompute a finished run's metrics from its
-    checkpoints: not runs of the grid, counted apart), then the workers."""
+    checkpoints: not runs of the grid, counted apart), then the workers. ``runs`` may be only the rows to show
+    (running, failed, queued, then the rest): the counts and totals come from ``detail`` when it has them."""
     primary = [r for r in runs if r.get("kind", "train") != "validate"]
     jobs = [r for r in runs if r.get("kind", "train") == "validate"]
     head = Table.grid(padding=(0, 2))
     frac = detail.get("progress")
     frac = frac if frac is not None else progress.sweep_fraction([run_fraction(r) for r in primary])
-    summary = _counts(primary) + (f"  [dim]validate jobs:[/] {_counts(jobs)}" if jobs else "")
+    counts, job_counts = detail.get("counts"), detail.get("validate_jobs")
+    totals = (sum(counts.values()) if counts is not None else len(primary),
+              sum(job_counts.values()) if job_counts is not None else len(jobs))
+    summary = _count_text(counts) if counts is not None else _counts(primary)
+    job_summary = _count_text(job_counts) if job_counts is not None else _counts(jobs)
+    summary += f"  [dim]validate jobs:[/] {job_summary}" if totals[1] else ""
     head.add_row(f"[bold]sweep {detail['id']}[/] {detail.get('name', '')}", _bar(frac, 40),
                  f"{100 * frac:5.1f}%", f"ETA {_eta(detail.get('eta_s')) or '?'}", summary)
-    order = {"running": 0, "queued": 2, "failed": 1}
+    order = {status: i for i, status in enumerate(WATCH_ORDER)}
     parts: list[Any] = [head]
-    for rows, title in ((primary, "runs"), (jobs, "validate jobs")):
-        shown = sorted(rows, key=lambda r: (order.get(r["status"], 3), r["id"]))[:max_rows]
-        if rows or title == "runs":
-            parts.append(_progress_table(f"{title} ({len(shown)} of {len(rows)})", shown, title != "runs"))
+    for rows, total, title in ((primary, totals[0], "runs"), (jobs, totals[1], "validate jobs")):
+        shown = sorted(rows, key=lambda r: (order.get(r["status"], len(order)), r["id"]))[:max_rows]
+        if total or title == "runs":
+            parts.append(_progress_table(f"{title} ({len(shown)} of {max(total, len(rows))})", shown, title != "runs"))
     return Group(*parts, workers_table(_enrich_workers(workers, runs)))
+
+
+def watch_rows(client: Any, detail: dict, max_rows: int) -> list[dict]:
+    """The runs and validate jobs :func:`watch_view` shows of the sweep ``detail`` (a GET /sweeps/{id} body): up
+    to ``max_rows`` of each, in :data:`WATCH_ORDER`, one small GET /runs per status that has any — not every
+    run of the sweep at each refresh (a 4,000-run sweep: 2.4 MB a second)."""
+    counts, jobs = detail.get("counts", {}), detail.get("validate_jobs", {})
+    runs: list[dict] = []
+    validate: list[dict] = []
+    for status in WATCH_ORDER:
+        if counts.get(status) and len(runs) < max_rows:  # validate jobs of the status may come between them
+            got, _ = client.first_runs(min(500, max_rows - len(runs) + jobs.get(status, 0)), sweep_id=detail["id"],
+                                       status=status)
+            runs += [r for r in got if r.get("kind", "train") != "validate"][:max_rows - len(runs)]
+        if jobs.get(status) and len(validate) < max_rows:
+            got, _ = client.first_runs(max_rows - len(validate), sweep_id=detail["id"], status=status, kind="validate")
+            validate += got
+    return runs + validate
+
+
+def sweep_finished(detail: dict) -> bool:
+    """Whether every run and validate job of a GET /sweeps/{id} body is final (and it has at least one)."""
+    counts = {**{f"job {k}": v for k, v in detail.get("validate_jobs", {}).items()}, **detail.get("counts", {})}
+    return sum(counts.values()) > 0 and all(not v or k.removeprefix("job ") in FINISHED
+                                            for k, v in counts.items())
 
 
 def _progress_table(title: str, shown: list[dict], validate: bool) -> Table:

@@ -140,11 +140,12 @@ class Client:
             yield from body["items"]
 
     def first_runs(self, limit: int, sweep_id: int | None = None, status: str | None = None,
-                   filters: list[tuple[str, str]] | None = None) -> tuple[list[dict], int]:
-        """The first `limit` matching runs (by id) and how many match in all (the API's `total`)."""
+                   filters: list[tuple[str, str]] | None = None, kind: str | None = None) -> tuple[list[dict], int]:
+        """The first `limit` matching runs (by id) and how many match in all (the API's `total`); `kind`: only
+        train, validate or ufm jobs."""
         rows: list[dict] = []
         total = 0
-        for body in self._run_pages(sweep_id, status, filters, min(500, max(1, limit))):
+        for body in self._run_pages(sweep_id, status, filters, min(500, max(1, limit)), kind):
             rows += body["items"]
             total = body["total"]
             if len(rows) >= limit:
@@ -152,12 +153,12 @@ class Client:
         return rows[:limit], max(total, len(rows[:limit]))
 
     def _run_pages(self, sweep_id: int | None, status: str | None, filters: list[tuple[str, str]] | None,
-                   page: int) -> Iterator[dict]:
+                   page: int, kind: str | None = None) -> Iterator[dict]:
         """GET /runs bodies ({total, items}) page by page until every matching run came."""
         pairs = list(filters or [])
         offset = 0
         while True:
-            fixed = {"sweep_id": sweep_id, "status": status, "limit": page, "offset": offset}
+            fixed = {"sweep_id": sweep_id, "status": status, "kind": kind, "limit": page, "offset": offset}
             params = [(k, v) for k, v in fixed.items() if v is not None] + pairs
             body = self.request("GET", "/runs", params=params).json()
             yield body

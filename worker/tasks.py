@@ -3,22 +3,24 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from worker.admission import JobTask
 
-@shared_task(name="ncsweep.train", bind=True, ignore_result=True)
+
+@shared_task(name="ncsweep.train", base=JobTask, bind=True, ignore_result=True)
 def train(self, run_id: int) -> str:  # noqa: ANN001
     from worker.runner import execute
 
     return execute(int(run_id), "train", hostname=self.request.hostname)
 
 
-@shared_task(name="ncsweep.validate", bind=True, ignore_result=True)
+@shared_task(name="ncsweep.validate", base=JobTask, bind=True, ignore_result=True)
 def validate(self, run_id: int) -> str:  # noqa: ANN001
     from worker.runner import execute
 
     return execute(int(run_id), "validate", hostname=self.request.hostname)
 
 
-@shared_task(name="ncsweep.ufm", bind=True, ignore_result=True)
+@shared_task(name="ncsweep.ufm", base=JobTask, bind=True, ignore_result=True)
 def ufm(self, run_id: int) -> str:  # noqa: ANN001
     from worker.runner import execute
 

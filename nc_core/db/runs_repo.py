@@ -56,9 +56,7 @@ def claim(session: Session, run_id: int, owner: str, lease_s: float, *, now: dat
     delivery is then a no-op. Commits.
     """
     now = now or utcnow()
-    claimable = or_(Run.status == states.QUEUED,
-                    and_(Run.status == states.RUNNING, Run.lease_expires_at < now, Run.attempt < Run.max_attempts))
-    stmt = (update(Run).where(Run.id == run_id, claimable, Run.cancel_requested.is_(False))
+    stmt = (update(Run).where(Run.id == run_id, _claimable(now))
             .values(status=states.RUNNING, attempt=Run.attempt + 1, lease_owner=owner, worker_name=owner,
                     lease_expires_at=now + timedelta(seconds=lease_s), error=None, updated_at=now,
                     **{**unstarted(), "started_at": now}, start_epoch=Run.epoch)
@@ -70,6 +68,20 @@ def claim(session: Session, run_id: int, owner: str, lease_s: float, *, now: dat
     add_event(session, "status", run_id, row.sweep_id, status=states.RUNNING, attempt=row.attempt, worker=owner)
     session.commit()
     return session.execute(select(Run).where(Run.id == run_id).execution_options(populate_existing=True)).scalar_one()
+
+
+def _claimable(now: datetime) -> Any:
+    """The condition under which :func:`claim` takes a run: queued, or running on an expired lease with
+    attempts left; never with a cancel requested."""
+    return and_(or_(Run.status == states.QUEUED,
+                    and_(Run.status == states.RUNNING, Run.lease_expires_at < now, Run.attempt < Run.max_attempts)),
+                Run.cancel_requested.is_(False))
+
+
+def is_claimable(session: Session, run_id: int, *, now: datetime | None = None) -> bool:
+    """Whether :func:`claim` would take the run now (a primary-key read; the claim itself stays the
+    authority: this only lets a worker drop a message no claim could use before paying for a job process)."""
+    return session.scalar(select(Run.id).where(Run.id == run_id, _claimable(now or utcnow()))) is not None
 
 
 def _cancel_queued_where(session: Session, *where: Any, **why: Any) -> list[int]:
