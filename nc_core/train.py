@@ -230,13 +230,7 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
     if spec.kind != "train":
         raise ValueError(f"kind: validate_checkpoints re-evaluates kind='train' runs, got {spec.kind!r} (a UFM "
                          "run's metrics are measured as it optimises)")
-    available = ck.list_checkpoints(workdir)
-    want = sorted(available) if epochs is None else sorted(set(epochs))
-    missing = [e for e in want if e not in available]
-    if missing or not want:
-        raise FileNotFoundError(
-            f"validate: no checkpoint for epoch(s) {missing or 'any'} in {ck.ckpt_dir(workdir)}; available epochs: "
-            f"{list(available)} (checkpoint.keep_last={spec.checkpoint.keep_last}; set it to null to keep all)")
+    available, want = _validation_epochs(spec, workdir, epochs)
     device = resolve_device(spec)
     results: dict[int, dict[str, dict[str, float]]] = {}
     with determinism(spec.deterministic, device):
@@ -246,12 +240,30 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
         for i, e in enumerate(want, 1):
             if reporter.should_stop():
                 return {"epochs": want[:i - 1], "metrics": results, "stopped": True}
-            r.model.load_state_dict(ck.load_checkpoint(available[e])["model"])
+            r.model.load_state_dict(ck.load_for_validation(available[e], e)["model"])  # verified, errors name it
             results[e] = evaluate(r, splits, e)
             for split, m in results[e].items():
                 report_metrics(reporter, e, split, m)
             reporter.on_progress(i, 1, 1, i / max(time.perf_counter() - t0, 1e-9))  # checkpoints per second
     return {"epochs": want, "metrics": results, "stopped": False}
+
+
+def _validation_epochs(spec: RunSpec, workdir: str | Path,
+                       epochs: list[int] | None) -> tuple[dict[int, Path], list[int]]:
+    """({epoch: path} stored, the epochs to validate); FileNotFoundError naming what is missing."""
+    directory = ck.ckpt_dir(workdir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"validate: checkpoint directory {directory} does not exist (expected the "
+                                "checkpoints the run wrote there: it saved none, or its workdir is elsewhere)")
+    available = ck.list_checkpoints(workdir)
+    want = sorted(available) if epochs is None else sorted(set(epochs))
+    missing = [e for e in want if e not in available]
+    if missing or not want:
+        hint = (f" (checkpoint.keep_last={spec.checkpoint.keep_last}; set it to null to keep all)" if available
+                else " (the directory holds no checkpoint)")
+        raise FileNotFoundError(f"validate: no checkpoint for epoch(s) {missing or 'any'} in {directory}; available "
+                                f"epochs: {list(available)}{hint}")
+    return available, want
 
 
 def run_spec(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path, resume: bool = True) -> dict:

@@ -16,7 +16,7 @@ from service.cli_args import int_range, read_sweep_file
 from service.cli_context import Ctx, err, out
 from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
-from service.cli_results import results_caveat, results_hint, results_table
+from service.cli_results import results_caveat, results_hint, results_table, shown_results
 from service.cli_tokens import token_app
 from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, sweep_finished,
                                watch_rows, watch_view, workers_table)
@@ -168,15 +168,21 @@ def show(ctx: typer.Context, run: int = typer.Argument(..., help="run id")):
 def results(ctx: typer.Context, sweep: int = typer.Argument(...),
             group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all)"),
             keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys (default: "
-                                               f"{','.join(HEADLINE_KEYS)}; 'all' for every stored key)"),
+                                               f"{','.join(HEADLINE_KEYS)}; 'all' for every key the sweep stores "
+                                               "that has a defined value)"),
             split: Optional[str] = typer.Option(None, "--split", help="train | test (default: test; train for a "
                                                 "sweep of UFM runs, which have no test split)"),
-            epoch: str = typer.Option("last", "--epoch", help="'last' (each run's last measured epoch) or a number")):
+            epoch: str = typer.Option("last", "--epoch", help="'last' (each run's last measured epoch) or a number"),
+            all_groups: bool = typer.Option(False, "--all-groups", help="also list the groups none of whose runs "
+                                            "has metrics yet (left out by default, counted on stderr)")):
     """Results grouped by axes at the last (or a given) epoch: mean ± std over seeds."""
     key_list = None if keys == "all" else (_csv(keys) or list(HEADLINE_KEYS))
     body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
     split = body.get("split", split or "test")
-    out.print(results_table(body, sweep, split, epoch, width=out.width))
+    shown, notes = shown_results(body, split, epoch, all_groups=all_groups, all_keys=keys == "all")
+    out.print(results_table(shown, sweep, split, epoch, width=out.width))
+    for note in notes:
+        err.print(note, highlight=False, markup=False)
     caveat = results_caveat(body)
     if caveat:
         err.print(caveat, highlight=False, markup=False)

@@ -41,9 +41,21 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
          key: str = typer.Option("acc", "--key", help="heatmap: the metric key"),
          mode: str = typer.Option("value", "--mode", help="heatmap: value | diff_vs | variance"),
          ref: Optional[str] = typer.Option(None, "--ref", help="heatmap diff_vs: AXIS:VALUE"),
-         run: Optional[int] = typer.Option(None, "--run", help="margins: the run (one of the sweep's)")):
+         run: Optional[int] = typer.Option(None, "--run", help="margins: the run (one of the sweep's)"),
+         group_by: Optional[str] = typer.Option(None, "--group-by", help="dynamics: comma-separated axes, a line per "
+                                                "value of them (mean ± std over the runs of the other axes and "
+                                                "seeds); default a line per configuration, up to 20, else per value "
+                                                "of the first axis"),
+         filter: list[str] = typer.Option([], "--filter", help="dynamics: only runs with AXIS=VALUE, e.g. "
+                                          "model.width=64; repeat an AXIS for any of several values")):
     """Save a PNG: NC dynamics, a grid heatmap, or a run's cosine margins."""
+    from service.cli_views import parse_filter
+
     check_png_out(out_path)
+    filters = ",".join("=".join(parse_filter(f)) for f in filter) or None
+    if kind != "dynamics" and (group_by or filters):
+        raise typer.BadParameter(f"--group-by and --filter apply to --kind dynamics, got --kind {kind}",
+                                 param_hint="--group-by" if group_by else "--filter")
     if kind == "margins" and run is None:
         raise typer.BadParameter(f"--kind margins plots one run: expected --run RUN, a run of sweep {sweep} "
                                  f"(`ncsweep runs --sweep {sweep}` lists them)", param_hint="--run")
@@ -56,7 +68,8 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
         if owner != sweep:
             raise typer.BadParameter(f"run {run} belongs to sweep {owner}, not to sweep {sweep}", param_hint="--run")
     if kind == "dynamics":
-        png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split)
+        png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split, group_by=group_by,
+                         filter=filters)
     elif kind == "heatmap":
         if not x or not y:
             raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y loss.name, "

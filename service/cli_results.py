@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -41,17 +42,17 @@ def mean_std(m: dict | None, decimals: int | None, empty: str = "") -> str:
 
 
 def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6) -> Any:
-    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds; when the keys do
-    not fit in ``width`` columns, one row per group and key instead."""
+    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds. When the keys do
+    not fit in ``width`` columns: one table per run of keys that fits (groups × those keys), or one row per
+    group and key where that takes fewer lines (few groups), so many groups × many keys stay a few tables."""
     items = body.get("groups", []) if isinstance(body, dict) else body
     group_by = body.get("group_by") if isinstance(body, dict) else None
     keys = body.get("keys") if isinstance(body, dict) else None
     unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"  # 'iteration' for a UFM sweep
     at = f"last {unit}" if str(epoch) == "last" else f"{unit} {epoch}"
-    title = Text(f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)", no_wrap=True,
-                 overflow="ignore")  # one line, however narrow the table below it
-    table = Table(title=title, title_justify="left")
+    title = f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)"
     if not items:
+        table = _table(title)
         table.add_column("no finished results yet")
         return table
     group_by = group_by or list((items[0].get("values") or {}).keys())
@@ -67,14 +68,18 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
     heads = [*short_names(group_by), "runs"]
     fixed = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads[:-1])] + [5]
     cells = [max([len(k)] + [len(r[2][i]) for r in rows]) for i, k in enumerate(keys)]
+    chunks = _key_chunks(cells, width - sum(w + 3 for w in fixed) - 1)
+    if len(chunks) == 1 or len(chunks) * (len(rows) + 5) < len(rows) * (len(keys) + 1) + 4:
+        tables = []
+        for c, (a, b) in enumerate(chunks):
+            tables.append(_wide(title if c == 0 else f"sweep {sweep} results, continued", heads, keys[a:b],
+                                [(v, n, row[a:b]) for v, n, row in rows]))
+            if len(chunks) > 1:
+                tables[-1].caption = f"keys {a + 1}–{b} of {len(keys)}"
+        return tables[0] if len(tables) == 1 else Group(*tables)
+    table = _table(title)
     for col in heads:
         table.add_column(col, justify="right" if col == "runs" else "left", no_wrap=True)
-    if sum(w + 3 for w in fixed + cells) + 1 <= width:
-        for k in keys:
-            table.add_column(k, justify="right", no_wrap=True)
-        for values, n, row in rows:
-            table.add_row(*values, n, *row)
-        return table
     table.add_column("key", no_wrap=True)
     table.add_column("mean ± std", justify="right", no_wrap=True)
     for values, n, row in rows:
@@ -82,6 +87,67 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
             table.add_row(*(values if i == 0 else [""] * len(values)), n if i == 0 else "", k, cell)
         table.add_section()
     return table
+
+
+def _table(title: str) -> Table:
+    """A table whose title stays one line, however narrow the table below it."""
+    return Table(title=Text(title, no_wrap=True, overflow="ignore"), title_justify="left",
+                 caption_justify="left")
+
+
+def _key_chunks(cells: list[int], room: int) -> list[tuple[int, int]]:
+    """[start, end) runs of key columns (of widths ``cells``) that each fit in ``room`` (at least one key each)."""
+    chunks, start, used = [], 0, 0
+    for i, w in enumerate(cells):
+        if i > start and used + w + 3 > room:
+            chunks.append((start, i))
+            start, used = i, 0
+        used += w + 3
+    return chunks + [(start, len(cells))]
+
+
+def _wide(title: str, heads: list[str], keys: list[str], rows: list[tuple[list[str], str, list[str]]]) -> Table:
+    """Groups × ``keys``: a row per group."""
+    table = _table(title)
+    for col in heads:
+        table.add_column(col, justify="right" if col == "runs" else "left", no_wrap=True)
+    for k in keys:
+        table.add_column(k, justify="right", no_wrap=True)
+    for values, n, row in rows:
+        table.add_row(*values, n, *row)
+    return table
+
+
+def _measured(group: dict) -> bool:
+    """Whether any run of the group has a row of the keys asked for (a value, or a NaN) at that epoch."""
+    return bool(group.get("measured_epochs")) or any((m or {}).get("count")
+                                                     for m in (group.get("metrics") or {}).values())
+
+
+def shown_results(body: dict, split: str, epoch: str, *, all_groups: bool = False,
+                  all_keys: bool = False) -> tuple[dict, list[str]]:
+    """The results as the table shows them, and notes (for stderr) on what it leaves out: groups none of whose
+    runs measured anything yet (unless ``all_groups``; all of them when no group has, results_hint then says
+    why) and, for ``--keys all`` (``all_keys``), the keys no run has a defined value of in any group (the
+    sweep stores them, as NaN: a GOF key the run's loss has no λ's for)."""
+    groups = body.get("groups") or []
+    notes = []
+    measured = [g for g in groups if _measured(g)]
+    if not all_groups and len(measured) < len(groups):
+        body = {**body, "groups": measured}
+        if measured:
+            unit = body.get("unit", "epoch")
+            at = "yet" if epoch == "last" else f"at {unit} {epoch}"
+            notes.append(f"{len(groups) - len(measured)} of {len(groups)} groups have no run with {split} metrics "
+                         f"{at} (not shown; --all-groups lists them)")
+    keys = body.get("keys") or []
+    defined = {k for g in measured for k, m in (g.get("metrics") or {}).items() if (m or {}).get("count")}
+    empty = [k for k in keys if k not in defined]
+    if all_keys and measured and empty and len(empty) < len(keys):
+        body = {**body, "keys": [k for k in keys if k in defined]}
+        notes.append(f"{len(empty)} key(s) with no defined value in any group not shown (NaN or not measured): "
+                     f"{', '.join(empty)}")
+    return body, notes
 
 
 def results_caveat(body: dict) -> str | None:

@@ -191,6 +191,21 @@ class Client:
                 for s in body.get("series", [])  # an API older than `versions` (metric version 2): None
                 for e, v, ver in zip(s["epochs"], s["values"], s.get("versions") or [None] * len(s["epochs"]))]
 
+    def sweep_metrics(self, sweep_id: int, after_run: int = 0, runs: int = 500, max_rows: int | None = None,
+                      keys: list[str] | None = None) -> tuple[list[tuple[int, list[dict[str, Any]]]], int | None]:
+        """One page of GET /sweeps/{id}/metrics: ([(run id, its rows as run_metrics gives them)] for each run
+        answered, by id: the sweep's runs after ``after_run``, at most ``runs`` (≤ 500), fewer past the API's
+        row budget (``max_rows``, ≤ 100,000), and the ``after_run`` of the next page (None: no runs follow)."""
+        body = self.get(f"/sweeps/{sweep_id}/metrics", after_run=after_run, runs=runs, max_rows=max_rows,
+                        keys=",".join(keys) if keys else None)
+        by_run: dict[int, list[dict[str, Any]]] = {rid: [] for rid in body["run_ids"]}
+        for s in body["series"]:
+            by_run[s["run_id"]] += [
+                {"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e)),
+                 "metric_version": ver}
+                for e, v, ver in zip(s["epochs"], s["values"], s.get("versions") or [None] * len(s["epochs"]))]
+        return list(by_run.items()), body["next_after_run"]
+
     def workers(self) -> list[dict[str, Any]]:
         return self.get("/workers")
 

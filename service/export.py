@@ -1,4 +1,4 @@
-"""`ncsweep export`: a sweep's metric rows streamed run by run into CSV or Parquet (temp file, then rename)."""
+"""`ncsweep export`: a sweep's metric rows, fetched in pages of runs, streamed into CSV or Parquet (temp, rename)."""
 from __future__ import annotations
 
 import csv
@@ -10,11 +10,12 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from service.client import Client
+from service.client import ApiError, Client
 
 FIXED_HEAD = ["run_id", "kind", "parent_run_id", "status", "seed"]
 FIXED_TAIL = ["epoch", "split", "key", "value", "note", "metric_version"]
 ROW_GROUP_ROWS = 131_072  # Parquet: runs' rows gather (as Arrow columns) into row groups of about this many
+BATCH_RUNS = 500  # runs asked for per GET /sweeps/{id}/metrics (its bound); its row budget may answer fewer
 
 
 def export_columns(axes: list[str]) -> list[str]:
@@ -124,11 +125,45 @@ def parquet_schema(pa: Any, columns: list[str], runs: list[dict[str, Any]]) -> A
     return pa.schema(fields)
 
 
+def runs_with_metrics(client: Client, sweep_id: int, runs: list[dict[str, Any]],
+                      batch_runs: int = BATCH_RUNS) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(run, its metric rows) of each of ``runs`` (the sweep's, by id, as GET /runs lists them), in order, from
+    pages of GET /sweeps/{id}/metrics of up to ``batch_runs`` runs, one page held at a time. A listed run no page
+    answers is asked for alone (GET /runs/{id}/metrics), as is every run by a client without ``sweep_metrics``
+    or from an API without that route (a 404 on the first page); a run added after the listing is left out."""
+    fetch, after, i, first = getattr(client, "sweep_metrics", None), 0, 0, True
+    while i < len(runs):
+        if fetch is None:
+            yield runs[i], client.run_metrics(runs[i]["id"])
+            i += 1
+            continue
+        try:
+            page, after = fetch(sweep_id, after_run=after, runs=min(batch_runs, len(runs) - i))
+        except ApiError as exc:
+            if exc.status != 404 or not first:
+                raise
+            fetch = None  # an API older than the route
+            continue
+        first = False
+        page.reverse()  # popped in order: each run's rows go once written
+        while page:
+            rid, rows = page.pop()
+            while i < len(runs) and runs[i]["id"] < rid:  # listed, not answered: alone
+                yield runs[i], client.run_metrics(runs[i]["id"])
+                i += 1
+            if i < len(runs) and runs[i]["id"] == rid:
+                yield runs[i], rows
+                i += 1
+            del rows
+        if after is None:  # no page follows: listed runs left (none, as runs stay in their sweep) go alone
+            fetch = None
+
+
 def export_sweep(client: Client, sweep_id: int, fmt: str, out_path: Path,
-                 progress: Callable[[int, int], None] | None = None) -> int:
+                 progress: Callable[[int, int], None] | None = None, batch_runs: int = BATCH_RUNS) -> int:
     """Write every metric row of sweep ``sweep_id`` (with its run's axes and seed) to ``out_path`` as ``fmt`` (csv
-    or parquet), holding one run's rows at a time; ``progress(runs done, runs in all)`` follows each run. Returns
-    the number of rows written."""
+    or parquet), fetching ``batch_runs`` runs a request and holding one page of runs' rows at a time;
+    ``progress(runs done, runs in all)`` follows each run. Returns the number of rows written."""
     axes = client.sweep(sweep_id).get("axes") or []
     runs = list(client.iter_runs(sweep_id=sweep_id))
     columns = export_columns(axes)
@@ -136,11 +171,11 @@ def export_sweep(client: Client, sweep_id: int, fmt: str, out_path: Path,
     with replacing(out_path) as tmp:
         sink = CsvSink(tmp, columns) if fmt == "csv" else ParquetSink(tmp, columns, runs)
         try:
-            for done, run in enumerate(runs, 1):
-                rows = list(run_rows(run, axes, client.run_metrics(run["id"])))
+            for done, (run, metrics) in enumerate(runs_with_metrics(client, sweep_id, runs, batch_runs), 1):
+                rows = list(run_rows(run, axes, metrics))
                 sink.write(rows)
                 written += len(rows)
-                del rows  # before the next run's arrive
+                del rows, metrics  # before the next run's are built
                 if progress is not None:
                     progress(done, len(runs))
         except BaseException:

@@ -108,8 +108,18 @@ def plot_epochs(ax: Axes, points: dict[int, float], unit: str = "epoch", **style
     on integer ticks labelled ``unit`` (states.metric_step)."""
     epochs = sorted(points)
     ax.plot(epochs, [points[e] for e in epochs], lw=2, **{**POINT_MARKERS, **style})
+    epoch_axis(ax, epochs, unit)
+
+
+def epoch_axis(ax: Axes, epochs: Iterable[int], unit: str = "epoch") -> None:
+    """The x axis labelled ``unit`` on integer ticks; a single epoch e alone on its tick, in (e − 1, e + 1)."""
     ax.set_xlabel(unit)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    distinct = sorted(set(epochs))
+    if len(distinct) == 1:
+        ax.set_xticks(distinct)
+        ax.set_xlim(distinct[0] - 1, distinct[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def finite_mean(values: Iterable[float]) -> float:
@@ -127,12 +137,13 @@ def sample_std(values: Iterable[float]) -> float:
 SPREAD_NOTE = "mean ± sample std (ddof 1) over seeds; no band where fewer than 2 seeds have a finite value"
 
 
-def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
-    """The sweep's NC dynamics figure (mean ± sample std over seeds per configuration); drawn in
-    service/plots_dynamics.py."""
+def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None,
+                 group_by: list[str] | None = None, filters: list[tuple[str, str]] | None = None) -> bytes:
+    """The sweep's NC dynamics figure (mean ± sample std over seeds per configuration, or over the runs of a
+    ``group_by`` value; only the runs ``filters`` keep); drawn in service/plots_dynamics.py."""
     from service.plots_dynamics import dynamics_png as draw  # it imports this module: load it lazily
 
-    return draw(session, sweep_id, keys, split)
+    return draw(session, sweep_id, keys, split, group_by, filters)
 
 
 def final_points(session: Session, runs: list[Run], key: str, split: str) -> dict[int, tuple[float, int]]:
@@ -170,6 +181,8 @@ def _as_label(text: str) -> str:
     return value_text(value) if isinstance(value, (int, float, bool, list)) else text
 
 
+HEATMAP_MAX_VALUES = 200  # values of a heatmap axis: more is refused (a cell would be under 2 px)
+HEATMAP_MAX_PANELS = 9  # diff_vs panels (values of the reference axis besides the reference)
 #: Per panel: cell (row i, column j) → the unfinished runs behind its value (states.unfinished_runs, as /results).
 Marks = dict[tuple[int, int], list[int]]
 
@@ -194,7 +207,6 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     runs = sweep_runs(session, sweep_id)
     if not runs:
         raise PlotError("sweep_id", f"sweep {sweep_id} has no runs")
-    finals = final_values(session, runs, key, split)
     status = {r.id: r.status for r in runs}
     xs = sorted(distinct_values(_axis_value(r, x) for r in runs), key=value_sort_key)  # a value may be a list
     ys = sorted(distinct_values(_axis_value(r, y) for r in runs), key=value_sort_key)
@@ -206,6 +218,14 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
         if len(vals) == 1 and path not in varied:  # a constant field: one row or column averaging everything
             raise PlotError("x" if path == x else "y", f"{path!r} has one value ({vals[0]!r}) in every run of sweep "
                                                        f"{sweep_id}; expected an axis it varies: {', '.join(varied)}")
+        if len(vals) > HEATMAP_MAX_VALUES:  # 800 seeds drew a 70,616 px wide PNG
+            others = [f"{a} ({n} values)" for a in varied if a not in (x, y)
+                      for n in [len(distinct_values(_axis_value(r, a) for r in runs))] if n <= HEATMAP_MAX_VALUES]
+            raise PlotError("x" if path == x else "y", f"{path!r} has {len(vals)} values, more than the "
+                            f"{HEATMAP_MAX_VALUES} a heatmap draws legibly: expected another axis on "
+                            f"{'x' if path == x else 'y'} ({', '.join(others) or 'none of this sweep has fewer'}); "
+                            f"{path} is then averaged over (mode=variance shows its spread)")
+    finals = final_values(session, runs, key, split)  # after the checks: a refused request asks nothing more
 
     def cells(select_run) -> tuple[np.ndarray, Marks]:  # per cell over the runs kept: mean, or sample variance
         ids: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -232,6 +252,9 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     others = sorted({value_text(_axis_value(r, path)) for r in runs} - {ref_value})
     if ref_value not in {value_text(_axis_value(r, path)) for r in runs}:
         raise PlotError("ref", f"no run has {path}={ref_value}")
+    if len(others) > HEATMAP_MAX_PANELS:
+        raise PlotError("ref", f"{path!r} has {len(others) + 1} values: diff_vs draws a panel per value besides the "
+                               f"reference, at most {HEATMAP_MAX_PANELS}; expected a reference axis with fewer values")
     base, base_marks = cells(lambda r: value_text(_axis_value(r, path)) == ref_value)
     panels, marks = [], []
     for o in others:
@@ -249,7 +272,7 @@ def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc
     service/plots_heatmap.py, a cell whose value includes an unfinished run marked *."""
     from service.plots_heatmap import heatmap_figure  # it imports this module: load it lazily
 
-    return _png(heatmap_figure(heatmap_cells(session, sweep_id, x, y, key, split, mode, ref), x, y, ref))
+    return _png(heatmap_figure(heatmap_cells(session, sweep_id, x, y, key, split, mode, ref), x, y, ref, key, mode))
 
 
 def margins_png(session: Session, run_id: int) -> bytes:

@@ -1,22 +1,22 @@
-"""NC dynamics figure of a sweep: mean ± sample std over seeds per configuration, aggregated in SQL."""
+"""NC dynamics figure of a sweep: mean ± sample std over seeds per configuration (or group), aggregated in SQL."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable
 
 import matplotlib
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from sqlalchemy import Integer, and_, case, column, func, or_, select, values
 from sqlalchemy.orm import Session
 
-from nc_core.db.models import Metric
-from nc_core.db.states import metric_step
-from nc_core.spec_fields import value_sort_key
-from service.plots import (DEFAULT_KEYS, POINT_MARKERS, SPREAD_NOTE, TITLES, _config_label, _message_png, _png,
-                           new_figure, sweep_runs)
+from nc_core.db.models import Metric, Run, Sweep
+from nc_core.db.states import CANCELLED, QUEUED, metric_step
+from nc_core.spec_fields import value_key, value_sort_key, value_text
+from service.plots import (DEFAULT_KEYS, POINT_MARKERS, SPREAD_NOTE, TITLES, PlotError, _as_label, _axis_value,
+                           _config_label, _message_png, _png, epoch_axis, new_figure, sweep_runs)
 from service.plots_layout import layout_figure
 
 #: One configuration's curve on one panel: {epoch: (mean, sample std)}, NaN where undefined.
@@ -105,47 +105,144 @@ def drop_footer(drops: dict[str, set[tuple[int, int, int]]], unit: str) -> list[
     return [DROP_NOTE[0], DROP_NOTE[1].format(unit=unit), *details[:DROP_CONFIGS], *more]
 
 
-def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None) -> bytes:
+MAX_LINES = 20  # lines (legend entries) a dynamics figure draws legibly: more configurations are grouped
+BAND_LINES = 10  # with more lines than this the ± bands are left out (they overlap into one smear)
+COLOURS = matplotlib.colormaps["tab10"]
+LINE_STYLES, LINE_MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D")
+
+
+def line_style(n: int) -> dict:
+    """The n-th drawn line's colour, line style and marker: tab10's colours, then again dashed with squares, …"""
+    cycle = n // COLOURS.N
+    return {"color": COLOURS(n % COLOURS.N), "ls": LINE_STYLES[cycle % 4], "marker": LINE_MARKERS[cycle % 4]}
+
+
+def parse_filters(raw: str | None) -> list[tuple[str, str]]:
+    """'model.width=64,loss.name=ce' → [(axis, value as axes label it)]; a comma inside a value ([1, 2]) stays."""
+    if raw is None:
+        return []
+    parts = [p.strip() for p in re.split(r",(?=\s*[\w.]+\s*=)", raw) if p.strip()]
+    if not parts or any("=" not in p for p in parts):
+        raise PlotError("filter", f"expected AXIS=VALUE, comma-separated, such as model.width=64,loss.name=ce; "
+                                  f"got {raw!r}")
+    return [(path.strip(), _as_label(value.strip())) for path, value in (p.split("=", 1) for p in parts)]
+
+
+def filter_runs(runs: list[Run], axes: list[str], filters: list[tuple[str, str]], sweep_id: int) -> list[Run]:
+    """The runs with one of the filtered values on every filtered axis (a repeated axis: any of its values)."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for path, value in filters:
+        if path not in axes:
+            raise PlotError("filter", f"{path!r} is not an axis of sweep {sweep_id}: expected one of {', '.join(axes)}")
+        wanted[path].add(value)
+    kept = [r for r in runs if all(value_text(_axis_value(r, p)) in vs for p, vs in wanted.items())]
+    if runs and not kept:
+        said = " and ".join(f"{p}={'|'.join(sorted(vs))}" for p, vs in wanted.items())
+        raise PlotError("filter", f"no run of sweep {sweep_id} has {said}")
+    return kept
+
+
+def measured(runs: list[Run]) -> list[Run]:
+    """The runs that may have stored a metric (started, or epochs completed before a retry): a configuration of
+    queued runs only draws no line, and is no reason to group the others."""
+    return [r for r in runs if r.epoch > 0 or r.status not in (QUEUED, CANCELLED)]
+
+
+def _count(runs: list[Run], paths: list[str]) -> int:
+    return len({tuple(value_key(_axis_value(r, p)) for p in paths) for r in runs})
+
+
+def line_axes(runs: list[Run], axes: list[str], group_by: list[str] | None, sweep_id: int) -> list[str] | None:
+    """The axes a line stands for: ``group_by``'s; without it None (a line per configuration) up to MAX_LINES
+    configurations, else the first axis with 2 to MAX_LINES values."""
+    configs = len({_config_label(r.grid or {}) for r in runs})
+    if group_by is None:
+        if configs <= MAX_LINES:
+            return None
+        fits = [a for a in axes if a != "seed" and _count(runs, [a]) <= MAX_LINES]
+        group_by = [next((a for a in fits if _count(runs, [a]) > 1), fits[0])] if fits else None
+        if group_by is None:
+            raise PlotError("group_by", f"{configs} configurations are more than the {MAX_LINES} lines a figure draws "
+                                        f"legibly, and every axis has more values: expected group_by=AXIS with "
+                                        f"filter=AXIS=VALUE to keep fewer")
+    for path in group_by:
+        if path not in axes:
+            raise PlotError("group_by", f"{path!r} is not an axis of sweep {sweep_id}: expected some of "
+                                        f"{', '.join(axes)}")
+    if _count(runs, group_by) > MAX_LINES:
+        raise PlotError("group_by", f"{_count(runs, group_by)} lines ({', '.join(group_by)}) are more than the "
+                                    f"{MAX_LINES} a figure draws legibly: group by fewer axes, or keep fewer values "
+                                    f"with filter=AXIS=VALUE")
+    return group_by
+
+
+def figure_note(paths: list[str] | None, auto: bool, configs: int, axes: list[str],
+                filters: list[tuple[str, str]], bands: bool) -> str:
+    """The title: what a line averages over, which runs were kept, whether the ± bands are drawn."""
+    note = SPREAD_NOTE
+    if paths is not None:
+        pooled = [a for a in axes if a not in paths and a != "seed"] + ["seeds"]
+        note = f"mean ± sample std (ddof 1) over the runs of each {', '.join(paths)} value ({', '.join(pooled)} pooled)"
+        if auto:
+            note += f"; {configs} configurations are more than {MAX_LINES} lines: group_by= and filter= choose"
+    if filters:
+        note += "; only " + ", ".join(f"{p}={v}" for p, v in filters)
+    return note if bands else f"{note}; no ± bands above {BAND_LINES} lines"
+
+
+def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None,
+                 group_by: list[str] | None = None, filters: list[tuple[str, str]] | None = None) -> bytes:
     """One subplot per metric (acc: train and test): mean ± sample std (ddof 1, as /results) over seeds vs epoch
     (iteration for UFM runs), one line per configuration; no band where fewer than 2 seeds have a finite value;
-    ▽ (and the footer's counts) where fewer runs are behind a curve than before (a run stopped there)."""
-    keys = list(keys or DEFAULT_KEYS)
-    runs = sweep_runs(session, sweep_id)
+    ▽ (and the footer's counts) where fewer runs are behind a curve than before (a run stopped there). Only the
+    runs ``filters`` keep; past MAX_LINES configurations, or with ``group_by``, a line per value of its axes
+    (pooling the runs of the others); past BAND_LINES lines, no bands."""
+    keys, filters = list(keys or DEFAULT_KEYS), list(filters or [])
+    sweep = session.get(Sweep, sweep_id)
+    axes = [*((sweep.axes or []) if sweep is not None else []), "seed"]
+    runs = filter_runs(sweep_runs(session, sweep_id), axes, filters, sweep_id)
     unit = metric_step(r.kind for r in runs)
-    ordered = sorted(runs, key=lambda r: tuple(value_sort_key(v) for _, v in sorted((r.grid or {}).items())))
-    configs = list(dict.fromkeys(_config_label(r.grid or {}) for r in ordered))
+    runs = measured(runs)  # lines and colours: configurations with values, not all of them
+    paths = line_axes(runs, axes, group_by, sweep_id)
+    values = (lambda r: r.grid or {}) if paths is None else (lambda r: {p: _axis_value(r, p) for p in paths})
+    ordered = sorted(runs, key=lambda r: tuple(value_sort_key(v) for _, v in sorted(values(r).items())))
+    configs = list(dict.fromkeys(_config_label(values(r)) for r in ordered))
     index = {c: i for i, c in enumerate(configs)}
     drawn = panels(keys, split)
-    series = curve_points(session, {r.id: index[_config_label(r.grid or {})] for r in runs}, drawn)
+    series = curve_points(session, {r.id: index[_config_label(values(r))] for r in runs}, drawn)
     if not any(series.get(p) for p in drawn):
         return _message_png(f"sweep {sweep_id}: no stored values yet for {', '.join(keys)}")
+    lines = [i for i in range(len(configs)) if any(i in series.get(p, {}) for p in drawn)]  # colours: these only
+    style, bands = {i: line_style(n) for n, i in enumerate(lines)}, len(lines) <= BAND_LINES
     cols = min(3, len(drawn))
     rows = math.ceil(len(drawn) / cols)
-    fig, axes = new_figure(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    cmap = matplotlib.colormaps["tab10" if len(configs) <= 10 else "tab20"]
+    fig, axes_grid = new_figure(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     drops: dict[str, set[tuple[int, int, int]]] = defaultdict(set)
-    for ax, (key, sp) in zip(axes.flat, drawn):
+    for ax, (key, sp) in zip(axes_grid.flat, drawn):
         panel = series.get((key, sp), {})
-        for i, config in enumerate(configs):
-            if i not in panel:
-                continue
+        for i in (i for i in lines if i in panel):
             curve = panel[i]
             epochs = sorted(curve)
             mean = np.array([curve[e][0] for e in epochs])
-            std = np.array([curve[e][1] for e in epochs])  # NaN: fill_between leaves a gap
-            color = cmap(i % cmap.N)
-            ax.plot(epochs, mean, lw=2, alpha=0.8, color=color, label=config, **POINT_MARKERS)
-            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+            ax.plot(epochs, mean, lw=2, alpha=0.8, label=configs[i], **{**POINT_MARKERS, **style[i]})
+            if bands:
+                std = np.array([curve[e][1] for e in epochs])  # NaN: fill_between leaves a gap
+                ax.fill_between(epochs, mean - std, mean + std, color=style[i]["color"], alpha=0.2)
             for e, before, after in run_drops(curve):
-                ax.plot([e], [curve[e][0]], color=color, **DROP_MARKER)
-                drops[config].add((e, before, after))
+                ax.plot([e], [curve[e][0]], color=style[i]["color"], **DROP_MARKER)
+                drops[configs[i]].add((e, before, after))
         ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
-        ax.set_xlabel(unit)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, [e for curve in panel.values() for e in curve], unit)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(drawn):]:
+    for ax in list(axes_grid.flat)[len(drawn):]:
         ax.axis("off")
     footer = drop_footer({c: drops[c] for c in configs if c in drops}, unit)  # in legend order
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    layout_figure(fig, SPREAD_NOTE, handles, labels, footer)  # legend and footer below the axes, inside the image
+    handles: dict[str, Any] = {}  # every panel's lines: a configuration may have values on one panel only
+    for ax in axes_grid.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = [configs[i] for i in lines if configs[i] in handles]
+    note = figure_note(paths, group_by is None and paths is not None, len({_config_label(r.grid or {}) for r in runs}),
+                       axes, filters, bands)
+    layout_figure(fig, note, [handles[c] for c in labels], labels, footer)  # legend, footer inside the image
     return _png(fig)

@@ -74,7 +74,8 @@ class SweepSummary(_Out):
 
 class SweepDetail(SweepSummary):
     spec: dict[str, Any]
-    cancel_requested: int = 0
+    cancel_requested: int = Field(0, description="runs still unfinished (queued or running) whose cancel was "
+                                                 "requested; a run already cancelled is not counted")
     eta_s: float | None = Field(None, description="rough: remaining work / observed throughput; null if unknown")
 
 
@@ -134,6 +135,25 @@ class RunPage(BaseModel):
     limit: int
     offset: int
     items: list[RunOut]
+
+
+class RunSeries(BaseModel):
+    """One run's series of one (split, key), as GET /runs/{id}/metrics gives it, plus the run's id."""
+
+    run_id: int
+    split: str
+    key: str
+    epochs: list[int]
+    values: list[float | None] = Field(description="null: NaN/undefined (notes says why, where the suite did)")
+    versions: list[int] = Field(description="the metric definition version of each value (docs/metrics.md)")
+    notes: dict[str, str] = Field(description="epoch → why its value is null")
+
+
+class SweepMetricsPage(BaseModel):
+    sweep_id: int
+    run_ids: list[int] = Field(description="the runs answered, ascending (those without metric rows too)")
+    series: list[RunSeries] = Field(description="ordered by run_id, then split, key")
+    next_after_run: int | None = Field(description="pass as after_run for the runs that follow; null: none follow")
 
 
 class ActionResult(BaseModel):

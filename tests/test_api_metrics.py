@@ -138,7 +138,7 @@ def test_an_undefined_metric_keeps_its_reason(app_client, db_url, sweep):
     # the metric suite says why a value is NaN; the worker stores it as the row's note, the API and CLI show it
     from rich.console import Console
 
-    from nc_core.db import runs_repo
+    from nc_core.db import results_repo, runs_repo
     from nc_core.metrics import MetricDict
     from service.cli_views import run_detail
 
@@ -150,10 +150,10 @@ def test_an_undefined_metric_keeps_its_reason(app_client, db_url, sweep):
     with session_scope(db_url) as s:
         metrics = MetricDict(nc1=float("nan"), nc3=float("nan"), acc=40.0)
         metrics.reasons.update(nc1=why, nc3=why)
-        assert runs_repo.upsert_metrics(s, rid, "w/1/abc", 4, "train", metrics, 1)
+        assert results_repo.upsert_metrics(s, rid, "w/1/abc", 4, "train", metrics, 1)
         later = MetricDict(nc1=0.5, nc3=float("nan"), acc=50.0)
         later.reasons.update(nc3="W is zero, cannot be normalised")
-        assert runs_repo.upsert_metrics(s, rid, "w/1/abc", 5, "train", later, 1)
+        assert results_repo.upsert_metrics(s, rid, "w/1/abc", 5, "train", later, 1)
     series = {(x["split"], x["key"]): x for x in app_client.get(f"/runs/{rid}/metrics").json()["series"]}
     assert series[("train", "nc1")]["notes"] == {"4": why} and series[("train", "nc1")]["values"][-2:] == [None, 0.5]
     assert series[("train", "nc3")]["notes"] == {"4": why, "5": "W is zero, cannot be normalised"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from sqlalchemy import select, update
 
-from nc_core.db import runs_repo, states
+from nc_core.db import results_repo, runs_repo, states
 from nc_core.db.models import Checkpoint, Metric, Run
 from nc_core.db.session import session_scope
 from nc_core.spec import RunSpec
@@ -221,9 +221,9 @@ def test_a_takeover_resumes_after_the_last_recorded_checkpoint_and_rewrites_the_
         runs_repo.claim(s, rid, "old", 3600)
         for epoch in (1, 2):
             path = ck.ckpt_path(workdir, epoch)
-            runs_repo.record_checkpoint(s, rid, "old", epoch, str(path), path.stat().st_size, ck.sha256_file(path))
+            results_repo.record_checkpoint(s, rid, "old", epoch, str(path), path.stat().st_size, ck.sha256_file(path))
             for split in ("train", "test"):
-                runs_repo.upsert_metrics(s, rid, "old", epoch, split, old.metrics[(epoch, split)], 1)
+                results_repo.upsert_metrics(s, rid, "old", epoch, split, old.metrics[(epoch, split)], 1)
     with session_scope(db_url) as s:  # its lease expires; the reconciler re-queues the run
         s.execute(update(Run).where(Run.id == rid).values(
             lease_expires_at=runs_repo.utcnow() - timedelta(minutes=1)))

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from nc_core.db import distributions_repo, runs_repo, states
+from nc_core.db import distributions_repo, results_repo, runs_repo, states
 from nc_core.db.models import Checkpoint, Event, Metric, MetricDistribution, Run, Sweep
 from nc_core.db.session import session_scope
 from tests.helpers_stack import postgres_db, sqlite_db
@@ -23,12 +23,12 @@ def url(request, tmp_path):
     drop()
 
 
-def _new_run(url: str, **values) -> int:
+def _new_run(url: str, *, spec: dict | None = None, **values) -> int:
     with session_scope(url) as s:
         sweep = Sweep(name="t", spec={}, axes=[])
         s.add(sweep)
         s.flush()
-        run = Run(sweep_id=sweep.id, kind="train", spec={}, spec_hash="h" * 64, **values)
+        run = Run(sweep_id=sweep.id, kind="train", spec=spec or {}, spec_hash="h" * 64, **values)
         s.add(run)
         s.flush()
         return run.id
@@ -57,7 +57,7 @@ def test_fencing_rejects_writes_after_the_lease_moved(url):
         assert runs_repo.claim(s, rid, "w2", 30).attempt == 2  # expired lease: claimable again
     with session_scope(url) as s:
         assert runs_repo.heartbeat(s, rid, "w1", 30) is False
-        assert runs_repo.upsert_metrics(s, rid, "w1", 1, "train", {"acc": 0.5}, 1) is False
+        assert results_repo.upsert_metrics(s, rid, "w1", 1, "train", {"acc": 0.5}, 1) is False
         assert runs_repo.finish(s, rid, "w1", states.SUCCEEDED) is False
         assert runs_repo.heartbeat(s, rid, "w2", 30, epoch=1, step=3, samples_per_s=10.0) is True
         assert runs_repo.finish(s, rid, "w2", states.SUCCEEDED) is True
@@ -71,13 +71,13 @@ def test_metric_upsert_one_row_per_point_and_nan_is_null(url):
         runs_repo.claim(s, rid, "w", 30)
     for value in (0.1, 0.2):  # a retried epoch overwrites
         with session_scope(url) as s:
-            assert runs_repo.upsert_metrics(s, rid, "w", 1, "train",
+            assert results_repo.upsert_metrics(s, rid, "w", 1, "train",
                                             {"acc": value, "nc1": math.nan, "nc2": math.inf, "_reasons": "x"}, 2)
     with session_scope(url) as s:
         rows = {m.key: m.value for m in s.scalars(select(Metric).where(Metric.run_id == rid))}
         assert rows == {"acc": 0.2, "nc1": None, "nc2": None}
-        assert runs_repo.record_checkpoint(s, rid, "w", 1, "/a", 10, "0" * 64)
-        assert runs_repo.record_checkpoint(s, rid, "w", 1, "/b", 11, "1" * 64)
+        assert results_repo.record_checkpoint(s, rid, "w", 1, "/a", 10, "0" * 64)
+        assert results_repo.record_checkpoint(s, rid, "w", 1, "/b", 11, "1" * 64)
         assert s.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.run_id == rid)) == 1
 
 
@@ -86,15 +86,15 @@ def test_distribution_upsert_is_fenced_and_overwrites(url):
     with session_scope(url) as s:
         runs_repo.claim(s, rid, "w1", 30, now=runs_repo.utcnow() - timedelta(seconds=60))  # already expired
     with session_scope(url) as s:
-        assert runs_repo.upsert_distribution(s, rid, "w1", 1, "train", "cos_margin", [0.1, 0.2]) is True
+        assert results_repo.upsert_distribution(s, rid, "w1", 1, "train", "cos_margin", [0.1, 0.2]) is True
     with session_scope(url) as s:
         runs_repo.claim(s, rid, "w2", 30)
     with session_scope(url) as s:
-        assert runs_repo.upsert_distribution(s, rid, "w1", 1, "train", "cos_margin", [9.0]) is False  # fenced
+        assert results_repo.upsert_distribution(s, rid, "w1", 1, "train", "cos_margin", [9.0]) is False  # fenced
         for values in ([-0.5, 0.25, 1.0], [-0.25, math.nan, 1.5]):  # a retried epoch overwrites; NaN → null
-            assert runs_repo.upsert_distribution(s, rid, "w2", 1, "train", "cos_margin", values) is True
-        assert runs_repo.upsert_distribution(s, rid, "w2", 2, "train", "cos_margin", [0.5, 1.0]) is True
-        assert runs_repo.upsert_distribution(s, rid, "w2", 1, "test", "cos_margin", [0.0]) is True
+            assert results_repo.upsert_distribution(s, rid, "w2", 1, "train", "cos_margin", values) is True
+        assert results_repo.upsert_distribution(s, rid, "w2", 2, "train", "cos_margin", [0.5, 1.0]) is True
+        assert results_repo.upsert_distribution(s, rid, "w2", 1, "test", "cos_margin", [0.0]) is True
     with session_scope(url) as s:
         rows = s.scalars(select(MetricDistribution).where(MetricDistribution.run_id == rid)
                          .order_by(MetricDistribution.split, MetricDistribution.epoch)).all()

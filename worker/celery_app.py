@@ -114,7 +114,8 @@ def _name_the_stop_file(**_kw) -> None:
 @signals.worker_shutting_down.connect
 def _tell_the_job_to_stop(**_kw) -> None:
     """A warm shutdown (SIGTERM): the running job stops after its last completed epoch, checkpoints it and
-    goes back to the queue with its attempt given back, instead of being killed when the grace period ends."""
+    goes back to the queue with its attempt given back, instead of being killed when the grace period ends.
+    The flag is this worker process's own (its supervisor gives each spawned process a fresh one)."""
     path = os.environ.get("NCSWEEP_STOP_FILE")
     if path:
         from worker.launch import raise_stop_flag

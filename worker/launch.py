@@ -54,10 +54,11 @@ def worker_command(name: str, loglevel: str = "INFO", queues: str = "celery") ->
             "--without-heartbeat"]
 
 
-def new_stop_file_path() -> str:
-    """A path no other process uses for NCSWEEP_STOP_FILE: once it exists, the jobs of the workers that were
-    given it stop after their last completed epoch (worker.reporter.DBReporter reads it)."""
-    return os.path.join(tempfile.gettempdir(), f"ncsweep-stop-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+def new_stop_file_path(label: str = "") -> str:
+    """A path no other process uses for NCSWEEP_STOP_FILE: once it exists, the job of the one worker process
+    given it stops after its last completed epoch (worker.reporter.DBReporter reads it)."""
+    tag = f"{label}-" if label else ""
+    return os.path.join(tempfile.gettempdir(), f"ncsweep-stop-{os.getpid()}-{tag}{uuid.uuid4().hex[:12]}")
 
 
 def raise_stop_flag(path: str) -> None:
@@ -68,20 +69,34 @@ def raise_stop_flag(path: str) -> None:
 
 @dataclass
 class Supervisor:
-    """Keeps each worker process alive (restart with backoff) until stop()."""
+    """Keeps each worker process alive (restart with backoff) until stop().
+
+    Each spawned process gets its own stop file (``stop_files``, a fresh path per spawn): its Celery warm
+    shutdown raises only its own flag, and the file is removed once the process has exited, before a respawn,
+    so one worker's SIGTERM never stops another worker's job nor the restarted worker's."""
 
     specs: list[WorkerSpec]
     base_env: dict[str, str] = field(default_factory=dict)
     loglevel: str = "INFO"
     log_dir: Any = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    stop_file: str = field(default_factory=new_stop_file_path)
+    stop_files: dict[str, str] = field(default_factory=dict)  # worker name -> its current process's stop file
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    # a respawn and stop() must not interleave: a process spawned after stop() raised the flags would never
+    # be told to stop, nor its stop file removed
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def stop_file(self) -> str | None:
+        """The first worker's current stop file (the only one of a one-worker supervisor)."""
+        return self.stop_files.get(self.specs[0].name) if self.specs else None
 
     def _spawn(self, spec: WorkerSpec) -> subprocess.Popen:
+        stop_file = new_stop_file_path(spec.name.split("@")[0])
+        self.stop_files[spec.name] = stop_file
         env = {**os.environ, **self.base_env, **spec.env, "NCSWEEP_WORKER_NAME": spec.name,
-               "PYTORCH_NVML_BASED_CUDA_CHECK": "1", "NCSWEEP_STOP_FILE": self.stop_file}
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1", "NCSWEEP_STOP_FILE": stop_file}
         out = None
         if self.log_dir is not None:
             os.makedirs(self.log_dir, exist_ok=True)
@@ -114,22 +129,34 @@ class Supervisor:
                 if proc.poll() is not None and not self._stop.is_set():
                     log.warning("worker %s exited (code %s); restarting in %.0f s", spec.name, proc.returncode,
                                 backoff[spec.name])
+                    self._remove_stop_file(spec.name)
                     if self._stop.wait(backoff[spec.name]):
                         return
                     backoff[spec.name] = min(60.0, backoff[spec.name] * 2)
-                    self.procs[spec.name] = self._spawn(spec)
+                    with self._lock:
+                        if self._stop.is_set():
+                            return
+                        self.procs[spec.name] = self._spawn(spec)
+
+    def _remove_stop_file(self, name: str) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            os.remove(self.stop_files[name])
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Tell running jobs to stop (the stop file: each checkpoints its last completed epoch and goes back to
-        the queue without using an attempt, within about cancel_poll_seconds), SIGTERM (warm shutdown: the
-        jobs return), then SIGKILL the process group after `timeout` seconds."""
-        self._stop.set()
-        raise_stop_flag(self.stop_file)
+        """Tell running jobs to stop (every live worker's stop file: each job checkpoints its last completed
+        epoch and goes back to the queue without using an attempt, within about cancel_poll_seconds), SIGTERM
+        (warm shutdown: the jobs return), then SIGKILL the process group after `timeout` seconds."""
+        with self._lock:
+            self._stop.set()
+            for name, proc in self.procs.items():
+                if proc.poll() is None and name in self.stop_files:
+                    with contextlib.suppress(OSError):
+                        raise_stop_flag(self.stop_files[name])
         try:
             self._terminate(timeout)
         finally:
-            with contextlib.suppress(OSError):
-                os.remove(self.stop_file)
+            for name in self.stop_files:
+                self._remove_stop_file(name)
 
     def _terminate(self, timeout: float) -> None:
         for proc in self.procs.values():

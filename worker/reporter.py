@@ -7,28 +7,59 @@ import threading
 import time
 from typing import Any, Callable
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
-from nc_core.db import actions_repo, runs_repo
+from nc_core.db import actions_repo, results_repo, runs_repo
 from nc_core.db.session import session_scope
 
 log = logging.getLogger(__name__)
 
 
+#: SQLite errors that are no outage: a schema or statement bug, the same on every retry.
+_NOT_TRANSIENT = ("no such table", "no such column", "has no column named", "syntax error", "no such function")
+
+
+def transient_db_error(exc: BaseException | None) -> BaseException | None:
+    """The transient database error behind ``exc`` (the database restarting, unreachable, a lost connection,
+    SQLite's "database is locked"): ``exc`` itself or an exception it was raised from or while handling (a
+    write that failed inside the trainer surfaces wrapped), else None. Transient: SQLAlchemy's OperationalError
+    and InterfaceError (less SQLite's schema errors), DisconnectionError, any DBAPIError that invalidated its
+    connection."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DisconnectionError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            return exc
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return None if any(text in str(exc.orig) for text in _NOT_TRANSIENT) else exc
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return None
+
+
 def write_retrying(url: str, write: Callable[[Any], Any], patience_s: float, what: str) -> Any:
     """``write(session)`` in a transaction of its own, retried while the database cannot be reached (a
-    restart, a failover, a full connection pool) for up to ``patience_s`` seconds, then the error. Every
-    write passed here is idempotent (an UPSERT or a fenced UPDATE), so a retry after a lost commit is safe."""
-    deadline, delay = time.monotonic() + patience_s, 0.5
+    restart, a failover, a full connection pool, a lock) for up to ``patience_s`` seconds, then the error.
+    An attempt that began inside that window and blocked past it (SQLite waits out its 30 s busy timeout
+    before it says "database is locked") is retried once more, so one blocked attempt never uses up the
+    window by itself. Every write passed here is idempotent (an UPSERT or a fenced UPDATE), so a retry after a
+    lost commit is safe."""
+    deadline, delay, extended = time.monotonic() + patience_s, 0.5, False
     while True:
+        began = time.monotonic()
         try:
             with session_scope(url) as session:
                 return write(session)
-        except DBAPIError as exc:
-            unreachable = isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
-            if not unreachable or time.monotonic() >= deadline:
+        except (DBAPIError, DisconnectionError) as exc:
+            if transient_db_error(exc) is not exc:
                 raise
-            log.warning("%s: database unreachable (%s); retrying in %.1f s", what, type(exc.orig).__name__, delay)
+            now, last = time.monotonic(), ""
+            if now >= deadline:
+                if extended or began >= deadline:
+                    raise
+                extended, last = True, " once more (the wait outlasted the retry window)"
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+            waited = f" after waiting {now - began:.0f} s" if now - began >= 1 else ""
+            log.warning("%s: database unreachable (%s%s); retrying%s in %.1f s", what, cause, waited, last, delay)
             time.sleep(delay)
             delay = min(5.0, delay * 2)
 
@@ -76,6 +107,13 @@ class DBReporter:
             pending = bool(self._progress)
         if pending and not self.lease_lost:
             self.beat()
+
+    def take_progress(self) -> dict[str, Any]:
+        """The progress no beat could write yet (the database was away), now cleared: the job's final write
+        carries it, so the run shows its last epoch once the database is back."""
+        with self._lock:
+            progress, self._progress = self._progress, {}
+        return progress
 
     def _loop(self) -> None:
         period = float(self.settings.heartbeat_seconds)
@@ -158,18 +196,19 @@ class DBReporter:
                     p["eta_s"] = max(0.0, left * self.batch_size / float(samples_per_s))
 
     def _write(self, what: str, write: Callable[[Any], Any]) -> Any:
-        """A fenced write, retried through a database outage for up to half a lease (then the job fails)."""
+        """A fenced write, retried through a database outage for up to half a lease; then the error stops the job
+        and the runner gives the run back to the queue (see transient_db_error)."""
         return write_retrying(self.url, write, float(self.settings.lease_seconds) / 2, f"run {self.run_id}: {what}")
 
     def on_metrics(self, epoch: int, split: str, metrics: dict[str, float]) -> None:
-        ok = self._write(f"metrics of epoch {epoch}/{split}", lambda session: runs_repo.upsert_metrics(
+        ok = self._write(f"metrics of epoch {epoch}/{split}", lambda session: results_repo.upsert_metrics(
             session, self.run_id, self.owner, epoch, split, metrics, self._version()))
         if not ok:
             self.lease_lost = True
             log.warning("run %s: metrics of epoch %s/%s discarded: lease lost", self.run_id, epoch, split)
 
     def on_distribution(self, epoch: int, split: str, key: str, values: list[float]) -> None:
-        ok = self._write(f"{key} of epoch {epoch}/{split}", lambda session: runs_repo.upsert_distribution(
+        ok = self._write(f"{key} of epoch {epoch}/{split}", lambda session: results_repo.upsert_distribution(
             session, self.run_id, self.owner, epoch, split, key, values))
         if not ok:
             self.lease_lost = True
@@ -177,9 +216,9 @@ class DBReporter:
 
     def on_checkpoint(self, epoch: int, path: str, nbytes: int, sha256: str) -> None:
         def record(session: Any) -> bool:
-            ok = runs_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)
+            ok = results_repo.record_checkpoint(session, self.run_id, self.owner, epoch, str(path), nbytes, sha256)
             if ok:  # files gone since (deleted by hand, a crash between prune and on_pruned): off the table
-                runs_repo.forget_missing_checkpoints(session, self.run_id, self.owner, os.path.exists)
+                results_repo.forget_missing_checkpoints(session, self.run_id, self.owner, os.path.exists)
             return ok
 
         ok = self._write(f"checkpoint of epoch {epoch}", record)
@@ -189,7 +228,7 @@ class DBReporter:
     def on_pruned(self, epochs: list[int]) -> None:
         """keep_last deleted these epochs' files (after the newer checkpoint was recorded): the table lists only
         checkpoints that exist."""
-        self._write(f"pruned checkpoints {epochs}", lambda session: runs_repo.forget_missing_checkpoints(
+        self._write(f"pruned checkpoints {epochs}", lambda session: results_repo.forget_missing_checkpoints(
             session, self.run_id, self.owner, os.path.exists))  # fenced: a lost lease forgets nothing
 
     def should_stop(self) -> bool:

@@ -1,4 +1,4 @@
-"""Execute one job: claim the run's lease → train/validate/UFM with a DB reporter → fenced finish."""
+"""Execute one job: claim the run's lease → train/validate/UFM with a DB reporter → fenced finish (or give back)."""
 from __future__ import annotations
 
 import logging
@@ -14,13 +14,19 @@ from nc_core.db.models import Run
 from nc_core.db.session import session_scope
 from nc_core.settings import Settings, get_settings
 from nc_core.spec import RunSpec
-from worker.reporter import DBReporter, write_retrying
+from worker.reporter import DBReporter, transient_db_error, write_retrying
 
 log = logging.getLogger(__name__)
 
 #: Not a run status: the job stopped because its worker is stopping; the run goes back to the queue with its
 #: attempt given back (runs_repo.release) and resumes from its last completed epoch.
 INTERRUPTED = "interrupted"
+#: Not a run status: the job stopped on a transient database error (an outage); the run goes back to the queue
+#: with its attempt spent (runs_repo.requeue_after_outage) and resumes from its newest recorded checkpoint.
+DB_UNAVAILABLE = "database unavailable"
+#: execute()'s answer when not even the final write got through: the lease expires and the reconciler
+#: re-queues the run (or fails it on its last attempt).
+UNRECORDED = "unrecorded"
 
 
 def worker_name() -> str:
@@ -61,44 +67,95 @@ def execute(run_id: int, kind: str, settings: Settings | None = None, *, hostnam
     log.info("run %s (%s): claimed by %s, attempt %s", run_id, kind, owner, run.attempt)
     heart = _heartbeater(settings, name, run_id)
     try:
-        status, error = _run_job(settings, run, kind, owner, heart)
+        status, error, progress = _run_job(settings, run, kind, owner, heart)
     finally:
         if heart is not None:
             heart.set_run(None)
             heart.stop(mark_stopped=False)
-    def record(session: Any) -> bool:
+    lease_s = float(settings.lease_seconds)
+
+    def record(session: Any) -> Any:
+        if progress:  # what no beat could write while the database was away: the run shows its last epoch
+            runs_repo.heartbeat(session, run_id, owner, lease_s, **progress)
         if status == INTERRUPTED:
             return runs_repo.release(session, run_id, owner)
+        if status == DB_UNAVAILABLE:
+            return runs_repo.requeue_after_outage(session, run_id, owner, error or "", settings.max_attempts)
         return runs_repo.finish(session, run_id, owner, status, error)
 
-    written = write_retrying(url, record, float(settings.lease_seconds) / 2, f"run {run_id}: final status {status}")
+    what = "its return to the queue" if status == DB_UNAVAILABLE else f"final status {status}"
+    try:
+        written = write_retrying(url, record, lease_s / 2, f"run {run_id}: {what}")
+    except Exception as exc:
+        if transient_db_error(exc) is None:
+            raise
+        log.warning("run %s: database still unavailable (%s); %s not written: the lease expires within %g s and "
+                    "the reconciler re-queues the run (or fails it on its last attempt)",
+                    run_id, readable_error(exc), what, lease_s)
+        return UNRECORDED
     if not written:
         log.warning("run %s: lease lost before finishing; result %s discarded (another attempt owns it)", run_id, status)
         return "lost"
+    if status == DB_UNAVAILABLE:
+        return _given_back(settings, run_id, kind, written, error)
     log.info("run %s: %s%s", run_id, status, f" ({error})" if error else "")
     return status
 
 
-def _run_job(settings: Settings, run: Run, kind: str, owner: str, heart: Any) -> tuple[str, str | None]:
-    """Returns (final status, error) — never raises."""
+def _given_back(settings: Settings, run_id: int, kind: str, status: str, reason: str | None) -> str:
+    """After runs_repo.requeue_after_outage wrote ``status``: a re-queued run's message is sent again at once
+    (the reconciler's next pass re-sends it should this fail: the run is marked as not sent)."""
+    if status != states.QUEUED:
+        log.warning("run %s: %s after a database outage (%s)", run_id, status, reason)
+        return status
+    log.info("run %s: back in the queue after a database outage (%s); its attempt is spent and the next one "
+             "resumes from its newest checkpoint", run_id, reason)
+    try:
+        from worker.celery_app import make_celery, send_runs
+
+        send_runs(make_celery(settings), [(run_id, kind)])
+        log.info("run %s: re-sent to the broker", run_id)
+    except Exception as exc:  # noqa: BLE001 - the broker is down too: the reconciler re-sends it
+        log.warning("run %s: could not re-send it (%s); the reconciler re-sends it at its next pass", run_id, exc)
+    return status
+
+
+def _run_job(settings: Settings, run: Run, kind: str, owner: str,
+             heart: Any) -> tuple[str, str | None, dict[str, Any]]:
+    """Returns (final status, error, progress the reporter could not write yet) — never raises."""
     reporter: DBReporter | None = None
+    outcome: tuple[str, str | None] | None = None
     try:
         spec = RunSpec.model_validate(run.spec)
         reporter = DBReporter(settings, run.id, owner, batch_size=samples_per_step(kind, spec),
                               heartbeater=heart).start()
         summary = _dispatch(settings, run, kind, spec, reporter)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable reason on the run
-        if reporter is not None and reporter.should_stop() and _workdir_busy(exc):  # a cancel or stop while waiting
-            log.info("run %s: stopped while waiting for its workdir", run.id)
-            return final_status(None, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
-                                interrupted=reporter.interrupted)
-        log.exception("run %s failed", run.id)
-        return states.FAILED, failure_reason(exc)
+        outcome = _failure(run.id, exc, reporter)
     finally:
         if reporter is not None:
             reporter.close()
-    return final_status(summary, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
-                        interrupted=reporter.interrupted)
+    if outcome is None:
+        outcome = final_status(summary, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
+                               interrupted=reporter.interrupted)
+    return (*outcome, reporter.take_progress() if reporter is not None else {})
+
+
+def _failure(run_id: int, exc: BaseException, reporter: DBReporter | None) -> tuple[str, str | None]:
+    """(status, error) of a job that raised ``exc``: a cancel or stop while waiting for the workdir; a
+    transient database error (DB_UNAVAILABLE: the run goes back to the queue, not failed for good by an
+    outage's timing); else failed with a readable reason."""
+    if reporter is not None and reporter.should_stop() and _workdir_busy(exc):  # a cancel or stop while waiting
+        log.info("run %s: stopped while waiting for its workdir", run_id)
+        return final_status(None, cancelled=reporter.cancelled, lease_lost=reporter.lease_lost,
+                            interrupted=reporter.interrupted)
+    outage = transient_db_error(exc)
+    if outage is not None:
+        log.warning("run %s: database unavailable (%s); stopping the job and giving the run back to the queue "
+                    "(its metrics so far are written)", run_id, readable_error(outage), exc_info=True)
+        return DB_UNAVAILABLE, readable_error(outage)
+    log.exception("run %s failed", run_id)
+    return states.FAILED, failure_reason(exc)
 
 
 def _workdir_busy(exc: BaseException) -> bool:

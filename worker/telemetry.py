@@ -141,7 +141,13 @@ class Heartbeater(threading.Thread):
         self.last_error: str | None = None
 
     def set_run(self, run_id: int | None, samples_per_s: float | None = None) -> None:
-        """Attach the current run (None = idle); beats immediately so the change shows at once."""
+        """Attach the current run (None = idle); beats immediately so the change shows at once. Leaving a run, it
+        first writes that run a closing sample (its rate now known, from the reporter or the run row): a run
+        shorter than one heartbeat would otherwise keep only its first sample, taken before any throughput."""
+        with self._lock:
+            previous = self._run_id
+        if self.is_alive() and previous is not None and previous != run_id:
+            self.beat()
         with self._lock:
             self._run_id, self._samples_per_s = run_id, samples_per_s
         if self.is_alive():

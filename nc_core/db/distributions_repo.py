@@ -1,4 +1,4 @@
-"""Reads of the stored metric distributions (runs_repo.upsert_distribution writes them)."""
+"""Reads of the stored metric distributions (results_repo.upsert_distribution writes them)."""
 from __future__ import annotations
 
 from sqlalchemy import and_, func, select

@@ -175,10 +175,12 @@ class Event(Base):
     """Append-only change feed (status changes, progress, new metric points) for SSE consumers."""
 
     __tablename__ = "event"
+    # a sweep's events in id order: /events?sweep_id=&since= and a sweep's newest event (the plot cache)
+    __table_args__ = (Index("ix_event_sweep_id_id", "sweep_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))  # status | progress | metric | worker
-    sweep_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    sweep_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

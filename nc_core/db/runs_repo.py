@@ -1,15 +1,15 @@
-"""Run lifecycle in SQL: lease claims, fenced heartbeats/metric and distribution upserts/finish, expiry, events."""
+"""Run lifecycle in SQL: lease claims, fenced heartbeats and finish, requeues, expiry, events (a job's results: results_repo)."""
 from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import and_, case, false, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
-from nc_core.db.models import Checkpoint, Event, Metric, MetricDistribution, Run
+from nc_core.db.models import Event, Run
 
 TASK_NAMES = {"train": "ncsweep.train", "validate": "ncsweep.validate", "ufm": "ncsweep.ufm"}
 
@@ -30,7 +30,7 @@ def add_event(session: Session, kind: str, run_id: int | None, sweep_id: int | N
     session.execute(insert(Event).values(kind=kind, run_id=run_id, sweep_id=sweep_id, payload=payload, at=utcnow()))
 
 
-def _fence(session: Session, run_id: int, owner: str, now: datetime, **values: Any) -> tuple | None:
+def fenced_update(session: Session, run_id: int, owner: str, now: datetime, **values: Any) -> tuple | None:
     """UPDATE the run iff `owner` holds its lease (row lock on PostgreSQL, write lock on SQLite).
 
     Returns (sweep_id, cancel_requested) or None when the lease is lost.
@@ -119,9 +119,9 @@ def heartbeat(session: Session, run_id: int, owner: str, lease_s: float, *, epoc
     cancel requested: stop the job."""
     now = now or utcnow()
     progress = {k: v for k, v in dict(epoch=epoch, step=step, epochs_total=epochs_total, steps_total=steps_total,
-                                      samples_per_s=_finite(samples_per_s), eta_s=_finite(eta_s),
+                                      samples_per_s=finite_or_none(samples_per_s), eta_s=finite_or_none(eta_s),
                                       start_epoch=start_epoch).items() if v is not None}
-    row = _fence(session, run_id, owner, now, lease_expires_at=now + timedelta(seconds=lease_s), **progress)
+    row = fenced_update(session, run_id, owner, now, lease_expires_at=now + timedelta(seconds=lease_s), **progress)
     if row is None:
         return False
     if progress:
@@ -129,7 +129,7 @@ def heartbeat(session: Session, run_id: int, owner: str, lease_s: float, *, epoc
     return not row.cancel_requested
 
 
-def _finite(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -137,83 +137,11 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _upsert(session: Session, table: Any, rows: list[dict], keys: list[str], update_cols: list[str]) -> None:
-    """INSERT … ON CONFLICT (keys) DO UPDATE, for PostgreSQL and SQLite."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        raise RuntimeError(f"upsert: expected a postgresql or sqlite database, got {name!r}")
-    stmt = dialect_insert(table)
-    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update_cols})
-    session.execute(stmt, rows)
-
-
-def upsert_metrics(session: Session, run_id: int, owner: str, epoch: int, split: str,
-                   metrics: dict[str, Any], version: int) -> bool:
-    """Write one metric row per key (NaN/inf → NULL, with the reason a MetricDict gives for it as the row's
-    note); retries overwrite. False = not the lease holder."""
-    now = utcnow()
-    fence = _fence(session, run_id, owner, now)
-    if fence is None:
-        return False
-    reasons = getattr(metrics, "reasons", None) or {}
-    rows = [{"run_id": run_id, "epoch": int(epoch), "split": split, "key": str(k), "value": _finite(v),
-             "note": str(reasons[k])[:300] if k in reasons and _finite(v) is None else None,
-             "metric_version": int(version), "created_at": now}
-            for k, v in metrics.items() if not str(k).startswith("_") and isinstance(v, (int, float))]
-    if rows:
-        _upsert(session, Metric.__table__, rows, ["run_id", "split", "key", "epoch"],
-                ["value", "note", "metric_version", "created_at"])
-        add_event(session, "metric", run_id, fence.sweep_id, epoch=int(epoch), split=split, n=len(rows))
-    return True
-
-
-def upsert_distribution(session: Session, run_id: int, owner: str, epoch: int, split: str, key: str,
-                        values: list[float]) -> bool:
-    """Write the sorted distribution of (run, epoch, split, key) (NaN/inf → null); retries overwrite.
-    False = not the lease holder."""
-    now = utcnow()
-    if _fence(session, run_id, owner, now) is None:
-        return False
-    vals = [_finite(v) for v in values]
-    _upsert(session, MetricDistribution.__table__, [{"run_id": run_id, "epoch": int(epoch), "split": split,
-                                                     "key": str(key), "values": vals, "n": len(vals),
-                                                     "created_at": now}],
-            ["run_id", "epoch", "split", "key"], ["values", "n", "created_at"])
-    return True
-
-
-def record_checkpoint(session: Session, run_id: int, owner: str, epoch: int, uri: str, nbytes: int,
-                      sha256: str) -> bool:
-    """Upsert the checkpoint row of (run, epoch). False = not the lease holder."""
-    now = utcnow()
-    if _fence(session, run_id, owner, now) is None:
-        return False
-    _upsert(session, Checkpoint.__table__, [{"run_id": run_id, "epoch": int(epoch), "uri": uri,
-                                             "bytes": int(nbytes), "sha256": sha256, "created_at": now}],
-            ["run_id", "epoch"], ["uri", "bytes", "sha256", "created_at"])
-    return True
-
-
-def forget_missing_checkpoints(session: Session, run_id: int, owner: str, exists: Any) -> list[int]:
-    """Delete checkpoint rows whose file is gone (pruned by keep_last); `exists(uri) -> bool`."""
-    if _fence(session, run_id, owner, utcnow()) is None:
-        return []
-    rows = session.execute(select(Checkpoint.id, Checkpoint.epoch, Checkpoint.uri).where(Checkpoint.run_id == run_id)).all()
-    gone = [r for r in rows if not exists(r.uri)]
-    if gone:
-        session.execute(delete(Checkpoint).where(Checkpoint.id.in_([r.id for r in gone])))
-    return [r.epoch for r in gone]
-
-
 def finish(session: Session, run_id: int, owner: str, status: str, error: str | None = None) -> bool:
     """running → succeeded | failed | cancelled, only by the lease holder. False = lease lost."""
     states.check_transition(run_id, states.RUNNING, status)
     now = utcnow()
-    row = _fence(session, run_id, owner, now, status=status, error=error, finished_at=now, lease_expires_at=None)
+    row = fenced_update(session, run_id, owner, now, status=status, error=error, finished_at=now, lease_expires_at=None)
     if row is None:
         return False
     add_event(session, "status", run_id, row.sweep_id, status=status, error=error)
@@ -237,7 +165,7 @@ def release(session: Session, run_id: int, owner: str) -> bool:
     worker would ever end it. The UPDATE reads the flag itself. False = lease lost."""
     now = utcnow()
     requeue = Run.cancel_requested.is_(False)
-    row = _fence(session, run_id, owner, now, **_requeue_or_end(
+    row = fenced_update(session, run_id, owner, now, **_requeue_or_end(
         requeue, now, status=case((requeue, states.QUEUED), else_=states.CANCELLED),
         attempt=case((requeue, Run.attempt - 1), else_=Run.attempt)))
     if row is None:
@@ -248,6 +176,36 @@ def release(session: Session, run_id: int, owner: str) -> bool:
     touch(session, [run_id], now=now - timedelta(days=1))
     add_event(session, "status", run_id, row.sweep_id, status=states.QUEUED, reason="worker stopped")
     return True
+
+
+def requeue_after_outage(session: Session, run_id: int, owner: str, reason: str,
+                         max_attempts: int | None = None) -> str | None:
+    """running → queued by the lease holder whose job stopped on a transient database error (an outage):
+    unlike :func:`release` the attempt stays spent, so outages are bounded as lost workers are; on the last
+    attempt (``max_attempts``, else the run's own) → failed with ``reason``; a cancel requested by then →
+    cancelled (the UPDATE reads the flag itself). A re-queued run is marked as not sent, as release does, so the
+    reconciler re-sends it at its next pass should its worker fail to. One status event carries the reason.
+    Returns the new status; None = lease lost."""
+    held = session.execute(select(Run.attempt, Run.max_attempts).where(
+        Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)).first()
+    if held is None:
+        return None
+    now, limit = utcnow(), int(max_attempts if max_attempts is not None else held.max_attempts)
+    why = f"database unavailable: {reason}"[:500]
+    left, cancel = held.attempt < limit, Run.cancel_requested.is_(True)
+    requeue = ~cancel if left else false()
+    ended = f"{why} (attempt {held.attempt} of {limit}; no attempts left)"
+    row = fenced_update(session, run_id, owner, now, **_requeue_or_end(
+        requeue, now, status=case((cancel, states.CANCELLED), else_=states.QUEUED if left else states.FAILED),
+        error=None if left else case((cancel, None), else_=ended)))
+    if row is None:
+        return None
+    status = states.CANCELLED if row.cancel_requested else states.QUEUED if left else states.FAILED
+    if status == states.QUEUED:
+        touch(session, [run_id], now=now - timedelta(days=1))
+    add_event(session, "status", run_id, row.sweep_id, status=status, attempt=held.attempt, reason=why,
+              **({"error": ended} if status == states.FAILED else {}))
+    return status
 
 
 def expired_runs(session: Session, now: datetime | None = None) -> list[Run]:

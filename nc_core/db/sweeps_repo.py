@@ -10,7 +10,8 @@ from nc_core.db import states
 from nc_core.db.bulk_insert import Job, insert_runs, now, run_rows
 from nc_core.db.models import Event, Metric, Run, Sweep
 from nc_core.db.states import QUEUED, RUNNING, SUCCEEDED
-from nc_core.metric_keys import STORED_KEYS
+from nc_core.metric_keys import METRIC_KEYS, STORED_KEYS, TRAINING_KEYS
+from nc_core.spec import SPLITS
 from nc_core.sweep import ExpandedRun, SweepSpec
 
 PRIMARY_KINDS = ("train", "ufm")  # runs that a sweep's grid defines (validate runs hang off them)
@@ -85,13 +86,14 @@ def _fraction_sql(dialect: str):  # noqa: ANN202 - a SQL float expression
 
 
 def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Per sweep: runs, counts per status, cancel_requested, progress (work done: the mean
-    progress.run_fraction, so cancelled and failed runs count only the epochs they completed) of the runs its
-    grid defines, and ``validate_jobs`` (per status) of the validate jobs hanging off them."""
+    """Per sweep: runs, counts per status, cancel_requested (queued or running runs whose cancel was requested),
+    progress (work done: the mean progress.run_fraction, so cancelled and failed runs count only the epochs they
+    completed) of the runs its grid defines, and ``validate_jobs`` (per status) of the validate jobs hanging off
+    them."""
     frac = _fraction_sql(session.get_bind().dialect.name)
     primary = Run.kind.in_(PRIMARY_KINDS)
     q = (select(Run.sweep_id, Run.status, primary, func.count(), func.sum(frac),
-                func.sum(Run.cancel_requested.cast(Integer)))
+                func.sum(Run.cancel_requested.cast(Integer)))  # counted below for unfinished statuses only
          .where(Run.sweep_id.in_(sweep_ids)).group_by(Run.sweep_id, Run.status, primary))
     out = {sid: {"runs": 0, "counts": {}, "progress": 0.0, "cancel_requested": 0, "validate_jobs": {}}
            for sid in sweep_ids}
@@ -103,7 +105,8 @@ def sweep_stats(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[st
             continue
         st["runs"] += n
         st["counts"][status] = n
-        st["cancel_requested"] += int(creq or 0)
+        if status in (QUEUED, RUNNING):  # a cancelled queued run keeps its flag: it is no request still pending
+            st["cancel_requested"] += int(creq or 0)
         done[sid] += float(fsum or 0.0)
     for sid, st in out.items():
         st["progress"] = round(done[sid] / st["runs"], 6) if st["runs"] else 0.0
@@ -199,17 +202,47 @@ def string_table(name: str, columns: Sequence[str], rows: Sequence[tuple[str, ..
                        for row in dict.fromkeys(rows))).subquery(name)
 
 
+def storable_pairs(kinds: set[str]) -> list[tuple[str, str]]:
+    """The (key, split) pairs runs of these kinds can store (nc_core.metric_keys): a train run METRIC_KEYS on
+    each split and TRAINING_KEYS on train, a UFM run METRIC_KEYS on train (its free features only)."""
+    pairs = {(k, s) for k in METRIC_KEYS for s in (SPLITS if "train" in kinds else ("train",) if kinds else ())}
+    return sorted(pairs | ({(k, "train") for k in TRAINING_KEYS} if "train" in kinds else set()))
+
+
+def stored_pairs(session: Session, sweep_id: int, split: str | None = None) -> list[tuple[str, str]]:
+    """(key, split) pairs (only `split`'s if given) stored for the runs the sweep's grid defines, sorted: what
+    its results (latest_values with keys=None) and the dashboard's metric dropdown offer. Each pair its kinds
+    can store (storable_pairs) is probed through the (run_id, split, key, epoch) index, run by run until one
+    has it (LIMIT 1), so no scan of the sweep's metric rows."""
+    pairs = [p for p in storable_pairs(sweep_kinds(session, sweep_id)) if split is None or p[1] == split]
+    if not pairs:
+        return []
+    table = string_table("pair", ["key", "split"], pairs)
+    stored_by_a_run = (select(Metric.run_id).join(Run, Run.id == Metric.run_id)
+                       .where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS), Metric.split == table.c.split,
+                              Metric.key == table.c.key).limit(1).scalar_subquery())
+    return [(k, s) for k, s in session.execute(select(table.c.key, table.c.split)
+                                               .where(stored_by_a_run.is_not(None))
+                                               .order_by(table.c.key, table.c.split))]
+
+
 def latest_values(session: Session, split: str, keys: Sequence[str] | None, *, sweep_id: int | None = None,
                   run_ids: Sequence[int] = (), epoch: int | None = None) -> list[tuple[int, str, float | None, int]]:
-    """(run_id, key, value, epoch) of each run (the sweep's primary runs, or `run_ids`) and key (None: every
-    stored key) at the last epoch that run measured that key in `split`, or at `epoch`; none where it has no
-    such row. Per key, not per run: a run evaluates its NC metrics and acc at its eval epochs only but stores
-    its training keys (TRAINING_KEYS) every epoch, so its last epoch overall may have no NC value. Each
-    (run, key) costs two descents of the (run_id, split, key, epoch) index (ORDER BY epoch DESC LIMIT 1: the
-    epoch, index-only, and the value), never a scan of the runs' series."""
+    """(run_id, key, value, epoch) of each run (the sweep's primary runs, or `run_ids`) and key (None: each key
+    the sweep stores in `split`, stored_pairs; with run_ids every key) at the last epoch that run measured that
+    key in `split`, or at `epoch`; none where it has no such row. Per key, not per run: a run evaluates its NC
+    metrics and acc at its eval epochs only but stores its training keys (TRAINING_KEYS) every epoch, so its last
+    epoch overall may have no NC value. Each (run, key) costs two descents of the (run_id, split, key, epoch)
+    index (ORDER BY epoch DESC LIMIT 1: the epoch, index-only, and the value), never a scan of the runs' series;
+    a run with no row in `split` (a queued run) costs one descent, not one per key."""
+    if not keys and sweep_id is not None:
+        keys = [key for key, _ in stored_pairs(session, sweep_id, split)]
+        if not keys:
+            return []
     cond = and_(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)) if sweep_id is not None \
         else Run.id.in_(list(run_ids))
-    runs = select(Run.id.label("rid")).where(cond).subquery("r")
+    measured = select(Metric.run_id).where(Metric.run_id == Run.id, Metric.split == split).exists()
+    runs = select(Run.id.label("rid")).where(cond, measured).subquery("r")
     k = string_table("k", ["key"], [(key,) for key in keys or STORED_KEYS])
     point = select(Metric.epoch).where(Metric.run_id == runs.c.rid, Metric.split == split, Metric.key == k.c.key)
     if epoch is not None:

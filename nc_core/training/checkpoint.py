@@ -1,8 +1,7 @@
-"""Atomic checkpoints `ckpt/epoch_XXXX.pt`: save (tmp + fsync + rename), sha256, keep_last pruning, discovery."""
+"""Atomic checkpoints `ckpt/epoch_XXXX.pt` + sha256 sidecars: save, verified load, keep_last pruning, discovery."""
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import random
@@ -14,6 +13,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+from nc_core.training import integrity
+from nc_core.training.integrity import CheckpointCorrupt, sha256_file
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -34,14 +36,6 @@ def list_checkpoints(workdir: str | Path) -> dict[int, Path]:
         return {}
     found = {int(m.group(1)): p for p in d.iterdir() if (m := _NAME.match(p.name))}
     return dict(sorted(found.items()))
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,17 +60,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(workdir: str | Path, epoch: int, state: dict[str, Any]) -> tuple[Path, int, str]:
-    """Write ``state`` atomically as ``ckpt/epoch_XXXX.pt``; returns (path, nbytes, sha256)."""
+    """Write ``state`` atomically as ``ckpt/epoch_XXXX.pt`` and its sha256 as ``epoch_XXXX.pt.sha256``; returns
+    (path, nbytes, sha256). Both are written in full (temp files, fsync) before either is renamed into place,
+    so a full disk fails before anything is replaced; on any error the temp files are removed, and an OSError
+    anywhere in the chain (torch reports a full disk as a RuntimeError) is raised as an OSError naming the
+    checkpoint. Peak disk use: keep_last + 1 checkpoints (older ones are pruned only once the new one is in
+    place and on record, see :func:`save_pruned`)."""
     path = ckpt_path(workdir, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the complete new one
-    _fsync_dir(path.parent)
-    return path, path.stat().st_size, sha256_file(path)
+    tmp, side_tmp = integrity.temp_path(path), None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        sha = sha256_file(tmp)
+        side_tmp = integrity.write_temp_sidecar(path, sha)
+        integrity.sidecar(path).unlink(missing_ok=True)  # a rewrite: the old sidecar would not match
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the complete new one
+        os.replace(side_tmp, integrity.sidecar(path))  # killed before this: a file without sidecar, loaded as is
+        _fsync_dir(path.parent)
+        return path, path.stat().st_size, sha
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if side_tmp is not None:
+            side_tmp.unlink(missing_ok=True)
+        if not isinstance(exc, Exception) or (cause := integrity.os_error_in(exc)) is None:
+            raise
+        err = OSError(f"could not write checkpoint epoch {epoch} to {path}: {cause}")
+        err.errno = cause.errno  # (setting strerror would make str(err) "[Errno 28] No space ..." only)
+        raise err from exc
 
 
 def _fsync_dir(d: Path) -> None:
@@ -99,45 +112,76 @@ def prune(workdir: str | Path, keep_last: int | None, *, protect: int | None = N
     epochs = list(list_checkpoints(workdir))
     doomed = [e for e in epochs[:-keep_last] if e != protect] if len(epochs) > keep_last else []
     for e in doomed:
-        ckpt_path(workdir, e).unlink(missing_ok=True)
+        integrity.delete(ckpt_path(workdir, e))
     return doomed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load of a checkpoint verified against its sidecar (CheckpointCorrupt when its bytes changed since
+    it was written; a file without a sidecar, from an older ncsweep, loads unverified)."""
+    integrity.verify(path)
     # weights_only=False: our own files hold numpy/python RNG states (tuples, ndarrays)
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_for_validation(path: str | Path, epoch: int, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """:func:`load_checkpoint` for a validate job, whose errors name the file and its epoch (nothing is moved
+    aside: the job does not own the workdir)."""
+    try:
+        return load_checkpoint(path, map_location)
+    except CheckpointCorrupt as exc:
+        if exc.expected is None:  # the sidecar itself is damaged
+            raise CheckpointCorrupt(f"validate: cannot verify the checkpoint of epoch {epoch}, {path}: {exc}",
+                                    path=exc.path, expected=None, got=None) from None
+        raise CheckpointCorrupt(
+            f"validate: the checkpoint of epoch {epoch}, {path}, does not match the checksum recorded when it was "
+            f"written (sha256 expected {exc.expected}, got {exc.got}): the file changed after it was saved, so "
+            "metrics from it would not be the run's", path=exc.path, expected=exc.expected, got=exc.got) from None
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
+        raise ValueError(f"validate: the checkpoint of epoch {epoch}, {path}, is unreadable (expected a complete "
+                         f"checkpoint file, got {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def load_newest(workdir: str | Path, map_location: str | torch.device = "cpu", *,
                 accept: Callable[[int], bool] | None = None) -> dict[str, Any] | None:
     """The newest readable checkpoint (of an epoch ``accept`` takes, when given), or None. An unreadable one
-    (truncated, corrupt) is renamed ``<name>.corrupt`` with a warning, so that it neither hides nor counts as
-    a kept checkpoint, and the one before it is tried."""
+    (truncated, corrupt, or not matching the sha256 in its sidecar) is renamed ``<name>.corrupt`` (its sidecar
+    ``<name>.corrupt.sha256``) with a warning, so that it neither hides nor counts as a kept checkpoint, and the
+    one before it is tried."""
     for epoch, path in reversed(list_checkpoints(workdir).items()):
         if accept is not None and not accept(epoch):
             continue
         try:
             return load_checkpoint(path, map_location)
         except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
-            aside = path.with_name(path.name + ".corrupt")
-            path.replace(aside)
-            log.warning("checkpoint %s is unreadable (%s: %s); moved aside to %s, resuming from an older one if any",
-                        path, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", aside.name)
+            aside = integrity.move_aside(path)
+            why = (f"it does not match the checksum recorded when it was written: sha256 expected {exc.expected}, "
+                   f"got {exc.got}" if isinstance(exc, CheckpointCorrupt) and exc.expected is not None
+                   else _first_line(exc))
+            log.warning("checkpoint %s is unreadable (%s); moved aside to %s, resuming from an older one if any",
+                        path, why, aside.name)
     return None
 
 
 def start_state(workdir: str | Path, resume: bool, map_location: str | torch.device = "cpu", *,
                 resumable: set[int] | None = None) -> dict[str, Any] | None:
     """The checkpoint a run starts from: the newest readable one when ``resume``, else None after deleting
-    every checkpoint in the workdir (a fresh start).
+    every checkpoint in the workdir (a fresh start). Either way the temp files of earlier processes' saves
+    (killed, or failed on a full disk) are deleted first: the caller holds the workdir lock.
 
     ``resumable``: the epochs whose checkpoints the run's record vouches for (the worker's database rows), or
     None for any file. A file of another epoch that is newer than the one resumed from was written by an
     attempt fenced out after losing its lease (its epoch's metrics were discarded): it is deleted, so that
     the run trains and reports that epoch again."""
+    integrity.remove_stale_temps(ckpt_dir(workdir))
     if not resume:
         for path in list_checkpoints(workdir).values():
-            path.unlink()
+            integrity.delete(path)
         return None
     if resumable is None:
         return load_newest(workdir, map_location)
@@ -145,7 +189,7 @@ def start_state(workdir: str | Path, resume: bool, map_location: str | torch.dev
     start = int(state["epoch"]) if state is not None else 0
     stale = [e for e in list_checkpoints(workdir) if e > start and e not in resumable]
     for epoch in stale:
-        ckpt_path(workdir, epoch).unlink(missing_ok=True)
+        integrity.delete(ckpt_path(workdir, epoch))
     if stale:
         log.warning("deleted the checkpoints of epochs %s in %s: no record of them (written by an attempt that had "
                     "lost its lease); resuming after epoch %s", stale, ckpt_dir(workdir), start)

@@ -10,12 +10,13 @@ from fastapi.templating import Jinja2Templates
 from nc_core.db import events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Run, Sweep
 from nc_core.db.session import session_factory
-from nc_core.db.states import metric_step
+from nc_core.db.states import STATUSES, metric_step
 from nc_core.metric_keys import check_metric_keys
 from nc_core.spec import SPLITS
 from nc_core.sweep import SpecError
 from service.auth import ReadAuth, read_refusal
 from service.dashboard import data
+from service.dashboard.common import eta_text
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
 
@@ -23,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 STATIC = {"dashboard.js": "text/javascript", "sweep.js": "text/javascript", "style.css": "text/css"}
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["value_label"] = data.value_label
+templates.env.filters["eta"] = eta_text
 router = APIRouter(include_in_schema=False)
 
 
@@ -81,22 +83,38 @@ def _sweep_or_404(s, sweep_id: int) -> Sweep:  # noqa: ANN001 - a Session
     return sweep
 
 
+def _not_found(request: Request, what: str, number: int) -> HTMLResponse:
+    """An HTML 404 page (with the nav) for a dashboard page of a sweep or run that does not exist (an id out of
+    range, or not a number, is a 422 naming it, as in the API)."""
+    page = _page(request, "error.html", title="not found", message=f"There is no {what} {number}.",
+                 hint=f"{what}s are numbered from 1; see the list of sweeps.")
+    page.status_code = 404
+    return page
+
+
 @router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
 def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
     if (login := _login_needed(request)) is not None:
         return login
+    sid = sweep_id
     with _session(request) as s:
-        sweep = _sweep_or_404(s, sweep_id)
-        state = data.sweep_state(s, sweep_id)
+        sweep = s.get(Sweep, sid)
+        if sweep is None:
+            return _not_found(request, "sweep", sid)
+        state = data.sweep_state(s, sid)
         return _page(request, "sweep.html", sweep=sweep, state=state,
-                     unit=metric_step(sweeps_repo.sweep_kinds(s, sweep_id)),  # what its runs count
-                     cursor=events_repo.latest_event_id(s), title=f"sweep {sweep_id}")
+                     unit=metric_step(sweeps_repo.sweep_kinds(s, sid)),  # what its runs count
+                     cursor=events_repo.latest_event_id(s), title=f"{sweep.name} (sweep {sid})")
 
 
 @router.get("/ui/sweeps/{sweep_id}/state.json", dependencies=[ReadAuth])
 def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query(None),
-                     split: SafeStr | None = Query(None)) -> JSONResponse:
+                     split: SafeStr | None = Query(None),
+                     status: SafeStr | None = Query(None, description="only the runs table's runs of this status"),
+                     limit: int = Query(data.RUNS_SHOWN, ge=1, le=data.RUNS_SHOWN_MAX)) -> JSONResponse:
     problems = []  # the matrix's metric: a key some run may store, on a split (else a 422 listing the valid ones)
+    if status and status not in STATUSES:
+        problems.append(("status", f"expected one of {', '.join(map(repr, STATUSES))}, got {status!r}"))
     try:
         check_metric_keys("key", [key] if key else [])
     except SpecError as exc:
@@ -107,7 +125,8 @@ def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query
         raise SpecError.of(problems)
     with _session(request) as s:
         _sweep_or_404(s, sweep_id)
-        return JSONResponse(data.sweep_state(s, sweep_id, key or None, split or None))
+        return JSONResponse(data.sweep_state(s, sweep_id, key or None, split or None, status=status or None,
+                                             limit=limit))
 
 
 @router.get("/ui/workers", response_class=HTMLResponse)
@@ -143,6 +162,10 @@ def run_json(request: Request, run_id: Id) -> JSONResponse:
 def run_page(request: Request, run_id: Id) -> HTMLResponse:
     if (login := _login_needed(request)) is not None:
         return login
+    rid = run_id
     with _session(request) as s:
-        run = _run_or_404(s, run_id)
-        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {run_id}")
+        run = s.get(Run, rid)
+        if run is None:
+            return _not_found(request, "run", rid)
+        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {rid}",
+                     cursor=events_repo.latest_event_id(s))  # the run page follows its sweep's events from here

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from nc_core.db import distributions_repo, sweeps_repo as repo
-from nc_core.db.models import Run
+from nc_core.db import distributions_repo, metrics_repo, sweeps_repo as repo
+from nc_core.db.models import Run, Sweep
 from nc_core.db.states import default_split, metric_step, unfinished_runs
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
@@ -17,9 +17,11 @@ from nc_core.spec_fields import value_key, value_sort_key
 from nc_core.sweep import SpecError, get_path
 from service.deps import ID_MAX, Epoch, Id, SessionDep
 from service.errors import NotFound
-from service.schemas import problems
+from service.schemas import SweepMetricsPage, problems
 
 router = APIRouter(tags=["metrics"])
+MAX_PAGE_RUNS = 500  # runs of one GET /sweeps/{id}/metrics
+MAX_PAGE_ROWS = 100_000  # its row budget: ~3 MB of JSON
 
 
 def parse_keys(raw: str | None) -> list[str] | None:
@@ -55,6 +57,43 @@ def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"]
         if note is not None:
             series[-1]["notes"][str(epoch)] = note
     return JSONResponse({"run_id": run_id, "series": series})
+
+
+@router.get("/sweeps/{sweep_id}/metrics", summary="Metric series of a page of a sweep's runs",
+            responses=problems(404, 422, 503, ok={200: {"model": SweepMetricsPage, "description": "a page of runs"}}))
+def sweep_metrics(
+        sweep_id: Id, session: SessionDep,
+        after_run: Annotated[int, Query(ge=0, le=ID_MAX, description="the cursor: only runs with a larger id (0: "
+                                        "from the first; then the last page's next_after_run)")] = 0,
+        runs: Annotated[int, Query(ge=1, le=MAX_PAGE_RUNS, description="at most this many runs")] = 100,
+        max_rows: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS, description="row budget: the page ends before the "
+                                       "run that would take its metric points past it (a run larger than it "
+                                       "comes whole, alone)")] = MAX_PAGE_ROWS,
+        split: Annotated[Literal["train", "test"] | None, Query(description="only this split")] = None,
+        keys: Annotated[str | None, Query(description="only these comma-separated metric keys, e.g. acc,nc1")] = None,
+) -> JSONResponse:
+    """The metric series of many runs in one request, as GET /runs/{run_id}/metrics gives each (the same rows
+    and order, each series with its run_id): the sweep's runs (every kind, by id, as GET /runs?sweep_id= lists
+    them) with id > `after_run`, at most `runs` of them, ending early at the `max_rows` budget. `run_ids` lists
+    the runs answered, those without metric rows too; `next_after_run` is the cursor for the runs that follow
+    (null when none do). An `after_run` that is no run of the sweep is just a cursor; past its last run the
+    page is empty. 404: no such sweep."""
+    key_list = parse_keys(keys) if keys is not None else None
+    if session.scalar(select(Sweep.id).where(Sweep.id == sweep_id)) is None:
+        raise NotFound(f"sweep {sweep_id} not found")
+    ids, rows, more = metrics_repo.sweep_metric_series(session, sweep_id, after_run, runs, max_rows, split, key_list)
+    series: list[dict[str, Any]] = []
+    for rid, s, k, epoch, value, note, version in rows:
+        if not series or series[-1]["run_id"] != rid or series[-1]["split"] != s or series[-1]["key"] != k:
+            series.append({"run_id": rid, "split": s, "key": k, "epochs": [], "values": [], "versions": [],
+                           "notes": {}})
+        series[-1]["epochs"].append(epoch)
+        series[-1]["values"].append(value)
+        series[-1]["versions"].append(version)
+        if note is not None:
+            series[-1]["notes"][str(epoch)] = note
+    return JSONResponse({"sweep_id": sweep_id, "run_ids": ids, "series": series,
+                         "next_after_run": ids[-1] if more and ids else None})
 
 
 @router.get("/runs/{run_id}/distributions", responses=problems(404, 422, 503))

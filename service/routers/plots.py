@@ -1,19 +1,24 @@
 """PNG plot endpoints: sweep NC dynamics and heatmaps, run cosine margins and metric curves."""
 from __future__ import annotations
 
-from typing import Literal
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from nc_core.db.models import Run, Sweep
+from nc_core.db.models import Event, Run, Sweep
 from nc_core.db.session import session_factory
-from nc_core.db.sweeps_repo import default_split
+from nc_core.db.sweeps_repo import PRIMARY_KINDS, default_split
 from nc_core.metric_keys import check_metric_keys
 from nc_core.sweep import SpecError
 from service import plots
 from service.deps import Id
 from service.errors import NotFound, error_item
+from service.plots_dynamics import MAX_LINES, parse_filters
 from service.routers.metrics import parse_keys
 from service.schemas import PNG, problems
 from service.routers.events import db_url
@@ -21,14 +26,82 @@ from service.routers.events import db_url
 router = APIRouter(tags=["plots"])
 _NO_CACHE = {"Cache-Control": "no-store"}
 _PNG = problems(404, 422, 503, ok=PNG)  # a PNG, or the errors as JSON
+CACHE_ENTRIES = 32  # rendered sweep PNGs kept per app (~0.1-0.5 MB each)
+PARAM_LENGTH = 2000  # characters of a group_by or filter parameter
 
 
-def _render(request: Request, model: type, obj_id: int, draw) -> Response:  # noqa: ANN001
+class PlotCache:
+    """The latest rendered sweep PNGs, by request and sweep version (least recently used dropped first); one
+    render per key at a time: a page refreshing while others wait for the same figure gets the same bytes."""
+
+    def __init__(self, size: int = CACHE_ENTRIES):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+        self._rendering: dict[tuple, threading.Lock] = {}
+
+    def _get(self, key: tuple) -> bytes | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def get(self, key: tuple, render: Callable[[], bytes]) -> bytes:
+        """The PNG stored under ``key``, else ``render()``'s (stored)."""
+        png = self._get(key)
+        if png is not None:
+            return png
+        with self._lock:
+            gate = self._rendering.setdefault(key, threading.Lock())
+        with gate:
+            png = self._get(key)
+            if png is not None:
+                return png
+            try:
+                png = render()
+                with self._lock:
+                    self._items[key] = png
+                    while len(self._items) > self.size:
+                        self._items.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._rendering.pop(key, None)
+        return png
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def plot_cache(request: Request) -> PlotCache:
+    """The app's cache (a test's app, on its own database, has its own)."""
+    with _CACHE_LOCK:
+        if getattr(request.app.state, "plot_cache", None) is None:
+            request.app.state.plot_cache = PlotCache()
+        return request.app.state.plot_cache
+
+
+def sweep_version(session: Session, sweep_id: int) -> tuple:
+    """What a sweep's figures are drawn from, changing with it: its newest metric or status event, and its runs'
+    count, total epochs and newest id by status (a run added, finished or advanced, or its metrics written)."""
+    event = session.scalar(select(func.max(Event.id)).where(Event.sweep_id == sweep_id,
+                                                             Event.kind.in_(("metric", "status"))))
+    runs = session.execute(select(Run.status, func.count(), func.sum(Run.epoch), func.max(Run.id))
+                           .where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS)).group_by(Run.status))
+    return event, tuple(sorted(tuple(r) for r in runs))
+
+
+def _render(request: Request, model: type, obj_id: int, draw,  # noqa: ANN001
+            cache_key: tuple | None = None) -> Response:
+    """``draw(session)``'s PNG; with ``cache_key`` (a sweep plot's parameters) the cached one while the sweep's
+    version is the same (the dashboard redraws a running sweep's plots every few seconds, from every page)."""
     with session_factory(db_url(request))() as session:
         if session.get(model, obj_id) is None:
             raise NotFound(f"{model.__tablename__} {obj_id} not found")
         try:  # no lock: each figure has its own canvas (service.plots.new_figure), requests draw in parallel
-            png = draw(session)
+            if cache_key is None:
+                png = draw(session)
+            else:
+                key = (*cache_key, obj_id, sweep_version(session, obj_id))
+                png = plot_cache(request).get(key, lambda: draw(session))
         except plots.PlotError as exc:
             where = "path" if exc.field in ("sweep_id", "run_id") else "query"  # a sweep without runs: its id
             raise HTTPException(422, detail=[error_item(exc.field, exc.message, where)]) from None
@@ -38,13 +111,33 @@ def _render(request: Request, model: type, obj_id: int, draw) -> Response:  # no
 Split = Literal["train", "test"]
 
 
+def _query_error(parse: Callable[[], Any]) -> Any:
+    try:
+        return parse()
+    except plots.PlotError as exc:
+        raise SpecError(exc.field, exc.message) from None
+
+
 @router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response, responses=_PNG)
 def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, description="comma-separated metric keys"),
              split: Split | None = Query(None, description="one split for all panels (default: NC train, acc both; "
-                                                           "train for a UFM sweep)")):
+                                                           "train for a UFM sweep)"),
+             group_by: str | None = Query(None, min_length=1, max_length=PARAM_LENGTH, description=(
+                 f"comma-separated axes: a line per value of them, mean ± std over their runs (the other axes' and "
+                 f"the seeds'); default a line per configuration, up to {MAX_LINES}, else per value of the first "
+                 f"axis with at most {MAX_LINES}"), examples=["loss.name"]),
+             filter: str | None = Query(None, min_length=1, max_length=PARAM_LENGTH, description=(  # noqa: A002
+                 "only the runs with these comma-separated AXIS=VALUE (an axis named twice: either value)"),
+                 examples=["model.width=64,loss.name=ce"])):
     key_list = parse_keys(keys)  # 422s before the 404 check, as on every route
+    paths = [p.strip() for p in group_by.split(",") if p.strip()] if group_by is not None else None
+    if paths == []:
+        raise SpecError("group_by", f"expected comma-separated axes such as loss.name, got {group_by!r}")
+    filters = _query_error(lambda: parse_filters(filter))
+    key = ("dynamics", tuple(key_list or ()), split, tuple(paths) if paths is not None else None, tuple(filters))
     return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(
-        s, sweep_id, key_list, split or (None if default_split(s, sweep_id) == "test" else "train")))
+        s, sweep_id, key_list, split or (None if default_split(s, sweep_id) == "test" else "train"), paths, filters),
+        key)
 
 
 @router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response, responses=_PNG)
@@ -60,7 +153,8 @@ def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="gri
         raise SpecError("ref", f"ref only applies to mode=diff_vs (it names the reference panel), got mode={mode!r}; "
                                "leave ref out or use mode=diff_vs")
     return _render(request, Sweep, sweep_id, lambda s: plots.heatmap_png(
-        s, sweep_id, x, y, key, split or default_split(s, sweep_id), mode, ref))
+        s, sweep_id, x, y, key, split or default_split(s, sweep_id), mode, ref),
+        ("heatmap", x, y, key, split, mode, ref))
 
 
 @router.get("/runs/{run_id}/plots/margins.png", response_class=Response, responses=_PNG)

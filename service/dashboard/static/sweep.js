@@ -3,7 +3,7 @@
 const STATUSES = ["queued", "partial", "running", "succeeded", "failed", "cancelled"];
 const NO_VALUE = [229, 231, 235];  // a cell without a finite value: light grey
 
-// 3 significant digits; an exponent for tiny or large values ("8.65e-7", "1.23e4")
+// 3 significant digits; an exponent for tiny or large values ("8.65e-7", "1.23e4"); – for no value
 function formatValue(v) {
   if (v == null || !isFinite(v)) return "–";
   const a = Math.abs(v);
@@ -37,25 +37,45 @@ function valueRange(state) {
 // where an unfinished run's shown value is from: "epoch 15 of 400, cancelled"
 const valueFrom = (r, unit) => `${unit} ${r.value_epoch} of ${r.epochs_total}, ${r.status}`;
 const UNFINISHED_NOTE = "* includes unfinished runs (last measured epoch)";
+const NAN = "NaN";  // a measured value that is undefined (the metric suite says why), unlike – (nothing measured)
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+// a cell's value: its mean, NaN when every measured run's value is NaN, – when none has one; (k/n) when only k of
+// its n runs have a finite value
+function cellLabel(c) {
+  if (c.value == null) return c.nan ? NAN : "–";
+  return formatValue(c.value);
+}
+function cellValueTitle(state, c) {
+  const metric = `${state.key} [${state.split}]`;
+  const parts = [c.value != null ? `${metric} mean ${formatValue(c.value)} of ${c.measured} of ${plural(c.n, "run")}`
+    : c.nan ? `${metric} NaN in every measured run` : `${metric}: no run has a value yet`];
+  const missing = c.n - c.measured - c.nan;
+  if (c.nan) parts.push(`${plural(c.nan, "run")} NaN${(c.notes || []).length ? `: ${c.notes.join("; ")}` : ""}`);
+  if (missing > 0 && c.value != null) parts.push(`${plural(missing, "run")} without a value`);
+  return parts.join("\n");
+}
 
 function renderMatrix(state, unit) {
   const byValue = !!state.key;
   const [lo, hi] = valueRange(state);
   const scale = colourScale(lo, hi);
-  const byId = Object.fromEntries(state.runs.map((r) => [r.id, r]));
   const corner = [state.row_axis, state.col_axis].filter(Boolean).map(esc).join(" \\ ");
-  const head = `<tr><th>${corner}</th>${state.cols.map((c) => `<th>${esc(c) || "—"}</th>`).join("")}</tr>`;
-  const body = state.matrix.map((line, i) => `<tr><th>${esc(state.rows[i]) || "—"}</th>${line.map((c, j) => {
+  const head = `<tr><th scope="col">${corner}</th>${state.cols.map((c) => `<th scope="col">${esc(c) || "—"}</th>`).join("")}</tr>`;
+  const body = state.matrix.map((line, i) => `<tr><th scope="row">${esc(state.rows[i]) || "—"}</th>${line.map((c, j) => {
     const unfinished = byValue ? c.unfinished_runs || [] : [];
     const mark = unfinished.length ? `<span class="unfinished">*</span>` : "";
-    const label = byValue ? esc(formatValue(c.value)) + mark : `${c.done}/${c.n}`;
+    const partial = byValue && c.value != null && c.measured < c.n ? `<small class="count"> (${c.measured}/${c.n})</small>` : "";
+    const label = byValue ? esc(cellLabel(c)) + mark + partial : `${c.done}/${c.n}`;
     const rgb = scale(c.value);
     const style = byValue ? ` style="background:${css(rgb)};color:${textOn(rgb)}"` : "";
-    const value = byValue ? ` · ${esc(state.key)} [${esc(state.split)}] ${c.value == null ? "none" : c.value}` : "";
-    const from = unfinished.length ? `\n${UNFINISHED_NOTE}: ${unfinished.map((id) => byId[id]
-      ? `run ${id} ${valueFrom(byId[id], unit)}` : `run ${id}`).join("; ")}` : "";
-    return `<td id="cell-${i}-${j}" class="cell st-${c.status}${byValue ? " by-value" : ""}" data-status="${c.status}"${style}
-      data-unfinished="${unfinished.join(" ")}" title="runs ${c.runs.join(", ")}: ${c.status}${value}${esc(from)}">${label}</td>`;
+    const value = byValue ? `\n${cellValueTitle(state, c)}` : "";
+    const from = unfinished.length ? `\n${UNFINISHED_NOTE}: ${(c.unfinished_from || []).map(([id, epoch, total, st]) =>
+      `run ${id} ${unit} ${epoch} of ${total}, ${st}`).join("; ")}${unfinished.length > (c.unfinished_from || []).length ? "; …" : ""}` : "";
+    const ids = c.runs.length > 12 ? `${c.runs.slice(0, 12).join(", ")}, … (${c.runs.length})` : c.runs.join(", ");
+    const nan = byValue && c.value == null && c.nan ? " nan" : "";
+    return `<td id="cell-${i}-${j}" class="cell st-${c.status}${byValue ? " by-value" : ""}${nan}" data-status="${c.status}"${style}
+      data-unfinished="${unfinished.join(" ")}" data-measured="${c.measured ?? ""}" title="${esc(`runs ${ids}: ${c.status}${value}${from}`)}">${label}</td>`;
   }).join("")}</tr>`);
   $("#matrix").innerHTML = `<table>${head}${body.join("")}</table>`;
   renderLegend(state, lo, hi);
@@ -75,20 +95,32 @@ function renderLegend(state, lo, hi) {
 function runValue(state, r, unit) {
   if (!state.key || r.value_epoch == null) return `<td class="value"></td>`;
   const unfinished = r.status !== "succeeded";
-  const title = unfinished ? ` title="${esc(valueFrom(r, unit))}"` : "";
-  return `<td class="value"${title}>${esc(formatValue(r.value))}${unfinished ? `<span class="unfinished">*</span>` : ""}</td>`;
+  const why = r.nan ? `NaN: ${r.note || "undefined (no reason stored)"}` : "";
+  const from = [why, unfinished ? valueFrom(r, unit) : ""].filter(Boolean).join("\n");
+  const title = from ? ` title="${esc(from)}"` : "";
+  return `<td class="value${r.nan ? " nan" : ""}"${title}>${r.nan ? NAN : esc(formatValue(r.value))}${unfinished ? `<span class="unfinished">*</span>` : ""}</td>`;
 }
 
+let runsHTML = "";  // the table's rows as last drawn: redrawn only when they change
 function renderRuns(state, unit) {
   $("#value-head").textContent = state.key ? `${state.key} [${state.split}]` : "value";
-  $("#runs tbody").innerHTML = state.runs.map((r) => `<tr data-run="${r.id}" data-status="${r.status}">
+  const html = state.runs.map((r) => `<tr data-run="${r.id}" data-status="${r.status}">
     <td><a href="/ui/runs/${r.id}">${r.id}</a></td><td>${chip(r.status)}</td>
-    <td>${esc(config(r))}</td><td>${bar(r.progress)} ${pct(r.progress)}</td>
+    <td>${esc(config(r, state.axes))}</td><td>${bar(r.progress)} ${pct(r.progress)}</td>
     <td>${r.epoch}/${r.epochs_total}</td><td>${eta(r.eta_s)}</td><td>${esc(r.worker || "")}</td>
     ${runValue(state, r, unit)}<td class="error" title="${esc(r.error_full)}">${esc(r.error)}</td></tr>`).join("");
+  if (html !== runsHTML) { runsHTML = html; $("#runs tbody").innerHTML = html; }
+  const total = state.runs_total ?? state.runs.length, matching = state.runs_matching ?? total;
+  $("#runs-shown").textContent = `showing ${state.runs.length} of ${matching}${state.status_filter ? ` ${state.status_filter}` : ""}`
+    + (matching !== total ? ` (${total} in all)` : "") + (state.runs.length < matching ? ": running, failed and queued ones before the rest" : "");
   $("#sweep-bar").style.width = `${(100 * state.progress).toFixed(1)}%`;
   $("#sweep-pct").textContent = pct(state.progress);
-  $("#sweep-counts").innerHTML = Object.entries(state.counts).map(([k, v]) => chip(k, `${k} ${v}`)).join(" ");
+  if (state.overall) {
+    $("#sweep-state").className = `chip st-${state.overall.state}`;
+    $("#sweep-state").textContent = state.overall.label;
+  }
+  $("#sweep-eta").textContent = state.eta_s != null && !state.finished ? `ETA ${eta(state.eta_s)}` : "";
+  $("#sweep-counts").innerHTML = chips(state.counts);
   $("#sweep-validate-jobs").innerHTML = validateJobs(state.validate_jobs, "#validate");
 }
 
@@ -126,6 +158,7 @@ const EVENT_REFETCH_MS = 2500;  // the least time between two event-driven state
 function sweepPage() {
   const {sweep_id: id, cursor, state: first, unit} = init();
   let state = first, lastPlot = Date.now(), lastFetch = Date.now(), events = null;
+  document.title = `ncsweep · ${first.name} (sweep ${id})`;
   const chosen = () => { const [key, split] = ($("#colour-by").value || "|").split("|"); return key ? {key, split} : null; };
   const render = (s) => {
     state = s;
@@ -135,13 +168,15 @@ function sweepPage() {
     renderValidateRuns(s);
     setHeatmap(s, chosen());
   };
-  const eventsOpen = () => events && events.readyState === EventSource.OPEN;
+  const eventsOpen = () => events && events.isOpen();
   const idle = () => eventsOpen() ? live.ok("event stream") : live.idle(`sweep ${id} finished: waiting for events`);
   // a finished sweep is polled no more and its plots stay as they are, until an event (retry, extend) arrives
   const poll = poller(async () => {
     const sel = chosen(), wasFinished = state.finished;
     lastFetch = Date.now();
-    const q = sel ? `?key=${encodeURIComponent(sel.key)}&split=${encodeURIComponent(sel.split)}` : "";
+    const params = new URLSearchParams(sel ? {key: sel.key, split: sel.split} : {});
+    if ($("#status-filter").value) params.set("status", $("#status-filter").value);
+    const q = params.toString() ? `?${params}` : "";
     render(await getJSON(`/ui/sweeps/${id}/state.json${q}`));
     const settled = state.finished && wasFinished;
     if (!settled && (state.finished || Date.now() - lastPlot > 5000)) { lastPlot = Date.now(); refreshPlots(); }
@@ -157,12 +192,10 @@ function sweepPage() {
     if (!pending) pending = setTimeout(fetchNow, Math.max(300, lastFetch + EVENT_REFETCH_MS - Date.now()));
   };
   $("#colour-by").addEventListener("change", fetchNow);
-  if (window.EventSource) {
-    events = new EventSource(`/events?sweep_id=${id}&since=${cursor}`);
-    for (const kind of ["status", "progress", "metric", "worker"]) events.addEventListener(kind, schedule);
-    events.onopen = () => live.ok("event stream");
-    events.onerror = () => live.fail("event stream", new Error("disconnected; reconnecting"));
-  }
+  $("#status-filter").addEventListener("change", fetchNow);
+  // reopened after an HTTP error: refetch at once (events may have been missed while it was closed)
+  events = liveEvents(`/events?sweep_id=${id}`, cursor, ["status", "progress", "metric", "worker"], schedule,
+    {onReopen: fetchNow});
   if (!first.finished) poll.start();  // fallback when events are not delivered (proxies, old browsers)
 }
 
