@@ -18,8 +18,9 @@ from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
 from service.cli_results import results_caveat, results_hint, results_table, shown_results
 from service.cli_tokens import token_app
-from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, sweep_finished,
-                               watch_rows, watch_view, workers_table)
+from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
+                               workers_table)
+from service.cli_watch import sweep_finished, watch_rows
 from service.client import ApiError, Unreachable
 
 app = typer.Typer(help="ncsweep: neural-collapse training sweeps on a job queue.", no_args_is_help=True,

@@ -13,7 +13,7 @@ from rich.table import Table
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.db import progress
 from nc_core.db.progress import attempt_eta
-from nc_core.db.states import FINISHED, RUN_UNITS, metric_step
+from nc_core.db.states import RUN_UNITS, metric_step
 from nc_core.spec_fields import value_text
 from nc_core.sweep import short_names
 from service.cli_results import fmt_value
@@ -149,31 +149,6 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
         if total or title == "runs":
             parts.append(_progress_table(f"{title} ({len(shown)} of {max(total, len(rows))})", shown, title != "runs"))
     return Group(*parts, workers_table(_enrich_workers(workers, runs)))
-
-
-def watch_rows(client: Any, detail: dict, max_rows: int) -> list[dict]:
-    """The runs and validate jobs :func:`watch_view` shows of the sweep ``detail`` (a GET /sweeps/{id} body): up
-    to ``max_rows`` of each, in :data:`WATCH_ORDER`, one small GET /runs per status that has any — not every
-    run of the sweep at each refresh (a 4,000-run sweep: 2.4 MB a second)."""
-    counts, jobs = detail.get("counts", {}), detail.get("validate_jobs", {})
-    runs: list[dict] = []
-    validate: list[dict] = []
-    for status in WATCH_ORDER:
-        if counts.get(status) and len(runs) < max_rows:  # validate jobs of the status may come between them
-            got, _ = client.first_runs(min(500, max_rows - len(runs) + jobs.get(status, 0)), sweep_id=detail["id"],
-                                       status=status)
-            runs += [r for r in got if r.get("kind", "train") != "validate"][:max_rows - len(runs)]
-        if jobs.get(status) and len(validate) < max_rows:
-            got, _ = client.first_runs(max_rows - len(validate), sweep_id=detail["id"], status=status, kind="validate")
-            validate += got
-    return runs + validate
-
-
-def sweep_finished(detail: dict) -> bool:
-    """Whether every run and validate job of a GET /sweeps/{id} body is final (and it has at least one)."""
-    counts = {**{f"job {k}": v for k, v in detail.get("validate_jobs", {}).items()}, **detail.get("counts", {})}
-    return sum(counts.values()) > 0 and all(not v or k.removeprefix("job ") in FINISHED
-                                            for k, v in counts.items())
 
 
 def _progress_table(title: str, shown: list[dict], validate: bool) -> Table:

@@ -85,6 +85,16 @@ def _loc_field(loc: list) -> str | None:
     return field_path(parts) or None
 
 
+def _series_rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metric series as GET /runs/{id}/metrics and GET /sweeps/{id}/metrics give them, as flat rows [{epoch,
+    split, key, value, note, metric_version}]; ``note`` says why a null value is undefined, where the metric
+    suite did."""
+    return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e)),
+             "metric_version": ver}
+            for s in series  # an API older than `versions` (metric version 2): None
+            for e, v, ver in zip(s["epochs"], s["values"], s.get("versions") or [None] * len(s["epochs"]))]
+
+
 class Client:
     """Thin wrapper over the REST endpoints; every method returns decoded JSON (or bytes for PNGs)."""
 
@@ -185,11 +195,8 @@ class Client:
     def run_metrics(self, run_id: int, keys: list[str] | None = None) -> list[dict[str, Any]]:
         """Flat metric rows [{epoch, split, key, value, note, metric_version}] of one run (from its series; only
         ``keys`` if given); ``note`` says why a null value is undefined, where the metric suite did."""
-        body = self.get(f"/runs/{run_id}/metrics", keys=",".join(keys) if keys else None)
-        return [{"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e)),
-                 "metric_version": ver}
-                for s in body.get("series", [])  # an API older than `versions` (metric version 2): None
-                for e, v, ver in zip(s["epochs"], s["values"], s.get("versions") or [None] * len(s["epochs"]))]
+        return _series_rows(self.get(f"/runs/{run_id}/metrics", keys=",".join(keys) if keys else None)
+                            .get("series", []))
 
     def sweep_metrics(self, sweep_id: int, after_run: int = 0, runs: int = 500, max_rows: int | None = None,
                       keys: list[str] | None = None) -> tuple[list[tuple[int, list[dict[str, Any]]]], int | None]:
@@ -200,10 +207,7 @@ class Client:
                         keys=",".join(keys) if keys else None)
         by_run: dict[int, list[dict[str, Any]]] = {rid: [] for rid in body["run_ids"]}
         for s in body["series"]:
-            by_run[s["run_id"]] += [
-                {"epoch": e, "split": s["split"], "key": s["key"], "value": v, "note": s.get("notes", {}).get(str(e)),
-                 "metric_version": ver}
-                for e, v, ver in zip(s["epochs"], s["values"], s.get("versions") or [None] * len(s["epochs"]))]
+            by_run[s["run_id"]] += _series_rows([s])
         return list(by_run.items()), body["next_after_run"]
 
     def workers(self) -> list[dict[str, Any]]:

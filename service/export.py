@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from service.client import ApiError, Client
+from service.client import Client
 
 FIXED_HEAD = ["run_id", "kind", "parent_run_id", "status", "seed"]
 FIXED_TAIL = ["epoch", "split", "key", "value", "note", "metric_version"]
@@ -127,36 +127,16 @@ def parquet_schema(pa: Any, columns: list[str], runs: list[dict[str, Any]]) -> A
 
 def runs_with_metrics(client: Client, sweep_id: int, runs: list[dict[str, Any]],
                       batch_runs: int = BATCH_RUNS) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """(run, its metric rows) of each of ``runs`` (the sweep's, by id, as GET /runs lists them), in order, from
-    pages of GET /sweeps/{id}/metrics of up to ``batch_runs`` runs, one page held at a time. A listed run no page
-    answers is asked for alone (GET /runs/{id}/metrics), as is every run by a client without ``sweep_metrics``
-    or from an API without that route (a 404 on the first page); a run added after the listing is left out."""
-    fetch, after, i, first = getattr(client, "sweep_metrics", None), 0, 0, True
-    while i < len(runs):
-        if fetch is None:
-            yield runs[i], client.run_metrics(runs[i]["id"])
-            i += 1
-            continue
-        try:
-            page, after = fetch(sweep_id, after_run=after, runs=min(batch_runs, len(runs) - i))
-        except ApiError as exc:
-            if exc.status != 404 or not first:
-                raise
-            fetch = None  # an API older than the route
-            continue
-        first = False
-        page.reverse()  # popped in order: each run's rows go once written
-        while page:
-            rid, rows = page.pop()
-            while i < len(runs) and runs[i]["id"] < rid:  # listed, not answered: alone
-                yield runs[i], client.run_metrics(runs[i]["id"])
-                i += 1
-            if i < len(runs) and runs[i]["id"] == rid:
-                yield runs[i], rows
-                i += 1
-            del rows
-        if after is None:  # no page follows: listed runs left (none, as runs stay in their sweep) go alone
-            fetch = None
+    """(run, its metric rows) of each of ``runs`` (the sweep's, as GET /runs lists them: by id), in order, from
+    pages of GET /sweeps/{id}/metrics of up to ``batch_runs`` runs, one page held at a time; a run added to the
+    sweep after the listing is left out."""
+    listed, after = {r["id"]: r for r in runs}, 0
+    while after is not None:
+        page, after = client.sweep_metrics(sweep_id, after_run=after, runs=batch_runs)
+        for rid, rows in page:
+            if rid in listed:
+                yield listed[rid], rows
+        page = rows = None  # this page's rows go before the next page comes
 
 
 def export_sweep(client: Client, sweep_id: int, fmt: str, out_path: Path,

@@ -9,7 +9,6 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 import yaml
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sqlalchemy import select
@@ -20,7 +19,7 @@ from nc_core.db.states import metric_step, unfinished_runs
 from nc_core.db.sweeps_repo import PRIMARY_KINDS, latest_values
 from nc_core.spec_fields import distinct_values, value_sort_key, value_text
 from nc_core.sweep import get_path, short_names
-from service.plots_layout import DPI
+from service.plots_layout import DPI, new_figure
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
 POINT_MARKERS = {"marker": "o", "markersize": 3}  # small: a single eval point shows, many stay a readable line
@@ -33,14 +32,6 @@ class PlotError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
-
-
-def new_figure(*grid: int, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Figure, Any]:
-    """A figure on its own Agg canvas with ``grid`` (rows, cols) subplots, as ``pyplot.subplots`` returns them but
-    without pyplot's process-wide state: threads may draw figures at the same time."""
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(*grid, squeeze=squeeze)
 
 
 def _png(fig: Figure) -> bytes:
@@ -277,8 +268,7 @@ def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc
 
 def margins_png(session: Session, run_id: int) -> bytes:
     """The run's cosine-margin figure (sorted distribution, or statistics); drawn in service/plots_margins.py."""
-    # plots_margins imports this module: load it lazily
-    from service.plots_margins import margins_png as draw
+    from service.plots_margins import margins_png as draw  # it imports this module: load it lazily
 
     return draw(session, run_id)
 

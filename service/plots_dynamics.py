@@ -152,15 +152,16 @@ def _count(runs: list[Run], paths: list[str]) -> int:
     return len({tuple(value_key(_axis_value(r, p)) for p in paths) for r in runs})
 
 
-def line_axes(runs: list[Run], axes: list[str], group_by: list[str] | None, sweep_id: int) -> list[str] | None:
-    """The axes a line stands for: ``group_by``'s; without it None (a line per configuration) up to MAX_LINES
-    configurations, else the first axis with 2 to MAX_LINES values."""
-    configs = len({_config_label(r.grid or {}) for r in runs})
+def line_axes(runs: list[Run], axes: list[str], group_by: list[str] | None, sweep_id: int,
+              configs: int) -> list[str] | None:
+    """The axes a line stands for: ``group_by``'s; without it None (a line per configuration) while ``configs``
+    (the runs' configurations) are at most MAX_LINES, else the first axis with 2 to MAX_LINES values."""
     if group_by is None:
         if configs <= MAX_LINES:
             return None
-        fits = [a for a in axes if a != "seed" and _count(runs, [a]) <= MAX_LINES]
-        group_by = [next((a for a in fits if _count(runs, [a]) > 1), fits[0])] if fits else None
+        counts = {a: _count(runs, [a]) for a in axes if a != "seed"}
+        fits = [a for a, n in counts.items() if n <= MAX_LINES]
+        group_by = [next((a for a in fits if counts[a] > 1), fits[0])] if fits else None
         if group_by is None:
             raise PlotError("group_by", f"{configs} configurations are more than the {MAX_LINES} lines a figure draws "
                                         f"legibly, and every axis has more values: expected group_by=AXIS with "
@@ -169,10 +170,10 @@ def line_axes(runs: list[Run], axes: list[str], group_by: list[str] | None, swee
         if path not in axes:
             raise PlotError("group_by", f"{path!r} is not an axis of sweep {sweep_id}: expected some of "
                                         f"{', '.join(axes)}")
-    if _count(runs, group_by) > MAX_LINES:
-        raise PlotError("group_by", f"{_count(runs, group_by)} lines ({', '.join(group_by)}) are more than the "
-                                    f"{MAX_LINES} a figure draws legibly: group by fewer axes, or keep fewer values "
-                                    f"with filter=AXIS=VALUE")
+    lines = _count(runs, group_by)
+    if lines > MAX_LINES:
+        raise PlotError("group_by", f"{lines} lines ({', '.join(group_by)}) are more than the {MAX_LINES} a figure "
+                                    f"draws legibly: group by fewer axes, or keep fewer values with filter=AXIS=VALUE")
     return group_by
 
 
@@ -203,7 +204,8 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     runs = filter_runs(sweep_runs(session, sweep_id), axes, filters, sweep_id)
     unit = metric_step(r.kind for r in runs)
     runs = measured(runs)  # lines and colours: configurations with values, not all of them
-    paths = line_axes(runs, axes, group_by, sweep_id)
+    n_configs = len({_config_label(r.grid or {}) for r in runs})
+    paths = line_axes(runs, axes, group_by, sweep_id, n_configs)
     values = (lambda r: r.grid or {}) if paths is None else (lambda r: {p: _axis_value(r, p) for p in paths})
     ordered = sorted(runs, key=lambda r: tuple(value_sort_key(v) for _, v in sorted(values(r).items())))
     configs = list(dict.fromkeys(_config_label(values(r)) for r in ordered))
@@ -242,7 +244,6 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = [configs[i] for i in lines if configs[i] in handles]
-    note = figure_note(paths, group_by is None and paths is not None, len({_config_label(r.grid or {}) for r in runs}),
-                       axes, filters, bands)
+    note = figure_note(paths, group_by is None and paths is not None, n_configs, axes, filters, bands)
     layout_figure(fig, note, [handles[c] for c in labels], labels, footer)  # legend, footer inside the image
     return _png(fig)

@@ -1,10 +1,11 @@
-"""Figure-level text that stays inside the image: a legend below the axes whose columns fit the figure's width,
-and a title and footer wrapped to it; the figure grows (in width only for a legend entry wider than it, in height
-for the lines) instead of cutting text off at its edges."""
+"""Figures on their own canvas (new_figure: no pyplot state), and figure-level text that stays inside the image:
+a legend below the axes whose columns fit the figure's width, and a title and footer wrapped to it; the figure grows
+(in width only for a legend entry wider than it, in height for the lines) instead of cutting text off at its edges."""
 from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
@@ -12,6 +13,14 @@ MARGIN = 0.15  # inches kept free at each edge of the figure
 GAP = 0.08  # inches between the blocks stacked below the axes (legend, footer) and above them (title)
 FONTSIZE = 8
 DPI = 80  # as service.plots._png saves: Agg's text widths do not scale with the dpi, so measure at this one
+
+
+def new_figure(*grid: int, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Figure, Any]:
+    """A figure on its own Agg canvas with ``grid`` (rows, cols) subplots, as ``pyplot.subplots`` returns them but
+    without pyplot's process-wide state: threads may draw figures at the same time."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, squeeze=squeeze)
 
 
 def text_width(fig: Figure, text: str, fontsize: float = FONTSIZE) -> float:

@@ -185,3 +185,10 @@ def test_stale_temp_files_of_earlier_processes_are_removed_when_a_run_starts(tmp
     assert ".epoch_0002.pt.4242.tmp (5000 bytes)" in caplog.text
     assert list(ck.list_checkpoints(tmp_path)) == [1, 2] and ck.prune(tmp_path, 1) == [1]  # .corrupt not counted
     assert (d / "epoch_0007.pt.corrupt").exists() and list(ck.list_checkpoints(tmp_path)) == [2]
+
+
+def test_validate_names_a_checkpoint_deleted_after_it_was_listed(tmp_path):
+    from nc_core.training import checkpoint as ck
+
+    with pytest.raises(FileNotFoundError, match=r"checkpoint of epoch 3, .*epoch_0003\.pt, is gone"):
+        ck.load_for_validation(tmp_path / "ckpt" / "epoch_0003.pt", 3)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from service.cli_views import sweep_finished, watch_rows, watch_view
+from service.cli_views import watch_view
+from service.cli_watch import sweep_finished, watch_rows
 
 
 class FakeRuns:

@@ -2,15 +2,20 @@
 reasons, cell counts, sweep state and ETA, HTML 404 pages, host-wide CPU telemetry and a short run's rate."""
 from __future__ import annotations
 
-import pytest
+import contextlib
+from typing import Iterator
 
-from nc_core.db import actions_repo, events_repo, workers_repo
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from nc_core.db import actions_repo, events_repo, sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.session import session_scope
 from nc_core.settings import Settings
 from test_dashboard import browser, browser_test, page  # noqa: F401 - the browser and page fixtures
 from test_dashboard_data import client  # noqa: F401 - the fixture
-from test_plots import seed_sweep
+from test_plots import add_validate_job, seed_sweep
 
 pytestmark = [pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 REASON = "nc1_svd needs K-1 < d (K=10, d=4)"
@@ -86,6 +91,68 @@ def test_cpu_telemetry_is_labelled_host_wide_and_a_run_without_metrics_has_no_pl
     assert view["telemetry"]["host_wide"] is True and "host-wide" in client.get(f"/ui/runs/{runs[0]}").text
     failed = client.get(f"/ui/runs/{runs[3]}.json").json()
     assert (failed["has_metrics"], view["has_metrics"]) == (False, True)
+
+
+@contextlib.contextmanager
+def statements() -> Iterator[list[str]]:
+    """The SQL statements run meanwhile (on any engine)."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *_):  # noqa: ANN001, ANN002
+        seen.append(" ".join(statement.split()))
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_eta_is_the_apis_from_rows_already_read_and_one_query_for_the_index(client, db_url: str) -> None:  # noqa: ANN001, F811
+    from service.dashboard.data import sweeps_overview
+    from service.dashboard.sweep_state import sweep_state
+
+    sid, runs = seed_sweep(db_url, statuses={0: "running", 1: "queued", 5: "queued"})  # 5 succeeded: durations
+    add_validate_job(db_url, runs[3])
+    with session_scope(db_url) as s:
+        s.get(Run, runs[0]).eta_s = 42.0
+        s.add(Run(sweep_id=sid, kind="validate", parent_run_id=runs[2], spec={}, spec_hash="v", status="queued",
+                  epochs_total=4))  # a queued validate job: in the API's ETA too
+    with session_scope(db_url) as s:
+        api = sweeps_repo.sweep_eta(s, sid)
+        with statements() as seen:
+            state = sweep_state(s, sid)
+        eta_reads = [q for q in seen if "finished_at" in q]
+    assert api is not None and state["eta_s"] == api == client.get(f"/sweeps/{sid}").json()["eta_s"]
+    assert len(eta_reads) == 1 and "run.kind" in eta_reads[0]  # light_runs' read only: no sweep_eta pass of its own
+    assert [j["parent_run_id"] for j in state["validate_runs"]] == [runs[2], runs[3]]  # newest first
+    others = [seed_sweep(db_url, statuses={0: "running"})[0] for _ in range(3)]
+    with session_scope(db_url) as s:
+        with statements() as seen:
+            overview = {o["id"]: o for o in sweeps_overview(s)}
+        etas = {i: sweeps_repo.sweep_eta(s, i) for i in (sid, *others)}
+    assert {i: overview[i]["eta_s"] for i in etas} == etas and overview[sid]["eta_s"] == api
+    assert len([q for q in seen if "finished_at" in q]) == 1  # one ETA read for the 4 active sweeps
+    assert client.get("/ui/sweeps.json").json()[-1]["eta_s"] == api  # the oldest: sweep sid
+
+
+def test_nan_notes_are_those_of_the_final_epoch_and_gpu_telemetry_is_not_host_wide(client, db_url: str) -> None:  # noqa: ANN001, F811
+    sid, runs = seed_sweep(db_url, statuses={0: "running"})
+    with session_scope(db_url) as s:
+        early = s.query(Metric).filter_by(run_id=runs[1], epoch=2, split="test", key="nc1").one()
+        early.value, early.note = None, "an earlier epoch's reason"  # NaN then, finite at its final epoch
+        last = s.query(Metric).filter_by(run_id=runs[2], epoch=4, split="test", key="nc1").one()
+        last.value = None  # NaN at its final epoch, no reason stored there …
+        for epoch, split in ((3, "test"), (4, "train")):
+            other = s.query(Metric).filter_by(run_id=runs[2], epoch=epoch, split=split, key="nc1").one()
+            other.value, other.note = None, f"epoch {epoch}'s {split} reason"
+        workers_repo.heartbeat(s, "gpu0@node1", "node1", 7, "cuda:0", {"util_percent": 90.0}, runs[0], "busy")
+    state = client.get(f"/ui/sweeps/{sid}/state.json", params={"key": "nc1", "split": "test"}).json()
+    rows = {r["id"]: r for r in state["runs"]}
+    assert (rows[runs[1]]["nan"], rows[runs[1]]["note"]) == (False, None)
+    assert (rows[runs[2]]["nan"], rows[runs[2]]["note"]) == (True, None)  # … nor any other epoch's or split's
+    view = client.get(f"/ui/runs/{runs[0]}.json").json()
+    assert view["telemetry"]["samples"] >= 1 and view["telemetry"]["host_wide"] is False
+    assert client.get(f"/ui/runs/{runs[1]}.json").json()["telemetry"]["host_wide"] is False  # no samples at all
 
 
 def test_a_run_shorter_than_a_heartbeat_keeps_its_rate(db_url: str, tmp_path) -> None:  # noqa: ANN001
@@ -185,4 +252,78 @@ def test_matrix_shows_nan_and_partial_counts(page, db_url: str) -> None:  # noqa
     value = pg.locator(f'#runs tr[data-run="{runs[0]}"] td.value')
     assert value.inner_text() == "NaN" and REASON in value.get_attribute("title")
     assert "none" not in " ".join(pg.locator(f"#cell-{i}-{j}").get_attribute("title") for i in (0, 1) for j in (0, 1))
+    assert errors == []
+
+
+TRACK_STREAMS = """window.__streams = [];
+window.EventSource = class extends window.EventSource {
+  constructor(...args) { super(...args); window.__streams.push(this); }
+};"""
+
+
+@browser_test
+def test_a_run_page_opens_its_event_stream_only_once_its_run_has_finished(page, db_url: str) -> None:  # noqa: ANN001, F811
+    pg, url, errors = page
+    sid, runs = seed_sweep(db_url, statuses={0: "running", 1: "failed"})
+    rid = runs[0]
+    pg.add_init_script(TRACK_STREAMS)  # every EventSource the page opens, and its readyState
+    pg.clock.install()
+    requests: list[str] = []
+    pg.on("request", lambda r: requests.append(r.url))
+    pg.goto(f"{url}/ui/runs/{rid}")
+    pg.wait_for_timeout(300)
+    for step in range(10):  # its progress, 600 ms apart in the page's time: 6 s, two polls of the 3 s poller
+        with session_scope(db_url) as s:
+            s.get(Run, rid).step = step
+            events_repo.append_event(s, "progress", sid, rid, {"step": step})
+        pg.clock.run_for(600)
+        pg.wait_for_timeout(150)
+    polls = [u for u in requests if f"/ui/runs/{rid}.json" in u]
+    assert 1 <= len(polls) <= 2, polls  # no extra poll per progress event
+    assert pg.evaluate("window.__streams.length") == 0 and not [u for u in requests if "/events" in u]
+    with session_scope(db_url) as s:  # it succeeds
+        s.get(Run, rid).status = "succeeded"
+        events_repo.append_event(s, "status", sid, rid, {"status": "succeeded"})
+        cursor = events_repo.latest_event_id(s)
+    assert _until(pg, "window.__streams.length === 1 && window.__streams[0].readyState === EventSource.OPEN")
+    assert pg.evaluate("window.__streams[0].url").endswith(f"/events?sweep_id={sid}&since={cursor}")
+    requests.clear()
+    with session_scope(db_url) as s:  # other runs' events, a validate job's of this run: no poll
+        events_repo.append_event(s, "progress", sid, runs[2], {"step": 1})
+        events_repo.append_event(s, "status", sid, runs[2], {"status": "running"})
+    with session_scope(db_url) as s:
+        actions_repo.create_validate_run(s, s.get(Run, rid), {}, epochs_total=4, max_attempts=3)
+    for _ in range(10):
+        pg.clock.run_for(1000)
+        pg.wait_for_timeout(150)
+    assert not [u for u in requests if ".json" in u], requests
+    pg.goto(f"{url}/ui/runs/{runs[1]}")  # failed: it follows its events from the start
+    assert _until(pg, "window.__streams.length === 1 && window.__streams[0].readyState === EventSource.OPEN")
+    with session_scope(db_url) as s:  # the sweep's failed runs are retried: one event, naming no run
+        actions_repo.retry_sweep(s, sid, max_attempts=3)
+    assert _until(pg, "document.querySelector('#run-status').textContent === 'queued'")
+    assert pg.evaluate("window.__streams[0].readyState === EventSource.CLOSED")  # polled again: its stream closed
+    assert errors == []
+
+
+@browser_test
+def test_a_refused_poll_reloads_for_the_token_form_again_once_the_window_has_passed(page, db_url: str) -> None:  # noqa: ANN001, F811
+    pg, url, errors = page
+    seed_sweep(db_url)
+    pg.route("**/ui/sweeps.json", lambda route: route.fulfill(status=401, body="a token is needed"))
+    pg.clock.install()
+    loads: list[str] = []
+    pg.on("request", lambda r: loads.append(r.url) if r.resource_type == "document" else None)
+    pg.goto(f"{url}/ui")  # the server still serves the page (as without NCSWEEP_AUTH_READS on pages)
+    assert _until(pg, "true", steps=1) and len(loads) == 1
+    for _ in range(30):  # the first refusal reloads; those within 30 s of that reload do not
+        pg.clock.run_for(1000)
+        pg.wait_for_timeout(100)
+    assert len(loads) == 2, loads
+    assert "reload the page" in pg.locator("#live").get_attribute("title")
+    for _ in range(10):  # 40 s on: a refused poll reloads again (was never: each refusal pushed the window on)
+        pg.clock.run_for(1000)
+        pg.wait_for_timeout(100)
+    assert len(loads) == 3, loads
+    errors[:] = [e for e in errors if "401" not in e]
     assert errors == []

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.session import session_scope
 from service.client import ApiError, Client
-from service.export import export_sweep
+from service.export import CsvSink, ParquetSink, export_columns, export_sweep, run_rows
 from test_events import serve
 from test_export_streaming import EPOCHS, KEYS, FakeClient, write_rows
 
@@ -171,6 +171,21 @@ def counted(url: str, token: str) -> tuple[Client, list[str]]:
     return client, sent
 
 
+def per_run_export(client: Client, sweep_id: int, fmt: str, path: Path) -> int:
+    """The file as export wrote it before GET /sweeps/{id}/metrics: one GET /runs/{id}/metrics a run, each run's
+    rows written as they came (the same sinks)."""
+    axes = client.sweep(sweep_id).get("axes") or []
+    runs = list(client.iter_runs(sweep_id=sweep_id))
+    sink = CsvSink(path, export_columns(axes)) if fmt == "csv" else ParquetSink(path, export_columns(axes), runs)
+    written = 0
+    for run in runs:
+        rows = list(run_rows(run, axes, client.run_metrics(run["id"])))
+        sink.write(rows)
+        written += len(rows)
+    sink.close()
+    return written
+
+
 def reference(client: Client, sweep_id: int, path: Path) -> None:
     """The file as the in-memory export wrote it from GET /runs/{id}/metrics (test_export_streaming.write_rows)."""
     axes = client.sweep(sweep_id)["axes"]
@@ -191,8 +206,7 @@ def test_export_writes_the_per_run_file_in_a_few_requests(api, db_url, tmp_path:
     client, _ = counted(*api)
     reference(client, sid, tmp_path / f"expected.{fmt}")
     old, old_sent = counted(*api)
-    old.sweep_metrics = None  # the per-run path (as before)
-    old_rows = export_sweep(old, sid, fmt, tmp_path / f"per_run.{fmt}")
+    old_rows = per_run_export(old, sid, fmt, tmp_path / f"per_run.{fmt}")  # as before
     got: dict[str, int] = {}
     for label, batch, max_rows in (("one", 500, None), ("pages", 7, None), ("budget", 500, 50)):
         new, sent = counted(*api)
@@ -214,25 +228,10 @@ def test_export_writes_the_per_run_file_in_a_few_requests(api, db_url, tmp_path:
             tmp_path / "expected.parquet").to_pylist()
 
 
-class PagedFake(FakeClient):
-    """test_export_streaming's fake with GET /sweeps/{id}/metrics pages; ``fail``: the answer of page ``fail_page``."""
-
-    def __init__(self, runs: int, fail: Exception | None = None, fail_page: int = 1):
-        super().__init__(runs)
-        self.fail, self.fail_page, self.pages = fail, fail_page, 0
-
-    def sweep_metrics(self, sweep_id: int, after_run: int = 0, runs: int = 500) -> tuple[list, int | None]:
-        self.pages += 1
-        if self.fail is not None and self.pages == self.fail_page:
-            raise self.fail
-        ids = [r["id"] for r in self.iter_runs(sweep_id) if r["id"] > after_run]
-        return [(rid, self.run_metrics(rid)) for rid in ids[:runs]], ids[runs - 1] if len(ids) > runs else None
-
-
 def _peak(tmp_path: Path, runs: int, suffix: str) -> int:
     tracemalloc.start()
     try:
-        export_sweep(PagedFake(runs), 1, suffix[1:], tmp_path / f"m{runs}{suffix}", batch_runs=5)
+        export_sweep(FakeClient(runs, page_runs=500), 1, suffix[1:], tmp_path / f"m{runs}{suffix}", batch_runs=5)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -246,17 +245,13 @@ def test_export_holds_one_pages_rows_at_a_time(tmp_path: Path, suffix: str) -> N
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_a_failed_page_leaves_no_partial_file_and_an_api_without_the_route_is_asked_run_by_run(
-        tmp_path: Path, suffix: str) -> None:
+def test_a_failed_page_leaves_no_partial_file_and_the_page_size_changes_no_byte(tmp_path: Path, suffix: str) -> None:
     target = tmp_path / f"m{suffix}"
     with pytest.raises(ApiError, match="the API went away"):
-        export_sweep(PagedFake(20, ApiError(503, "the API went away"), 2), 1, suffix[1:], target, batch_runs=5)
+        export_sweep(FakeClient(20, fail_at=2, page_runs=500), 1, suffix[1:], target, batch_runs=5)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ApiError, match="Not Found"):  # a 404 after the first page is no missing route
-        export_sweep(PagedFake(20, ApiError(404, "Not Found"), 2), 1, suffix[1:], target, batch_runs=5)
-    assert list(tmp_path.iterdir()) == []
-    older = PagedFake(7, ApiError(404, "Not Found"))
-    assert export_sweep(older, 1, suffix[1:], target) == 7 * EPOCHS * 2 * len(KEYS)
-    assert older.pages == 1 and older.fetched == 7  # then one GET /runs/{id}/metrics a run
-    export_sweep(PagedFake(7), 1, suffix[1:], tmp_path / f"paged{suffix}", batch_runs=3)
+    whole = FakeClient(7, page_runs=500)
+    assert export_sweep(whole, 1, suffix[1:], target) == 7 * EPOCHS * 2 * len(KEYS)
+    assert whole.pages == 1
+    export_sweep(FakeClient(7, page_runs=500), 1, suffix[1:], tmp_path / f"paged{suffix}", batch_runs=3)
     assert target.read_bytes() == (tmp_path / f"paged{suffix}").read_bytes()

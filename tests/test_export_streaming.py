@@ -1,4 +1,5 @@
-"""`ncsweep export` streams run by run: one run's rows in memory, the old in-memory file's content, no partial file."""
+"""`ncsweep export` streams page by page (here a run a page): one page's rows in memory, the in-memory export's
+file content, no partial file."""
 from __future__ import annotations
 
 import csv
@@ -16,10 +17,12 @@ EPOCHS, KEYS = 60, ("nc1", "nc2_w", "nc3", "wh_b", "acc")  # 600 metric rows per
 
 
 class FakeClient:
-    """The API calls export makes, answered from generated data (rows built on request, as the API sends them)."""
+    """The API calls export makes, answered from generated data (rows built on request, as the API sends them).
+    A page of GET /sweeps/{id}/metrics answers at most ``page_runs`` runs (as the API's row budget ends a page
+    early: by default one run's 600 rows a page); ``fail_at``: the page that fails."""
 
-    def __init__(self, runs: int, fail_at: int | None = None):
-        self.runs, self.fail_at, self.fetched = runs, fail_at, 0
+    def __init__(self, runs: int, fail_at: int | None = None, page_runs: int = 1):
+        self.runs, self.fail_at, self.page_runs, self.pages = runs, fail_at, page_runs, 0
 
     def sweep(self, sweep_id: int) -> dict[str, Any]:
         return {"id": sweep_id, "axes": ["loss.name", "model.width", "opt"]}
@@ -30,10 +33,17 @@ class FakeClient:
             yield {"id": 100 + i, "kind": "validate" if i == 1 else "train", "parent_run_id": 100 if i == 1 else None,
                    "status": "succeeded", "seed": i % 4, "grid": grid if i != 2 else {}}
 
-    def run_metrics(self, run_id: int) -> list[dict[str, Any]]:
-        self.fetched += 1
-        if self.fail_at is not None and self.fetched == self.fail_at:
+    def sweep_metrics(self, sweep_id: int, after_run: int = 0, runs: int = 500) -> tuple[list, int | None]:
+        self.pages += 1
+        if self.fail_at is not None and self.pages == self.fail_at:
             raise ApiError(503, "the API went away")
+        ids = [r["id"] for r in self.iter_runs(sweep_id) if r["id"] > after_run]
+        page = [(rid, self.metric_rows(rid)) for rid in ids[:min(runs, self.page_runs)]]
+        return page, page[-1][0] if len(ids) > len(page) else None
+
+    @staticmethod
+    def metric_rows(run_id: int) -> list[dict[str, Any]]:
+        """A run's rows as Client.run_metrics gives them."""
         return [{"epoch": e, "split": sp, "key": k, "value": None if (e + run_id) % 17 == 0 else e / (run_id + 1),
                  "note": "undefined" if (e + run_id) % 17 == 0 else None, "metric_version": 2}
                 for e in range(1, EPOCHS + 1) for sp in ("train", "test") for k in KEYS]
@@ -78,7 +88,7 @@ def _in_memory_rows(client: FakeClient, axes: list[str]) -> list[dict[str, Any]]
              "status": run["status"], "seed": run["seed"], **{a: (run.get("grid") or {}).get(a) for a in axes},
              "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"], "note": m.get("note"),
              "metric_version": m["metric_version"]}
-            for run in client.iter_runs(1) for m in client.run_metrics(run["id"])]
+            for run in client.iter_runs(1) for m in client.metric_rows(run["id"])]
 
 
 def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
@@ -129,7 +139,7 @@ def test_parquet_gathers_runs_into_row_groups(fake, tmp_path: Path) -> None:  # 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_a_failed_export_leaves_no_partial_file(fake, tmp_path: Path, suffix: str, capsys) -> None:  # noqa: ANN001
     target = tmp_path / f"m{suffix}"
-    fake(10, fail_at=6)  # five runs already written when the sixth fails
+    fake(10, fail_at=6)  # five runs (a page each) already written when the sixth fails
     assert cli.main(["export", "1", "--out", str(target)]) == 1
     assert "the API went away" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temp file

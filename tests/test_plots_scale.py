@@ -10,7 +10,7 @@ import matplotlib.colors
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from nc_core.db.events_repo import append_event
 from nc_core.db.models import Metric, Run, Sweep
@@ -251,3 +251,82 @@ def test_plot_cli_groups_and_filters(live: str, db_url: str, capsys, tmp_path) -
     rc, _, err = ncsweep(capsys, "plot", sid, "--kind", "heatmap", "--x", "seed", "--y", "loss.name",
                          "--group-by", "loss.name", "--out", tmp_path / "h.png")
     assert rc == 2 and "apply to --kind dynamics" in " ".join(err.split()), err
+
+
+def test_a_request_waiting_on_the_plot_cache_holds_no_database_connection(sqlite_app_client,  # noqa: ANN001
+                                                                          monkeypatch) -> None:
+    # a request waiting for another's render of the same figure kept its pooled connection (its existence and
+    # version checks' session stayed open): a few dozen dashboard tabs on one running sweep exhausted the pool
+    import service.plots as plots
+    from nc_core.db.session import make_engine
+    from service.routers.plots import PlotCache
+
+    client = sqlite_app_client
+    sid, _ = seed_sweep(client.db_url)
+    pool = make_engine(client.db_url).pool
+    started, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    draw, renders, got = plots.dynamics_png, [], []
+
+    def held(session, *args):  # noqa: ANN001, ANN202 - the first render, held with its connection checked out
+        session.execute(select(1))
+        renders.append(args)
+        started.set()
+        release.wait(10)
+        return draw(session, *args)
+
+    get = PlotCache.get
+
+    def entering(cache, key, render, *args):  # noqa: ANN001, ANN202 - the second request, at the cache
+        if started.is_set():
+            waiting.set()
+        return get(cache, key, render, *args)
+
+    monkeypatch.setattr(plots, "dynamics_png", held)
+    monkeypatch.setattr(PlotCache, "get", entering)
+    url = DYN.format(sid=sid)
+    first, second = (threading.Thread(target=lambda t=t: got.append(client.get(f"{url}?t={t}"))) for t in (1, 2))
+    first.start()
+    try:
+        assert started.wait(10)
+        rendering = pool.checkedout()
+        second.start()
+        assert waiting.wait(10)
+        assert rendering >= 1 and pool.checkedout() == rendering  # the waiting request holds none
+    finally:
+        release.set()
+        for thread in (first, second):
+            if thread.ident is not None:  # started
+                thread.join(10)
+    assert [r.status_code for r in got] == [200, 200] and got[0].content == got[1].content and len(renders) == 1
+    assert pool.checkedout() == 0
+
+
+def test_a_running_sweep_plot_is_drawn_again_after_a_few_seconds(sqlite_app_client, monkeypatch) -> None:  # noqa: ANN001
+    # the version's newest event id is no commit order on PostgreSQL: metrics committed late under a lower id do
+    # not change it, and the figure drawn without them stayed cached until the next event
+    import service.plots_dynamics as dynamics
+    from service.routers.plots import UNFINISHED_SECONDS, PlotCache
+
+    client = sqlite_app_client
+    now = [0.0]
+    client.app.state.plot_cache = PlotCache(clock=lambda: now[0])
+    running, runs = seed_sweep(client.db_url, statuses={7: "running"})
+    finished, _ = seed_sweep(client.db_url, name="done")
+    calls: list = []
+    monkeypatch.setattr(dynamics, "curve_points", lambda *a, curve_points=dynamics.curve_points:
+                        calls.append(a) or curve_points(*a))
+    url = DYN.format(sid=running)
+    first = client.get(url).content
+    with session_scope(client.db_url) as s:  # committed late: the version is the same
+        s.add(Metric(run_id=runs[0], epoch=5, split="train", key="nc1", value=9.0))
+    now[0] = UNFINISHED_SECONDS / 2
+    assert client.get(url).content == first and len(calls) == 1  # within its lifetime: the cached figure
+    now[0] = UNFINISHED_SECONDS + 1
+    assert client.get(url).content != first and len(calls) == 2  # drawn again, with the late metric
+    client.get(url)
+    assert len(calls) == 2  # and cached again
+    done = DYN.format(sid=finished)
+    assert client.get(done).content == client.get(done).content and len(calls) == 3
+    now[0] = 1e6
+    client.get(done)
+    assert len(calls) == 3  # a finished sweep's figure stays until its version changes

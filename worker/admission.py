@@ -1,15 +1,8 @@
-"""Job messages whose run no worker could claim are dropped in the worker's main process, before a child is forked.
-
-Each job runs in a fresh prefork child (``worker_max_tasks_per_child=1``), and Celery takes ~4-5 s to
-replace a child. A message whose run is already finished, cancelled or owned by a live lease (the messages a
-cancelled or retried sweep leaves in the queue, a duplicate delivery) would cost that much for a no-op; a
-cancelled 4,000-run sweep kept a 1-run sweep behind it waiting ~5 h. The main process reads the run's row
-first (one primary-key read) and acknowledges such a message at once. The claim in the child stays the
-authority: a run that becomes unclaimable after this read is still dropped there.
-"""
+"""Job messages whose run no worker could claim are dropped in the worker's main process, before a child is forked."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from celery import Task
@@ -29,22 +22,36 @@ def run_id_of(message: Any) -> int | None:
     return None
 
 
+#: After a failed read, messages go straight to the job process for this long: a database that is down (or a
+#: connect that hangs) must not stall the main process's consumer loop message after message.
+BACKOFF_S = 30.0
+_last_failure = [float("-inf")]
+
+
 def drop_reason(run_id: int) -> str | None:
-    """Why no claim could take the run now ('cancelled': a queued run whose cancel was requested, now
-    cancelled, as the child would; 'taken or finished'), or None: claimable, missing, or the database
-    could not say (the child then decides, as before)."""
+    """Why no claim could take the run now (runs_repo.drop_unclaimable: 'cancelled' — a queued run whose cancel
+    was requested, now cancelled, as the job process would — or 'taken or finished'), or None: claimable,
+    missing, or the database could not say (the job process then decides, as before).
+
+    Each job runs in a fresh prefork child (worker_max_tasks_per_child=1) and Celery takes ~4-5 s to replace
+    one: a message whose run is finished, cancelled or owned by a live lease (what a cancelled or retried sweep
+    leaves in the queue, a duplicate delivery) cost that much for a no-op — a cancelled 4,000-run sweep kept a
+    1-run sweep behind it waiting ~5 h. The claim in the child stays the authority."""
     from nc_core.db import runs_repo
-    from nc_core.db.models import Run
     from nc_core.db.session import session_scope
     from nc_core.settings import get_settings
 
+    if time.monotonic() - _last_failure[0] < BACKOFF_S:
+        return None
     try:
         with session_scope(get_settings().resolved_database_url()) as session:
-            if session.get(Run, run_id) is None or runs_repo.is_claimable(session, run_id):
+            if runs_repo.claimable(session, run_id) in (None, True):
                 return None
-            return "cancelled" if runs_repo.cancel_queued(session, run_id) else "taken or finished"
+            return runs_repo.drop_unclaimable(session, run_id)
     except Exception as exc:  # noqa: BLE001 - an unreadable database must not lose the message
-        log.warning("run %s: could not read its row before forking (%s); the job process decides", run_id, exc)
+        _last_failure[0] = time.monotonic()
+        log.warning("run %s: could not read its row before forking (%s); job processes decide for %.0f s",
+                    run_id, exc, BACKOFF_S)
         return None
 
 

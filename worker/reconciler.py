@@ -18,7 +18,8 @@ RESEND_AFTER_S = 60.0  # a queued run untouched this long may have lost its mess
 _APPS: dict[str, Any] = {}
 
 
-def _app(settings: Settings) -> Any:
+def celery_app_for(settings: Settings) -> Any:
+    """One Celery app per broker URL in this process (made on first use: no I/O until a message is sent)."""
     if settings.broker_url not in _APPS:
         from worker.celery_app import make_celery
 
@@ -32,7 +33,7 @@ def reconcile_once(settings: Settings | None = None, *, resend_after_s: float = 
     count}. 'cancelled': queued runs whose cancel was requested and that no worker ended within the grace
     period (resend_after_s) — they have no message to make one do it (runs_repo.cancel_stale_requested)."""
     settings = settings or get_settings()
-    app = app or _app(settings)
+    app = app or celery_app_for(settings)
     url = settings.resolved_database_url()
     now = runs_repo.utcnow()
     with session_scope(url) as session:

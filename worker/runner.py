@@ -60,10 +60,10 @@ def execute(run_id: int, kind: str, settings: Settings | None = None, *, hostnam
     with session_scope(url) as session:
         run = runs_repo.claim(session, run_id, owner, float(settings.lease_seconds))
         if run is None:
-            cancelled = runs_repo.cancel_queued(session, run_id)
+            why = runs_repo.drop_unclaimable(session, run_id)
     if run is None:
-        log.info("run %s: not claimable (%s); message dropped", run_id, "cancelled" if cancelled else "taken or finished")
-        return "cancelled" if cancelled else "skipped"
+        log.info("run %s: not claimable (%s); message dropped", run_id, why)
+        return "cancelled" if why == "cancelled" else "skipped"
     log.info("run %s (%s): claimed by %s, attempt %s", run_id, kind, owner, run.attempt)
     heart = _heartbeater(settings, name, run_id)
     try:
@@ -111,9 +111,10 @@ def _given_back(settings: Settings, run_id: int, kind: str, status: str, reason:
     log.info("run %s: back in the queue after a database outage (%s); its attempt is spent and the next one "
              "resumes from its newest checkpoint", run_id, reason)
     try:
-        from worker.celery_app import make_celery, send_runs
+        from worker.celery_app import send_runs
+        from worker.reconciler import celery_app_for
 
-        send_runs(make_celery(settings), [(run_id, kind)])
+        send_runs(celery_app_for(settings), [(run_id, kind)])
         log.info("run %s: re-sent to the broker", run_id)
     except Exception as exc:  # noqa: BLE001 - the broker is down too: the reconciler re-sends it
         log.warning("run %s: could not re-send it (%s); the reconciler re-sends it at its next pass", run_id, exc)

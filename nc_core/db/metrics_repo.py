@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nc_core.db.models import Metric, Run
-from nc_core.db.sweeps_repo import metric_series
+from nc_core.db.sweeps_repo import metric_series_query
 
 
 def sweep_metric_series(session: Session, sweep_id: int, after_run: int, runs: int, max_rows: int,
@@ -22,17 +22,12 @@ def sweep_metric_series(session: Session, sweep_id: int, after_run: int, runs: i
     more, ids = len(ids) > runs, ids[:runs]
     if not ids:
         return [], [], False
-    q = select(Metric.run_id, Metric.split, Metric.key, Metric.epoch, Metric.value, Metric.note,
-               Metric.metric_version).where(Metric.run_id.in_(ids))
-    if split is not None:
-        q = q.where(Metric.split == split)
-    if keys:
-        q = q.where(Metric.key.in_(list(keys)))
-    rows = list(session.execute(q.order_by(Metric.run_id, Metric.split, Metric.key, Metric.epoch)
+    rows = list(session.execute(metric_series_query(Metric.run_id.in_(ids), split, keys, with_run_id=True)
                                 .limit(max_rows + 1)))
     if len(rows) <= max_rows:
         return ids, rows, more
     cut = rows[-1][0]  # the run the budget ran out in (its rows may be partial): it and the runs after it wait
     if cut == ids[0]:
-        return [cut], [(cut, *r) for r in metric_series(session, cut, split, keys)], True
+        whole = metric_series_query(Metric.run_id == cut, split, keys, with_run_id=True)
+        return [cut], list(session.execute(whole)), True
     return [i for i in ids if i < cut], [r for r in rows if r[0] < cut], True

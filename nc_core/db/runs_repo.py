@@ -5,7 +5,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import and_, case, false, func, insert, or_, select, update
+from sqlalchemy import String, and_, case, cast, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
@@ -33,10 +33,11 @@ def add_event(session: Session, kind: str, run_id: int | None, sweep_id: int | N
 def fenced_update(session: Session, run_id: int, owner: str, now: datetime, **values: Any) -> tuple | None:
     """UPDATE the run iff `owner` holds its lease (row lock on PostgreSQL, write lock on SQLite).
 
-    Returns (sweep_id, cancel_requested) or None when the lease is lost.
+    Returns the row's (sweep_id, cancel_requested, status, attempt, error) after it, or None when the lease is lost.
     """
     stmt = (update(Run).where(Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)
-            .values(updated_at=now, **values).returning(Run.sweep_id, Run.cancel_requested)
+            .values(updated_at=now, **values)
+            .returning(Run.sweep_id, Run.cancel_requested, Run.status, Run.attempt, Run.error)
             .execution_options(synchronize_session=False))
     return session.execute(stmt).first()
 
@@ -78,10 +79,19 @@ def _claimable(now: datetime) -> Any:
                 Run.cancel_requested.is_(False))
 
 
-def is_claimable(session: Session, run_id: int, *, now: datetime | None = None) -> bool:
-    """Whether :func:`claim` would take the run now (a primary-key read; the claim itself stays the
-    authority: this only lets a worker drop a message no claim could use before paying for a job process)."""
-    return session.scalar(select(Run.id).where(Run.id == run_id, _claimable(now or utcnow()))) is not None
+def claimable(session: Session, run_id: int, *, now: datetime | None = None) -> bool | None:
+    """Whether :func:`claim` would take the run now; None: no such run (one primary-key read; the claim itself
+    stays the authority: this only lets a worker drop a message no claim could use before paying for a job
+    process)."""
+    row = session.execute(select(_claimable(now or utcnow()).label("ok")).where(Run.id == run_id)).first()
+    return None if row is None else bool(row.ok)
+
+
+def drop_unclaimable(session: Session, run_id: int) -> str:
+    """What a worker does with a message whose run no claim could take: a queued run whose cancel was requested
+    becomes cancelled (:func:`cancel_queued`); returns why the message is dropped ('cancelled', or 'taken or
+    finished')."""
+    return "cancelled" if cancel_queued(session, run_id) else "taken or finished"
 
 
 def _cancel_queued_where(session: Session, *where: Any, **why: Any) -> list[int]:
@@ -178,34 +188,31 @@ def release(session: Session, run_id: int, owner: str) -> bool:
     return True
 
 
-def requeue_after_outage(session: Session, run_id: int, owner: str, reason: str,
-                         max_attempts: int | None = None) -> str | None:
+def requeue_after_outage(session: Session, run_id: int, owner: str, reason: str, max_attempts: int) -> str | None:
     """running → queued by the lease holder whose job stopped on a transient database error (an outage):
-    unlike :func:`release` the attempt stays spent, so outages are bounded as lost workers are; on the last
-    attempt (``max_attempts``, else the run's own) → failed with ``reason``; a cancel requested by then →
-    cancelled (the UPDATE reads the flag itself). A re-queued run is marked as not sent, as release does, so the
-    reconciler re-sends it at its next pass should its worker fail to. One status event carries the reason.
-    Returns the new status; None = lease lost."""
-    held = session.execute(select(Run.attempt, Run.max_attempts).where(
-        Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)).first()
-    if held is None:
-        return None
-    now, limit = utcnow(), int(max_attempts if max_attempts is not None else held.max_attempts)
-    why = f"database unavailable: {reason}"[:500]
-    left, cancel = held.attempt < limit, Run.cancel_requested.is_(True)
-    requeue = ~cancel if left else false()
-    ended = f"{why} (attempt {held.attempt} of {limit}; no attempts left)"
-    row = fenced_update(session, run_id, owner, now, **_requeue_or_end(
-        requeue, now, status=case((cancel, states.CANCELLED), else_=states.QUEUED if left else states.FAILED),
-        error=None if left else case((cancel, None), else_=ended)))
+    unlike :func:`release` the attempt stays spent, so outages are bounded as lost workers are
+    (:func:`_requeue_unless_spent`: failed with ``reason`` on attempt ``max_attempts``, cancelled if requested).
+    A re-queued run is marked as not sent, as release does, so the reconciler re-sends it at its next pass
+    should its worker fail to. One status event carries the reason. Returns the new status; None = lease lost."""
+    now, why = utcnow(), f"database unavailable: {reason}"[:500]
+    ended = literal(f"{why} (attempt ") + cast(Run.attempt, String) + literal(f" of {max_attempts}; no attempts left)")
+    row = fenced_update(session, run_id, owner, now, **_requeue_unless_spent(Run.attempt < max_attempts, now, ended))
     if row is None:
         return None
-    status = states.CANCELLED if row.cancel_requested else states.QUEUED if left else states.FAILED
-    if status == states.QUEUED:
+    if row.status == states.QUEUED:
         touch(session, [run_id], now=now - timedelta(days=1))
-    add_event(session, "status", run_id, row.sweep_id, status=status, attempt=held.attempt, reason=why,
-              **({"error": ended} if status == states.FAILED else {}))
-    return status
+    add_event(session, "status", run_id, row.sweep_id, status=row.status, attempt=row.attempt, reason=why,
+              **({"error": row.error} if row.status == states.FAILED else {}))
+    return row.status
+
+
+def _requeue_unless_spent(left: Any, now: datetime, ended: Any) -> dict[str, Any]:
+    """SET values for a running run whose attempt ended without finishing (a lost lease, a database outage),
+    decided on the row the UPDATE locks: cancelled when a cancel was requested, back to the queue while ``left``
+    (attempts left) holds, else failed with the error ``ended``."""
+    cancel = Run.cancel_requested.is_(True)
+    status = case((cancel, states.CANCELLED), (left, states.QUEUED), else_=states.FAILED)
+    return _requeue_or_end(and_(~cancel, left), now, status=status, error=case((or_(cancel, left), None), else_=ended))
 
 
 def expired_runs(session: Session, now: datetime | None = None) -> list[Run]:
@@ -224,12 +231,9 @@ def requeue_expired(session: Session, now: datetime | None = None,
     requeued, failed = [], []
     for run in expired_runs(session, now):
         limit = max_attempts if max_attempts is not None else run.max_attempts
-        cancel, left = Run.cancel_requested.is_(True), Run.attempt < limit
         lost = (f"worker lost: the lease of {run.lease_owner or 'a worker'} expired on attempt {run.attempt} of "
                 f"{limit}; no attempts left")
-        status = case((cancel, states.CANCELLED), (left, states.QUEUED), else_=states.FAILED)
-        values = _requeue_or_end(and_(~cancel, left), now, status=status, updated_at=now,
-                                 error=case((or_(cancel, left), None), else_=lost))
+        values = {**_requeue_unless_spent(Run.attempt < limit, now, lost), "updated_at": now}
         row = session.execute(update(Run).where(Run.id == run.id, Run.status == states.RUNNING, Run.lease_expires_at < now,
                                                 Run.attempt == run.attempt).values(**values)
                               .returning(Run.status, Run.error).execution_options(synchronize_session=False)).first()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import Integer, String, and_, case, func, insert, literal, or_, select, true, union_all, update
+from sqlalchemy import (ColumnElement, Integer, Select, String, and_, case, func, insert, literal, or_, select, true,
+                        union_all, update)
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
@@ -125,16 +126,27 @@ def default_split(session: Session, sweep_id: int) -> str:
     return states.default_split(sweep_kinds(session, sweep_id))
 
 
+#: The columns and statuses of a sweep's runs that its ETA reads (eta_from_rows).
+ETA_COLUMNS = (Run.status, Run.started_at, Run.finished_at, Run.eta_s, Run.epochs_total, Run.start_epoch)
+ETA_STATUSES = (QUEUED, RUNNING, SUCCEEDED)
+
+
 def sweep_eta(session: Session, sweep_id: int) -> float | None:
+    """:func:`eta_from_rows` of the sweep's runs."""
+    return eta_from_rows(session.execute(select(*ETA_COLUMNS).where(Run.sweep_id == sweep_id,
+                                                                   Run.status.in_(ETA_STATUSES))).all())
+
+
+def eta_from_rows(rows: Sequence[Any]) -> float | None:
     """Rough ETA in seconds: (queued runs × mean whole-run duration + running remainder) / running. A succeeded
-    run's last attempt (started_at → finished_at) trained epochs start_epoch+1..epochs_total: scaled to all."""
-    rows = session.execute(select(Run.status, Run.started_at, Run.finished_at, Run.eta_s, Run.epochs_total,
-                                  Run.start_epoch)
-                           .where(Run.sweep_id == sweep_id, Run.status.in_((QUEUED, RUNNING, SUCCEEDED)))).all()
-    durations = [(f - s).total_seconds() * total / (total - (start or 0)) for st, s, f, _, total, start in rows
-                 if st == SUCCEEDED and s and f and total and total > (start or 0)]
-    running = [eta for st, _, _, eta, *_ in rows if st == RUNNING]
-    queued = sum(1 for st, *_ in rows if st == QUEUED)
+    run's last attempt (started_at → finished_at) trained epochs start_epoch+1..epochs_total: scaled to all.
+    ``rows``: the sweep's runs with ETA_COLUMNS by name (others and other statuses are ignored)."""
+    rows = [r for r in rows if r.status in ETA_STATUSES]
+    durations = [(r.finished_at - r.started_at).total_seconds() * r.epochs_total / (r.epochs_total - (r.start_epoch or 0))
+                 for r in rows if r.status == SUCCEEDED and r.started_at and r.finished_at and r.epochs_total
+                 and r.epochs_total > (r.start_epoch or 0)]
+    running = [r.eta_s for r in rows if r.status == RUNNING]
+    queued = sum(1 for r in rows if r.status == QUEUED)
     if not queued and not running:
         return 0.0 if rows else None
     if queued and not durations:
@@ -183,16 +195,26 @@ def query_runs(session: Session, *, sweep_id: int | None = None, status: str | N
     return total, list(page)
 
 
-def metric_series(session: Session, run_id: int, split: str | None, keys: Sequence[str] | None) -> list[tuple]:
-    """(split, key, epoch, value, note, metric_version) rows of one run (only `keys` if given), ordered;
-    served by the (run_id, split, key, epoch) index."""
-    q = select(Metric.split, Metric.key, Metric.epoch, Metric.value, Metric.note,
-               Metric.metric_version).where(Metric.run_id == run_id)
+def metric_series_query(runs: ColumnElement[bool], split: str | None, keys: Sequence[str] | None, *,
+                        with_run_id: bool = False) -> Select:
+    """SELECT the ([run_id,] split, key, epoch, value, note, metric_version) metric rows of the runs that `runs`
+    (a condition on Metric.run_id) picks, only `split`'s and `keys`' if given, ordered by ([run_id,] split, key,
+    epoch): the (run_id, split, key, epoch) index's order, so the index serves it (metric_series and
+    metrics_repo.sweep_metric_series)."""
+    lead = (Metric.run_id,) if with_run_id else ()
+    q = select(*lead, Metric.split, Metric.key, Metric.epoch, Metric.value, Metric.note,
+               Metric.metric_version).where(runs)
     if split is not None:
         q = q.where(Metric.split == split)
     if keys:
         q = q.where(Metric.key.in_(list(keys)))
-    return list(session.execute(q.order_by(Metric.split, Metric.key, Metric.epoch)))
+    return q.order_by(*lead, Metric.split, Metric.key, Metric.epoch)
+
+
+def metric_series(session: Session, run_id: int, split: str | None, keys: Sequence[str] | None) -> list[tuple]:
+    """(split, key, epoch, value, note, metric_version) rows of one run (only `keys` if given), ordered;
+    served by the (run_id, split, key, epoch) index."""
+    return list(session.execute(metric_series_query(Metric.run_id == run_id, split, keys)))
 
 
 def string_table(name: str, columns: Sequence[str], rows: Sequence[tuple[str, ...]]):  # noqa: ANN202 - a FROM clause

@@ -137,6 +137,9 @@ def load_for_validation(path: str | Path, epoch: int, map_location: str | torch.
             f"validate: the checkpoint of epoch {epoch}, {path}, does not match the checksum recorded when it was "
             f"written (sha256 expected {exc.expected}, got {exc.got}): the file changed after it was saved, so "
             "metrics from it would not be the run's", path=exc.path, expected=exc.expected, got=exc.got) from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"validate: the checkpoint of epoch {epoch}, {path}, is gone: deleted after it was "
+                                "listed (keep_last pruning, or by hand)") from None
     except Exception as exc:  # noqa: BLE001 - whatever torch.load raises on a damaged file
         raise ValueError(f"validate: the checkpoint of epoch {epoch}, {path}, is unreadable (expected a complete "
                          f"checkpoint file, got {_first_line(exc)})") from exc

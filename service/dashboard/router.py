@@ -16,14 +16,15 @@ from nc_core.spec import SPLITS
 from nc_core.sweep import SpecError
 from service.auth import ReadAuth, read_refusal
 from service.dashboard import data
-from service.dashboard.common import eta_text
+from service.dashboard.common import eta_text, value_label
+from service.dashboard.sweep_state import RUNS_SHOWN, RUNS_SHOWN_MAX, sweep_state
 from service.deps import Id, SafeStr
 from service.routers.events import app_settings
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"dashboard.js": "text/javascript", "sweep.js": "text/javascript", "style.css": "text/css"}
 templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters["value_label"] = data.value_label
+templates.env.filters["value_label"] = value_label
 templates.env.filters["eta"] = eta_text
 router = APIRouter(include_in_schema=False)
 
@@ -96,22 +97,21 @@ def _not_found(request: Request, what: str, number: int) -> HTMLResponse:
 def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
     if (login := _login_needed(request)) is not None:
         return login
-    sid = sweep_id
     with _session(request) as s:
-        sweep = s.get(Sweep, sid)
+        sweep = s.get(Sweep, sweep_id)
         if sweep is None:
-            return _not_found(request, "sweep", sid)
-        state = data.sweep_state(s, sid)
+            return _not_found(request, "sweep", sweep_id)
+        state = sweep_state(s, sweep_id)
         return _page(request, "sweep.html", sweep=sweep, state=state,
-                     unit=metric_step(sweeps_repo.sweep_kinds(s, sid)),  # what its runs count
-                     cursor=events_repo.latest_event_id(s), title=f"{sweep.name} (sweep {sid})")
+                     unit=metric_step(sweeps_repo.sweep_kinds(s, sweep_id)),  # what its runs count
+                     cursor=events_repo.latest_event_id(s), title=f"{sweep.name} (sweep {sweep_id})")
 
 
 @router.get("/ui/sweeps/{sweep_id}/state.json", dependencies=[ReadAuth])
 def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query(None),
                      split: SafeStr | None = Query(None),
                      status: SafeStr | None = Query(None, description="only the runs table's runs of this status"),
-                     limit: int = Query(data.RUNS_SHOWN, ge=1, le=data.RUNS_SHOWN_MAX)) -> JSONResponse:
+                     limit: int = Query(RUNS_SHOWN, ge=1, le=RUNS_SHOWN_MAX)) -> JSONResponse:
     problems = []  # the matrix's metric: a key some run may store, on a split (else a 422 listing the valid ones)
     if status and status not in STATUSES:
         problems.append(("status", f"expected one of {', '.join(map(repr, STATUSES))}, got {status!r}"))
@@ -125,8 +125,7 @@ def sweep_state_json(request: Request, sweep_id: Id, key: SafeStr | None = Query
         raise SpecError.of(problems)
     with _session(request) as s:
         _sweep_or_404(s, sweep_id)
-        return JSONResponse(data.sweep_state(s, sweep_id, key or None, split or None, status=status or None,
-                                             limit=limit))
+        return JSONResponse(sweep_state(s, sweep_id, key or None, split or None, status=status or None, limit=limit))
 
 
 @router.get("/ui/workers", response_class=HTMLResponse)
@@ -155,17 +154,17 @@ def _run_or_404(s, run_id: int) -> Run:  # noqa: ANN001 - a Session
 @router.get("/ui/runs/{run_id}.json", dependencies=[ReadAuth])  # before /ui/runs/{run_id}, which would match it
 def run_json(request: Request, run_id: Id) -> JSONResponse:
     with _session(request) as s:
-        return JSONResponse(data.run_view(s, _run_or_404(s, run_id)))
+        cursor = events_repo.latest_event_id(s)  # read before the run: what changes it later is an event after this
+        return JSONResponse({**data.run_view(s, _run_or_404(s, run_id)), "cursor": cursor})
 
 
 @router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: Id) -> HTMLResponse:
     if (login := _login_needed(request)) is not None:
         return login
-    rid = run_id
     with _session(request) as s:
-        run = s.get(Run, rid)
+        cursor = events_repo.latest_event_id(s)  # as run_json's: the page follows its run's events from here
+        run = s.get(Run, run_id)
         if run is None:
-            return _not_found(request, "run", rid)
-        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {rid}",
-                     cursor=events_repo.latest_event_id(s))  # the run page follows its sweep's events from here
+            return _not_found(request, "run", run_id)
+        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {run_id}", cursor=cursor)

@@ -1,17 +1,18 @@
-"""The sweep page's state.json: completion matrix over every run, a bounded runs table, NaN reasons, value counts."""
+"""The sweep page's state.json: completion matrix over every run, a bounded runs table, NaN reasons, value counts,
+and the sweeps' ETA (nc_core's, from rows already read)."""
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
 from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.states import FINISHED, unfinished_runs
-from nc_core.db.sweeps_repo import PRIMARY_KINDS
+from nc_core.db.sweeps_repo import ETA_COLUMNS, ETA_STATUSES, PRIMARY_KINDS
 from nc_core.spec_fields import distinct_values, value_key, value_sort_key
 from nc_core.sweep import get_path
 from service.dashboard.common import (CHIP_ORDER, ROW_ORDER, STATUS_ORDER, error_line, ordered_counts, overall_state,
@@ -22,15 +23,54 @@ RUNS_SHOWN = 200  # the runs table's default page: running, failed, queued, then
 RUNS_SHOWN_MAX = 1000
 UNFINISHED_SHOWN = 10  # per cell: where its unfinished runs' values are from (the tooltip)
 NOTES_SHOWN = 3  # per cell: why some of its runs' values are NaN
-# what the matrix and the runs table need of a run: never its JSON spec (a 4,000-run sweep: megabytes)
-COLUMNS = (Run.id, Run.status, Run.grid, Run.seed, Run.worker_name, Run.error, Run.epoch, Run.epochs_total,
-           Run.step, Run.steps_total, Run.samples_per_s, Run.eta_s, Run.started_at, Run.start_epoch)
+VALIDATE_SHOWN = 100  # the sweep page's list of validate jobs: the newest
+# what the matrix, the runs table, the validate jobs' list and the ETA need of a run: never its JSON spec (a
+# 4,000-run sweep: megabytes)
+COLUMNS = (Run.id, Run.kind, Run.parent_run_id, Run.grid, Run.seed, Run.worker_name, Run.error, Run.epoch, Run.step,
+           Run.steps_total, Run.samples_per_s, *ETA_COLUMNS)
 
 
 def light_runs(session: Session, sweep_id: int) -> list[Any]:
-    """The runs the sweep's grid defines (as service.plots.sweep_runs: by id), only the columns shown."""
-    return list(session.execute(select(*COLUMNS).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS))
-                                .order_by(Run.id)))
+    """Every run of the sweep, by id, only COLUMNS: those its grid defines (PRIMARY_KINDS, as
+    service.plots.sweep_runs) and its validate jobs."""
+    return list(session.execute(select(*COLUMNS).where(Run.sweep_id == sweep_id).order_by(Run.id)))
+
+
+def eta_of(rows: Sequence[Any]) -> float | None:
+    """GET /sweeps/{id}'s eta_s (sweeps_repo.eta_from_rows) over rows already read (every kind of run of one
+    sweep, with ETA_COLUMNS by name): no further read."""
+    return sweeps_repo.eta_from_rows(rows)
+
+
+def sweeps_eta(session: Session, sweep_ids: Sequence[int]) -> dict[int, float | None]:
+    """sweeps_repo.sweep_eta of each sweep, from one query for all of them (the index page's active sweeps)."""
+    if not sweep_ids:
+        return {}
+    rows: dict[int, list[Any]] = defaultdict(list)
+    for r in session.execute(select(Run.sweep_id, *ETA_COLUMNS).where(Run.sweep_id.in_(list(sweep_ids)),
+                                                                      Run.status.in_(ETA_STATUSES))):
+        rows[r.sweep_id].append(r)
+    return {sid: eta_of(rows.get(sid, [])) for sid in sweep_ids}
+
+
+def metric_keys(session: Session, sweep_id: int) -> list[dict[str, str]]:
+    """(key, split) pairs stored for the runs the sweep's grid defines: the options of the matrix's metric
+    dropdown (sweeps_repo.stored_pairs: probed through the index, no scan of the sweep's metric rows)."""
+    return [{"key": k, "split": s} for k, s in sweeps_repo.stored_pairs(session, sweep_id)]
+
+
+def heatmap_metric(keys: list[dict[str, str]], split: str) -> dict[str, str]:
+    """The heatmap's metric while the matrix is coloured by status: acc on the sweep's default split, else its
+    first stored key there (a UFM sweep stores no acc)."""
+    on_split = [k["key"] for k in keys if k["split"] == split]
+    return {"key": "acc" if "acc" in on_split or not on_split else on_split[0], "split": split}
+
+
+def validate_runs(jobs: Sequence[Any], limit: int = VALIDATE_SHOWN) -> list[dict[str, Any]]:
+    """The sweep's validate jobs (of its light_runs; newest first, at most `limit`): id, status and the run each
+    re-evaluates."""
+    newest = sorted(jobs, key=lambda j: j.id, reverse=True)[:limit]
+    return [{"id": j.id, "status": j.status, "parent_run_id": j.parent_run_id} for j in newest]
 
 
 def axis_reader(session: Session, runs: list[Any], paths: list[str]):  # noqa: ANN201 - (run, path) -> value
@@ -48,12 +88,16 @@ def axis_reader(session: Session, runs: list[Any], paths: list[str]):  # noqa: A
 
 def nan_notes(session: Session, points: dict[int, tuple[float, int]], key: str, split: str) -> dict[int, str]:
     """run id → why its final value of `key` is NaN (the metric suite's note), for the runs whose value is NaN."""
-    nan = {rid: epoch for rid, (value, epoch) in points.items() if not math.isfinite(value)}
-    if not nan:
+    at_epoch: dict[Any, list[int]] = defaultdict(list)  # the epoch a NaN is from → those runs
+    for rid, (value, epoch) in points.items():
+        if not math.isfinite(value):
+            at_epoch[epoch].append(rid)
+    if not at_epoch:
         return {}
-    rows = session.execute(select(Metric.run_id, Metric.epoch, Metric.note).where(
-        Metric.run_id.in_(list(nan)), Metric.split == split, Metric.key == key, Metric.note.is_not(None)))
-    return {rid: note for rid, epoch, note in rows if nan.get(rid) == epoch}
+    nan_points = or_(*(and_(Metric.epoch == epoch, Metric.run_id.in_(rids)) for epoch, rids in at_epoch.items()))
+    rows = session.execute(select(Metric.run_id, Metric.note).where(
+        nan_points, Metric.split == split, Metric.key == key, Metric.note.is_not(None)))
+    return dict(rows.all())
 
 
 def _aggregate(statuses: list[str]) -> str:
@@ -86,12 +130,11 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
     value from their last measured epoch) and at most `limit` rows of its runs table (``runs_matching`` match
     `status`, ``runs_total`` in all): running, failed, queued, then the rest. Validate jobs are counted apart
     (``validate_jobs``); `split` defaults to the sweep's (sweeps_repo.default_split: train for a UFM sweep)."""
-    from service.dashboard.data import heatmap_metric, metric_keys, validate_runs
-
     sweep = session.get(Sweep, sweep_id)
     default_split = sweeps_repo.default_split(session, sweep_id)
     split = split or default_split
-    runs = light_runs(session, sweep_id)
+    every = light_runs(session, sweep_id)  # one read: the grid's runs, the validate jobs and the ETA's rows
+    runs = [r for r in every if r.kind in PRIMARY_KINDS]
     axes = list(sweep.axes or []) if sweep else []
     row_axis, col_axis = (axes + [None, None])[:2]
     read = axis_reader(session, runs, [a for a in (row_axis, col_axis) if a])
@@ -123,8 +166,9 @@ def sweep_state(session: Session, sweep_id: int, key: str | None = None, split: 
             "matrix": matrix, "runs": [_run_row(r, values, points, notes) for r in shown],
             "runs_total": len(runs), "runs_matching": matching, "status_filter": status, "chip_order": CHIP_ORDER,
             "counts": counts, "progress": stats["progress"], "overall": overall_state(counts),
-            "eta_s": None if finished else sweeps_repo.sweep_eta(session, sweep_id),
-            "validate_jobs": ordered_counts(stats["validate_jobs"]), "validate_runs": validate_runs(session, sweep_id),
+            "eta_s": None if finished else eta_of(every),
+            "validate_jobs": ordered_counts(stats["validate_jobs"]),
+            "validate_runs": validate_runs([r for r in every if r.kind == "validate"]),
             "keys": keys, "finished": finished, "key": key, "split": split, "default_split": default_split,
             "heatmap": heatmap_metric(keys, default_split)}
 

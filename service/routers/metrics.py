@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterable, Literal, Sequence
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -33,6 +33,25 @@ def parse_keys(raw: str | None) -> list[str] | None:
     return parse_metric_keys("keys", raw)
 
 
+def group_series(rows: Iterable[Sequence[Any]], with_run_id: bool = False) -> list[dict[str, Any]]:
+    """Metric rows ([run_id,] split, key, epoch, value, note, metric_version), ordered by ([run_id,] split, key,
+    epoch) as sweeps_repo.metric_series_query orders them, as series: [{[run_id,] split, key, epochs, values,
+    versions, notes: {epoch: why}}], one per ([run_id,] split, key)."""
+    names = ("run_id", "split", "key") if with_run_id else ("split", "key")
+    series: list[dict[str, Any]] = []
+    last: list[Any] | None = None
+    for *head, epoch, value, note, version in rows:
+        if head != last:
+            last = head
+            series.append({**dict(zip(names, head)), "epochs": [], "values": [], "versions": [], "notes": {}})
+        series[-1]["epochs"].append(epoch)
+        series[-1]["values"].append(value)
+        series[-1]["versions"].append(version)
+        if note is not None:
+            series[-1]["notes"][str(epoch)] = note
+    return series
+
+
 @router.get("/runs/{run_id}/metrics", responses=problems(404, 422, 503))
 def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"] | None = None,
                 key: str | None = None, keys: str | None = None) -> JSONResponse:
@@ -47,16 +66,8 @@ def run_metrics(run_id: Id, session: SessionDep, split: Literal["train", "test"]
         check_metric_keys("key", [key])
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFound(f"run {run_id} not found")
-    series: list[dict[str, Any]] = []
-    for s, k, epoch, value, note, version in repo.metric_series(session, run_id, split, key_list):
-        if not series or series[-1]["split"] != s or series[-1]["key"] != k:
-            series.append({"split": s, "key": k, "epochs": [], "values": [], "versions": [], "notes": {}})
-        series[-1]["epochs"].append(epoch)
-        series[-1]["values"].append(value)
-        series[-1]["versions"].append(version)
-        if note is not None:
-            series[-1]["notes"][str(epoch)] = note
-    return JSONResponse({"run_id": run_id, "series": series})
+    rows = repo.metric_series(session, run_id, split, key_list)
+    return JSONResponse({"run_id": run_id, "series": group_series(rows)})
 
 
 @router.get("/sweeps/{sweep_id}/metrics", summary="Metric series of a page of a sweep's runs",
@@ -82,17 +93,7 @@ def sweep_metrics(
     if session.scalar(select(Sweep.id).where(Sweep.id == sweep_id)) is None:
         raise NotFound(f"sweep {sweep_id} not found")
     ids, rows, more = metrics_repo.sweep_metric_series(session, sweep_id, after_run, runs, max_rows, split, key_list)
-    series: list[dict[str, Any]] = []
-    for rid, s, k, epoch, value, note, version in rows:
-        if not series or series[-1]["run_id"] != rid or series[-1]["split"] != s or series[-1]["key"] != k:
-            series.append({"run_id": rid, "split": s, "key": k, "epochs": [], "values": [], "versions": [],
-                           "notes": {}})
-        series[-1]["epochs"].append(epoch)
-        series[-1]["values"].append(value)
-        series[-1]["versions"].append(version)
-        if note is not None:
-            series[-1]["notes"][str(epoch)] = note
-    return JSONResponse({"sweep_id": sweep_id, "run_ids": ids, "series": series,
+    return JSONResponse({"sweep_id": sweep_id, "run_ids": ids, "series": group_series(rows, with_run_id=True),
                          "next_after_run": ids[-1] if more and ids else None})
 
 

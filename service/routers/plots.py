@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Literal
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from nc_core.db.models import Event, Run, Sweep
 from nc_core.db.session import session_factory
+from nc_core.db.states import FINISHED
 from nc_core.db.sweeps_repo import PRIMARY_KINDS, default_split
 from nc_core.metric_keys import check_metric_keys
 from nc_core.sweep import SpecError
@@ -28,25 +30,34 @@ _NO_CACHE = {"Cache-Control": "no-store"}
 _PNG = problems(404, 422, 503, ok=PNG)  # a PNG, or the errors as JSON
 CACHE_ENTRIES = 32  # rendered sweep PNGs kept per app (~0.1-0.5 MB each)
 PARAM_LENGTH = 2000  # characters of a group_by or filter parameter
+#: Seconds a figure of a sweep with unfinished runs stays cached though its version is unchanged: the version's
+#: newest event id is no commit order (on PostgreSQL a transaction holding id 100 may commit after the one holding
+#: 101), so a figure drawn without id 100's metrics may be stored under version 101; it is drawn again this soon.
+UNFINISHED_SECONDS = 5.0
 
 
 class PlotCache:
     """The latest rendered sweep PNGs, by request and sweep version (least recently used dropped first); one
-    render per key at a time: a page refreshing while others wait for the same figure gets the same bytes."""
+    render per key at a time: a page refreshing while others wait for the same figure gets the same bytes. An
+    entry stored with ``ttl`` is drawn again once ``ttl`` seconds of ``clock`` have passed."""
 
-    def __init__(self, size: int = CACHE_ENTRIES):
-        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+    def __init__(self, size: int = CACHE_ENTRIES, clock: Callable[[], float] = time.monotonic):
+        self.size, self.clock, self._items, self._lock = size, clock, OrderedDict(), threading.Lock()
         self._rendering: dict[tuple, threading.Lock] = {}
 
     def _get(self, key: tuple) -> bytes | None:
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            return None
+            if key not in self._items:
+                return None
+            png, expires = self._items[key]
+            if expires is not None and self.clock() >= expires:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return png
 
-    def get(self, key: tuple, render: Callable[[], bytes]) -> bytes:
-        """The PNG stored under ``key``, else ``render()``'s (stored)."""
+    def get(self, key: tuple, render: Callable[[], bytes], ttl: float | None = None) -> bytes:
+        """The PNG stored under ``key``, else ``render()``'s (stored, for ``ttl`` seconds if given)."""
         png = self._get(key)
         if png is not None:
             return png
@@ -59,7 +70,7 @@ class PlotCache:
             try:
                 png = render()
                 with self._lock:
-                    self._items[key] = png
+                    self._items[key] = (png, None if ttl is None else self.clock() + ttl)
                     while len(self._items) > self.size:
                         self._items.popitem(last=False)
             finally:
@@ -93,19 +104,33 @@ def _render(request: Request, model: type, obj_id: int, draw,  # noqa: ANN001
             cache_key: tuple | None = None) -> Response:
     """``draw(session)``'s PNG; with ``cache_key`` (a sweep plot's parameters) the cached one while the sweep's
     version is the same (the dashboard redraws a running sweep's plots every few seconds, from every page)."""
-    with session_factory(db_url(request))() as session:
-        if session.get(model, obj_id) is None:
-            raise NotFound(f"{model.__tablename__} {obj_id} not found")
-        try:  # no lock: each figure has its own canvas (service.plots.new_figure), requests draw in parallel
-            if cache_key is None:
+    factory = session_factory(db_url(request))
+    try:  # no lock: each figure has its own canvas (plots_layout.new_figure), requests draw in parallel
+        if cache_key is None:
+            with factory() as session:
+                _exists(session, model, obj_id)
                 png = draw(session)
-            else:
-                key = (*cache_key, obj_id, sweep_version(session, obj_id))
-                png = plot_cache(request).get(key, lambda: draw(session))
-        except plots.PlotError as exc:
-            where = "path" if exc.field in ("sweep_id", "run_id") else "query"  # a sweep without runs: its id
-            raise HTTPException(422, detail=[error_item(exc.field, exc.message, where)]) from None
+        else:
+            with factory() as session:  # closed before the cache: a request waiting there holds no connection
+                _exists(session, model, obj_id)
+                version = sweep_version(session, obj_id)
+            unfinished = any(status not in FINISHED for status, *_ in version[1])
+
+            def render() -> bytes:  # only on a miss: its own session, for the draw's time
+                with factory() as session:
+                    return draw(session)
+
+            png = plot_cache(request).get((*cache_key, obj_id, version), render,
+                                          UNFINISHED_SECONDS if unfinished else None)
+    except plots.PlotError as exc:
+        where = "path" if exc.field in ("sweep_id", "run_id") else "query"  # a sweep without runs: its id
+        raise HTTPException(422, detail=[error_item(exc.field, exc.message, where)]) from None
     return Response(png, media_type="image/png", headers=_NO_CACHE)
+
+
+def _exists(session: Session, model: type, obj_id: int) -> None:
+    if session.get(model, obj_id) is None:
+        raise NotFound(f"{model.__tablename__} {obj_id} not found")
 
 
 Split = Literal["train", "test"]

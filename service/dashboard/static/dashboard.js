@@ -38,12 +38,14 @@ async function getJSON(url) {
 }
 
 // a 401/403 (reads need a token: NCSWEEP_AUTH_READS, or the token was revoked): reload, and the server answers
-// with its token form; at most once in 30 s (so a page the server still serves never reloads in a loop)
+// with its token form; at most once in 30 s from the last reload (so a page the server still serves never reloads
+// in a loop; a refusal that does not reload leaves that time as it is, so a later one reloads again)
 const TOKEN_RELOAD = "ncsweep-token-reload";
 function tokenNeeded(why) {
   let last = 0;
-  try { last = Number(sessionStorage.getItem(TOKEN_RELOAD) || 0); sessionStorage.setItem(TOKEN_RELOAD, String(Date.now())); } catch (e) { /* no storage */ }
+  try { last = Number(sessionStorage.getItem(TOKEN_RELOAD) || 0); } catch (e) { /* no storage */ }
   if (Date.now() - last < 30000) { live.set("down", `a token is needed (${why}): reload the page to enter one`); return; }
+  try { sessionStorage.setItem(TOKEN_RELOAD, String(Date.now())); } catch (e) { /* no storage */ }
   live.set("down", `a token is needed (${why}): opening the token form`);
   location.reload();
 }
@@ -63,9 +65,10 @@ const live = {
 // the change feed (GET /events) as an EventSource that outlives HTTP errors: the browser retries a dropped stream
 // itself (CONNECTING), but an HTTP error (a 401 after a restart with NCSWEEP_AUTH_READS, a 503) closes it for good
 // (CLOSED); then the server is asked why (401/403: the token form), else a new one opens after a backoff (2 s,
-// doubling to 60 s), from the last event seen. onReopen runs when a stream opens again after a failure.
+// doubling to 60 s), from the last event seen. onReopen runs when a stream opens again after a failure; close()
+// ends it for good.
 function liveEvents(path, cursor, kinds, onEvent, {onOpen = () => live.ok("event stream"), onReopen = () => {}} = {}) {
-  let source = null, lastId = cursor, delay = 2000, broken = false;
+  let source = null, lastId = cursor, delay = 2000, broken = false, closed = false, retry = null;
   const url = () => `${path}&since=${encodeURIComponent(lastId)}`;
   const probe = async () => {
     let status = 0;
@@ -75,12 +78,14 @@ function liveEvents(path, cursor, kinds, onEvent, {onOpen = () => live.ok("event
       status = res.status;
       ctrl.abort();
     } catch (e) { /* no answer */ }
+    if (closed) return;
     if (status === 401 || status === 403) return tokenNeeded(`event stream: HTTP ${status}`);
     live.set("down", `event stream closed (${status ? `HTTP ${status}` : "no answer"}) at ${new Date().toLocaleTimeString()}; reopening in ${delay / 1000} s`);
-    setTimeout(open, delay);
+    retry = setTimeout(open, delay);
     delay = Math.min(60000, delay * 2);
   };
   const open = () => {
+    if (closed) return;
     source = new EventSource(url());
     for (const kind of kinds) source.addEventListener(kind, (e) => { if (e.lastEventId) lastId = e.lastEventId; onEvent(kind, e); });
     source.onopen = () => { delay = 2000; onOpen(); if (broken) { broken = false; onReopen(); } };
@@ -92,7 +97,10 @@ function liveEvents(path, cursor, kinds, onEvent, {onOpen = () => live.ok("event
     };
   };
   if (window.EventSource) open();
-  return {isOpen: () => !!source && source.readyState === EventSource.OPEN};
+  return {
+    isOpen: () => !!source && source.readyState === EventSource.OPEN,
+    close() { closed = true; clearTimeout(retry); if (source) source.close(); },
+  };
 }
 
 // calls fn every ms while started (stop() inside fn ends it); reports each outcome on the live indicator
@@ -166,30 +174,36 @@ function renderRun(v) {
   for (const img of document.querySelectorAll("img.plot")) img.hidden = none;
 }
 
-// polls while its run is unfinished; finished, it follows its sweep's events for this run (a retry, a validate
-// job's start) and polls again once the run is back
+// polls while its run is unfinished, with no event stream open (the poll covers it); finished, it follows its
+// sweep's status events of this run (a retry; a sweep-wide retry names no run) and polls again once the run is back
 function runPage() {
   const {run: first, cursor} = init();
-  let view = first, lastPlot = Date.now(), pending = null;
+  let view = first, lastPlot = Date.now(), pending = null, stream = null;
   const done = () => live.idle(`run ${view.id} ${view.status}: no more updates unless it is retried (following its events)`);
+  const onEvent = (kind, e) => {
+    let ev = {};
+    try { ev = JSON.parse(e.data); } catch (err) { return; }
+    if (!view.finished || pending || (ev.run_id != null && ev.run_id !== view.id)) return;
+    pending = setTimeout(() => { pending = null; poll.now(); }, 300);
+  };
+  // finished: the stream opens (once) from `since`, the newest event when the run was read; unfinished: it closes
+  const follow = (since) => {
+    if (!view.finished) { if (stream) stream.close(); stream = null; return; }
+    if (!stream) stream = liveEvents(`/events?sweep_id=${view.sweep_id}`, since, ["status"], onEvent,
+      {onOpen: () => (view.finished ? done() : live.ok("event stream")), onReopen: () => poll.now()});
+  };
   const poll = poller(async () => {
     const next = await getJSON(`/ui/runs/${view.id}.json`);
     const changed = next.status !== view.status;
     view = next;
     renderRun(view);
     if (changed || (view.status === "running" && Date.now() - lastPlot >= 10000)) { lastPlot = Date.now(); refreshPlots(); }
+    follow(next.cursor);
     if (view.finished) poll.stop(); else poll.start();
   }, 3000, `run ${view.id}`, done);
   renderRun(view);
   if (!(view.finished && !view.has_metrics)) refreshPlots();
-  const onEvent = (kind, e) => {
-    let ev = {};
-    try { ev = JSON.parse(e.data); } catch (err) { return; }
-    if (ev.run_id !== view.id || pending) return;
-    pending = setTimeout(() => { pending = null; poll.now(); }, kind === "status" ? 300 : 1500);
-  };
-  liveEvents(`/events?sweep_id=${view.sweep_id}`, cursor, ["status", "progress", "metric", "worker"], onEvent,
-    {onOpen: () => (view.finished ? done() : live.ok("event stream")), onReopen: () => poll.now()});
+  follow(cursor);
   if (view.finished) done(); else poll.start();
 }
 
