@@ -164,6 +164,22 @@ def settings_env(settings: Any) -> dict[str, str]:
     return env
 
 
+class Reconciler:
+    """worker.reconciler.run_forever in a daemon thread of the test process, every `interval` seconds."""
+
+    def __init__(self, settings: Any, interval: float = 0.5):
+        from worker.reconciler import run_forever
+
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=run_forever, args=(settings, interval),
+                                       kwargs={"stop": self.stop_event}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+
+
 class CeleryWorker:
     """`celery -A worker.celery_app worker` as a real subprocess (prefork -c1), logs under home."""
 

@@ -14,8 +14,8 @@ from sqlalchemy.exc import (DBAPIError, DisconnectionError, IntegrityError, Inte
 from nc_core.db import runs_repo, states
 from nc_core.db.models import Event, Run
 from nc_core.db.session import session_scope
-from tests.helpers_stack import ApiServer, CeleryWorker, RedisServer, make_settings, postgres_db, sqlite_db, wait_for
-from tests.test_runs_repo import _new_run as new_run, _run as _row
+from tests.helpers_stack import ApiServer, CeleryWorker, RedisServer, make_settings, sqlite_db, wait_for
+from tests.test_runs_repo import _new_run as new_run, _run as _row, url  # noqa: F401 - url: a fixture
 
 TINY = {"epochs": 10, "batch_size": 64, "device": "cpu",
         "data": {"name": "gaussian", "train_size": 256, "test_size": 64, "gaussian_classes": 4, "gaussian_dim": 8},
@@ -118,15 +118,7 @@ def test_a_write_blocked_past_the_retry_window_is_retried_once_more(monkeypatch)
     assert calls["n"] == 1
 
 
-# -- runs_repo.requeue_after_outage ----------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield sqlite_db(tmp_path)
-        return
-    pg, drop = postgres_db()
-    yield pg
-    drop()
+# -- runs_repo.requeue_after_outage (on SQLite and PostgreSQL: test_runs_repo's url fixture) --------------------
 
 
 def test_requeue_after_outage_keeps_the_attempt_is_fenced_and_bounded(url):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import httpx
@@ -13,7 +12,7 @@ from sqlalchemy import func, select
 
 from nc_core.db.models import Event, Metric, Run
 from nc_core.db.session import session_scope
-from tests.helpers_stack import ApiServer, CeleryWorker, RedisServer, make_settings, sqlite_db, wait_for
+from tests.helpers_stack import ApiServer, CeleryWorker, Reconciler, RedisServer, make_settings, sqlite_db, wait_for
 
 pytestmark = pytest.mark.integration
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -29,18 +28,14 @@ def spec(epochs: int, *, lr: float = 0.05, eval_every: int = 10, train_size: int
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from worker.reconciler import run_forever
-
     home = tmp_path_factory.mktemp("faults")
     redis = RedisServer(home / "redis").start()
     settings = make_settings(home, sqlite_db(home), redis.url(), lease_seconds=3.0, heartbeat_seconds=0.5)
     api = ApiServer(settings).start()
-    stop = threading.Event()
-    recon = threading.Thread(target=run_forever, args=(settings, 0.5), kwargs={"stop": stop}, daemon=True)
-    recon.start()
+    recon = Reconciler(settings)
     workers = [CeleryWorker(settings, f"f{i}").start() for i in range(2)]
     yield {"settings": settings, "api": api, "workers": workers, "url": settings.resolved_database_url()}
-    stop.set()
+    recon.stop()
     for w in workers:
         w.stop()
     api.stop()

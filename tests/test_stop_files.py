@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
 import pytest
 from sqlalchemy import select
 
 from nc_core.db.models import Event
 from nc_core.db.session import session_scope
-from tests.helpers_stack import ROOT, ApiServer, RedisServer, make_settings, settings_env, sqlite_db, wait_for
+from tests.helpers_stack import (ROOT, ApiServer, Reconciler, RedisServer, make_settings, settings_env, sqlite_db,
+                                 wait_for)
 from tests.test_faults import FINISHED, run_row, spec, submit
 
 pytestmark = pytest.mark.integration
@@ -34,15 +34,12 @@ def worker_of(run, names: list[str]) -> str:  # noqa: ANN001
 
 def test_sigterm_to_one_supervised_worker_stops_only_its_own_job(tmp_path):
     from worker.launch import Supervisor, WorkerSpec
-    from worker.reconciler import run_forever
 
     redis = RedisServer(tmp_path / "redis").start()
     settings = make_settings(tmp_path, sqlite_db(tmp_path), redis.url(), lease_seconds=30.0, heartbeat_seconds=0.5)
     api = ApiServer(settings).start()
-    stop = threading.Event()
     # the reconciler re-sends the released run at its next pass (runs_repo.release marks it as not sent)
-    recon = threading.Thread(target=run_forever, args=(settings, 0.5), kwargs={"stop": stop}, daemon=True)
-    recon.start()
+    recon = Reconciler(settings)
     env = {**settings_env(settings), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     names = ["stopfile0@test", "stopfile1@test"]
     sup = Supervisor([WorkerSpec(n, {}) for n in names], env, log_dir=tmp_path / "logs").start()
@@ -100,8 +97,7 @@ def test_sigterm_to_one_supervised_worker_stops_only_its_own_job(tmp_path):
         assert not any(os.path.exists(p) for p in [*flags.values(), *now.values()])
     finally:
         sup.stop(timeout=60)
-        stop.set()
-        recon.join(10)
+        recon.stop()
         api.stop()
         redis.stop()
     assert not any(os.path.exists(p) for p in [*flags.values(), *now.values()])  # stop() removes every flag
