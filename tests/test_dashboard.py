@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -174,12 +175,16 @@ def test_run_page_follows_its_run_until_it_finishes(page, db_url: str) -> None: 
     assert _texts(pg) == {"#run-status": "running", "#run-attempt": "1/3", "#run-worker": "gpu0@node1",
                           "#run-progress": "epoch 1/4 · step 5/10 · 1234 samples/s · ETA 1m30s"}
     assert pg.locator("#run-status.st-running").count() == 1 and pg.locator("#live.on").count() == 1
+    assert "· started " in pg.locator("#run-times").inner_text() and "running for 0m" in pg.locator("#run-times").inner_text()
     with session_scope(db_url) as s:  # it fails for good
         run = s.get(Run, rid)
         run.status, run.attempt, run.eta_s = "failed", 3, None
         run.error = "Traceback\nRuntimeError: diverged at epoch 2"
+        run.finished_at = run.started_at + timedelta(seconds=75)
     pg.clock.run_for(3100)
     pg.wait_for_selector("#error", timeout=10_000)
+    assert pg.locator("#run-times").inner_text().endswith(" · took 1m15s")
+    assert pg.locator("#no-plots").is_visible() and not pg.locator("img.plot").first.is_visible()  # no empty plots
     assert "diverged at epoch 2" in pg.locator("#error").inner_text() and _texts(pg)["#run-attempt"] == "3/3"
     shot(pg, "run-failed-live.png")
     live = pg.locator("#live")
@@ -277,7 +282,7 @@ def test_narrow_pages_do_not_scroll_sideways(page, db_url: str) -> None:  # noqa
     one_line_chips = "[...document.querySelectorAll('.chip')].every(c => c.getClientRects().length === 1)"
     for path in ("/ui", f"/ui/sweeps/{sid}", f"/ui/runs/{runs[3]}", "/ui/workers", f"/ui/sweeps/{seeds_only}"):
         pg.goto(url + path)
-        pg.wait_for_selector("main table, main pre")
+        pg.wait_for_selector("main table, main pre#error")
         assert pg.evaluate("document.documentElement.scrollWidth") <= 400, path
         assert pg.evaluate(one_line_chips), path
         shot(pg, f"narrow-{path.strip('/').replace('/', '-')}.png")

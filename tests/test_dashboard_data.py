@@ -2,7 +2,11 @@
 validate jobs, a UFM sweep's split, the run view and page."""
 from __future__ import annotations
 
+import html
+from datetime import datetime, timedelta, timezone
+
 import pytest
+import yaml
 
 from nc_core.db.models import Run, Sweep, WorkerSample
 from nc_core.db.session import session_scope
@@ -75,3 +79,27 @@ def test_run_json_and_page_show_kind_parent_and_missing_telemetry(client, db_url
         s.add(WorkerSample(worker_name="gpu0@node1", run_id=runs[0], util_percent=50.0, memory_used=2**30))
     page = client.get(f"/ui/runs/{runs[0]}").text
     assert "mean — / peak — samples/s" in page and '<meta name="viewport"' in page
+
+
+def test_run_page_shows_its_times_and_whole_spec(client, db_url: str) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={0: "succeeded", 1: "running", 2: "queued"})
+    t0 = datetime(2026, 11, 29, 10, 0, 0, tzinfo=timezone.utc)
+    with session_scope(db_url) as s:
+        done, running, queued = (s.get(Run, r) for r in runs[:3])
+        done.created_at, done.started_at, done.finished_at = t0, t0 + timedelta(seconds=5), t0 + timedelta(seconds=130)
+        running.created_at, running.started_at, running.finished_at = t0, datetime.now(timezone.utc), None
+        queued.created_at, queued.started_at, queued.finished_at = t0, None, None
+        spec = dict(done.spec)
+    view = client.get(f"/ui/runs/{runs[0]}.json").json()
+    assert view["times"] == {"created_at": "2026-11-29 10:00:00", "started_at": "2026-11-29 10:00:05",
+                             "finished_at": "2026-11-29 10:02:10", "elapsed_s": 125.0}
+    page = client.get(f"/ui/runs/{runs[0]}").text
+    assert "submitted 2026-11-29 10:00:00 UTC · started 2026-11-29 10:00:05 · finished 2026-11-29 10:02:10" in page
+    assert "took 2m05s" in page
+    shown = page.split('<details id="run-spec">', 1)[1].split("<pre>", 1)[1].split("</pre>", 1)[0]
+    assert yaml.safe_load(html.unescape(shown)) == spec  # the whole spec, as stored
+    live = client.get(f"/ui/runs/{runs[1]}.json").json()["times"]
+    assert live["finished_at"] is None and 0 <= live["elapsed_s"] < 60  # running: to now
+    assert "running for" in client.get(f"/ui/runs/{runs[1]}").text
+    assert client.get(f"/ui/runs/{runs[2]}.json").json()["times"] == {
+        "created_at": "2026-11-29 10:00:00", "started_at": None, "finished_at": None, "elapsed_s": None}

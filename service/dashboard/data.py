@@ -2,14 +2,18 @@
 state.json is sweep_state's."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+
+import yaml
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
-from nc_core.db.models import Metric, Run, Sweep, Worker, WorkerSample
+from nc_core.db.models import Metric, Run, Sweep, Worker, WorkerSample, utcnow
 from nc_core.db.states import FINISHED, RUN_UNITS
+from nc_core.db.workers_repo import as_utc
 from service.dashboard.common import ordered_counts, overall_state
 from service.dashboard.sweep_state import sweeps_eta
 
@@ -40,7 +44,23 @@ def run_view(session: Session, run: Run) -> dict[str, Any]:
             "status": run.status, "finished": run.status in FINISHED, "attempt": run.attempt,
             "max_attempts": run.max_attempts, "worker": run.worker_name, "error": run.error or "",
             "unit": list(RUN_UNITS.get(run.kind, RUN_UNITS["train"])), **workers_repo.run_progress(run),
-            "telemetry": {**telemetry, "host_wide": bool(telemetry["samples"]) and host_wide(session, run.id)}}
+            "telemetry": {**telemetry, "host_wide": bool(telemetry["samples"]) and host_wide(session, run.id)},
+            "times": run_times(run)}
+
+
+def run_times(run: Run, now: datetime | None = None) -> dict[str, Any]:
+    """When a run was submitted, its current attempt started and it finished (ISO, UTC; None where it has not),
+    and ``elapsed_s``: the current attempt's seconds, to its finish or (running) to now."""
+    created, started, finished = (as_utc(t) for t in (run.created_at, run.started_at, run.finished_at))
+    end = finished if finished is not None else (now or utcnow()) if run.status == "running" else None
+    elapsed = None if started is None or end is None else round(max(0.0, (end - started).total_seconds()), 1)
+    return {"created_at": _iso(created), "started_at": _iso(started), "finished_at": _iso(finished),
+            "elapsed_s": elapsed}
+
+
+def _iso(t: datetime | None) -> str | None:
+    """A UTC time as the page shows it (seconds, no zone suffix), or None."""
+    return None if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def host_wide(session: Session, run_id: int) -> bool:
@@ -49,3 +69,8 @@ def host_wide(session: Session, run_id: int) -> bool:
     cpu_sample = exists().where(WorkerSample.run_id == run_id, WorkerSample.worker_name == Worker.name,
                                 Worker.device == "cpu")
     return bool(session.scalar(select(cpu_sample)))
+
+
+def spec_yaml(run: Run) -> str:
+    """The run's whole spec as YAML, in its fields' order: what ``ncsweep run`` would take to repeat it alone."""
+    return yaml.safe_dump(run.spec, sort_keys=False, default_flow_style=None, width=100)

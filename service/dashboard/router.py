@@ -167,4 +167,5 @@ def run_page(request: Request, run_id: Id) -> HTMLResponse:
         run = s.get(Run, run_id)
         if run is None:
             return _not_found(request, "run", run_id)
-        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {run_id}", cursor=cursor)
+        return _page(request, "run.html", run=run, view=data.run_view(s, run), title=f"run {run_id}", cursor=cursor,
+                     spec_yaml=data.spec_yaml(run))

@@ -166,6 +166,10 @@ function renderRun(v) {
   $("#run-telemetry").textContent = t.samples ? `telemetry: peak memory ${t.peak_memory ? (t.peak_memory / 2 ** 30).toFixed(2) : "—"} GiB`
     + (t.host_wide ? " (host-wide: CPU worker, the whole machine's RAM)" : "")
     + ` · mean ${whole(t.mean_samples_per_s)} / peak ${whole(t.peak_samples_per_s)} ${rate}` : "";
+  const tm = v.times || {};
+  $("#run-times").textContent = `submitted ${tm.created_at} UTC` + (tm.started_at ? ` · started ${tm.started_at}` : "")
+    + (tm.finished_at ? ` · finished ${tm.finished_at}` : "")
+    + (tm.elapsed_s != null ? ` · ${tm.finished_at ? "took" : "running for"} ${eta(tm.elapsed_s)}` : "");
   $("#run-error").innerHTML = v.error ? `<h2>Error</h2><pre id="error">${esc(v.error)}</pre>` : "";
   // a run that ended without storing a metric never will (until retried): say so instead of empty plots
   const none = v.finished && !v.has_metrics;
