@@ -13,79 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from nc_core.cli_examples import EXAMPLE_SPEC, EXAMPLE_UFM_SPEC
 from nc_core.cli_report import HISTORY, TABLE_KEYS, CLIReporter, nan_notes, table, write_metrics
 from nc_core.spec import RunSpec, field_paths
 from nc_core.sweep import error_field, set_path, spec_hash
 from nc_core.cli_files import make_workdir, out_path_problem, read_yaml_file, remove_if_empty, yaml_kind
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run one neural-collapse RunSpec locally.")
-
-EXAMPLE_SPEC = """\
-# A RunSpec: one training run. Every field has a default; `python -m nc_core run this.yaml`.
-kind: train            # train | ufm (unconstrained-feature model, needs a `ufm:` section)
-seed: 0                # a sweep takes its seeds from its `seeds:` list: leave this out of a sweep's base
-epochs: 30
-batch_size: 128
-device: auto           # auto | cpu | cuda
-precision: fp32        # fp32 | bf16 (autocast)
-deterministic: true    # torch.use_deterministic_algorithms; resumed runs reproduce bitwise on CPU
-data:
-  name: digits         # mnist | fashion_mnist | cifar10 | cifar100 | svhn | digits | gaussian
-  augment: none        # none | crop_flip (per batch, on the device)
-  # per_class: 100     # first n samples of each class
-  # imbalance_factor: 0.1
-model:
-  name: mlp            # mlp | resnet18 | resnet34 | resnet50 | wide_resnet50 | vgg11..vgg19
-  width: 64            # MLP hidden units (default 128); ResNet/VGG channel multiplier (default 1)
-  depth: 3
-  # feature_dim: 10    # d (default: the architecture's natural width)
-head:
-  name: learned        # learned | fixed_etf | implicit_etf
-  bias: true
-  depth_linear: 1      # deep-linear head: bias-free layers before the classifier
-loss:
-  name: ce             # ce | mse | rescaled_mse | focal | label_smoothing
-optim:
-  name: sgd            # sgd | adam | adamw | lbfgs
-  lr: 0.05
-  momentum: 0.9
-  weight_decay: 5.0e-4
-  sep_decay: false     # true: λ_W = weight_decay on the head only, λ_H = feature_decay on features
-  feature_decay: 1.0e-4
-  # grad_clip: 2.0
-schedule:
-  name: multistep      # constant | step | multistep | cosine
-  milestones: [0.5, 0.75]   # epochs (>= 1) or fractions of training (< 1)
-  gamma: 0.1
-eval:
-  every: 5             # NC metrics every n epochs (the last epoch always)
-  splits: [train, test]
-checkpoint:
-  every: 5
-  keep_last: 2         # null keeps every checkpoint (needed to validate old epochs later)
-"""
-
-EXAMPLE_UFM_SPEC = """\
-# A UFM RunSpec: free features H and a (deep) linear classifier optimised directly, full batch. Only seed,
-# device, deterministic, checkpoint.keep_last and the ufm section apply; `python -m nc_core run this.yaml`.
-kind: ufm
-seed: 0                # a sweep takes its seeds from its `seeds:` list: leave this out of a sweep's base
-device: auto           # auto | cpu | cuda
-ufm:
-  class_counts: [100, 100, 100, 100]   # samples per class: unequal counts make an imbalanced UFM
-  dim: 64              # feature dimension d
-  depth_linear: 1      # linear layers of the classifier (bias-free ones before the last)
-  bias: true           # GOF metrics need bias: false
-  lambda_w: 5.0e-4     # weight decay on the classifier
-  lambda_h: 5.0e-4     # weight decay on the features
-  lr: 0.1
-  momentum: 0.9
-  iterations: 30000
-  eval_every: 1000     # NC metrics (and a checkpoint) every n iterations, and at the last
-checkpoint:
-  keep_last: 2
-"""
-
 
 def _fail(console: Console, lines: list[str]) -> None:
     """Print each line as an error (to ``console``: the run's stderr console) and exit 2."""
@@ -127,10 +61,15 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
                             "quote it or write it as in the spec file"])
         set_path(tree, key, value)
     try:
-        return RunSpec.model_validate(tree)
+        spec = RunSpec.model_validate(tree)
     except ValidationError as exc:
         _fail(console, [_describe(err) for err in exc.errors()])
-    raise AssertionError("unreachable")
+    from nc_core.spec_rules import unread_fields
+
+    unread = unread_fields(spec)
+    if unread:
+        _fail(console, [f"{field}: {why}" for field, why in unread.items()])
+    return spec
 
 
 def _is_sweep(tree: dict[str, Any]) -> bool:

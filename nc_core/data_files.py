@@ -39,14 +39,14 @@ def expected_paths(name: str, root: Path) -> list[Path]:
 
 
 def absent_files(name: str, root: Path) -> list[Path]:
-    """The looked-for paths when dataset ``name`` is not complete under ``root``, else [] (nothing is read:
-    a check that the files are there, before a run is queued)."""
+    """The looked-for paths that are not under ``root`` when dataset ``name`` is not complete there, else []
+    (nothing is read: a check that the files are there, before a run is queued). An MNIST-like dataset's idx
+    files may each be plain or gzipped (<file>.gz)."""
     paths = expected_paths(name, root)
-    if all(p.exists() for p in paths):
-        return []
-    if name in MNIST_FOLDERS and all(p.with_name(p.name + ".gz").is_file() for p in paths):
-        return []
-    return paths + ([paths[0].with_name("<same>.gz")] if name in MNIST_FOLDERS else [])
+    if name in MNIST_FOLDERS:  # each idx file plain or gzipped
+        absent = [p for p in paths if not (p.exists() or p.with_name(p.name + ".gz").is_file())]
+        return absent + [absent[0].with_name("<same>.gz")] if absent else []
+    return [p for p in paths if not p.exists()]
 
 
 def missing(name: str, root: Path, looked_for: list[Path], extra: str = "", *,

@@ -19,6 +19,8 @@ SPLITS = ("train", "test")
 
 # Classes per dataset; gaussian takes `data.gaussian_classes`.
 DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10}
+#: scikit-learn's bundled digits: its number of images (a test_size must leave 10 on either side of the split).
+DIGITS_IMAGES = 1797
 
 # Default model.width per architecture: MLP hidden units, WRN-50 bottleneck factor (2 = WRN-50-2),
 # ResNet/VGG channel multiplier (1 = the standard 64…512 channels).
@@ -80,6 +82,15 @@ class DataSpec(_Frozen):
             if self.name == "gaussian" and size is not None and size < k:
                 raise ValueError(f"data.{field}: {size} gaussian samples cannot cover the {k} classes "
                                  f"(data.gaussian_classes); expected at least {k}")
+        if self.name != "gaussian" and self.train_size is not None and self.train_size < k:
+            raise ValueError(f"data.train_size: a random subset of {self.train_size} training samples cannot cover the "
+                             f"{k} classes of {self.name}; expected at least {k}")
+        if self.name == "digits" and self.test_size is not None and not 10 <= self.test_size <= DIGITS_IMAGES - 10:
+            raise ValueError(f"data.test_size: digits has {DIGITS_IMAGES} images; expected 10..{DIGITS_IMAGES - 10} "
+                             f"test images, got {self.test_size}")
+        if self.name == "gaussian" and self.gaussian_dim == 1 and k > 2:
+            raise ValueError(f"data.gaussian_dim: unit-norm centres in 1 dimension are ±1, so at most 2 of the {k} "
+                             f"classes (data.gaussian_classes) would be told apart; expected gaussian_dim ≥ 2")
         if self.class_counts is not None and len(self.class_counts) != k:
             raise ValueError(f"data.class_counts: expected {k} counts (one per class of {self.name}), got {len(self.class_counts)}")
         if self.per_class is not None:  # n_max known here: an emptied class is refused before any run starts

@@ -44,14 +44,15 @@ _UFM_COUNTERPART = {"epochs": "ufm.iterations", "optim.lr": "ufm.lr", "optim.mom
                     "optim.weight_decay": "ufm.lambda_w and ufm.lambda_h", "eval.every": "ufm.eval_every",
                     "model.width": "ufm.dim", "model.feature_dim": "ufm.dim", "head.bias": "ufm.bias",
                     "head.depth_linear": "ufm.depth_linear", "data.name": "ufm.class_counts",
-                    "data.imbalance": "ufm.class_counts", "checkpoint.every": "ufm.eval_every"}
+                    "data.imbalance": "ufm.class_counts", "checkpoint.every": "ufm.eval_every",
+                    "loss.name": "its objective, always MSE: leave the loss section out"}
 
 
 @functools.cache
 def _training_defaults() -> dict:
     from nc_core.spec import RunSpec
 
-    return RunSpec().model_dump(mode="json")
+    return RunSpec.model_construct().model_dump(mode="json")  # unvalidated: validating it would call check_run
 
 
 def _check_ufm_fields(spec: "RunSpec") -> None:
@@ -73,6 +74,52 @@ def _check_ufm_fields(spec: "RunSpec") -> None:
     raise ValueError(f"{path}: has no effect with kind='ufm' (a UFM run uses only {', '.join(UFM_FIELDS[1:])} "
                      f"and the ufm section{hint}); expected its default {get_path(default, path)!r}, "
                      f"got {get_path(tree, path)!r}" + (f". Also without effect here: {also}" if more else ""))
+
+
+#: Training fields read only under one choice: path → (whether this run reads it, the choice that does,
+#: the field whose value decides); see unread_fields.
+_READ_ONLY_WITH: dict[str, tuple[Callable[["RunSpec"], bool], str, str]] = {
+    "loss.target_scale": (lambda s: s.loss.name == "mse", "loss.name='mse'", "loss.name"),
+    "loss.M": (lambda s: s.loss.name == "rescaled_mse", "loss.name='rescaled_mse'", "loss.name"),
+    "loss.k": (lambda s: s.loss.name == "rescaled_mse", "loss.name='rescaled_mse' (the MSE paper's α)", "loss.name"),
+    "loss.gamma": (lambda s: s.loss.name == "focal", "loss.name='focal'", "loss.name"),
+    "loss.alpha": (lambda s: s.loss.name == "label_smoothing", "loss.name='label_smoothing' (for rescaled MSE's α "
+                   "use loss.k)", "loss.name"),
+    "schedule.milestones": (lambda s: s.schedule.name == "multistep", "schedule.name='multistep'", "schedule.name"),
+    "schedule.step_size": (lambda s: s.schedule.name == "step", "schedule.name='step'", "schedule.name"),
+    "schedule.gamma": (lambda s: s.schedule.name in ("step", "multistep"), "schedule.name='step' or 'multistep'",
+                       "schedule.name"),
+    "optim.momentum": (lambda s: s.optim.name == "sgd", "optim.name='sgd' (adam/adamw use betas (0.9, 0.999))",
+                       "optim.name"),
+    "optim.history_size": (lambda s: s.optim.name == "lbfgs", "optim.name='lbfgs'", "optim.name"),
+    "optim.feature_decay": (lambda s: s.optim.sep_decay, "optim.sep_decay=true", "optim.sep_decay"),
+    "head.delta": (lambda s: s.head.name == "implicit_etf", "head.name='implicit_etf'", "head.name"),
+    "head.hidden": (lambda s: s.head.depth_linear > 1, "head.depth_linear > 1", "head.depth_linear"),
+    "model.depth": (lambda s: s.model.name == "mlp", "model.name='mlp'", "model.name"),
+    "model.stem": (lambda s: s.model.name.startswith(("resnet", "wide_resnet")), "a ResNet or WideResNet model",
+                   "model.name"),
+    **{f"data.gaussian_{f}": (lambda s: s.data.name == "gaussian", "data.name='gaussian'", "data.name")
+       for f in ("classes", "dim", "spread")},
+}
+
+
+def unread_fields(spec: "RunSpec", tree: dict | None = None) -> dict[str, str]:
+    """{path: why} of the fields set away from their defaults that this training run never reads (loss.gamma
+    with CE, schedule.milestones with a constant schedule …): they would be silently ignored. A lone spec (the
+    single-run CLI) refuses them; a sweep refuses an axis that is unread in some of its runs (those runs would
+    repeat one another) and a base value unread in all of them. ``tree``: the spec's JSON dump, if at hand."""
+    from nc_core.sweep import get_path
+
+    if spec.kind != "train":
+        return {}
+    tree, default = tree or spec.model_dump(mode="json"), _training_defaults()
+    out = {}
+    for path, (reads, needs, decider) in _READ_ONLY_WITH.items():
+        value = get_path(tree, path)
+        if value != get_path(default, path) and not reads(spec):
+            out[path] = (f"has no effect with {decider}={get_path(tree, decider)!r}; it is read only with {needs}, "
+                         f"so it would be ignored; expected its default {get_path(default, path)!r} there, got {value!r}")
+    return out
 
 
 def check_run(spec: "RunSpec") -> None:

@@ -256,4 +256,34 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                 out.append(ExpandedRun(run, {p: get_path(dumped, p) for p in axes}, dumped, canonical, h))
     if problems:
         raise SpecError.of([(f, m) for f, (_, m) in sorted(problems.items(), key=lambda kv: error_order(sweep, kv[0]))])
+    _refuse_unread(sweep, out)
     return out
+
+
+def _refuse_unread(sweep: SweepSpec, runs: list[ExpandedRun]) -> None:
+    """SpecError for an axis that some run never reads (those runs would repeat one another under different
+    labels: loss.gamma swept beside loss.name=ce) and for a base value that no run reads (schedule.milestones
+    with a constant schedule); a base value that some runs read (loss.gamma for the focal runs of a loss axis)
+    stays."""
+    from nc_core.spec_rules import unread_fields
+
+    unread = [unread_fields(r.spec, r.tree) for r in runs]  # per run: {path: why}
+    problems = []
+    for section in ("grid", "zip"):
+        for path, values in getattr(sweep, section).items():
+            run = next((r for r, u in zip(runs, unread) if path in u), None)
+            if run is not None:
+                why = unread[runs.index(run)][path]
+                problems.append((f"{section}.{path}", f"{why}, so the runs with {_where(run)} would repeat one "
+                                                      f"another; sweep it in a sweep (or a zip) of the runs that "
+                                                      f"read it"))
+    axes = set(sweep.axes)
+    for path in sorted(set.intersection(*(set(u) for u in unread)) - axes if unread else ()):
+        problems.append((f"base.{path}", unread[0][path]))
+    if problems:
+        raise SpecError.of(sorted(problems, key=lambda p: error_order(sweep, p[0])))
+
+
+def _where(run: ExpandedRun) -> str:
+    """A run's axis values as an error names them ('loss.name='ce', seed 0')."""
+    return ", ".join(f"{k}={v!r}" for k, v in run.grid.items()) or "the base values"

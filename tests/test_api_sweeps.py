@@ -83,11 +83,16 @@ def test_a_queued_ufm_run_counts_its_iterations(app_client, db_url):
     (sweep_body(gird={"loss.name": ["ce"]}), "gird", ["did you mean 'grid'?", "expected one of name, base"]),
     (sweep_body(base={"data": {"name": "gaussian", "root": "/etc"}}), "base.data.root", ["settings.data_roots"]),
     (sweep_body(grid={"data.root": ["/tmp/../etc"]}), "grid.data.root[0]", ["allowed data root"]),
+    (sweep_body(base={"data": {"name": "mnist", "root": "~nosuchuser-ncsweep/data"}}), "base.data.root",
+     ["cannot expand '~nosuchuser-ncsweep/data'", "expected an existing user's ~"]),
+    (sweep_body(zip={"data.root": ["/etc", "~nosuchuser-ncsweep/x"]}), "zip.data.root[1]", ["cannot expand"]),
+    (sweep_body(grid={"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0]}), "grid.loss.gamma",
+     ["has no effect with loss.name='ce'", "would repeat one another"]),
     # a UFM run ignores the training fields: sweeping one would repeat the same run under different labels
     (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}}, grid={"optim.lr": [0.01, 0.1]}),
      "grid.optim.lr[0]", ["no effect with kind='ufm'", "ufm.lr"]),
     (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}, "loss": {"name": "mse"}}, grid={}),
-     "base.loss.name", ["no effect with kind='ufm'", "got 'mse'"]),
+     "base.loss.name", ["no effect with kind='ufm'", "got 'mse'", "always MSE"]),
 ])
 def test_bad_input_is_422_naming_the_field_and_writes_nothing(app_client, row_counts, body, field, words):
     before = row_counts()

@@ -30,14 +30,24 @@ def class_targets(spec: DataSpec, counts: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def select_per_class(y: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Indices (sorted) of the first wanted[k] samples of every class k; errors if a class is short."""
+def _counts_field(spec: DataSpec) -> str:
+    """The field whose class counts a split is cut to (as class_targets reads them)."""
+    if spec.class_counts is not None:
+        return "data.class_counts"
+    if spec.imbalance_factor < 1.0:
+        return "data.imbalance_factor" + (f" (with data.per_class={spec.per_class})" if spec.per_class else "")
+    return "data.per_class"
+
+
+def select_per_class(y: np.ndarray, wanted: np.ndarray, source: str = "data.per_class") -> np.ndarray:
+    """Indices (sorted) of the first wanted[k] samples of every class k; errors, naming ``source`` (the field
+    that asked for the counts), if a class is short."""
     picked = []
     for c, n in enumerate(wanted):
         idx = np.flatnonzero(y == c)
         if n > len(idx):
-            raise ValueError(f"data: class {c} has {len(idx)} training samples; expected at least {n} "
-                             f"(from data.per_class / class_counts / imbalance_factor)")
+            raise ValueError(f"{source}: class {c} has {len(idx)} training samples; expected at least {n} "
+                             f"(the count {source} asks of it)")
         picked.append(idx[: int(n)])
     return np.sort(np.concatenate(picked))
 
@@ -49,9 +59,14 @@ def modify_train(spec: DataSpec, seed: int, x: Tensor, y: Tensor, num_classes: i
     if len(counts) != num_classes:
         raise ValueError(f"data: expected labels in 0..{num_classes - 1}, got max label {int(yn.max())}")
     wanted = class_targets(spec, counts)
-    keep = np.arange(len(yn)) if wanted is None else select_per_class(yn, wanted)
+    keep = np.arange(len(yn)) if wanted is None else select_per_class(yn, wanted, _counts_field(spec))
     if spec.train_size is not None and len(keep) > spec.train_size:
         keep = np.sort(rng(seed, _STREAM_CAP).choice(keep, size=spec.train_size, replace=False))
+        lost = sorted(set(np.flatnonzero(counts).tolist()) - set(np.unique(yn[keep]).tolist()))
+        if lost:  # NC metrics need every class: a class the draw left out would make them undefined all run
+            raise ValueError(f"data.train_size: the seeded random subset of {spec.train_size} training samples has "
+                             f"no sample of class(es) {lost}; expected every class: raise train_size, or use "
+                             f"data.per_class for a balanced subset")
     yn = yn[keep].copy()
     if spec.random_labels:  # a seeded permutation of the labels (tding1's cifar10_random): class counts kept
         yn = yn[rng(seed, _STREAM_RANDOM).permutation(len(yn))]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from nc_core.data_files import (CIFAR_FOLDERS, IDX_FILES, MNIST_FOLDERS, ROOT_FIX, SVHN_FILES, MissingDataError,
-                                expected_paths, idx_paths, missing)
+                                absent_files, expected_paths, idx_paths, missing)
 from nc_core.registry import DATASETS
 from nc_core.spec import RunSpec
 
@@ -74,9 +74,9 @@ def _check_split(spec: RunSpec, root: Path, split: str, files: str, x: Tensor, y
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (idx files)
 
 
-def _read_idx_gz(path: Path) -> np.ndarray:
-    """Parse a gzip-compressed idx (SN3 'Pascal Vincent') uint8 file."""
-    with gzip.open(path, "rb") as fh:
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an idx (SN3 'Pascal Vincent') uint8 file, gzip-compressed when its name ends in .gz."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
         data = fh.read()
     magic = int.from_bytes(data[:4], "big")
     ndim, dtype_code = magic % 256, magic // 256
@@ -90,10 +90,10 @@ def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float
     paths = idx_paths(root, spec.data.name)  # <root>/<folder>/raw/<idx file>
     raw = paths[0].parent
     have_raw = all(p.is_file() for p in paths)
-    have_gz = all(p.with_name(p.name + ".gz").is_file() for p in paths)
+    absent = absent_files(spec.data.name, root)  # each file plain or gzipped
     splits: dict[str, tuple[Tensor, Tensor]] = {}
     name, download = spec.data.name, spec.data.download
-    if have_raw or download:
+    if have_raw or (download and absent):
         import torchvision.datasets as tvd
 
         for split in ("train", "test"):
@@ -106,16 +106,17 @@ def _mnist_like(spec: RunSpec, root: Path, tv_name: str, mean: float, std: float
             except Exception as err:  # noqa: BLE001 - torchvision's idx reader asserts, reshapes, indexes
                 raise unreadable(name, root, err, ", ".join(str(raw / f) for f in IDX_FILES[split])) from err
             splits[split] = (ds.data, ds.targets)
-    elif have_gz:
+    elif not absent:  # some or all gzipped: each read as it is
         for split, (img, lab) in IDX_FILES.items():
+            img_path, lab_path = (raw / f if (raw / f).is_file() else raw / f"{f}.gz" for f in (img, lab))
             try:
-                x = torch.from_numpy(_read_idx_gz(raw / f"{img}.gz").copy())
-                y = torch.from_numpy(_read_idx_gz(raw / f"{lab}.gz").astype(np.int64))
+                x = torch.from_numpy(_read_idx(img_path).copy())
+                y = torch.from_numpy(_read_idx(lab_path).astype(np.int64))
             except _READ_ERRORS as err:
-                raise unreadable(name, root, err, f"{raw / img}.gz, {raw / lab}.gz") from err
+                raise unreadable(name, root, err, f"{img_path}, {lab_path}") from err
             splits[split] = (x, y)
     else:
-        raise missing(spec.data.name, root, paths + [raw / "<same>.gz"])
+        raise missing(spec.data.name, root, absent)
     for split, (x, y) in splits.items():
         _check_split(spec, root, split, ", ".join(str(raw / f) for f in IDX_FILES[split]), x, y, (28, 28))
     (trx, try_), (tex, tey) = splits["train"], splits["test"]
@@ -180,6 +181,9 @@ def _cifar100(spec: RunSpec, root: Path) -> RawData:
 def _svhn(spec: RunSpec, root: Path) -> RawData:
     import torchvision.datasets as tvd
 
+    absent = [root / f for f in SVHN_FILES if not (root / f).exists()]
+    if absent and not spec.data.download:  # both named at once, as the service's check names them
+        raise missing(spec.data.name, root, absent)
     out = []
     for split, file in zip(("train", "test"), SVHN_FILES):
         x, y = _torchvision_split(spec, root, [root / file], partial(
@@ -205,8 +209,6 @@ def _digits(spec: RunSpec, root: Path) -> RawData:
     x, y = load_digits(return_X_y=True)
     x = x.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0  # (1797, 1, 8, 8) in [0, 1]
     test_size = spec.data.test_size if spec.data.test_size is not None else 0.25
-    if isinstance(test_size, int) and not 10 <= test_size <= len(y) - 10:
-        raise ValueError(f"data.test_size: digits has {len(y)} images; expected 10..{len(y) - 10} test images, got {test_size}")
     trx, tex, try_, tey = train_test_split(x, y, test_size=test_size, stratify=y,
                                            random_state=spec.seed & 0xFFFFFFFF)
     mean, std = float(trx.mean()), float(trx.std())

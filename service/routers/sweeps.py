@@ -59,7 +59,11 @@ def data_root_problems(spec: SweepSpec, settings: Settings) -> list[tuple[str, s
     for field, root in roots:
         if not isinstance(root, str) or "\x00" in root:  # null: settings.data_root; others: expand names them
             continue
-        path = Path(root).expanduser()
+        try:
+            path = Path(root).expanduser()
+        except RuntimeError as exc:  # "~nosuchuser/…": Path.expanduser cannot determine that home directory
+            problems.append((field, f"cannot expand {root!r} ({exc}); expected an existing user's ~ or a full path"))
+            continue
         if path.is_absolute() and any(path.resolve().is_relative_to(a) for a in allowed):
             continue
         problems.append((field, f"{root!r} is not inside an allowed data root; expected an absolute path under one "
