@@ -129,7 +129,7 @@ def test_dockerfile_torch_variant_and_project_install():
 
 def test_app_env_points_at_compose_services():
     env = SERVICES["api"]["environment"]
-    assert "@postgres:5432/" in env["NCSWEEP_DATABASE_URL"] and env["NCSWEEP_BROKER_URL"].startswith("redis://redis:6379")
+    assert "@postgres:5432/" in env["NCSWEEP_DATABASE_URL"] and "@redis:6379/" in env["NCSWEEP_BROKER_URL"]
     assert SERVICES["beat"]["environment"]["NCSWEEP_CONTROL"] == "1"
 
 
@@ -149,3 +149,22 @@ def test_the_containers_settings_allow_their_own_data_root_and_read_their_own_gp
     mounts = {v.split(":")[1] for v in SERVICES["api"]["volumes"]}
     text = (ROOT / "Dockerfile").read_text()
     assert all(m in text.split("mkdir -p", 1)[1].split("&&", 1)[0] for m in mounts), mounts
+
+
+def test_redis_needs_the_password_the_apps_and_its_healthcheck_use():
+    redis, env = SERVICES["redis"], SERVICES["api"]["environment"]
+    password = redis["command"][redis["command"].index("--requirepass") + 1]
+    assert password == "${REDIS_PASSWORD:-ncsweep}" and redis["environment"]["REDISCLI_AUTH"] == password
+    assert env["NCSWEEP_BROKER_URL"] == f"redis://:{password}@redis:6379/0"
+    from kombu.utils.url import url_to_parts  # the broker URL as Celery reads it, once compose substitutes it
+
+    assert url_to_parts("redis://:s3cret@redis:6379/0")[:5] == ("redis", "redis", 6379, None, "s3cret")
+
+
+def test_the_remote_override_publishes_the_stores_only_with_passwords_set():
+    remote = yaml.safe_load((ROOT / "docker-compose.remote.yml").read_text())["services"]
+    assert remote["postgres"]["ports"] == ["5432:5432"] and remote["redis"]["ports"] == ["6379:6379"]
+    assert remote["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    command = remote["redis"]["command"]
+    assert command[:-1] == SERVICES["redis"]["command"][:-1] and command[-1].startswith("${REDIS_PASSWORD:?")
+    assert "docker-compose.remote.yml" in (ROOT / "docker-compose.yml").read_text()
