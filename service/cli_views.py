@@ -194,7 +194,7 @@ def runs_table(rows: list[dict], total: int | None = None) -> Any:
     cells = {"run": lambda r: str(r["id"]), "sweep": lambda r: str(r["sweep_id"]), "kind": lambda r: r.get("kind", ""),
              "status": _run_status, "config": _grid,
              "epoch": lambda r: f"{r.get('epoch', 0)}/{r.get('epochs_total', 0)}",
-             "progress": lambda r: f"{100 * run_fraction(r):.0f}%", "worker": lambda r: r.get("worker_name") or "",
+             "progress": lambda r: f"{100 * run_fraction(r):.0f}%", "worker": lambda r: "" if r.get("status") == "queued" else r.get("worker_name") or "",
              "error": _error_cell}
     same = {c for c in ("sweep", "kind") if len({cells[c](r) for r in rows}) <= 1 and (c != "kind" or all(
         r.get("kind", "train") == "train" for r in rows))}
@@ -247,7 +247,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
             ("progress", f"{RUN_UNITS.get(run.get('kind'), RUN_UNITS['train'])[0]} {run.get('epoch', 0)}/"
                          f"{run.get('epochs_total', 0)}, {100 * run_fraction(run):.0f}%"),
             ("attempt", f"{run.get('attempt', 0)} of {run.get('max_attempts', 0)}"),
-            ("worker", run.get("worker_name") or ""),
+            ("worker", (f"none (its last attempt ran on {run['worker_name']})" if run.get("status") == "queued"
+                        else run["worker_name"]) if run.get("worker_name") else ""),
             *((k, str(run[k])) for k in ("created_at", "started_at", "finished_at") if run.get(k))]
     for name, value in rows:
         head.add_row(f"[bold]{name}[/]", value)

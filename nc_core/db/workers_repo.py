@@ -84,12 +84,21 @@ def run_progress(run: Run, now: datetime | None = None) -> dict[str, Any]:
             "eta_s": None if eta is None else round(eta, 1)}
 
 
-def list_workers(session: Session, lost_after_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
-    """All workers with status lost/idle/busy/stopped and their current run's epoch/step/ETA."""
+#: A stopped or lost worker not heard from for this long is left out of the lists (every restart of a container
+#: names a new worker: its old rows would pile up); ``include_gone`` lists them too.
+GONE_AFTER_S = 24 * 3600
+
+
+def list_workers(session: Session, lost_after_s: float, now: datetime | None = None, *,
+                 include_gone: bool = False) -> list[dict[str, Any]]:
+    """The workers with status lost/idle/busy/stopped and their current run's epoch/step/ETA; a stopped or lost
+    one last seen over GONE_AFTER_S ago only with ``include_gone``."""
     now = now or utcnow()
     out = []
     for w in session.scalars(select(Worker).order_by(Worker.name)):
         state = worker_state(w, lost_after_s, now)
+        if not include_gone and state in ("stopped", "lost") and (now - as_utc(w.last_seen)).total_seconds() > GONE_AFTER_S:
+            continue
         run = session.get(Run, w.current_run_id) if w.current_run_id is not None and state == "busy" else None
         out.append({
             "name": w.name, "host": w.host, "pid": w.pid, "device": w.device, "gpu_index": w.gpu_index,
