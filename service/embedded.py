@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -57,21 +58,37 @@ def free_port(preferred: int | None = None, *, required: bool = False) -> int:
     raise StackError("no free TCP port on 127.0.0.1")
 
 
-def start_redis(data_dir: Path, port: int, timeout: float = 15.0) -> subprocess.Popen:
-    """A real redis-server on 127.0.0.1:port with AOF persistence in data_dir (queued ids survive restarts)."""
+def redis_password(data_dir: Path) -> str:
+    """The embedded Redis's password, kept in <data_dir>/password (mode 600) and made on first use: other users
+    of a shared host must not reach the broker (nor its CONFIG SET, which writes files as this user)."""
+    path = data_dir / "password"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password
+
+
+def start_redis(data_dir: Path, port: int, timeout: float = 15.0, *, password: str | None = None) -> subprocess.Popen:
+    """A real redis-server on 127.0.0.1:port with AOF persistence in data_dir (queued ids survive restarts),
+    asking for ``password`` when given."""
     import redis
 
     data_dir.mkdir(parents=True, exist_ok=True)
     logf = open(data_dir / "redis.log", "ab")
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-                             "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
+                             "--appendonly", "yes", "--save", "", "--protected-mode", "yes", *auth],
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise StackError(f"redis-server exited with code {proc.returncode}; see {data_dir / 'redis.log'}")
         try:
-            if redis.Redis(port=port, socket_timeout=1).ping():
+            if redis.Redis(port=port, password=password, socket_timeout=1).ping():
                 return proc
         except redis.RedisError:
             time.sleep(0.1)
@@ -79,13 +96,14 @@ def start_redis(data_dir: Path, port: int, timeout: float = 15.0) -> subprocess.
     raise StackError(f"redis-server did not answer on port {port} within {timeout:.0f} s")
 
 
-def stack_settings(home: Path, redis_port: int, api_port: int | None = None) -> Settings:
-    """Environment settings, pointed at this home's SQLite file, Redis and a free API port."""
+def stack_settings(home: Path, redis_port: int, api_port: int | None = None, redis_password: str | None = None) -> Settings:
+    """Environment settings, pointed at this home's SQLite file, Redis (with its password) and a free API port."""
     base = get_settings()
     home = home.expanduser().resolve()
+    auth = f":{redis_password}@" if redis_password else ""
     return base.model_copy(update={
         "home": home, "database_url": f"sqlite:///{home / 'ncsweep.db'}",
-        "broker_url": f"redis://127.0.0.1:{redis_port}/0", "artifacts_dir": home / "artifacts",
+        "broker_url": f"redis://{auth}127.0.0.1:{redis_port}/0", "artifacts_dir": home / "artifacts",
         "api_host": "127.0.0.1", "api_url": "", "token": "",
         "api_port": free_port(api_port, required=True) if api_port else free_port(base.api_port)})
 
@@ -166,6 +184,8 @@ def _lock_home(home: Path) -> Any:
         raise StackError(f"--home: {home} is a file, expected a directory (the stack's state directory)")
     try:
         home.mkdir(parents=True, exist_ok=True)
+        if home.stat().st_uid == os.getuid():
+            home.chmod(0o700)  # its database, checkpoints, logs and broker data are this user's alone
     except OSError as exc:
         raise StackError(f"--home: cannot create the directory {home} ({exc.strerror or exc})") from None
     fh = open(home / ".lock", "w")
@@ -238,11 +258,11 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     if api_port is not None and not 1 <= api_port <= 65535:
         raise StackError(f"--port: expected 1..65535, got {api_port}")
     stack.enter_context(_lock_home(home))
-    redis_port = free_port()
-    settings = stack_settings(home, redis_port, api_port)
+    redis_port, password = free_port(), redis_password(home / "redis")
+    settings = stack_settings(home, redis_port, api_port, password)
     with console.status("migrating the database ..."):
         upgrade(settings.resolved_database_url())
-    redis_proc = start_redis(home / "redis", redis_port)
+    redis_proc = start_redis(home / "redis", redis_port, password=password)
     stack.callback(_stop_proc, redis_proc)
     token = ensure_token(settings)
     requeued = release_dead_leases(settings)

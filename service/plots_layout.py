@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
@@ -17,7 +18,10 @@ DPI = 80  # as service.plots._png saves: Agg's text widths do not scale with the
 
 def new_figure(*grid: int, figsize: tuple[float, float], squeeze: bool = True) -> tuple[Figure, Any]:
     """A figure on its own Agg canvas with ``grid`` (rows, cols) subplots, as ``pyplot.subplots`` returns them but
-    without pyplot's process-wide state: threads may draw figures at the same time."""
+    without pyplot's process-wide state: threads may draw figures at the same time. Text is drawn as written:
+    a '$' in an axis value or a sweep name is no mathtext markup (one that fails to parse would fail the plot);
+    a text that wants mathtext says ``parse_math=True``."""
+    matplotlib.rcParams["text.parse_math"] = False  # read by each Text made from here on; the same value always
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(*grid, squeeze=squeeze)

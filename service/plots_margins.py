@@ -52,7 +52,8 @@ def margins_png(session: Session, run_id: int) -> bytes:
         ax.set_xlabel("sample fraction (sorted ascending)")
         ax.set_ylabel("cosine margin")
         ax.grid(alpha=0.3)
-    full.set_title(f"run {run_id}: sorted cosine margins " r"$\mathcal{P}_{CM}$" f" (last stored {unit})", fontsize=9)
+    full.set_title(f"run {run_id}: sorted cosine margins " r"$\mathcal{P}_{CM}$" f" (last stored {unit})", fontsize=9,
+                   parse_math=True)
     tail.set_title(f"hardest samples: lowest {TAIL:.0%}", fontsize=9)
     full.legend(fontsize=8)
     with _MATHTEXT:  # layout and drawing parse the title's mathtext

@@ -288,6 +288,14 @@ def test_every_bad_grid_value_is_listed_with_its_field(app_client, row_counts):
     assert row_counts() == before and app_client.app.state.enqueuer.calls == []
 
 
+def test_a_data_root_the_filesystem_cannot_look_up_is_a_422(app_client, settings, row_counts):
+    before = row_counts()
+    root = str(settings.data_roots[0] / ("a" * 300))
+    resp = app_client.post("/sweeps", json=sweep_body(base={"data": {"name": "mnist", "root": root}}))
+    assert resp.status_code == 422 and fields(resp) == ["base.data.root"], resp.text
+    assert "cannot be looked up (File name too long)" in resp.json()["detail"][0]["msg"] and row_counts() == before
+
+
 def test_every_bad_data_root_is_listed(app_client, settings):
     inside = str(settings.data_roots[0] / "ok")
     resp = app_client.post("/sweeps", json=sweep_body(grid={"data.root": ["/etc", inside, "/tmp/../etc/x"]}))

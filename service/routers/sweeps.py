@@ -82,7 +82,12 @@ def data_file_problems(spec: SweepSpec, expanded: list[ExpandedRun], settings: S
             continue
         seen.add((data.name, data.root))
         root = Path(data.root or settings.data_root).expanduser()
-        absent = absent_files(data.name, root)
+        try:
+            absent = absent_files(data.name, root)
+        except OSError as exc:  # ENAMETOOLONG and the like: no such path can hold the files
+            problems.append((_choosing_field(spec, run), f"{str(root)[:200]!r}… cannot be looked up ({exc.strerror}); "
+                                                         "expected a path this host's filesystem accepts"))
+            continue
         if absent:
             why = str(missing(data.name, root, absent))
             problems.append((_choosing_field(spec, run), f"{why} (Checked on the API's host when the sweep was "

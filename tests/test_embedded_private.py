@@ -1,0 +1,38 @@
+"""The embedded stack keeps to its user: its Redis asks for a password kept in a mode-600 file (another local
+user could otherwise drive the broker, or write files through CONFIG SET), and its home is mode 700."""
+from __future__ import annotations
+
+import stat
+
+import pytest
+import redis
+
+from service.embedded import _lock_home, free_port, redis_password, start_redis, stack_settings
+
+
+def test_the_embedded_redis_refuses_clients_without_its_password(tmp_path):
+    data = tmp_path / "redis"
+    password = redis_password(data)
+    assert redis_password(data) == password and len(password) >= 24  # kept across restarts
+    assert stat.S_IMODE((data / "password").stat().st_mode) == 0o600
+    port = free_port()
+    proc = start_redis(data, port, password=password)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=2).config_set("dir", str(tmp_path))
+        assert redis.Redis(port=port, password=password, socket_timeout=2).ping()
+        url = stack_settings(tmp_path, port, redis_password=password).broker_url
+        assert url == f"redis://:{password}@127.0.0.1:{port}/0" and redis.Redis.from_url(url).ping()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_stack_home_is_private_to_its_user(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    lock = _lock_home(home)
+    try:
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    finally:
+        lock.close()
