@@ -9,14 +9,21 @@ from nc_core.db.models import Base
 config = context.config
 target_metadata = Base.metadata
 
+# alembic.ini's logging (the `alembic` command's progress lines) only for the `alembic` command itself
+# (cmd_opts is its parsed command line): a process migrating in-process (nc_core.db.migrate) keeps its own logging.
+if config.cmd_opts is not None and config.config_file_name and config.file_config.has_section("loggers"):
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
 
 def _url() -> str:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from nc_core.settings import Settings
+    from nc_core.settings import get_settings  # a bad or misspelt NCSWEEP_ variable: said in one line
 
-    return Settings().resolved_database_url()
+    return get_settings().resolved_database_url()
 
 
 def _configure(**kwargs) -> None:  # noqa: ANN003

@@ -11,8 +11,8 @@ import typer
 
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
-from nc_core.settings import Settings
-from service.cli_args import int_range, read_sweep_file
+from nc_core.settings import Settings, config_error, warn_unknown_variables
+from service.cli_args import int_range, read_sweep_file, show_version
 from service.cli_context import Ctx, err, out
 from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
@@ -32,7 +32,10 @@ app.add_typer(token_app, name="token")
 def _root(ctx: typer.Context,
           api: Optional[str] = typer.Option(None, "--api", envvar="NCSWEEP_API_URL", help="API base URL"),
           home: Optional[Path] = typer.Option(None, "--home", envvar="NCSWEEP_HOME", help="state directory"),
-          token: Optional[str] = typer.Option(None, "--token", help="bearer token (default: NCSWEEP_TOKEN or <home>/token)")):
+          token: Optional[str] = typer.Option(None, "--token", help="bearer token (default: NCSWEEP_TOKEN or <home>/token)"),
+          version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                       help="print the version and exit")):
+    warn_unknown_variables()  # a misspelt NCSWEEP_ variable would otherwise be ignored without a word
     overrides: dict[str, Any] = {}
     if api:
         overrides["api_url"] = api
@@ -198,10 +201,11 @@ app.command()(export)  # service.cli_output's commands, registered in their --he
 
 
 @app.command()
-def workers(ctx: typer.Context):
+def workers(ctx: typer.Context, every: bool = typer.Option(False, "--all", help="also the workers stopped or lost "
+                                                           "for over a day (left out by default)")):
     """Workers with status (busy/idle/lost), GPU use and their run's progress."""
     client = _ctx(ctx).client
-    workers = client.workers()
+    workers = client.workers(every)
     runs = [client.run(w["current_run_id"]) for w in workers if w.get("current_run_id") and not w.get("run")]
     out.print(workers_table(_enrich_workers(workers, runs)))
 
@@ -271,13 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"error: {exc}", highlight=False)
     except ApiError as exc:  # every problem of a 422, one per line
         err.print("error: " + "\n".join(exc.lines()), highlight=False, markup=False)
-    except (OSError, ValueError) as exc:
-        err.print(f"error: {exc}", highlight=False)
+    except (OSError, ValueError) as exc:  # a bad NCSWEEP_ setting (a ValueError) names its variable
+        err.print(f"error: {config_error(exc) or exc}", highlight=False, markup=False)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - e.g. a reply of another ncsweep version: one line, not a traceback
         if os.environ.get("NCSWEEP_DEBUG"):
             raise
+        if config_error(exc):  # the database URL: a dialect SQLAlchemy lacks, a database it cannot reach
+            err.print(f"error: {config_error(exc)}", highlight=False, markup=False)
+            return 1
         why = "is the API the same ncsweep version as this CLI? " if _reading_a_reply(exc) else ""
         err.print(f"error: unexpected {type(exc).__name__}: {exc} ({why or 'a bug in ncsweep; '}NCSWEEP_DEBUG=1 "
                   "shows the traceback)", highlight=False, markup=False)

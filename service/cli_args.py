@@ -1,4 +1,4 @@
-"""Checks of the `ncsweep` CLI's file arguments, made before any request: sweep files and --out paths."""
+"""Checks of the `ncsweep` CLI's arguments, made before any request: sweep files, --out paths, integer ranges; --version."""
 from __future__ import annotations
 
 import math
@@ -87,3 +87,12 @@ def export_format(out_path: Path, fmt: str | None) -> str:
 def check_png_out(out_path: Path) -> None:
     """Plots are PNG images: --out must end in .png, in a directory that exists."""
     check_out_dir(out_path, (".png",))
+
+
+def show_version(value: bool) -> None:
+    """``--version``: the installed ncsweep's version, then exit."""
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ncsweep {version('ncsweep')}")
+        raise typer.Exit()

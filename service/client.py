@@ -210,8 +210,8 @@ class Client:
             by_run[s["run_id"]] += _series_rows([s])
         return list(by_run.items()), body["next_after_run"]
 
-    def workers(self) -> list[dict[str, Any]]:
-        return self.get("/workers")
+    def workers(self, every: bool = False) -> list[dict[str, Any]]:
+        return self.get("/workers", all="true") if every else self.get("/workers")
 
     def png(self, path: str, **params: Any) -> bytes:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).content

@@ -71,3 +71,34 @@ def test_a_database_lost_mid_stream_ends_it_with_one_warning(db_url, monkeypatch
     warnings = [r for r in caplog.records if r.name == "service.routers.events"]
     assert len(warnings) == 1 and "database is unreachable" in warnings[0].getMessage()
     assert warnings[0].exc_info is None  # one line, not a traceback
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_open_streams_are_capped_and_a_closed_one_frees_its_place(settings, enqueuer, db_url):
+    import time
+
+    import httpx
+
+    from test_events import serve
+
+    settings.max_event_streams = 2
+    app = create_app(settings, enqueuer=enqueuer, broker_check=lambda: None)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        opened, readers = [], []  # a reader dropped would close its response
+        for _ in range(2):
+            resp = client.send(client.build_request("GET", "/events"), stream=True)
+            readers.append(resp.iter_text())
+            assert resp.status_code == 200 and next(readers[-1]).startswith("retry:")
+            opened.append(resp)
+        full = client.get("/events")
+        assert full.status_code == 503 and full.headers["retry-after"] == "5"
+        assert "too many open event streams (2, the server's NCSWEEP_MAX_EVENT_STREAMS)" in full.json()["detail"]
+        opened.pop().close()  # a client goes away: its place frees within a poll
+        deadline, status = time.monotonic() + 10, 503
+        while status == 503 and time.monotonic() < deadline:
+            with client.stream("GET", "/events") as again:
+                status = again.status_code
+            time.sleep(0.2)
+        assert status == 200
+        for resp in opened:
+            resp.close()

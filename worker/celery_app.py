@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 from celery import Celery, signals
 
@@ -61,6 +62,54 @@ _PARENT_BEAT: list = []
 def _control() -> bool:
     """NCSWEEP_CONTROL=1: the reconciler's worker (no training, no telemetry row, no torch)."""
     return os.environ.get("NCSWEEP_CONTROL", "") == "1"
+
+
+@signals.worker_init.connect  # the first worker_init receiver: a worker that exits here leaves nothing behind
+def _check_database(**_kw) -> None:
+    """A worker whose database cannot be used at start exits 1 with one line naming NCSWEEP_DATABASE_URL (password
+    masked) and the error, rather than taking jobs it can only fail; a database still starting gets
+    NCSWEEP_DB_WAIT_SECONDS. A database lost later is the jobs' business (they re-queue their runs)."""
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    deadline = time.monotonic() + float(settings.db_wait_seconds)
+    while True:
+        problem, retry = database_problem(url)
+        if problem is None:
+            return
+        if not retry or time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    waited = f" (after waiting {settings.db_wait_seconds:g} s: NCSWEEP_DB_WAIT_SECONDS)" if retry else ""
+    logging.getLogger(__name__).error("worker not started: %s%s", problem, waited)
+    raise SystemExit(1)  # not an Exception: Celery's signal dispatch passes it on, and `celery worker` exits 1
+
+
+def database_problem(url: str) -> tuple[str | None, bool]:
+    """(one line on why the database at ``url`` cannot serve a worker, whether waiting may help), or (None, False)
+    when it answers and holds a migrated schema. A missing SQLite file is not created."""
+    from sqlalchemy import create_engine, inspect, pool, text
+    from sqlalchemy.exc import DBAPIError
+
+    from nc_core.settings import config_error, mask_url
+
+    where = f"NCSWEEP_DATABASE_URL: expected a migrated ncsweep database (`alembic upgrade head`), got {mask_url(url)}"
+    path = url.removeprefix("sqlite:///").split("?")[0] if url.startswith("sqlite:///") else ""
+    if path not in ("", ":memory:") and not os.path.exists(path):
+        return f"{where} (no such file)", True
+    try:
+        timeout = {"connect_timeout": 5} if url.startswith(("postgresql:", "postgresql+psycopg")) else {}
+        engine = create_engine(url, poolclass=pool.NullPool, connect_args=timeout)
+        try:
+            with engine.connect() as conn:
+                if not inspect(conn).has_table("alembic_version") or \
+                        conn.execute(text("SELECT version_num FROM alembic_version")).first() is None:
+                    return f"{where} (no schema)", True
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - said in the one line
+        why = config_error(exc, url) or f"NCSWEEP_DATABASE_URL={mask_url(url)}: {type(exc).__name__}: {exc}"
+        return why, isinstance(exc, DBAPIError)
+    return None, False
 
 
 @signals.worker_ready.connect

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 
 revision: str = '0005'
@@ -20,6 +20,16 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
+    if context.is_offline_mode():  # `alembic upgrade --sql`: no data to look at; a duplicate fails the CREATE INDEX
+        op.get_context().impl.static_output("-- 0005: CREATE UNIQUE INDEX fails while a sweep holds two primary runs "
+                                            "of one (kind, spec_hash); keep one of each and delete the others first")
+    else:
+        _refuse_duplicates()
+    op.create_index('uq_run_primary_hash', 'run', ['sweep_id', 'kind', 'spec_hash'], unique=True,
+                    postgresql_where=sa.text('parent_run_id IS NULL'), sqlite_where=sa.text('parent_run_id IS NULL'))
+
+
+def _refuse_duplicates() -> None:
     duplicates = op.get_bind().execute(sa.text(
         "SELECT sweep_id, kind, spec_hash, count(*) AS n, min(id) AS first_id FROM run WHERE parent_run_id IS NULL "
         "GROUP BY sweep_id, kind, spec_hash HAVING count(*) > 1 ORDER BY sweep_id, first_id")).all()
@@ -29,8 +39,6 @@ def upgrade() -> None:
             f"migration 0005: expected one primary run per (sweep, kind, spec_hash), found {len(duplicates)} group(s) "
             f"with more ({listed}). Keep one run of each group (e.g. the one with metrics) and delete the others "
             "(DELETE FROM run WHERE id IN (...); their metrics and checkpoints go with them), then migrate again.")
-    op.create_index('uq_run_primary_hash', 'run', ['sweep_id', 'kind', 'spec_hash'], unique=True,
-                    postgresql_where=sa.text('parent_run_id IS NULL'), sqlite_where=sa.text('parent_run_id IS NULL'))
 
 
 def downgrade() -> None:

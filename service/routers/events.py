@@ -9,7 +9,7 @@ from collections import deque
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from nc_core.db import events_repo
@@ -122,11 +122,27 @@ async def events(request: Request, sweep_id: Id | None = Query(None, description
     resume = (last_event_id or "").strip()
     if resume.isascii() and resume.isdigit() and len(resume) <= 19 and int(resume) <= EVENT_ID_MAX:
         cursor = int(resume)  # a malformed or out-of-range Last-Event-ID is ignored, like a missing one
+    settings = app_settings(request)
+    state = request.app.state
+    if getattr(state, "event_streams", 0) >= settings.max_event_streams:  # each polls the database twice a second
+        return JSONResponse({"detail": f"too many open event streams ({state.event_streams}, the server's "
+                                       "NCSWEEP_MAX_EVENT_STREAMS); retry shortly (an EventSource retries by itself)"},
+                            status_code=503, headers={"Retry-After": "5"})
     latest = await asyncio.to_thread(_opening, url, sweep_id)  # 404 / 503 before the stream opens
     cursor = latest if cursor is None else cursor
-    settings = app_settings(request)
     recheck = AUTH_RECHECK_S if settings.auth_required and settings.auth_reads else None
     stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S,
                           recheck_s=recheck)
-    return StreamingResponse(stream, media_type="text/event-stream",
+    return StreamingResponse(_counted(state, stream), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _counted(state: object, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``stream``, counted in state.event_streams while it is open (from its first frame to its end or the
+    client's disconnect)."""
+    state.event_streams = getattr(state, "event_streams", 0) + 1
+    try:
+        async for frame in stream:
+            yield frame
+    finally:
+        state.event_streams -= 1

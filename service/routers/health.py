@@ -7,6 +7,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from nc_core.settings import config_error, mask_url
+
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
@@ -26,8 +28,8 @@ def readyz(request: Request) -> JSONResponse:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001
-        log.warning("readyz: database check failed: %s", exc)
-        checks["database"] = f"failed: {type(exc).__name__}"
+        checks["database"] = f"failed: {_database_failure(exc, request.app.state.database_url)}"
+        log.warning("readyz: database check %s", checks["database"])
     try:
         request.app.state.broker_check()
         checks["broker"] = "ok"
@@ -37,3 +39,12 @@ def readyz(request: Request) -> JSONResponse:
     failed = [name for name, state in checks.items() if state != "ok"]
     body = {"status": "ready" if not failed else "unavailable", "checks": checks, "failed": failed}
     return JSONResponse(body, status_code=503 if failed else 200)
+
+
+def _database_failure(exc: Exception, url: str) -> str:
+    """Which database (password masked) failed and how: the error's class and first lines."""
+    why = config_error(exc, url)
+    if why is None:
+        detail = " ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip())
+        why = f"{mask_url(url)}: {type(exc).__name__}: {detail}"
+    return why[:1000]

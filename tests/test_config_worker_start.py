@@ -1,0 +1,100 @@
+"""A Celery worker whose database cannot be used at start exits 1 with one line saying why (after a short wait)."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_stack import PG_ADMIN, ROOT, local_redis_url, sqlite_db, wait_for
+from worker.launch import worker_command
+
+
+def _start(tmp_path: Path, url: str, broker: str = "redis://127.0.0.1:6379/14", wait_s: float = 1.0,
+           control: bool = False) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCSWEEP_")}
+    env.update({"NCSWEEP_HOME": str(tmp_path), "NCSWEEP_DATABASE_URL": url, "NCSWEEP_BROKER_URL": broker,
+                "NCSWEEP_DB_WAIT_SECONDS": str(wait_s), "NCSWEEP_PRELOAD": "0", "CUDA_VISIBLE_DEVICES": "",
+                "PYTHONPATH": str(ROOT), **({"NCSWEEP_CONTROL": "1"} if control else {})})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(worker_command(f"startcheck-{uuid.uuid4().hex[:6]}@test", "INFO"), cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def _exit_code(proc: subprocess.Popen, log: Path, timeout: float = 60) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(10)
+        pytest.fail(f"the worker kept running with a database it cannot use:\n{log.read_text()[-3000:]}")
+
+
+def _database_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if "NCSWEEP_DATABASE_URL" in line]
+
+
+def test_a_database_that_does_not_exist_stops_the_worker_with_one_line(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    try:
+        with create_engine(PG_ADMIN).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at {PG_ADMIN} unreachable: {type(exc).__name__}")
+    name = f"fixprod_missing_{uuid.uuid4().hex[:8]}"
+    url = PG_ADMIN.rsplit("@", 1)[0] + ":s3cret@" + PG_ADMIN.rsplit("@", 1)[1].rsplit("/", 1)[0] + f"/{name}"
+    started = time.monotonic()
+    proc, log = _start(tmp_path, url, wait_s=2)
+    assert _exit_code(proc, log) != 0
+    assert time.monotonic() - started < 45  # the wait is short and configurable
+    (line,) = _database_lines(log)
+    assert "worker not started: NCSWEEP_DATABASE_URL: expected a database that accepts connections" in line
+    assert f":***@127.0.0.1:5432/{name}" in line and "s3cret" not in log.read_text()
+    assert f'database "{name}" does not exist' in line and "OperationalError" in line
+    assert "NCSWEEP_DB_WAIT_SECONDS" in line and "ready" not in log.read_text()
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_a_database_without_schema_stops_the_worker(tmp_path, control):  # noqa: ANN001
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    proc, log = _start(tmp_path, f"sqlite:///{path}", control=control)
+    assert _exit_code(proc, log) == 1
+    (line,) = _database_lines(log)
+    assert f"NCSWEEP_DATABASE_URL: expected a migrated ncsweep database (`alembic upgrade head`), got sqlite:///{path}"\
+        " (no schema)" in line
+
+
+def test_a_bad_url_stops_the_worker_at_once(tmp_path):
+    proc, log = _start(tmp_path, "postgres://u:s3cret@127.0.0.1:1/x", wait_s=30)
+    started = time.monotonic()
+    assert _exit_code(proc, log) == 1 and time.monotonic() - started < 25  # no wait: waiting cannot fix it
+    (line,) = _database_lines(log)
+    assert "no dialect 'postgres'" in line and "postgresql+psycopg://" in line and "s3cret" not in line
+
+
+def test_a_database_that_comes_up_within_the_wait_lets_the_worker_start(tmp_path):
+    broker = local_redis_url(14)
+    url = f"sqlite:///{tmp_path / 'ncsweep.db'}"
+    proc, log = _start(tmp_path, url, broker=broker, wait_s=30)
+    timer = threading.Timer(2.0, sqlite_db, args=(tmp_path,))  # migrated 2 s after the worker started
+    timer.start()
+    try:
+        wait_for(lambda: "ready" in log.read_text(errors="replace") or proc.poll() is not None, 60, 0.3,
+                 "the worker to start")
+        assert proc.poll() is None and _database_lines(log) == [], log.read_text()[-3000:]
+    finally:
+        timer.cancel()
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
