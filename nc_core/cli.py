@@ -64,12 +64,21 @@ def load_spec(path: Path, overrides: list[str], console: Console) -> RunSpec:
         spec = RunSpec.model_validate(tree)
     except ValidationError as exc:
         _fail(console, [_describe(err) for err in exc.errors()])
+    return spec
+
+
+def _check_unread(spec: RunSpec, workdir: Path, resume: bool, console: Console) -> None:
+    """Refuse a field this run would never read (exit 2) — unless the run resumes a workdir that was started
+    with it (a spec written before ncsweep refused such fields): then a warning, and the run goes on."""
     from nc_core.spec_rules import unread_fields
 
-    unread = unread_fields(spec)
-    if unread:
-        _fail(console, [f"{field}: {why}" for field, why in unread.items()])
-    return spec
+    lines = [f"{field}: {why}" for field, why in unread_fields(spec).items()]
+    if lines and resume and any((workdir / "ckpt").glob("epoch_*.pt")):
+        for line in lines:
+            console.print(f"[yellow]warning[/]: {escape(line)} (kept: {workdir} holds this spec's run)",
+                          highlight=False, soft_wrap=True)
+    elif lines:
+        _fail(console, lines)
 
 
 def _is_sweep(tree: dict[str, Any]) -> bool:
@@ -127,6 +136,7 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         check_out_path(out, err)
     spec = load_spec(spec_file, set_, err)
     workdir = workdir or Path("runs") / spec_hash(spec)[:12]
+    _check_unread(spec, Path(workdir), resume, err)
     try:  # the directories this run creates: removed if it fails leaving them empty
         created = make_workdir(Path(workdir))
     except ValueError as exc:

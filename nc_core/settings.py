@@ -121,12 +121,19 @@ def get_settings() -> Settings:
         raise ConfigError(config_error(exc) or str(exc)) from None
 
 
+_WARNED: set[str] = set()  # the unknown variables this process has warned of (once each)
+
+
 def warn_unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
-    """Log one warning per NCSWEEP_* variable neither Settings nor any ncsweep process reads; returns them."""
+    """Log one warning per NCSWEEP_* variable neither Settings nor any ncsweep process reads (once a process);
+    returns them."""
     known = {env_name(name) for name in Settings.model_fields} | OTHER_VARIABLES
     unknown = sorted(name for name in (os.environ if environ is None else environ)
                      if name.upper().startswith("NCSWEEP_") and name.upper() not in known)
     for name in unknown:
+        if name in _WARNED:
+            continue
+        _WARNED.add(name)
         close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
         log.warning("unknown environment variable %s ignored%s", name, f" (did you mean {close[0]}?)" if close else "")
     return unknown

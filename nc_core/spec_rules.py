@@ -49,7 +49,7 @@ _UFM_COUNTERPART = {"epochs": "ufm.iterations", "optim.lr": "ufm.lr", "optim.mom
 
 
 @functools.cache
-def _training_defaults() -> dict:
+def training_defaults() -> dict:
     from nc_core.spec import RunSpec
 
     return RunSpec.model_construct().model_dump(mode="json")  # unvalidated: validating it would call check_run
@@ -62,7 +62,7 @@ def _check_ufm_fields(spec: "RunSpec") -> None:
     from nc_core.spec import field_paths
     from nc_core.sweep import get_path
 
-    tree, default = spec.model_dump(mode="json"), _training_defaults()
+    tree, default = spec.model_dump(mode="json"), training_defaults()
     off = [path for path in field_paths() if not (path.startswith("ufm.") or path in UFM_FIELDS)
            and get_path(tree, path) != get_path(default, path)]
     if not off:
@@ -112,7 +112,7 @@ def unread_fields(spec: "RunSpec", tree: dict | None = None) -> dict[str, str]:
 
     if spec.kind != "train":
         return {}
-    tree, default = tree or spec.model_dump(mode="json"), _training_defaults()
+    tree, default = tree or spec.model_dump(mode="json"), training_defaults()
     out = {}
     for path, (reads, needs, decider) in _READ_ONLY_WITH.items():
         value = get_path(tree, path)

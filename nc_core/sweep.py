@@ -209,11 +209,13 @@ class ExpandedRun:
     spec_hash: str  # sha256 of canonical
 
 
-def expand(sweep: SweepSpec) -> list[ExpandedRun]:
+def expand(sweep: SweepSpec, *, refuse_unread: bool = True) -> list[ExpandedRun]:
     """Expand to runs: grid × zip × seeds, de-duplicated by spec hash, order stable.
 
     Every run is validated; a SpecError lists each invalid value once, named by its field ('grid.optim.lr[1]',
-    'zip.model.width[0]', 'base.epochs') in error_order, with a run that shows it (one with the fewest errors)."""
+    'zip.model.width[0]', 'base.epochs') in error_order, with a run that shows it (one with the fewest errors).
+    ``refuse_unread``: also refuse values no run reads (:func:`_refuse_unread`); off for a sweep stored before
+    that rule (extending it)."""
     if sweep.size > sweep.max_runs:
         raise SpecError("max_runs", f"the sweep expands to {sweep.size} runs, above the cap of {sweep.max_runs}")
     grid_items = list(sweep.grid.items())
@@ -256,32 +258,38 @@ def expand(sweep: SweepSpec) -> list[ExpandedRun]:
                 out.append(ExpandedRun(run, {p: get_path(dumped, p) for p in axes}, dumped, canonical, h))
     if problems:
         raise SpecError.of([(f, m) for f, (_, m) in sorted(problems.items(), key=lambda kv: error_order(sweep, kv[0]))])
-    _refuse_unread(sweep, out)
+    if refuse_unread:
+        _refuse_unread(sweep, out)
     return out
 
 
 def _refuse_unread(sweep: SweepSpec, runs: list[ExpandedRun]) -> None:
-    """SpecError for an axis that some run never reads (those runs would repeat one another under different
-    labels: loss.gamma swept beside loss.name=ce) and for a base value that no run reads (schedule.milestones
-    with a constant schedule); a base value that some runs read (loss.gamma for the focal runs of a loss axis)
-    stays."""
-    from nc_core.spec_rules import unread_fields
+    """SpecError for an axis whose values some runs never read, where that makes two runs one run (loss.gamma
+    swept beside loss.name=ce: the CE runs differ only in a value CE ignores), and for a base value no run reads
+    (schedule.milestones with a constant schedule). A base value some runs read (loss.gamma for the focal runs
+    of a loss axis) and a zip row's ignored value (momentum 0 beside adam) that repeats no run stay."""
+    from nc_core.spec_rules import training_defaults, unread_fields
 
     unread = [unread_fields(r.spec, r.tree) for r in runs]  # per run: {path: why}
-    problems = []
-    for section in ("grid", "zip"):
-        for path, values in getattr(sweep, section).items():
-            run = next((r for r, u in zip(runs, unread) if path in u), None)
-            if run is not None:
-                why = unread[runs.index(run)][path]
-                problems.append((f"{section}.{path}", f"{why}, so the runs with {_where(run)} would repeat one "
-                                                      f"another; sweep it in a sweep (or a zip) of the runs that "
-                                                      f"read it"))
-    axes = set(sweep.axes)
+    defaults, axes, first = training_defaults(), set(sweep.axes), {}
+    problems: dict[str, str] = {}
+    for i, (run, why) in enumerate(zip(runs, unread)):
+        key = run.spec_hash
+        if why:  # the run as it trains: each unread value at its default
+            tree = copy_tree(run.tree)
+            for path in why:
+                set_path(tree, path, get_path(defaults, path))
+            key = hashlib.sha256(canonical_text(tree).encode()).hexdigest()
+        j = first.setdefault(key, i)
+        for path in sorted((set(why) | set(unread[j])) & axes) if j != i else ():
+            section = "grid" if path in sweep.grid else "zip"
+            problems.setdefault(f"{section}.{path}", f"{(why or unread[j])[path]}, so the runs with {_where(runs[j])} "
+                                                     f"and with {_where(run)} would be one run; sweep it only where "
+                                                     "it is read (a zip, or a sweep of its own)")
     for path in sorted(set.intersection(*(set(u) for u in unread)) - axes if unread else ()):
-        problems.append((f"base.{path}", unread[0][path]))
+        problems[f"base.{path}"] = unread[0][path]
     if problems:
-        raise SpecError.of(sorted(problems, key=lambda p: error_order(sweep, p[0])))
+        raise SpecError.of(sorted(problems.items(), key=lambda p: error_order(sweep, p[0])))
 
 
 def _where(run: ExpandedRun) -> str:

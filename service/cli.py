@@ -12,7 +12,7 @@ import typer
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings, config_error, warn_unknown_variables
-from service.cli_args import int_range, read_sweep_file, show_version
+from service.cli_args import comma_ints as _ints, comma_items as _csv, int_range, read_sweep_file, show_version
 from service.cli_context import Ctx, err, out
 from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
@@ -44,17 +44,6 @@ def _root(ctx: typer.Context,
     if token:
         overrides["token"] = token
     ctx.obj = Ctx(Settings(**overrides))
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers for {what}, got {text!r}") from None
-
-
-def _csv(text: Optional[str]) -> Optional[list[str]]:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
 @app.command()

@@ -96,3 +96,16 @@ def show_version(value: bool) -> None:
 
         typer.echo(f"ncsweep {version('ncsweep')}")
         raise typer.Exit()
+
+
+def comma_ints(text: str, what: str) -> list[int]:
+    """'0,1' → [0, 1]; anything else a usage error naming ``what``."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers for {what}, got {text!r}") from None
+
+
+def comma_items(text: str | None) -> list[str] | None:
+    """'a, b' → ['a', 'b']; None (the option's default) for nothing given."""
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None

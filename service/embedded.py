@@ -59,17 +59,21 @@ def free_port(preferred: int | None = None, *, required: bool = False) -> int:
 
 
 def redis_password(data_dir: Path) -> str:
-    """The embedded Redis's password, kept in <data_dir>/password (mode 600) and made on first use: other users
-    of a shared host must not reach the broker (nor its CONFIG SET, which writes files as this user)."""
+    """The embedded Redis's password in <data_dir>/password (mode 600), made on first use: other users of a host
+    must not reach the broker (nor its CONFIG SET, which writes files as this user)."""
     path = data_dir / "password"
     data_dir.mkdir(parents=True, exist_ok=True)
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     password = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
+    write_private(path, password + "\n")
     return password
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by this user only from its creation on (mode 600)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(text)
 
 
 def start_redis(data_dir: Path, port: int, timeout: float = 15.0, *, password: str | None = None) -> subprocess.Popen:
@@ -79,9 +83,11 @@ def start_redis(data_dir: Path, port: int, timeout: float = 15.0, *, password: s
 
     data_dir.mkdir(parents=True, exist_ok=True)
     logf = open(data_dir / "redis.log", "ab")
-    auth = ["--requirepass", password] if password else []
-    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-                             "--appendonly", "yes", "--save", "", "--protected-mode", "yes", *auth],
+    conf = [str(data_dir / "redis.conf")] if password else []  # not on a command line other users can read
+    if password:
+        write_private(data_dir / "redis.conf", f"requirepass {password}\n")
+    proc = subprocess.Popen([redis_server_binary(), *conf, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                             str(data_dir), "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,8 +137,7 @@ def ensure_token(settings: Settings) -> str:
             if row is not None and not row.revoked:
                 return token
     token = create_token(settings.resolved_database_url(), name="embedded", scope="admin")
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    write_private(path, token + "\n")
     return token
 
 
@@ -183,8 +188,9 @@ def _lock_home(home: Path) -> Any:
     if home.exists() and not home.is_dir():
         raise StackError(f"--home: {home} is a file, expected a directory (the stack's state directory)")
     try:
+        ours = not home.exists() or (home / ".lock").exists()  # a new home, or one a stack made: not any directory
         home.mkdir(parents=True, exist_ok=True)
-        if home.stat().st_uid == os.getuid():
+        if ours and home.stat().st_uid == os.getuid():
             home.chmod(0o700)  # its database, checkpoints, logs and broker data are this user's alone
     except OSError as exc:
         raise StackError(f"--home: cannot create the directory {home} ({exc.strerror or exc})") from None
@@ -238,7 +244,6 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
     finally:
         if previous is not None:  # the caller's handler again (main() may be called in a longer-lived process)
             signal.signal(signal.SIGTERM, previous)
-
 
 
 def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | None, api_port: int | None,

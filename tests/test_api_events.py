@@ -93,6 +93,7 @@ def test_open_streams_are_capped_and_a_closed_one_frees_its_place(settings, enqu
         full = client.get("/events")
         assert full.status_code == 503 and full.headers["retry-after"] == "5"
         assert "too many open event streams (2, the server's NCSWEEP_MAX_EVENT_STREAMS)" in full.json()["detail"]
+        assert app.state.event_streams == 2
         opened.pop().close()  # a client goes away: its place frees within a poll
         deadline, status = time.monotonic() + 10, 503
         while status == 503 and time.monotonic() < deadline:
@@ -102,3 +103,26 @@ def test_open_streams_are_capped_and_a_closed_one_frees_its_place(settings, enqu
         assert status == 200
         for resp in opened:
             resp.close()
+
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_burst_of_streams_cannot_pass_the_cap(settings, enqueuer, db_url):
+    import httpx
+
+    from test_events import serve
+
+    settings.max_event_streams = 2
+    app = create_app(settings, enqueuer=enqueuer, broker_check=lambda: None)
+
+    async def burst(url: str) -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            async def one() -> int:
+                async with client.stream("GET", "/events") as resp:
+                    await asyncio.sleep(1.0)  # held open while the others arrive
+                    return resp.status_code
+            return await asyncio.gather(*(one() for _ in range(10)))
+
+    with serve(app) as url:
+        codes = asyncio.run(burst(url))
+    assert sorted(codes) == [200, 200] + [503] * 8, codes

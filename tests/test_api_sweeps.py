@@ -87,7 +87,7 @@ def test_a_queued_ufm_run_counts_its_iterations(app_client, db_url):
      ["cannot expand '~nosuchuser-ncsweep/data'", "expected an existing user's ~"]),
     (sweep_body(zip={"data.root": ["/etc", "~nosuchuser-ncsweep/x"]}), "zip.data.root[1]", ["cannot expand"]),
     (sweep_body(grid={"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0]}), "grid.loss.gamma",
-     ["has no effect with loss.name='ce'", "would repeat one another"]),
+     ["has no effect with loss.name='ce'", "would be one run"]),
     # a UFM run ignores the training fields: sweeping one would repeat the same run under different labels
     (sweep_body(base={"kind": "ufm", "ufm": {"class_counts": [5, 5]}}, grid={"optim.lr": [0.01, 0.1]}),
      "grid.optim.lr[0]", ["no effect with kind='ufm'", "ufm.lr"]),

@@ -98,3 +98,14 @@ def test_a_database_that_comes_up_within_the_wait_lets_the_worker_start(tmp_path
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+
+
+def test_a_bad_setting_stops_a_celery_process_with_one_line():
+    import sys
+
+    env = {**os.environ, "NCSWEEP_LEASE_SECONDS": "3"}  # below two heartbeats of 5 s
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.celery_app", "report"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert out.splitlines() == [out] and "NCSWEEP_LEASE_SECONDS: expected at least 2 × NCSWEEP_HEARTBEAT" in out

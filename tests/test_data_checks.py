@@ -1,5 +1,4 @@
-"""Data checks found by a dataset audit: sizes refused at validation, a random cap that drops a class, the field
-behind a short class, SVHN's absent files named together, MNIST idx files gzipped one by one."""
+"""Data checks: sizes refused at validation, fields named for short classes, SVHN and gzipped MNIST files."""
 from __future__ import annotations
 
 import re

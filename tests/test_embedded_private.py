@@ -1,5 +1,4 @@
-"""The embedded stack keeps to its user: its Redis asks for a password kept in a mode-600 file (another local
-user could otherwise drive the broker, or write files through CONFIG SET), and its home is mode 700."""
+"""The embedded stack keeps to its user: a Redis password in mode-600 files, a mode-700 home."""
 from __future__ import annotations
 
 import stat
@@ -18,6 +17,7 @@ def test_the_embedded_redis_refuses_clients_without_its_password(tmp_path):
     port = free_port()
     proc = start_redis(data, port, password=password)
     try:
+        assert password not in " ".join(proc.args) and stat.S_IMODE((data / "redis.conf").stat().st_mode) == 0o600
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port, socket_timeout=2).config_set("dir", str(tmp_path))
         assert redis.Redis(port=port, password=password, socket_timeout=2).ping()
@@ -30,9 +30,13 @@ def test_the_embedded_redis_refuses_clients_without_its_password(tmp_path):
 
 def test_the_stack_home_is_private_to_its_user(tmp_path):
     home = tmp_path / "home"
-    home.mkdir(mode=0o755)
-    lock = _lock_home(home)
-    try:
-        assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    finally:
-        lock.close()
+    _lock_home(home).close()  # made by the stack
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    home.chmod(0o755)  # an older stack's home (it holds a .lock): made private too
+    _lock_home(home).close()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    shared = tmp_path / "team"
+    shared.mkdir()
+    shared.chmod(0o755)  # a directory the user chose that no stack made: left as it is
+    _lock_home(shared).close()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755

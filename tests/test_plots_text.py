@@ -1,5 +1,4 @@
-"""Plot text is drawn as written: a '$' in an axis value (a data.root, a loss label) is no mathtext markup that
-could fail the plot with a 500."""
+"""Plot text is drawn as written: a '$' in an axis value is no mathtext that could fail a plot."""
 from __future__ import annotations
 
 import pytest

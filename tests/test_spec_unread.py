@@ -1,5 +1,4 @@
-"""Fields a run never reads (loss.gamma with CE, milestones with a constant schedule): a lone spec refuses them,
-a sweep refuses an axis some runs ignore (they would repeat one another) and a base value every run ignores."""
+"""Fields a run never reads: a lone spec refuses them, a sweep where they would merge runs or none reads them."""
 from __future__ import annotations
 
 import pytest
@@ -55,9 +54,27 @@ def _errors(**sweep) -> list[tuple[str, str]]:
 
 def test_a_sweep_refuses_an_axis_that_some_runs_do_not_read():
     [(field, msg)] = _errors(base=BASE, grid={"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0, 3.0]})
-    assert field == "grid.loss.gamma" and "loss.name='ce'" in msg and "would repeat one another" in msg
+    assert field == "grid.loss.gamma" and "loss.name='ce'" in msg and "would be one run" in msg
     [(field, _)] = _errors(base={**BASE, "optim": {"name": "adam"}}, zip={"optim.momentum": [0.5, 0.8]})
     assert field == "zip.optim.momentum"
+
+
+def test_a_zip_row_whose_value_is_ignored_but_repeats_no_run_is_kept():
+    runs = expand(SweepSpec(name="x", base=BASE, zip={"optim.name": ["sgd", "adam"], "optim.momentum": [0.9, 0.0]}))
+    assert [(r.spec.optim.name, r.spec.optim.momentum) for r in runs] == [("sgd", 0.9), ("adam", 0.0)]
+    runs = expand(SweepSpec(name="x", base=BASE, grid={"loss.name": ["ce", "focal"], "loss.gamma": [1.0]}))
+    assert len(runs) == 2  # one CE run: nothing repeats
+
+
+def test_extending_a_sweep_stored_before_the_rule_still_works():
+    from service.routers.sweeps import merge_spec
+    from service.schemas import ExtendRequest
+
+    old = SweepSpec(name="x", base=BASE, grid={"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0]})
+    merged = merge_spec(old, ExtendRequest(seeds=[1]))
+    assert len(expand(merged, refuse_unread=False)) == 8
+    with pytest.raises(SpecError):
+        expand(merged)
 
 
 def test_a_sweep_refuses_a_base_value_no_run_reads_and_keeps_one_some_runs_read():
@@ -82,3 +99,33 @@ def test_every_commented_field_of_the_example_spec_is_a_real_field():
     assert len(named) >= 25 and [p for p in named if p not in paths] == []
     for path in ("loss.k", "loss.M", "loss.gamma", "loss.alpha", "data.label_noise", "model.temperature", "head.delta"):
         assert path in named
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_api_extends_a_sweep_stored_before_the_rule(app_client, monkeypatch):
+    import nc_core.sweep as sweep_module
+
+    body = {"name": "old", "base": BASE, "grid": {"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0]}}
+    assert app_client.post("/sweeps", json=body).status_code == 422  # refused today
+    with monkeypatch.context() as m:  # as it was stored before the rule
+        m.setattr(sweep_module, "_refuse_unread", lambda sweep, runs: None)
+        sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"seeds": [1]})
+    assert resp.status_code == 200 and resp.json()["added"] == 4, resp.text
+
+
+def test_a_workdir_started_with_an_unread_field_still_resumes(tmp_path, monkeypatch):
+    import nc_core.spec_rules as rules
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "epochs": 1, "device": "cpu", "loss": {"gamma": 2.0},
+                                    "model": {"width": 16, "depth": 1}}))
+    work = tmp_path / "w"
+    with monkeypatch.context() as m:  # trained before the rule
+        m.setattr(rules, "unread_fields", lambda spec, tree=None: {})
+        assert CliRunner().invoke(app, ["run", str(path), "--workdir", str(work)]).exit_code == 0
+    res = CliRunner().invoke(app, ["run", str(path), "--workdir", str(work)])
+    assert res.exit_code == 0, res.output
+    assert "warning: loss.gamma: has no effect with loss.name='ce'" in res.output and "nothing to train" in res.output
+    res = CliRunner().invoke(app, ["run", str(path), "--workdir", str(work), "--no-resume"])
+    assert res.exit_code == 2 and "error: loss.gamma" in res.output  # training it anew: refused

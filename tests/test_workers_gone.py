@@ -1,5 +1,4 @@
-"""Stopped or lost workers not heard from for a day leave GET /workers (containers get new names on every
-restart); `?all=true` lists them too. A re-queued run is not shown on the worker of its last attempt."""
+"""Workers gone for a day leave the lists (--all, ?all=true show them); a re-queued run shows no worker."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -10,6 +9,7 @@ from nc_core.db import workers_repo
 from nc_core.db.models import Worker, utcnow
 from nc_core.db.session import session_scope
 from test_cli import live, ncsweep  # noqa: F401 - live: the API served for the CLI
+
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_workers_gone_for_a_day_are_listed_only_on_request(app_client, db_url):
@@ -64,8 +64,11 @@ def test_the_cli_lists_gone_workers_with_all_and_says_its_version(live, db_url, 
 
 
 def test_the_cli_warns_of_a_misspelt_variable(monkeypatch, capsys, caplog):  # noqa: ANN001
+    import nc_core.settings as settings_module
+
     misspelt = "NCSWEEP_" + "DATABSE_URL"  # spelt apart: the repository's own variables are checked by a scan
     monkeypatch.setenv(misspelt, "postgresql+psycopg://x@y/z")
+    monkeypatch.setattr(settings_module, "_WARNED", set())
     with caplog.at_level("WARNING"):
         ncsweep(capsys, "--version")
         ncsweep(capsys, "runs", "--help")

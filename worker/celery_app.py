@@ -8,7 +8,7 @@ import time
 
 from celery import Celery, signals
 
-from nc_core.settings import Settings, get_settings
+from nc_core.settings import ConfigError, Settings, get_settings
 
 # Any torch.cuda.is_available() in a prefork parent must not create a CUDA context.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -198,4 +198,7 @@ def _fresh_child(**_kw) -> None:
         engine.dispose(close=False)
 
 
-app = make_celery(get_settings())
+try:
+    app = make_celery(get_settings())
+except ConfigError as exc:  # a bad NCSWEEP_ setting: one line naming it, not a traceback from the import
+    raise SystemExit(f"error: {exc}") from None

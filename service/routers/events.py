@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections import deque
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -126,23 +126,32 @@ async def events(request: Request, sweep_id: Id | None = Query(None, description
     state = request.app.state
     if getattr(state, "event_streams", 0) >= settings.max_event_streams:  # each polls the database twice a second
         return JSONResponse({"detail": f"too many open event streams ({state.event_streams}, the server's "
-                                       "NCSWEEP_MAX_EVENT_STREAMS); retry shortly (an EventSource retries by itself)"},
+                                       "NCSWEEP_MAX_EVENT_STREAMS); retry shortly"},
                             status_code=503, headers={"Retry-After": "5"})
-    latest = await asyncio.to_thread(_opening, url, sweep_id)  # 404 / 503 before the stream opens
+    state.event_streams = getattr(state, "event_streams", 0) + 1  # the place is taken before any await
+    try:
+        latest = await asyncio.to_thread(_opening, url, sweep_id)  # 404 / 503 before the stream opens
+    except BaseException:
+        state.event_streams -= 1
+        raise
     cursor = latest if cursor is None else cursor
     recheck = AUTH_RECHECK_S if settings.auth_required and settings.auth_reads else None
     stream = event_stream(request, url, cursor, sweep_id, poll_s=POLL_S, ping_s=PING_S, max_s=MAX_STREAM_S,
                           recheck_s=recheck)
-    return StreamingResponse(_counted(state, stream), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _CountedStream(state, stream, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _counted(state: object, stream: AsyncIterator[str]) -> AsyncIterator[str]:
-    """``stream``, counted in state.event_streams while it is open (from its first frame to its end or the
-    client's disconnect)."""
-    state.event_streams = getattr(state, "event_streams", 0) + 1
-    try:
-        async for frame in stream:
-            yield frame
-    finally:
-        state.event_streams -= 1
+class _CountedStream(StreamingResponse):
+    """A stream that gives its place in state.event_streams back when it ends, however it ends (its end, the
+    client's disconnect, even before its first frame)."""
+
+    def __init__(self, state: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._state.event_streams -= 1

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["sweeps"])
 
 
-def expand_checked(spec: SweepSpec, settings: Settings) -> list[ExpandedRun]:
+def expand_checked(spec: SweepSpec, settings: Settings, *, refuse_unread: bool = True) -> list[ExpandedRun]:
     """Cap (min of spec.max_runs and settings.max_runs_per_sweep), expand, confine data roots. One SpecError
-    lists every bad value and data root (error_order: base, then each axis by value index)."""
+    lists every bad value and data root (error_order: base, then each axis by value index). ``refuse_unread``:
+    as :func:`expand`'s."""
     cap = min(spec.max_runs, settings.max_runs_per_sweep)
     if spec.size > cap:
         raise SpecError("max_runs", f"the sweep expands to {spec.size} runs (grid × zip × seeds), above the cap of "
@@ -36,7 +37,7 @@ def expand_checked(spec: SweepSpec, settings: Settings) -> list[ExpandedRun]:
                                     f"{settings.max_runs_per_sweep})")
     expanded, problems = [], []
     try:
-        expanded = expand(spec)
+        expanded = expand(spec, refuse_unread=refuse_unread)
     except SpecError as exc:
         problems = list(exc.errors)
     named = {field for field, _ in problems}
@@ -184,7 +185,7 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
     old = SweepSpec.stored(sweep.spec)
     merged = merge_spec(old, body)
     try:
-        expanded = expand_checked(merged, settings)
+        expanded = expand_checked(merged, settings, refuse_unread=False)  # a sweep may predate that rule
     except SpecError as exc:  # its fields index the merged grid: point them into the request instead
         raise SpecError.of([(_field_in_request(old, merged, body, f), m) for f, m in exc.errors]) from None
     have = repo.existing_hashes(session, sweep_id)
@@ -210,7 +211,7 @@ def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
             problems.append((f"grid.{path}", "a zipped axis cannot be extended (its partners would need values too)"))
             continue
         if path not in grid:  # a new axis starts with the value the existing runs have
-            old_runs = old_runs if old_runs is not None else expand(old)
+            old_runs = old_runs if old_runs is not None else expand(old, refuse_unread=False)
             current = {json.dumps(get_path(r.tree, path)): get_path(r.tree, path) for r in old_runs}
             if len(current) > 1:
                 problems.append((f"grid.{path}", f"the existing runs differ in {path} ({', '.join(sorted(current))}: "
