@@ -75,7 +75,7 @@ def _check_unread(spec: RunSpec, workdir: Path, resume: bool, console: Console) 
     lines = [f"{field}: {why}" for field, why in unread_fields(spec).items()]
     if lines and resume and any((workdir / "ckpt").glob("epoch_*.pt")):
         for line in lines:
-            console.print(f"[yellow]warning[/]: {escape(line)} (kept: {workdir} holds this spec's run)",
+            console.print(f"[yellow]warning[/]: {escape(line)} (kept: {escape(str(workdir))} holds this spec's run)",
                           highlight=False, soft_wrap=True)
     elif lines:
         _fail(console, lines)

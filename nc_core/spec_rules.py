@@ -106,8 +106,9 @@ _READ_ONLY_WITH: dict[str, tuple[Callable[["RunSpec"], bool], str, str]] = {
 def unread_fields(spec: "RunSpec", tree: dict | None = None) -> dict[str, str]:
     """{path: why} of the fields set away from their defaults that this training run never reads (loss.gamma
     with CE, schedule.milestones with a constant schedule …): they would be silently ignored. A lone spec (the
-    single-run CLI) refuses them; a sweep refuses an axis that is unread in some of its runs (those runs would
-    repeat one another) and a base value unread in all of them. ``tree``: the spec's JSON dump, if at hand."""
+    single-run CLI) refuses them (warns, resuming a workdir started with them); a sweep refuses an axis where
+    they would make two runs one (nc_core.sweep_unread) and a value no run reads. ``tree``: the spec's JSON
+    dump, if at hand."""
     from nc_core.sweep import get_path
 
     if spec.kind != "train":

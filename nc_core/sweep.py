@@ -149,12 +149,12 @@ class SweepSpec(BaseModel):
         return SweepSpec.model_construct(name=self.name, base=base, grid=grid, zip=zipped,
                                          seeds=list(dict.fromkeys(self.seeds)) or [0], max_runs=self.max_runs)
 
-    def value_problems(self) -> list[tuple[str, str]]:
+    def value_problems(self, *, refuse_unread: bool = True) -> list[tuple[str, str]]:
         """(field, message) of each bad value :func:`expand` would refuse; none checked past max_runs."""
         if self.size > self.max_runs:
             return []
         try:
-            expand(self)
+            expand(self, refuse_unread=refuse_unread)
         except SpecError as exc:
             return list(exc.errors)
         return []
@@ -214,8 +214,8 @@ def expand(sweep: SweepSpec, *, refuse_unread: bool = True) -> list[ExpandedRun]
 
     Every run is validated; a SpecError lists each invalid value once, named by its field ('grid.optim.lr[1]',
     'zip.model.width[0]', 'base.epochs') in error_order, with a run that shows it (one with the fewest errors).
-    ``refuse_unread``: also refuse values no run reads (:func:`_refuse_unread`); off for a sweep stored before
-    that rule (extending it)."""
+    ``refuse_unread``: also refuse values no run reads (:func:`nc_core.sweep_unread.unread_problems`); off for a
+    sweep stored before that rule (extending it)."""
     if sweep.size > sweep.max_runs:
         raise SpecError("max_runs", f"the sweep expands to {sweep.size} runs, above the cap of {sweep.max_runs}")
     grid_items = list(sweep.grid.items())
@@ -259,39 +259,9 @@ def expand(sweep: SweepSpec, *, refuse_unread: bool = True) -> list[ExpandedRun]
     if problems:
         raise SpecError.of([(f, m) for f, (_, m) in sorted(problems.items(), key=lambda kv: error_order(sweep, kv[0]))])
     if refuse_unread:
-        _refuse_unread(sweep, out)
+        from nc_core.sweep_unread import unread_problems
+
+        unread = unread_problems(sweep, out)
+        if unread:
+            raise SpecError.of(unread)
     return out
-
-
-def _refuse_unread(sweep: SweepSpec, runs: list[ExpandedRun]) -> None:
-    """SpecError for an axis whose values some runs never read, where that makes two runs one run (loss.gamma
-    swept beside loss.name=ce: the CE runs differ only in a value CE ignores), and for a base value no run reads
-    (schedule.milestones with a constant schedule). A base value some runs read (loss.gamma for the focal runs
-    of a loss axis) and a zip row's ignored value (momentum 0 beside adam) that repeats no run stay."""
-    from nc_core.spec_rules import training_defaults, unread_fields
-
-    unread = [unread_fields(r.spec, r.tree) for r in runs]  # per run: {path: why}
-    defaults, axes, first = training_defaults(), set(sweep.axes), {}
-    problems: dict[str, str] = {}
-    for i, (run, why) in enumerate(zip(runs, unread)):
-        key = run.spec_hash
-        if why:  # the run as it trains: each unread value at its default
-            tree = copy_tree(run.tree)
-            for path in why:
-                set_path(tree, path, get_path(defaults, path))
-            key = hashlib.sha256(canonical_text(tree).encode()).hexdigest()
-        j = first.setdefault(key, i)
-        for path in sorted((set(why) | set(unread[j])) & axes) if j != i else ():
-            section = "grid" if path in sweep.grid else "zip"
-            problems.setdefault(f"{section}.{path}", f"{(why or unread[j])[path]}, so the runs with {_where(runs[j])} "
-                                                     f"and with {_where(run)} would be one run; sweep it only where "
-                                                     "it is read (a zip, or a sweep of its own)")
-    for path in sorted(set.intersection(*(set(u) for u in unread)) - axes if unread else ()):
-        problems[f"base.{path}"] = unread[0][path]
-    if problems:
-        raise SpecError.of(sorted(problems.items(), key=lambda p: error_order(sweep, p[0])))
-
-
-def _where(run: ExpandedRun) -> str:
-    """A run's axis values as an error names them ('loss.name='ce', seed 0')."""
-    return ", ".join(f"{k}={v!r}" for k, v in run.grid.items()) or "the base values"

@@ -19,6 +19,7 @@ from nc_core.settings import Settings, get_settings
 
 log = logging.getLogger("ncsweep.embedded")
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "digits_sweep.yaml"
+HOME_MARK = ".ncsweep-home"  # in a home the stack made itself: only such a home is made private (mode 700)
 
 
 class StackError(RuntimeError):
@@ -72,7 +73,9 @@ def redis_password(data_dir: Path) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path``, readable by this user only from its creation on (mode 600)."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT: made private too
+    with os.fdopen(fd, "w") as fh:
         fh.write(text)
 
 
@@ -188,9 +191,10 @@ def _lock_home(home: Path) -> Any:
     if home.exists() and not home.is_dir():
         raise StackError(f"--home: {home} is a file, expected a directory (the stack's state directory)")
     try:
-        ours = not home.exists() or (home / ".lock").exists()  # a new home, or one a stack made: not any directory
-        home.mkdir(parents=True, exist_ok=True)
-        if ours and home.stat().st_uid == os.getuid():
+        if not home.exists() or home.name == ".ncsweep":  # one the stack makes (or the default): marked as its own
+            home.mkdir(parents=True, exist_ok=True)
+            (home / HOME_MARK).touch()
+        if (home / HOME_MARK).exists() and home.stat().st_uid == os.getuid():  # not a directory the user chose
             home.chmod(0o700)  # its database, checkpoints, logs and broker data are this user's alone
     except OSError as exc:
         raise StackError(f"--home: cannot create the directory {home} ({exc.strerror or exc})") from None

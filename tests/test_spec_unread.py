@@ -103,12 +103,12 @@ def test_every_commented_field_of_the_example_spec_is_a_real_field():
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_api_extends_a_sweep_stored_before_the_rule(app_client, monkeypatch):
-    import nc_core.sweep as sweep_module
+    import nc_core.sweep_unread as unread_module
 
     body = {"name": "old", "base": BASE, "grid": {"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0]}}
     assert app_client.post("/sweeps", json=body).status_code == 422  # refused today
     with monkeypatch.context() as m:  # as it was stored before the rule
-        m.setattr(sweep_module, "_refuse_unread", lambda sweep, runs: None)
+        m.setattr(unread_module, "unread_problems", lambda sweep, runs: [])
         sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
     resp = app_client.post(f"/sweeps/{sid}/extend", json={"seeds": [1]})
     assert resp.status_code == 200 and resp.json()["added"] == 4, resp.text
@@ -129,3 +129,25 @@ def test_a_workdir_started_with_an_unread_field_still_resumes(tmp_path, monkeypa
     assert "warning: loss.gamma: has no effect with loss.name='ce'" in res.output and "nothing to train" in res.output
     res = CliRunner().invoke(app, ["run", str(path), "--workdir", str(work), "--no-resume"])
     assert res.exit_code == 2 and "error: loss.gamma" in res.output  # training it anew: refused
+
+
+def test_the_fields_named_are_the_ones_that_merge_runs():
+    # the CE runs differ in gamma (unread) and share an unread base alpha: gamma is named, without a KeyError
+    [(field, msg)] = _errors(base={**BASE, "loss": {"alpha": 0.2}}, grid={"loss.name": ["ce", "label_smoothing"],
+                                                                          "loss.gamma": [1.0, 3.0]})
+    assert field == "grid.loss.gamma" and "loss.gamma: " not in msg and "has no effect with loss.name='ce'" in msg
+    # a zip row's ignored momentum does not tell the merged runs apart: only gamma is named
+    [(field, _)] = _errors(base=BASE, grid={"loss.name": ["ce", "focal"], "loss.gamma": [1.0, 2.0]},
+                           zip={"optim.name": ["sgd", "adam"], "optim.momentum": [0.9, 0.0]})
+    assert field == "grid.loss.gamma"
+    # one value no run reads, as an axis, is refused as it is in the base
+    [(field, _)] = _errors(base=BASE, grid={"loss.gamma": [1.0], "optim.lr": [0.1, 0.2]})
+    assert field == "grid.loss.gamma"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_extending_a_sweep_made_under_the_rule_keeps_to_it(app_client):
+    body = {"name": "new", "base": BASE, "grid": {"loss.name": ["ce", "focal"], "loss.gamma": [1.0]}}
+    sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
+    resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"loss.gamma": [2.0]}})
+    assert resp.status_code == 422 and "would be one run" in resp.text, resp.text

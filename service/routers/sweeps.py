@@ -185,7 +185,8 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
     old = SweepSpec.stored(sweep.spec)
     merged = merge_spec(old, body)
     try:
-        expanded = expand_checked(merged, settings, refuse_unread=False)  # a sweep may predate that rule
+        # a sweep stored before the unread-field rule is extended without it; one that passes it keeps to it
+        expanded = expand_checked(merged, settings, refuse_unread=not old.value_problems())
     except SpecError as exc:  # its fields index the merged grid: point them into the request instead
         raise SpecError.of([(_field_in_request(old, merged, body, f), m) for f, m in exc.errors]) from None
     have = repo.existing_hashes(session, sweep_id)
@@ -222,7 +223,9 @@ def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
     seeds = list(old.seeds) + [s for s in body.seeds if s not in old.seeds]
     if problems:  # with the bad values of the axes that can be extended, so one request shows both
         sound = old.model_copy(update={"grid": grid, "seeds": seeds})
-        raise SpecError.of(problems + [(_field_in_request(old, sound, body, f), m) for f, m in sound.value_problems()])
+        strict = not old.value_problems()  # as the extend itself: an older sweep without the unread-field rule
+        raise SpecError.of(problems + [(_field_in_request(old, sound, body, f), m)
+                                       for f, m in sound.value_problems(refuse_unread=strict)])
     return SweepSpec.model_validate({**old.model_dump(mode="json"), "grid": grid, "seeds": seeds})
 
 
