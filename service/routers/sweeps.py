@@ -185,8 +185,7 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
     old = SweepSpec.stored(sweep.spec)
     merged = merge_spec(old, body)
     try:
-        # a sweep stored before the unread-field rule is extended without it; one that passes it keeps to it
-        expanded = expand_checked(merged, settings, refuse_unread=not old.value_problems())
+        expanded = _expand_extension(old, merged, settings)
     except SpecError as exc:  # its fields index the merged grid: point them into the request instead
         raise SpecError.of([(_field_in_request(old, merged, body, f), m) for f, m in exc.errors]) from None
     have = repo.existing_hashes(session, sweep_id)
@@ -196,6 +195,17 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
     session.commit()
     return SweepExtended(sweep_id=sweep_id, added=len(jobs), existing=len(expanded) - len(new),
                          enqueued=bool(jobs) and safe_enqueue(enqueuer, jobs))  # nothing added: nothing enqueued
+
+
+def _expand_extension(old: SweepSpec, merged: SweepSpec, settings: Settings) -> list[ExpandedRun]:
+    """The merged sweep's runs: under the unread-field rule, unless the stored sweep itself breaks it (stored
+    before that rule); the stored sweep is expanded again only when the merged one is refused."""
+    try:
+        return expand_checked(merged, settings)
+    except SpecError:
+        if not old.value_problems():  # the stored sweep keeps to the rule: so does its extension
+            raise
+        return expand_checked(merged, settings, refuse_unread=False)
 
 
 def merge_spec(old: SweepSpec, body: ExtendRequest) -> SweepSpec:
