@@ -7,7 +7,7 @@ from typing import Callable
 from fastapi import FastAPI
 
 from nc_core.db.session import session_factory
-from nc_core.settings import Settings, get_settings
+from nc_core.settings import ConfigError, Settings, get_settings
 from service.auth import ReadAuth
 from service.deps import SingleQuery
 from service.enqueue import CeleryEnqueuer, Enqueuer, broker_ping
@@ -22,7 +22,10 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     """Build the API. `enqueuer` defaults to Celery on settings.broker_url (tests pass a fake);
     `broker_check` (used by /readyz) defaults to a ping of settings.broker_url.
     Serve with: uvicorn --factory service.app:create_app"""
-    settings = settings or get_settings()
+    try:
+        settings = settings or get_settings()
+    except ConfigError as exc:  # a bad NCSWEEP_ setting: uvicorn stops with one line naming it, not a traceback
+        raise SystemExit(f"error: {exc}") from None
     app = FastAPI(title="ncsweep", version="0.1.0", docs_url="/docs",
                   description="Job queue for neural-collapse training sweeps. Mutating endpoints need "
                               "'Authorization: Bearer <token>' (ncsweep token create).")

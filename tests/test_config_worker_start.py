@@ -1,4 +1,4 @@
-"""A Celery worker whose database cannot be used at start exits 1 with one line saying why (after a short wait)."""
+"""Bad configuration at start-up: a worker without a usable database, a bad setting: one line, a non-zero exit."""
 from __future__ import annotations
 
 import os
@@ -109,3 +109,14 @@ def test_a_bad_setting_stops_a_celery_process_with_one_line():
     out = (proc.stdout + proc.stderr).strip()
     assert proc.returncode != 0 and "Traceback" not in out, out
     assert out.splitlines() == [out] and "NCSWEEP_LEASE_SECONDS: expected at least 2 × NCSWEEP_HEARTBEAT" in out
+
+
+def test_a_bad_setting_stops_the_api_with_one_line():
+    import sys
+
+    env = {**os.environ, "NCSWEEP_MAX_ATTEMPTS": "abc"}
+    proc = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode != 0 and "Traceback" not in out, out
+    assert out.splitlines() == ["error: NCSWEEP_MAX_ATTEMPTS: expected a valid integer, got 'abc'"], out
