@@ -210,6 +210,11 @@ def _database_url(url: str | None) -> str:
     return mask_url(url)
 
 
+def error_text(exc: BaseException) -> str:
+    """A database error's own message (the driver's, under SQLAlchemy's wrapper) on one line."""
+    return " ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip())
+
+
 def _database_error(exc: BaseException, url: str) -> str | None:
     from sqlalchemy import exc as sa_exc
 
@@ -225,8 +230,7 @@ def _database_error(exc: BaseException, url: str) -> str | None:
     if not isinstance(exc, sa_exc.DBAPIError):
         return None
     orig = getattr(exc, "orig", None) or exc
-    detail = " ".join(line.strip() for line in str(orig).splitlines() if line.strip())
-    kind = type(orig).__name__
+    detail, kind = error_text(exc), type(orig).__name__
     if "no such table" in detail or kind == "UndefinedTable":
         return (f"NCSWEEP_DATABASE_URL: the database at {url} has no ncsweep schema (expected a migrated database: "
                 f"`alembic upgrade head`): {kind}: {detail}")

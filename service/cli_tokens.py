@@ -32,8 +32,9 @@ def token_create(ctx: typer.Context, name: str = typer.Option("cli", "--name", h
         if path.is_file() and path.read_text().strip():
             replaced = f" (it replaces the token that was there; a {scope} token cannot do what a broader one did)" \
                 if scope != "admin" else " (it replaces the token that was there)"
-        path.write_text(token + "\n")
-        path.chmod(0o600)
+        from service.embedded import write_private
+
+        write_private(path, token + "\n")  # private from its first byte (a chmod after the write left a window)
     out.print(token, highlight=False)
     err.print(f"saved to {path}; the CLI uses it from there{replaced}" if save else
               "not saved: the CLI uses it with --token, NCSWEEP_TOKEN, or `token create --save`", highlight=False)

@@ -312,6 +312,7 @@ def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, mon
                            "--save")
     token = out.strip()
     assert rc == 0 and token.startswith("ncs_") and "saved to" in err and "replaces" not in err
+    assert (tmp_path / "home" / "token").stat().st_mode & 0o777 == 0o600
     rc, out, err = ncsweep(capsys, "--home", tmp_path / "home", "token", "create", "--name", "ci2", "--scope", "read",
                            "--save")  # a second --save overwrites the first: say so
     assert rc == 0 and "it replaces the token that was there; a read token cannot do what a broader one did" in \

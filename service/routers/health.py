@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from nc_core.settings import config_error, mask_url
+from nc_core.settings import config_error, error_text, mask_url
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -46,6 +46,5 @@ def _database_failure(exc: Exception, url: str) -> str:
     """Which database (password masked) failed and how: the error's class and first lines."""
     why = config_error(exc, url)
     if why is None:
-        detail = " ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip())
-        why = f"{mask_url(url)}: {type(exc).__name__}: {detail}"
+        why = f"{mask_url(url)}: {type(exc).__name__}: {error_text(exc)}"
     return why[:1000]
