@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from starlette.testclient import TestClient
 
 from nc_core.db.models import Worker
@@ -27,7 +28,7 @@ def test_readyz_with_real_broker_and_database(settings, enqueuer):
         return
     with TestClient(create_app(settings, enqueuer=enqueuer)) as client:
         resp = client.get("/readyz")
-    assert resp.status_code == 200 and resp.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert resp.status_code == 200 and resp.json()["checks"] == {"database": "ok", "schema": "ok", "broker": "ok"}
 
 
 def test_readyz_reports_dead_broker(settings, enqueuer):
@@ -77,3 +78,26 @@ def test_unhandled_errors_are_a_short_500(settings, enqueuer):
     with TestClient(app, raise_server_exceptions=False) as client:
         resp = client.get("/boom")
     assert resp.status_code == 500 and "secret" not in resp.text and "Traceback" not in resp.text
+
+
+@pytest.mark.parametrize("revision, says", [
+    ("0005", "failed: schema at revision 0005, this code needs 0006 (`alembic upgrade head` migrates)"),
+    ("ffff", "failed: schema at revision ffff, which this code does not know (its newest is 0006)")])
+def test_readyz_fails_on_a_schema_this_code_does_not_match(tmp_path, revision, says):  # noqa: ANN001
+    """An API on a database migrated by older or newer code fails its requests: it is not ready, and says why."""
+    from sqlalchemy import create_engine, text
+
+    from nc_core.db.migrate import upgrade
+    from nc_core.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    engine.dispose()
+    settings = Settings(home=tmp_path / "home", database_url=url, broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings, broker_check=lambda: None)) as client:
+        resp = client.get("/readyz")
+    assert resp.status_code == 503 and resp.json()["failed"] == ["schema"]
+    assert resp.json()["checks"]["schema"].startswith(says) and resp.json()["checks"]["database"] == "ok"

@@ -73,6 +73,26 @@ def test_a_database_without_schema_stops_the_worker(tmp_path, control):  # noqa:
         " (no schema)" in line
 
 
+@pytest.mark.parametrize("revision, wait_s, says", [
+    ("0005", 2, "(schema at revision 0005, this code needs 0006) (after waiting 2 s: NCSWEEP_DB_WAIT_SECONDS)"),
+    ("ffff", 60, "(schema at revision ffff, which this code does not know (its newest is 0006): the database was "
+                 "migrated by a newer ncsweep; run that version)")])
+def test_a_schema_of_another_version_stops_the_worker(tmp_path, revision, wait_s, says):  # noqa: ANN001
+    """Older: a migration may be running, so it waits, then exits; newer: it exits at once (waiting cannot help)."""
+    from sqlalchemy import create_engine, text
+
+    url = sqlite_db(tmp_path)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    engine.dispose()
+    started = time.monotonic()
+    proc, log = _start(tmp_path, url, wait_s=wait_s)
+    assert _exit_code(proc, log) == 1 and time.monotonic() - started < 45
+    (line,) = _database_lines(log)
+    assert line.endswith(says), line
+
+
 def test_a_bad_url_stops_the_worker_at_once(tmp_path):
     proc, log = _start(tmp_path, "postgres://u:s3cret@127.0.0.1:1/x", wait_s=30)
     started = time.monotonic()

@@ -87,9 +87,10 @@ def _check_database(**_kw) -> None:
 def database_problem(url: str) -> tuple[str | None, bool]:
     """(one line on why the database at ``url`` cannot serve a worker, whether waiting may help), or (None, False)
     when it answers and holds a migrated schema. A missing SQLite file is not created."""
-    from sqlalchemy import create_engine, inspect, pool, text
+    from sqlalchemy import create_engine, pool
     from sqlalchemy.exc import DBAPIError
 
+    from nc_core.db.migrate import schema_problem
     from nc_core.settings import config_error, mask_url
 
     where = f"NCSWEEP_DATABASE_URL: expected a migrated ncsweep database (`alembic upgrade head`), got {mask_url(url)}"
@@ -101,9 +102,9 @@ def database_problem(url: str) -> tuple[str | None, bool]:
         engine = create_engine(url, poolclass=pool.NullPool, connect_args=timeout)
         try:
             with engine.connect() as conn:
-                if not inspect(conn).has_table("alembic_version") or \
-                        conn.execute(text("SELECT version_num FROM alembic_version")).first() is None:
-                    return f"{where} (no schema)", True
+                problem, retry = schema_problem(conn)
+                if problem is not None:
+                    return f"{where} ({problem})", retry
         finally:
             engine.dispose()
     except Exception as exc:  # noqa: BLE001 - said in the one line

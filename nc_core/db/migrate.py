@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -55,6 +56,39 @@ def _file_lock(path: Path) -> Iterator[None]:
 def downgrade(url: str, revision: str = "base") -> None:
     """Downgrade the schema at `url` (tests and emergencies)."""
     command.downgrade(alembic_config(url), revision)
+
+
+@lru_cache(maxsize=1)
+def _revisions() -> tuple[str, frozenset[str]]:
+    """(head, every revision) of the packaged migrations, read once per process."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return script.get_current_head(), frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def head_revision() -> str:
+    """The newest revision of the packaged migrations (what this code's tables look like)."""
+    return _revisions()[0]
+
+
+def schema_problem(conn) -> tuple[str | None, bool]:  # noqa: ANN001 - a SQLAlchemy Connection
+    """(why the schema behind ``conn`` does not match this code, whether waiting for a migration may help), or
+    (None, False) at head. No schema or an older one may be migrated meanwhile; a revision this code does not know
+    was written by newer code, which an older worker or API must not write to."""
+    from sqlalchemy import inspect, text
+
+    row = conn.execute(text("SELECT version_num FROM alembic_version")).first() \
+        if inspect(conn).has_table("alembic_version") else None
+    if row is None:
+        return "no schema", True
+    head, known = _revisions()
+    if row[0] == head:
+        return None, False
+    if row[0] not in known:
+        return f"schema at revision {row[0]}, which this code does not know (its newest is {head}): the database " \
+            "was migrated by a newer ncsweep; run that version", False
+    return f"schema at revision {row[0]}, this code needs {head}", True
 
 
 def current(url: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Liveness (/healthz) and readiness (/readyz: database SELECT 1 and broker ping)."""
+"""Liveness (/healthz) and readiness (/readyz: database SELECT 1, its schema at head, and broker ping)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from nc_core.db.migrate import schema_problem
 from nc_core.settings import config_error, error_text, mask_url
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,16 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """200 when the database answers SELECT 1 and the broker answers a ping; 503 naming what failed."""
+    """200 when the database answers SELECT 1 with this code's schema and the broker answers a ping; 503 naming
+    what failed."""
     checks: dict[str, str] = {}
     try:
         with request.app.state.session_factory() as session:
             session.execute(text("SELECT 1"))
+            schema, _ = schema_problem(session.connection())
         checks["database"] = "ok"
+        # revisions are no secret; an API on a stale or newer schema fails requests, so it is not ready
+        checks["schema"] = "ok" if schema is None else f"failed: {schema} (`alembic upgrade head` migrates)"
     except Exception as exc:  # noqa: BLE001
         # the open probe says only what failed; which database and why (a host, a path) go to the server's log
         checks["database"] = f"failed: {type(exc).__name__} (the server's log says which database and why)"
