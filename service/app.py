@@ -5,6 +5,7 @@ import functools
 from typing import Callable
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from nc_core.db.session import session_factory
 from nc_core.settings import ConfigError, Settings, get_settings
@@ -26,7 +27,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         settings = settings or get_settings()
     except ConfigError as exc:  # a bad NCSWEEP_ setting: uvicorn stops with one line naming it, not a traceback
         raise SystemExit(f"error: {exc}") from None
-    app = FastAPI(title="ncsweep", version="0.1.0", docs_url="/docs",
+    # /docs and /redoc load their scripts from this server (FastAPI's own pages fetch them from a CDN)
+    app = FastAPIOffline(title="ncsweep", version="0.1.0", docs_url="/docs", redoc_url="/redoc",
                   description="Job queue for neural-collapse training sweeps. Mutating endpoints need "
                               "'Authorization: Bearer <token>' (ncsweep token create).")
     app.state.settings = settings
