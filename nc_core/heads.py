@@ -35,8 +35,9 @@ class Head(nn.Module):
         super().__init__()
         self.dim, self.num_classes = dim, num_classes
 
-    def effective_weight(self) -> Tensor:
-        """The (K, d) linear map from features to logits."""
+    def effective_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The (K, d) linear map from features to logits (formed in ``dtype`` when given: float64 for the
+        metrics, so a product of layers is not rounded to float32)."""
         raise NotImplementedError
 
     def effective_bias(self) -> Tensor | None:
@@ -65,10 +66,10 @@ class LearnedHead(Head):
             h = layer(h)
         return h  # (B, K)
 
-    def effective_weight(self) -> Tensor:
-        w = self.layers[0].weight  # (hidden | K, d)
+    def effective_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        w = self.layers[0].weight.to(dtype)  # (hidden | K, d)
         for layer in self.layers[1:]:
-            w = layer.weight @ w
+            w = layer.weight.to(dtype) @ w
         return w  # (K, d) = W_L ⋯ W_1
 
     def effective_bias(self) -> Tensor | None:
@@ -92,8 +93,8 @@ class FixedETFHead(Head):
     def forward(self, h: Tensor, y: Tensor | None = None) -> Tensor:
         return F.linear(h, self.weight.to(h.dtype), None if self.bias is None else self.bias.to(h.dtype))
 
-    def effective_weight(self) -> Tensor:
-        return self.weight
+    def effective_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        return self.weight.to(dtype)
 
     def effective_bias(self) -> Tensor | None:
         return self.bias
@@ -208,8 +209,8 @@ class ImplicitETFHead(Head):
         self._t = t + 1
         return logits
 
-    def effective_weight(self) -> Tensor:
-        return self.weight
+    def effective_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        return self.weight.to(dtype)
 
     def effective_bias(self) -> Tensor | None:
         return self.bias if self.use_bias else None

@@ -7,7 +7,7 @@ from typing import Iterable
 #: 1 the first; 2 a training run's GOF keys score against the λ's of the UFM objective it minimises
 #: (nc_core.training.optim.gof_lambdas) and the training class counts on every split; 3 nuclear-norm
 #: ratios exact near collapse, ETF distances of rank-deficient frames, a logit margin at μ_G.
-METRIC_VERSION = 3
+METRIC_VERSION = 4
 
 METRIC_KEYS: tuple[str, ...] = (
     "nc1", "nc1_svd", "nc1_quotient", "cdnv", "vci", "trace_sw", "trace_sb",

@@ -31,11 +31,11 @@ class UFM(torch.nn.Module):
         labels = torch.repeat_interleave(torch.arange(K), torch.tensor(counts))  # (N,)
         self.register_buffer("labels", labels[torch.randperm(N, generator=g)])  # shuffled, as the seed does
 
-    def weight(self) -> torch.Tensor:
-        """Product W_L ⋯ W_1 (K, d)."""
-        W = self.Ws[0]
+    def weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Product W_L ⋯ W_1 (K, d), formed in ``dtype`` when given (float64 for the metrics)."""
+        W = self.Ws[0].to(dtype)
         for layer in self.Ws[1:]:
-            W = layer @ W
+            W = layer.to(dtype) @ W
         return W
 
     def objective(self, lambda_w: float, lambda_h: float) -> torch.Tensor:
@@ -54,13 +54,13 @@ def _metrics(model: UFM, spec: RunSpec, objective: float) -> dict[str, float]:
     from nc_core.metrics import nc_metrics
 
     u = spec.ufm
-    W = model.weight().detach()  # (K, d)
+    W = model.weight(torch.float64).detach()  # (K, d) the product unrounded
     b = None if model.b is None else model.b.detach()
     gof = None if u.bias else {"weight_decay": u.lambda_w, "feature_decay": u.lambda_h, "depth_linear": u.depth_linear}
     m = nc_metrics(model.H.detach(), model.labels, W, b, num_classes=len(u.class_counts), gof=gof)
     m["loss"] = objective  # the full UFM objective (data + both decays)
     if "acc" not in m:
-        logits = model.H.detach() @ W.T + (0 if b is None else b)
+        logits = model.H.detach().to(W.dtype) @ W.T + (0 if b is None else b)
         m["acc"] = 100.0 * (logits.argmax(1) == model.labels).double().mean().item()
     return m
 

@@ -133,16 +133,19 @@ def check_label_range(t: torch.Tensor, num_classes: int, name: str = "labels") -
 
 
 def infer_classes(labels: Any, *, n: int, d: int, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Labels (n,) → (int64 labels, K = max(label) + 1) when num_classes is not given. With a classifier
-    ``weight`` (K, d) of matching d, a label >= its K rows is a labels error (not a weight-shape one)."""
+    """Labels (n,) → (int64 labels, K) when num_classes is not given: K = the rows of a classifier ``weight``
+    (K, d) of matching d (a label >= K is a labels error), else max(label) + 1."""
     y = check_labels(labels, n=n, num_classes=None)
     lo, hi = (int(v) for v in torch.stack(torch.aminmax(y)).tolist())  # one pass, one sync
     if lo < 0:
         raise ValueError(f"labels: expected values >= 0, got min {lo}")
-    if weight is not None and weight.ndim == 2 and weight.shape[1] == d and hi >= weight.shape[0]:
+    if weight is not None and weight.ndim == 2 and weight.shape[1] == d:
         k = weight.shape[0]
-        raise ValueError(f"labels: expected class indices in 0..K-1 = 0..{k - 1} (K = {k} rows of weight), "
-                         f"got max {hi}")
+        if hi >= k:
+            raise ValueError(f"labels: expected class indices in 0..K-1 = 0..{k - 1} (K = {k} rows of weight), "
+                             f"got max {hi}")
+        if k >= 2:
+            return y, k  # the classifier's K: the last classes may have no sample in this split
     if hi + 1 < 2:
         raise ValueError(f"num_classes: inferred K = max(label) + 1 = {hi + 1}; NC metrics need K >= 2 "
                          "(pass num_classes)")
@@ -184,8 +187,28 @@ def check_classifier(weight: Any, bias: Any, K: int, d: int, device) -> tuple:
 
 
 def fro(A: torch.Tensor) -> float:
-    """Frobenius norm as a Python float."""
-    return float(torch.linalg.norm(A))
+    """Frobenius norm as a Python float, taken of A / max|A| and scaled back, so that its squares neither
+    overflow (a Gram of features ~1e77) nor underflow (~1e-77)."""
+    top = A.abs().amax() if A.numel() else A.new_zeros(())
+    if not 0 < float(top) < float("inf"):
+        return float(torch.linalg.norm(A))
+    return float(top) * float(torch.linalg.norm(A / top))
+
+
+SCALE_LIMIT = 1e150  # features are squared once (Grams) and their Grams again (norms): 1e150² < 1e308
+
+
+def check_scale(means: torch.Tensor, class_ss: torch.Tensor, n: int) -> None:
+    """ValueError unless the features' scale — max |μ_k| and the within-class RMS √(Σ‖h − μ_k‖²/N) —
+    lies in [1/SCALE_LIMIT, SCALE_LIMIT] (or is 0: all features equal), where the float64 statistics are
+    exact to rounding. Features of a float32 or bf16 network always are (|h| < 3.4e38)."""
+    rms = (class_ss.sum() / max(n, 1)).sqrt()  # ()
+    scale = float(torch.maximum(means.nan_to_num(0.0).abs().amax(), rms))
+    if not scale <= SCALE_LIMIT or 0 < scale < 1 / SCALE_LIMIT:  # NaN: the sums of squares overflowed
+        got = f"a scale of {scale:.3g} (max |class mean|, within-class RMS)" if scale == scale else \
+            f"sums of squares that overflow float64 (max |class mean| {float(means.nan_to_num(0.0).abs().amax()):.3g})"
+        raise ValueError(f"features: expected magnitudes within [1e-150, 1e150] (the metrics square them in "
+                         f"float64), got {got}")
 
 
 def normalised_gap(A: torch.Tensor, target: torch.Tensor, what: str) -> float:

@@ -55,7 +55,11 @@ def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tens
     uncentred numerator w_kᵀh_i (the logit minus its bias) this is the MSE repo's variant (may leave
     [−1, 1]). A zero vector has cosine 0: a class with w_k = w̄ and, in both variants, a sample at μ_G
     (margin 0, where the uncentred numerator would otherwise be divided by 0)."""
-    margin = _margin(num / wc_norm.clamp_min(1e-300)[:, None], y)  # (B,) times ‖h_i − μ_G‖
+    cos = num / wc_norm.clamp_min(1e-300)[:, None]  # (K, B) c_ki times ‖h_i − μ_G‖
+    flat = wc_norm == 0  # (K,) rows w_k = w̄: cosine 0 (the uncentred numerator is not 0 there)
+    if bool(flat.any()):
+        cos[flat] = 0.0
+    margin = _margin(cos, y)  # (B,) times ‖h_i − μ_G‖
     return torch.where(xc_norm > 0, margin / xc_norm.clamp_min(1e-300), 0.0)  # (B,)
 
 
@@ -107,7 +111,6 @@ class SampleStats:
             # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
-            self._offset_proj = self.products(self._mc.nan_to_num(0.0))  # (2K + 1, K) products of μ_k − μ_G
             # rounding scale of the rebuilt logits: |W h| ≤ max‖w_k‖ (‖h − μ_G‖ + ‖μ_G‖), plus |b|
             self._w_max = float(torch.linalg.vector_norm(self.W, dim=1).max())
             self._mu_g_norm = float(torch.linalg.vector_norm(self._mu_g))
@@ -163,18 +166,11 @@ class SampleStats:
         given): one sample per column, so the scores' reductions over k run along contiguous rows."""
         return torch.mm(self._proj_t, r.T, out=out)
 
-    def _residual_scores(self, P: torch.Tensor, sq: torch.Tensor, k: int, raw: torch.Tensor) -> Scores | None:
-        """The :class:`Scores` of rows ``raw`` (n, d) of one class k given as residuals r = h − μ_k (None
-        without W), for :meth:`_absorb`: ``P`` (2K + 1, n) = :meth:`products` of r (OVERWRITTEN) and ``sq``
-        (n,) = ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o, so its products are r's plus o's, and ‖h − μ_G‖² =
-        ‖r‖² + 2 r·o + ‖o‖² (r·o is row K + 1 + k of P): h − μ_G is never formed. Reads the
+    def class_scores(self, P: torch.Tensor, norm: torch.Tensor, k: int, raw: torch.Tensor) -> Scores | None:
+        """The :class:`Scores` of rows ``raw`` (n, d) of one class k (None without W), for :meth:`_absorb`,
+        from ``P`` (2K + 1, n) = :meth:`products` of h − μ_G and ``norm`` (n,) = ‖h − μ_G‖. Reads the
         statistics only, so classes may be scored concurrently."""
-        if self.W is None:
-            return None
-        K = self.stats.num_classes
-        norm = (sq + 2.0 * P[K + 1 + k] + self._mc_sq[k]).clamp_min_(0.0).sqrt_()  # (n,) ‖h − μ_G‖
-        P += self._offset_proj[:, k:k + 1]
-        return self._score(P, norm, k, raw)
+        return None if self.W is None else self._score(P, norm, k, raw)
 
     def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int, raw: torch.Tensor) -> Scores:
         """NCC counts and both cosine margins from the products P (2K + 1, B) of h − μ_G with

@@ -11,7 +11,7 @@ from nc_core.metric_keys import METRIC_KEYS, METRIC_VERSION  # noqa: F401 - re-e
 
 from . import etfdist, gof as gofm, nc1, nc2, nc3, resident
 from ._util import (F64, MetricDict, MetricUndefined, check_classifier, check_features, check_labels,
-                    check_num_classes, infer_classes, to_tensor)
+                    check_num_classes, check_scale, infer_classes, to_tensor)
 from .ncc import SampleStats
 from .stats import ClassStats
 
@@ -212,6 +212,7 @@ def _compute(stats, weight, bias, gof, per_sample, no_sample_reason: str | None 
     if not isinstance(stats, ClassStats):
         raise ValueError(f"stats: expected a ClassStats, got {type(stats).__name__}")
     W, b = check_classifier(weight, bias, stats.num_classes, stats.dim, stats.device)
+    check_scale(stats.means, stats.class_ss, stats.num_samples)
     if gof is not None:
         _parse_gof_early(gof, stats.counts)  # ValueError for malformed gof input, before any work
     ctx = _Ctx(stats, W, b, gof, per_sample, no_sample_reason)

@@ -41,9 +41,9 @@ def evaluate(r: _Run, splits: list[str], epoch: int) -> dict[str, dict[str, floa
 
     r.model.eval()
     head = r.model.head
-    weight = head.effective_weight().detach().float()  # (K, d)
+    weight = head.effective_weight(torch.float64).detach()  # (K, d) a deep-linear product unrounded
     bias = head.effective_bias()
-    bias = None if bias is None else bias.detach().float()  # (K,)
+    bias = None if bias is None else bias.detach().double()  # (K,)
 
     def forward(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(r.spec, r.device):
