@@ -15,6 +15,7 @@ from nc_core.db.session import session_scope
 from nc_core.settings import Settings, get_settings
 from nc_core.spec import RunSpec
 from worker.reporter import DBReporter, transient_db_error, write_retrying
+from worker.workdirs import claim_workdir
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +213,18 @@ def _dispatch(settings: Settings, run: Run, kind: str, spec: RunSpec, reporter: 
         options = run.options or {}
         return train.validate_checkpoints(spec, run_workdir(settings, parent), epochs=options.get("epochs"),
                                           splits=list(options.get("splits") or ["train", "test"]), reporter=reporter)
-    workdir = run_workdir(settings, run.id)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = claim_workdir(Path(settings.resolved_artifacts_dir()), run,
+                            lambda: _has_checkpoint_rows(settings.resolved_database_url(), run.id))
     return train.run_spec(spec, reporter, workdir=workdir)
+
+
+def _has_checkpoint_rows(url: str, run_id: int) -> bool:
+    from sqlalchemy import select
+
+    from nc_core.db.models import Checkpoint
+
+    with session_scope(url) as session:
+        return session.scalar(select(Checkpoint.id).where(Checkpoint.run_id == run_id).limit(1)) is not None
 
 
 def _heartbeater(settings: Settings, name: str, run_id: int) -> Any:
