@@ -11,12 +11,13 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from starlette.exceptions import HTTPException
 
 from nc_core.db.states import IllegalTransition
 from nc_core.db.sweeps_repo import StateConflict
 from nc_core.sweep import SpecError, field_loc, field_path, with_input
+from service.errors_db import lasting_db_problem
 
 log = logging.getLogger(__name__)
 _SOURCES = ("body", "query", "path", "header", "cookie")  # request parts FastAPI puts first in loc
@@ -180,10 +181,22 @@ async def _integrity(request: Request, exc: IntegrityError) -> JSONResponse:
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     """The database cannot be reached (a restart, a failover): 503 with Retry-After, not a 500 — nothing was
-    written (each request is one transaction) and the same request succeeds once it is back (see /readyz)."""
+    written (each request is one transaction) and the same request succeeds once it is back (see /readyz).
+    A full disk, a read-only database or a stale schema is a 503 that says so, without Retry-After."""
+    lasting = lasting_db_problem(exc)
+    if lasting is not None:
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": lasting}, status_code=503)
     log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": "the database is unreachable; nothing was changed, retry shortly (GET /readyz "
                                    "says when it is back)"}, status_code=503, headers={"Retry-After": "5"})
+
+
+async def _database_programming(request: Request, exc: Exception) -> JSONResponse:
+    """PostgreSQL's undefined table/column (a schema older than the code) as the stale-schema 503; else a 500."""
+    if lasting_db_problem(exc) is not None:
+        return await _database_down(request, exc)
+    return await _internal(request, exc)
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
@@ -202,6 +215,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IntegrityError, _integrity)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)
+    app.add_exception_handler(ProgrammingError, _database_programming)
     app.add_exception_handler(Exception, _internal)
 
 

@@ -101,3 +101,29 @@ def test_readyz_fails_on_a_schema_this_code_does_not_match(tmp_path, revision, s
         resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.json()["failed"] == ["schema"]
     assert resp.json()["checks"]["schema"].startswith(says) and resp.json()["checks"]["database"] == "ok"
+
+
+@pytest.mark.parametrize("error, says", [
+    ("sqlite:database or disk is full", "the database's disk is full; nothing was changed"),
+    ("sqlite:attempt to write a readonly database", "the database is read-only; nothing was changed"),
+    ("sqlite:table metric has no column named note", "schema does not match this ncsweep; nothing was changed: "
+                                                      "run `alembic upgrade head`"),
+    ("pg:column metric.note does not exist", "schema does not match this ncsweep; nothing was changed")])
+def test_database_errors_that_waiting_cannot_cure_say_what_to_do(app, error, says):  # noqa: ANN001
+    """Before, each was "the database is unreachable ... retry shortly" (PostgreSQL's undefined column a 500)."""
+    import sqlite3
+
+    import psycopg
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    kind, message = error.split(":", 1)
+    exc = OperationalError("INSERT ...", {}, sqlite3.OperationalError(message)) if kind == "sqlite" else \
+        ProgrammingError("SELECT ...", {}, psycopg.errors.UndefinedColumn(message))
+
+    def fail() -> None:
+        raise exc
+
+    app.add_api_route("/fails", fail)
+    with TestClient(app) as client:
+        resp = client.get("/fails")
+    assert resp.status_code == 503 and says in resp.json()["detail"] and "retry-after" not in resp.headers
