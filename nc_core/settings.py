@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 
 #: NCSWEEP_* variables read outside the settings object (worker processes, tests, benchmarks): not misspellings.
 OTHER_VARIABLES = frozenset({"NCSWEEP_CONTROL", "NCSWEEP_DEBUG", "NCSWEEP_GPU_INDEX", "NCSWEEP_PRELOAD",
-                             "NCSWEEP_STOP_FILE", "NCSWEEP_WORKER_NAME", "NCSWEEP_TEST_PG", "NCSWEEP_TEST_REDIS",
-                             "NCSWEEP_BENCH_PG", "NCSWEEP_BENCH_REDIS", "NCSWEEP_UPDATE_SCREENSHOTS"})
+                             "NCSWEEP_STOP_FILE", "NCSWEEP_WORKER_NAME", "NCSWEEP_PARENT_PID", "NCSWEEP_TEST_PG",
+                             "NCSWEEP_TEST_REDIS", "NCSWEEP_BENCH_PG", "NCSWEEP_BENCH_REDIS",
+                             "NCSWEEP_UPDATE_SCREENSHOTS"})
 #: a heartbeat extends the lease: a lease shorter than this many heartbeats expires between two beats after
 #: a single slow or failed one, and the reconciler takes the run from a worker that is still training it
 LEASE_HEARTBEATS = 2

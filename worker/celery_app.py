@@ -174,6 +174,14 @@ def _tell_the_job_to_stop(**_kw) -> None:
             raise_stop_flag(path)
 
 
+@signals.worker_ready.connect
+def _stop_with_the_launcher(**_kw) -> None:
+    """A worker whose launcher died without stopping it stops too (worker.orphan_watch)."""
+    from worker.orphan_watch import watch_parent
+
+    watch_parent()
+
+
 @signals.worker_init.connect
 def _preload(**_kw) -> None:
     """Import (never initialise) torch and the trainer in the parent so each fresh child starts fast."""

@@ -79,6 +79,7 @@ class Supervisor:
     base_env: dict[str, str] = field(default_factory=dict)
     loglevel: str = "INFO"
     log_dir: Any = None
+    on_spawn: Any = None  # called with each process as soon as it is spawned (the embedded stack records them)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     stop_files: dict[str, str] = field(default_factory=dict)  # worker name -> its current process's stop file
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -96,7 +97,8 @@ class Supervisor:
         stop_file = new_stop_file_path(spec.name.split("@")[0])
         self.stop_files[spec.name] = stop_file
         env = {**os.environ, **self.base_env, **spec.env, "NCSWEEP_WORKER_NAME": spec.name,
-               "PYTORCH_NVML_BASED_CUDA_CHECK": "1", "NCSWEEP_STOP_FILE": stop_file}
+               "PYTORCH_NVML_BASED_CUDA_CHECK": "1", "NCSWEEP_STOP_FILE": stop_file,
+               "NCSWEEP_PARENT_PID": str(os.getpid())}  # it stops when this process dies (worker.orphan_watch)
         out = None
         if self.log_dir is not None:
             os.makedirs(self.log_dir, exist_ok=True)
@@ -104,6 +106,8 @@ class Supervisor:
         proc = subprocess.Popen(worker_command(spec.name, self.loglevel), env=env, stdout=out,
                                 stderr=subprocess.STDOUT if out else None, start_new_session=True)
         log.info("started worker %s (pid %s)", spec.name, proc.pid)
+        if self.on_spawn is not None:
+            self.on_spawn(proc)
         return proc
 
     def start(self) -> "Supervisor":
@@ -183,7 +187,14 @@ def start(gpus: list[int] | None = None, concurrency: int = 1, *, env: dict[str,
     else:
         gpus = list(gpus)
         check_gpu_selection(gpus)
-    return Supervisor(worker_specs(gpus, concurrency), env or {}, loglevel, log_dir).start()
+    return supervisor(gpus, concurrency, env=env, loglevel=loglevel, log_dir=log_dir).start()
+
+
+def supervisor(gpus: list[int], concurrency: int = 1, *, env: dict[str, str] | None = None, loglevel: str = "INFO",
+               log_dir: Any = None, on_spawn: Any = None) -> Supervisor:
+    """The Supervisor :func:`start` starts, not started yet: a caller registers its ``stop`` first, so that an
+    interrupt while the workers are spawned still stops those already running."""
+    return Supervisor(worker_specs(gpus, concurrency), env or {}, loglevel, log_dir, on_spawn)
 
 
 def main(gpus: list[int] | None = None, concurrency: int = 1, *, env: dict[str, str] | None = None,

@@ -1,0 +1,104 @@
+"""The embedded stack's child processes (redis-server, Celery workers), recorded in <home>/stack.pids while it
+runs, so that a stack started after its launcher died without stopping them (SIGKILL, a crash) stops what that
+launcher left running — two brokers on one AOF directory, or two workers training one run, otherwise."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+PIDS = "stack.pids"
+
+
+class ChildRecord:
+    """Appends each spawned child's (pid, start time) to <home>/stack.pids; ``clear`` on a clean stop."""
+
+    def __init__(self, home: Path):
+        self.path, self._lock = home / PIDS, threading.Lock()
+
+    def add(self, proc: subprocess.Popen) -> None:
+        import psutil
+
+        try:
+            entry = {"pid": proc.pid, "created": psutil.Process(proc.pid).create_time()}
+        except psutil.Error:  # exited already: nothing to stop later
+            return
+        with self._lock:
+            rows = _read(self.path) + [entry]
+            tmp = self.path.with_name(f".{PIDS}.{os.getpid()}")
+            tmp.write_text(json.dumps(rows) + "\n")
+            os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        """Forget the children once they have all exited (a stop cut short keeps them on record)."""
+        if not _alive(_read(self.path)):
+            self.path.unlink(missing_ok=True)
+
+
+def stop_leftovers(home: Path, timeout: float = 30.0) -> list[str]:
+    """Stop the recorded children of an earlier launcher of ``home`` that are still alive (the same pid and start
+    time: never a process that merely reuses a pid): SIGTERM to each process group — a worker's running job
+    checkpoints and returns its run — then SIGKILL after ``timeout``. Returns what was stopped ("pid N (name)").
+    The caller holds the home's lock, so no live stack owns them."""
+    import psutil
+
+    path = home / PIDS
+    alive = _alive(_read(path))
+    stopped = [f"pid {p.pid} ({_name(p)})" for p in alive]
+    for proc in alive:
+        _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in alive:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except psutil.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+        except psutil.Error:
+            pass
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def _alive(rows: list[dict]) -> list:
+    """The psutil.Process of each recorded row still running: the same pid and start time."""
+    import psutil
+
+    alive = []
+    for row in rows:
+        try:
+            proc = psutil.Process(int(row["pid"]))
+            if abs(proc.create_time() - float(row["created"])) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)  # a zombie (exited, its new parent has not reaped it) needs no stop
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            continue
+    return alive
+
+
+def _read(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text())
+        return rows if isinstance(rows, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _name(proc) -> str:  # noqa: ANN001 - a psutil.Process
+    try:
+        return proc.name()
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """``sig`` to the process group that ``pid`` leads (each child is spawned in a session of its own)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
