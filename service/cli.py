@@ -16,7 +16,8 @@ from service.cli_args import comma_ints as _ints, comma_items as _csv, int_range
 from service.cli_context import Ctx, err, out
 from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
-from service.cli_results import results_caveat, results_hint, results_table, shown_results
+from service.cli_results import (body_counts, empty_header, results_caveat, results_filter, results_hint, results_json,
+                                 results_table, shown_results)
 from service.cli_tokens import token_app
 from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
                                workers_table)
@@ -167,21 +168,35 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(...),
                                                 "sweep of UFM runs, which have no test split)"),
             epoch: str = typer.Option("last", "--epoch", help="'last' (each run's last measured epoch) or a number"),
             all_groups: bool = typer.Option(False, "--all-groups", help="also list the groups none of whose runs "
-                                            "has metrics yet (left out by default, counted on stderr)")):
-    """Results grouped by axes at the last (or a given) epoch: mean ± std over seeds."""
+                                            "has metrics yet (left out by default, counted on stderr)"),
+            filter: list[str] = typer.Option([], "--filter", help="only the runs with FIELD=VALUE, a spec field "
+                                             "such as loss.name=mse (repeatable: a repeated field matches any of "
+                                             "its values, different fields must all match)"),
+            as_json: bool = typer.Option(False, "--json", help="print the API's response as JSON (no table, no "
+                                         "notes)")):
+    """Results grouped by axes at the last (or a given) epoch: mean ± sample std over seeds (and the axes
+    --group-by leaves out)."""
     key_list = None if keys == "all" else (_csv(keys) or list(HEADLINE_KEYS))
-    body = _ctx(ctx).client.results(sweep, _csv(group_by), key_list, split, epoch)
+    filters = [results_filter(f) for f in filter]
+    client = _ctx(ctx).client
+    body = client.results(sweep, _csv(group_by), key_list, split, epoch, filters)
+    if as_json:
+        typer.echo(results_json(body))
+        return
     split = body.get("split", split or "test")
     shown, notes = shown_results(body, split, epoch, all_groups=all_groups, all_keys=keys == "all")
-    out.print(results_table(shown, sweep, split, epoch, width=out.width))
+    counts = body_counts(body)
+    hint = results_hint(body, sweep, split, epoch, counts=counts)
+    if hint and counts is None:  # an API without the groups' statuses: the sweep's counts say why
+        counts = client.sweep(sweep).get("counts")
+        hint = results_hint(body, sweep, split, epoch, counts=counts)
+    out.print(results_table(shown, sweep, split, epoch, width=out.width,
+                            empty=empty_header(body, split, epoch, counts)))
     for note in notes:
         err.print(note, highlight=False, markup=False)
     caveat = results_caveat(body)
     if caveat:
         err.print(caveat, highlight=False, markup=False)
-    hint = results_hint(body, sweep, split, epoch)
-    if hint and epoch == "last":  # say why: runs that ended without metrics, or runs still to come
-        hint = results_hint(body, sweep, split, epoch, counts=_ctx(ctx).client.sweep(sweep).get("counts"))
     if hint:
         err.print(hint, highlight=False)
 

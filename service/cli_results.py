@@ -1,14 +1,40 @@
-"""`ncsweep results`: the results table over seeds and its notes (why values differ in epoch, why none)."""
+"""`ncsweep results`: the results table over seeds and its notes (why values differ in epoch, why none); the
+words and cell numbers come from service.cli_results_text."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable
 
+import typer
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from nc_core.sweep import short_names
+from service.cli_results_text import (FEWER_NOTE, body_counts, cell_text, empty_header, epochs_text, pending,
+                                      spread_note, status_text)
+
+__all__ = ["body_counts", "empty_header", "results_filter", "results_json", "results_table", "shown_results",
+           "results_caveat", "results_hint", "column_decimals", "mean_std", "fmt_value"]
+RESULTS_PARAMS = ("group_by", "keys", "split", "epoch")  # the API's own parameters: never a --filter's field
+
+
+def results_filter(text: str) -> tuple[str, str]:
+    """One --filter of `ncsweep results`: FIELD=VALUE as `runs --filter` takes it (the API parses the value as
+    GET /runs does), FIELD not one of the results' own parameters."""
+    from service.cli_views import parse_filter  # cli_views imports this module
+
+    path, value = parse_filter(text)
+    if path in RESULTS_PARAMS:
+        raise typer.BadParameter(f"expected a spec field path such as loss.name=mse, got {path!r} (use "
+                                 f"--{path.replace('_', '-')})", param_hint="--filter")
+    return path, value
+
+
+def results_json(body: Any) -> str:
+    """The API's response as `ncsweep results --json` prints it: indented JSON, nothing else."""
+    return json.dumps(body, indent=2)
 
 
 def fmt_value(x: Any) -> str:
@@ -17,7 +43,9 @@ def fmt_value(x: Any) -> str:
 
 
 def column_decimals(aggs: Iterable[dict | None]) -> int | None:
-    """Decimals of one column of mean ± std cells, from the largest |mean| in it, so that its cells line up:
+    """Decimals of one column of mean ± std cells of the example's table (service.examples.print_results; `ncsweep
+    results` formats each cell on its own, cli_results_text.cell_text), from the largest |mean| in it, so that its
+    cells line up:
     1 from 10 up (accuracy in %: 98.2±0.6), 3 from 0.1 up (0.110±0.001, 1.371±0.269), below that 3 significant
     digits of the largest (0.0512), and None (scientific notation) under 1e-5."""
     means = [abs(m["mean"]) for m in aggs if m and isinstance(m.get("mean"), (int, float))
@@ -41,30 +69,36 @@ def mean_std(m: dict | None, decimals: int | None, empty: str = "") -> str:
     return text(mean) + (f"±{text(std)}" if std is not None else "")
 
 
-def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6) -> Any:
-    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds. When the keys do
-    not fit in ``width`` columns: one table per run of keys that fits (groups × those keys), or one row per
-    group and key where that takes fewer lines (few groups), so many groups × many keys stay a few tables."""
+def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", width: int = 10**6,
+                  empty: str = "no finished results yet") -> Any:
+    """Render /sweeps/{id}/results: groups (axis values) × keys with mean ± std over seeds (the title says what
+    else was pooled), each cell at its own precision (cell_text), marked (n=k) where fewer runs are behind it
+    than the row's runs column counts (a footnote says why). When the keys do not fit in ``width`` columns: one
+    table per run of keys that fits (groups × those keys), or one row per group and key where that takes fewer
+    lines (few groups), so many groups × many keys stay a few tables. ``empty``: the header of a table without
+    groups."""
     items = body.get("groups", []) if isinstance(body, dict) else body
     group_by = body.get("group_by") if isinstance(body, dict) else None
     keys = body.get("keys") if isinstance(body, dict) else None
     unit = body.get("unit", "epoch") if isinstance(body, dict) else "epoch"  # 'iteration' for a UFM sweep
     at = f"last {unit}" if str(epoch) == "last" else f"{unit} {epoch}"
-    title = f"sweep {sweep} results [{split}, {at}] (mean ± std over seeds)"
+    title = f"sweep {sweep} results [{split}, {at}] ({spread_note(body if isinstance(body, dict) else {})})"
     if not items:
         table = _table(title)
-        table.add_column("no finished results yet")
+        table.add_column(empty)
         return table
     group_by = group_by or list((items[0].get("values") or {}).keys())
     keys = keys or list((items[0].get("metrics") or {}).keys())
-    rows = []
-    decimals = {k: column_decimals((item.get("metrics") or {}).get(k) for item in items) for k in keys}
+    rows, fewer = [], False
     for item in items:
         group, metrics = item.get("values") or {}, item.get("metrics") or {}
         counts = [(metrics.get(k) or {}).get("count", 0) for k in keys]
         n = max(counts, default=0)
+        marks = [c < n and (metrics.get(k) or {}).get("mean") is not None for k, c in zip(keys, counts)]
+        cells = [cell_text(metrics.get(k)) + (f" (n={c})" if mark else "") for k, c, mark in zip(keys, counts, marks)]
+        fewer = fewer or any(marks)
         rows.append(([fmt_value(group.get(g)) for g in group_by], str(n) if n == item.get("runs") else
-                     f"{n}/{item.get('runs', '')}", [mean_std(metrics.get(k), decimals[k]) for k in keys]))
+                     f"{n}/{item.get('runs', '')}", cells))
     heads = [*short_names(group_by), "runs"]
     fixed = [max([len(h)] + [len(r[0][i]) for r in rows]) for i, h in enumerate(heads[:-1])] + [5]
     cells = [max([len(k)] + [len(r[2][i]) for r in rows]) for i, k in enumerate(keys)]
@@ -76,6 +110,8 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
                                 [(v, n, row[a:b]) for v, n, row in rows]))
             if len(chunks) > 1:
                 tables[-1].caption = f"keys {a + 1}–{b} of {len(keys)}"
+        if fewer:
+            tables[-1].caption = "; ".join(filter(None, (tables[-1].caption, FEWER_NOTE)))
         return tables[0] if len(tables) == 1 else Group(*tables)
     table = _table(title)
     for col in heads:
@@ -86,6 +122,7 @@ def results_table(body: Any, sweep: int, split: str, epoch: str | int = "last", 
         for i, (k, cell) in enumerate(zip(keys, row)):
             table.add_row(*(values if i == 0 else [""] * len(values)), n if i == 0 else "", k, cell)
         table.add_section()
+    table.caption = FEWER_NOTE if fewer else None
     return table
 
 
@@ -127,19 +164,18 @@ def _measured(group: dict) -> bool:
 def shown_results(body: dict, split: str, epoch: str, *, all_groups: bool = False,
                   all_keys: bool = False) -> tuple[dict, list[str]]:
     """The results as the table shows them, and notes (for stderr) on what it leaves out: groups none of whose
-    runs measured anything yet (unless ``all_groups``; all of them when no group has, results_hint then says
-    why) and, for ``--keys all`` (``all_keys``), the keys no run has a defined value of in any group (the
-    sweep stores them, as NaN: a GOF key the run's loss has no λ's for)."""
+    runs measured anything (unless ``all_groups``; all of them when no group has, results_hint then says why;
+    the note tells groups whose runs may still measure from those whose runs all ended) and, for ``--keys
+    all`` (``all_keys``), the keys no run has a defined value of in any group (the sweep stores them, as NaN: a
+    GOF key the run's loss has no λ's for)."""
     groups = body.get("groups") or []
     notes = []
     measured = [g for g in groups if _measured(g)]
     if not all_groups and len(measured) < len(groups):
         body = {**body, "groups": measured}
         if measured:
-            unit = body.get("unit", "epoch")
-            at = "yet" if epoch == "last" else f"at {unit} {epoch}"
-            notes.append(f"{len(groups) - len(measured)} of {len(groups)} groups have no run with {split} metrics "
-                         f"{at} (not shown; --all-groups lists them)")
+            notes.append(_unmeasured_note([g for g in groups if not _measured(g)], len(groups), split, epoch,
+                                          body.get("unit", "epoch")))
     keys = body.get("keys") or []
     defined = {k for g in measured for k, m in (g.get("metrics") or {}).items() if (m or {}).get("count")}
     empty = [k for k in keys if k not in defined]
@@ -148,6 +184,29 @@ def shown_results(body: dict, split: str, epoch: str, *, all_groups: bool = Fals
         notes.append(f"{len(empty)} key(s) with no defined value in any group not shown (NaN or not measured): "
                      f"{', '.join(empty)}")
     return body, notes
+
+
+def _unmeasured_note(missing: list[dict], total: int, split: str, epoch: str, unit: str) -> str:
+    """'2 of 4 groups have no run with test metrics yet (…)', saying whether their runs are still to come or all
+    ended (failed, cancelled, or succeeded without them), from the groups' `statuses`."""
+    head = f"{len(missing)} of {total} groups have no run with {split} metrics" + ("" if epoch == "last" else
+                                                                                   f" at {unit} {epoch}")
+    tail = "(not shown; --all-groups lists them)"
+    if any("statuses" not in g for g in missing):  # an API that does not say: as before it said
+        return f"{head}{' yet' if epoch == 'last' else ''} {tail}"
+    waiting = [g for g in missing if pending(g["statuses"])]
+    ended = [g for g in missing if not pending(g["statuses"])]
+    if not ended:
+        return f"{head} yet {tail}"
+    stopped: dict[str, int] = {}
+    for g in ended:
+        for status, n in g["statuses"].items():
+            stopped[status] = stopped.get(status, 0) + n
+    if not waiting:
+        return f"{head} {tail}: their runs ended without them ({status_text(stopped)})"
+    return (f"{head} {tail}: {len(waiting)} {'has' if len(waiting) == 1 else 'have'} runs queued or running; "
+            f"{len(ended)} {'has' if len(ended) == 1 else 'have'} only runs that ended without them "
+            f"({status_text(stopped)})")
 
 
 def results_caveat(body: dict) -> str | None:
@@ -172,16 +231,26 @@ def results_caveat(body: dict) -> str | None:
 
 def results_hint(body: dict, sweep: int, split: str, epoch: str, counts: dict[str, int] | None = None) -> str | None:
     """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None; with the
-    sweep's run ``counts`` per status (GET /sweeps/{id}), how many runs ended without any (failed or cancelled)
-    and whether any are still to come."""
+    run ``counts`` per status (cli_results_text.body_counts, or GET /sweeps/{id}'s), how many runs ended
+    without any (failed or cancelled) and whether any are still to come; at an ``epoch``, the epochs that have
+    them (the body's `epochs_with_values`)."""
     measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
     if not body.get("groups") or measured:
         return None
     unit = body.get("unit", "epoch")
     at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
     if epoch != "last":
-        return (f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its "
-                "eval schedule)")
+        hint = f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its " \
+               "eval schedule)"
+        if counts is not None:
+            waiting, total = pending(counts), sum(counts.values())
+            hint += (f": {waiting} of its {total} run(s) {'is' if waiting == 1 else 'are'} still queued or running"
+                     if waiting else f", and none of its {total} run(s) is queued or running ({status_text(counts)})")
+        have = body.get("epochs_with_values")
+        if have is not None:
+            hint += f"; its runs have them at {unit}s {epochs_text(have)}" if have else \
+                f"; its runs have none at any {unit}"
+        return hint
     if counts is None:
         return f"no run of sweep {sweep} has {split} metrics at {at} yet"
     stopped = [f"{counts[s]} {s}" for s in ("failed", "cancelled") if counts.get(s)]
@@ -189,11 +258,10 @@ def results_hint(body: dict, sweep: int, split: str, epoch: str, counts: dict[st
     if counts.get("succeeded"):
         ended.append(f"{counts['succeeded']} succeeded without {split} metrics (see their eval.splits)")
     why = "; ".join(ended)
-    pending = counts.get("queued", 0) + counts.get("running", 0)
-    total = sum(counts.values())
-    if pending:
-        return (f"no run of sweep {sweep} has {split} metrics at {at} yet: {pending} of its {total} run(s) "
-                f"{'is' if pending == 1 else 'are'} queued or running" + (f"; {why}" if why else ""))
+    waiting, total = pending(counts), sum(counts.values())
+    if waiting:
+        return (f"no run of sweep {sweep} has {split} metrics at {at} yet: {waiting} of its {total} run(s) "
+                f"{'is' if waiting == 1 else 'are'} queued or running" + (f"; {why}" if why else ""))
     return (f"no run of sweep {sweep} has {split} metrics, and none is queued or running: of its {total} run(s), "
             f"{why or 'none measured any'}" + (f" (`ncsweep runs --sweep {sweep}` shows why; `ncsweep retry "
                                                f"{sweep}` runs them again)" if stopped else ""))

@@ -187,10 +187,14 @@ class Client:
 
     # -- metrics, workers, plots -----------------------------------------------------------------
     def results(self, sweep_id: int, group_by: list[str] | None = None, keys: list[str] | None = None,
-                split: str | None = None, epoch: str | int | None = None) -> Any:
-        return self.get(f"/sweeps/{sweep_id}/results", group_by=",".join(group_by) if group_by else None,
-                        keys=",".join(keys) if keys else None, split=split,
-                        epoch=None if epoch is None else str(epoch))
+                split: str | None = None, epoch: str | int | None = None,
+                filters: list[tuple[str, str]] | None = None) -> Any:
+        """GET /sweeps/{id}/results; ``filters``: (spec path, value) pairs, e.g. [("loss.name", "mse")], as
+        iter_runs takes them (a repeated path: any of its values)."""
+        fixed = {"group_by": ",".join(group_by) if group_by else None, "keys": ",".join(keys) if keys else None,
+                 "split": split, "epoch": None if epoch is None else str(epoch)}
+        params = [(k, v) for k, v in fixed.items() if v is not None] + list(filters or [])
+        return self.request("GET", f"/sweeps/{sweep_id}/results", params=params).json()
 
     def run_metrics(self, run_id: int, keys: list[str] | None = None) -> list[dict[str, Any]]:
         """Flat metric rows [{epoch, split, key, value, note, metric_version}] of one run (from its series; only

@@ -111,19 +111,21 @@ def test_watch_counts_runs_as_the_api_does_and_shows_validate_jobs_apart(live: s
 
 
 @SQLITE
-def test_results_columns_have_one_format_each_and_the_title_stays_whole(live: str, db_url: str, capsys,  # noqa: ANN001
-                                                                         monkeypatch) -> None:
+def test_results_cells_match_their_std_and_the_title_says_what_was_pooled(live: str, db_url: str, capsys,  # noqa: ANN001
+                                                                            monkeypatch) -> None:
     sid, _ = seed_sweep(db_url)
     monkeypatch.setattr(cli.out, "width", 80)  # a pipe's 80 columns
     rc, out, _ = ncsweep(capsys, "results", sid, "--group-by", "loss.name", "--keys", "acc,nc1")
     lines = out.splitlines()
-    assert rc == 0 and lines[0] == f"sweep {sid} results [test, last epoch] (mean ± std over seeds)", out
+    assert rc == 0 and lines[0] == (f"sweep {sid} results [test, last epoch] (mean ± std; width, seeds pooled; "
+                                    "sample std, ddof 1)"), out
     header = next(line for line in lines if line.startswith("┃"))
     assert [c.strip() for c in header.strip("┃").split("┃")] == ["loss", "runs", "acc", "nc1"]
     rows = [[c.strip() for c in line.strip("│").split("│")] for line in lines if line.startswith("│")]
-    for col in (2, 3):  # each column at one number of decimals, mean and std alike
-        decimals = {part.split(".")[1].__len__() for row in rows for part in row[col].split("±")}
-        assert len(decimals) == 1, rows
+    for row in rows:  # each cell: its mean to the decimal place of its std's second significant digit
+        for cell in row[2:]:
+            mean, std = cell.split("±")
+            assert len(mean.split(".")[1]) == len(std.split(".")[1]) and len(std.replace(".", "").lstrip("0")) == 2, row
     assert all(row[1] == "4" for row in rows)  # 4 runs per loss, each measured
 
 

@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Annotated, Any, Iterable, Literal, Sequence
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from nc_core.db import distributions_repo, metrics_repo, sweeps_repo as repo
-from nc_core.db.models import Run, Sweep
+from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.states import default_split, metric_step, unfinished_runs
 from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
-from nc_core.spec_fields import value_key, value_sort_key
+from nc_core.spec_fields import spec_field_kinds, value_key, value_sort_key
 from nc_core.sweep import SpecError, get_path
 from service.deps import ID_MAX, Epoch, Id, SessionDep
 from service.errors import NotFound
+from service.routers.runs import RESERVED as RUNS_RESERVED, parse_filters
 from service.schemas import SweepMetricsPage, problems
 
 router = APIRouter(tags=["metrics"])
@@ -143,20 +146,75 @@ def _sort_key(values: tuple) -> tuple:
     return tuple(map(value_sort_key, values))
 
 
+RESULTS_PARAMS = ("group_by", "keys", "split", "epoch")  # the query names /sweeps/{id}/results declares
+
+
+class _QueryItems:
+    """Some of a query's (name, value) items, read as parse_filters reads a request's query_params."""
+
+    def __init__(self, items: list[tuple[str, str]]):
+        self.items = items
+
+    def multi_items(self) -> list[tuple[str, str]]:
+        return self.items
+
+
+def results_filters(params: Any) -> list[tuple[str, str, Any]]:
+    """The spec-field filters of a /sweeps/{id}/results query (`?loss.name=mse&model.width=64`), parsed as
+    GET /runs parses its own (runs.parse_filters); a 422 naming any other parameter and the accepted ones."""
+    kinds = spec_field_kinds()
+    items = [(name, raw) for name, raw in params.multi_items() if name not in RESULTS_PARAMS]
+    for name, _ in items:
+        if name not in kinds or name in RUNS_RESERVED:  # `kind`: GET /runs' own parameter, never its filter
+            raise SpecError(name, f"unknown parameter: expected {', '.join(RESULTS_PARAMS)} or a spec field filter "
+                                  "such as loss.name=mse or model.width=64 (a path of nc_core.spec.field_paths()"
+                                  + (", not kind" if name in kinds else "") + ")")
+    return parse_filters(_QueryItems(items))
+
+
+def _matching(filters: list[tuple[str, str, Any]]) -> list[Any]:
+    """SQL conditions on Run for ``filters``, as sweeps_repo.query_runs combines them: different paths must all
+    match, several values of one path any of them."""
+    by_path: dict[str, list] = {}
+    for path, kind, value in filters:
+        by_path.setdefault(path, []).append(repo.spec_condition(path, kind, value))
+    return [c[0] if len(c) == 1 else or_(*c) for c in by_path.values()]
+
+
+def _epochs_with_values(session: Session, sweep_id: int, conds: list[Any], split: str,
+                        keys: list[str] | None) -> list[int]:
+    """The epochs at which any of the sweep's primary runs that ``conds`` keep stored a row of ``keys`` (every
+    key when None) in ``split``: what an --epoch that found nothing could have asked for."""
+    runs = select(Run.id).where(Run.sweep_id == sweep_id, Run.kind.in_(repo.PRIMARY_KINDS), *conds)
+    q = select(Metric.epoch).distinct().where(Metric.run_id.in_(runs), Metric.split == split)
+    if keys:
+        q = q.where(Metric.key.in_(keys))
+    return list(session.scalars(q.order_by(Metric.epoch)))
+
+
 @router.get("/sweeps/{sweep_id}/results", responses=problems(404, 422, 503))
-def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None, keys: str | None = None,
-                  split: Literal["train", "test"] | None = None, epoch: str = "last") -> dict[str, Any]:
+def sweep_results(request: Request, sweep_id: Id, session: SessionDep, group_by: str | None = None,
+                  keys: str | None = None, split: Literal["train", "test"] | None = None,
+                  epoch: str = "last") -> dict[str, Any]:
     """Group the sweep's runs by spec fields (default: its axes) and aggregate each metric over the
-    group (seeds): each run's value of a key at the last epoch that run measured that key in `split`
-    (default test; train for a UFM sweep), or at `epoch`. Per key: a run evaluates NC metrics and acc only
-    at its eval epochs but stores its training keys every epoch, so a run stopped between eval epochs shows
-    its last evaluation beside its latest running_loss. `unit` says what the epochs count: 'iteration' for
-    a sweep of UFM runs. Each group says which epochs its values are from (`measured_epochs`: every epoch
-    any of its measured runs' values is from) and which of its measured runs have not succeeded
-    (`unfinished_runs`: running, cancelled or failed, so their last epochs may be short of the others')."""
+    group (seeds, and the axes `group_by` leaves out): each run's value of a key at the last epoch that run
+    measured that key in `split` (default test; train for a UFM sweep), or at `epoch`. Per key and group:
+    `mean`, `std` (the sample standard deviation, ddof = 1; null for fewer than 2 values), `min`, `max`,
+    `count` (runs with a finite value) and `missing` (runs whose value is NaN/null). Any other query parameter
+    is a filter on a spec field, as GET /runs takes them (`loss.name=mse&model.width=64`: different fields must
+    all match, a repeated field any of its values); an unknown one is a 422. Per key: a run evaluates NC
+    metrics and acc only at its eval epochs but stores its training keys every epoch, so a run stopped between
+    eval epochs shows its last evaluation beside its latest running_loss. `unit` says what the epochs count:
+    'iteration' for a sweep of UFM runs. `axes`: the sweep's axes (those not in `group_by` are pooled);
+    `filters`: the filters applied, {field: [values]}. Each group says which epochs its values are from
+    (`measured_epochs`: every epoch any of its measured runs' values is from), which of its measured runs
+    have not succeeded (`unfinished_runs`: running, cancelled or failed, so their last epochs may be short of
+    the others') and how many of its runs are in each status (`statuses`). `epochs_with_values`: with an
+    `epoch` at which no run has a value, the epochs at which they have (else null)."""
     sweep = repo.get_sweep(session, sweep_id)
     if sweep is None:
         raise NotFound(f"sweep {sweep_id} not found")
+    filters = results_filters(request.query_params)
     kinds = repo.sweep_kinds(session, sweep_id)
     split, unit = split or default_split(kinds), metric_step(kinds)
     paths = [p for p in group_by.split(",") if p] if group_by is not None else list(sweep.axes or [])
@@ -167,6 +225,10 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
     key_list = parse_keys(keys)
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)
+    conds = _matching(filters)
+    if filters:
+        kept = set(session.scalars(select(Run.id).where(Run.sweep_id == sweep_id, *conds)))
+        runs, rows = [r for r in runs if r[0] in kept], [r for r in rows if r[0] in kept]
     last = max((int(spec.get("epochs", 0) if spec.get("kind") != "ufm" else (spec.get("ufm") or {}).get(
         "iterations", 0)) for _, spec, _ in runs), default=0)
     if at is not None and runs and at > last:
@@ -189,6 +251,13 @@ def sweep_results(sweep_id: Id, session: SessionDep, group_by: str | None = None
         out.append({"values": dict(zip(paths, gvalues)), "runs": len(ids), "run_ids": ids,
                     "measured_epochs": sorted({e for r in measured for e in run_epochs[r]}),
                     "unfinished_runs": unfinished_runs(measured, status),
+                    "statuses": dict(Counter(status[r] for r in ids)),
                     "metrics": {k: aggregate([by_run[r].get(k) for r in measured if k in by_run[r]]) for k in all_keys}})
+    none_at_epoch = at is not None and runs and not rows
+    by_field: dict[str, list[Any]] = {}
+    for path, _, value in filters:
+        by_field.setdefault(path, []).append(value)
     return {"sweep_id": sweep_id, "group_by": paths, "keys": all_keys, "split": split,
-            "epoch": epoch if at is None else at, "unit": unit, "groups": out}
+            "epoch": epoch if at is None else at, "unit": unit, "axes": list(sweep.axes or []), "filters": by_field,
+            "epochs_with_values": _epochs_with_values(session, sweep_id, conds, split, key_list) if none_at_epoch
+            else None, "groups": out}
