@@ -3,7 +3,6 @@ pooled, the header of an empty table and the run statuses behind the notes (serv
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from nc_core.db.states import STATUSES
 from nc_core.spec_fields import value_text
