@@ -191,7 +191,6 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
 def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | None, api_port: int | None,
            console: Any) -> Settings:
     """Lock the home, migrate, start Redis, API, workers and the reconciler (each stopped on exit)."""
-    from nc_core.db.migrate import upgrade
     from worker import launch
     from worker.reconciler import run_forever
 
@@ -213,7 +212,7 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     redis_port, password = free_port(), redis_password(home / "redis")
     settings = stack_settings(home, redis_port, api_port, password)
     with console.status("migrating the database ..."):
-        upgrade(settings.resolved_database_url())
+        _migrate(settings.resolved_database_url())
     start_redis(home / "redis", redis_port, password=password,
                 on_spawn=lambda proc: (stack.callback(_stop_proc, proc), children.add(proc)))
     token = ensure_token(settings)
@@ -238,6 +237,26 @@ def _start(stack: ExitStack, home: Path, workers: int | None, gpus: list[int] | 
     console.print(f"token in {home / 'token'} (export NCSWEEP_HOME={home} for the CLI)"
                   + (f"; re-queued {len(requeued)} interrupted run(s)" if requeued else ""))
     return settings.model_copy(update={"token": token})
+
+
+def _migrate(url: str) -> None:
+    """Upgrade the home's database to this version's schema; a StackError saying why it cannot be (a database of
+    a newer ncsweep, a migration that refuses the data it finds) instead of an "unexpected error"."""
+    from alembic.util import CommandError
+
+    from nc_core.db.migrate import current, head_revision, upgrade
+
+    try:
+        upgrade(url)
+    except CommandError as exc:
+        at = current(url)
+        if at is not None and "locate revision" in str(exc):
+            raise StackError(f"the database {url.removeprefix('sqlite:///')} is at schema revision {at}, which this "
+                             f"ncsweep does not know (its newest is {head_revision()}): it was migrated by a newer "
+                             "ncsweep; run that version, or give this one another --home") from None
+        raise StackError(f"migrating {url.removeprefix('sqlite:///')} failed: {exc}") from None
+    except RuntimeError as exc:  # a migration that refuses the rows it found says what to do about them
+        raise StackError(f"migrating {url.removeprefix('sqlite:///')} stopped: {exc}") from None
 
 
 def _interrupt(*_args: Any) -> None:

@@ -38,7 +38,9 @@ def _refuse_duplicates() -> None:
         raise RuntimeError(
             f"migration 0005: expected one primary run per (sweep, kind, spec_hash), found {len(duplicates)} group(s) "
             f"with more ({listed}). Keep one run of each group (e.g. the one with metrics) and delete the others "
-            "(DELETE FROM run WHERE id IN (...); their metrics and checkpoints go with them), then migrate again.")
+            "(DELETE FROM run WHERE id IN (...), in SQLite's shell after PRAGMA foreign_keys = ON, so that their "
+            "metric and checkpoint rows go with them; their files stay in <artifacts>/run_<id>/ until you remove "
+            "them), then migrate again.")
 
 
 def downgrade() -> None:
