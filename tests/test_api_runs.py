@@ -249,3 +249,13 @@ def test_mutations_need_write_token(anon_client, app_client, sweep, read_token, 
     assert anon_client.post(f"/sweeps/{sid}/extend", json={"seeds": [9]}).status_code == 401
     assert anon_client.post(f"/runs/{ids[0]}/validate", json={}, headers=ro).status_code == 403
     assert row_counts() == before
+
+
+def test_timestamps_carry_their_time_zone_on_every_backend(app_client, sweep):  # noqa: ANN001
+    """SQLite keeps no zone: its times came back naive and the API wrote them without one (PostgreSQL's with Z)."""
+    from datetime import datetime, timedelta
+
+    sid, runs = sweep
+    for stamp in (app_client.get(f"/runs/{runs[0]}").json()["created_at"],
+                  app_client.get(f"/sweeps/{sid}").json()["created_at"]):
+        assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0), stamp

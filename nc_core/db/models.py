@@ -7,10 +7,22 @@ from typing import Any
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
                         Text, UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp with time zone that reads back as an aware UTC datetime on every backend: SQLite keeps no
+    zone and hands back naive values (the API then wrote them without one; PostgreSQL's come with +00:00)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:  # noqa: ARG002
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 class Base(DeclarativeBase):
@@ -25,7 +37,7 @@ class Sweep(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the SweepSpec as submitted (json mode)
     axes: Mapped[list[Any]] = mapped_column(JSON, default=list)  # grid + zip axis paths, in order
     owner: Mapped[str] = mapped_column(String(100), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     runs: Mapped[list["Run"]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
 
@@ -57,7 +69,7 @@ class Run(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs completed
     # epochs already completed when the current attempt started (its resume checkpoint; 0 = from scratch)
@@ -70,10 +82,10 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # current attempt
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # current attempt
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
 
@@ -92,7 +104,7 @@ class Metric(Base):
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # NULL = NaN / undefined
     note: Mapped[str | None] = mapped_column(String(300), nullable=True)  # why value is NULL (the suite's reason)
     metric_version: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class MetricDistribution(Base):
@@ -108,7 +120,7 @@ class MetricDistribution(Base):
     key: Mapped[str] = mapped_column(String(64))  # cos_margin
     values: Mapped[list[Any]] = mapped_column(JSON)  # ascending floats (null = NaN), at most 1001
     n: Mapped[int] = mapped_column(Integer)  # len(values)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Checkpoint(Base):
@@ -121,7 +133,7 @@ class Checkpoint(Base):
     uri: Mapped[str] = mapped_column(Text)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Worker(Base):
@@ -141,8 +153,8 @@ class Worker(Base):
     temperature_c: Mapped[float | None] = mapped_column(Float, nullable=True)
     current_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="idle")  # idle | busy | stopped
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class WorkerSample(Base):
@@ -154,7 +166,7 @@ class WorkerSample(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     worker_name: Mapped[str] = mapped_column(String(200))
     run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     util_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
     memory_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     samples_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -167,7 +179,7 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(100), default="")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
     scope: Mapped[str] = mapped_column(String(16), default="write")  # read | write | admin
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -179,7 +191,7 @@ class Event(Base):
     __table_args__ = (Index("ix_event_sweep_id_id", "sweep_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))  # status | progress | metric | worker
     sweep_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
