@@ -12,7 +12,7 @@ import typer
 
 from service.client import Client
 
-FIXED_HEAD = ["run_id", "kind", "parent_run_id", "status", "seed"]
+FIXED_HEAD = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed"]  # sweep_id: files of two sweeps concatenate
 FIXED_TAIL = ["epoch", "split", "key", "value", "note", "metric_version"]
 ROW_GROUP_ROWS = 131_072  # Parquet: runs' rows gather (as Arrow columns) into row groups of about this many
 BATCH_RUNS = 500  # runs asked for per GET /sweeps/{id}/metrics (its bound); its row budget may answer fewer
@@ -23,10 +23,11 @@ def export_columns(axes: list[str]) -> list[str]:
     return [*FIXED_HEAD, *axes, *FIXED_TAIL]
 
 
-def run_rows(run: dict[str, Any], axes: list[str], metrics: list[dict[str, Any]]) -> Iterator[list[Any]]:
-    """One run's metric points as rows in ``export_columns(axes)`` order."""
+def run_rows(run: dict[str, Any], axes: list[str], metrics: list[dict[str, Any]],
+             sweep_id: int | None = None) -> Iterator[list[Any]]:
+    """One run's metric points as rows in ``export_columns(axes)`` order (``sweep_id``: the run's by default)."""
     grid = run.get("grid") or {}
-    head = [run["id"], run.get("kind", "train"), run.get("parent_run_id"), run["status"], run["seed"],
+    head = [run.get("sweep_id") if sweep_id is None else sweep_id, run["id"], run.get("kind", "train"), run.get("parent_run_id"), run["status"], run["seed"],
             *(grid.get(a) for a in axes)]
     for m in metrics:
         yield [*head, m["epoch"], m["split"], m["key"], m["value"], m.get("note"), m["metric_version"]]
@@ -108,8 +109,8 @@ class ParquetSink:
 def parquet_schema(pa: Any, columns: list[str], runs: list[dict[str, Any]]) -> Any:
     """The Arrow schema, fixed before any metric row arrives: the run and metric fields by their API types, each
     axis column as Arrow infers it from the runs' grid values (as it did from the whole in-memory table)."""
-    known = {"run_id": pa.int64(), "kind": pa.string(), "parent_run_id": pa.int64(), "status": pa.string(),
-             "seed": pa.int64(), "epoch": pa.int64(), "split": pa.string(), "key": pa.string(),
+    known = {"sweep_id": pa.int64(), "run_id": pa.int64(), "kind": pa.string(), "parent_run_id": pa.int64(),
+             "status": pa.string(), "seed": pa.int64(), "epoch": pa.int64(), "split": pa.string(), "key": pa.string(),
              "value": pa.float64(), "note": pa.string(), "metric_version": pa.int64()}
     fields = []
     for c in columns:
@@ -152,7 +153,7 @@ def export_sweep(client: Client, sweep_id: int, fmt: str, out_path: Path,
         sink = CsvSink(tmp, columns) if fmt == "csv" else ParquetSink(tmp, columns, runs)
         try:
             for done, (run, metrics) in enumerate(runs_with_metrics(client, sweep_id, runs, batch_runs), 1):
-                rows = list(run_rows(run, axes, metrics))
+                rows = list(run_rows(run, axes, metrics, sweep_id))
                 sink.write(rows)
                 written += len(rows)
                 del rows, metrics  # before the next run's are built

@@ -184,7 +184,7 @@ def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) 
     assert rc == 0
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
     assert len(rows) == 8 * 2 * 2 * 9  # runs × epochs × splits × keys
-    assert set(rows[0]) == {"run_id", "kind", "parent_run_id", "status", "seed", "loss.name", "model.width", "epoch",
+    assert set(rows[0]) == {"sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", "loss.name", "model.width", "epoch",
                             "split", "key", "value", "note", "metric_version"}  # note: why a NaN value is undefined
     assert {r["metric_version"] for r in rows} == {"1"}  # the seeded rows' definitions (docs/metrics.md, Versioning)
     assert {(r["kind"], r["parent_run_id"]) for r in rows} == {("train", "")}  # a validate job's rows say whose

@@ -179,7 +179,7 @@ def per_run_export(client: Client, sweep_id: int, fmt: str, path: Path) -> int:
     sink = CsvSink(path, export_columns(axes)) if fmt == "csv" else ParquetSink(path, export_columns(axes), runs)
     written = 0
     for run in runs:
-        rows = list(run_rows(run, axes, client.run_metrics(run["id"])))
+        rows = list(run_rows(run, axes, client.run_metrics(run["id"]), sweep_id))
         sink.write(rows)
         written += len(rows)
     sink.close()
@@ -189,9 +189,9 @@ def per_run_export(client: Client, sweep_id: int, fmt: str, path: Path) -> int:
 def reference(client: Client, sweep_id: int, path: Path) -> None:
     """The file as the in-memory export wrote it from GET /runs/{id}/metrics (test_export_streaming.write_rows)."""
     axes = client.sweep(sweep_id)["axes"]
-    columns = ["run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value", "note",
-               "metric_version"]
-    rows = [{"run_id": r["id"], "kind": r["kind"], "parent_run_id": r["parent_run_id"], "status": r["status"],
+    columns = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key",
+               "value", "note", "metric_version"]
+    rows = [{"sweep_id": sweep_id, "run_id": r["id"], "kind": r["kind"], "parent_run_id": r["parent_run_id"], "status": r["status"],
              "seed": r["seed"], **{a: r["grid"].get(a) for a in axes}, **m}
             for r in client.iter_runs(sweep_id=sweep_id) for m in client.run_metrics(r["id"])]
     write_rows(rows, columns, path.suffix[1:], path)

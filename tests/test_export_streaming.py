@@ -84,7 +84,7 @@ def test_export_holds_one_runs_rows_at_a_time(fake, tmp_path: Path, suffix: str,
 
 def _in_memory_rows(client: FakeClient, axes: list[str]) -> list[dict[str, Any]]:
     """The rows as the in-memory export built them (one dict per metric point)."""
-    return [{"run_id": run["id"], "kind": run.get("kind", "train"), "parent_run_id": run.get("parent_run_id"),
+    return [{"sweep_id": 1, "run_id": run["id"], "kind": run.get("kind", "train"), "parent_run_id": run.get("parent_run_id"),
              "status": run["status"], "seed": run["seed"], **{a: (run.get("grid") or {}).get(a) for a in axes},
              "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"], "note": m.get("note"),
              "metric_version": m["metric_version"]}
@@ -111,8 +111,8 @@ def test_streamed_files_hold_what_the_in_memory_export_wrote(fake, tmp_path: Pat
     import pyarrow.parquet as pq
 
     axes = ["loss.name", "model.width", "opt"]
-    columns = ["run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value", "note",
-               "metric_version"]
+    columns = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value",
+               "note", "metric_version"]
     rows = _in_memory_rows(FakeClient(7), axes)
     for fmt in ("csv", "parquet"):
         write_rows(rows, columns, fmt, tmp_path / f"expected.{fmt}")
