@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
@@ -183,6 +183,13 @@ class Heatmap(NamedTuple):
     ys: list
     panels: list[tuple[str, np.ndarray]]  # (title, matrix (len ys, len xs))
     unfinished: list[Marks]  # one per panel
+    no_value: str | None = None  # the statuses of the runs without a value ("3 failed"), for the footnote
+
+
+def status_counts(runs: list[Run]) -> str:
+    """'3 failed, 1 cancelled': the runs counted by status, most first."""
+    counts = Counter(r.status for r in runs)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def heatmap_grids(session: Session, sweep_id: int, x: str, y: str, key: str, split: str, mode: str,
@@ -217,6 +224,8 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
                             f"{'x' if path == x else 'y'} ({', '.join(others) or 'none of this sweep has fewer'}); "
                             f"{path} is then averaged over (mode=variance shows its spread)")
     finals = final_values(session, runs, key, split)  # after the checks: a refused request asks nothing more
+    without = [r for r in runs if r.id not in finals]
+    no_value = f"runs with no {key} [{split}] value: {status_counts(without)}" if without else None
 
     def cells(select_run) -> tuple[np.ndarray, Marks]:  # per cell over the runs kept: mean, or sample variance
         ids: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -234,7 +243,7 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
         m, marks = cells(lambda r: True)
         title = f"{key} [{split}] (mean)" if mode == "value" else \
             f"sample variance (ddof 1) of {key} [{split}] over runs"
-        return Heatmap(xs, ys, [(title, m)], [marks])
+        return Heatmap(xs, ys, [(title, m)], [marks], no_value)
     if mode != "diff_vs":
         raise PlotError("mode", f"expected value, diff_vs or variance, got {mode!r}")
     path, ref_value = parse_ref(ref)
@@ -253,7 +262,7 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
         panels.append((f"|{key}({ref_value}) − {key}({o})| [{split}]", np.abs(base - other)))
         marks.append({c: sorted({*base_marks.get(c, ()), *other_marks.get(c, ())})
                       for c in {*base_marks, *other_marks}})
-    return Heatmap(xs, ys, panels, marks)
+    return Heatmap(xs, ys, panels, marks, no_value)
 
 
 def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc", split: str = "test",

@@ -16,7 +16,8 @@ from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.states import CANCELLED, QUEUED, metric_step
 from nc_core.spec_fields import value_key, value_sort_key, value_text
 from service.plots import (DEFAULT_KEYS, POINT_MARKERS, SPREAD_NOTE, TITLES, PlotError, _as_label, _axis_value,
-                           _config_label, _message_png, _png, epoch_axis, new_figure, sweep_runs)
+                           _config_label, _message_png, _png, epoch_axis, new_figure, status_counts,
+                           sweep_runs)
 from service.plots_layout import layout_figure
 
 #: One configuration's curve on one panel: {epoch: (mean, sample std)}, NaN where undefined.
@@ -103,6 +104,20 @@ def drop_footer(drops: dict[str, set[tuple[int, int, int]]], unit: str) -> list[
                                          for e, a, b in sorted(points)) for config, points in drops.items()]
     more = [f"… {len(details) - DROP_CONFIGS} more configurations"] if len(details) > DROP_CONFIGS else []
     return [DROP_NOTE[0], DROP_NOTE[1].format(unit=unit), *details[:DROP_CONFIGS], *more]
+
+
+def lineless_footer(runs: list[Run], values: Any, drawn: set[str]) -> list[str]:
+    """A footer line naming the configurations of ``runs`` that draw no line (nothing measured: every run failed
+    before its first evaluation, was cancelled or is queued), with their runs' statuses; [] when all draw one."""
+    by: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        if (label := _config_label(values(r))) not in drawn:
+            by[label].append(r)
+    items = [f"{config} ({status_counts(members)})" for config, members in by.items()]
+    if not items:
+        return []
+    more = f"; … {len(items) - DROP_CONFIGS} more" if len(items) > DROP_CONFIGS else ""
+    return ["no line, nothing measured: " + "; ".join(items[:DROP_CONFIGS]) + more]
 
 
 MAX_LINES = 20  # lines (legend entries) a dynamics figure draws legibly: more configurations are grouped
@@ -201,9 +216,9 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     keys, filters = list(keys or DEFAULT_KEYS), list(filters or [])
     sweep = session.get(Sweep, sweep_id)
     axes = [*((sweep.axes or []) if sweep is not None else []), "seed"]
-    runs = filter_runs(sweep_runs(session, sweep_id), axes, filters, sweep_id)
-    unit = metric_step(r.kind for r in runs)
-    runs = measured(runs)  # lines and colours: configurations with values, not all of them
+    every = filter_runs(sweep_runs(session, sweep_id), axes, filters, sweep_id)
+    unit = metric_step(r.kind for r in every)
+    runs = measured(every)  # lines and colours: configurations with values, not all of them
     n_configs = len({_config_label(r.grid or {}) for r in runs})
     paths = line_axes(runs, axes, group_by, sweep_id, n_configs)
     values = (lambda r: r.grid or {}) if paths is None else (lambda r: {p: _axis_value(r, p) for p in paths})
@@ -239,6 +254,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     for ax in list(axes_grid.flat)[len(drawn):]:
         ax.axis("off")
     footer = drop_footer({c: drops[c] for c in configs if c in drops}, unit)  # in legend order
+    footer += lineless_footer(every, values, {configs[i] for i in lines})
     handles: dict[str, Any] = {}  # every panel's lines: a configuration may have values on one panel only
     for ax in axes_grid.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):

@@ -50,12 +50,16 @@ def colour_range(m: np.ndarray, key: str | None, mode: str) -> tuple[float, floa
 
 
 def footnote(heatmap: Heatmap) -> str | None:
-    """The line under the figure naming the unfinished runs behind * cells (None without any)."""
+    """The line under the figure naming the unfinished runs behind * cells and counting, by status, the runs
+    without a value (– cells, or fewer runs in a cell) (None without either)."""
     ids = sorted({r for marks in heatmap.unfinished for runs in marks.values() for r in runs})
-    if not ids:
-        return None
-    shown = ", ".join(map(str, ids[:FOOTNOTE_IDS])) + (f", … ({len(ids)} runs)" if len(ids) > FOOTNOTE_IDS else "")
-    return f"{UNFINISHED_NOTE}: run{'s' if len(ids) > 1 else ''} {shown}"
+    parts = []
+    if ids:
+        shown = ", ".join(map(str, ids[:FOOTNOTE_IDS])) + (f", … ({len(ids)} runs)" if len(ids) > FOOTNOTE_IDS else "")
+        parts.append(f"{UNFINISHED_NOTE}: run{'s' if len(ids) > 1 else ''} {shown}")
+    if heatmap.no_value:
+        parts.append(heatmap.no_value)
+    return "; ".join(parts) or None
 
 
 def cell_size(nx: int, ny: int, rows: int, cols: int) -> tuple[float, float, bool]:
@@ -76,7 +80,7 @@ def heatmap_figure(heatmap: Heatmap, x: str, y: str, ref: str | None = None, key
     """The heatmap as a figure, the first value of each axis at the top left as in the dashboard's matrix (its
     texts say each cell's value, * where it includes an unfinished run; above LABEL_VALUES columns or rows only
     the colours, and a star on such cells)."""
-    xs, ys, panels, unfinished = heatmap
+    xs, ys, panels, unfinished = heatmap.xs, heatmap.ys, heatmap.panels, heatmap.unfinished
     if not panels:
         return message_figure(f"nothing to compare against {ref}")
     note = footnote(heatmap)

@@ -128,3 +128,18 @@ def test_curve_points_count_the_runs_behind_each_point(sqlite_app_client) -> Non
     assert [points[0][e][2] for e in (1, 2, 3, 4)] == [2, 2, 1, 1]
     assert all(points[c][e][2] == 2 for c in (1, 2, 3) for e in (1, 2, 3, 4))
     assert curves[0][3] == points[0][3][:2] and len(curves[0][3]) == 2  # config_curves: (mean, std) as before
+
+
+def test_configurations_whose_runs_all_failed_are_named_not_dropped(sqlite_app_client, drawn) -> None:  # noqa: ANN001
+    """Before: no line, no legend entry and an empty heatmap cell without a word on why."""
+    client = sqlite_app_client
+    sid, runs = seed_sweep(client.db_url, statuses={6: "failed", 7: "failed"})  # mse, width 64: both seeds
+    with session_scope(client.db_url) as s:  # failed before their first evaluation
+        s.query(Metric).filter(Metric.run_id.in_(runs[6:8])).delete()
+    _get_png(client, f"/sweeps/{sid}/plots/dynamics.png?keys=acc&split=test")
+    footer = "\n".join(s for where, s, _ in drawn if where == "fig")
+    assert "no line, nothing measured: loss=mse, width=64 (2 failed)" in footer, footer
+    drawn.clear()
+    _get_png(client, f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc")
+    note = "\n".join(s for where, s, _ in drawn if where == "fig")
+    assert "runs with no acc [test] value: 2 failed" in note, note
