@@ -47,15 +47,17 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
                                                 "seeds); default a line per configuration, up to 20, else per value "
                                                 "of the first axis"),
          filter: list[str] = typer.Option([], "--filter", help="dynamics: only runs with AXIS=VALUE, e.g. "
-                                          "model.width=64; repeat an AXIS for any of several values")):
+                                          "model.width=64; repeat an AXIS for any of several values"),
+         log: Optional[str] = typer.Option(None, "--log", help="dynamics: comma-separated metric keys on a log y "
+                                           "axis, e.g. nc1,nc2_w,nc3, or all")):
     """Save a PNG: NC dynamics, a grid heatmap, or a run's cosine margins."""
     from service.cli_views import parse_filter
 
     check_png_out(out_path)
     filters = ",".join("=".join(parse_filter(f)) for f in filter) or None
-    if kind != "dynamics" and (group_by or filters):
-        raise typer.BadParameter(f"--group-by and --filter apply to --kind dynamics, got --kind {kind}",
-                                 param_hint="--group-by" if group_by else "--filter")
+    if kind != "dynamics" and (group_by or filters or log):
+        raise typer.BadParameter(f"--group-by, --filter and --log apply to --kind dynamics, got --kind {kind}",
+                                 param_hint="--group-by" if group_by else "--filter" if filters else "--log")
     if kind == "margins" and run is None:
         raise typer.BadParameter(f"--kind margins plots one run: expected --run RUN, a run of sweep {sweep} "
                                  f"(`ncsweep runs --sweep {sweep}` lists them)", param_hint="--run")
@@ -69,7 +71,7 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
             raise typer.BadParameter(f"run {run} belongs to sweep {owner}, not to sweep {sweep}", param_hint="--run")
     if kind == "dynamics":
         png = client.png(f"/sweeps/{sweep}/plots/dynamics.png", keys=keys, split=split, group_by=group_by,
-                         filter=filters)
+                         filter=filters, log=log)
     elif kind == "heatmap":
         if not x or not y:
             raise typer.BadParameter("heatmap needs --x AXIS and --y AXIS (e.g. --x model.width --y loss.name, "

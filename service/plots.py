@@ -129,12 +129,14 @@ SPREAD_NOTE = "mean ± sample std (ddof 1) over seeds; no band where fewer than 
 
 
 def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None,
-                 group_by: list[str] | None = None, filters: list[tuple[str, str]] | None = None) -> bytes:
+                 group_by: list[str] | None = None, filters: list[tuple[str, str]] | None = None,
+                 log_keys: list[str] | None = None) -> bytes:
     """The sweep's NC dynamics figure (mean ± sample std over seeds per configuration, or over the runs of a
-    ``group_by`` value; only the runs ``filters`` keep); drawn in service/plots_dynamics.py."""
+    ``group_by`` value; only the runs ``filters`` keep; ``log_keys`` on log y axes); drawn in
+    service/plots_dynamics.py."""
     from service.plots_dynamics import dynamics_png as draw  # it imports this module: load it lazily
 
-    return draw(session, sweep_id, keys, split, group_by, filters)
+    return draw(session, sweep_id, keys, split, group_by, filters, log_keys)
 
 
 def final_points(session: Session, runs: list[Run], key: str, split: str) -> dict[int, tuple[float, int]]:

@@ -106,6 +106,18 @@ def drop_footer(drops: dict[str, set[tuple[int, int, int]]], unit: str) -> list[
     return [DROP_NOTE[0], DROP_NOTE[1].format(unit=unit), *details[:DROP_CONFIGS], *more]
 
 
+def log_axis(ax: Any, key: str, panel: dict[int, dict[int, tuple]], log_keys: list[str]) -> str:
+    """Put the panel of ``key`` on a log y axis when asked (``log_keys`` names it, or is ["all"]) and its means are
+    all > 0 (its ± band is masked where it reaches ≤ 0); returns what its title adds."""
+    if key not in log_keys and log_keys != ["all"]:
+        return ""
+    means = [point[0] for curve in panel.values() for point in curve.values() if point[0] == point[0]]
+    if not means or min(means) <= 0:
+        return " (linear: values ≤ 0)"
+    ax.set_yscale("log", nonpositive="mask")
+    return " (log)"
+
+
 def lineless_footer(runs: list[Run], values: Any, drawn: set[str]) -> list[str]:
     """A footer line naming the configurations of ``runs`` that draw no line (nothing measured: every run failed
     before its first evaluation, was cancelled or is queued), with their runs' statuses; [] when all draw one."""
@@ -207,12 +219,14 @@ def figure_note(paths: list[str] | None, auto: bool, configs: int, axes: list[st
 
 
 def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None, split: str | None = None,
-                 group_by: list[str] | None = None, filters: list[tuple[str, str]] | None = None) -> bytes:
+                 group_by: list[str] | None = None, filters: list[tuple[str, str]] | None = None,
+                 log_keys: list[str] | None = None) -> bytes:
     """One subplot per metric (acc: train and test): mean ± sample std (ddof 1, as /results) over seeds vs epoch
     (iteration for UFM runs), one line per configuration; no band where fewer than 2 seeds have a finite value;
     ▽ (and the footer's counts) where fewer runs are behind a curve than before (a run stopped there). Only the
     runs ``filters`` keep; past MAX_LINES configurations, or with ``group_by``, a line per value of its axes
-    (pooling the runs of the others); past BAND_LINES lines, no bands."""
+    (pooling the runs of the others); past BAND_LINES lines, no bands. ``log_keys`` (or ["all"]): panels on a
+    log y axis, unless a value is ≤ 0 (the panel stays linear and its title says so)."""
     keys, filters = list(keys or DEFAULT_KEYS), list(filters or [])
     sweep = session.get(Sweep, sweep_id)
     axes = [*((sweep.axes or []) if sweep is not None else []), "seed"]
@@ -248,7 +262,7 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
             for e, before, after in run_drops(curve):
                 ax.plot([e], [curve[e][0]], color=style[i]["color"], **DROP_MARKER)
                 drops[configs[i]].add((e, before, after))
-        ax.set_title(f"{TITLES.get(key, key)} [{sp}]")
+        ax.set_title(f"{TITLES.get(key, key)} [{sp}]" + log_axis(ax, key, panel, log_keys or []))
         epoch_axis(ax, [e for curve in panel.values() for e in curve], unit)
         ax.grid(alpha=0.3)
     for ax in list(axes_grid.flat)[len(drawn):]:

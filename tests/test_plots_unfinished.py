@@ -143,3 +143,22 @@ def test_configurations_whose_runs_all_failed_are_named_not_dropped(sqlite_app_c
     _get_png(client, f"/sweeps/{sid}/plots/heatmap.png?x=model.width&y=loss.name&key=acc")
     note = "\n".join(s for where, s, _ in drawn if where == "fig")
     assert "runs with no acc [test] value: 2 failed" in note, note
+
+
+def test_dynamics_draw_the_keys_asked_for_on_a_log_axis(sqlite_app_client, drawn, monkeypatch) -> None:  # noqa: ANN001
+    import matplotlib.axes
+
+    client = sqlite_app_client
+    sid, _ = seed_sweep(client.db_url)
+    scales: list[str] = []
+    set_yscale = matplotlib.axes.Axes.set_yscale
+
+    def record(ax, value, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        scales.append(value)
+        return set_yscale(ax, value, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", record)
+    _get_png(client, f"/sweeps/{sid}/plots/dynamics.png?keys=nc1,acc&split=test&log=nc1")
+    assert scales == ["log"]  # nc1 only
+    bad = client.get(f"/sweeps/{sid}/plots/dynamics.png", params={"log": "nc9"})
+    assert bad.status_code == 422 and "log" in bad.text, bad.text

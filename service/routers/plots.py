@@ -15,7 +15,7 @@ from nc_core.db.models import Event, Run, Sweep
 from nc_core.db.session import session_factory
 from nc_core.db.states import FINISHED
 from nc_core.db.sweeps_repo import PRIMARY_KINDS, default_split
-from nc_core.metric_keys import check_metric_keys
+from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.sweep import SpecError
 from service import plots
 from service.deps import Id
@@ -153,16 +153,21 @@ def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, desc
                  f"axis with at most {MAX_LINES}"), examples=["loss.name"]),
              filter: str | None = Query(None, min_length=1, max_length=PARAM_LENGTH, description=(  # noqa: A002
                  "only the runs with these comma-separated AXIS=VALUE (an axis named twice: either value)"),
-                 examples=["model.width=64,loss.name=ce"])):
+                 examples=["model.width=64,loss.name=ce"]),
+             log: str | None = Query(None, min_length=1, max_length=PARAM_LENGTH, description=(
+                 "comma-separated metric keys drawn on a log y axis, or 'all' (a panel with a value ≤ 0 stays "
+                 "linear and says so)"), examples=["nc1,nc2_w,nc3"])):
     key_list = parse_keys(keys)  # 422s before the 404 check, as on every route
+    log_keys = ["all"] if log is not None and log.strip() == "all" else parse_metric_keys("log", log) or []
     paths = [p.strip() for p in group_by.split(",") if p.strip()] if group_by is not None else None
     if paths == []:
         raise SpecError("group_by", f"expected comma-separated axes such as loss.name, got {group_by!r}")
     filters = _query_error(lambda: parse_filters(filter))
-    key = ("dynamics", tuple(key_list or ()), split, tuple(paths) if paths is not None else None, tuple(filters))
+    key = ("dynamics", tuple(key_list or ()), split, tuple(paths) if paths is not None else None, tuple(filters),
+           tuple(log_keys))
     return _render(request, Sweep, sweep_id, lambda s: plots.dynamics_png(
-        s, sweep_id, key_list, split or (None if default_split(s, sweep_id) == "test" else "train"), paths, filters),
-        key)
+        s, sweep_id, key_list, split or (None if default_split(s, sweep_id) == "test" else "train"), paths, filters,
+        log_keys), key)
 
 
 @router.get("/sweeps/{sweep_id}/plots/heatmap.png", response_class=Response, responses=_PNG)
