@@ -13,6 +13,7 @@ from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings, config_error, warn_unknown_variables
 from service.cli_args import comma_ints as _ints, comma_items as _csv, int_range, read_sweep_file, show_version
+from service.cli_cleanup import cleanup_app
 from service.cli_context import Ctx, err, out
 from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
@@ -250,6 +251,7 @@ def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
 
 
 app.command()(plot)
+app.registered_commands += cleanup_app.registered_commands  # delete, prune: service.cli_cleanup's, last in --help
 
 
 # -- terminal rendering (rich) -------------------------------------------------------------------

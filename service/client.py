@@ -185,6 +185,15 @@ class Client:
     def retry(self, sweep_id: int | None = None, run_id: int | None = None) -> dict[str, Any]:
         return self.post(f"/runs/{run_id}/retry" if run_id is not None else f"/sweeps/{sweep_id}/retry")
 
+    def delete_sweep(self, sweep_id: int) -> dict[str, Any]:
+        """DELETE /sweeps/{id}: the sweep, its rows and its runs' folders (what went, bytes freed); a big sweep's
+        files take a while, hence the longer timeout."""
+        return self.request("DELETE", f"/sweeps/{sweep_id}", timeout=600).json()
+
+    def prune(self, sweep_id: int, keep_last: int) -> dict[str, Any]:
+        """POST /sweeps/{id}/prune: keep the newest ``keep_last`` checkpoints of each finished run."""
+        return self.request("POST", f"/sweeps/{sweep_id}/prune", json={"keep_last": keep_last}, timeout=600).json()
+
     # -- metrics, workers, plots -----------------------------------------------------------------
     def results(self, sweep_id: int, group_by: list[str] | None = None, keys: list[str] | None = None,
                 split: str | None = None, epoch: str | int | None = None,

@@ -1,4 +1,4 @@
-"""Sweep endpoints: submit, list, detail, cancel, retry, extend."""
+"""Sweep endpoints: submit, list, detail, cancel, retry, extend, delete, prune."""
 from __future__ import annotations
 
 import json
@@ -8,19 +8,21 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from nc_core.db import actions_repo, sweeps_repo as repo
+from nc_core.db import actions_repo, cleanup_repo, sweeps_repo as repo
 from nc_core.data_files import absent_files, missing
 from nc_core.db.models import Sweep
 from nc_core.settings import Settings
 from nc_core.spec_fields import normalized
 from nc_core.sweep import (ExpandedRun, SpecError, SweepSpec, axis_problems, error_order, expand, field_loc,
                            get_path)
+from service import cleanup
 from service.auth import WriteAuth
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.errors import NotFound
 from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
                              SweepSummary, problems)
+from service.schemas_cleanup import PruneRequest, SweepDeleted, SweepPruned
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["sweeps"])
@@ -195,6 +197,35 @@ def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, setting
     session.commit()
     return SweepExtended(sweep_id=sweep_id, added=len(jobs), existing=len(expanded) - len(new),
                          enqueued=bool(jobs) and safe_enqueue(enqueuer, jobs))  # nothing added: nothing enqueued
+
+
+@router.delete("/sweeps/{sweep_id}", response_model=SweepDeleted, responses=problems(401, 403, 404, 409, 422, 503))
+def delete_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, _: WriteAuth) -> SweepDeleted:
+    """Delete the sweep with its runs and validate jobs and every row of them (metrics, distributions,
+    checkpoints, events, telemetry) in one transaction, then their folders <artifacts>/run_<id>/ (a file that
+    cannot be removed is listed in not_removed). 409, nothing deleted, while a run is queued or running: cancel
+    first. Under the sweep's lock, as cancel and retry."""
+    _sweep_or_404(session, sweep_id, lock=True)
+    counts, runs = cleanup_repo.delete_sweep(session, sweep_id)
+    session.commit()
+    return SweepDeleted(sweep_id=sweep_id, **counts, **cleanup.remove_run_folders(settings, runs))
+
+
+@router.post("/sweeps/{sweep_id}/prune", response_model=SweepPruned, responses=problems(401, 403, 404, 422, 503))
+def prune_sweep(sweep_id: Id, body: PruneRequest, session: SessionDep, settings: SettingsDep,
+                _: WriteAuth) -> SweepPruned:
+    """Keep the newest keep_last checkpoints (rows and files) of each finished train/ufm run; metrics stay. A run
+    whose checkpoints a queued or running validate job reads is skipped (named in skipped, with that job);
+    queued and running runs are not touched. Under the sweep's lock, as cancel and retry."""
+    _sweep_or_404(session, sweep_id, lock=True)
+    plan = cleanup_repo.prune_checkpoints(session, sweep_id, body.keep_last)
+    session.commit()
+    if plan.skipped:
+        log.info("sweep %s prune: skipped %d runs whose checkpoints validate jobs read: %s", sweep_id,
+                 len(plan.skipped), dict(sorted(plan.skipped.items())[:20]))
+    return SweepPruned(sweep_id=sweep_id, keep_last=body.keep_last, runs=len(plan.runs), runs_pruned=len(plan.pruned),
+                       checkpoint_rows=plan.rows, skipped=plan.skipped, unfinished=plan.unfinished,
+                       **cleanup.remove_checkpoints(settings, plan.runs, plan.kept))
 
 
 def _expand_extension(old: SweepSpec, merged: SweepSpec, settings: Settings) -> list[ExpandedRun]:
