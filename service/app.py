@@ -13,6 +13,7 @@ from service.auth import ReadAuth
 from service.deps import SingleQuery
 from service.enqueue import CeleryEnqueuer, Enqueuer, broker_ping
 from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.identity import IdentityHeaderMiddleware
 from service.routers import health, metrics, runs, sweeps, workers
 from service.routers import events, plots, prom  # telemetry/live/plots/prometheus (issue 5)
 from service import dashboard
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.broker_check = broker_check or functools.partial(broker_ping, settings.broker_url)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(IdentityHeaderMiddleware)  # the CLI checks it before it sends a token to a remembered URL
     app.include_router(health.router)  # /healthz, /readyz: open for probes
     for module in (sweeps, runs, metrics, workers, events, plots, prom):  # reads need a token with auth_reads
         app.include_router(module.router, dependencies=[ReadAuth, SingleQuery])  # a parameter given twice: 422

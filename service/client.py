@@ -52,19 +52,24 @@ def resolve_token(settings: Settings) -> str | None:
 
 def resolve_api_url(settings: Settings) -> str:
     """NCSWEEP_API_URL (settings.api_url), else <home>/api_url written by `ncsweep up`, else host:port."""
+    return _api_url(settings)[0]
+
+
+def _api_url(settings: Settings) -> tuple[str, bool]:
+    """(the API's URL, whether the user named it: NCSWEEP_API_URL or --api, not a remembered or default one)."""
     if settings.api_url:
-        return settings.api_url
+        return settings.api_url, True
     path = Path(settings.home).expanduser() / "api_url"
     if path.is_file() and path.read_text().strip():
-        return path.read_text().strip().splitlines()[0]
-    return settings.resolved_api_url()
+        return path.read_text().strip().splitlines()[0], False
+    return settings.resolved_api_url(), False
 
 
 def _error_from(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
-    except ValueError:
-        return ApiError(response.status_code, response.text.strip()[:500] or response.reason_phrase)
+    except ValueError:  # not the API's JSON (a proxy's or another program's page): one line of it
+        return ApiError(response.status_code, " ".join(response.text.split())[:200] or response.reason_phrase)
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list) and detail:
         items = [item if isinstance(item, dict) else {"msg": str(item)} for item in detail]
@@ -98,22 +103,42 @@ def _series_rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Client:
     """Thin wrapper over the REST endpoints; every method returns decoded JSON (or bytes for PNGs)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0):
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0, *, verify: bool = False):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"API URL {base_url!r}: expected http://HOST:PORT or https://HOST:PORT, e.g. "
                              "http://127.0.0.1:8765 (--api or NCSWEEP_API_URL)")
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._unverified = verify and bool(token)  # a token goes only to a server that answers as ncsweep
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Client":
-        return cls(resolve_api_url(settings), resolve_token(settings))
+        url, named = _api_url(settings)
+        return cls(url, resolve_token(settings), verify=not named)
+
+    def _verify(self) -> None:
+        """GET /healthz without the token: an answer without ncsweep's identity header is another program on a
+        port a stopped stack left in <home>/api_url (or the default port), which must not get the token."""
+        from service.identity import HEADER, VALUE
+
+        try:
+            answer = httpx.get(f"{self.base_url}/healthz", timeout=self.http.timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise Unreachable(self.base_url) from None
+        except httpx.HTTPError as exc:
+            raise Unreachable(self.base_url, f"{type(exc).__name__}: {exc}") from None
+        if answer.headers.get(HEADER) != VALUE:
+            raise Unreachable(self.base_url, "something answers there, but not the ncsweep API: a stack that "
+                                             "stopped left its address; start it, or set NCSWEEP_API_URL")
+        self._unverified = False
 
     def close(self) -> None:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self._unverified:
+            self._verify()
         try:
             response = self.http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout):
