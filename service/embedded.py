@@ -160,12 +160,11 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
     keep_running = (not example) if keep_running is None else keep_running
     previous = {}
     if threading.current_thread() is threading.main_thread():  # `kill` and a closed terminal stop as Ctrl-C does
-        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        stops = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
+        previous = {sig: signal.signal(sig, _interrupt) for sig in stops}  # under nohup a hangup stays ignored
     try:
         with ExitStack() as stack:
             settings = _start(stack, home, workers, gpus, api_port, console)
-            if previous:  # the stop itself runs to its end when the terminal goes (its own hangup comes next)
-                stack.callback(signal.signal, signal.SIGHUP, signal.SIG_IGN)
             if example:
                 from service.examples import run_example
 
@@ -259,7 +258,9 @@ def _migrate(url: str) -> None:
         raise StackError(f"migrating {url.removeprefix('sqlite:///')} stopped: {exc}") from None
 
 
-def _interrupt(*_args: Any) -> None:
+def _interrupt(signum: int, _frame: Any = None) -> None:
+    if signum == signal.SIGHUP:  # the terminal is gone: the stop that follows runs to its end, whatever comes next
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

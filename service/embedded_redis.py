@@ -61,9 +61,10 @@ def start_redis(data_dir: Path, port: int, timeout: float = 15.0, *, password: s
     conf = [str(data_dir / "redis.conf")] if password else []  # not on a command line other users can read
     if password:
         write_private(data_dir / "redis.conf", f"requirepass {password}\n")
-    proc = subprocess.Popen([redis_server_binary(), *conf, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                             str(data_dir), "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
-                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    with logf:  # the child keeps its own copy of the log's descriptor
+        proc = subprocess.Popen([redis_server_binary(), *conf, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                                 str(data_dir), "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     if on_spawn is not None:
         on_spawn(proc)
     deadline = time.monotonic() + timeout

@@ -2,13 +2,15 @@
 user should do about each: the API says so instead of "unreachable, retry shortly"."""
 from __future__ import annotations
 
-# driver messages (SQLite's, PostgreSQL's SQLSTATE) of database errors that waiting does not cure, and what to do
+# (SQLite's phrases in its message, PostgreSQL's SQLSTATE codes compared whole, what to do): errors that waiting
+# does not cure. A code is never looked for inside a message (a port such as 42703 would match); PostgreSQL's
+# read-only transaction (25006) is left out: a primary demoted during a failover answers it for a while.
 _LASTING = (
-    (("database or disk is full", "no space left on device", "could not extend file", "53100"),
+    (("database or disk is full",), {"53100"},  # disk_full
      "the database's disk is full; nothing was changed: free space where the database keeps its files, then retry"),
-    (("readonly database", "read-only", "25006"),
-     "the database is read-only; nothing was changed: make its file (or server) writable, then retry"),
-    (("no such table", "no such column", "has no column named", "42p01", "42703"),
+    (("attempt to write a readonly database",), set(),
+     "the database is read-only; nothing was changed: make its file writable, then retry"),
+    (("no such table", "no such column", "has no column named"), {"42P01", "42703"},  # undefined table/column
      "the database's schema does not match this ncsweep; nothing was changed: run `alembic upgrade head` (GET "
      "/readyz names both revisions)"),
 )
@@ -17,5 +19,7 @@ _LASTING = (
 def lasting_db_problem(exc: Exception) -> str | None:
     """What to do about a database error that retrying will not cure (full disk, read-only, stale schema)."""
     orig = getattr(exc, "orig", None)
-    text = f"{orig} {getattr(orig, 'sqlstate', '') or ''}".lower()
-    return next((say for needles, say in _LASTING if any(n in text for n in needles)), None)
+    code = str(getattr(orig, "sqlstate", "") or "").upper()
+    sqlite = type(orig).__module__ == "sqlite3"  # the phrases are SQLite's own
+    text = str(orig).lower() if sqlite else ""
+    return next((say for phrases, codes, say in _LASTING if code in codes or any(p in text for p in phrases)), None)

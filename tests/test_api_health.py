@@ -127,3 +127,22 @@ def test_database_errors_that_waiting_cannot_cure_say_what_to_do(app, error, say
     with TestClient(app) as client:
         resp = client.get("/fails")
     assert resp.status_code == 503 and says in resp.json()["detail"] and "retry-after" not in resp.headers
+
+
+@pytest.mark.parametrize("port", [42703, 53100, 25006])
+def test_an_unreachable_server_on_a_port_that_looks_like_an_sqlstate_is_still_transient(app, port):  # noqa: ANN001
+    """The codes are compared whole with the driver's SQLSTATE, never looked for in its message (review)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    exc = OperationalError("SELECT 1", {}, psycopg.OperationalError(
+        f'connection failed: connection to server at "127.0.0.1", port {port} failed: Connection refused'))
+
+    def fail() -> None:
+        raise exc
+
+    app.add_api_route("/fails", fail)
+    with TestClient(app) as client:
+        resp = client.get("/fails")
+    assert resp.status_code == 503 and resp.headers.get("retry-after") == "5", resp.text
+    assert "unreachable" in resp.json()["detail"]

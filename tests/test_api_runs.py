@@ -259,3 +259,27 @@ def test_timestamps_carry_their_time_zone_on_every_backend(app_client, sweep):  
     for stamp in (app_client.get(f"/runs/{runs[0]}").json()["created_at"],
                   app_client.get(f"/sweeps/{sid}").json()["created_at"]):
         assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0), stamp
+
+
+def test_postgresql_times_read_back_in_utc_whatever_the_session_zone(pg_url):  # noqa: ANN001
+    """psycopg hands timestamptz back in the session's TimeZone (review: +05:30 came through as such)."""
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from nc_core.db.models import Sweep
+
+    engine = create_engine(pg_url, connect_args={"options": "-c timezone=Asia/Kolkata"})
+    try:
+        with Session(engine) as s:
+            sweep = Sweep(name="tz", spec={}, axes=[])
+            s.add(sweep)
+            s.commit()
+            s.expire_all()
+            stamp = s.get(Sweep, sweep.id).created_at
+            s.delete(s.get(Sweep, sweep.id))
+            s.commit()
+    finally:
+        engine.dispose()
+    assert stamp.utcoffset() == timedelta(0), stamp

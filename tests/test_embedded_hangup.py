@@ -19,10 +19,11 @@ pytestmark = pytest.mark.integration
 CODE = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1], example=False, workers=1))"
 
 
-def _launch(home, port: int) -> subprocess.Popen:  # noqa: ANN001
+def _launch(home, port: int, nohup: bool = False) -> subprocess.Popen:  # noqa: ANN001
     env = {**os.environ, "NCSWEEP_API_PORT": str(port), "NCSWEEP_HEARTBEAT_SECONDS": "0.5", "PYTHONPATH": str(ROOT)}
     env.pop("NCSWEEP_DATABASE_URL", None)
-    return subprocess.Popen([sys.executable, "-c", CODE, str(home)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    code = ("import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); " if nohup else "") + CODE
+    return subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -112,3 +113,21 @@ def test_redis_is_handed_to_the_caller_before_the_wait_for_it_to_answer(tmp_path
     proc.kill()
     proc.wait(10)
     time.sleep(0.1)
+
+
+def test_under_nohup_a_hangup_is_still_ignored(tmp_path):
+    if redis_binary() is None:
+        pytest.skip("no redis-server binary")
+    port = free_port()
+    proc = _launch(tmp_path, port, nohup=True)
+    try:
+        _children(tmp_path, port)
+        proc.send_signal(signal.SIGHUP)  # `nohup ncsweep up --serve &` and a logout
+        time.sleep(2)
+        assert proc.poll() is None  # still serving
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out

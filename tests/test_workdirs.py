@@ -75,3 +75,30 @@ def test_a_new_run_keeps_the_checkpoints_another_database_left_under_its_id(app_
     with session_scope(db_url) as s:
         assert s.get(Run, rid).epoch == 4
     assert json.loads((run_workdir(settings, rid) / MARKER).read_text())["run_id"] == rid
+
+
+def test_a_folder_in_use_is_moved_only_once_its_holder_lets_go(tmp_path):
+    """Moving it from under a writer would hand the writer's path to this run (review: the lock moved with it)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from nc_core.training.checkpoint import WorkdirBusy
+    from test_lease_takeover import HOLDER
+
+    _old_checkpoints(tmp_path / "run_1", None)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run_1" / ".lock"), "30"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirBusy):
+            claim_workdir(tmp_path, ROW, lambda: False, wait_s=0.0)
+        assert not (tmp_path / "orphaned").exists() and len(list((tmp_path / "run_1" / "ckpt").glob("*.pt"))) == 2
+        started = time.monotonic()
+        threading.Timer(1.0, holder.kill).start()  # the holder lets go after a second
+        claim_workdir(tmp_path, ROW, lambda: False, wait_s=20.0)
+        assert time.monotonic() - started >= 0.9 and len(_orphans(tmp_path)) == 2
+    finally:
+        holder.kill()
+        holder.wait()

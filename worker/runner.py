@@ -213,8 +213,11 @@ def _dispatch(settings: Settings, run: Run, kind: str, spec: RunSpec, reporter: 
         options = run.options or {}
         return train.validate_checkpoints(spec, run_workdir(settings, parent), epochs=options.get("epochs"),
                                           splits=list(options.get("splits") or ["train", "test"]), reporter=reporter)
+    from nc_core.training.report import workdir_wait_s
+
     workdir = claim_workdir(Path(settings.resolved_artifacts_dir()), run,
-                            lambda: _has_checkpoint_rows(settings.resolved_database_url(), run.id))
+                            lambda: _has_checkpoint_rows(settings.resolved_database_url(), run.id),
+                            workdir_wait_s(reporter), reporter.should_stop)
     return train.run_spec(spec, reporter, workdir=workdir)
 
 

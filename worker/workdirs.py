@@ -22,19 +22,32 @@ def identity(run: Any) -> dict[str, Any]:
     return {"run_id": run.id, "sweep_id": run.sweep_id, "created_at": created.astimezone(timezone.utc).isoformat()}
 
 
-def claim_workdir(artifacts: Path, run: Any, has_records: Callable[[], bool]) -> Path:
+def claim_workdir(artifacts: Path, run: Any, has_records: Callable[[], bool], wait_s: float = 0.0,
+                  stop: Callable[[], bool] | None = None) -> Path:
     """``artifacts``/run_<id>, made or adopted for ``run`` (a Run row). Its checkpoints are another row's when
     its marker names another identity, or, in a folder without a marker (written before markers), when
     ``has_records()`` says the database holds no checkpoint of this run: then the folder is moved aside
-    (never deleted) and a fresh one made."""
-    from nc_core.training.checkpoint import list_checkpoints
+    (never deleted) and a fresh one made — under the folder's lock, waited for up to ``wait_s`` as the run
+    itself waits (WorkdirBusy after that): a process still writing into it (an attempt of older code that
+    wrote no marker, another database's worker) keeps its folder until it lets go."""
+    from nc_core.training.checkpoint import list_checkpoints, workdir_lock
 
     workdir, mine = artifacts / f"run_{run.id}", identity(run)
+
+    def foreign() -> dict[str, Any] | str | None:
+        found = _read(workdir / MARKER)
+        if list_checkpoints(workdir) and (found != mine if found is not None else not has_records()):
+            return found or "no marker, and this database records none of them"
+        return None
+
+    if foreign() is not None:
+        with workdir_lock(workdir, wait_s, stop):
+            whose = foreign()  # again, now that no one writes: the holder may have recorded its checkpoints
+            if whose is not None:
+                aside = _move_aside(artifacts, workdir)
+                log.warning("run %s: %s held checkpoints of another run row (%s); moved them to %s, this run "
+                            "starts afresh", run.id, workdir, whose, aside)
     found = _read(workdir / MARKER)
-    if list_checkpoints(workdir) and (found != mine if found is not None else not has_records()):
-        aside = _move_aside(artifacts, workdir)
-        log.warning("run %s: %s held checkpoints of another run row (%s); moved them to %s, this run starts afresh",
-                    run.id, workdir, found or "no marker, and this database records none of them", aside)
     workdir.mkdir(parents=True, exist_ok=True)
     if found != mine or not (workdir / MARKER).exists():
         tmp = workdir / f".{MARKER}.{os.getpid()}"

@@ -16,13 +16,16 @@ def utcnow() -> datetime:
 
 class UTCDateTime(TypeDecorator):
     """A timestamp with time zone that reads back as an aware UTC datetime on every backend: SQLite keeps no
-    zone and hands back naive values (the API then wrote them without one; PostgreSQL's come with +00:00)."""
+    zone and hands back naive values (the API then wrote them without one), PostgreSQL hands them back in the
+    session's TimeZone (+02:00 on a server set so)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:  # noqa: ARG002
-        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):

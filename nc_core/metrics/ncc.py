@@ -47,16 +47,18 @@ def _margin(C: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
     return true - C.amax(0)
 
 
-def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
+def cosine_margins(num: torch.Tensor, wc_norm: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int,
+                   flat_tol: float = 0.0) -> torch.Tensor:
     """Cosine margins (Guiding `compute_margin`): c_ki = cos(w_k − w̄, h_i − μ_G) and margin_i =
     c_{y_i,i} − max_{k≠y_i} c_ki, from ``num`` (K, B) = (w_k − w̄)·(h_i − μ_G), ``wc_norm`` (K,) =
     ‖w_k − w̄‖ and ``xc_norm`` (B,) = ‖h_i − μ_G‖. The factor 1/‖h_i − μ_G‖ > 0 is the same for a whole
     column, so it commutes with the max and scales the margin instead of K cosines. With the
     uncentred numerator w_kᵀh_i (the logit minus its bias) this is the MSE repo's variant (may leave
     [−1, 1]). A zero vector has cosine 0: a class with w_k = w̄ and, in both variants, a sample at μ_G
-    (margin 0, where the uncentred numerator would otherwise be divided by 0)."""
+    (margin 0, where the uncentred numerator would otherwise be divided by 0). ``flat_tol``: the ‖w_k − w̄‖ that
+    is rounding of w̄ itself (w̄ is inexact in float64: a row equal to the mean comes out ~1e-17 from it)."""
     cos = num / wc_norm.clamp_min(1e-300)[:, None]  # (K, B) c_ki times ‖h_i − μ_G‖
-    flat = wc_norm == 0  # (K,) rows w_k = w̄: cosine 0 (the uncentred numerator is not 0 there)
+    flat = wc_norm <= flat_tol  # (K,) rows w_k = w̄ (to w̄'s rounding): cosine 0 (the uncentred numerator is not 0)
     if bool(flat.any()):
         cos[flat] = 0.0
     margin = _margin(cos, y)  # (B,) times ‖h_i − μ_G‖
@@ -108,6 +110,8 @@ class SampleStats:
             w_bar = self.W.mean(0, keepdim=True)  # (1, d)
             wc = self.W - w_bar  # (K, d) rows w_k − w̄
             self._wc_norm = torch.linalg.vector_norm(wc, dim=1)  # (K,)
+            # ‖w_k − w̄‖ at or below w̄'s own rounding (K·eps·max‖w_j‖, ×4) is a row equal to the mean
+            self._flat_tol = 4 * K * EPS64 * float(torch.linalg.vector_norm(self.W, dim=1).max())
             # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
@@ -189,8 +193,8 @@ class SampleStats:
                 match = (ncc == self._argmax(full, tol, raw, self.b)).sum()  # ()
             else:
                 match = agree
-        return Scores(match, agree, cosine_margins(num, self._wc_norm, xc_norm, y),
-                      cosine_margins(logits, self._wc_norm, xc_norm, y))
+        return Scores(match, agree, cosine_margins(num, self._wc_norm, xc_norm, y, self._flat_tol),
+                      cosine_margins(logits, self._wc_norm, xc_norm, y, self._flat_tol))
 
     def _argmax(self, A: torch.Tensor, tol: torch.Tensor, raw: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
