@@ -146,22 +146,57 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
     unit = "iteration" if spec.kind == "ufm" else "epoch"
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     summary, diverged, failed = None, None, None
-    with Progress(*cols, console=console, transient=False) as progress:
-        reporter = CLIReporter(progress, unit, Path(workdir) / HISTORY)
-        try:
-            with reporter.ctrl_c_stops():
-                summary = run_spec(spec, reporter, workdir=workdir, resume=resume)
-        except TrainingDiverged as exc:
-            diverged = exc
-        except Exception as exc:  # missing data, a workdir of another spec, no CUDA, ...: one line, no traceback
-            remove_if_empty(created)
-            if debug:
-                raise
-            failed = exc
-        if not any(task.visible for task in progress.tasks):  # no bar was shown: no empty line for them
-            progress.live.transient = True
-            progress.live.stop()
-            progress.disable = True  # its own stop would end a log with an empty line
+    progress = Progress(*cols, console=console, transient=False)
+    reporter = CLIReporter(progress, unit, Path(workdir) / HISTORY)
+    try:  # the stop handlers stay until the outputs are written: a signal cannot cut --out
+        with reporter.ctrl_c_stops():
+            with progress:
+                try:
+                    summary = run_spec(spec, reporter, workdir=workdir, resume=resume)
+                except TrainingDiverged as exc:
+                    diverged = exc
+                except Exception as exc:  # missing data, a workdir of another spec, no CUDA, ...: one line
+                    remove_if_empty(created)
+                    if debug:
+                        raise
+                    failed = exc
+                reporter.finishing = True
+                if not any(task.visible for task in progress.tasks):  # no bar was shown: no empty line for them
+                    progress.live.transient = True
+                    progress.live.stop()
+                    progress.disable = True  # its own stop would end a log with an empty line
+            _report(console, err, spec, Path(workdir), out, reporter, summary, diverged, failed)
+    except KeyboardInterrupt:  # a second Ctrl-C (SIGTERM, SIGHUP): one line, no traceback
+        remove_if_empty(created)
+        _aborted(err, Path(workdir), reporter)
+
+
+def _aborted(err: Console, workdir: Path, reporter: CLIReporter) -> None:
+    """Say that the run was aborted and from which epoch the same command resumes it; exit 128 + the signal."""
+    from nc_core.training.checkpoint import list_checkpoints
+
+    sig = reporter.abort_signal or signal.SIGINT
+    name = "a second Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
+    unit = reporter.unit
+    try:
+        saved = max(list_checkpoints(workdir), default=0)
+    except OSError:
+        saved = 0
+    where = (f"the same command resumes the run after {unit} {saved}, its newest checkpoint" if saved
+             else f"no checkpoint yet: the same command starts the run from {unit} 1")
+    try:
+        err.print(f"[bold red]aborted[/] by {name}: {where}", highlight=False, soft_wrap=True)
+    except OSError:  # no terminal left to say it to
+        pass
+    raise typer.Exit(128 + sig)  # as a shell reports the signal
+
+
+def _report(console: Console, err: Console, spec: RunSpec, workdir: Path, out: Optional[Path],
+            reporter: CLIReporter, summary: Optional[dict], diverged: Optional[Exception],
+            failed: Optional[Exception]) -> None:
+    """After the run: the metric table, what was done, the --out file; exit 1 (diverged, failed) or 128 +
+    the signal that stopped it."""
+    unit = reporter.unit
     if summary is not None and not summary.get("stopped") and summary["epochs_done"] == reporter.start_epoch > 0:
         console.print(f"nothing to train: {workdir} already holds all {reporter.start_epoch} {unit}s "
                       "(--no-resume trains again)")
@@ -184,10 +219,11 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
         console.print(f"--out {str(out)!r} not written: no {unit} completed yet")  # an earlier file stays as it was
     elif out is not None and reporter.rows:
         try:
-            write_metrics(reporter.rows, out)
+            with reporter.hold_signals():  # a signal now is handled once the file is in place
+                write_metrics(reporter.rows, out)
         except OSError as exc:
             err.print(f"[bold red]error[/]: --out {str(out)!r}: could not write it ({exc.strerror or exc}); "
-                          f"every metric row is also in {Path(workdir) / HISTORY}", highlight=False)
+                          f"every metric row is also in {workdir / HISTORY}", highlight=False)
             raise typer.Exit(1)
         console.print(f"wrote {len(reporter.rows)} metric rows to {out}")
     if diverged is not None:

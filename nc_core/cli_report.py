@@ -1,16 +1,19 @@
-"""Single-run CLI output: the progress reporter (Ctrl-C stops at the next step), the run's metric history in
-its workdir, the per-epoch table and the --out file."""
+"""Single-run CLI output: the progress reporter (Ctrl-C, SIGTERM or SIGHUP stops at the next step), the run's
+metric history in its workdir, the per-epoch table and the --out file (both replaced atomically)."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
+import os
 import signal
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from rich import box
 from rich.progress import Progress
@@ -21,6 +24,42 @@ TABLE_KEYS = ("acc", "loss", "nc1", "nc2_w", "nc3", "wh_b")
 #: In a run's workdir: every metric row the CLI reported for it, one JSON object a line, so that a resumed
 #: run's table and --out file hold the epochs before the resume too.
 HISTORY = "metrics.jsonl"
+
+
+def atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Replace ``path`` by what ``write`` writes to a text file: a temp file in the same directory, flushed and
+    fsynced, then renamed over ``path`` — a kill, a signal or a full disk leaves the old file whole (and no temp
+    file). A new file gets the umask's permissions, a replaced one keeps its own; a symlink's target is replaced."""
+    path = path.resolve() if path.is_symlink() else path
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+            f.flush()
+            os.chmod(tmp, mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a power cut
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _kept_history(path: Path | None, upto: int) -> list[dict[str, Any]]:
@@ -39,7 +78,8 @@ def _kept_history(path: Path | None, upto: int) -> list[dict[str, Any]]:
                     and row["epoch"] <= upto:
                 rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(path, lambda f: f.write(text))  # a kill now keeps the whole old history
     return rows
 
 
@@ -56,6 +96,9 @@ class CLIReporter:
         self.start_epoch = 0
         self.stop_requested = False
         self.stop_signal: int | None = None
+        self.abort_signal: int | None = None
+        self.finishing = False  # the run has returned: a stop signal now only lets the outputs be written
+        self._held: list[int] | None = None
         # hidden until on_start: a setup error (missing data, no CUDA) then prints no empty 0/? bars
         self.epochs = progress.add_task(f"{unit}s", total=None, visible=False)
         self.steps = progress.add_task("steps", total=None, visible=False)
@@ -66,7 +109,8 @@ class CLIReporter:
 
     def on_start(self, total_epochs: int, steps_per_epoch: int) -> None:
         start_epoch = self.start_epoch
-        self.rows = _kept_history(self.history, start_epoch)
+        with self.hold_signals():
+            self.rows = _kept_history(self.history, start_epoch)
         if start_epoch:
             self.progress.console.print(f"resuming after {self.unit} {start_epoch} of {total_epochs}")
         self.progress.update(self.epochs, total=total_epochs, completed=start_epoch, visible=True)
@@ -102,26 +146,68 @@ class CLIReporter:
 
     @contextmanager
     def ctrl_c_stops(self) -> Iterator[None]:
-        """Inside the block (main thread only) a first Ctrl-C or SIGTERM (a cluster scheduler's preemption
-        notice) asks the run to stop at the next step — the run saves its last completed epoch and
-        returns — and a second one aborts at once. ``stop_signal`` keeps which signal it was."""
+        """Inside the block (main thread only) a first Ctrl-C, SIGTERM (a cluster scheduler's preemption notice)
+        or SIGHUP (the terminal closed; not when ignored, as under nohup) asks the run to stop at the next step
+        — the run saves its last completed epoch and returns — and a second one aborts at once
+        (KeyboardInterrupt; ``abort_signal`` says which). ``stop_signal`` keeps which signal stopped it. The
+        previous handlers are put back at the end of the block."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-
-        def interrupt(signum: int, frame: Any) -> None:
-            if self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested, self.stop_signal = True, signum
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            self.progress.console.print(f"{name}: stopping at the next step (Ctrl-C again aborts)")
-
-        previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        signals = [signal.SIGINT, signal.SIGTERM]
+        if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            signals.append(signal.SIGHUP)
+        previous = {s: signal.signal(s, self._interrupt) for s in signals}
         try:
             yield
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        if self._held is not None:  # inside hold_signals: handled once the file is in place
+            self._held.append(signum)
+            return
+        _detach_from_terminal()  # the terminal closed (its SIGHUP): the run still saves and writes its files
+        if self.stop_requested:
+            self.abort_signal = signum
+            raise KeyboardInterrupt
+        self.stop_requested, self.stop_signal = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        what = ("the run has ended, exiting once its outputs are written" if self.finishing
+                else "stopping at the next step")
+        try:
+            self.progress.console.print(f"{name}: {what} (Ctrl-C again aborts)")
+        except OSError:
+            pass
+
+    @contextmanager
+    def hold_signals(self) -> Iterator[None]:
+        """Signals that arrive inside the block (while a file is replaced) are handled after it."""
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for signum in held:
+                self._interrupt(signum, None)
+
+
+def _detach_from_terminal() -> None:
+    """Point stdout and stderr, where they are a terminal that hung up, at /dev/null (as nohup would have), so
+    that the rest of the run's output cannot fail it."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")  # writes nothing: EIO only on a terminal that hung up (isatty is then False)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                continue
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
 
 
 def table(rows: list[dict[str, Any]], unit: str = "epoch", width: int = 10**6) -> Table:
@@ -159,10 +245,13 @@ def write_metrics(rows: list[dict[str, Any]], out: Path) -> None:
     other suffixes before training)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = [{**r, "value": r["value"] if math.isfinite(r["value"]) else None} for r in rows]
-    if out.suffix.lower() == ".csv":
-        with open(out, "w", newline="") as f:
+
+    def write(f: IO[str]) -> None:
+        if out.suffix.lower() == ".csv":
             w = csv.DictWriter(f, fieldnames=["epoch", "split", "key", "value", "reason"])
             w.writeheader()
             w.writerows(clean)
-    else:
-        out.write_text(json.dumps(clean, indent=1))
+        else:
+            f.write(json.dumps(clean, indent=1))
+
+    atomic_write(out, write)  # a signal or a kill mid-write leaves the previous file whole
