@@ -21,6 +21,14 @@ def unread_problems(sweep: SweepSpec, runs: list[ExpandedRun]) -> list[tuple[str
     unread = [unread_fields(r.spec, r.tree) for r in runs]  # per run: {path: why}
     defaults, axes, first = training_defaults(), set(sweep.axes), {}
     problems: dict[str, str] = {}
+    for path in sorted(set.intersection(*(set(u) for u in unread)) if unread else ()):  # read by no run at all
+        if path not in axes:
+            problems.setdefault(f"base.{path}", unread[0][path])
+            continue
+        values = ", ".join(dict.fromkeys(repr(get_path(r.tree, path)) for r in runs))  # the axis's, in order
+        problems.setdefault(f"{_section(sweep, path)}.{path}", f"{_cause(unread[0][path])}, so no run reads any of "
+                                                               f"its values ({values}); expected it swept only where "
+                                                               "it is read, or left out")
     for i, (run, why) in enumerate(zip(runs, unread)):
         key = run.spec_hash
         if why:  # the run as it trains: each unread value at its default
@@ -33,14 +41,16 @@ def unread_problems(sweep: SweepSpec, runs: list[ExpandedRun]) -> list[tuple[str
         for path in sorted((set(why) | set(unread[j])) & axes) if j != i else ():
             if get_path(run.tree, path) == get_path(other.tree, path):
                 continue  # not what tells these two runs apart
+            cause = _cause(why.get(path) or unread[j][path])
             problems.setdefault(f"{_section(sweep, path)}.{path}",
-                                f"{why.get(path) or unread[j][path]}, so the runs with {_where(other)} and with "
-                                f"{_where(run)} would be one run; sweep it only where it is read (a zip, or a sweep "
-                                "of its own)")
-    for path in sorted(set.intersection(*(set(u) for u in unread)) if unread else ()):  # read by no run at all
-        field = f"{_section(sweep, path)}.{path}" if path in axes else f"base.{path}"
-        problems.setdefault(field, unread[0][path])
+                                f"{cause}, so the runs with {_where(other)} and with {_where(run)} would be one run; "
+                                "sweep it only where it is read (a zip, or a sweep of its own)")
     return sorted(problems.items(), key=lambda p: error_order(sweep, p[0]))
+
+
+def _cause(why: str) -> str:
+    """'has no effect with …; it is read only with …' of an unread_fields message (its lone-spec ending dropped)."""
+    return why.split(", so it would be ignored")[0]
 
 
 def _section(sweep: SweepSpec, path: str) -> str:

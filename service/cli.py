@@ -160,7 +160,7 @@ def show(ctx: typer.Context, run: int = typer.Argument(..., help="run id")):
 
 
 @app.command()
-def results(ctx: typer.Context, sweep: int = typer.Argument(...),
+def results(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
             group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all)"),
             keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys (default: "
                                                f"{','.join(HEADLINE_KEYS)}; 'all' for every key the sweep stores "
@@ -216,7 +216,7 @@ def workers(ctx: typer.Context, every: bool = typer.Option(False, "--all", help=
 
 
 @app.command()
-def cancel(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None),
+def cancel(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None, help="sweep id (or --run)"),
            run: Optional[int] = typer.Option(None, "--run", help="cancel one run instead of a sweep")):
     """Cancel a sweep's unfinished runs, or one run (running runs stop at the next step)."""
     _need_one(sweep, run)
@@ -224,7 +224,7 @@ def cancel(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None),
 
 
 @app.command()
-def retry(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None),
+def retry(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None, help="sweep id (or --run)"),
           run: Optional[int] = typer.Option(None, "--run", help="retry one run instead of a sweep")):
     """Re-queue a sweep's failed/cancelled runs, or one run."""
     _need_one(sweep, run)

@@ -12,7 +12,7 @@ from service.cli_context import err, invocation, out
 # service.cli registers these commands on its app, each in its place in the listing of `ncsweep --help`
 
 
-def export(ctx: typer.Context, sweep: int = typer.Argument(...),
+def export(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
            format: Optional[str] = typer.Option(None, "--format", help="csv | parquet (default: from --out's suffix)"),
            out_path: Path = typer.Option(..., "--out", help="output file, .csv or .parquet")):
     """Every metric row of a sweep with its run's axes and seed, as CSV or Parquet."""

@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 import matplotlib
+from matplotlib import ticker
 import numpy as np
 from sqlalchemy import Integer, and_, case, column, func, or_, select, values
 from sqlalchemy.orm import Session
@@ -115,6 +116,8 @@ def log_axis(ax: Any, key: str, panel: dict[int, dict[int, tuple]], log_keys: li
     if not means or min(means) <= 0:
         return " (linear: values ≤ 0)"
     ax.set_yscale("log", nonpositive="mask")
+    ax.yaxis.set_major_formatter(ticker.LogFormatter())  # plain '1e-3': the figures parse no math (text.parse_math)
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     return " (log)"
 
 
@@ -209,7 +212,8 @@ def figure_note(paths: list[str] | None, auto: bool, configs: int, axes: list[st
     """The title: what a line averages over, which runs were kept, whether the ± bands are drawn."""
     note = SPREAD_NOTE
     if paths is not None:
-        pooled = [a for a in axes if a not in paths and a != "seed"] + ["seeds"]
+        held = {p for p, _ in filters if sum(q == p for q, _ in filters) == 1}  # a filter keeps one value: none pooled
+        pooled = [a for a in axes if a not in paths and a != "seed" and a not in held] + ["seeds"]
         note = f"mean ± sample std (ddof 1) over the runs of each {', '.join(paths)} value ({', '.join(pooled)} pooled)"
         if auto:
             note += f"; {configs} configurations are more than {MAX_LINES} lines: group_by= and filter= choose"

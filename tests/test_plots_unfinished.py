@@ -162,3 +162,27 @@ def test_dynamics_draw_the_keys_asked_for_on_a_log_axis(sqlite_app_client, drawn
     assert scales == ["log"]  # nc1 only
     bad = client.get(f"/sweeps/{sid}/plots/dynamics.png", params={"log": "nc9"})
     assert bad.status_code == 422 and "log" in bad.text, bad.text
+
+
+def test_log_axis_ticks_are_plain_text_in_figures_that_parse_no_math(sqlite_app_client) -> None:  # noqa: ANN001
+    """text.parse_math is off for every figure: the default log ticks printed '$\\mathdefault{10^{-1}}$'."""
+    from service.plots import new_figure
+    from service.plots_dynamics import log_axis
+
+    fig, axes = new_figure(1, 1, figsize=(4, 3), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot([1, 2, 3], [1.0, 0.1, 0.01])
+    assert log_axis(ax, "nc1", {0: {1: (1.0, 0.0, 1), 2: (0.1, 0.0, 1), 3: (0.01, 0.0, 1)}}, ["nc1"]) == " (log)"
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+
+
+def test_an_axis_a_filter_holds_at_one_value_is_not_called_pooled() -> None:
+    from service.plots_dynamics import figure_note
+
+    note = figure_note(["loss.name"], False, 4, ["loss.name", "model.width", "seed"], [("model.width", "64")], True)
+    assert "(seeds pooled); only model.width=64" in note, note  # was "(model.width, seeds pooled)"
+    two = figure_note(["loss.name"], False, 4, ["loss.name", "model.width", "seed"],
+                      [("model.width", "64"), ("model.width", "32")], True)
+    assert "(model.width, seeds pooled)" in two, two  # two widths kept: still pooled

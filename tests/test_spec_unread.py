@@ -151,3 +151,10 @@ def test_extending_a_sweep_made_under_the_rule_keeps_to_it(app_client):
     sid = app_client.post("/sweeps", json=body).json()["sweep_id"]
     resp = app_client.post(f"/sweeps/{sid}/extend", json={"grid": {"loss.gamma": [2.0]}})
     assert resp.status_code == 422 and "would be one run" in resp.text, resp.text
+
+
+def test_an_axis_no_run_reads_names_all_its_values():
+    """Before: 'expected its default 3.0 there, got 1.0' named one value of the axis (README paste test)."""
+    [(field, msg)] = _errors(base=BASE, grid={"loss.gamma": [1.0, 2.0]})
+    assert field == "grid.loss.gamma" and "has no effect with loss.name='ce'" in msg
+    assert "so no run reads any of its values (1.0, 2.0); expected it swept only where it is read" in msg, msg
