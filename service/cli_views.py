@@ -249,6 +249,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
             ("attempt", f"{run.get('attempt', 0)} of {run.get('max_attempts', 0)}"),
             ("worker", (f"none (its last attempt ran on {run['worker_name']})" if run.get("status") == "queued"
                         else run["worker_name"]) if run.get("worker_name") else ""),
+            *((("queue", f"{run['queued_ahead']} queued run(s) ahead of it"),) if run.get("queued_ahead") is not None
+              else ()),
             *((k, str(run[k])) for k in ("created_at", "started_at", "finished_at") if run.get(k))]
     for name, value in rows:
         head.add_row(f"[bold]{name}[/]", value)

@@ -128,6 +128,8 @@ class RunOut(_Out):
 class RunDetail(RunOut):
     spec: dict[str, Any]
     options: dict[str, Any]
+    queued_ahead: int | None = Field(None, description="a queued run: the queued runs before it, in the order the "
+                                                       "broker hands them out (null otherwise)")
 
 
 class RunPage(BaseModel):

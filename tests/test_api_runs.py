@@ -283,3 +283,12 @@ def test_postgresql_times_read_back_in_utc_whatever_the_session_zone(pg_url):  #
     finally:
         engine.dispose()
     assert stamp.utcoffset() == timedelta(0), stamp
+
+
+def test_a_queued_run_says_how_many_queued_runs_are_ahead_of_it(app_client, sweep, db_url):  # noqa: ANN001
+    _, runs = sweep  # 16 queued runs, submitted together: ahead in id order
+    assert [app_client.get(f"/runs/{r}").json()["queued_ahead"] for r in runs[:3]] == [0, 1, 2]
+    with session_scope(db_url) as s:  # the first run starts: it is no longer in the queue
+        s.execute(update(Run).where(Run.id == runs[0]).values(status="running"))
+    assert app_client.get(f"/runs/{runs[2]}").json()["queued_ahead"] == 1
+    assert app_client.get(f"/runs/{runs[0]}").json()["queued_ahead"] is None

@@ -7,10 +7,11 @@ from collections import Counter
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy import and_, func, or_, select
 
 from nc_core.db import actions_repo, sweeps_repo as repo
 from nc_core.db.models import Run
-from nc_core.db.states import FINISHED, STATUSES
+from nc_core.db.states import FINISHED, QUEUED, STATUSES
 from nc_core.spec_fields import spec_field_choices, spec_field_kinds
 from nc_core.sweep import SpecError
 from service.auth import WriteAuth
@@ -94,8 +95,13 @@ def list_runs(request: Request, session: SessionDep, sweep_id: Id | None = None,
 
 @router.get("/runs/{run_id}", response_model=RunDetail, responses=problems(404, 422, 503))
 def get_run(run_id: Id, session: SessionDep) -> Run:
-    """One run with its full spec and options."""
-    return _run_or_404(session, run_id)
+    """One run with its full spec and options; a queued run also with `queued_ahead`."""
+    run = _run_or_404(session, run_id)
+    if run.status == QUEUED:  # the broker hands runs out in the order they were (re-)queued: updated_at, then id
+        run.queued_ahead = session.scalar(select(func.count()).select_from(Run).where(
+            Run.status == QUEUED, or_(Run.updated_at < run.updated_at,
+                                      and_(Run.updated_at == run.updated_at, Run.id < run.id))))
+    return run
 
 
 @router.post("/runs/{run_id}/cancel", response_model=ActionResult, responses=problems(401, 403, 404, 409, 422, 503))
