@@ -165,13 +165,13 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, metav
                     progress.live.transient = True
                     progress.live.stop()
                     progress.disable = True  # its own stop would end a log with an empty line
-            _report(console, err, spec, Path(workdir), out, reporter, summary, diverged, failed)
+            _report(console, err, spec, Path(workdir), out, reporter, summary, diverged, failed, resume)
     except KeyboardInterrupt:  # a second Ctrl-C (SIGTERM, SIGHUP): one line, no traceback
         remove_if_empty(created)
-        _aborted(err, Path(workdir), reporter)
+        _aborted(err, Path(workdir), reporter, resume)
 
 
-def _aborted(err: Console, workdir: Path, reporter: CLIReporter) -> None:
+def _aborted(err: Console, workdir: Path, reporter: CLIReporter, resume: bool = True) -> None:
     """Say that the run was aborted and from which epoch the same command resumes it; exit 128 + the signal."""
     from nc_core.training.checkpoint import list_checkpoints
 
@@ -182,7 +182,8 @@ def _aborted(err: Console, workdir: Path, reporter: CLIReporter) -> None:
         saved = max(list_checkpoints(workdir), default=0)
     except OSError:
         saved = 0
-    where = (f"the same command resumes the run after {unit} {saved}, its newest checkpoint" if saved
+    again = "the same command" if resume else "the command without --no-resume"  # --no-resume deletes them
+    where = (f"{again} resumes the run after {unit} {saved}, its newest checkpoint" if saved
              else f"no checkpoint yet: the same command starts the run from {unit} 1")
     try:
         err.print(f"[bold red]aborted[/] by {name}: {where}", highlight=False, soft_wrap=True)
@@ -193,7 +194,7 @@ def _aborted(err: Console, workdir: Path, reporter: CLIReporter) -> None:
 
 def _report(console: Console, err: Console, spec: RunSpec, workdir: Path, out: Optional[Path],
             reporter: CLIReporter, summary: Optional[dict], diverged: Optional[Exception],
-            failed: Optional[Exception]) -> None:
+            failed: Optional[Exception], resume: bool = True) -> None:
     """After the run: the metric table, what was done, the --out file; exit 1 (diverged, failed) or 128 +
     the signal that stopped it."""
     unit = reporter.unit
@@ -236,7 +237,8 @@ def _report(console: Console, err: Console, spec: RunSpec, workdir: Path, out: O
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if summary is not None and summary.get("stopped"):
-        console.print(f"the same command resumes the run from its last completed {unit}")
+        console.print(f"{'the same command' if resume else 'the command without --no-resume'} resumes the run "
+                      f"from its last completed {unit}")
         raise typer.Exit(128 + (reporter.stop_signal or signal.SIGINT))  # as a shell reports the signal
 
 

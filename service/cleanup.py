@@ -5,12 +5,14 @@ another run row (another database's, a reused id) is not this run's: it is left 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from nc_core.settings import Settings
 from worker.workdirs import MARKER, identity
@@ -59,12 +61,17 @@ def workdir(settings: Settings, run_id: int) -> Path:
     return Path(settings.resolved_artifacts_dir()) / f"run_{run_id}"
 
 
-def _foreign(folder: Path, run: Any) -> str | None:
-    """Why ``folder`` is not ``run``'s (its marker names another run row), else None (no marker: an older one)."""
+def _foreign(folder: Path, run: Any, recorded: set[int]) -> str | None:
+    """Why ``folder`` is not ``run``'s — its marker names another run row, or it has none (a folder of older code)
+    and this database recorded no checkpoint of the run (``recorded``: the run ids that had checkpoint rows), as
+    worker.workdirs decides — else None."""
     try:
         found = json.loads((folder / MARKER).read_text())
     except FileNotFoundError:
-        return None
+        if run.id in recorded:
+            return None
+        return (f"it has no {MARKER} and this database recorded no checkpoint of run {run.id}: another database's "
+                "folder?; left in place")
     except (OSError, ValueError) as exc:
         return f"its {MARKER} cannot be read ({exc}); left in place"
     if found != identity(run):
@@ -72,8 +79,9 @@ def _foreign(folder: Path, run: Any) -> str | None:
     return None
 
 
-def remove_run_folders(settings: Settings, runs: Iterable[Any]) -> dict[str, Any]:
-    """Remove each run's folder with everything in it (runs without one, such as validate jobs, are skipped)."""
+def remove_run_folders(settings: Settings, runs: Iterable[Any], recorded: set[int]) -> dict[str, Any]:
+    """Remove each run's folder with everything in it (runs without one, such as validate jobs, are skipped; a
+    folder that is not the run's is left: _foreign)."""
     removed = Removed()
     for run in runs:
         folder = workdir(settings, run.id)
@@ -82,7 +90,7 @@ def remove_run_folders(settings: Settings, runs: Iterable[Any]) -> dict[str, Any
             continue
         if not folder.is_dir():
             continue
-        why = _foreign(folder, run)
+        why = _foreign(folder, run, recorded)
         if why:
             removed.problem(folder, why)
             continue
@@ -108,27 +116,46 @@ def _remove_tree(folder: Path, removed: Removed) -> bool:
     return not folder.exists()
 
 
-def remove_checkpoints(settings: Settings, runs: Iterable[Any], kept: dict[int, set[int]]) -> dict[str, Any]:
-    """Remove each run's checkpoint files (with their sha256 sidecars) whose epoch is not in ``kept[run]``: the
-    pruned rows' files, and files without a row (neither a validate job nor a resume reads those)."""
+def remove_checkpoints(settings: Settings, runs: Iterable[Any], doomed: dict[int, set[int]]) -> dict[str, Any]:
+    """Remove the checkpoint files (sidecar first) of the epochs whose rows prune deleted (``doomed``: run →
+    epochs) — those only: a file without a row is left, and so is a folder whose lock a process holds (a retry
+    resumed the run after the rows were committed: it may be writing a newer checkpoint)."""
     removed = Removed()
     for run in runs:
+        epochs = doomed.get(run.id)
         folder = workdir(settings, run.id)
-        ckpt = folder / "ckpt"
-        if not ckpt.is_dir():
+        if not epochs or not (folder / "ckpt").is_dir():
             continue
-        why = _foreign(folder, run)
+        why = _foreign(folder, run, {run.id})  # its rows were just deleted: a run with doomed epochs had rows
         if why:
             removed.problem(folder, why)
             continue
-        try:
-            names = sorted(p.name for p in ckpt.iterdir())
-        except OSError as exc:
-            removed.problem(ckpt, exc.strerror or type(exc).__name__)
-            continue
-        for name in names:
-            m = CHECKPOINT.match(name)
-            if m and int(m.group(1)) not in kept.get(run.id, set()):
-                if removed.unlink(ckpt / (name + SIDECAR)):  # the sidecar first: never a sidecar without its file
-                    removed.unlink(ckpt / name)
+        with _held_unless_busy(folder) as free:
+            if not free:
+                removed.problem(folder, "in use by a process (the run was retried?); its pruned files are left")
+                continue
+            for epoch in sorted(epochs):
+                name = f"epoch_{epoch:04d}.pt"
+                if removed.unlink(folder / "ckpt" / (name + SIDECAR)):  # never a sidecar without its file
+                    removed.unlink(folder / "ckpt" / name)
     return removed.report()
+
+
+@contextmanager
+def _held_unless_busy(folder: Path) -> Iterator[bool]:
+    """The folder's workdir lock (nc_core.training.checkpoint.workdir_lock's flock of .lock) taken without waiting:
+    yields True while held, False when another process holds it."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield True  # no lock file can be made (a read-only folder): nothing else writes there either
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -218,3 +218,19 @@ def test_closing_the_terminal_stops_the_run_and_writes_out(tmp_path):
     assert rc == 128 + signal.SIGHUP, rc
     epochs = {r["epoch"] for r in json.loads(out.read_text())}
     assert epochs and (work / "ckpt" / f"epoch_{max(epochs):04d}.pt").exists()
+
+
+def test_under_no_resume_the_messages_name_the_command_that_resumes(tmp_path, monkeypatch):
+    """--no-resume deletes the checkpoints at start: 'the same command resumes' was wrong there (review)."""
+    tree = {**FOUR, "checkpoint": {"every": 1}}
+    args = ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w"), "--no-resume"]
+    with monkeypatch.context() as m:
+        _signal_after_epoch(m, 2, signal.SIGINT, times=2)
+        res = runner.invoke(app, args)
+    text = " ".join(res.output.split())
+    assert "the command without --no-resume resumes the run after epoch 1" in text, res.output
+    with monkeypatch.context() as m:
+        _signal_after_epoch(m, 2, signal.SIGINT, times=1)
+        res = runner.invoke(app, args)
+    text = " ".join(res.output.split())
+    assert "the command without --no-resume resumes the run from its last completed epoch" in text, res.output

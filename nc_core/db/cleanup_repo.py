@@ -35,9 +35,14 @@ def delete_sweep(session: Session, sweep_id: int) -> tuple[dict[str, int], list[
     """Delete the sweep, its runs (train, ufm, validate jobs) and every row naming them: metric, distribution,
     checkpoint, event and worker_sample rows (a worker row's current_run_id of one is cleared). The caller holds
     the sweep's lock (sweeps_repo.get_sweep(lock=True)). StateConflict, nothing deleted, while a run is queued or
-    running. Returns ({what: rows deleted}, the runs' (id, sweep_id, created_at, …) rows, for their folders).
+    running. Returns ({what: rows deleted}, the runs' (id, sweep_id, created_at, …) rows, for their folders, the
+    ids of the runs that had checkpoint rows: an unmarked folder is theirs, as worker.workdirs decides).
     A 'status' event without a sweep (payload sweep_deleted) is left, so the change feed's ids never go back."""
-    runs = _lock_runs(session, Run.sweep_id == sweep_id, key_share=False)
+    _lock_runs(session, Run.sweep_id == sweep_id, key_share=False)
+    # read again: a validate job committed while this waited for its parent's lock is not among the rows the
+    # locking SELECT returned (PostgreSQL's snapshot of it); with every run locked, no other job can come now
+    runs = list(session.execute(select(Run.id, Run.sweep_id, Run.created_at, Run.kind, Run.status)
+                                .where(Run.sweep_id == sweep_id).order_by(Run.id)))
     busy = [r for r in runs if r.status in READING]
     if busy:
         named = ", ".join(f"run {r.id} ({r.status}{', validate job' if r.kind == 'validate' else ''})"
@@ -46,6 +51,7 @@ def delete_sweep(session: Session, sweep_id: int) -> tuple[dict[str, int], list[
                             f"{' …' if len(busy) > 10 else ''}; cancel them first (`ncsweep cancel {sweep_id}`, "
                             f"POST /sweeps/{sweep_id}/cancel) and delete once they have stopped")
     ids = select(Run.id).where(Run.sweep_id == sweep_id).scalar_subquery()
+    recorded = set(session.scalars(select(Checkpoint.run_id).distinct().where(Checkpoint.run_id.in_(ids))))
     counts = {"event_rows": _delete(session, delete(Event).where(or_(Event.sweep_id == sweep_id,
                                                                      Event.run_id.in_(ids)))),
               "telemetry_rows": _delete(session, delete(WorkerSample).where(WorkerSample.run_id.in_(ids)))}
@@ -58,7 +64,7 @@ def delete_sweep(session: Session, sweep_id: int) -> tuple[dict[str, int], list[
     counts["runs"] += _delete(session, delete(Run).where(Run.sweep_id == sweep_id))
     session.execute(delete(Sweep).where(Sweep.id == sweep_id))
     add_event(session, None, None, status="deleted", sweep_deleted=sweep_id, runs=counts["runs"])
-    return counts, runs
+    return counts, runs, recorded
 
 
 def _delete(session: Session, statement: Any) -> int:
@@ -72,6 +78,7 @@ class PrunePlan:
 
     runs: list[Any] = field(default_factory=list)
     kept: dict[int, set[int]] = field(default_factory=dict)
+    doomed: dict[int, set[int]] = field(default_factory=dict)  # run → the epochs whose rows were deleted
     rows: int = 0
     pruned: set[int] = field(default_factory=set)
     skipped: dict[int, int] = field(default_factory=dict)  # run → its queued or running validate job
@@ -101,6 +108,7 @@ def prune_checkpoints(session: Session, sweep_id: int, keep_last: int) -> PruneP
             else:
                 doomed.append(row.id)
                 plan.pruned.add(row.run_id)
+                plan.doomed.setdefault(row.run_id, set()).add(row.epoch)
     for chunk in _chunks(doomed):
         plan.rows += _delete(session, delete(Checkpoint).where(Checkpoint.id.in_(chunk)))
     return plan

@@ -206,9 +206,9 @@ def delete_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, _: Wr
     cannot be removed is listed in not_removed). 409, nothing deleted, while a run is queued or running: cancel
     first. Under the sweep's lock, as cancel and retry."""
     _sweep_or_404(session, sweep_id, lock=True)
-    counts, runs = cleanup_repo.delete_sweep(session, sweep_id)
+    counts, runs, recorded = cleanup_repo.delete_sweep(session, sweep_id)
     session.commit()
-    return SweepDeleted(sweep_id=sweep_id, **counts, **cleanup.remove_run_folders(settings, runs))
+    return SweepDeleted(sweep_id=sweep_id, **counts, **cleanup.remove_run_folders(settings, runs, recorded))
 
 
 @router.post("/sweeps/{sweep_id}/prune", response_model=SweepPruned, responses=problems(401, 403, 404, 422, 503))
@@ -225,7 +225,7 @@ def prune_sweep(sweep_id: Id, body: PruneRequest, session: SessionDep, settings:
                  len(plan.skipped), dict(sorted(plan.skipped.items())[:20]))
     return SweepPruned(sweep_id=sweep_id, keep_last=body.keep_last, runs=len(plan.runs), runs_pruned=len(plan.pruned),
                        checkpoint_rows=plan.rows, skipped=plan.skipped, unfinished=plan.unfinished,
-                       **cleanup.remove_checkpoints(settings, plan.runs, plan.kept))
+                       **cleanup.remove_checkpoints(settings, plan.runs, plan.doomed))
 
 
 def _expand_extension(old: SweepSpec, merged: SweepSpec, settings: Settings) -> list[ExpandedRun]:
