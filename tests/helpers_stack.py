@@ -138,6 +138,16 @@ def sqlite_db(directory: Path) -> str:
     return url
 
 
+def stamp_revision(url: str, revision: str) -> None:
+    """Make the migrated database at ``url`` claim schema ``revision`` (an older or a newer ncsweep's)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    engine.dispose()
+
+
 def _migrate(url: str) -> None:
     from nc_core.db.migrate import upgrade
 

@@ -85,17 +85,13 @@ def test_unhandled_errors_are_a_short_500(settings, enqueuer):
     ("ffff", "failed: schema at revision ffff, which this code does not know (its newest is 0006)")])
 def test_readyz_fails_on_a_schema_this_code_does_not_match(tmp_path, revision, says):  # noqa: ANN001
     """An API on a database migrated by older or newer code fails its requests: it is not ready, and says why."""
-    from sqlalchemy import create_engine, text
-
     from nc_core.db.migrate import upgrade
     from nc_core.settings import Settings
+    from tests.helpers_stack import stamp_revision
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
-    engine.dispose()
+    stamp_revision(url, revision)
     settings = Settings(home=tmp_path / "home", database_url=url, broker_url="redis://127.0.0.1:1/0")
     with TestClient(create_app(settings, broker_check=lambda: None)) as client:
         resp = client.get("/readyz")

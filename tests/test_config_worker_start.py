@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_stack import PG_ADMIN, ROOT, local_redis_url, sqlite_db, wait_for
+from tests.helpers_stack import PG_ADMIN, ROOT, local_redis_url, sqlite_db, stamp_revision, wait_for
 from worker.launch import worker_command
 
 
@@ -79,13 +79,8 @@ def test_a_database_without_schema_stops_the_worker(tmp_path, control):  # noqa:
                  "migrated by a newer ncsweep; run that version)")])
 def test_a_schema_of_another_version_stops_the_worker(tmp_path, revision, wait_s, says):  # noqa: ANN001
     """Older: a migration may be running, so it waits, then exits; newer: it exits at once (waiting cannot help)."""
-    from sqlalchemy import create_engine, text
-
     url = sqlite_db(tmp_path)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
-    engine.dispose()
+    stamp_revision(url, revision)
     started = time.monotonic()
     proc, log = _start(tmp_path, url, wait_s=wait_s)
     assert _exit_code(proc, log) == 1 and time.monotonic() - started < 45

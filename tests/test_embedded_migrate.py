@@ -1,10 +1,8 @@
 """`ncsweep up` on a database it cannot migrate says why in one line (before: "unexpected error ... a bug")."""
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import create_engine, text
-
 from service.embedded import main
+from tests.helpers_stack import stamp_revision
 
 
 def _home_at(tmp_path, revision: str):  # noqa: ANN001, ANN202
@@ -12,10 +10,7 @@ def _home_at(tmp_path, revision: str):  # noqa: ANN001, ANN202
 
     url = f"sqlite:///{tmp_path / 'ncsweep.db'}"
     upgrade(url)
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
-    engine.dispose()
+    stamp_revision(url, revision)
     return tmp_path
 
 

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nc_core.cli import app
-from nc_core.cli_report import CLIReporter
+from test_run_cli import _ctrl_c_after_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,18 +51,6 @@ def write_spec(tmp_path, tree=TINY):  # noqa: ANN001, ANN201
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
-
-
-def _signal_after_epoch(monkeypatch, epoch: int, sig: int, times: int = 1) -> None:  # noqa: ANN001
-    real = CLIReporter.on_metrics
-
-    def on_metrics(self, e, split, metrics):  # noqa: ANN001, ANN202
-        real(self, e, split, metrics)
-        if e == epoch and split == "train":
-            for _ in range(times):
-                signal.raise_signal(sig)
-
-    monkeypatch.setattr(CLIReporter, "on_metrics", on_metrics)
 
 
 def _half_then(monkeypatch, then) -> None:  # noqa: ANN001
@@ -111,7 +99,7 @@ def test_a_kill_while_the_history_is_rewritten_on_resume_loses_no_row(tmp_path, 
     out, work = tmp_path / "m.json", tmp_path / "w"
     args = ["run", str(write_spec(tmp_path, FOUR)), "--workdir", str(work), "--out", str(out)]
     with monkeypatch.context() as m:
-        _signal_after_epoch(m, 2, signal.SIGINT)
+        _ctrl_c_after_epoch(m, 2, sig=signal.SIGINT)
         assert runner.invoke(app, args).exit_code == 130
     history = (work / "metrics.jsonl").read_text()
     assert {json.loads(line)["epoch"] for line in history.splitlines()} == {1, 2}
@@ -142,7 +130,7 @@ def test_a_kill_while_the_history_is_rewritten_on_resume_loses_no_row(tmp_path, 
 def test_sighup_stops_like_sigterm_and_the_handler_is_put_back(tmp_path, monkeypatch, handler):
     out = tmp_path / "m.json"
     handler(signal.SIGHUP)
-    _signal_after_epoch(monkeypatch, 1, signal.SIGHUP)
+    _ctrl_c_after_epoch(monkeypatch, 1, sig=signal.SIGHUP)
     res = runner.invoke(app, ["run", str(write_spec(tmp_path, FOUR)), "--workdir", str(tmp_path / "w"),
                               "--out", str(out)])
     assert res.exit_code == 128 + signal.SIGHUP and "SIGHUP: stopping at the next step" in res.output, res.output
@@ -155,7 +143,7 @@ def test_an_ignored_sighup_stays_ignored(tmp_path, monkeypatch):
     """Under nohup SIGHUP is ignored on purpose: the run goes on when the terminal closes."""
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        _signal_after_epoch(monkeypatch, 1, signal.SIGHUP)
+        _ctrl_c_after_epoch(monkeypatch, 1, sig=signal.SIGHUP)
         res = runner.invoke(app, ["run", str(write_spec(tmp_path)), "--workdir", str(tmp_path / "w")])
         assert res.exit_code == 0 and "2 epochs done;" in res.output, res.output
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
@@ -172,7 +160,7 @@ def test_a_second_signal_says_from_which_epoch_a_rerun_resumes(tmp_path, monkeyp
     args = ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w")]
     before = signal.getsignal(sig)
     with monkeypatch.context() as m:
-        _signal_after_epoch(m, 2, sig, times=2)  # epoch 2's metrics come before its checkpoint
+        _ctrl_c_after_epoch(m, 2, times=2, sig=sig)  # epoch 2's metrics come before its checkpoint
         res = runner.invoke(app, args)
     text = " ".join(res.output.split())
     assert res.exit_code == 128 + sig and expected in text and "Traceback" not in text, res.output
@@ -225,12 +213,12 @@ def test_under_no_resume_the_messages_name_the_command_that_resumes(tmp_path, mo
     tree = {**FOUR, "checkpoint": {"every": 1}}
     args = ["run", str(write_spec(tmp_path, tree)), "--workdir", str(tmp_path / "w"), "--no-resume"]
     with monkeypatch.context() as m:
-        _signal_after_epoch(m, 2, signal.SIGINT, times=2)
+        _ctrl_c_after_epoch(m, 2, times=2, sig=signal.SIGINT)
         res = runner.invoke(app, args)
     text = " ".join(res.output.split())
     assert "the command without --no-resume resumes the run after epoch 1" in text, res.output
     with monkeypatch.context() as m:
-        _signal_after_epoch(m, 2, signal.SIGINT, times=1)
+        _ctrl_c_after_epoch(m, 2, times=1, sig=signal.SIGINT)
         res = runner.invoke(app, args)
     text = " ".join(res.output.split())
     assert "the command without --no-resume resumes the run from its last completed epoch" in text, res.output
