@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -11,6 +12,12 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 PG_ADMIN_URL = os.environ.get("NCSWEEP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+# A test run started in the background of a shell without job control inherits an ignored SIGINT (and, under
+# nohup, an ignored SIGHUP), which Python then keeps: the Ctrl-C tests need Python's own handler, as a terminal's
+# pytest has. Children that test a closed terminal reset SIGHUP themselves (helpers_stack.TERMINAL_SIGNALS).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _require(what: str, exc: Exception) -> None:

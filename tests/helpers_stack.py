@@ -138,6 +138,12 @@ def sqlite_db(directory: Path) -> str:
     return url
 
 
+#: prefix of a ``python -c`` child that must get a closed terminal's SIGHUP and Ctrl-C's SIGINT whatever this test
+#: run inherited (nohup ignores SIGHUP; a background job without job control ignores SIGINT)
+TERMINAL_SIGNALS = "import signal; signal.signal(signal.SIGHUP, signal.SIG_DFL); signal.signal(signal.SIGINT, " \
+                   "signal.default_int_handler); "
+
+
 def stamp_revision(url: str, revision: str) -> None:
     """Make the migrated database at ``url`` claim schema ``revision`` (an older or a newer ncsweep's)."""
     from sqlalchemy import create_engine, text

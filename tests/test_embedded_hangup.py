@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers_stack import ROOT, free_port, redis_binary, wait_for
+from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, wait_for
 
 pytestmark = pytest.mark.integration
 CODE = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1], example=False, workers=1))"
@@ -22,7 +22,7 @@ CODE = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1]
 def _launch(home, port: int, nohup: bool = False) -> subprocess.Popen:  # noqa: ANN001
     env = {**os.environ, "NCSWEEP_API_PORT": str(port), "NCSWEEP_HEARTBEAT_SECONDS": "0.5", "PYTHONPATH": str(ROOT)}
     env.pop("NCSWEEP_DATABASE_URL", None)
-    code = ("import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); " if nohup else "") + CODE
+    code = TERMINAL_SIGNALS + ("signal.signal(signal.SIGHUP, signal.SIG_IGN); " if nohup else "") + CODE
     return subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers_stack import ROOT, free_port, redis_binary, wait_for
+from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, wait_for
 
 pytestmark = pytest.mark.integration
 SWEEP = {"name": "embedded-smoke",
@@ -30,7 +30,7 @@ def test_embedded_stack_serves_runs_and_stops_cleanly(tmp_path):
     env = {**os.environ, "NCSWEEP_API_PORT": str(port), "NCSWEEP_HEARTBEAT_SECONDS": "0.5", "PYTHONPATH": str(ROOT)}
     env.pop("NCSWEEP_DATABASE_URL", None)
     code = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1], example=False, workers=1))"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", TERMINAL_SIGNALS + code, str(tmp_path)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         api = f"http://127.0.0.1:{port}"

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from nc_core.cli import app
 from test_run_cli import _ctrl_c_after_epoch
+from tests.helpers_stack import TERMINAL_SIGNALS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -178,7 +179,7 @@ def test_closing_the_terminal_stops_the_run_and_writes_out(tmp_path):
     tree = {"epochs": 500, "device": "cpu", "data": {"name": "gaussian", "train_size": 200, "test_size": 50},
             "model": {"name": "mlp", "width": 16, "depth": 1}, "eval": {"every": 1, "splits": ["train"]}}
     out, work = tmp_path / "m.json", tmp_path / "w"
-    take_terminal = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    take_terminal = (TERMINAL_SIGNALS + "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
                      "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
     master, slave = os.openpty()
     proc = subprocess.Popen([sys.executable, "-c", take_terminal, "-m", "nc_core", "run",
