@@ -144,6 +144,26 @@ TERMINAL_SIGNALS = "import signal; signal.signal(signal.SIGHUP, signal.SIG_DFL);
                    "signal.default_int_handler); "
 
 
+def stop_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher that is still running and every process it started (redis-server and the workers run
+    in sessions of their own: a killpg of the launcher's group misses them) — what a failed test must not leave."""
+    import psutil
+
+    if proc.poll() is not None:
+        return
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)  # before the launcher goes: then they are orphans
+    except psutil.Error:
+        kids = []
+    for kid in kids:
+        try:
+            kid.kill()
+        except psutil.Error:
+            pass
+    proc.kill()
+    proc.wait(10)
+
+
 def stamp_revision(url: str, revision: str) -> None:
     """Make the migrated database at ``url`` claim schema ``revision`` (an older or a newer ncsweep's)."""
     from sqlalchemy import create_engine, text

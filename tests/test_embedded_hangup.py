@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, wait_for
+from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, stop_tree, wait_for
 
 pytestmark = pytest.mark.integration
 CODE = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1], example=False, workers=1))"
@@ -62,8 +62,7 @@ def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(tmp_path):
         proc.send_signal(signal.SIGHUP)  # before: the launcher died at once, redis-server and the worker ran on
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_tree(proc)
     assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
     wait_for(lambda: not _running(children), 20, 0.2, "the stack's children to exit")
     assert not (tmp_path / "stack.pids").exists() and not (tmp_path / "api_url").exists()
@@ -75,22 +74,25 @@ def test_after_a_killed_launcher_its_workers_stop_and_the_next_start_stops_its_r
     port = free_port()
     first = _launch(tmp_path, port)
     children = _children(tmp_path, port)
-    first.kill()  # SIGKILL: no cleanup at all
-    first.communicate(timeout=20)
-    redis = [p for p in children if "redis" in p.name()]
-    worker = [p for p in children if p not in redis]
-    wait_for(lambda: not _running(worker), 30, 0.2, "the orphaned worker to stop by itself")
-    assert _running(redis)  # nothing watches redis-server: the next start stops it
-    port = free_port()
-    second = _launch(tmp_path, port)
+    second = None
     try:
+        first.kill()  # SIGKILL: no cleanup at all
+        first.communicate(timeout=20)
+        redis = [p for p in children if "redis" in p.name()]
+        worker = [p for p in children if p not in redis]
+        wait_for(lambda: not _running(worker), 30, 0.2, "the orphaned worker to stop by itself")
+        assert _running(redis)  # nothing watches redis-server: the next start stops it
+        port = free_port()
+        second = _launch(tmp_path, port)
         wait_for(lambda: not _running(redis), 60, 0.2, "the next start to stop the orphaned redis-server")
         _children(tmp_path, port)
         second.send_signal(signal.SIGINT)
         out, _ = second.communicate(timeout=60)
     finally:
-        if second.poll() is None:
-            os.killpg(second.pid, signal.SIGKILL)
+        if second is not None:
+            stop_tree(second)
+        for leftover in _running(children):  # a failure above must not leave the first stack's processes
+            leftover.kill()
     said = " ".join(out.split())  # the console wraps long lines
     assert f"stopped what an earlier stack of {tmp_path} left running: pid {redis[0].pid} (redis-server)" in said, out
 
@@ -128,6 +130,5 @@ def test_under_nohup_a_hangup_is_still_ignored(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_tree(proc)
     assert proc.returncode == 130, out

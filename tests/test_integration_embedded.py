@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, wait_for
+from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, stop_tree, wait_for
 
 pytestmark = pytest.mark.integration
 SWEEP = {"name": "embedded-smoke",
@@ -51,7 +51,11 @@ def test_embedded_stack_serves_runs_and_stops_cleanly(tmp_path):
         assert len(descendants) >= 2  # redis-server and the worker parent (its prefork child is recycled per job)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=40)
+        try:
+            out, _ = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            stop_tree(proc)  # not stopped by Ctrl-C: nothing of it may outlive the test
+            raise
     assert proc.returncode == 130, out
     assert "interrupted" in out and "Traceback" not in out
     time.sleep(0.5)
