@@ -115,6 +115,7 @@ class SampleStats:
             # xc·w_k = xc·(w_k − w̄) + xc·w̄: as accurate as the direct product, one column instead of K
             self._proj_t = torch.cat([wc, w_bar, self._mc.nan_to_num(0.0)]).contiguous()  # (2K + 1, d)
             self._w_mu = self.W @ self._mu_g  # (K,) W μ_G
+            self._offset_proj = self.products(self._mc.nan_to_num(0.0))  # (2K + 1, K) products of μ_k − μ_G
             # rounding scale of the rebuilt logits: |W h| ≤ max‖w_k‖ (‖h − μ_G‖ + ‖μ_G‖), plus |b|
             self._w_max = float(torch.linalg.vector_norm(self.W, dim=1).max())
             self._mu_g_norm = float(torch.linalg.vector_norm(self._mu_g))
@@ -170,11 +171,26 @@ class SampleStats:
         given): one sample per column, so the scores' reductions over k run along contiguous rows."""
         return torch.mm(self._proj_t, r.T, out=out)
 
-    def class_scores(self, P: torch.Tensor, norm: torch.Tensor, k: int, raw: torch.Tensor) -> Scores | None:
-        """The :class:`Scores` of rows ``raw`` (n, d) of one class k (None without W), for :meth:`_absorb`,
-        from ``P`` (2K + 1, n) = :meth:`products` of h − μ_G and ``norm`` (n,) = ‖h − μ_G‖. Reads the
-        statistics only, so classes may be scored concurrently."""
-        return None if self.W is None else self._score(P, norm, k, raw)
+    def _residual_scores(self, P: torch.Tensor, sq: torch.Tensor, k: int, raw: torch.Tensor) -> Scores | None:
+        """The :class:`Scores` of rows ``raw`` (n, d) of one class k given as residuals r = h − μ_k (None
+        without W), for :meth:`_absorb`: ``P`` (2K + 1, n) = :meth:`products` of r (OVERWRITTEN) and ``sq``
+        (n,) = ‖r‖². With o = μ_k − μ_G, h − μ_G = r + o: its products are r's plus o's, and ‖h − μ_G‖² =
+        ‖r‖² + 2 r·o + ‖o‖², whose terms carry rounding of eps·(‖r‖² + ‖o‖²); where that sum cancels to less than
+        half of ‖r‖² + ‖o‖² (a sample near μ_G: a cosine margin of −2.8 at 1e-8 from it), the row's h − μ_G is
+        formed from h instead, its products and norm taken exactly (few rows: a class's samples lie around its
+        mean, away from μ_G). Reads the statistics only, so classes may be scored concurrently."""
+        if self.W is None:
+            return None
+        K = self.stats.num_classes
+        whole = sq + self._mc_sq[k]  # (n,) ‖r‖² + ‖o‖²
+        norm2 = torch.add(whole, P[K + 1 + k], alpha=2.0)  # (n,) ‖h − μ_G‖²
+        P += self._offset_proj[:, k:k + 1]
+        near = (norm2 < 0.5 * whole).nonzero().squeeze(1)  # (m,) rows where the sum cancels
+        if near.numel():
+            c = raw[near].to(F64) - self._mu_g  # (m, d) h − μ_G straight from h
+            P[:, near] = self.products(c)
+            norm2[near] = torch.linalg.vector_norm(c, dim=1).square_()
+        return self._score(P, norm2.clamp_min_(0.0).sqrt_(), k, raw)
 
     def _score(self, P: torch.Tensor, xc_norm: torch.Tensor, y: torch.Tensor | int, raw: torch.Tensor) -> Scores:
         """NCC counts and both cosine margins from the products P (2K + 1, B) of h − μ_G with

@@ -97,18 +97,13 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
             n_k, chunk = xk.shape[0], free.get()
             try:
                 sq = torch.empty(n_k, dtype=F64, device=device)  # (n_k,) ‖h − μ_k‖²
-                if samples is not None:
-                    P = torch.empty(2 * K + 1, n_k, dtype=F64, device=device)  # products of h − μ_G
-                    norm = torch.empty(n_k, dtype=F64, device=device)  # (n_k,) ‖h − μ_G‖
+                P = torch.empty(2 * K + 1, n_k, dtype=F64, device=device) if samples is not None else None
                 for lo in range(0, n_k, rows):
-                    h = xk[lo:lo + rows]  # (n, d) in the features' dtype: each difference below is one rounding
-                    r = torch.sub(h, mu[k], out=chunk[:h.shape[0]])  # (n, d) h − μ_k
+                    r = torch.sub(xk[lo:lo + rows], mu[k], out=chunk[:min(rows, n_k - lo)])  # (n, d) h − μ_k
                     add_gram(stats._scatter[k], r)
                     torch.linalg.vector_norm(r, dim=1, out=sq[lo:lo + rows]).square_()
-                    if samples is not None:  # h − μ_G afresh from h: built from r + (μ_k − μ_G), it would cancel
-                        c = torch.sub(h, stats._shift, out=chunk[:h.shape[0]])  # (n, d) for a sample near μ_G
-                        samples.products(c, out=P[:, lo:lo + rows])
-                        torch.linalg.vector_norm(c, dim=1, out=norm[lo:lo + rows])
+                    if samples is not None:
+                        samples.products(r, out=P[:, lo:lo + rows])
             finally:
                 free.put(chunk)
             if samples is None:
@@ -116,7 +111,7 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
             # on a CPU the class's nuclear-norm ratio while its scatter is in cache; elsewhere the suite takes all
             # classes in one batched factorisation and SVD (one launch and one sync instead of K)
             ratio = _class_ratio(stats._scatter[k], n[k], means[k]) if device.type == "cpu" else None
-            return sq.sum(), samples.class_scores(P, norm, k, xk), ratio
+            return sq.sum(), samples._residual_scores(P, sq, k, xk), ratio
 
         ratios = []
         for (k, xk), (ss_k, scores, ratio) in zip(classes, parallel_map(visit, classes, workers)):
