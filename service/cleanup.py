@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from nc_core.settings import Settings
-from worker.workdirs import MARKER, identity
+from worker.workdirs import MARKER, identity, run_folder
 
 CHECKPOINT = re.compile(r"^epoch_(\d{4,})\.pt$")  # as nc_core.training.checkpoint names them (it imports torch)
 SIDECAR = ".sha256"
@@ -57,8 +57,8 @@ class Removed:
 
 
 def workdir(settings: Settings, run_id: int) -> Path:
-    """As worker.runner.run_workdir."""
-    return Path(settings.resolved_artifacts_dir()) / f"run_{run_id}"
+    """The run's folder, as the worker names it (worker.workdirs.run_folder)."""
+    return run_folder(settings.resolved_artifacts_dir(), run_id)
 
 
 def _foreign(folder: Path, run: Any, recorded: set[int]) -> str | None:

@@ -15,7 +15,7 @@ from nc_core.db.session import session_scope
 from nc_core.settings import Settings, get_settings
 from nc_core.spec import RunSpec
 from worker.reporter import DBReporter, transient_db_error, write_retrying
-from worker.workdirs import claim_workdir
+from worker.workdirs import claim_workdir, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def gpu_index() -> int | None:
 
 
 def run_workdir(settings: Settings, run_id: int) -> Path:
-    return Path(settings.resolved_artifacts_dir()) / f"run_{run_id}"
+    return run_folder(settings.resolved_artifacts_dir(), run_id)
 
 
 def readable_error(exc: BaseException) -> str:

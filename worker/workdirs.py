@@ -14,12 +14,17 @@ log = logging.getLogger(__name__)
 MARKER = "run.json"  # {"run_id", "sweep_id", "created_at"} of the row whose checkpoints the folder holds
 
 
+def run_folder(artifacts: Path, run_id: int) -> Path:
+    """A run's artifacts folder, <artifacts>/run_<id> (its checkpoints under ckpt/, its MARKER)."""
+    return Path(artifacts) / f"run_{run_id}"
+
+
 def identity(run: Any) -> dict[str, Any]:
     """What tells one run row from another that had the same id: its sweep and creation time (UTC, μs)."""
-    created = run.created_at
-    if created.tzinfo is None:  # SQLite hands back naive UTC
-        created = created.replace(tzinfo=timezone.utc)
-    return {"run_id": run.id, "sweep_id": run.sweep_id, "created_at": created.astimezone(timezone.utc).isoformat()}
+    from nc_core.db.runs_repo import aware
+
+    created = aware(run.created_at).astimezone(timezone.utc)
+    return {"run_id": run.id, "sweep_id": run.sweep_id, "created_at": created.isoformat()}
 
 
 def claim_workdir(artifacts: Path, run: Any, has_records: Callable[[], bool], wait_s: float = 0.0,
@@ -32,7 +37,7 @@ def claim_workdir(artifacts: Path, run: Any, has_records: Callable[[], bool], wa
     wrote no marker, another database's worker) keeps its folder until it lets go."""
     from nc_core.training.checkpoint import list_checkpoints, workdir_lock
 
-    workdir, mine = artifacts / f"run_{run.id}", identity(run)
+    workdir, mine = run_folder(artifacts, run.id), identity(run)
 
     def foreign() -> dict[str, Any] | str | None:
         found = _read(workdir / MARKER)
