@@ -285,6 +285,19 @@ def test_postgresql_times_read_back_in_utc_whatever_the_session_zone(pg_url):  #
     assert stamp.utcoffset() == timedelta(0), stamp
 
 
+def test_as_utc_reads_naive_times_as_utc_and_converts_aware_ones():
+    """The one normaliser the column type, the repositories, the dashboard and /metrics share."""
+    from datetime import datetime, timedelta, timezone
+
+    from nc_core.db.models import as_utc
+
+    naive = datetime(2026, 1, 2, 3, 4, 5, 6)
+    assert as_utc(naive) == naive.replace(tzinfo=timezone.utc) and as_utc(naive).utcoffset() == timedelta(0)
+    kolkata = datetime(2026, 1, 2, 8, 34, 5, 6, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    assert as_utc(kolkata).isoformat() == "2026-01-02T03:04:05.000006+00:00"
+    assert as_utc(None) is None
+
+
 def test_a_queued_run_says_how_many_queued_runs_are_ahead_of_it(app_client, sweep, db_url):  # noqa: ANN001
     _, runs = sweep  # 16 queued runs, submitted together: ahead in id order
     assert [app_client.get(f"/runs/{r}").json()["queued_ahead"] for r in runs[:3]] == [0, 1, 2]

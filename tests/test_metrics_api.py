@@ -30,6 +30,8 @@ def _data(K=4, d=8, N=200, seed=0):
 def test_version_and_keys_match_docs():
     assert METRIC_VERSION == 4 and f"`METRIC_VERSION = {METRIC_VERSION}`" in (ROOT / "docs" / "metrics.md").read_text()
     assert len(METRIC_KEYS) == len(set(METRIC_KEYS)) == 43
+    design = (ROOT / "docs" / "DESIGN.md").read_text()  # the interface page states both too
+    assert f"METRIC_VERSION: int = {METRIC_VERSION} " in design and f"all {len(METRIC_KEYS)} keys" in design
     doc = (ROOT / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `([a-z0-9_]+)`", doc, flags=re.M))
     assert documented == set(METRIC_KEYS)

@@ -8,7 +8,7 @@ from rich.console import Console
 from sqlalchemy import select, update
 
 from nc_core.db import runs_repo, states, sweeps_repo, workers_repo
-from nc_core.db.models import Run
+from nc_core.db.models import Run, as_utc
 from nc_core.db.session import session_scope
 from service.cli_views import run_detail, run_eta
 from worker.reporter import DBReporter
@@ -83,7 +83,7 @@ def test_a_retried_run_times_its_current_attempt(app_client, db_url, runs):
     second = runs_repo.utcnow() - timedelta(seconds=60)
     with session_scope(db_url) as s:
         runs_repo.claim(s, rid, "w2", 3600, now=second)
-    assert runs_repo.aware(_row(db_url, rid).started_at) == second
+    assert as_utc(_row(db_url, rid).started_at) == second
     # resumed after epoch 2, epoch 3 done a minute later, no rate reported yet: one epoch left ≈ 60 s
     with session_scope(db_url) as s:
         runs_repo.heartbeat(s, rid, "w2", 3600, epoch=3, step=0, start_epoch=2)

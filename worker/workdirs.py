@@ -21,9 +21,9 @@ def run_folder(artifacts: Path, run_id: int) -> Path:
 
 def identity(run: Any) -> dict[str, Any]:
     """What tells one run row from another that had the same id: its sweep and creation time (UTC, μs)."""
-    from nc_core.db.runs_repo import aware
+    from nc_core.db.models import as_utc
 
-    created = aware(run.created_at).astimezone(timezone.utc)
+    created = as_utc(run.created_at)
     return {"run_id": run.id, "sweep_id": run.sweep_id, "created_at": created.isoformat()}
 
 

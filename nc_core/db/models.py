@@ -14,6 +14,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` as an aware UTC datetime: a naive one is UTC (every timestamp ncsweep writes is), an aware one
+    is converted; None stays None."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 class UTCDateTime(TypeDecorator):
     """A timestamp with time zone that reads back as an aware UTC datetime on every backend: SQLite keeps no
     zone and hands back naive values (the API then wrote them without one), PostgreSQL hands them back in the
@@ -23,9 +31,7 @@ class UTCDateTime(TypeDecorator):
     cache_ok = True
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:  # noqa: ARG002
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return as_utc(value)
 
 
 class Base(DeclarativeBase):

@@ -18,13 +18,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def aware(ts: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every timestamp we write is UTC."""
-    if ts is None or ts.tzinfo is not None:
-        return ts
-    return ts.replace(tzinfo=timezone.utc)
-
-
 def add_event(session: Session, kind: str, run_id: int | None, sweep_id: int | None, **payload: Any) -> None:
     """Append one row to the change feed (read by SSE consumers)."""
     session.execute(insert(Event).values(kind=kind, run_id=run_id, sweep_id=sweep_id, payload=payload, at=utcnow()))

@@ -1,24 +1,17 @@
 """Worker heartbeats, bounded telemetry history, liveness (lost/idle/busy) and run progress/ETA."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from nc_core.db.models import Run, Worker, WorkerSample, utcnow
+from nc_core.db.models import Run, Worker, WorkerSample, as_utc, utcnow
 from nc_core.db.progress import attempt_eta, run_fraction
 
 MAX_SAMPLES_PER_RUN = 500
 _SAMPLE_FIELDS = ("gpu_index", "gpu_name", "util_percent", "memory_used", "memory_total", "temperature_c")
-
-
-def as_utc(ts: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes: they are UTC."""
-    if ts is None:
-        return None
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
 
 
 def heartbeat(session: Session, name: str, host: str, pid: int | None, device: str, sample: dict[str, Any],

@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from sqlalchemy import func, select
 
 from nc_core.db import workers_repo
-from nc_core.db.models import Run
+from nc_core.db.models import Run, as_utc
 from nc_core.db.session import session_factory
 from nc_core.db.states import FINISHED, QUEUED, STATUSES
 from service.routers.events import app_settings
@@ -75,7 +75,7 @@ class DBCollector:
         hist = HistogramMetricFamily("ncsweep_job_duration_seconds", "Wall time of finished runs",
                                      labels=["status"])
         for status in sorted(FINISHED):
-            secs = [(workers_repo.as_utc(f) - workers_repo.as_utc(s)).total_seconds()
+            secs = [(as_utc(f) - as_utc(s)).total_seconds()
                     for st, s, f in spans if st == status]
             buckets = [(str(float(b)), sum(x <= b for x in secs)) for b in BUCKETS] + [("+Inf", len(secs))]
             hist.add_metric([status], buckets, sum_value=sum(secs))
