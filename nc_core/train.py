@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from nc_core.training.report import (DivergenceWatch, NullReporter, Reporter, Tr
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
                                      warn_if_slow_bf16)
 from nc_core.training.schedule import build_scheduler
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Reporter", "NullReporter", "TrainingDiverged", "fit", "validate_checkpoints", "run_spec"]
 
@@ -224,7 +227,9 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
                          splits: list[str] | None = None, reporter: Reporter | None = None) -> dict:
     """Recompute metrics from stored checkpoints (the validate job): {"epochs", "metrics": {epoch: {split: m}},
     "stopped"}. Progress counts checkpoints (``reporter.on_progress`` after each one); a cooperative stop
-    (``reporter.should_stop()``) is honoured between checkpoints, "epochs" then listing those done."""
+    (``reporter.should_stop()``) is honoured between checkpoints, "epochs" then listing those done. With
+    ``epochs=None`` (all stored) a checkpoint deleted after it was listed (a prune, keep_last) is skipped with a
+    warning; an epoch asked for that is gone, or every listed one gone, is a FileNotFoundError."""
     reporter = reporter or NullReporter()
     splits = list(splits or spec.eval.splits)
     if spec.kind != "train":
@@ -239,13 +244,20 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
         t0 = time.perf_counter()
         for i, e in enumerate(want, 1):
             if reporter.should_stop():
-                return {"epochs": want[:i - 1], "metrics": results, "stopped": True}
-            r.model.load_state_dict(ck.load_for_validation(available[e], e)["model"])  # verified, errors name it
+                return {"epochs": list(results), "metrics": results, "stopped": True}
+            try:
+                state = ck.load_for_validation(available[e], e)  # verified, errors name it
+            except FileNotFoundError as exc:
+                if epochs is not None or (not results and i == len(want)):  # asked for, or none was left
+                    raise
+                log.warning("%s; validating the other checkpoints", exc)  # all stored: pruned since listed
+                continue
+            r.model.load_state_dict(state["model"])
             results[e] = evaluate(r, splits, e)
             for split, m in results[e].items():
                 report_metrics(reporter, e, split, m)
             reporter.on_progress(i, 1, 1, i / max(time.perf_counter() - t0, 1e-9))  # checkpoints per second
-    return {"epochs": want, "metrics": results, "stopped": False}
+    return {"epochs": list(results), "metrics": results, "stopped": False}
 
 
 def _validation_epochs(spec: RunSpec, workdir: str | Path,

@@ -192,3 +192,34 @@ def test_validate_names_a_checkpoint_deleted_after_it_was_listed(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"checkpoint of epoch 3, .*epoch_0003\.pt, is gone"):
         ck.load_for_validation(tmp_path / "ckpt" / "epoch_0003.pt", 3)
+
+
+class Pruner(NullReporter):
+    """Deletes the named epochs' checkpoints (sidecar first, as prune does) once validation has listed them."""
+
+    def __init__(self, workdir: Path, doomed: list[int]):
+        self.workdir, self.doomed = workdir, doomed
+
+    def on_start(self, total_epochs, steps_per_epoch):
+        for e in self.doomed:
+            for name in (f"epoch_{e:04d}.pt.sha256", f"epoch_{e:04d}.pt"):
+                (ck.ckpt_dir(self.workdir) / name).unlink()
+
+
+def test_validating_all_checkpoints_skips_one_pruned_after_it_was_listed(tmp_path, caplog):
+    """A validate job of every stored checkpoint failed when a prune removed one between its listing and its load."""
+    spec = tiny(epochs=3)
+    fit(spec, workdir=tmp_path)
+    with caplog.at_level("WARNING", logger="nc_core.train"):
+        out = validate_checkpoints(spec, tmp_path, splits=["test"], reporter=Pruner(tmp_path, [2]))
+    assert out["epochs"] == [1, 3] and sorted(out["metrics"]) == [1, 3] and not out["stopped"]
+    assert "checkpoint of epoch 2" in caplog.text and "is gone" in caplog.text
+
+
+def test_validating_gone_checkpoints_asked_for_or_all_of_them_is_an_error(tmp_path):
+    spec = tiny(epochs=3)
+    fit(spec, workdir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint of epoch 2, .* is gone"):  # asked for by epoch
+        validate_checkpoints(spec, tmp_path, epochs=[1, 2], splits=["test"], reporter=Pruner(tmp_path, [2]))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint of epoch 3, .* is gone"):  # every listed one went
+        validate_checkpoints(spec, tmp_path, splits=["test"], reporter=Pruner(tmp_path, [1, 3]))
