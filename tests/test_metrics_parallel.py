@@ -177,15 +177,18 @@ def test_kept_batches_pack_copies_into_the_workspace() -> None:
     assert torch.equal(ka, a) and torch.equal(kb, b) and ka.dtype == a.dtype and kb.shape == b.shape
     base = buf.data_ptr()
     assert ka.data_ptr() == base and kb.data_ptr() == base + 64  # 64-byte aligned slots
-    assert kept.keep(c) is c  # a slot at 192 of 160 bytes: no room in 200, kept as it is
+    kc = kept.keep(c)  # a slot at 192 of 160 bytes: no room in 200, kept as a copy of its own
+    assert kc is not c and torch.equal(kc, c) and kc.data_ptr() != c.data_ptr()
     assert kept.used == 192 + 160  # what the next call's workspace is sized to
     rows = workspace.KeptBatches(torch.zeros(400, dtype=torch.uint8))
     r1, r2, r3 = rows.keep(torch.ones(3, 5)), rows.keep(torch.zeros(2, 5)), rows.keep(torch.ones(1, 5).double())
     assert r2.data_ptr() == r1.data_ptr() + 60  # same dtype and row shape: the next rows, no gap
     assert r3.data_ptr() == r1.data_ptr() + 128  # another dtype: the next 64-byte boundary
     grad = torch.ones(2, requires_grad=True)
-    assert workspace.KeptBatches(buf).keep(grad) is grad
-    assert workspace.KeptBatches(None).keep(a) is a
+    kg = workspace.KeptBatches(buf).keep(grad)
+    assert torch.equal(kg, grad) and not kg.requires_grad and kg.data_ptr() != grad.data_ptr()
+    kn = workspace.KeptBatches(None).keep(a)  # never the caller's tensor: its forward may overwrite it
+    assert torch.equal(kn, a) and kn.data_ptr() != a.data_ptr()
 
 
 def test_evaluations_reuse_the_kept_workspace(one_torch_thread) -> None:  # noqa: ANN001
@@ -197,7 +200,7 @@ def test_evaluations_reuse_the_kept_workspace(one_torch_thread) -> None:  # noqa
     assert buf is not None and buf.numel() >= 700 * 8 * 8  # 700 float64 features of d = 8
     again = evaluate_split(forward, batches, **kw)
     assert workspace._KEPT.buffer is buf
-    with workspace._KEPT.lock:  # busy in "another thread": the batches are kept as they come
+    with workspace._KEPT.lock:  # busy in "another thread": each batch is kept as a copy of its own
         busy = evaluate_split(forward, batches, **kw)
     _same(first, again)
     _same(first, busy)

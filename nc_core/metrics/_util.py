@@ -176,6 +176,10 @@ def check_classifier(weight: Any, bias: Any, K: int, d: int, device) -> tuple:
         W = W.to(device=device, dtype=F64)
         if not bool(torch.isfinite(W).all()):
             raise ValueError("weight: expected finite values, got NaN/inf entries")
+        top = float(W.abs().amax()) if W.numel() else 0.0
+        if top > SCALE_LIMIT or 0 < top < 1 / SCALE_LIMIT:  # 0: an all-zero W, whose metrics say so
+            raise ValueError(f"weight: expected magnitudes within [1e-150, 1e150] (the metrics square W and its "
+                             f"Gram in float64), got max |w| = {top:.3g}")
     if bias is not None:
         b = to_tensor(bias, "bias")
         if tuple(b.shape) != (K,):

@@ -64,7 +64,7 @@ class KeptBatches:
     pass. Batches of the same dtype and row shape follow each other with no gap (one (N, d) block, which
     the resident pass reads as such); others start at a 64-byte boundary. The workspace grows at the end
     of a call to what the call kept, for the next one; batches that find no room, and batches on other
-    devices, are kept as they are."""
+    devices, are kept as copies of their own."""
 
     def __init__(self, buffer: torch.Tensor | None):
         self._buffer = buffer
@@ -72,24 +72,26 @@ class KeptBatches:
         self.used = 0  # bytes the batches so far take (or would take) in the workspace
 
     def keep(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` itself, or a copy of it in the workspace (same shape, dtype and values)."""
+        """A copy of ``t`` (same shape, dtype and values): in the workspace, or its own. Never ``t`` itself: a
+        forward may return views of a buffer it overwrites for the next batch (a CUDA graph, a preallocated
+        output), and every kept batch would then hold the last one's features."""
         if t.device.type != "cpu" or t.requires_grad:
-            return t
+            return t.detach().clone()
         kind = (t.dtype, tuple(t.shape[1:]))
         start = self.used if kind == self._last else -(-self.used // _ALIGN) * _ALIGN
         nbytes = t.numel() * t.element_size()
         self.used = start + nbytes
         if self._buffer is None or self.used > self._buffer.numel():
             self._last = None  # what follows is not contiguous with this batch any more
-            return t
+            return t.clone()
         self._last = kind
         return self._buffer[start:start + nbytes].view(t.dtype).view(t.shape).copy_(t)
 
 
 @contextmanager
 def kept_batches() -> Iterator[KeptBatches]:
-    """A :class:`KeptBatches` over the kept workspace for one evaluation (a plain one, keeping the batches
-    as they are, when another thread holds the workspace). Its views are valid inside the block only."""
+    """A :class:`KeptBatches` over the kept workspace for one evaluation (a plain one, copying each batch
+    on its own, when another thread holds the workspace). Its views are valid inside the block only."""
     if not _KEPT.lock.acquire(blocking=False):
         yield KeptBatches(None)
         return

@@ -1,6 +1,7 @@
 """evaluate_split: one forward pass over a split → acc, loss and every NC metric (second pass only if needed)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Callable, Iterable, Mapping
 
@@ -11,7 +12,7 @@ from ._util import (F64, MetricDict, check_classifier, check_features, check_fin
 from ._workspace import kept_batches
 from .ncc import SampleStats
 from .resident import fits as resident_fits, resident_pass
-from .stats import CHUNK_BYTES, ClassStats
+from .stats import CHUNK_BYTES, PER_CLASS_AUTO_BYTES, ClassStats
 from .suite import _compute
 
 
@@ -38,6 +39,8 @@ def _batch_loss(loss_fn: Callable, logits: torch.Tensor, y: torch.Tensor, K: int
     """Sum of ``loss_fn`` over one batch (float64). When the loss fails on labels not yet range-checked
     (e.g. cross-entropy on a label ≥ K), the labels error is the one raised."""
     B = y.shape[0]
+    if B == 0:  # a mean over no sample is NaN: the batch adds nothing
+        return torch.zeros((), dtype=F64, device=logits.device)
     try:
         lv = torch.as_tensor(loss_fn(logits, y.to(logits.device)))
     except Exception:
@@ -84,11 +87,12 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
 
     ``forward(x) -> (features (B, d), logits (B, K))``; ``batches`` a re-iterable of (x, y) on the
     device (e.g. a DataLoader with deterministic transforms; call ``model.eval()`` first). Runs under
-    ``torch.inference_mode``. While the features fit in ``max_resident_bytes`` they stay on the device
-    and one pass suffices; otherwise the per-sample metrics (NCC, cosine margins, and the nuclear
-    ratios when the ClassStats has no per-class scatter) take a second pass — impossible for a
-    one-shot iterator, whose per-sample keys are then NaN with a reason. ``loss_fn(logits, y)`` may
-    return the batch mean (scalar) or per-sample losses (B,).
+    ``torch.inference_mode``. While the features (and labels) fit in ``max_resident_bytes`` copies of
+    them stay on the device and one pass suffices; otherwise the per-sample metrics (with ``weight``: NCC,
+    cosine margins) take a second pass — impossible for a one-shot iterator, whose per-sample keys are
+    then NaN with a reason, and NaN with a reason too when that pass sees other samples (per-class counts
+    or sums differ: e.g. a shuffled loader with ``drop_last``). ``loss_fn(logits, y)`` may return the batch
+    mean (scalar) or per-sample losses (B,); NaN/inf logits make ``acc`` and ``loss`` NaN with a reason.
     """
     K = check_num_classes(num_classes)
     one_shot = isinstance(batches, Iterator)
@@ -96,13 +100,15 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         stats: ClassStats | None = None
         kept: list = []
         resident, used, n = True, 0, 0
-        correct = loss_sum = None
+        correct = loss_sum = bad_logits = None
         for batch in batches:  # while resident, the value tests wait for the whole split (one pass)
             feats, logits, y = _run(forward, batch, K, stats.dim if stats is not None else None, not resident)
             B = feats.shape[0]
             n += B
             hits = (logits.argmax(1) == y.to(logits.device)).sum()
             correct = hits if correct is None else correct + hits
+            bad = (~torch.isfinite(logits)).sum()  # argmax over NaN logits is no prediction
+            bad_logits = bad if bad_logits is None else bad_logits + bad
             if loss_fn is not None:
                 lv = _batch_loss(loss_fn, logits, y, K)
                 loss_sum = lv if loss_sum is None else loss_sum + lv
@@ -110,8 +116,8 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
                 stats = ClassStats(K, feats.shape[1], feats.device)
             if resident:
                 nbytes = feats.numel() * feats.element_size() + y.numel() * y.element_size()
-                if used + nbytes <= max_resident_bytes:
-                    kept.append((keeper.keep(feats), y))
+                if used + nbytes <= max_resident_bytes:  # copies: the forward or loader may reuse its buffers
+                    kept.append((keeper.keep(feats), y.clone()))
                     used += nbytes
                     continue
                 resident = False
@@ -125,8 +131,12 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         if resident:  # the labels' range test, deferred to here (the features': the resident pass, or below)
             check_label_range(torch.cat([yy for _, yy in kept]), K)
         W, b = check_classifier(weight, bias, K, stats.dim, stats.device)
-        needs_samples = W is not None or not stats.per_class
+        # a second pass serves the keys that need W, and the nuclear ratios where it can hold per-class Grams
+        needs_samples = W is not None or (not stats.per_class and SampleStats.grams_by_default(stats))
         samples, reason = None, None
+        if not (resident or needs_samples or stats.per_class):
+            reason = (f"per-class scatter not kept: K·d²·8 = {K * stats.dim ** 2 * 8:,} bytes exceeds its "
+                      f"{PER_CLASS_AUTO_BYTES:,}-byte budget, and the features exceeded max_resident_bytes")
         if resident:
             if resident_fits(n, stats.dim, K):  # label-sorted once, then class by class in float64 chunks
                 stats, samples = resident_pass(kept, K, stats.dim, W, b, check_finite=True)
@@ -150,4 +160,18 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         out["acc"] = 100.0 * float(correct) / n
         if loss_fn is not None:
             out["loss"] = float(loss_sum) / n
+        _explain_logits(out, int(bad_logits), n, K)
     return out
+
+
+def _explain_logits(out: MetricDict, bad: int, n: int, K: int) -> None:
+    """``acc`` (and ``loss``) NaN with the reason when ``bad`` of the n × K logits are NaN/inf; a loss that is
+    NaN/inf from finite logits says so."""
+    if bad:
+        why = f"{bad} of the {n} × {K} logits are not finite (NaN/inf): the model's outputs are not predictions"
+        for key in ("acc", "loss"):
+            if key in out:
+                out[key], out.reasons[key] = float("nan"), why
+    elif "loss" in out and not math.isfinite(out["loss"]):
+        out.reasons["loss"] = "loss_fn returned NaN/inf for finite logits"
+        out["loss"] = float("nan")

@@ -121,17 +121,27 @@ class SampleStats:
             self._mu_g_norm = float(torch.linalg.vector_norm(self._mu_g))
             self._b_max = float(self.b.abs().max()) if self.b is not None else 0.0
         self.num_samples = 0
+        # per-class counts and Σ (h − μ_G) of what _chunk saw, to tell a pass over other samples (a shuffled
+        # loader with drop_last) from the ClassStats' split; off where the rows are the ClassStats' own
+        self._seen_counts = torch.zeros(K, dtype=torch.int64, device=dev)  # (K,)
+        self._seen_sums: torch.Tensor | None = torch.zeros(K, d, dtype=F64, device=dev)  # (K, d)
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
         self._agree = torch.zeros((), dtype=torch.int64, device=dev)
         self._margins: list[torch.Tensor] = []
         self._margins_logit: list[torch.Tensor] = []
         if class_gram is None:
-            class_gram = not stats.per_class and K * d * d * 8 <= PER_CLASS_AUTO_BYTES
+            class_gram = self.grams_by_default(stats)
         self.class_gram = bool(class_gram)
         self._grams = torch.zeros(K, d, d, dtype=F64, device=dev) if self.class_gram else None  # (K, d, d)
         self.class_ratios: torch.Tensor | None = None  # (K,) ‖X_k‖_*/‖X_k‖_F once known
         self.class_ratio_reason = ("per-class Gram matrices not accumulated (K·d² too large or "
                                    "class_gram=False)")
+
+    @staticmethod
+    def grams_by_default(stats: ClassStats) -> bool:
+        """Whether a SampleStats of ``stats`` accumulates per-class Grams unless told: the ClassStats keeps no
+        per-class scatter and K·d²·8 ≤ PER_CLASS_AUTO_BYTES."""
+        return not stats.per_class and stats.num_classes * stats.dim ** 2 * 8 <= PER_CLASS_AUTO_BYTES
 
     def update(self, features: Any, labels: Any) -> "SampleStats":
         """Add a batch (B, d) / (B,) of the same split the ClassStats was built from."""
@@ -152,6 +162,9 @@ class SampleStats:
         xc = x.to(F64)  # (B, d)
         xc = xc - self._shift if xc.data_ptr() == x.data_ptr() else xc.sub_(self._shift)  # never mutate x
         xc.sub_(self._rel_g)  # (B, d) h − μ_G (via the shift: no large-offset cancellation)
+        if self._seen_sums is not None:
+            self._seen_counts += torch.bincount(y, minlength=self.stats.num_classes)
+            self._seen_sums.index_add_(0, y, xc)
         self._per_sample(xc, y, x)
         if grams and self._grams is not None and not self.empty_classes:
             r = xc - self._mc[y]  # (B, d) h − μ_{y}
@@ -263,6 +276,11 @@ class SampleStats:
         """(N,) MSE-repo cosine margins (uncentred numerator), in the order of :attr:`margins`."""
         return _joined(self._margins_logit)
 
+    def _own_rows(self) -> "SampleStats":
+        """Self, told that its rows are the ClassStats' own (the resident paths): nothing to cross-check."""
+        self._seen_sums = None
+        return self
+
     def finalize(self) -> "SampleStats":
         """Turn accumulated per-class Grams into ``class_ratios`` (idempotent)."""
         if self.class_ratios is None and self._grams is not None and not self.empty_classes:
@@ -290,7 +308,7 @@ class SampleStats:
     def _from_groups(cls, stats: ClassStats, groups: list, weight: Any = None,
                      bias: Any = None) -> "SampleStats":
         """Resident features as a list of validated (features (B, d), labels (B,)) chunks."""
-        self = cls(stats, weight, bias, class_gram=False)
+        self = cls(stats, weight, bias, class_gram=False)._own_rows()
         for x, y in groups:
             self._update_checked(x, y, grams=False)
         if not stats.per_class and not self.empty_classes:

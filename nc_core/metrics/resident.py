@@ -84,7 +84,7 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
         sizes = torch.tensor(counts, dtype=F64, device=device)  # (K,)
         stats._shift = sizes @ mu / N  # (d,) μ_G: the frame of the state (relative means μ_k − μ_G)
         stats._combine(sizes, mu - stats._shift, zeros)
-        samples = SampleStats(stats, weight, bias, class_gram=False) if weight is not None else None
+        samples = SampleStats(stats, weight, bias, class_gram=False)._own_rows() if weight is not None else None
         n, means = stats.counts, stats.means  # (K,), (K, d) as the suite reads them
         free = queue.SimpleQueue()  # one float64 chunk per worker
         for _ in range(workers):

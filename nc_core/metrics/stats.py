@@ -183,6 +183,11 @@ class ClassStats:
     def copy(self) -> "ClassStats":
         return copy.deepcopy(self)
 
+    def __copy__(self) -> "ClassStats":
+        """``copy.copy`` is a full copy too: a shallow one would share the state tensors that ``update``
+        changes in place (the original's means and scatter would move with the copy's updates)."""
+        return self.copy()
+
     def to(self, device: Any) -> "ClassStats":
         """A copy on ``device``."""
         out = ClassStats(self.num_classes, self.dim, device, per_class=self.per_class)

@@ -13,6 +13,7 @@ from . import etfdist, gof as gofm, nc1, nc2, nc3, resident
 from ._util import (F64, MetricDict, MetricUndefined, check_classifier, check_features, check_labels,
                     check_num_classes, check_scale, infer_classes, to_tensor)
 from .ncc import SampleStats
+from .passes import other_samples
 from .stats import ClassStats
 
 #: Per-class Grams X_kᵀX_k are built and eigen-solved in blocks of at most this many bytes.
@@ -85,6 +86,7 @@ class _Ctx:
         if self.samples is None:
             raise MetricUndefined(self.no_sample_reason or
                                   "needs per-class scatter: ClassStats(per_class=True) or a SampleStats pass")
+        self._same_samples()
         self.samples.finalize()
         if self.samples.class_ratios is None:
             raise MetricUndefined(self.samples.class_ratio_reason)
@@ -97,10 +99,19 @@ class _Ctx:
                                   "per-sample metric: pass per_sample=SampleStats(...) (a second pass)")
         if self.samples.W is None:
             raise MetricUndefined("per-sample metric: the SampleStats was built without the classifier weight")
+        self._same_samples()
+        return self.samples
+
+    def _same_samples(self) -> None:
+        """MetricUndefined unless the SampleStats saw the ClassStats' samples (its count, then per class)."""
         if self.samples.num_samples != self.n_total:
             raise MetricUndefined(f"SampleStats saw {self.samples.num_samples} samples, ClassStats "
                                   f"{self.n_total}: not the same split")
-        return self.samples
+        why = other_samples(self.samples)
+        if why:
+            raise MetricUndefined(f"the second pass saw other samples than the first ({why}): per-sample metrics "
+                                  "need batches that yield the same samples each pass (a shuffled loader with "
+                                  "drop_last, or random augmentation, does not)")
 
     @cached_property
     def sorted_margins(self) -> torch.Tensor:
