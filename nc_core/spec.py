@@ -58,7 +58,7 @@ class DataSpec(_Frozen):
     train_size: PositiveInt | None = None  # gaussian: train samples; others: cap on the train split
     test_size: PositiveInt | None = None  # gaussian / digits: test samples
     augment: Literal["none", "crop_flip"] = "none"
-    gaussian_classes: int_in(ge=2) = 10
+    gaussian_classes: int_in(ge=2) = 10  # gaussian: centres and both splits are drawn from the run's seed
     gaussian_dim: PositiveInt = 32
     gaussian_spread: NonNegFloat = 1.0  # within-class std relative to unit-norm class centres
 

@@ -164,7 +164,8 @@ def _restore(r: _Run, state: dict[str, Any]) -> None:
     r.opt.load_state_dict(state["optimizer"])
     r.sched.load_state_dict(state["scheduler"])
     ck.set_rng_state(state["rng"])
-    r.gen.set_state(state["data_generator"])
+    # state["data_generator"] is not restored: each epoch re-seeds the generator from (seed, epoch) before it
+    # draws, and a CUDA generator's state does not fit a CPU one (a run resumed by a worker of the other kind)
 
 
 def _save(r: _Run, epoch: int, state: dict[str, Any]) -> None:

@@ -106,6 +106,19 @@ def test_stop_mid_epoch_saves_last_completed_epoch(tmp_path, straight):
     assert_bitwise({**first.metrics, **second.metrics}, straight[0])
 
 
+def test_a_checkpoint_of_a_gpu_worker_resumes_on_a_cpu_one(tmp_path, straight):
+    """A CUDA generator's 16-byte state did not fit the CPU generator: a run re-queued from a GPU worker to a
+    CPU one (mixed hosts, device auto) failed to resume. The data order is re-seeded each epoch anyway."""
+    first = Recorder(stop_at=(2, 4))
+    fit(spec4(checkpoint={"every": 3, "keep_last": None}), first, workdir=tmp_path)
+    state = ck.load_checkpoint(ck.ckpt_path(tmp_path, 1))
+    state["data_generator"] = torch.zeros(16, dtype=torch.uint8)  # what torch.Generator("cuda").get_state() is
+    ck.save_checkpoint(tmp_path, 1, state)
+    second = Recorder()
+    fit(spec4(checkpoint={"every": 3, "keep_last": None}), second, workdir=tmp_path)
+    assert_bitwise({**first.metrics, **second.metrics}, straight[0])
+
+
 def test_stop_before_first_epoch_checkpoints_initial_state(tmp_path):
     rec = Recorder(stop_at=(1, 0))
     out = fit(spec4(), rec, workdir=tmp_path)

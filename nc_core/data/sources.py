@@ -220,7 +220,8 @@ def _digits(spec: RunSpec, root: Path) -> RawData:
 def _gaussian(spec: RunSpec, root: Path) -> RawData:
     """K random unit-norm centres in R^D; x = centre + spread·z/√D (so E‖x − centre‖² = spread²).
 
-    Balanced labels; train_size / test_size default to 100·K each.
+    Balanced labels; train_size / test_size default to 100·K each. The centres and both splits are drawn from
+    spec.seed (streams 0, 1, 2): each seed is another problem, so a spread over seeds includes the data's.
     """
     d = spec.data
     k, dim = d.gaussian_classes, d.gaussian_dim
