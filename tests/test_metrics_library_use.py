@@ -85,11 +85,14 @@ def test_nan_logits_make_acc_and_loss_nan_with_the_reason():
     nan = lambda b: (b, torch.full((b.shape[0], K), float("nan")))  # noqa: E731
     m = evaluate_split(nan, [(x, y)], num_classes=K, loss_fn=F.cross_entropy)
     assert math.isnan(m["acc"]) and math.isnan(m["loss"])  # argmax of NaN logits gave 20 % "accuracy"
-    assert m.reasons["acc"] == m.reasons["loss"] == (f"{N * K} of the {N} × {K} logits are not finite (NaN/inf): "
-                                                    "the model's outputs are not predictions")
+    assert m.reasons["acc"] == m.reasons["loss"] == ("logits are not finite (a row's maximum is NaN or +inf): the "
+                                                    "model's outputs are not predictions")
+    one_inf = lambda b: (b, torch.cat([b[:, :K - 1], torch.where(b[:, :1] > 9, math.inf, 0.0)], 1))  # noqa: E731
+    x[7, 0] = 10.0  # one +inf logit in one row
+    assert math.isnan(evaluate_split(one_inf, [(x, y)], num_classes=K)["acc"])
     inf_loss = evaluate_split(lambda b: (b, b[:, :K]), [(x, y)], num_classes=K,
                               loss_fn=lambda z, t: torch.full((), float("inf")))
-    assert math.isnan(inf_loss["loss"]) and "finite logits" in inf_loss.reasons["loss"]
+    assert math.isnan(inf_loss["loss"]) and "row maxima are finite" in inf_loss.reasons["loss"]
     assert math.isfinite(inf_loss["acc"])
 
 

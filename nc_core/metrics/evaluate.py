@@ -92,7 +92,7 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
     cosine margins) take a second pass — impossible for a one-shot iterator, whose per-sample keys are
     then NaN with a reason, and NaN with a reason too when that pass sees other samples (per-class counts
     or sums differ: e.g. a shuffled loader with ``drop_last``). ``loss_fn(logits, y)`` may return the batch
-    mean (scalar) or per-sample losses (B,); NaN/inf logits make ``acc`` and ``loss`` NaN with a reason.
+    mean (scalar) or per-sample losses (B,); NaN or +inf logits make ``acc`` and ``loss`` NaN with a reason.
     """
     K = check_num_classes(num_classes)
     one_shot = isinstance(batches, Iterator)
@@ -100,15 +100,16 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         stats: ClassStats | None = None
         kept: list = []
         resident, used, n = True, 0, 0
-        correct = loss_sum = bad_logits = None
+        correct = loss_sum = top_sum = None
         for batch in batches:  # while resident, the value tests wait for the whole split (one pass)
             feats, logits, y = _run(forward, batch, K, stats.dim if stats is not None else None, not resident)
             B = feats.shape[0]
             n += B
-            hits = (logits.argmax(1) == y.to(logits.device)).sum()
+            top, pred = logits.max(1)  # (B,) a row's max is NaN/+inf when its argmax is no prediction
+            hits = (pred == y.to(logits.device)).sum()
             correct = hits if correct is None else correct + hits
-            bad = (~torch.isfinite(logits)).sum()  # argmax over NaN logits is no prediction
-            bad_logits = bad if bad_logits is None else bad_logits + bad
+            top = top.sum(dtype=F64)  # (), float64: finite logits never overflow it
+            top_sum = top if top_sum is None else top_sum + top
             if loss_fn is not None:
                 lv = _batch_loss(loss_fn, logits, y, K)
                 loss_sum = lv if loss_sum is None else loss_sum + lv
@@ -160,18 +161,18 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         out["acc"] = 100.0 * float(correct) / n
         if loss_fn is not None:
             out["loss"] = float(loss_sum) / n
-        _explain_logits(out, int(bad_logits), n, K)
+        _explain_logits(out, math.isfinite(float(top_sum)))
     return out
 
 
-def _explain_logits(out: MetricDict, bad: int, n: int, K: int) -> None:
-    """``acc`` (and ``loss``) NaN with the reason when ``bad`` of the n × K logits are NaN/inf; a loss that is
-    NaN/inf from finite logits says so."""
-    if bad:
-        why = f"{bad} of the {n} × {K} logits are not finite (NaN/inf): the model's outputs are not predictions"
+def _explain_logits(out: MetricDict, finite_maxima: bool) -> None:
+    """``acc`` (and ``loss``) NaN with the reason unless every row of logits had a finite maximum (a NaN or +inf
+    logit makes its row's argmax no prediction); a loss that is NaN/inf from such logits says so."""
+    if not finite_maxima:
+        why = "logits are not finite (a row's maximum is NaN or +inf): the model's outputs are not predictions"
         for key in ("acc", "loss"):
             if key in out:
                 out[key], out.reasons[key] = float("nan"), why
     elif "loss" in out and not math.isfinite(out["loss"]):
-        out.reasons["loss"] = "loss_fn returned NaN/inf for finite logits"
+        out.reasons["loss"] = "loss_fn returned NaN/inf (for logits whose row maxima are finite)"
         out["loss"] = float("nan")
