@@ -234,6 +234,18 @@ def spec_changes(spec: dict) -> str:
         "every field at its default"
 
 
+def environments_text(environments: list[dict]) -> str:
+    """What the run's attempts ran with, one line per distinct setting: "attempts 1, 2: cpu (Intel Xeon), 2
+    threads, torch 2.14.1 on host" (a line per setting, so a change between attempts shows)."""
+    lines: dict[str, list[str]] = {}
+    for env in environments:
+        device = env.get("device", "?") + (f" ({env['device_name']})" if env.get("device_name") else "")
+        threads = f", {env['threads']} CPU thread{'s' * (env.get('threads') != 1)}" if "threads" in env else ""
+        text = f"{device}{threads}, torch {env.get('torch', '?')}" + (f" on {env['host']}" if env.get("host") else "")
+        lines.setdefault(text, []).append(str(env.get("attempt", "?")))
+    return "\n".join(f"attempt{'s' * (len(a) > 1)} {', '.join(a)}: {text}" for text, a in lines.items())
+
+
 def run_detail(run: dict, metrics: list[dict]) -> Any:
     """One run in full: status, config, progress, worker, times, the whole error and its last metrics."""
     from rich.text import Text
@@ -251,6 +263,7 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
                         else run["worker_name"]) if run.get("worker_name") else ""),
             *((("queue", f"{run['queued_ahead']} queued run(s) ahead of it"),) if run.get("queued_ahead") is not None
               else ()),
+            *((("ran with", environments_text(run["environments"])),) if run.get("environments") else ()),
             *((k, str(run[k])) for k in ("created_at", "started_at", "finished_at") if run.get(k))]
     for name, value in rows:
         head.add_row(f"[bold]{name}[/]", value)

@@ -108,12 +108,22 @@ class RunOut(_Out):
     eta_s: float | None
     error: str | None
     worker_name: str | None
+    environments: list[dict[str, Any]] = Field(
+        default_factory=list, description="per attempt, oldest first: the device (and its model), torch's CPU thread "
+        "count, torch and Python versions and host the run's numbers came from (another thread count or device "
+        "sums in other orders: another run, as another seed would be); empty for runs started before ncsweep "
+        "recorded it")
     lease_owner: str | None
     lease_expires_at: datetime | None
     created_at: datetime
     started_at: datetime | None = Field(description="start of the current attempt (null while queued)")
     finished_at: datetime | None
     updated_at: datetime
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
 
     @computed_field(description="a running run: seconds since its worker last reported (heartbeats come every "
                                 "heartbeat_seconds; a worker that died stays 'running' until its lease expires)")

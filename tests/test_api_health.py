@@ -81,8 +81,8 @@ def test_unhandled_errors_are_a_short_500(settings, enqueuer):
 
 
 @pytest.mark.parametrize("revision, says", [
-    ("0005", "failed: schema at revision 0005, this code needs 0006 (`alembic upgrade head` migrates)"),
-    ("ffff", "failed: schema at revision ffff, which this code does not know (its newest is 0006)")])
+    ("0006", "failed: schema at revision 0006, this code needs 0007 (`alembic upgrade head` migrates)"),
+    ("ffff", "failed: schema at revision ffff, which this code does not know (its newest is 0007)")])
 def test_readyz_fails_on_a_schema_this_code_does_not_match(tmp_path, revision, says):  # noqa: ANN001
     """An API on a database migrated by older or newer code fails its requests: it is not ready, and says why."""
     from nc_core.db.migrate import upgrade

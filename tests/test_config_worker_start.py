@@ -74,8 +74,8 @@ def test_a_database_without_schema_stops_the_worker(tmp_path, control):  # noqa:
 
 
 @pytest.mark.parametrize("revision, wait_s, says", [
-    ("0005", 2, "(schema at revision 0005, this code needs 0006) (after waiting 2 s: NCSWEEP_DB_WAIT_SECONDS)"),
-    ("ffff", 60, "(schema at revision ffff, which this code does not know (its newest is 0006): the database was "
+    ("0006", 2, "(schema at revision 0006, this code needs 0007) (after waiting 2 s: NCSWEEP_DB_WAIT_SECONDS)"),
+    ("ffff", 60, "(schema at revision ffff, which this code does not know (its newest is 0007): the database was "
                  "migrated by a newer ncsweep; run that version)")])
 def test_a_schema_of_another_version_stops_the_worker(tmp_path, revision, wait_s, says):  # noqa: ANN001
     """Older: a migration may be running, so it waits, then exits; newer: it exits at once (waiting cannot help)."""

@@ -19,7 +19,7 @@ def test_a_database_of_a_newer_ncsweep_is_named_as_such(tmp_path, capsys):  # no
     assert main(home, example=False) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert f"error: the database {home / 'ncsweep.db'} is at schema revision ffff, which this ncsweep does not know " \
-           "(its newest is 0006): it was migrated by a newer ncsweep" in out and "bug" not in out
+           "(its newest is 0007): it was migrated by a newer ncsweep" in out and "bug" not in out
 
 
 def test_a_migration_that_refuses_its_rows_says_what_to_do(tmp_path, capsys, monkeypatch):  # noqa: ANN001

@@ -231,6 +231,12 @@ class DBReporter:
         self._write(f"pruned checkpoints {epochs}", lambda session: results_repo.forget_missing_checkpoints(
             session, self.run_id, self.owner, os.path.exists))  # fenced: a lost lease forgets nothing
 
+    def record_environment(self, entry: dict[str, Any]) -> None:
+        """What this attempt runs with (nc_core.training.environment), appended to the run's ``environments``."""
+        if not self._write("environment", lambda session: runs_repo.record_environment(
+                session, self.run_id, self.owner, entry)):
+            self.lease_lost = True
+
     def should_stop(self) -> bool:
         return self.cancelled or self.lease_lost or self.interrupted
 

@@ -131,6 +131,9 @@ def _run_job(settings: Settings, run: Run, kind: str, owner: str,
         spec = RunSpec.model_validate(run.spec)
         reporter = DBReporter(settings, run.id, owner, batch_size=samples_per_step(kind, spec),
                               heartbeater=heart).start()
+        from nc_core.training.environment import environment
+
+        reporter.record_environment(environment(spec))
         summary = _dispatch(settings, run, kind, spec, reporter)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable reason on the run
         outcome = _failure(run.id, exc, reporter)

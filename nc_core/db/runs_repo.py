@@ -35,6 +35,24 @@ def fenced_update(session: Session, run_id: int, owner: str, now: datetime, **va
     return session.execute(stmt).first()
 
 
+#: Attempts whose environment a run keeps (retries restart the attempt count; the newest are kept).
+MAX_ENVIRONMENTS = 20
+
+
+def record_environment(session: Session, run_id: int, owner: str, entry: dict[str, Any]) -> bool:
+    """Append what this attempt runs with (``entry``: device, torch, threads, …, see
+    nc_core.training.environment) to the run's ``environments``, tagged with the attempt; fenced by the lease
+    (False: lost). The row is locked for the read-modify-write (a conditional UPDATE follows)."""
+    row = session.execute(select(Run.environments, Run.attempt)
+                          .where(Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)
+                          .with_for_update()).first()
+    if row is None:
+        return False
+    kept = list(row.environments or [])[-(MAX_ENVIRONMENTS - 1):]
+    return fenced_update(session, run_id, owner, utcnow(),
+                         environments=[*kept, {"attempt": row.attempt, **entry}]) is not None
+
+
 def unstarted() -> dict[str, Any]:
     """The per-attempt fields of a run waiting for its next attempt (a retry, an expired lease): no start or
     finish time, rate, ETA or partial epoch. Its completed epochs stay: the next attempt resumes after them."""

@@ -1,0 +1,72 @@
+"""Each attempt records what the run's numbers came from (device, torch, its CPU thread count, host): another
+thread count sums in other orders and makes another run (a reproducibility audit), so it must be readable."""
+from __future__ import annotations
+
+import io
+import platform
+
+import pytest
+import torch
+from rich.console import Console
+
+from nc_core.db import runs_repo, states
+from nc_core.db.models import Run
+from nc_core.db.session import session_scope
+from nc_core.training.environment import cpu_model
+from service.cli_views import environments_text, run_detail
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BASE = {"epochs": 1, "batch_size": 64, "device": "cpu", "deterministic": True,
+        "data": {"name": "gaussian", "train_size": 128, "test_size": 32, "gaussian_classes": 4, "gaussian_dim": 8},
+        "model": {"name": "mlp", "width": 8, "depth": 2}, "optim": {"name": "sgd", "lr": 0.05}}
+
+
+def _queued_run(app_client) -> int:  # noqa: ANN001
+    created = app_client.post("/sweeps", json={"name": "env", "base": BASE, "seeds": [0]})
+    assert created.status_code == 201, created.text
+    (item,) = app_client.get("/runs", params={"sweep_id": created.json()["sweep_id"]}).json()["items"]
+    return item["id"]
+
+
+def test_a_worker_records_the_device_threads_and_torch_of_each_attempt(app_client, settings):  # noqa: ANN001
+    from worker.runner import execute
+
+    rid = _queued_run(app_client)
+    assert app_client.get(f"/runs/{rid}").json()["environments"] == []  # not started: nothing yet
+    assert execute(rid, "train", settings, hostname="w") == states.SUCCEEDED
+    run = app_client.get(f"/runs/{rid}").json()
+    (env,) = run["environments"]
+    assert env == {"attempt": 1, "device": "cpu", "device_name": cpu_model(), "threads": 1,
+                   "torch": torch.__version__, "python": platform.python_version(), "host": env["host"]}
+    assert env["host"] and app_client.get("/runs", params={"sweep_id": run["sweep_id"]}).json()["items"][0][
+        "environments"] == [env]
+    out = io.StringIO()
+    Console(file=out, width=200).print(run_detail(run, []))
+    assert f"attempt 1: cpu ({cpu_model()}), 1 CPU thread, torch {torch.__version__} on {env['host']}" in out.getvalue()
+
+
+def test_environments_are_fenced_by_the_lease_and_keep_the_newest(db_url, app_client):  # noqa: ANN001
+    rid = _queued_run(app_client)
+    with session_scope(db_url) as s:
+        assert runs_repo.claim(s, rid, "owner-a", 60.0) is not None
+    entry = {"device": "cpu", "threads": 2, "torch": "x"}
+    with session_scope(db_url) as s:
+        assert not runs_repo.record_environment(s, rid, "owner-b", entry)  # not the lease holder
+    for i in range(runs_repo.MAX_ENVIRONMENTS + 5):
+        with session_scope(db_url) as s:
+            assert runs_repo.record_environment(s, rid, "owner-a", {**entry, "threads": i})
+            s.commit()
+    with session_scope(db_url) as s:
+        envs = s.get(Run, rid).environments
+    assert len(envs) == runs_repo.MAX_ENVIRONMENTS and envs[-1] == {"attempt": 1, **entry, "threads": 24}
+    assert [e["threads"] for e in envs] == list(range(5, 25))
+
+
+def test_show_groups_attempts_by_what_they_ran_with():
+    envs = [{"attempt": 1, "device": "cuda:0", "device_name": "NVIDIA H200", "threads": 8, "torch": "2.14.1", "host": "g"},
+            {"attempt": 2, "device": "cpu", "device_name": "Xeon", "threads": 2, "torch": "2.14.1", "host": "c"},
+            {"attempt": 3, "device": "cpu", "device_name": "Xeon", "threads": 2, "torch": "2.14.1", "host": "c"}]
+    assert environments_text(envs).splitlines() == [
+        "attempt 1: cuda:0 (NVIDIA H200), 8 CPU threads, torch 2.14.1 on g",
+        "attempts 2, 3: cpu (Xeon), 2 CPU threads, torch 2.14.1 on c"]
