@@ -11,9 +11,8 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from nc_core.db import sweeps_repo, workers_repo
-from nc_core.db.models import Metric, Run, Sweep, Worker, WorkerSample, utcnow
+from nc_core.db.models import Metric, Run, Sweep, Worker, WorkerSample, as_utc, utcnow
 from nc_core.db.states import FINISHED, RUN_UNITS
-from nc_core.db.models import as_utc
 from service.dashboard.common import ordered_counts, overall_state
 from service.dashboard.sweep_state import sweeps_eta
 
