@@ -17,6 +17,7 @@ from nc_core.db.states import RUN_UNITS, metric_step
 from nc_core.spec_fields import value_text
 from nc_core.sweep import short_names
 from service.cli_results import fmt_value
+from service.run_text import environments_text
 
 STATUS_STYLE = {"queued": "grey50", "running": "cyan", "succeeded": "green", "failed": "red",
                 "cancelled": "yellow", "busy": "cyan", "idle": "green", "lost": "red", "stopped": "grey50"}
@@ -232,18 +233,6 @@ def spec_changes(spec: dict) -> str:
     shown = {p: int(v) if isinstance(v, float) and v.is_integer() else v for p, v in changed.items()}  # width=256
     return " ".join(f"{p}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for p, v in shown.items()) or \
         "every field at its default"
-
-
-def environments_text(environments: list[dict]) -> str:
-    """What the run's attempts ran with, one line per distinct setting: "attempts 1, 2: cpu (Intel Xeon), 2
-    threads, torch 2.14.1 on host" (a line per setting, so a change between attempts shows)."""
-    lines: dict[str, list[str]] = {}
-    for env in environments:
-        device = env.get("device", "?") + (f" ({env['device_name']})" if env.get("device_name") else "")
-        threads = f", {env['threads']} CPU thread{'s' * (env.get('threads') != 1)}" if "threads" in env else ""
-        text = f"{device}{threads}, torch {env.get('torch', '?')}" + (f" on {env['host']}" if env.get("host") else "")
-        lines.setdefault(text, []).append(str(env.get("attempt", "?")))
-    return "\n".join(f"attempt{'s' * (len(a) > 1)} {', '.join(a)}: {text}" for text, a in lines.items())
 
 
 def run_detail(run: dict, metrics: list[dict]) -> Any:

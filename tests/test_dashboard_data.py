@@ -103,3 +103,16 @@ def test_run_page_shows_its_times_and_whole_spec(client, db_url: str) -> None:  
     assert "running for" in client.get(f"/ui/runs/{runs[1]}").text
     assert client.get(f"/ui/runs/{runs[2]}.json").json()["times"] == {
         "created_at": "2026-11-29 10:00:00", "started_at": None, "finished_at": None, "elapsed_s": None}
+
+
+def test_run_page_says_what_each_attempt_ran_with(client, db_url: str) -> None:  # noqa: ANN001
+    sid, runs = seed_sweep(db_url, statuses={0: "succeeded", 1: "queued"})
+    envs = [{"attempt": 1, "device": "cuda:0", "device_name": "NVIDIA H200", "threads": 8, "torch": "2.14.1", "host": "g"},
+            {"attempt": 2, "device": "cpu", "device_name": "Xeon", "threads": 2, "torch": "2.14.1", "host": "c"}]
+    with session_scope(db_url) as s:
+        s.get(Run, runs[0]).environments = envs
+    assert client.get(f"/ui/runs/{runs[0]}.json").json()["ran_with"] == (
+        "attempt 1: cuda:0 (NVIDIA H200), 8 CPU threads, torch 2.14.1 on g\n"
+        "attempt 2: cpu (Xeon), 2 CPU threads, torch 2.14.1 on c")
+    assert 'id="run-environment"' in client.get(f"/ui/runs/{runs[0]}").text
+    assert 'id="run-environment"' not in client.get(f"/ui/runs/{runs[1]}").text  # never started: nothing to say

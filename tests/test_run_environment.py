@@ -13,7 +13,8 @@ from nc_core.db import runs_repo, states
 from nc_core.db.models import Run
 from nc_core.db.session import session_scope
 from nc_core.training.environment import cpu_model
-from service.cli_views import environments_text, run_detail
+from service.cli_views import run_detail
+from service.run_text import environments_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,6 +15,7 @@ from nc_core.db.models import Metric, Run, Sweep, Worker, WorkerSample, as_utc, 
 from nc_core.db.states import FINISHED, RUN_UNITS
 from service.dashboard.common import ordered_counts, overall_state
 from service.dashboard.sweep_state import sweeps_eta
+from service.run_text import environments_text
 
 
 def sweeps_overview(session: Session, limit: int = 200) -> list[dict[str, Any]]:
@@ -35,8 +36,8 @@ def sweeps_overview(session: Session, limit: int = 200) -> list[dict[str, Any]]:
 
 
 def run_view(session: Session, run: Run) -> dict[str, Any]:
-    """What the run page shows and refreshes: status, attempt, worker, progress/ETA, error, whether it stored
-    any metric (its plots), telemetry (``host_wide``: from a CPU worker, whose figures are the whole host's)."""
+    """What the run page shows and refreshes: status, attempt, worker, progress/ETA, error, what its attempts ran
+    with, whether it stored any metric (its plots), telemetry (``host_wide``: from a CPU worker, whose figures are the whole host's)."""
     has_metrics = session.scalar(select(Metric.id).where(Metric.run_id == run.id).limit(1)) is not None
     telemetry = workers_repo.run_telemetry(session, run.id)
     return {"has_metrics": has_metrics, "id": run.id, "sweep_id": run.sweep_id, "kind": run.kind, "parent_run_id": run.parent_run_id,
@@ -44,7 +45,7 @@ def run_view(session: Session, run: Run) -> dict[str, Any]:
             "max_attempts": run.max_attempts, "worker": run.worker_name, "error": run.error or "",
             "unit": list(RUN_UNITS.get(run.kind, RUN_UNITS["train"])), **workers_repo.run_progress(run),
             "telemetry": {**telemetry, "host_wide": bool(telemetry["samples"]) and host_wide(session, run.id)},
-            "times": run_times(run)}
+            "times": run_times(run), "ran_with": environments_text(run.environments or [])}
 
 
 def run_times(run: Run, now: datetime | None = None) -> dict[str, Any]:
