@@ -8,6 +8,7 @@ import platform
 import pytest
 import torch
 from rich.console import Console
+from sqlalchemy import update
 
 from nc_core.db import runs_repo, states
 from nc_core.db.models import Run
@@ -38,8 +39,10 @@ def test_a_worker_records_the_device_threads_and_torch_of_each_attempt(app_clien
     assert execute(rid, "train", settings, hostname="w") == states.SUCCEEDED
     run = app_client.get(f"/runs/{rid}").json()
     (env,) = run["environments"]
-    assert env == {"attempt": 1, "device": "cpu", "device_name": cpu_model(), "threads": 1,
-                   "torch": torch.__version__, "python": platform.python_version(), "host": env["host"]}
+    assert env == {"attempt": 1, "worker": run["worker_name"] and env["worker"], "device": "cpu",
+                   "device_name": cpu_model(), "threads": 1, "torch": torch.__version__,
+                   "python": platform.python_version(), "host": env["host"]}
+    assert env["worker"].startswith("w/")  # the attempt's lease owner: worker name / pid / nonce
     assert env["host"] and app_client.get("/runs", params={"sweep_id": run["sweep_id"]}).json()["items"][0][
         "environments"] == [env]
     out = io.StringIO()
@@ -47,7 +50,7 @@ def test_a_worker_records_the_device_threads_and_torch_of_each_attempt(app_clien
     assert f"attempt 1: cpu ({cpu_model()}), 1 CPU thread, torch {torch.__version__} on {env['host']}" in out.getvalue()
 
 
-def test_environments_are_fenced_by_the_lease_and_keep_the_newest(db_url, app_client):  # noqa: ANN001
+def test_environments_are_fenced_idempotent_per_lease_and_keep_the_newest(db_url, app_client):  # noqa: ANN001
     rid = _queued_run(app_client)
     with session_scope(db_url) as s:
         assert runs_repo.claim(s, rid, "owner-a", 60.0) is not None
@@ -60,8 +63,14 @@ def test_environments_are_fenced_by_the_lease_and_keep_the_newest(db_url, app_cl
             s.commit()
     with session_scope(db_url) as s:
         envs = s.get(Run, rid).environments
-    assert len(envs) == runs_repo.MAX_ENVIRONMENTS and envs[-1] == {"attempt": 1, **entry, "threads": 24}
-    assert [e["threads"] for e in envs] == list(range(5, 25))
+    assert envs == [{"attempt": 1, "worker": "owner-a", **entry, "threads": 24}]  # one lease: replaced, not added
+    with session_scope(db_url) as s:  # later attempts (other leases) add theirs, the newest MAX_ENVIRONMENTS kept
+        for i in range(runs_repo.MAX_ENVIRONMENTS + 5):
+            s.execute(update(Run).where(Run.id == rid).values(lease_owner=f"owner-{i}"))
+            assert runs_repo.record_environment(s, rid, f"owner-{i}", {**entry, "threads": i})
+    with session_scope(db_url) as s:
+        envs = s.get(Run, rid).environments
+    assert [e["threads"] for e in envs] == list(range(5, 25)) and envs[-1]["worker"] == "owner-24"
 
 
 def test_show_groups_attempts_by_what_they_ran_with():

@@ -236,6 +236,7 @@ class DBReporter:
         if not self._write("environment", lambda session: runs_repo.record_environment(
                 session, self.run_id, self.owner, entry)):
             self.lease_lost = True
+            log.warning("run %s: environment not recorded: lease lost", self.run_id)
 
     def should_stop(self) -> bool:
         return self.cancelled or self.lease_lost or self.interrupted

@@ -72,7 +72,7 @@ class Run(Base):
     grid: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # axis path -> value (no seed)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validate: epochs, splits
-    # per attempt (the last MAX_ENVIRONMENTS): {attempt, device, device_name, threads, torch, python, host}
+    # per attempt (the last MAX_ENVIRONMENTS): {attempt, worker, device, device_name, threads, torch, python, host}
     environments: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
     status: Mapped[str] = mapped_column(String(16), default="queued")

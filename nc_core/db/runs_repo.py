@@ -41,16 +41,18 @@ MAX_ENVIRONMENTS = 20
 
 def record_environment(session: Session, run_id: int, owner: str, entry: dict[str, Any]) -> bool:
     """Append what this attempt runs with (``entry``: device, torch, threads, …, see
-    nc_core.training.environment) to the run's ``environments``, tagged with the attempt; fenced by the lease
-    (False: lost). The row is locked for the read-modify-write (a conditional UPDATE follows)."""
+    nc_core.training.environment) to the run's ``environments``, tagged with the attempt and its lease owner
+    (``worker``); fenced by the lease (False: lost). Idempotent, as write_retrying needs (a commit whose reply
+    was lost is written again): this lease's entry is replaced, not added twice. Only the lease holder writes
+    the column; on PostgreSQL the row is also locked (FOR NO KEY UPDATE) for the read-modify-write."""
     row = session.execute(select(Run.environments, Run.attempt)
                           .where(Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)
-                          .with_for_update()).first()
+                          .with_for_update(key_share=True)).first()
     if row is None:
         return False
-    kept = list(row.environments or [])[-(MAX_ENVIRONMENTS - 1):]
+    kept = [e for e in row.environments or [] if e.get("worker") != owner][-(MAX_ENVIRONMENTS - 1):]
     return fenced_update(session, run_id, owner, utcnow(),
-                         environments=[*kept, {"attempt": row.attempt, **entry}]) is not None
+                         environments=[*kept, {"attempt": row.attempt, "worker": owner, **entry}]) is not None
 
 
 def unstarted() -> dict[str, Any]:

@@ -16,6 +16,8 @@ def environment(spec: RunSpec) -> dict[str, Any]:
     """The device the spec runs on here (and its model), torch's intra-op thread count (another count sums in
     other orders: another run, as another seed would be), the torch and Python versions and the host."""
     device = resolve_device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the one "cuda" means in this process
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "host": socket.gethostname()}
