@@ -252,6 +252,7 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
                 if epochs is not None or (not results and i == len(want)):  # asked for, or none was left
                     raise
                 log.warning("%s; validating the other checkpoints", exc)  # all stored: pruned since listed
+                reporter.on_progress(i, 1, 1, i / max(time.perf_counter() - t0, 1e-9))
                 continue
             r.model.load_state_dict(state["model"])
             results[e] = evaluate(r, splits, e)

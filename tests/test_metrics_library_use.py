@@ -85,7 +85,7 @@ def test_nan_logits_make_acc_and_loss_nan_with_the_reason():
     nan = lambda b: (b, torch.full((b.shape[0], K), float("nan")))  # noqa: E731
     m = evaluate_split(nan, [(x, y)], num_classes=K, loss_fn=F.cross_entropy)
     assert math.isnan(m["acc"]) and math.isnan(m["loss"])  # argmax of NaN logits gave 20 % "accuracy"
-    assert m.reasons["acc"] == m.reasons["loss"] == ("logits are not finite (a row's maximum is NaN or +inf): the "
+    assert m.reasons["acc"] == m.reasons["loss"] == ("logits are not finite (a row's maximum is NaN or ±inf): the "
                                                     "model's outputs are not predictions")
     one_inf = lambda b: (b, torch.cat([b[:, :K - 1], torch.where(b[:, :1] > 9, math.inf, 0.0)], 1))  # noqa: E731
     x[7, 0] = 10.0  # one +inf logit in one row
@@ -134,3 +134,58 @@ def test_no_wasted_second_pass_without_per_class_scatter_or_weight(monkeypatch):
                        max_resident_bytes=1)
     assert len(calls) == 8 and math.isnan(m["nuclear_frobenius"])
     assert "per-class scatter not kept" in m.reasons["nuclear_frobenius"] and math.isfinite(m["nc1"])
+
+
+def test_resident_features_without_weight_keep_their_nuclear_ratios_over_the_per_class_budget(monkeypatch):
+    """Review: gating the resident path's class-at-a-time ratios like the second pass lost them (NaN)."""
+    import nc_core.metrics.evaluate as ev
+    import nc_core.metrics.ncc as ncc
+    import nc_core.metrics.resident as res
+    import nc_core.metrics.stats as st
+
+    x, y, _ = _data()
+    truth = nc_metrics(x, y)["nuclear_frobenius"]
+    for module in (st, ncc, ev, res):  # the resident pass proper needs the per-class budget too
+        monkeypatch.setattr(module, "PER_CLASS_AUTO_BYTES", K * D * D * 8 - 1)
+    m = evaluate_split(lambda b: (b, b[:, :K]), [(x, y)], num_classes=K)
+    assert m["nuclear_frobenius"] == pytest.approx(truth, rel=1e-9) and "nuclear_frobenius" not in m.reasons
+
+
+def test_a_second_pass_differing_by_float32_rounding_keeps_its_per_sample_keys():
+    """Review: a GPU forward need not be bitwise repeatable; features off by their own rounding are the same samples."""
+    x, y, W = _data()
+    calls = []
+
+    def jittery(b):  # every other pass: each feature moved by up to one float32 ulp
+        calls.append(1)
+        out = b.clone()
+        if len(calls) > 2:
+            out = torch.nextafter(out, torch.full_like(out, math.inf) * torch.sign(torch.randn_like(out)))
+        return out, out @ W.T
+
+    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, N, 100)]
+    m = evaluate_split(jittery, batches, num_classes=K, weight=W, max_resident_bytes=1)
+    assert result_reasons(m) == {}
+    assert m["cos_margin_mean"] == pytest.approx(nc_metrics(x, y, W)["cos_margin_mean"], rel=1e-5)
+
+
+def test_sample_stats_from_features_and_finalised_ratios_of_other_rows_are_refused():
+    """Review: from_features skipped the check, and ratios taken by finalize() were returned before it."""
+    x, y, W = _data()
+    stats = ClassStats(K, D, per_class=False).update(x, y)
+    other = x + 0.1 * torch.randn(N, D)
+    m = compute_metrics(stats, W, per_sample=SampleStats.from_features(stats, other, y, W))
+    assert math.isnan(m["cos_margin_mean"]) and math.isnan(m["nuclear_frobenius"])
+    assert "other samples" in m.reasons["nuclear_frobenius"]
+    fed = SampleStats(stats, W).update(other, y).finalize()
+    assert "other samples" in compute_metrics(stats, W, per_sample=fed).reasons["nuclear_frobenius"]
+    own = compute_metrics(stats, W, per_sample=SampleStats.from_features(stats, x, y, W))
+    assert own["nuclear_frobenius"] == pytest.approx(nc_metrics(x, y, W)["nuclear_frobenius"], rel=1e-9)
+
+
+def test_huge_finite_logits_are_predictions_and_all_minus_inf_rows_are_not():
+    x, y, _ = _data()
+    onehot = lambda b: (b, F.one_hot(y[:b.shape[0]], K).double() * 1e308)  # noqa: E731 - finite, sums overflow
+    assert evaluate_split(onehot, [(x, y)], num_classes=K)["acc"] == 100.0
+    dead = lambda b: (b, torch.full((b.shape[0], K), -math.inf))  # noqa: E731
+    assert "±inf" in evaluate_split(dead, [(x, y)], num_classes=K).reasons["acc"]

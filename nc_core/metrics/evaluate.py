@@ -100,16 +100,18 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         stats: ClassStats | None = None
         kept: list = []
         resident, used, n = True, 0, 0
-        correct = loss_sum = top_sum = None
+        correct = loss_sum = extremes = None
         for batch in batches:  # while resident, the value tests wait for the whole split (one pass)
             feats, logits, y = _run(forward, batch, K, stats.dim if stats is not None else None, not resident)
             B = feats.shape[0]
             n += B
-            top, pred = logits.max(1)  # (B,) a row's max is NaN/+inf when its argmax is no prediction
+            top, pred = logits.max(1)  # (B,) a row's max is NaN or ±inf when its argmax is no prediction
             hits = (pred == y.to(logits.device)).sum()
             correct = hits if correct is None else correct + hits
-            top = top.sum(dtype=F64)  # (), float64: finite logits never overflow it
-            top_sum = top if top_sum is None else top_sum + top
+            if B:
+                lo_hi = torch.stack(torch.aminmax(top))  # (2,) the batch's lowest and highest row maxima (NaN wins)
+                extremes = lo_hi if extremes is None else torch.stack(
+                    [torch.minimum(extremes[0], lo_hi[0]), torch.maximum(extremes[1], lo_hi[1])])
             if loss_fn is not None:
                 lv = _batch_loss(loss_fn, logits, y, K)
                 loss_sum = lv if loss_sum is None else loss_sum + lv
@@ -132,10 +134,11 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         if resident:  # the labels' range test, deferred to here (the features': the resident pass, or below)
             check_label_range(torch.cat([yy for _, yy in kept]), K)
         W, b = check_classifier(weight, bias, K, stats.dim, stats.device)
-        # a second pass serves the keys that need W, and the nuclear ratios where it can hold per-class Grams
-        needs_samples = W is not None or (not stats.per_class and SampleStats.grams_by_default(stats))
+        needs_samples = W is not None or not stats.per_class  # resident: the ratios a class at a time from the rows
+        # a second pass serves the keys that need W, and the nuclear ratios only where it can hold per-class Grams
+        second_pass = W is not None or (not stats.per_class and SampleStats.grams_by_default(stats))
         samples, reason = None, None
-        if not (resident or needs_samples or stats.per_class):
+        if not (resident or second_pass or stats.per_class):
             reason = (f"per-class scatter not kept: K·d²·8 = {K * stats.dim ** 2 * 8:,} bytes exceeds its "
                       f"{PER_CLASS_AUTO_BYTES:,}-byte budget, and the features exceeded max_resident_bytes")
         if resident:
@@ -147,12 +150,12 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
                 for f, yy in groups:
                     stats._update_checked(f, yy)
                 if needs_samples:
-                    samples = SampleStats._from_groups(stats, groups, W, b)
+                    samples = SampleStats._from_groups(stats, groups, W, b, own_rows=True)
                 del groups
-        elif needs_samples and one_shot:
+        elif second_pass and one_shot:
             reason = ("features exceeded max_resident_bytes and batches is a one-shot iterator: "
                       "no second pass for the per-sample metrics")
-        elif needs_samples:
+        elif second_pass:
             samples = SampleStats(stats, W, b)
             for batch in batches:
                 feats, _, y = _run(forward, batch, K, stats.dim)
@@ -161,15 +164,15 @@ def evaluate_split(forward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
         out["acc"] = 100.0 * float(correct) / n
         if loss_fn is not None:
             out["loss"] = float(loss_sum) / n
-        _explain_logits(out, math.isfinite(float(top_sum)))
+        _explain_logits(out, bool(torch.isfinite(extremes).all()))
     return out
 
 
 def _explain_logits(out: MetricDict, finite_maxima: bool) -> None:
     """``acc`` (and ``loss``) NaN with the reason unless every row of logits had a finite maximum (a NaN or +inf
-    logit makes its row's argmax no prediction); a loss that is NaN/inf from such logits says so."""
+    logit, or a row all −inf, makes its argmax no prediction); a loss that is NaN/inf from such logits says so."""
     if not finite_maxima:
-        why = "logits are not finite (a row's maximum is NaN or +inf): the model's outputs are not predictions"
+        why = "logits are not finite (a row's maximum is NaN or ±inf): the model's outputs are not predictions"
         for key in ("acc", "loss"):
             if key in out:
                 out[key], out.reasons[key] = float("nan"), why

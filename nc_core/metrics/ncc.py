@@ -125,6 +125,7 @@ class SampleStats:
         # loader with drop_last) from the ClassStats' split; off where the rows are the ClassStats' own
         self._seen_counts = torch.zeros(K, dtype=torch.int64, device=dev)  # (K,)
         self._seen_sums: torch.Tensor | None = torch.zeros(K, d, dtype=F64, device=dev)  # (K, d)
+        self._seen_eps = EPS64  # the largest machine epsilon of the features seen (their own rounding)
         self._match = torch.zeros((), dtype=torch.int64, device=dev)
         self._agree = torch.zeros((), dtype=torch.int64, device=dev)
         self._margins: list[torch.Tensor] = []
@@ -165,6 +166,8 @@ class SampleStats:
         if self._seen_sums is not None:
             self._seen_counts += torch.bincount(y, minlength=self.stats.num_classes)
             self._seen_sums.index_add_(0, y, xc)
+            if x.dtype.is_floating_point:
+                self._seen_eps = max(self._seen_eps, torch.finfo(x.dtype).eps)
         self._per_sample(xc, y, x)
         if grams and self._grams is not None and not self.empty_classes:
             r = xc - self._mc[y]  # (B, d) h − μ_{y}
@@ -306,9 +309,12 @@ class SampleStats:
 
     @classmethod
     def _from_groups(cls, stats: ClassStats, groups: list, weight: Any = None,
-                     bias: Any = None) -> "SampleStats":
-        """Resident features as a list of validated (features (B, d), labels (B,)) chunks."""
-        self = cls(stats, weight, bias, class_gram=False)._own_rows()
+                     bias: Any = None, own_rows: bool = False) -> "SampleStats":
+        """Resident features as a list of validated (features (B, d), labels (B,)) chunks (``own_rows``: those
+        that built ``stats``, so nothing to cross-check)."""
+        self = cls(stats, weight, bias, class_gram=False)
+        if own_rows:
+            self._own_rows()
         for x, y in groups:
             self._update_checked(x, y, grams=False)
         if not stats.per_class and not self.empty_classes:

@@ -73,6 +73,7 @@ class _Ctx:
     def ratios(self) -> torch.Tensor:
         means = self.means
         if self.samples is not None and self.samples.class_ratios is not None:
+            self._same_samples()  # from_features, or finalize() called by hand, may have had other rows
             return self.samples.class_ratios  # (K,) taken already (the resident pass, class by class)
         cs = self.stats.class_scatter
         if cs is not None:
@@ -281,5 +282,5 @@ def nc_metrics(features: Any, labels: Any, weight: Any = None, bias: Any = None,
     stats._update_checked(x, y)
     samples = None
     if W is not None or not stats.per_class:
-        samples = SampleStats._from_groups(stats, [(x, y)], W, b)
+        samples = SampleStats._from_groups(stats, [(x, y)], W, b, own_rows=True)
     return compute_metrics(stats, W, b, gof=gof, per_sample=samples)
