@@ -13,22 +13,26 @@ import typer
 from service.client import Client
 
 FIXED_HEAD = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed"]  # sweep_id: files of two sweeps concatenate
+# what the run's last attempt ran with (its environments; empty before ncsweep recorded them): another device or
+# CPU thread count is another run, as another seed would be. Not spec paths, so no axis takes these names.
+ENV_COLUMNS = {"env_device": "device", "env_threads": "threads", "env_torch": "torch"}
 FIXED_TAIL = ["epoch", "split", "key", "value", "note", "metric_version"]
 ROW_GROUP_ROWS = 131_072  # Parquet: runs' rows gather (as Arrow columns) into row groups of about this many
 BATCH_RUNS = 500  # runs asked for per GET /sweeps/{id}/metrics (its bound); its row budget may answer fewer
 
 
 def export_columns(axes: list[str]) -> list[str]:
-    """The file's columns, in order: the run's fields, its sweep axes, then the metric point's."""
-    return [*FIXED_HEAD, *axes, *FIXED_TAIL]
+    """The file's columns, in order: the run's fields and environment, its sweep axes, then the metric point's."""
+    return [*FIXED_HEAD, *ENV_COLUMNS, *axes, *FIXED_TAIL]
 
 
 def run_rows(run: dict[str, Any], axes: list[str], metrics: list[dict[str, Any]],
              sweep_id: int | None = None) -> Iterator[list[Any]]:
     """One run's metric points as rows in ``export_columns(axes)`` order (``sweep_id``: the run's by default)."""
     grid = run.get("grid") or {}
+    env = (run.get("environments") or [{}])[-1]
     head = [run.get("sweep_id") if sweep_id is None else sweep_id, run["id"], run.get("kind", "train"), run.get("parent_run_id"), run["status"], run["seed"],
-            *(grid.get(a) for a in axes)]
+            *(env.get(field) for field in ENV_COLUMNS.values()), *(grid.get(a) for a in axes)]
     for m in metrics:
         yield [*head, m["epoch"], m["split"], m["key"], m["value"], m.get("note"), m["metric_version"]]
 
@@ -110,7 +114,8 @@ def parquet_schema(pa: Any, columns: list[str], runs: list[dict[str, Any]]) -> A
     """The Arrow schema, fixed before any metric row arrives: the run and metric fields by their API types, each
     axis column as Arrow infers it from the runs' grid values (as it did from the whole in-memory table)."""
     known = {"sweep_id": pa.int64(), "run_id": pa.int64(), "kind": pa.string(), "parent_run_id": pa.int64(),
-             "status": pa.string(), "seed": pa.int64(), "epoch": pa.int64(), "split": pa.string(), "key": pa.string(),
+             "status": pa.string(), "seed": pa.int64(), "env_device": pa.string(), "env_threads": pa.int64(),
+             "env_torch": pa.string(), "epoch": pa.int64(), "split": pa.string(), "key": pa.string(),
              "value": pa.float64(), "note": pa.string(), "metric_version": pa.int64()}
     fields = []
     for c in columns:

@@ -184,8 +184,10 @@ def test_export_csv_and_parquet(live: str, db_url: str, capsys, tmp_path: Path) 
     assert rc == 0
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
     assert len(rows) == 8 * 2 * 2 * 9  # runs × epochs × splits × keys
-    assert set(rows[0]) == {"sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", "loss.name", "model.width", "epoch",
-                            "split", "key", "value", "note", "metric_version"}  # note: why a NaN value is undefined
+    assert set(rows[0]) == {"sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", "env_device", "env_threads",
+                            "env_torch", "loss.name", "model.width", "epoch", "split", "key", "value", "note",
+                            "metric_version"}  # note: why a NaN value is undefined; env_*: the last attempt's
+    assert {(r["env_device"], r["env_threads"]) for r in rows} == {("", "")}  # seeded rows: no attempt recorded
     assert {r["metric_version"] for r in rows} == {"1"}  # the seeded rows' definitions (docs/metrics.md, Versioning)
     assert {(r["kind"], r["parent_run_id"]) for r in rows} == {("train", "")}  # a validate job's rows say whose
     assert {r["loss.name"] for r in rows} == {"ce", "mse"}

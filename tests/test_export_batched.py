@@ -14,6 +14,7 @@ from nc_core.db.models import Metric, Run, Sweep
 from nc_core.db.session import session_scope
 from service.client import ApiError, Client
 from service.export import CsvSink, ParquetSink, export_columns, export_sweep, run_rows
+from tests.test_export_streaming import _last_environment
 from test_events import serve
 from test_export_streaming import EPOCHS, KEYS, FakeClient, write_rows
 
@@ -189,10 +190,10 @@ def per_run_export(client: Client, sweep_id: int, fmt: str, path: Path) -> int:
 def reference(client: Client, sweep_id: int, path: Path) -> None:
     """The file as the in-memory export wrote it from GET /runs/{id}/metrics (test_export_streaming.write_rows)."""
     axes = client.sweep(sweep_id)["axes"]
-    columns = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key",
-               "value", "note", "metric_version"]
+    columns = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", "env_device", "env_threads", "env_torch",
+               *axes, "epoch", "split", "key", "value", "note", "metric_version"]
     rows = [{"sweep_id": sweep_id, "run_id": r["id"], "kind": r["kind"], "parent_run_id": r["parent_run_id"], "status": r["status"],
-             "seed": r["seed"], **{a: r["grid"].get(a) for a in axes}, **m}
+             "seed": r["seed"], **_last_environment(r), **{a: r["grid"].get(a) for a in axes}, **m}
             for r in client.iter_runs(sweep_id=sweep_id) for m in client.run_metrics(r["id"])]
     write_rows(rows, columns, path.suffix[1:], path)
 

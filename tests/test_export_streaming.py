@@ -30,8 +30,9 @@ class FakeClient:
     def iter_runs(self, sweep_id: int) -> Iterator[dict[str, Any]]:
         for i in range(self.runs):
             grid = {"loss.name": ["ce", "mse"][i % 2], "model.width": 32 * (1 + i % 3), "opt": {"lr": 0.1}}
+            envs = [{"attempt": a, "device": "cpu", "threads": a, "torch": "2.14.1"} for a in range(1, 1 + i % 3)]
             yield {"id": 100 + i, "kind": "validate" if i == 1 else "train", "parent_run_id": 100 if i == 1 else None,
-                   "status": "succeeded", "seed": i % 4, "grid": grid if i != 2 else {}}
+                   "status": "succeeded", "seed": i % 4, "grid": grid if i != 2 else {}, "environments": envs}
 
     def sweep_metrics(self, sweep_id: int, after_run: int = 0, runs: int = 500) -> tuple[list, int | None]:
         self.pages += 1
@@ -85,10 +86,17 @@ def test_export_holds_one_runs_rows_at_a_time(fake, tmp_path: Path, suffix: str,
 def _in_memory_rows(client: FakeClient, axes: list[str]) -> list[dict[str, Any]]:
     """The rows as the in-memory export built them (one dict per metric point)."""
     return [{"sweep_id": 1, "run_id": run["id"], "kind": run.get("kind", "train"), "parent_run_id": run.get("parent_run_id"),
-             "status": run["status"], "seed": run["seed"], **{a: (run.get("grid") or {}).get(a) for a in axes},
+             "status": run["status"], "seed": run["seed"], **_last_environment(run),
+             **{a: (run.get("grid") or {}).get(a) for a in axes},
              "epoch": m["epoch"], "split": m["split"], "key": m["key"], "value": m["value"], "note": m.get("note"),
              "metric_version": m["metric_version"]}
             for run in client.iter_runs(1) for m in client.metric_rows(run["id"])]
+
+
+def _last_environment(run: dict[str, Any]) -> dict[str, Any]:
+    """The env_* columns: device, threads and torch of the run's last attempt (None without any)."""
+    env = (run.get("environments") or [{}])[-1]
+    return {"env_device": env.get("device"), "env_threads": env.get("threads"), "env_torch": env.get("torch")}
 
 
 def write_rows(rows: list[dict], columns: list[str], fmt: str, path: Path) -> None:
@@ -111,8 +119,8 @@ def test_streamed_files_hold_what_the_in_memory_export_wrote(fake, tmp_path: Pat
     import pyarrow.parquet as pq
 
     axes = ["loss.name", "model.width", "opt"]
-    columns = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", *axes, "epoch", "split", "key", "value",
-               "note", "metric_version"]
+    columns = ["sweep_id", "run_id", "kind", "parent_run_id", "status", "seed", "env_device", "env_threads", "env_torch",
+               *axes, "epoch", "split", "key", "value", "note", "metric_version"]
     rows = _in_memory_rows(FakeClient(7), axes)
     for fmt in ("csv", "parquet"):
         write_rows(rows, columns, fmt, tmp_path / f"expected.{fmt}")
@@ -123,6 +131,7 @@ def test_streamed_files_hold_what_the_in_memory_export_wrote(fake, tmp_path: Pat
     assert got.column_names == expected.column_names == columns
     assert got.to_pylist() == expected.to_pylist()
     assert got.schema.field("model.width").type == expected.schema.field("model.width").type  # axes: as inferred
+    assert {(r["run_id"], r["env_threads"]) for r in got.to_pylist()} >= {(100, None), (101, 1), (102, 2)}  # the last
     with (tmp_path / "got.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 7 * EPOCHS * 2 * len(KEYS)
 
