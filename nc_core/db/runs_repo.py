@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from sqlalchemy import String, and_, case, cast, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from nc_core.db import states
-from nc_core.db.models import Event, Run
+from nc_core.db.models import Event, Run, utcnow  # utcnow: also runs_repo.utcnow to its callers
 
 TASK_NAMES = {"train": "ncsweep.train", "validate": "ncsweep.validate", "ufm": "ncsweep.ufm"}
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def add_event(session: Session, kind: str, run_id: int | None, sweep_id: int | None, **payload: Any) -> None:
