@@ -1,0 +1,1 @@
+"""Shared kernel of ncsweep, importable by service and worker: specs, settings, data, models, training, metrics, db."""

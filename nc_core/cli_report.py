@@ -1,5 +1,8 @@
-"""Single-run CLI output: the progress reporter (Ctrl-C, SIGTERM or SIGHUP stops at the next step), the run's
-metric history in its workdir, the per-epoch table and the --out file (both replaced atomically)."""
+"""Single-run CLI output: progress reporter, metric history in the workdir, per-epoch table, --out file.
+
+The reporter stops at the next step on Ctrl-C, SIGTERM or SIGHUP; the metric history and the --out file are both
+replaced atomically.
+"""
 from __future__ import annotations
 
 import csv

@@ -69,7 +69,7 @@ class LearnedHead(Head):
     def effective_weight(self, dtype: torch.dtype | None = None) -> Tensor:
         w = self.layers[0].weight.to(dtype)  # (hidden | K, d)
         for layer in self.layers[1:]:
-            w = layer.weight.to(dtype) @ w
+            w = layer.weight.to(dtype) @ w  # (hidden, d), the last product (K, d)
         return w  # (K, d) = W_L ⋯ W_1
 
     def effective_bias(self) -> Tensor | None:

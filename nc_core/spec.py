@@ -172,7 +172,8 @@ class OptimSpec(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> "OptimSpec":
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("optim.nesterov: needs optim.name='sgd' with optim.momentum > 0")
+            raise ValueError("optim.nesterov: needs optim.name='sgd' with optim.momentum > 0, got "
+                             f"optim.name={self.name!r}, optim.momentum={self.momentum:g}")
         return self
 
 

@@ -131,7 +131,7 @@ def check_run(spec: "RunSpec") -> None:
         _check_ufm_fields(spec)
         return
     if spec.ufm is not None:
-        raise ValueError("ufm: only allowed with kind='ufm'")
+        raise ValueError(f"ufm: only allowed with kind='ufm', got kind={spec.kind!r}")
     k = spec.data.num_classes
     d = feature_dim(spec)
     head = spec.head
@@ -178,7 +178,8 @@ def check_run(spec: "RunSpec") -> None:
     if ev.epochs is not None and not ev.epochs:
         raise ValueError("eval.epochs: expected at least one epoch (or leave it out to use eval.every)")
     if ev.epochs is not None and max(ev.epochs) > spec.epochs:
-        raise ValueError(f"eval.epochs: {max(ev.epochs)} is past the last epoch {spec.epochs}")
+        raise ValueError(f"eval.epochs: {max(ev.epochs)} is past the last epoch {spec.epochs}; expected epochs in "
+                         f"1..{spec.epochs}")
     if spec.precision == "bf16" and spec.optim.name == "lbfgs":
         raise ValueError("precision='bf16' with optim.name='lbfgs': LBFGS line search needs fp32")
     if spec.optim.grad_clip is not None and spec.optim.name == "lbfgs":

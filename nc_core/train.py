@@ -129,8 +129,8 @@ def _train_epoch(r: _Run, epoch: int) -> dict[str, float]:
     spec, S = r.spec, r.steps_per_epoch
     r.model.train()
     r.gen.manual_seed(epoch_seed(spec.seed, epoch))  # the order depends on (seed, epoch) only: resumable
-    loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)
-    correct = torch.zeros((), dtype=torch.long, device=r.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)  # ()
+    correct = torch.zeros((), dtype=torch.long, device=r.device)  # ()
     watch = DivergenceWatch(r.device, S, remedy=divergence_remedy(spec))
     n, t0 = 0, time.perf_counter()
     black = None  # (C,) crop_flip's padding, a black pixel normalised, on the device once (no copy per batch)

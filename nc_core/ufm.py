@@ -25,6 +25,7 @@ class UFM(torch.nn.Module):
         g = generator
         self.H = torch.nn.Parameter(0.1 * torch.randn(N, dim, generator=g))  # (N, d), N(0, 0.1²)
         shapes = [(dim, dim)] * (depth - 1) + [(K, dim)]
+        # W_1..W_{L-1} (d, d), W_L (K, d), N(0, 0.1²)
         self.Ws = torch.nn.ParameterList([torch.nn.Parameter(0.1 * torch.randn(s, generator=g)) for s in shapes])
         bound = 1.0 / math.sqrt(dim)  # nn.Linear's default bias init
         self.b = torch.nn.Parameter((torch.rand(K, generator=g) * 2 - 1) * bound) if bias else None  # (K,)
@@ -33,9 +34,9 @@ class UFM(torch.nn.Module):
 
     def weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Product W_L ⋯ W_1 (K, d), formed in ``dtype`` when given (float64 for the metrics)."""
-        W = self.Ws[0].to(dtype)
+        W = self.Ws[0].to(dtype)  # (d, d), or (K, d) when L = 1
         for layer in self.Ws[1:]:
-            W = layer.to(dtype) @ W
+            W = layer.to(dtype) @ W  # (d, d), the last product (K, d)
         return W
 
     def objective(self, lambda_w: float, lambda_h: float) -> torch.Tensor:
@@ -60,7 +61,7 @@ def _metrics(model: UFM, spec: RunSpec, objective: float) -> dict[str, float]:
     m = nc_metrics(model.H.detach(), model.labels, W, b, num_classes=len(u.class_counts), gof=gof)
     m["loss"] = objective  # the full UFM objective (data + both decays)
     if "acc" not in m:
-        logits = model.H.detach().to(W.dtype) @ W.T + (0 if b is None else b)
+        logits = model.H.detach().to(W.dtype) @ W.T + (0 if b is None else b)  # (N, K)
         m["acc"] = 100.0 * (logits.argmax(1) == model.labels).double().mean().item()
     return m
 

@@ -1,5 +1,7 @@
-"""Bearer tokens: sha256-hashed in api_token; write endpoints need a write/admin-scope token, and with
-settings.auth_reads every read needs a token of any scope (header, or the dashboard's cookie)."""
+"""Bearer tokens: sha256-hashed in api_token; write endpoints need a write/admin-scope token.
+
+With settings.auth_reads every read needs a token of any scope (header, or the dashboard's cookie).
+"""
 from __future__ import annotations
 
 import hashlib

@@ -1,7 +1,9 @@
-"""Reclaiming disk, the file side: remove the artifact folders <artifacts>/run_<id>/ of a deleted sweep's runs, or
-a pruned run's checkpoint files. Called after the commit of the rows' deletion (nc_core.db.cleanup_repo): a file
-that cannot be removed is reported ('path: why') and left, never fatal. A folder whose run.json marker names
-another run row (another database's, a reused id) is not this run's: it is left and reported."""
+"""Reclaiming disk, the file side: remove a deleted sweep's run folders or a pruned run's checkpoint files.
+
+The folders are <artifacts>/run_<id>/. Called after the commit of the rows' deletion (nc_core.db.cleanup_repo): a
+file that cannot be removed is reported ('path: why') and left, never fatal. A folder whose run.json marker names
+another run row (another database's, a reused id) is not this run's: it is left and reported.
+"""
 from __future__ import annotations
 
 import errno

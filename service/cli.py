@@ -12,6 +12,7 @@ import typer
 from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings, config_error, warn_unknown_variables
+from service.cli_actions import cancel, retry, validate
 from service.cli_args import comma_ints as _ints, comma_items as _csv, int_range, read_sweep_file, show_version
 from service.cli_cleanup import cleanup_app
 from service.cli_context import Ctx, err, out
@@ -20,8 +21,7 @@ from service.cli_output import export, plot
 from service.cli_results import (body_counts, empty_header, results_caveat, results_filter, results_hint, results_json,
                                  results_table, shown_results)
 from service.cli_tokens import token_app
-from service.cli_views import (_enrich_workers, action_line, parse_filter, run_detail, runs_table, watch_view,
-                               workers_table)
+from service.cli_views import _enrich_workers, parse_filter, run_detail, runs_table, watch_view, workers_table
 from service.cli_watch import sweep_finished, watch_rows
 from service.client import ApiError, Unreachable
 
@@ -215,46 +215,14 @@ def workers(ctx: typer.Context, every: bool = typer.Option(False, "--all", help=
     out.print(workers_table(_enrich_workers(workers, runs)))
 
 
-@app.command()
-def cancel(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None, help="sweep id (or --run)"),
-           run: Optional[int] = typer.Option(None, "--run", help="cancel one run instead of a sweep")):
-    """Cancel a sweep's unfinished runs, or one run (running runs stop at the next step)."""
-    _need_one(sweep, run)
-    out.print(action_line("cancel", _ctx(ctx).client.cancel(sweep, run)), highlight=False)
-
-
-@app.command()
-def retry(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None, help="sweep id (or --run)"),
-          run: Optional[int] = typer.Option(None, "--run", help="retry one run instead of a sweep")):
-    """Re-queue a sweep's failed/cancelled runs, or one run."""
-    _need_one(sweep, run)
-    out.print(action_line("retry", _ctx(ctx).client.retry(sweep, run)), highlight=False)
-
-
-@app.command()
-def validate(ctx: typer.Context, run: int = typer.Argument(..., help="a finished train run"),
-             epochs: Optional[str] = typer.Option(None, "--epochs",
-                                                  help="checkpoint epochs, e.g. 10,20 (default: every stored one)"),
-             splits: str = typer.Option("train,test", "--splits", help="train, test or train,test")):
-    """Recompute a finished run's NC metrics from its stored checkpoints (a validate job on a worker)."""
-    body = {"epochs": _ints(epochs, "--epochs") if epochs else None, "splits": _csv(splits)}
-    job = _ctx(ctx).client.post(f"/runs/{run}/validate", body)
-    which = ", ".join(map(str, job["options"]["epochs"])) if job["options"]["epochs"] else "every stored checkpoint"
-    queued = "queued" if job["enqueued"] else "saved, but the broker was unreachable: the reconciler will send it"
-    out.print(f"run {job['run_id']}: validate job of run {run} {queued} (epochs: {which}; splits: "
-              f"{', '.join(job['options']['splits'])}); follow it with `ncsweep show {job['run_id']}`", highlight=False)
-
-
-def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
-    if (sweep is None) == (run is None):
-        raise typer.BadParameter("give a SWEEP id or --run ID (one of them)")
-
-
+app.command()(cancel)  # service.cli_actions' commands, then service.cli_output's plot, in their --help places
+app.command()(retry)
+app.command()(validate)
 app.command()(plot)
 app.registered_commands += cleanup_app.registered_commands  # delete, prune: service.cli_cleanup's, last in --help
 
 
-# -- terminal rendering (rich) -------------------------------------------------------------------
+# -- entry point ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: API errors and an unreachable API print one line and exit 1."""
     from nc_core.cli_help import plain_flags

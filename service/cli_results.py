@@ -1,5 +1,7 @@
-"""`ncsweep results`: the results table over seeds and its notes (why values differ in epoch, why none); the
-words and cell numbers come from service.cli_results_text."""
+"""`ncsweep results`: the results table over seeds and its notes (why values differ in epoch, why none).
+
+The words and cell numbers come from service.cli_results_text.
+"""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,8 @@
-"""The words and numbers of `ncsweep results`: a cell's mean ± std at its own precision, what the title says was
-pooled, the header of an empty table and the run statuses behind the notes (service.cli_results draws the table)."""
+"""The words and numbers of `ncsweep results` (service.cli_results draws the table).
+
+A cell's mean ± std at its own precision, what the title says was pooled, the header of an empty table and the
+run statuses behind the notes.
+"""
 from __future__ import annotations
 
 import math

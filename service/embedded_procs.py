@@ -1,6 +1,9 @@
-"""The embedded stack's child processes (redis-server, Celery workers), recorded in <home>/stack.pids while it
-runs, so that a stack started after its launcher died without stopping them (SIGKILL, a crash) stops what that
-launcher left running — two brokers on one AOF directory, or two workers training one run, otherwise."""
+"""The embedded stack's child processes (redis-server, Celery workers), recorded in <home>/stack.pids.
+
+Recorded while the stack runs, so that a stack started after its launcher died without stopping them (SIGKILL, a
+crash) stops what that launcher left running — two brokers on one AOF directory, or two workers training one run,
+otherwise.
+"""
 from __future__ import annotations
 
 import json

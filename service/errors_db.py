@@ -1,5 +1,7 @@
-"""Database errors that retrying does not cure (a full disk, a read-only database, a stale schema), and what a
-user should do about each: the API says so instead of "unreachable, retry shortly"."""
+"""Database errors that retrying does not cure (a full disk, a read-only database, a stale schema).
+
+For each, what a user should do about it: the API says so instead of "unreachable, retry shortly".
+"""
 from __future__ import annotations
 
 # (SQLite's phrases in its message, PostgreSQL's SQLSTATE codes compared whole, what to do): errors that waiting

@@ -1,5 +1,7 @@
-"""How a client knows it talks to the ncsweep API before it sends a token: every response carries an
-``X-Ncsweep-Api`` header (a port a stopped stack left in <home>/api_url may now serve another program)."""
+"""How a client knows it talks to the ncsweep API before it sends a token: the ``X-Ncsweep-Api`` header.
+
+Every response carries it (a port a stopped stack left in <home>/api_url may now serve another program).
+"""
 from __future__ import annotations
 
 from typing import Any

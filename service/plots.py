@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import math
 from collections import Counter, defaultdict
 from typing import Any, Iterable, NamedTuple
 
@@ -11,14 +10,16 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nc_core.db.models import Metric, Run, Sweep
-from nc_core.db.states import metric_step, unfinished_runs
-from nc_core.db.sweeps_repo import PRIMARY_KINDS, latest_values
+from nc_core.db.models import Run, Sweep
+from nc_core.db.states import unfinished_runs
 from nc_core.spec_fields import distinct_values, value_sort_key, value_text
 from nc_core.sweep import get_path, short_names
+# the rows behind the figures; all of them are also imported from here (plots_*, the dashboard, tests), and
+# heatmap_cells looks final_values up here (a test counts its calls)
+from service.plots_data import (final_points, final_values, finite_mean, metric_rows,  # noqa: F401 - re-exported
+                                run_series, run_step, sample_std, sweep_runs)
 from service.plots_layout import DPI, new_figure
 
 DEFAULT_KEYS = ("nc1", "nc2_w", "nc3", "wh_b", "acc")
@@ -64,36 +65,6 @@ def _config_label(grid: dict[str, Any]) -> str:
     return ", ".join(f"{k}={value_text(v)}" for k, (_, v) in zip(short_names([k for k, _ in items]), items)) or "base"
 
 
-def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
-    """The runs the sweep's grid defines (as /results takes them: a validate job repeats its parent's
-    epochs and would count as one more seed)."""
-    return list(session.scalars(select(Run).where(Run.sweep_id == sweep_id, Run.kind.in_(PRIMARY_KINDS))
-                                .order_by(Run.id)))
-
-
-def metric_rows(session: Session, run_ids: Iterable[int], keys: Iterable[str]) -> list[tuple]:
-    """(run_id, epoch, split, key, value) rows; NULL values (NaN) are kept as nan."""
-    run_ids, keys = list(run_ids), list(keys)
-    if not run_ids or not keys:
-        return []
-    q = select(Metric.run_id, Metric.epoch, Metric.split, Metric.key, Metric.value).where(
-        Metric.run_id.in_(run_ids), Metric.key.in_(keys))
-    return [(r, e, s, k, math.nan if v is None else float(v)) for r, e, s, k, v in session.execute(q)]
-
-
-def run_series(session: Session, run_id: int, keys: Iterable[str]) -> dict[tuple[str, str], dict[int, float]]:
-    """One run's metric points as {(split, key): {epoch: value}}."""
-    by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for _, epoch, sp, key, value in metric_rows(session, [run_id], keys):
-        by[(sp, key)][epoch] = value
-    return by
-
-
-def run_step(session: Session, run_id: int) -> str:
-    """What a run's metric epochs count, as axes name it ('iteration' for a UFM run; states.metric_step)."""
-    return metric_step(session.scalars(select(Run.kind).where(Run.id == run_id)))
-
-
 def plot_epochs(ax: Axes, points: dict[int, float], unit: str = "epoch", **style: Any) -> None:
     """Draw {epoch: value} as a line with small point markers (one eval point stays visible), epochs ascending,
     on integer ticks labelled ``unit`` (states.metric_step)."""
@@ -113,18 +84,6 @@ def epoch_axis(ax: Axes, epochs: Iterable[int], unit: str = "epoch") -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def finite_mean(values: Iterable[float]) -> float:
-    """Mean of the finite values, NaN without any (as /sweeps/{id}/results' ``mean`` is null)."""
-    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    return float(xs.mean()) if xs.size else math.nan
-
-
-def sample_std(values: Iterable[float]) -> float:
-    """Sample std (ddof 1) of the finite values, NaN with fewer than 2 (as /sweeps/{id}/results' ``std`` is null)."""
-    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    return float(xs.std(ddof=1)) if xs.size > 1 else math.nan
-
-
 SPREAD_NOTE = "mean ± sample std (ddof 1) over seeds; no band where fewer than 2 seeds have a finite value"
 
 
@@ -137,18 +96,6 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     from service.plots_dynamics import dynamics_png as draw  # it imports this module: load it lazily
 
     return draw(session, sweep_id, keys, split, group_by, filters, log_keys)
-
-
-def final_points(session: Session, runs: list[Run], key: str, split: str) -> dict[int, tuple[float, int]]:
-    """run id → (value, epoch) of `key` on `split` at the last epoch the run measured it (one index descent a run);
-    a NULL value is a NaN."""
-    rows = latest_values(session, split, [key], run_ids=[r.id for r in runs])
-    return {rid: (math.nan if value is None else float(value), epoch) for rid, _, value, epoch in rows}
-
-
-def final_values(session: Session, runs: list[Run], key: str, split: str) -> dict[int, float]:
-    """run id → the value of `key` on `split` at the last epoch the run measured it (final_points' values)."""
-    return {rid: value for rid, (value, _) in final_points(session, runs, key, split).items()}
 
 
 def parse_ref(ref: str | None) -> tuple[str, str]:

@@ -1,6 +1,8 @@
-"""Figures on their own canvas (new_figure: no pyplot state), and figure-level text that stays inside the image:
-a legend below the axes whose columns fit the figure's width, and a title and footer wrapped to it; the figure grows
-(in width only for a legend entry wider than it, in height for the lines) instead of cutting text off at its edges."""
+"""Figures on their own canvas (new_figure: no pyplot state), and figure-level text that stays inside the image.
+
+A legend below the axes whose columns fit the figure's width, and a title and footer wrapped to it; the figure grows
+(in width only for a legend entry wider than it, in height for the lines) instead of cutting text off at its edges.
+"""
 from __future__ import annotations
 
 from typing import Any

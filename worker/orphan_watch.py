@@ -1,5 +1,8 @@
-"""A Celery worker started by a launcher (``ncsweep up``, ``ncsweep worker``) stops when that launcher dies
-without stopping it (SIGKILL, a closed terminal): its own process group never gets the launcher's signals."""
+"""A Celery worker started by a launcher (``ncsweep up``, ``ncsweep worker``) stops when that launcher dies.
+
+It dies without stopping the worker on a SIGKILL or a closed terminal: the worker's own process group never gets
+the launcher's signals.
+"""
 from __future__ import annotations
 
 import logging

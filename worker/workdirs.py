@@ -1,6 +1,8 @@
-"""A train run's artifacts folder, run_<id>, marked with the identity of the database row that made it: a folder
-left by another database (a restored backup, a shared NCSWEEP_ARTIFACTS_DIR, an id reused after a row was deleted)
-is moved aside to <artifacts>/orphaned/ instead of having its checkpoints pruned as unrecorded."""
+"""A train run's artifacts folder, run_<id>, marked with the identity of the database row that made it.
+
+A folder left by another database (a restored backup, a shared NCSWEEP_ARTIFACTS_DIR, an id reused after a row was
+deleted) is moved aside to <artifacts>/orphaned/ instead of having its checkpoints pruned as unrecorded.
+"""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
-"""run: one primary run per (sweep, kind, spec hash) — a partial unique index, as the unique constraint lets rows
-whose parent_run_id is NULL repeat.
+"""run: one primary run per (sweep, kind, spec hash) — a partial unique index.
+
+Partial, as the unique constraint lets rows whose parent_run_id is NULL repeat.
 
 Revision ID: 0005
 Revises: 0004

@@ -1,5 +1,7 @@
-"""event: index (sweep_id, id) in place of (sweep_id) — a sweep's events in id order, and its newest one
-without reading all of them (the stream's since= cursor, the plot cache's version).
+"""event: index (sweep_id, id) in place of (sweep_id).
+
+A sweep's events in id order, and its newest one without reading all of them (the stream's since= cursor, the plot
+cache's version).
 
 Revision ID: 0006
 Revises: 0005

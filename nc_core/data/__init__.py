@@ -57,8 +57,8 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...], scale
     (N, D) features are used as drawn."""
     if x.ndim != 4:
         return x.float()  # (N, D): synthetic features are used as drawn
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
     if x.dtype == torch.uint8:
         return x.float().div_(scale).sub_(m).div_(s)  # (N, C, H, W): the new float copy, in place
     return x.float().contiguous().sub_(m).div_(s)  # (N, C, H, W), in place on the loader's own copy

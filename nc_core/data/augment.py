@@ -32,8 +32,8 @@ def crop_flip(x: Tensor, generator: torch.Generator | None = None, fill: Tensor 
         f = fill.to(device=x.device, dtype=x.dtype)[None, :, None, None]  # (1, C, 1, 1)
         for border in (padded[:, :, :pad], padded[:, :, -pad:], padded[:, :, :, :pad], padded[:, :, :, -pad:]):
             border.copy_(f.expand_as(border))
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]  # (B, 1, 1, 1)
+    ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]  # (1, C, 1, 1)
     return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
 
 

@@ -1,6 +1,9 @@
-"""Status changes the API makes on runs: cancel, retry, validate jobs. Each reads a run's state under a row lock
-(sweeps_repo.lock_row) and acts on it in the same transaction, so concurrent requests on one run or sweep act
-in some serial order: the loser of a race sees the winner's result and gets the 409 a serial order gives."""
+"""Status changes the API makes on runs: cancel, retry, validate jobs.
+
+Each reads a run's state under a row lock (sweeps_repo.lock_row) and acts on it in the same transaction, so
+concurrent requests on one run or sweep act in some serial order: the loser of a race sees the winner's result and
+gets the 409 a serial order gives.
+"""
 from __future__ import annotations
 
 import hashlib

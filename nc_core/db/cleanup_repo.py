@@ -1,7 +1,9 @@
-"""Reclaiming disk, the database side: delete a sweep with every row under it, prune its finished runs'
-checkpoint rows. Each runs under the sweep's lock and its runs' row locks (as cancel and retry take them), so a
-concurrent retry, validate request or claim acts wholly before or after it; the caller commits, then removes
-the files (service.cleanup), so a failed commit loses nothing."""
+"""Reclaiming disk, the database side: delete a sweep with every row under it, prune its runs' checkpoint rows.
+
+Pruning takes the finished runs'. Each runs under the sweep's lock and its runs' row locks (as cancel and retry take
+them), so a concurrent retry, validate request or claim acts wholly before or after it; the caller commits, then
+removes the files (service.cleanup), so a failed commit loses nothing.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -162,5 +162,5 @@ def column_sums(X: torch.Tensor) -> torch.Tensor:
     row-wise accumulation (float32 rows are widened on the fly): ~2× torch's float64 sum and ~6× its
     float32 → float64 one."""
     if X.device.type == "cpu" and X.dtype in (torch.float32, F64) and not X.requires_grad:
-        return torch.from_numpy(X.numpy().sum(0, dtype=np.float64))
+        return torch.from_numpy(X.numpy().sum(0, dtype=np.float64))  # (d,)
     return X.sum(0, dtype=F64)

@@ -24,7 +24,7 @@ class _Workspace:
         if self.buffer is None or self.buffer.numel() < nbytes:
             self.buffer = None  # free the old one first
             with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
-                self.buffer = torch.empty(max(nbytes, _ALIGN), dtype=torch.uint8)
+                self.buffer = torch.empty(max(nbytes, _ALIGN), dtype=torch.uint8)  # (≥ nbytes,) raw bytes
         return self.buffer
 
 
@@ -48,11 +48,11 @@ def sorted_buffer(n: int, d: int, dtype: torch.dtype, device: torch.device) -> I
     call that finds the workspace in use (another thread) gets a fresh buffer. CUDA's caching allocator
     reuses memory already."""
     if device.type != "cpu" or not _SORTED.lock.acquire(blocking=False):
-        yield torch.empty(n, d, dtype=dtype, device=device)
+        yield torch.empty(n, d, dtype=dtype, device=device)  # (n, d)
         return
     try:
         nbytes = n * d * dtype.itemsize
-        yield _SORTED.bytes(nbytes)[:nbytes].view(dtype).view(n, d)
+        yield _SORTED.bytes(nbytes)[:nbytes].view(dtype).view(n, d)  # (n, d) over the workspace's bytes
     finally:
         _SORTED.lock.release()
 
@@ -85,7 +85,7 @@ class KeptBatches:
             self._last = None  # what follows is not contiguous with this batch any more
             return t.clone()
         self._last = kind
-        return self._buffer[start:start + nbytes].view(t.dtype).view(t.shape).copy_(t)
+        return self._buffer[start:start + nbytes].view(t.dtype).view(t.shape).copy_(t)  # t's shape, in the workspace
 
 
 @contextmanager

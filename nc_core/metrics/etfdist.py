@@ -25,7 +25,8 @@ def etf_dist_w(W: torch.Tensor) -> float:
 
 
 def etf_dist_h(hc: torch.Tensor) -> float:
-    """Same for Y_H = H̃/‖H̃‖, H̃ = [μ_k − μ_G] (Guiding H_ETF_dist). ``hc`` (K, d) = H̃ᵀ."""
+    """min_{P∈St(d,K)} ‖Y_H − P M̃‖² = 2 − 2‖Y_H M̃‖_*, Y_H = H̃/‖H̃‖, H̃ = [μ_k − μ_G] (Markou et al. 2024,
+    Guiding H_ETF_dist). ``hc`` (K, d) = H̃ᵀ."""
     return float(etf_distance(_frame(hc, "H̃")))
 
 
@@ -37,7 +38,8 @@ def _check_unique(Y: torch.Tensor, what: str) -> None:
 
 
 def etf_dist_wh(W: torch.Tensor, hc: torch.Tensor) -> float:
-    """‖P_W M̃ − P_H M̃‖² between the nearest ETFs of Y_W and Y_H (Guiding ETF_WH_dist)."""
+    """‖P_W M̃ − P_H M̃‖² between the nearest ETFs P_W M̃, P_H M̃ of Y_W and Y_H (Markou et al. 2024, Guiding
+    ETF_WH_dist)."""
     yw, yh = _frame(W, "W"), _frame(hc, "H̃")
     _check_unique(yw, "W")
     _check_unique(yh, "H̃")
@@ -45,6 +47,6 @@ def etf_dist_wh(W: torch.Tensor, hc: torch.Tensor) -> float:
 
 
 def wh_dist(W: torch.Tensor, hc: torch.Tensor) -> float:
-    """‖Wᵀ/‖W‖ − H̃/‖H̃‖‖_F² (Guiding WH_dist; squared, unlike nc3_w_sub_h_centered)."""
+    """‖Wᵀ/‖W‖ − H̃/‖H̃‖‖_F² (Markou et al. 2024, Guiding WH_dist; squared, unlike nc3_w_sub_h_centered)."""
     D = _frame(W, "W", False) - _frame(hc, "H̃", False)  # (d, K)
     return float((D * D).sum())

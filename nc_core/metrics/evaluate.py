@@ -28,10 +28,10 @@ def _run(forward: Callable, batch: Any, K: int, d: int | None,
         raise ValueError(f"forward: expected (features (B, d), logits (B, K)), got {type(out).__name__}")
     feats = check_features(out[0], dim=d, finite=checked)
     B = feats.shape[0]
-    logits = torch.as_tensor(out[1])
+    logits = torch.as_tensor(out[1])  # (B, K), checked next
     if tuple(logits.shape) != (B, K):
         raise ValueError(f"forward: expected logits of shape (B, K) = ({B}, {K}), got {tuple(logits.shape)}")
-    labels = check_labels(torch.as_tensor(y).to(feats.device), n=B, num_classes=K if checked else None)
+    labels = check_labels(torch.as_tensor(y).to(feats.device), n=B, num_classes=K if checked else None)  # (B,)
     return feats, logits, labels
 
 
@@ -40,9 +40,9 @@ def _batch_loss(loss_fn: Callable, logits: torch.Tensor, y: torch.Tensor, K: int
     (e.g. cross-entropy on a label ≥ K), the labels error is the one raised."""
     B = y.shape[0]
     if B == 0:  # a mean over no sample is NaN: the batch adds nothing
-        return torch.zeros((), dtype=F64, device=logits.device)
+        return torch.zeros((), dtype=F64, device=logits.device)  # ()
     try:
-        lv = torch.as_tensor(loss_fn(logits, y.to(logits.device)))
+        lv = torch.as_tensor(loss_fn(logits, y.to(logits.device)))  # () or (B,), checked below
     except Exception:
         if B:
             check_label_range(y, K)
@@ -73,7 +73,7 @@ def _regroup(kept: list, rows: int) -> list:
         fs.append(f), ys.append(y)
         n += f.shape[0]
         if n >= rows or not kept:
-            groups.append((torch.cat(fs), torch.cat(ys)))
+            groups.append((torch.cat(fs), torch.cat(ys)))  # (n, d), (n,)
             fs, ys, n = [], [], 0
     return groups
 

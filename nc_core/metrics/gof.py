@@ -120,23 +120,25 @@ def _diag(v: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 def nc2_w_gof(W: torch.Tensor, d1: np.ndarray) -> float:
     """‖WWᵀ/‖WWᵀ‖ − D₁/‖D₁‖‖, D₁ = diag(s_k^{2L}); W = the product W_L⋯W_1, uncentred, no bias
-    (Fsoft `compute_NC2_W_GOF`)."""
+    (Dang et al. 2023, Fsoft `compute_NC2_W_GOF`)."""
     return normalised_gap(W @ W.T, _diag(d1, W), "WWᵀ")
 
 
 def nc2_h_gof(means: torch.Tensor, d2: np.ndarray) -> float:
     """‖M_uᵀM_u/‖M_uᵀM_u‖ − D₂/‖D₂‖‖, D₂ = diag(s^{2L}/(s^{2L} + Nλ_H)²), uncentred means
-    (Fsoft `compute_NC2_H_GOF`). ``means`` (K, d)."""
+    (Dang et al. 2023, Fsoft `compute_NC2_H_GOF`). ``means`` (K, d)."""
     return normalised_gap(means @ means.T, _diag(d2, means), "M_uᵀM_u")
 
 
 def nc3_wh_gof(W: torch.Tensor, means: torch.Tensor, d3: np.ndarray) -> float:
-    """‖WM_u/‖WM_u‖ − D₃/‖D₃‖‖, D₃ = diag(s^{2L}/(s^{2L} + Nλ_H)) (Fsoft `compute_NC3_WH`)."""
+    """‖WM_u/‖WM_u‖ − D₃/‖D₃‖‖, D₃ = diag(s^{2L}/(s^{2L} + Nλ_H)) (Dang et al. 2023,
+    Fsoft `compute_NC3_WH`)."""
     return normalised_gap(W @ means.T, _diag(d3, W), "WM_u")
 
 
 def nc3_w_sub_h_gof(W: torch.Tensor, means: torch.Tensor, d4: np.ndarray) -> float:
-    """‖W/‖W‖ − D₄M_uᵀ/‖D₄M_uᵀ‖‖, D₄ = diag(s^{2L} + Nλ_H) (Fsoft `compute_NC3_W_sub_H`)."""
+    """‖W/‖W‖ − D₄M_uᵀ/‖D₄M_uᵀ‖‖, D₄ = diag(s^{2L} + Nλ_H) (Dang et al. 2023,
+    Fsoft `compute_NC3_W_sub_H`)."""
     target = torch.as_tensor(d4, dtype=W.dtype, device=W.device)[:, None] * means  # (K, d) D₄M_uᵀ
     nt = float(torch.linalg.norm(target))
     if not nt > 0:

@@ -52,7 +52,7 @@ def nc1_svd(sigma_w: torch.Tensor, hbar: torch.Tensor) -> float:
     if not K - 1 < d:
         raise MetricUndefined(f"nc1_svd needs K-1 < d (svds with k=K-1), got K={K}, d={d}")
     lam, V = _span_eig(hbar)
-    keep = torch.zeros_like(lam, dtype=torch.bool)
+    keep = torch.zeros_like(lam, dtype=torch.bool)  # (K,)
     keep[1:] = True  # ascending order: the K−1 largest
     if not float(lam[1]) > d * EPS64 * float(lam[-1]):
         raise MetricUndefined("the unweighted Σ_B has rank < K-1, its top K-1 components include a zero one")
@@ -88,7 +88,7 @@ def cdnv(class_var: torch.Tensor, means: torch.Tensor) -> float:
 
 
 def vci(sigma_w: torch.Tensor, hc: torch.Tensor) -> float:
-    """Variability collapse index (Guiding `compute_Variability_Collapse_index`):
+    """Variability collapse index (Markou et al. 2024, Guiding `compute_Variability_Collapse_index`):
     VCI = 1 − Tr(Σ_T⁺ Σ_B)/min(d, K−1), Σ_T = Σ_B + Σ_W, pinv cutoff d·eps·σ_max (float64).
 
     Tr(Σ_T⁺ Σ_B) = Σ_j ‖hc q_j‖²/(K λ_j) over the kept eigenpairs (λ_j, q_j) of the d × d Σ_T.
@@ -105,12 +105,13 @@ def vci(sigma_w: torch.Tensor, hc: torch.Tensor) -> float:
 
 
 def trace_sw(sigma_w: torch.Tensor) -> float:
-    """Tr(Σ_W), Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (MSE repo `compute_Sigma_W`)."""
+    """Tr(Σ_W), Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ (Zhou et al. 2022, MSE repo `compute_Sigma_W`)."""
     return float(torch.trace(sigma_w))
 
 
 def trace_sb(hc: torch.Tensor) -> float:
-    """Tr(Σ_B) = (1/K) Σ_k ‖μ_k − μ_G‖² (MSE repo `compute_Sigma_B`); ``hc`` (K, d) rows μ_k − μ_G."""
+    """Tr(Σ_B) = (1/K) Σ_k ‖μ_k − μ_G‖² (Zhou et al. 2022, MSE repo `compute_Sigma_B`); ``hc`` (K, d) rows
+    μ_k − μ_G."""
     return float((hc * hc).sum()) / hc.shape[0]
 
 
@@ -156,16 +157,17 @@ def class_rank_ratios(scatter: torch.Tensor, n_rows: torch.Tensor, means: torch.
 
 def class_rank_ratio(scatter: torch.Tensor, n_rows: int, mean: torch.Tensor) -> float:
     """:func:`class_rank_ratios` of one class: scatter C_k (d × d), n_k rows, mean μ_k (d,)."""
-    n = torch.tensor([float(n_rows)], dtype=scatter.dtype, device=scatter.device)
+    n = torch.tensor([float(n_rows)], dtype=scatter.dtype, device=scatter.device)  # (1,)
     return float(class_rank_ratios(scatter[None], n, mean[None])[0])
 
 
 def nuclear_frobenius(ratios: torch.Tensor) -> float:
-    """mean_k ‖X_k‖_*/‖X_k‖_F, X_k the uncentred class feature matrix (MSE `compute_nuclear_frobenius`).
+    """mean_k ‖X_k‖_*/‖X_k‖_F, X_k the uncentred class feature matrix (Zhou et al. 2022,
+    MSE `compute_nuclear_frobenius`).
     → 1 for a collapsed class (rank-one rows ≈ μ_k). ``ratios`` (K,)."""
     return float(ratios.mean())
 
 
 def numerical_rank(ratios: torch.Tensor) -> float:
-    """mean_k (‖X_k‖_*/‖X_k‖_F)² (Guiding `compute_numerical_rank`). ``ratios`` (K,)."""
+    """mean_k (‖X_k‖_*/‖X_k‖_F)² (Markou et al. 2024, Guiding `compute_numerical_rank`). ``ratios`` (K,)."""
     return float((ratios * ratios).mean())

@@ -27,12 +27,14 @@ def nc2_w_uncentered(W: torch.Tensor) -> float:
 
 
 def nc2_h(hc: torch.Tensor) -> float:
-    """NC2_H = ‖H̃ᵀH̃/‖H̃ᵀH̃‖ − M̃‖, H̃ = [μ_k − μ_G] (Fsoft `compute_NC2_ETF_H`). ``hc`` (K, d) = H̃ᵀ."""
+    """NC2_H = ‖H̃ᵀH̃/‖H̃ᵀH̃‖ − M̃‖, H̃ = [μ_k − μ_G] (Dang et al. 2023, Fsoft
+    `compute_NC2_ETF_H`). ``hc`` (K, d) = H̃ᵀ."""
     return normalised_gap(hc @ hc.T, etf_gram(hc.shape[0], device=hc.device), "H̃ᵀH̃")
 
 
 def nc2_h_unweighted(hbar: torch.Tensor) -> float:
-    """NC2_H with means centred at the unweighted μ̄ (rhubarbwu `simplex_etf_error`). ``hbar`` (K, d)."""
+    """NC2_H = ‖H̄ᵀH̄/‖H̄ᵀH̄‖ − M̃‖, H̄ = [μ_k − μ̄] centred at the unweighted μ̄ (Wu & Papyan 2024, rhubarbwu
+    `simplex_etf_error`). ``hbar`` (K, d) = H̄ᵀ."""
     return normalised_gap(hbar @ hbar.T, etf_gram(hbar.shape[0], device=hbar.device), "centred means Gram")
 
 
@@ -43,7 +45,8 @@ def nc2_w_identity(W: torch.Tensor) -> float:
 
 
 def nc2_h_identity(means: torch.Tensor) -> float:
-    """‖M_uᵀM_u/‖M_uᵀM_u‖ − I/√K‖ with uncentred means M_u = [μ_k] (Fsoft `compute_NC2_Identity_H`).
+    """‖M_uᵀM_u/‖M_uᵀM_u‖ − I/√K‖ with uncentred means M_u = [μ_k] (Dang et al. 2023, Fsoft
+    `compute_NC2_Identity_H`).
     ``means`` (K, d)."""
     return normalised_gap(means @ means.T, _ident(means.shape[0], means), "M_uᵀM_u")
 
@@ -57,18 +60,19 @@ def _cov(norms: torch.Tensor, what: str) -> float:
 
 def equinorm_w(W: torch.Tensor) -> float:
     """Coefficient of variation std(‖w_k‖)/mean(‖w_k‖), unbiased std, W uncentred
-    (Guiding `compute_W_H_equinorm`; Papyan et al. 2020 equinorm)."""
+    (Markou et al. 2024, Guiding `compute_W_H_equinorm`; Papyan et al. 2020 equinorm)."""
     return _cov(torch.linalg.norm(W, dim=1), "classifier row")
 
 
 def equinorm_h(hc: torch.Tensor) -> float:
-    """Coefficient of variation std(‖μ_k − μ_G‖)/mean(‖μ_k − μ_G‖), unbiased std (Guiding
-    `compute_W_H_equinorm`). ``hc`` (K, d)."""
+    """Coefficient of variation std(‖μ_k − μ_G‖)/mean(‖μ_k − μ_G‖), unbiased std (Markou et al.
+    2024, Guiding `compute_W_H_equinorm`). ``hc`` (K, d)."""
     return _cov(torch.linalg.norm(hc, dim=1), "centred class-mean")
 
 
 def equinorm_diff(W: torch.Tensor, hc: torch.Tensor) -> float:
-    """|CoV_H − CoV_W| (Guiding `WH_equinorm_diff_metric`)."""
+    """|CoV_H − CoV_W| of :func:`equinorm_h` and :func:`equinorm_w` (Markou et al. 2024, Guiding
+    `WH_equinorm_diff_metric`)."""
     return abs(equinorm_h(hc) - equinorm_w(W))
 
 
@@ -85,15 +89,16 @@ def _unit_pair_distances(hbar: torch.Tensor) -> torch.Tensor:
 
 
 def gnc2_dist(hbar: torch.Tensor) -> float:
-    """Hyperspherical uniformity GNC2 (Liu et al. 2023; rhubarbwu `kernel_stats` with `dist_kernel`):
+    """Hyperspherical uniformity GNC2 (Liu et al. 2023; Wu & Papyan 2024, rhubarbwu
+    `kernel_stats` with `dist_kernel`):
     population variance over pairs i < j of ‖m̂_i − m̂_j‖, m̂_k = (μ_k − μ̄)/(‖μ_k − μ̄‖ + eps).
     eps = float64 machine epsilon (the seed uses its tensor dtype's eps). ``hbar`` (K, d)."""
     return float(_unit_pair_distances(hbar).var(unbiased=False))
 
 
 def gnc2_log(hbar: torch.Tensor) -> float:
-    """GNC2 with the logarithmic kernel (rhubarbwu `kernel_stats` with `log_kernel`): population variance
-    over pairs i < j of −log‖m̂_i − m̂_j‖ (m̂_k as in :func:`gnc2_dist`). ``hbar`` (K, d)."""
+    """GNC2 with the logarithmic kernel (Wu & Papyan 2024, rhubarbwu `kernel_stats` with `log_kernel`):
+    population variance over pairs i < j of −log‖m̂_i − m̂_j‖ (m̂_k as in :func:`gnc2_dist`). ``hbar`` (K, d)."""
     dist = _unit_pair_distances(hbar)  # (P,)
     if not bool((dist > 0).all()):
         raise MetricUndefined("two normalised centred class means coincide, −log distance is infinite")

@@ -39,23 +39,27 @@ def _sub(A: torch.Tensor, B: torch.Tensor, what_a: str, what_b: str) -> float:
 
 
 def nc3_w_sub_h(W: torch.Tensor, means: torch.Tensor) -> float:
-    """‖W/‖W‖ − M_uᵀ/‖M_u‖‖_F with uncentred means (Fsoft `compute_NC3_W_sub_H`). ``means`` (K, d) = M_uᵀ."""
+    """‖W/‖W‖ − M_uᵀ/‖M_u‖‖_F with uncentred means (Dang et al. 2023, Fsoft
+    `compute_NC3_W_sub_H`). ``means`` (K, d) = M_uᵀ."""
     return _sub(W, means, "W", "M_u")
 
 
 def nc3_w_sub_h_centered(W: torch.Tensor, hc: torch.Tensor) -> float:
-    """‖W/‖W‖ − H̃ᵀ/‖H̃‖‖_F with means centred at μ_G (Fsoft `compute_NC3_W_sub_H_centered`)."""
+    """‖W/‖W‖ − H̃ᵀ/‖H̃‖‖_F with means centred at μ_G (Dang et al. 2023, Fsoft
+    `compute_NC3_W_sub_H_centered`). ``hc`` (K, d) = H̃ᵀ."""
     return _sub(W, hc, "W", "H̃")
 
 
 def nc3_uniform_duality(W: torch.Tensor, hbar: torch.Tensor) -> float:
-    """Uniform duality UNC3 (rhubarbwu): unbiased variance over classes of w_k·(μ_k − μ̄). ``hbar`` (K, d)."""
+    """Uniform duality UNC3 (Wu & Papyan 2024, rhubarbwu `similarities(...).var()`): unbiased variance over
+    classes of w_k·(μ_k − μ̄). ``hbar`` (K, d)."""
     dots = (W * hbar).sum(1)  # (K,)
     return float(dots.var(unbiased=True))
 
 
 def wh_b(W: torch.Tensor, b: torch.Tensor | None, mu_g: torch.Tensor) -> float:
-    """Bias relation ‖Wμ_G + b‖₂ (tding1/MSE/nc_loss/Guiding `compute_Wh_b_relation`, plotted as "NC4").
+    """Bias relation ‖Wμ_G + b‖₂ (Zhu et al. 2021; tding1/MSE/nc_loss/Guiding `compute_Wh_b_relation`, plotted as
+    "NC4").
     ``b`` None means a bias-free model (b = 0, as the seeds do for `--no-bias`)."""
     v = W @ mu_g  # (K,)
     if b is not None:

@@ -97,6 +97,7 @@ def _sweeps(batches: list, ys: torch.Tensor, counts: list[int], d: int, weight: 
             n_k, chunk = xk.shape[0], free.get()
             try:
                 sq = torch.empty(n_k, dtype=F64, device=device)  # (n_k,) ‖h − μ_k‖²
+                # (2K + 1, n_k) products of the residuals, only for a SampleStats pass
                 P = torch.empty(2 * K + 1, n_k, dtype=F64, device=device) if samples is not None else None
                 for lo in range(0, n_k, rows):
                     r = torch.sub(xk[lo:lo + rows], mu[k], out=chunk[:min(rows, n_k - lo)])  # (n, d) h − μ_k
@@ -162,7 +163,7 @@ def _gather_mean(source: torch.Tensor, item: tuple[torch.Tensor, torch.Tensor]) 
 
 def _place_batches(sorted_: torch.Tensor, order: torch.Tensor, batches: list, dtype: torch.dtype) -> None:
     """The label sort of batches in separate tensors: each batch's rows to their sorted places."""
-    dest = torch.empty_like(order)
+    dest = torch.empty_like(order)  # (N,)
     dest[order] = torch.arange(order.shape[0], device=order.device)  # (N,) input row → sorted position
     start = 0
     for f, _ in batches:

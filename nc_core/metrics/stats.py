@@ -124,10 +124,10 @@ class ClassStats:
         for k, xk in class_slices(xs, counts):
             m[k] = column_sums(xk) / xk.shape[0]
             xk.sub_(m[k])  # (n_k, d) h − μ_k
-            flat = xk.view(-1)
+            flat = xk.view(-1)  # (n_k·d,)
             ss[k] = torch.dot(flat, flat)
             add_gram(self._scatter[k], xk)
-        self._combine(torch.tensor(counts, dtype=F64, device=xs.device), m, ss)
+        self._combine(torch.tensor(counts, dtype=F64, device=xs.device), m, ss)  # counts (K,)
 
     def _combine(self, c: torch.Tensor, m: torch.Tensor, ss: torch.Tensor) -> None:
         """Parallel-axis merge of (counts c, means m, within SS ss) into the state; the other part's
@@ -168,7 +168,7 @@ class ClassStats:
                 continue
             sc = part._scatter.to(out.device)
             if part.per_class and not out.per_class:
-                sc = sc.sum(0)
+                sc = sc.sum(0)  # (K, d, d) → (d, d)
             out._scatter += sc
             shift = part._shift.to(out.device)
             if out._shift is None:
@@ -218,7 +218,7 @@ class ClassStats:
     @property
     def shift(self) -> torch.Tensor:
         """(d,) the reference point the internal means are relative to (zeros before any sample)."""
-        return self._shift if self._shift is not None else torch.zeros(self.dim, dtype=F64, device=self.device)
+        return self._shift if self._shift is not None else torch.zeros(self.dim, dtype=F64, device=self.device)  # (d,)
 
     def relative_means(self) -> torch.Tensor:
         """(K, d) μ_k − shift (exact frame for differences of means); NaN rows for empty classes."""

@@ -188,8 +188,11 @@ _REGISTRY: dict[str, tuple[tuple[str, ...], Callable[[_Ctx], float]]] = {
     "nc3_w_sub_h_centered": (("W",), lambda c: nc3.nc3_w_sub_h_centered(c.W, c.hc)),
     "nc3_uniform_duality": (("W",), lambda c: nc3.nc3_uniform_duality(c.W, c.hbar)),
     "wh_b": (("W",), lambda c: nc3.wh_b(c.W, c.b, c.mu_g)),
+    # 100 − 100·(1/N) Σ_i 1[NCC(h_i) = argmax(Wh_i + b)] (Papyan et al. 2020 NC4; Markou et al. 2024, Guiding)
     "ncc_mismatch": (("W",), lambda c: 100.0 - 100.0 * c.ncc.ncc_match / c.n_total),
+    # (1/N) Σ_i 1[NCC(h_i) = argmax(Wh_i)], bias ignored (Wu & Papyan 2024, rhubarbwu `clf_ncc_agreement`)
     "ncc_agreement": (("W",), lambda c: c.ncc.ncc_agree / c.n_total),
+    # mean, min, median of sample_scores.cosine_margins (Markou et al. 2024; the _logit variant: Zhou et al. 2022)
     "cos_margin_mean": (("W",), lambda c: float(c.sample.margins.mean())),
     "cos_margin_min": (("W",), lambda c: float(c.sorted_margins[0])),
     "cos_margin_median": (("W",), lambda c: _median(c.sorted_margins)),

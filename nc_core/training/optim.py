@@ -123,7 +123,7 @@ def l2(params: Iterable[torch.Tensor]) -> torch.Tensor:
     for p in params:
         s = p.float().pow(2).sum()
         total = s if total is None else total + s
-    return total if total is not None else torch.zeros(())
+    return total if total is not None else torch.zeros(())  # ()
 
 
 def feature_penalty(spec: RunSpec, raw_features: torch.Tensor) -> torch.Tensor | float:

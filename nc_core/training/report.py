@@ -132,7 +132,7 @@ class DivergenceWatch:
                  remedy: str = "lower optim.lr or add optim.grad_clip"):
         self.steps, self.remedy = steps, remedy
         self.on_host = device.type == "cpu" if on_host is None else on_host
-        self._first = None if self.on_host else torch.full((), -1, dtype=torch.long, device=device)
+        self._first = None if self.on_host else torch.full((), -1, dtype=torch.long, device=device)  # ()
 
     def see(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Check the (detached, scalar) loss of ``step`` (0-based) of ``epoch``."""
@@ -140,6 +140,6 @@ class DivergenceWatch:
             if not math.isfinite(value := loss.item()):
                 raise TrainingDiverged(epoch, step, value, remedy=self.remedy)
             return
-        self._first = torch.where((self._first < 0) & ~torch.isfinite(loss), step, self._first)
+        self._first = torch.where((self._first < 0) & ~torch.isfinite(loss), step, self._first)  # ()
         if (step % 32 == 31 or step == self.steps - 1) and (bad := int(self._first)) >= 0:
             raise TrainingDiverged(epoch, bad, remedy=self.remedy)

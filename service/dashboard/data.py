@@ -1,5 +1,7 @@
-"""Dashboard view models: sweep list with progress, run page (status, progress, telemetry); the sweep page's
-state.json is sweep_state's."""
+"""Dashboard view models: sweep list with progress, run page (status, progress, telemetry).
+
+The sweep page's state.json is sweep_state's.
+"""
 from __future__ import annotations
 
 from datetime import datetime

@@ -1,5 +1,7 @@
-"""The sweep page's state.json: completion matrix over every run, a bounded runs table, NaN reasons, value counts,
-and the sweeps' ETA (nc_core's, from rows already read)."""
+"""The sweep page's state.json: completion matrix, bounded runs table, NaN reasons, value counts, ETA.
+
+The completion matrix covers every run; the sweeps' ETA is nc_core's, from rows already read.
+"""
 from __future__ import annotations
 
 import math

@@ -1,0 +1,45 @@
+"""`ncsweep cancel`, `retry` and `validate`: act on a sweep's runs, or on one run, through the API."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from service.cli_args import comma_ints, comma_items
+from service.cli_context import invocation, out
+from service.cli_views import action_line
+
+# service.cli registers these commands on its app, each in its place in the listing of `ncsweep --help`
+
+
+def cancel(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None, help="sweep id (or --run)"),
+           run: Optional[int] = typer.Option(None, "--run", help="cancel one run instead of a sweep")):
+    """Cancel a sweep's unfinished runs, or one run (running runs stop at the next step)."""
+    _need_one(sweep, run)
+    out.print(action_line("cancel", invocation(ctx).client.cancel(sweep, run)), highlight=False)
+
+
+def retry(ctx: typer.Context, sweep: Optional[int] = typer.Argument(None, help="sweep id (or --run)"),
+          run: Optional[int] = typer.Option(None, "--run", help="retry one run instead of a sweep")):
+    """Re-queue a sweep's failed/cancelled runs, or one run."""
+    _need_one(sweep, run)
+    out.print(action_line("retry", invocation(ctx).client.retry(sweep, run)), highlight=False)
+
+
+def validate(ctx: typer.Context, run: int = typer.Argument(..., help="a finished train run"),
+             epochs: Optional[str] = typer.Option(None, "--epochs",
+                                                  help="checkpoint epochs, e.g. 10,20 (default: every stored one)"),
+             splits: str = typer.Option("train,test", "--splits", help="train, test or train,test")):
+    """Recompute a finished run's NC metrics from its stored checkpoints (a validate job on a worker)."""
+    body = {"epochs": comma_ints(epochs, "--epochs") if epochs else None, "splits": comma_items(splits)}
+    job = invocation(ctx).client.post(f"/runs/{run}/validate", body)
+    which = ", ".join(map(str, job["options"]["epochs"])) if job["options"]["epochs"] else "every stored checkpoint"
+    queued = "queued" if job["enqueued"] else "saved, but the broker was unreachable: the reconciler will send it"
+    out.print(f"run {job['run_id']}: validate job of run {run} {queued} (epochs: {which}; splits: "
+              f"{', '.join(job['options']['splits'])}); follow it with `ncsweep show {job['run_id']}`", highlight=False)
+
+
+def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
+    if (sweep is None) == (run is None):
+        given = "both" if sweep is not None else "neither"
+        raise typer.BadParameter(f"expected a SWEEP id or --run ID (one of them), got {given}")
