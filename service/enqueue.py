@@ -8,6 +8,8 @@ import threading
 import uuid
 from typing import Protocol, Sequence
 
+from service.withdraw import Waiting, find_waiting, remove_waiting
+
 log = logging.getLogger(__name__)
 
 TASK_BY_KIND = {"train": "ncsweep.train", "ufm": "ncsweep.ufm", "validate": "ncsweep.validate"}
@@ -16,7 +18,8 @@ Job = tuple[str, int]  # (run kind, run id)
 
 
 class Enqueuer(Protocol):
-    """Anything callable with [(kind, run_id), ...]; raising means 'not sent' (runs stay queued)."""
+    """Anything callable with [(kind, run_id), ...]; raising means 'not sent' (runs stay queued). One that can
+    also take a cancelled run's messages back has find_waiting and withdraw (CeleryEnqueuer; service.withdraw)."""
 
     def __call__(self, jobs: Sequence[Job]) -> None: ...
 
@@ -28,7 +31,8 @@ def task_name(kind: str) -> str:
 class CeleryEnqueuer:
     """Publishes `send_task(name, [run_id])` messages. Redis brokers get a fast bulk path: one message
     per task name is built by Celery itself (on an in-memory transport), then cloned with fresh ids and
-    LPUSHed in pipelines; other brokers use send_task over one pooled producer in a publish batch."""
+    LPUSHed in pipelines; other brokers use send_task over one pooled producer in a publish batch. On Redis a
+    cancel takes its runs' waiting messages out again (find_waiting before it, withdraw after its commit)."""
 
     def __init__(self, broker_url: str, *, visibility_timeout: int = 7 * 24 * 3600, timeout: float = 5.0,
                  fast: bool = True):
@@ -58,16 +62,32 @@ class CeleryEnqueuer:
             for kind, run_id in jobs:
                 app.send_task(task_name(kind), [run_id], producer=producer)
 
-    def _send_fast(self, jobs: Sequence[Job]) -> None:
+    def find_waiting(self, run_ids: Sequence[int]) -> Waiting:
+        """The runs' job messages waiting in the Redis queue lists (service.withdraw.find_waiting); {} for
+        other brokers. Read before a cancel, removed after its commit by :meth:`withdraw`."""
+        if not self.broker_url.startswith(("redis://", "rediss://")):
+            return {}
+        return find_waiting(self._client(), run_ids)
+
+    def withdraw(self, waiting: Waiting, run_ids: Sequence[int]) -> int:
+        """Remove the messages in ``waiting`` of the cancelled ``run_ids`` (service.withdraw.remove_waiting)."""
+        return remove_waiting(self._client(), waiting, run_ids) if waiting else 0
+
+    def _client(self):  # noqa: ANN202 - redis.Redis, imported lazily
         with self._lock:
             if self._redis is None:
                 import redis
 
                 self._redis = redis.Redis.from_url(self.broker_url, socket_timeout=self.timeout,
                                                    socket_connect_timeout=self.timeout)
+            return self._redis
+
+    def _send_fast(self, jobs: Sequence[Job]) -> None:
+        client = self._client()
+        with self._lock:
             for name in {task_name(kind) for kind, _ in jobs} - set(self._templates):
                 self._templates[name] = message_template(name)
-        with self._redis.pipeline(transaction=False) as pipe:
+        with client.pipeline(transaction=False) as pipe:
             for i, (kind, run_id) in enumerate(jobs, 1):
                 template = self._templates[task_name(kind)]
                 pipe.lpush(template["queue"], clone_message(template, run_id))

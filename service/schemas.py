@@ -111,8 +111,9 @@ class RunOut(_Out):
     environments: list[dict[str, Any]] = Field(
         default_factory=list, description="per attempt, oldest first: the device (and its model), torch's CPU thread "
         "count, torch and Python versions and host the run's numbers came from (another thread count or device "
-        "sums in other orders: another run, as another seed would be); empty for runs started before ncsweep "
-        "recorded it")
+        "sums in other orders: another run, as another seed would be), with `attempt` and `n`, the entry's place "
+        "among all the run's attempts (1 first; attempt numbers start again after a retry, n does not; entries "
+        "recorded before n count by their place in this list); empty for runs started before ncsweep recorded it")
     lease_owner: str | None
     lease_expires_at: datetime | None
     created_at: datetime

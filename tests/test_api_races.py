@@ -249,7 +249,7 @@ def test_sweep_retry_and_cancel_act_in_a_serial_order(app_client, sweep, db_url,
     for rid in ids[::2]:
         assert app_client.post(f"/runs/{rid}/cancel").status_code == 200
     retry = retry_sweep(sid, settings, enqueuer)
-    cancel = lambda s: sweeps_api.cancel_sweep(sid, s, None)  # noqa: E731
+    cancel = lambda s: sweeps_api.cancel_sweep(sid, s, enqueuer, None)  # noqa: E731
     a, b = race(db_url, *((retry, cancel) if first == "retry" else (cancel, retry)))
     a.outcome(), b.outcome()
     # before the sweep lock: half cancelled, half queued (the cancel's UPDATE did not see the retry's rows)

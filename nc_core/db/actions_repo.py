@@ -45,17 +45,25 @@ def cancel_run(session: Session, run_id: int) -> str:
     return outcome
 
 
-def cancel_sweep(session: Session, sweep_id: int) -> dict[str, int]:
-    """Cancel every queued run, flag every running run; finished runs are untouched. The caller holds the
-    sweep's lock (sweeps_repo.get_sweep(lock=True)), so a concurrent sweep retry acts wholly before or after."""
+def queued_run_ids(session: Session, *where: Any) -> list[int]:
+    """Ids of the queued runs matching ``where`` (no lock: what a cancel may find messages of in the broker)."""
+    return list(session.scalars(select(Run.id).where(Run.status == QUEUED, *where).order_by(Run.id)))
+
+
+def cancel_sweep(session: Session, sweep_id: int) -> tuple[dict[str, int], list[int]]:
+    """Cancel every queued run, flag every running run; finished runs are untouched: (counts, ids of the runs
+    cancelled). The caller holds the sweep's lock (sweeps_repo.get_sweep(lock=True)), so a concurrent sweep
+    retry acts wholly before or after."""
     t = now()
-    cancelled = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == QUEUED)
-                                .values(status=CANCELLED, cancel_requested=True, finished_at=t, updated_at=t)).rowcount
+    ids = list(session.scalars(update(Run).where(Run.sweep_id == sweep_id, Run.status == QUEUED)
+                               .values(status=CANCELLED, cancel_requested=True, finished_at=t, updated_at=t)
+                               .returning(Run.id)))
+    cancelled = len(ids)
     flagged = session.execute(update(Run).where(Run.sweep_id == sweep_id, Run.status == RUNNING,
                                                 Run.cancel_requested.is_(False))
                               .values(cancel_requested=True, updated_at=t)).rowcount
     add_event(session, sweep_id, None, status=CANCELLED, runs=cancelled, cancel_requested=flagged)
-    return {"cancelled": cancelled, "cancel_requested": flagged}
+    return {"cancelled": cancelled, "cancel_requested": flagged}, sorted(ids)
 
 
 def _requeue_values(max_attempts: int) -> dict[str, Any]:

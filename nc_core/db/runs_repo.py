@@ -31,24 +31,38 @@ def fenced_update(session: Session, run_id: int, owner: str, now: datetime, **va
     return session.execute(stmt).first()
 
 
-#: Attempts whose environment a run keeps (retries restart the attempt count; the newest are kept).
+#: Attempts whose environment a run keeps (the newest are kept).
 MAX_ENVIRONMENTS = 20
+
+
+def environment_number(environments: list[dict[str, Any]], index: int) -> int:
+    """The ``n`` of ``environments[index]``: its place among all the run's attempts, oldest 1 (the attempt
+    number does not say it: a retry starts it again at 1, and a job giving its run back returns its attempt).
+    Entries stored before ``n`` was recorded have none: they come first in the list (entries are appended),
+    so their place in it stands in."""
+    n = environments[index].get("n")
+    return n if isinstance(n, int) else index + 1
 
 
 def record_environment(session: Session, run_id: int, owner: str, entry: dict[str, Any]) -> bool:
     """Append what this attempt runs with (``entry``: device, torch, threads, …, see
-    nc_core.training.environment) to the run's ``environments``, tagged with the attempt and its lease owner
-    (``worker``); fenced by the lease (False: lost). Idempotent, as write_retrying needs (a commit whose reply
-    was lost is written again): this lease's entry is replaced, not added twice. Only the lease holder writes
-    the column; on PostgreSQL the row is also locked (FOR NO KEY UPDATE) for the read-modify-write."""
+    nc_core.training.environment) to the run's ``environments``, tagged with the attempt, its lease owner
+    (``worker``) and ``n``, one more than any before it (environment_number); fenced by the lease (False:
+    lost). Idempotent, as write_retrying needs (a commit whose reply was lost is written again): this lease's
+    entry is replaced, keeping its n, not added twice. Only the lease holder writes the column; on PostgreSQL
+    the row is also locked (FOR NO KEY UPDATE) for the read-modify-write."""
     row = session.execute(select(Run.environments, Run.attempt)
                           .where(Run.id == run_id, Run.status == states.RUNNING, Run.lease_owner == owner)
                           .with_for_update(key_share=True)).first()
     if row is None:
         return False
-    kept = [e for e in row.environments or [] if e.get("worker") != owner][-(MAX_ENVIRONMENTS - 1):]
-    return fenced_update(session, run_id, owner, utcnow(),
-                         environments=[*kept, {"attempt": row.attempt, "worker": owner, **entry}]) is not None
+    stored = row.environments or []
+    numbers = [environment_number(stored, i) for i in range(len(stored))]
+    mine = [n for e, n in zip(stored, numbers) if e.get("worker") == owner]
+    n = mine[-1] if mine else max(numbers, default=0) + 1
+    kept = [{**e, "n": k} for e, k in zip(stored, numbers) if e.get("worker") != owner][-(MAX_ENVIRONMENTS - 1):]
+    return fenced_update(session, run_id, owner, utcnow(), environments=[
+        *kept, {"attempt": row.attempt, "n": n, "worker": owner, **entry}]) is not None
 
 
 def unstarted() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from service.auth import WriteAuth
 from nc_core.spec import NUL_MESSAGE
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
+from service.withdraw import safe_find_waiting, safe_withdraw
 from service.errors import NotFound
 from service.schemas import ActionResult, RunDetail, RunPage, ValidateRequest, problems
 
@@ -105,11 +106,16 @@ def get_run(run_id: Id, session: SessionDep) -> Run:
 
 
 @router.post("/runs/{run_id}/cancel", response_model=ActionResult, responses=problems(401, 403, 404, 409, 422, 503))
-def cancel_run(run_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
-    """queued → cancelled; running → cancel_requested; finished → 409."""
+def cancel_run(run_id: Id, session: SessionDep, enqueuer: EnqueuerDep, _: WriteAuth) -> ActionResult:
+    """queued → cancelled; running → cancel_requested; finished → 409. A cancelled run's messages waiting in
+    the broker's queue are then taken out of it (as a sweep cancel does)."""
+    waiting = safe_find_waiting(enqueuer, actions_repo.queued_run_ids(session, Run.id == run_id))
+    session.rollback()  # end the read: the lock below starts the cancel's own transaction
     _run_or_404(session, run_id, lock=True)
     outcome = actions_repo.cancel_run(session, run_id)
     session.commit()
+    if outcome == "cancelled":
+        safe_withdraw(enqueuer, waiting, [run_id])
     return ActionResult(**{outcome: 1})
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from nc_core.db import actions_repo, cleanup_repo, sweeps_repo as repo
 from nc_core.data_files import absent_files, missing
-from nc_core.db.models import Sweep
+from nc_core.db.models import Run, Sweep
 from nc_core.settings import Settings
 from nc_core.spec_fields import normalized
 from nc_core.sweep import (ExpandedRun, SpecError, SweepSpec, axis_problems, error_order, expand, field_loc,
@@ -19,6 +19,7 @@ from service import cleanup
 from service.auth import WriteAuth
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
+from service.withdraw import safe_find_waiting, safe_withdraw
 from service.errors import NotFound
 from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
                              SweepSummary, problems)
@@ -152,12 +153,17 @@ def get_sweep(sweep_id: Id, session: SessionDep) -> SweepDetail:
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=ActionResult, responses=problems(401, 403, 404, 422, 503))
-def cancel_sweep(sweep_id: Id, session: SessionDep, _: WriteAuth) -> ActionResult:
+def cancel_sweep(sweep_id: Id, session: SessionDep, enqueuer: EnqueuerDep, _: WriteAuth) -> ActionResult:
     """Queued runs → cancelled; running runs get cancel_requested (workers stop at the next step). Under the
-    sweep's lock, so a concurrent retry or extend of the sweep acts wholly before or after it."""
+    sweep's lock, so a concurrent retry or extend of the sweep acts wholly before or after it. The cancelled
+    runs' messages waiting in the broker's queue are then taken out of it (service.withdraw: best effort, read
+    before the lock; a message it misses is dropped unrun by the worker that takes it)."""
+    waiting = safe_find_waiting(enqueuer, actions_repo.queued_run_ids(session, Run.sweep_id == sweep_id))
+    session.rollback()  # end the read: the lock below starts the cancel's own transaction
     _sweep_or_404(session, sweep_id, lock=True)
-    counts = actions_repo.cancel_sweep(session, sweep_id)
+    counts, cancelled = actions_repo.cancel_sweep(session, sweep_id)
     session.commit()
+    safe_withdraw(enqueuer, waiting, cancelled)
     return ActionResult(**counts)
 
 
