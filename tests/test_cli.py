@@ -5,8 +5,6 @@ import csv
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -137,17 +135,23 @@ def test_watch_once_results_workers(live: str, db_url: str, capsys) -> None:  # 
 @pytest.mark.parametrize("terminal", [True, False], ids=["live", "pipe"])
 def test_watch_exits_when_the_sweep_finishes(live: str, db_url: str, capsys, monkeypatch,  # noqa: ANN001
                                              terminal: bool) -> None:
+    from service.client import Client
+
     monkeypatch.setattr(cli.out, "_force_terminal", terminal)
     sid, runs = seed_sweep(db_url, statuses={0: "running"})
+    looks: list[str] = []  # the sweep's status at each GET /sweeps/{id} of the watch
 
-    def finish() -> None:
-        time.sleep(1.0)
-        with session_scope(db_url) as s:
-            s.get(Run, runs[0]).status = "succeeded"
-    threading.Thread(target=finish, daemon=True).start()
-    t0 = time.monotonic()
-    rc, out, _ = ncsweep(capsys, "watch", sid, "--interval", "0.2", "--timeout", "60")
-    assert rc == 0 and f"sweep {sid} finished" in out and 0.9 < time.monotonic() - t0 < 60
+    def sweep(self, sweep_id: int, fetch=Client.sweep) -> dict:  # noqa: ANN001
+        if len(looks) == 3:  # the run finishes after the third refresh
+            with session_scope(db_url) as s:
+                s.get(Run, runs[0]).status = "succeeded"
+        detail = fetch(self, sweep_id)
+        looks.append("finished" if detail["counts"].get("running", 0) == 0 else "running")
+        return detail
+    monkeypatch.setattr(Client, "sweep", sweep)
+    rc, out, _ = ncsweep(capsys, "watch", sid, "--interval", "0.01", "--timeout", "60")
+    # it kept refreshing while the run ran, and stopped at the first view of the finished sweep
+    assert rc == 0 and f"sweep {sid} finished" in out and looks == ["running"] * 3 + ["finished"], looks
     assert "┘sweep" not in out and (terminal or out.count("runs (") == 1)  # a pipe gets the final view once
     other, _ = seed_sweep(db_url, name="stuck", statuses={0: "running"})
     rc, _, err = ncsweep(capsys, "watch", other, "--interval", "0.1", "--timeout", "0.3")

@@ -5,13 +5,12 @@ import os
 import sqlite3
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers_stack import PG_ADMIN, ROOT, local_redis_url, sqlite_db, stamp_revision, wait_for
+from tests.helpers_stack import PG_ADMIN, ROOT, local_redis_url, missing, sqlite_db, stamp_revision, wait_for
 from worker.launch import worker_command
 
 
@@ -48,14 +47,13 @@ def test_a_database_that_does_not_exist_stops_the_worker_with_one_line(tmp_path)
         with create_engine(PG_ADMIN).connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {PG_ADMIN} unreachable: {type(exc).__name__}")
+        missing(f"PostgreSQL at {PG_ADMIN} ({type(exc).__name__})")  # skip here, fail under CI=true
     name = f"fixprod_missing_{uuid.uuid4().hex[:8]}"
     url = PG_ADMIN.rsplit("@", 1)[0] + ":s3cret@" + PG_ADMIN.rsplit("@", 1)[1].rsplit("/", 1)[0] + f"/{name}"
-    started = time.monotonic()
     proc, log = _start(tmp_path, url, wait_s=2)
     assert _exit_code(proc, log) != 0
-    assert time.monotonic() - started < 45  # the wait is short and configurable
     (line,) = _database_lines(log)
+    assert line.endswith("(after waiting 2 s: NCSWEEP_DB_WAIT_SECONDS)"), line  # the wait is short and configurable
     assert "worker not started: NCSWEEP_DATABASE_URL: expected a database that accepts connections" in line
     assert f":***@127.0.0.1:5432/{name}" in line and "s3cret" not in log.read_text()
     assert f'database "{name}" does not exist' in line and "OperationalError" in line
@@ -75,25 +73,24 @@ def test_a_database_without_schema_stops_the_worker(tmp_path, control):  # noqa:
 
 @pytest.mark.parametrize("revision, wait_s, says", [
     ("0006", 2, "(schema at revision 0006, this code needs 0007) (after waiting 2 s: NCSWEEP_DB_WAIT_SECONDS)"),
-    ("ffff", 60, "(schema at revision ffff, which this code does not know (its newest is 0007): the database was "
-                 "migrated by a newer ncsweep; run that version)")])
+    ("ffff", 3600, "(schema at revision ffff, which this code does not know (its newest is 0007): the database was "
+                   "migrated by a newer ncsweep; run that version)")])
 def test_a_schema_of_another_version_stops_the_worker(tmp_path, revision, wait_s, says):  # noqa: ANN001
-    """Older: a migration may be running, so it waits, then exits; newer: it exits at once (waiting cannot help)."""
+    """Older: a migration may be running, so it waits, then exits; newer: it exits at once (waiting cannot help:
+    the line says no wait, and a worker that waited out its hour would be stopped by _exit_code's guard)."""
     url = sqlite_db(tmp_path)
     stamp_revision(url, revision)
-    started = time.monotonic()
     proc, log = _start(tmp_path, url, wait_s=wait_s)
-    assert _exit_code(proc, log) == 1 and time.monotonic() - started < 45
+    assert _exit_code(proc, log) == 1
     (line,) = _database_lines(log)
     assert line.endswith(says), line
 
 
 def test_a_bad_url_stops_the_worker_at_once(tmp_path):
-    proc, log = _start(tmp_path, "postgres://u:s3cret@127.0.0.1:1/x", wait_s=30)
-    started = time.monotonic()
-    assert _exit_code(proc, log) == 1 and time.monotonic() - started < 25  # no wait: waiting cannot fix it
+    proc, log = _start(tmp_path, "postgres://u:s3cret@127.0.0.1:1/x", wait_s=3600)
+    assert _exit_code(proc, log) == 1  # no wait (waiting cannot fix it): one of an hour would trip the guard
     (line,) = _database_lines(log)
-    assert "no dialect 'postgres'" in line and "postgresql+psycopg://" in line and "s3cret" not in line
+    assert "after waiting" not in line and "no dialect 'postgres'" in line and "postgresql+psycopg://" in line and "s3cret" not in line
 
 
 def test_a_database_that_comes_up_within_the_wait_lets_the_worker_start(tmp_path):

@@ -87,7 +87,8 @@ def test_run_page_shows_its_times_and_whole_spec(client, db_url: str) -> None:  
     with session_scope(db_url) as s:
         done, running, queued = (s.get(Run, r) for r in runs[:3])
         done.created_at, done.started_at, done.finished_at = t0, t0 + timedelta(seconds=5), t0 + timedelta(seconds=130)
-        running.created_at, running.started_at, running.finished_at = t0, datetime.now(timezone.utc), None
+        started = datetime.now(timezone.utc) - timedelta(hours=1)
+        running.created_at, running.started_at, running.finished_at = t0, started, None
         queued.created_at, queued.started_at, queued.finished_at = t0, None, None
         spec = dict(done.spec)
     view = client.get(f"/ui/runs/{runs[0]}.json").json()
@@ -98,8 +99,12 @@ def test_run_page_shows_its_times_and_whole_spec(client, db_url: str) -> None:  
     assert "took 2m05s" in page
     shown = page.split('<details id="run-spec">', 1)[1].split("<pre>", 1)[1].split("</pre>", 1)[0]
     assert yaml.safe_load(html.unescape(shown)) == spec  # the whole spec, as stored
+    asked = datetime.now(timezone.utc)
     live = client.get(f"/ui/runs/{runs[1]}.json").json()["times"]
-    assert live["finished_at"] is None and 0 <= live["elapsed_s"] < 60  # running: to now
+    answered = datetime.now(timezone.utc)
+    # running: from its start to the time of the request (was: any value in [0, 60), 0 included)
+    assert live["finished_at"] is None and round((asked - started).total_seconds(), 1) <= live["elapsed_s"] \
+        <= round((answered - started).total_seconds(), 1), (live, asked - started, answered - started)
     assert "running for" in client.get(f"/ui/runs/{runs[1]}").text
     assert client.get(f"/ui/runs/{runs[2]}.json").json()["times"] == {
         "created_at": "2026-11-29 10:00:00", "started_at": None, "finished_at": None, "elapsed_s": None}

@@ -318,6 +318,7 @@ def test_channels_last_images_stay_channels_last_in_every_batch(augment):
         plain = list(batches(x, y, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(0), augment=augment))
         last = list(batches(nhwc, y, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(0),
                             augment=augment))
+        assert len(last) == 3  # 16 + 16 + 8: the loop below checks something
         for (xa, ya), (xb, yb) in zip(plain, last, strict=True):
             assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
             assert torch.equal(xa, xb) and torch.equal(ya, yb)

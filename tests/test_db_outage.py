@@ -260,8 +260,8 @@ def test_a_write_lock_held_past_the_retry_window_requeues_the_run_which_then_suc
         holder.execute("BEGIN IMMEDIATE")
         try:  # until the job gives up (two busy timeouts), at most 100 s
             wait_for(lambda: "giving the run back" in worker.tail(400), 100, 0.5, "the job to give its run back")
-        except AssertionError:
-            pass
+        except AssertionError as exc:  # was swallowed: the test went on as if the job had given the run back
+            raise AssertionError(f"{exc}\n{worker.tail(80)}") from None
         finally:
             holder.execute("ROLLBACK")
         done = wait_for(lambda: (row := _row(url, rid)).status in states.FINISHED and row, 180, 0.2, "the end")

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, redis_binary, stop_tree, wait_for
+from tests.helpers_stack import ROOT, TERMINAL_SIGNALS, free_port, missing, redis_binary, stop_tree, wait_for
 
 pytestmark = pytest.mark.integration
 CODE = "import sys; from service.embedded import main; sys.exit(main(sys.argv[1], example=False, workers=1))"
@@ -54,7 +54,7 @@ def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(tmp_path):
     if redis_binary() is None:
-        pytest.skip("no redis-server binary")
+        missing("a redis-server binary")  # skip here, fail under CI=true
     port = free_port()
     proc = _launch(tmp_path, port)
     try:
@@ -70,7 +70,7 @@ def test_a_closed_terminal_stops_the_stack_as_ctrl_c_does(tmp_path):
 
 def test_after_a_killed_launcher_its_workers_stop_and_the_next_start_stops_its_redis(tmp_path):
     if redis_binary() is None:
-        pytest.skip("no redis-server binary")
+        missing("a redis-server binary")  # skip here, fail under CI=true
     port = free_port()
     first = _launch(tmp_path, port)
     children = _children(tmp_path, port)
@@ -99,7 +99,7 @@ def test_after_a_killed_launcher_its_workers_stop_and_the_next_start_stops_its_r
 
 def test_redis_is_handed_to_the_caller_before_the_wait_for_it_to_answer(tmp_path, monkeypatch):
     if redis_binary() is None:
-        pytest.skip("no redis-server binary")
+        missing("a redis-server binary")  # skip here, fail under CI=true
     import redis as redis_client
 
     from service.embedded import start_redis
@@ -119,7 +119,7 @@ def test_redis_is_handed_to_the_caller_before_the_wait_for_it_to_answer(tmp_path
 
 def test_under_nohup_a_hangup_is_still_ignored(tmp_path):
     if redis_binary() is None:
-        pytest.skip("no redis-server binary")
+        missing("a redis-server binary")  # skip here, fail under CI=true
     port = free_port()
     proc = _launch(tmp_path, port, nohup=True)
     try:

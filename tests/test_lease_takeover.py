@@ -75,47 +75,7 @@ def tiny(**over) -> RunSpec:
     return RunSpec.model_validate({**BASE, **over})
 
 
-# -- (a) fit() waits for a busy workdir ------------------------------------------------------------------------
-def test_fit_waits_for_the_workdir_holder_then_trains(tmp_path):
-    holder = hold_workdir(tmp_path, 2.0)
-    t0 = time.monotonic()
-    try:
-        out = fit(tiny(epochs=1), Waiting(30.0), workdir=tmp_path)
-    finally:
-        holder.kill()
-        holder.wait()
-    assert out["epochs_done"] == 1 and not out["stopped"]
-    assert time.monotonic() - t0 >= 1.0, "fit() trained while another process held the workdir"
-    assert list(ck.list_checkpoints(tmp_path)) == [1]
-
-
-def test_without_a_wait_a_busy_workdir_is_refused_at_once(tmp_path):
-    holder = hold_workdir(tmp_path, 30.0)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(ck.WorkdirBusy, match=rf"workdir: {tmp_path} is in use by another run \(pid {holder.pid}\); "
-                                                  r"wait for it to end"):
-            fit(tiny(epochs=1), NullReporter(), workdir=tmp_path)
-        assert time.monotonic() - t0 < 1.0
-    finally:
-        holder.kill()
-        holder.wait()
-    assert issubclass(ck.WorkdirBusy, ValueError) and not ck.list_checkpoints(tmp_path)
-
-
-def test_a_workdir_held_for_the_whole_wait_fails_naming_the_holder(tmp_path):
-    holder = hold_workdir(tmp_path, 60.0)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(ck.WorkdirBusy, match=rf"still in use by another run \(pid {holder.pid}\) after waiting "
-                                                  r"1\.5 s") as caught:
-            fit(tiny(epochs=1), Waiting(1.5), workdir=tmp_path)
-        assert time.monotonic() - t0 >= 1.5
-    finally:
-        holder.kill()
-        holder.wait()
-    assert (caught.value.holder, caught.value.waited_s) == (f"pid {holder.pid}", 1.5)
-    assert not ck.list_checkpoints(tmp_path)
+# -- (a) fit() waits for a busy workdir: tests/test_workdir_wait.py ---------------------------------------------
 
 
 # -- (b) the worker waits for the previous attempt --------------------------------------------------------------

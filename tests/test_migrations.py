@@ -91,12 +91,10 @@ def test_single_head_and_packaged_location():
     assert "script_location = migrations" in (root / "alembic.ini").read_text()
 
 
-def _migrate_at(url: str, start: float) -> str:
-    """In a fresh process: wait for ``start`` (time.time()), upgrade ``url``; 'ok' or the error's first line."""
-    import time
-
-    while time.time() < start:
-        pass
+def _migrate_together(url: str, barrier) -> str:  # noqa: ANN001 - a multiprocessing Barrier proxy
+    """In a fresh process: wait at ``barrier`` for the other migrators, upgrade ``url``; 'ok' or the error's first
+    line (all start together however slowly the processes spawned: was a wall-clock instant 1.5 s ahead)."""
+    barrier.wait(120)
     try:
         migrate.upgrade(url)
     except Exception as exc:  # noqa: BLE001 - reported to the test
@@ -121,13 +119,13 @@ def test_migrators_started_together_wait_for_each_other(new_empty_url):
     # e.g. the compose `migrate` services of two worker hosts after a release: without a lock both ran the same
     # CREATE TABLEs and one crashed (PostgreSQL: a duplicate pg_type row; SQLite: table already exists)
     import multiprocessing
-    import time
 
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, spawn.Pool(3) as pool:
         for _ in range(3):
             url = new_empty_url()
-            start = time.time() + 1.5  # the three are waiting by then (spawned and imported at the first round)
-            assert pool.starmap(_migrate_at, [(url, start)] * 3) == ["ok"] * 3
+            barrier = manager.Barrier(3)  # a worker blocked at it takes no second task: three workers, together
+            assert pool.starmap(_migrate_together, [(url, barrier)] * 3, chunksize=1) == ["ok"] * 3
             assert _diffs(url) == []
 
 

@@ -60,6 +60,21 @@ def test_redis_queue_length_when_broker_reachable(tmp_path, db_url: str) -> None
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_prometheus_registry_is_per_app(app_client, db_url: str) -> None:  # noqa: ANN001
+def test_prometheus_registry_is_per_app(app_client, db_url: str, tmp_path, sqlite_template) -> None:  # noqa: ANN001
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from nc_core.settings import Settings
+    from service.app import create_app
+
+    seed_sweep(db_url, statuses={i: "queued" for i in range(8)})
     scrape(app_client)
-    scrape(app_client)  # a second scrape reuses the app's registry (no duplicate-registration error)
+    assert scrape(app_client)[("ncsweep_runs", (("status", "queued"),))] == 8  # a second scrape: no duplicate error
+    other_db = tmp_path / "other.db"  # a second app on another, empty database reads its own, not the first's
+    shutil.copy(sqlite_template, other_db)
+    other = create_app(Settings(home=tmp_path / "other", database_url=f"sqlite:///{other_db}",
+                                broker_url="redis://127.0.0.1:1/0"), enqueuer=lambda jobs: None, broker_check=lambda: None)
+    with TestClient(other) as client:
+        assert scrape(client)[("ncsweep_runs", (("status", "queued"),))] == 0
+    assert scrape(app_client)[("ncsweep_runs", (("status", "queued"),))] == 8

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select
 
@@ -108,9 +109,9 @@ def test_heartbeater_clean_stop_marks_stopped(db_url: str, tmp_path) -> None:  #
     hb.start()
     wait_for(lambda: hb.beats >= 1, 10, what="a heartbeat")
     hb.stop()
-    time.sleep(0.3)
+    later = datetime.now(timezone.utc) + timedelta(seconds=1)  # past worker_lost_after_seconds: still not "lost"
     with session_scope(db_url) as s:
-        (row,) = workers_repo.list_workers(s, settings.worker_lost_after_seconds)
+        (row,) = workers_repo.list_workers(s, settings.worker_lost_after_seconds, now=later)
     assert row["status"] == "stopped"
 
 

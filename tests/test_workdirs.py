@@ -77,15 +77,15 @@ def test_a_new_run_keeps_the_checkpoints_another_database_left_under_its_id(app_
     assert json.loads((run_workdir(settings, rid) / MARKER).read_text())["run_id"] == rid
 
 
-def test_a_folder_in_use_is_moved_only_once_its_holder_lets_go(tmp_path):
+def test_a_folder_in_use_is_moved_only_once_its_holder_lets_go(tmp_path, monkeypatch):
     """Moving it from under a writer would hand the writer's path to this run (review: the lock moved with it)."""
     import subprocess
     import sys
-    import threading
-    import time
 
+    from nc_core.training import checkpoint as ck
     from nc_core.training.checkpoint import WorkdirBusy
     from test_lease_takeover import HOLDER
+    from test_workdir_wait import FakeClock
 
     _old_checkpoints(tmp_path / "run_1", None)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run_1" / ".lock"), "30"],
@@ -95,10 +95,17 @@ def test_a_folder_in_use_is_moved_only_once_its_holder_lets_go(tmp_path):
         with pytest.raises(WorkdirBusy):
             claim_workdir(tmp_path, ROW, lambda: False, wait_s=0.0)
         assert not (tmp_path / "orphaned").exists() and len(list((tmp_path / "run_1" / "ckpt").glob("*.pt"))) == 2
-        started = time.monotonic()
-        threading.Timer(1.0, holder.kill).start()  # the holder lets go after a second
-        claim_workdir(tmp_path, ROW, lambda: False, wait_s=20.0)
-        assert time.monotonic() - started >= 0.9 and len(_orphans(tmp_path)) == 2
+        seen: list[bool] = []  # at each look at the busy folder while it waits: was anything moved yet?
+
+        def lets_go_at_the_second_look() -> bool:  # claim_workdir's stop(), asked at each retry
+            seen.append((tmp_path / "orphaned").exists())
+            if len(seen) == 2:
+                holder.kill()  # the holder lets go
+                holder.wait()
+            return False
+        monkeypatch.setattr(ck, "time", FakeClock())
+        claim_workdir(tmp_path, ROW, lambda: False, wait_s=20.0, stop=lets_go_at_the_second_look)
+        assert seen == [False, False] and len(_orphans(tmp_path)) == 2
     finally:
         holder.kill()
         holder.wait()
