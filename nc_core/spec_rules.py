@@ -136,8 +136,10 @@ def check_run(spec: "RunSpec") -> None:
     d = feature_dim(spec)
     head = spec.head
     if head.name in ("fixed_etf", "implicit_etf") and d < k - 1:
+        source = "" if spec.model.feature_dim is not None else \
+            f", the features of {spec.model.name} at model.width={spec.model.width:g} (model.feature_dim sets d)"
         raise ValueError(f"head.name={head.name!r} needs model.feature_dim >= K-1 = {k - 1} "
-                         f"(a {k}-class simplex ETF spans K-1 dimensions), got d = {d}")
+                         f"(a {k}-class simplex ETF spans K-1 dimensions), got d = {d}{source}")
     if head.name in ("fixed_etf", "implicit_etf") and d == k - 1 and not head.bias:
         why = ("some class never scores highest" if head.name == "fixed_etf" else
                "the nearest ETF, with no bias b = -W f̄ to centre its logits, leaves a class that never scores "

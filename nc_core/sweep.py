@@ -63,12 +63,15 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: Text = Field(min_length=1, max_length=200)
-    base: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    zip: dict[str, list[Any]] = Field(default_factory=dict)
-    seeds: list[Int] = Field(default_factory=lambda: [0])
-    max_runs: PositiveInt = 1000
+    name: Text = Field(min_length=1, max_length=200, description="a label for the sweep")
+    base: dict[str, Any] = Field(default_factory=dict, description="a RunSpec (`python -m nc_core example-spec`) "
+                                 "every run starts from, without seed; a field left out takes its default")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="spec field path → values "
+                                       "({\"loss.name\": [\"ce\", \"mse\"]}); the runs are their cartesian product")
+    zip: dict[str, list[Any]] = Field(default_factory=dict, description="spec field path → values, all of one "
+                                      "length, varied together (position i of each in the same run)")
+    seeds: list[Int] = Field(default_factory=lambda: [0], description="each grid × zip cell runs once per seed")
+    max_runs: PositiveInt = Field(1000, description="refuse the sweep if it expands to more runs than this")
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
@@ -243,7 +246,7 @@ def expand(sweep: SweepSpec, *, refuse_unread: bool = True) -> list[ExpandedRun]
                     errors = exc.errors()
                     for err in errors:
                         loc, msg = error_field(err)
-                        field = value_field(sweep, loc, index, zi)
+                        field = value_field(sweep, loc, index, zi, msg)
                         if field not in problems or len(errors) < problems[field][0]:
                             problems[field] = (len(errors), f"{msg} (run with {where or 'base values'})")
                     continue

@@ -86,13 +86,31 @@ def error_order(sweep: SweepSpec, field: str) -> tuple[int, int, int]:
     return (1 if section == "grid" else 2, axes.index(path) if path in axes else len(axes), index)
 
 
-def value_field(sweep: SweepSpec, loc: str, grid_index: dict[str, int], zip_index: int) -> str:
+def value_field(sweep: SweepSpec, loc: str, grid_index: dict[str, int], zip_index: int, msg: str = "") -> str:
     """The field of an invalid value: 'grid.optim.lr[1]' (the axis's value at that index; also for an error
     inside a list value, 'data.class_counts[2]'; for an error of a section that only the axis put in the run,
-    'ufm: …' of a ufm.dim axis), 'zip.…[i]', else the base field ('base.epochs'; 'base' for a whole-spec error)."""
+    'ufm: …' of a ufm.dim axis), 'zip.…[i]', else the base field ('base.epochs'). A whole-spec error (a rule
+    between fields, no loc) names the first axis its ``msg`` mentions ('head.name=… needs model.feature_dim …'
+    over a model.feature_dim axis: 'grid.model.feature_dim[0]'), else 'base'."""
+    if not loc:
+        loc = _first_axis_named(msg, [*grid_index, *sweep.zip])
     for section, axes in (("grid", grid_index), ("zip", sweep.zip)):
         path = next((p for p in axes if loc == p or loc.startswith((p + ".", p + "["))), None) or next(
             (p for p in axes if loc and p.startswith(loc + ".") and get_path(sweep.base, loc) is None), None)
         if path is not None:
             return f"{section}.{path}[{grid_index[path] if section == 'grid' else zip_index}]"
     return f"base.{loc}" if loc else "base"
+
+
+def _first_axis_named(msg: str, axes: Sequence[str]) -> str:
+    """The axis path ``msg`` mentions first as a whole field ('model.width=5', not 'model.width_x'), or ''."""
+    found = [(m.start(), path) for path in axes
+             for m in [re.search(rf"(?<![\w.]){re.escape(path)}(?![\w.])", msg)] if m]
+    return min(found)[1] if found else ""
+
+
+def did_you_mean(name: str, choices: Sequence[str] | None = None) -> str:
+    """'; did you mean 'model.width'?' for a misspelt field ``name`` (the nearest of ``choices``, default every
+    spec field path), or '' when none is near: the tail of an 'unknown field' message."""
+    near = difflib.get_close_matches(name, list(field_paths() if choices is None else choices), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""

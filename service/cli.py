@@ -13,7 +13,8 @@ from nc_core.cli_report import TABLE_KEYS
 from nc_core.metric_keys import HEADLINE_KEYS
 from nc_core.settings import Settings, config_error, warn_unknown_variables
 from service.cli_actions import cancel, retry, validate
-from service.cli_args import comma_ints as _ints, comma_items as _csv, int_range, read_sweep_file, show_version
+from service.cli_args import (comma_ints as _ints, comma_items as _csv, int_range, read_sweep_file,
+                              repeated_axis_values, show_version)
 from service.cli_cleanup import cleanup_app
 from service.cli_context import Ctx, err, out
 from service.cli_context import invocation as _ctx
@@ -33,7 +34,8 @@ app.add_typer(token_app, name="token")
 @app.callback()
 def _root(ctx: typer.Context,
           api: Optional[str] = typer.Option(None, "--api", envvar="NCSWEEP_API_URL", help="API base URL"),
-          home: Optional[Path] = typer.Option(None, "--home", envvar="NCSWEEP_HOME", help="state directory"),
+          home: Optional[Path] = typer.Option(None, "--home", envvar="NCSWEEP_HOME",
+                                              help="state directory (default: .ncsweep)"),
           token: Optional[str] = typer.Option(None, "--token", help="bearer token (default: NCSWEEP_TOKEN or <home>/token)"),
           version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
                                        help="print the version and exit")):
@@ -50,11 +52,13 @@ def _root(ctx: typer.Context,
 
 @app.command()
 def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-example", help="submit the bundled example sweep"),
-       home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: settings.home)"),
+       home: Optional[Path] = typer.Option(None, "--home", help="state directory (default: ncsweep's --home, "
+                                           "else NCSWEEP_HOME, else .ncsweep)"),
        workers: Optional[int] = typer.Option(None, "--workers", callback=int_range(1), help="CPU workers when "
                                              "there is no GPU (default: 2, or 1 on a one-core machine)"),
        gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: every GPU found)"),
-       port: Optional[int] = typer.Option(None, "--port", callback=int_range(1, 65535), help="API port"),
+       port: Optional[int] = typer.Option(None, "--port", callback=int_range(1, 65535), help="API port, which must be free (default: "
+                                          "NCSWEEP_API_PORT, else 8765, or any free port if that one is taken)"),
        serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="keep serving after the example "
                                             "(default: serve only with --no-example)"),
        fresh: bool = typer.Option(False, "--fresh", help="submit the example again even if it already ran")):
@@ -86,10 +90,13 @@ def submit(ctx: typer.Context, path: Path = typer.Argument(..., exists=True, dir
     """Submit a sweep; prints its id and run count."""
     spec = read_sweep_file(path)
     res = _ctx(ctx).client.submit(spec)
-    extra = f", {res['duplicates']} duplicates dropped" if res.get("duplicates") else ""
+    dup = res.get("duplicates")
+    extra = f", {dup} duplicate{'' if dup == 1 else 's'} dropped" if dup else ""
     queued = "" if res.get("enqueued", True) else " (broker unreachable: runs stay queued)"
     n = res["runs"]
     out.print(f"sweep {res['sweep_id']}: {n} run{'' if n == 1 else 's'}{extra}{queued}", highlight=False)
+    for repeat in repeated_axis_values(spec) if dup else ():
+        err.print(f"note: {repeat}: its runs were submitted once", highlight=False, markup=False)
 
 
 @app.command()
@@ -187,10 +194,11 @@ def results(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"
     split = body.get("split", split or "test")
     shown, notes = shown_results(body, split, epoch, all_groups=all_groups, all_keys=keys == "all")
     counts = body_counts(body)
-    hint = results_hint(body, sweep, split, epoch, counts=counts)
+    asked = key_list if keys and keys != "all" else None  # keys the user named: the hint names them
+    hint = results_hint(body, sweep, split, epoch, counts=counts, asked=asked)
     if hint and counts is None:  # an API without the groups' statuses: the sweep's counts say why
         counts = client.sweep(sweep).get("counts")
-        hint = results_hint(body, sweep, split, epoch, counts=counts)
+        hint = results_hint(body, sweep, split, epoch, counts=counts, asked=asked)
     out.print(results_table(shown, sweep, split, epoch, width=out.width,
                             empty=empty_header(body, split, epoch, counts)))
     for note in notes:

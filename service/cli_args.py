@@ -19,6 +19,19 @@ def int_range(lo: int, hi: int | None = None) -> Callable[[int | None], int | No
     return check
 
 
+def repeated_axis_values(spec: dict[str, Any]) -> list[str]:
+    """'grid.model.width[2] repeats grid.model.width[0] (32)' for each grid value a sweep file gives again (the API
+    runs it once and only counts the runs it dropped: the submit line names them)."""
+    grid = spec.get("grid") if isinstance(spec.get("grid"), dict) else {}
+    found = []
+    for path, values in grid.items():
+        for i, value in enumerate(values if isinstance(values, list) else []):
+            first = next(j for j, v in enumerate(values) if (v, type(v) is bool) == (value, type(value) is bool))
+            if first < i:
+                found.append(f"grid.{path}[{i}] repeats grid.{path}[{first}] ({value!r})")
+    return found
+
+
 def read_sweep_file(path: Path) -> dict[str, Any]:
     """A sweep YAML/JSON file → its mapping; unreadable, non-UTF-8, invalid or duplicate-key files → BadParameter."""
     from nc_core.cli_files import read_yaml_file, yaml_kind

@@ -231,18 +231,21 @@ def results_caveat(body: dict) -> str | None:
     return "note: " + "; ".join(parts)
 
 
-def results_hint(body: dict, sweep: int, split: str, epoch: str, counts: dict[str, int] | None = None) -> str | None:
+def results_hint(body: dict, sweep: int, split: str, epoch: str, counts: dict[str, int] | None = None,
+                 asked: list[str] | None = None) -> str | None:
     """Why a results table with groups is empty: no run has metrics at that epoch (yet), else None; with the
     run ``counts`` per status (cli_results_text.body_counts, or GET /sweeps/{id}'s), how many runs ended
     without any (failed or cancelled) and whether any are still to come; at an ``epoch``, the epochs that have
-    them (the body's `epochs_with_values`)."""
+    them (the body's `epochs_with_values`). ``asked``: the keys --keys named (None: the headline keys or all),
+    so that runs with other metrics are not said to have none of the split."""
     measured = any(m.get("count") for g in body.get("groups", []) for m in (g.get("metrics") or {}).values())
     if not body.get("groups") or measured:
         return None
     unit = body.get("unit", "epoch")
     at = f"their last {unit}" if epoch == "last" else f"{unit} {epoch}"
+    what = f"a {split} value of {' or '.join(asked)}" if asked else f"{split} metrics"
     if epoch != "last":
-        hint = f"no run of sweep {sweep} has {split} metrics at {at} (a run measures only the {unit}s of its " \
+        hint = f"no run of sweep {sweep} has {what} at {at} (a run measures only the {unit}s of its " \
                "eval schedule)"
         if counts is not None:
             waiting, total = pending(counts), sum(counts.values())
@@ -254,16 +257,18 @@ def results_hint(body: dict, sweep: int, split: str, epoch: str, counts: dict[st
                 f"; its runs have none at any {unit}"
         return hint
     if counts is None:
-        return f"no run of sweep {sweep} has {split} metrics at {at} yet"
+        return f"no run of sweep {sweep} has {what} at {at} yet"
     stopped = [f"{counts[s]} {s}" for s in ("failed", "cancelled") if counts.get(s)]
     ended = [" and ".join(stopped) + " before measuring any"] if stopped else []
     if counts.get("succeeded"):
-        ended.append(f"{counts['succeeded']} succeeded without {split} metrics (see their eval.splits)")
+        ended.append(f"{counts['succeeded']} succeeded without one (`ncsweep results {sweep} --keys all` lists the "
+                     "keys they have)" if asked else f"{counts['succeeded']} succeeded without {split} metrics (see "
+                     "their eval.splits)")
     why = "; ".join(ended)
     waiting, total = pending(counts), sum(counts.values())
     if waiting:
-        return (f"no run of sweep {sweep} has {split} metrics at {at} yet: {waiting} of its {total} run(s) "
+        return (f"no run of sweep {sweep} has {what} at {at} yet: {waiting} of its {total} run(s) "
                 f"{'is' if waiting == 1 else 'are'} queued or running" + (f"; {why}" if why else ""))
-    return (f"no run of sweep {sweep} has {split} metrics, and none is queued or running: of its {total} run(s), "
+    return (f"no run of sweep {sweep} has {what}, and none is queued or running: of its {total} run(s), "
             f"{why or 'none measured any'}" + (f" (`ncsweep runs --sweep {sweep}` shows why; `ncsweep retry "
                                                f"{sweep}` runs them again)" if stopped else ""))

@@ -16,6 +16,7 @@ from nc_core.db.models import Run, Sweep
 from nc_core.db.states import unfinished_runs
 from nc_core.spec_fields import distinct_values, value_sort_key, value_text
 from nc_core.sweep import get_path, short_names
+from nc_core.sweep_errors import did_you_mean
 # the rows behind the figures; all of them are also imported from here (plots_*, the dashboard, tests), and
 # heatmap_cells looks final_values up here (a test counts its calls)
 from service.plots_data import (final_points, final_values, finite_mean, metric_rows,  # noqa: F401 - re-exported
@@ -161,7 +162,9 @@ def heatmap_cells(session: Session, sweep_id: int, x: str, y: str, key: str, spl
     varied = [*((sweep.axes or []) if sweep is not None else []), "seed"]
     for path, vals in ((x, xs), (y, ys)):
         if vals == [None]:
-            raise PlotError("x" if path == x else "y", f"{path!r} is not a field of this sweep's runs")
+            raise PlotError("x" if path == x else "y", f"{path!r} is not a field of this sweep's runs; expected an "
+                                                       f"axis of sweep {sweep_id}: {', '.join(varied)}"
+                                                       + did_you_mean(path, varied))
         if len(vals) == 1 and path not in varied:  # a constant field: one row or column averaging everything
             raise PlotError("x" if path == x else "y", f"{path!r} has one value ({vals[0]!r}) in every run of sweep "
                                                        f"{sweep_id}; expected an axis it varies: {', '.join(varied)}")

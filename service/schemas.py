@@ -17,6 +17,23 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: POST /sweeps bodies that /docs offers in "Try it out" (each submits as it is; tests/test_api_openapi.py)
+SWEEP_EXAMPLES = {
+    "lr-sweep": {"summary": "a grid over the learning rate, two seeds (6 runs)",
+                 "value": {"name": "lr-sweep", "base": {"epochs": 8, "data": {"name": "digits"}},
+                           "grid": {"optim.lr": [0.01, 0.05, 0.1]}, "seeds": [0, 1]}},
+    "loss-by-head": {"summary": "CE vs MSE × learned vs fixed simplex-ETF head, every epoch evaluated (8 runs)",
+                     "value": {"name": "loss-by-head",
+                               "base": {"epochs": 4, "data": {"name": "digits"}, "model": {"name": "mlp", "width": 64},
+                                        "eval": {"every": 1}},
+                               "grid": {"loss.name": ["ce", "mse"], "head.name": ["learned", "fixed_etf"]},
+                               "seeds": [0, 1]}},
+    "zipped": {"summary": "zip: learning rate and weight decay varied together (3 runs)",
+               "value": {"name": "lr-wd-pairs", "base": {"epochs": 8, "data": {"name": "digits"}},
+                         "zip": {"optim.lr": [0.01, 0.05, 0.1], "optim.weight_decay": [0.0, 5e-4, 1e-3]}}},
+}
+
+
 class SweepCreated(BaseModel):
     sweep_id: int
     runs: int = Field(description="runs inserted")

@@ -78,3 +78,16 @@ def test_routes_declare_their_media_types_and_errors(app_client):
         assert codes <= set(paths[route][method]["responses"]), (route, method)
     item = app_client.get("/openapi.json").json()["components"]["schemas"]["ErrorItem"]
     assert set(item["required"]) == {"loc", "msg", "type", "field"}
+
+
+@SQLITE
+def test_the_docs_offer_sweep_bodies_that_submit_as_pasted(app_client):
+    # without examples, /docs' "Try it out" pre-filled {"grid": {"additionalProp1": [null]}, …}: four 422 items
+    body = app_client.get("/openapi.json").json()["paths"]["/sweeps"]["post"]["requestBody"]
+    examples = body["content"]["application/json"]["examples"]
+    assert len(examples) >= 2 and all(e["summary"] for e in examples.values())
+    for name, example in examples.items():
+        resp = app_client.post("/sweeps", json=example["value"])
+        assert resp.status_code == 201 and resp.json()["runs"] > 0, (name, resp.text)
+    fields = app_client.get("/openapi.json").json()["components"]["schemas"]["SweepSpec"]["properties"]
+    assert all(fields[f].get("description") for f in ("base", "grid", "zip", "seeds", "max_runs")), fields

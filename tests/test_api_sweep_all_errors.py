@@ -70,3 +70,18 @@ def test_only_a_top_level_error_is_still_the_one_item(app_client, row_counts, ov
     items = post(app_client, sweep_body(**overrides))
     assert [i["field"] for i in items] == [field], items
     assert row_counts() == before
+
+
+@pytest.mark.parametrize("base, grid, field", [
+    ({"head": {"name": "fixed_etf"}}, {"model.feature_dim": [5, 16]}, "grid.model.feature_dim[0]"),
+    ({"model": {"feature_dim": 5}}, {"head.name": ["learned", "fixed_etf"]}, "grid.head.name[1]"),
+    ({"head": {"name": "fixed_etf"}, "model": {"name": "mlp"}}, {"model.width": [64, 5]}, "grid.model.width[1]"),
+])
+def test_a_rule_between_fields_broken_in_one_grid_cell_names_that_axis_value(app_client, row_counts, base, grid,
+                                                                             field):
+    # a fixed ETF head needs d >= K-1: valid in the base alone, broken in one cell of the grid
+    before = row_counts()
+    items = post(app_client, sweep_body(base={**BASE, "data": {"name": "digits"}, **base}, grid=grid))
+    assert [i["field"] for i in items] == [field], items
+    assert "K-1 = 9" in items[0]["msg"] and "got d = 5" in items[0]["msg"], items
+    assert row_counts() == before and app_client.app.state.enqueuer.calls == []

@@ -36,3 +36,13 @@ def test_submit_names_every_non_finite_number(live: str, capsys, tmp_path: Path)
     assert rc == 2, err
     for field, got in (("base.optim.lr", "inf"), ("grid.optim.momentum[1]", "nan"), ("grid.optim.momentum[2]", "-inf")):
         assert f"{field}: expected a finite number, got {got}" in text, err
+
+
+@SQLITE
+def test_submit_names_the_axis_value_it_ran_once(live: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    # [32, 64, 32] said "2 runs, 1 duplicates dropped": which value, of which axis, the user had to find out
+    spec = tmp_path / "dup.yaml"
+    spec.write_text("name: dup\nbase: {epochs: 1, data: {name: gaussian}}\ngrid: {model.width: [32, 64, 32]}\n")
+    rc, out, err = ncsweep(capsys, "submit", spec)
+    assert rc == 0 and out.rstrip().endswith(": 2 runs, 1 duplicate dropped"), out
+    assert "grid.model.width[2] repeats grid.model.width[0] (32): its runs were submitted once" in " ".join(err.split())

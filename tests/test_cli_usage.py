@@ -246,3 +246,13 @@ def test_the_example_reuse_line_speaks_of_the_cli_option_only(monkeypatch) -> No
     examples.run_example(SimpleNamespace(resolved_api_url=lambda: "http://x", token=""), console)
     text = console.export_text()
     assert "reusing example sweep 1 (finished); pass --fresh for a new one" in text and "fresh=True" not in text
+
+
+@pytest.mark.parametrize("command", ["up", "worker", "submit", "results", "plot", "export", "runs", "validate"])
+def test_help_speaks_of_options_and_variables_not_of_python_names(capsys, command: str) -> None:  # noqa: ANN001
+    # `up --help` said "--home  state directory (default: settings.home)"
+    rc = cli.main([command, "--help"])
+    text = flat(capsys.readouterr().out)
+    assert rc == 0 and "settings." not in text and "nc_core." not in text, text
+    if command == "up":
+        assert "NCSWEEP_HOME" in text.replace("│", "").replace(" ", ""), text

@@ -128,6 +128,18 @@ def test_groups_whose_runs_all_failed_are_not_said_to_come_yet(live, db_url, cap
             "without them (4 failed)") in flat(err)
 
 
+@SQLITE
+def test_a_key_no_run_measured_is_not_blamed_on_the_eval_splits(live, db_url, capsys) -> None:  # noqa: ANN001, F811
+    # the runs have test metrics, only not this key: the hint named eval.splits, as if no test split was measured
+    sid, _ = seed_sweep(db_url)
+    rc, out, err = ncsweep(capsys, "results", sid, "--keys", "nc2_w_gof")
+    assert rc == 0 and "eval.splits" not in err and "no test metrics" not in flat(err), err
+    assert (f"no run of sweep {sid} has a test value of nc2_w_gof, and none is queued or running: of its 8 run(s), "
+            f"8 succeeded without one (`ncsweep results {sid} --keys all` lists the keys they have)") in flat(err), err
+    rc, out, err = ncsweep(capsys, "results", sid, "--keys", "nc2_w_gof,nc3_wh_gof")
+    assert "has a test value of nc2_w_gof or nc3_wh_gof" in flat(err), err
+
+
 def test_the_note_tells_groups_still_to_come_from_those_that_ended() -> None:
     measured = group("ce", 2, acc=agg(90.0, None, 1))
     queued = {**group("mse", 2, acc=agg(None, None, 0)), "measured_epochs": [], "statuses": {"queued": 2}}
@@ -182,6 +194,22 @@ def test_cli_results_filter_option(live, db_url, capsys) -> None:  # noqa: ANN00
     assert rc == 1 and "loss.nam" in err and "Traceback" not in err, err
     rc, _, err = ncsweep(capsys, "results", sid, "--filter", "epoch=3")
     assert rc == 2 and "use --epoch" in flat(err), err
+
+
+@SQLITE
+def test_a_misspelt_field_gets_the_nearest_one_everywhere_a_field_is_named(app_client, db_url) -> None:  # noqa: ANN001
+    # `submit` said "did you mean 'loss.name'?" for a misspelt axis; a filter, a group_by or a heatmap axis did not
+    sid, _ = seed_sweep(db_url)
+    for url, params, field in ((f"/sweeps/{sid}/results", {"model.widht": "64"}, "model.widht"),
+                               ("/runs", {"sweep_id": sid, "model.widht": "64"}, "model.widht"),
+                               (f"/sweeps/{sid}/results", {"group_by": "model.widht"}, "group_by"),
+                               (f"/sweeps/{sid}/plots/heatmap.png", {"x": "model.widht", "y": "loss.name"}, "x")):
+        res = app_client.get(url, params=params)
+        item = res.json()["detail"][0]
+        assert res.status_code == 422 and item["field"] == field, res.text
+        assert "did you mean 'model.width'?" in item["msg"], (url, item)
+    res = app_client.get(f"/sweeps/{sid}/plots/heatmap.png", params={"x": "optim.lrr", "y": "loss.name"})
+    assert "expected an axis of sweep" in res.json()["detail"][0]["msg"] and "model.width" in res.text, res.text
 
 
 # -- 6. --json ------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from nc_core.metric_keys import check_metric_keys, parse_metric_keys
 from nc_core.spec import field_paths
 from nc_core.spec_fields import spec_field_kinds, value_key, value_sort_key
 from nc_core.sweep import SpecError, get_path
+from nc_core.sweep_errors import did_you_mean
 from service.deps import ID_MAX, Epoch, Id, SessionDep
 from service.errors import NotFound
 from service.routers.runs import RESERVED as RUNS_RESERVED, parse_filters
@@ -168,7 +169,7 @@ def results_filters(params: Any) -> list[tuple[str, str, Any]]:
         if name not in kinds or name in RUNS_RESERVED:  # `kind`: GET /runs' own parameter, never its filter
             raise SpecError(name, f"unknown parameter: expected {', '.join(RESULTS_PARAMS)} or a spec field filter "
                                   "such as loss.name=mse or model.width=64 (a path of nc_core.spec.field_paths()"
-                                  + (", not kind" if name in kinds else "") + ")")
+                                  + (", not kind" if name in kinds else "") + ")" + did_you_mean(name))
     return parse_filters(_QueryItems(items))
 
 
@@ -221,7 +222,8 @@ def sweep_results(request: Request, sweep_id: Id, session: SessionDep, group_by:
     valid = set(field_paths())
     for p in paths:
         if p not in valid:
-            raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)")
+            raise SpecError("group_by", f"{p!r} is not a spec field path (e.g. loss.name, model.width)"
+                            + did_you_mean(p))
     key_list = parse_keys(keys)
     at = _parse_epoch(epoch)
     runs, rows = repo.sweep_values(session, sweep_id, split, key_list, at)

@@ -14,6 +14,7 @@ from nc_core.db.models import Run
 from nc_core.db.states import FINISHED, QUEUED, STATUSES
 from nc_core.spec_fields import spec_field_choices, spec_field_kinds
 from nc_core.sweep import SpecError
+from nc_core.sweep_errors import did_you_mean
 from service.auth import WriteAuth
 from nc_core.spec import NUL_MESSAGE
 from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
@@ -40,7 +41,8 @@ def parse_filters(params: Any) -> list[tuple[str, str, Any]]:
             continue
         if name not in kinds:
             raise SpecError(name, "unknown filter: expected sweep_id, status, kind, limit, offset or a spec field "
-                                  "path such as loss.name or model.width (nc_core.spec.field_paths())")
+                                  "path such as loss.name or model.width (nc_core.spec.field_paths())"
+                                  + did_you_mean(name))
         if kinds[name] == "list":
             raise SpecError(name, "filtering on list-valued spec fields is not supported")
         if "\x00" in raw:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 
 from nc_core.db import actions_repo, cleanup_repo, sweeps_repo as repo
 from nc_core.data_files import absent_files, missing
@@ -21,8 +21,8 @@ from service.deps import EnqueuerDep, Id, Offset, SessionDep, SettingsDep
 from service.enqueue import safe_enqueue
 from service.withdraw import safe_find_waiting, safe_withdraw
 from service.errors import NotFound
-from service.schemas import (ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended, SweepPage,
-                             SweepSummary, problems)
+from service.schemas import (SWEEP_EXAMPLES, ActionResult, ExtendRequest, SweepCreated, SweepDetail, SweepExtended,
+                             SweepPage, SweepSummary, problems)
 from service.schemas_cleanup import PruneRequest, SweepDeleted, SweepPruned
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ def _sweep_or_404(session, sweep_id: int, *, lock: bool = False) -> Sweep:  # no
 
 
 @router.post("/sweeps", status_code=201, response_model=SweepCreated, responses=problems(401, 403, 422, 503))
-def submit_sweep(spec: SweepSpec, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep,
-                 token: WriteAuth) -> SweepCreated:
+def submit_sweep(spec: Annotated[SweepSpec, Body(openapi_examples=SWEEP_EXAMPLES)], session: SessionDep,
+                 settings: SettingsDep, enqueuer: EnqueuerDep, token: WriteAuth) -> SweepCreated:
     """Validate and expand the sweep, insert sweep + runs in one transaction, commit, then enqueue.
     If the broker is down the runs stay queued (enqueued=false) and the reconciler re-sends them."""
     expanded = expand_checked(spec, settings)
