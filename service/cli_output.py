@@ -22,7 +22,7 @@ def export(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id")
 
     format = export_format(out_path, format)
     columns = (TextColumn("exporting runs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:  # a pipe: no bar
         task = bar.add_task("export", total=None)
         rows = export_sweep(invocation(ctx).client, sweep, format, out_path,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -83,4 +83,17 @@ def plot(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
     else:
         raise typer.BadParameter(f"expected dynamics, heatmap or margins, got {kind!r}", param_hint="--kind")
     out_path.write_bytes(png)
+    note = png_note(png)
+    if note is not None:  # a figure that only says why nothing was drawn
+        err.print(f"note: nothing to draw: {note}", highlight=False)
     out.print(f"wrote {out_path} ({len(png)} bytes)", highlight=False)
+
+
+def png_note(png: bytes) -> str | None:
+    """The message a figure with nothing to draw carries in its PNG text (service.plots.NOTE_KEY), else None."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.text.get("ncsweep-note")  # service.plots.NOTE_KEY (that module loads matplotlib)

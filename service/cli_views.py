@@ -242,7 +242,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     head = Table.grid(padding=(0, 2))
     parent = f" (validates run {run['parent_run_id']})" if run.get("parent_run_id") else ""
     rows = [("run", f"{run['id']} of sweep {run['sweep_id']}, {run.get('kind', 'train')}{parent}"),
-            ("status", _run_status(run) + (" (cancel requested)" if run.get("cancel_requested") else "")),
+            ("status", _run_status(run) + (" (cancel requested: it stops at its next step)"
+                                           if run.get("cancel_requested") and run.get("status") == "running" else "")),
             ("config", _grid(run)), *((("spec", spec_changes(run["spec"])),) if isinstance(run.get("spec"), dict) else ()),
             ("spec hash", run.get("spec_hash", "")),
             ("progress", f"{RUN_UNITS.get(run.get('kind'), RUN_UNITS['train'])[0]} {run.get('epoch', 0)}/"
@@ -290,8 +291,12 @@ def parse_filter(text: str) -> tuple[str, str]:
 
 
 def action_line(action: str, res: dict) -> str:
-    """'retry: retried: 3, enqueued: True, skipped: run 5 (its validate job 9 reads its checkpoints)'."""
-    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items() if v not in (None, 0, False, {}) and k != "skipped"]
+    """'retry: retried: 3, sent to the workers, skipped: run 5 (its validate job 9 reads its checkpoints)'."""
+    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items()
+             if v not in (None, 0, False, {}) and k not in ("skipped", "enqueued")]
+    if res.get("enqueued") is not None and res.get("retried"):
+        parts.append("sent to the workers" if res["enqueued"] else "saved, but the broker was unreachable: the "
+                     "reconciler will send them")
     parts += [f"skipped: run {run} (its validate job {job} reads its checkpoints)"
               for run, job in (res.get("skipped") or {}).items()]
     return f"{action}: " + (", ".join(parts) if parts else "nothing to do")

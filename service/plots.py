@@ -36,10 +36,15 @@ class PlotError(ValueError):
         self.field, self.message = field, message
 
 
-def _png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (at :data:`DPI`, which the layout measures text at)."""
+#: The PNG text chunk in which a figure with nothing to draw carries its message (``ncsweep plot`` reports it).
+NOTE_KEY = "ncsweep-note"
+
+
+def _png(fig: Figure, note: str | None = None) -> bytes:
+    """The figure as PNG bytes (at :data:`DPI`, which the layout measures text at); ``note`` in its
+    :data:`NOTE_KEY` text chunk."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={NOTE_KEY: note} if note else None)
     return buf.getvalue()
 
 
@@ -52,7 +57,8 @@ def message_figure(text: str) -> Figure:
 
 
 def _message_png(text: str) -> bytes:
-    return _png(message_figure(text))
+    """A figure that only says ``text``, which its PNG also carries as its note (nothing was drawn)."""
+    return _png(message_figure(text), note=text)
 
 
 def _axis_value(run: Run, path: str) -> Any:

@@ -246,7 +246,10 @@ def dynamics_png(session: Session, sweep_id: int, keys: list[str] | None = None,
     drawn = panels(keys, split)
     series = curve_points(session, {r.id: index[_config_label(values(r))] for r in runs}, drawn)
     if not any(series.get(p) for p in drawn):
-        return _message_png(f"sweep {sweep_id}: no stored values yet for {', '.join(keys)}")
+        if any(r.status in ("queued", "running") for r in every):
+            return _message_png(f"sweep {sweep_id}: no stored values yet for {', '.join(keys)}")
+        return _message_png(f"sweep {sweep_id}: none of its {len(every)} finished runs stored a value of "
+                            f"{', '.join(keys)}" + (f" ({split})" if split else ""))
     lines = [i for i in range(len(configs)) if any(i in series.get(p, {}) for p in drawn)]  # colours: these only
     style, bands = {i: line_style(n) for n, i in enumerate(lines)}, len(lines) <= BAND_LINES
     cols = min(3, len(drawn))

@@ -311,6 +311,22 @@ def test_plot_commands(live: str, db_url: str, capsys, tmp_path: Path) -> None: 
 
 
 @SQLITE
+def test_a_plot_with_nothing_to_draw_says_why(live: str, db_url: str, capsys, tmp_path: Path) -> None:  # noqa: ANN001
+    sid, _ = seed_sweep(db_url)  # every run succeeded; none stored nc2_w_gof
+    rc, out, err = ncsweep(capsys, "plot", sid, "--keys", "nc2_w_gof", "--out", tmp_path / "gof.png")
+    assert rc == 0 and "wrote" in out and (tmp_path / "gof.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert f"note: nothing to draw: sweep {sid}: none of its 8 finished runs stored a value of nc2_w_gof" \
+        in " ".join(err.split()), err
+    running, _ = seed_sweep(db_url, name="running", statuses={0: "running"})
+    rc, _, err = ncsweep(capsys, "plot", running, "--keys", "nc2_w_gof", "--out", tmp_path / "later.png")
+    assert rc == 0 and f"sweep {running}: no stored values yet for nc2_w_gof" in " ".join(err.split()), err
+    rc, _, err = ncsweep(capsys, "plot", sid, "--keys", "nc1", "--out", tmp_path / "nc1.png")
+    assert rc == 0 and "nothing to draw" not in err  # a drawn figure carries no note
+    rc, _, err = ncsweep(capsys, "export", 10**6, "--out", tmp_path / "none.csv")
+    assert rc == 1 and err.startswith("error") and not err.startswith("\n"), repr(err)  # no bar's blank line first
+
+
+@SQLITE
 def test_token_create_saves_and_is_used(db_url: str, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("NCSWEEP_DATABASE_URL", db_url)
     monkeypatch.delenv("NCSWEEP_TOKEN", raising=False)
@@ -537,5 +553,25 @@ def test_a_retry_line_names_the_runs_it_left_for_their_validate_jobs() -> None:
 
     line = action_line("retry", {"cancelled": 0, "cancel_requested": 0, "retried": 2, "enqueued": True,
                                  "skipped": {"5": 9}})
-    assert line == "retry: retried: 2, enqueued: True, skipped: run 5 (its validate job 9 reads its checkpoints)"
+    assert line == "retry: retried: 2, sent to the workers, skipped: run 5 (its validate job 9 reads its checkpoints)"
+    unsent = action_line("retry", {"retried": 1, "enqueued": False})  # said in words, not as a Python bool
+    assert unsent == "retry: retried: 1, saved, but the broker was unreachable: the reconciler will send them"
     assert action_line("retry", {"retried": 0, "skipped": {}}) == "retry: nothing to do"
+
+
+def test_show_says_cancel_requested_only_of_a_run_still_stopping() -> None:
+    from rich.console import Console
+
+    from service.cli_views import run_detail
+
+    def status_line(run: dict) -> str:
+        console = Console(width=160, record=True)
+        console.print(run_detail(run, []))
+        return next(line for line in console.export_text().splitlines() if line.startswith("status"))
+
+    run = {"id": 7, "sweep_id": 2, "kind": "train", "grid": {}, "spec": {}, "epoch": 2, "epochs_total": 9,
+           "attempt": 1, "max_attempts": 3, "cancel_requested": True}
+    assert "cancel requested: it stops at its next step" in status_line({**run, "status": "running"})
+    # a queued run cancelled, or a running one that has stopped since: the flag stays set, the run is just cancelled
+    assert "cancel" in status_line({**run, "status": "cancelled"})
+    assert "requested" not in status_line({**run, "status": "cancelled"})
