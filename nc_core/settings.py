@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     token: str = Field(default="", description="CLI: bearer token; empty = read <home>/token")
     auth_required: bool = True
     auth_reads: bool = Field(default=False, description="reads need a token too (any scope; the dashboard asks "
-                             "for one and keeps it in a cookie); /healthz, /readyz, /docs stay open")
+                             "for one and keeps it in a cookie); /healthz, /readyz, /docs, /redoc and /openapi.json "
+                             "stay open")
     max_body_bytes: int = 1_000_000
     max_runs_per_sweep: int = 20_000
     lease_seconds: float = 120.0

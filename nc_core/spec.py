@@ -1,4 +1,4 @@
-"""Declarative, validated run and sweep specifications (pydantic v2, torch-free)."""
+"""Declarative, validated run specifications: RunSpec and its sections (pydantic v2, torch-free; sweeps in sweep.py)."""
 from __future__ import annotations
 
 import math

@@ -70,8 +70,10 @@ class SweepSpec(BaseModel):
                                        "({\"loss.name\": [\"ce\", \"mse\"]}); the runs are their cartesian product")
     zip: dict[str, list[Any]] = Field(default_factory=dict, description="spec field path → values, all of one "
                                       "length, varied together (position i of each in the same run)")
-    seeds: list[Int] = Field(default_factory=lambda: [0], description="each grid × zip cell runs once per seed")
-    max_runs: PositiveInt = Field(1000, description="refuse the sweep if it expands to more runs than this")
+    seeds: list[Int] = Field(default_factory=lambda: [0], description="each grid × zip cell runs once per seed "
+                             "(default [0])")
+    max_runs: PositiveInt = Field(1000, description="refuse the sweep if it expands to more runs than "
+                                  "this (the server's NCSWEEP_MAX_RUNS_PER_SWEEP caps it too)")
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":

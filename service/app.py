@@ -15,6 +15,7 @@ from service.enqueue import CeleryEnqueuer, Enqueuer, broker_ping
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.identity import IdentityHeaderMiddleware
 from service.routers import health, metrics, runs, sweeps, workers
+from service.schemas import problems
 from service.routers import events, plots, prom  # telemetry/live/plots/prometheus (issue 5)
 from service import dashboard
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.add_middleware(IdentityHeaderMiddleware)  # the CLI checks it before it sends a token to a remembered URL
     app.include_router(health.router)  # /healthz, /readyz: open for probes
     for module in (sweeps, runs, metrics, workers, events, plots, prom):  # reads need a token with auth_reads
-        app.include_router(module.router, dependencies=[ReadAuth, SingleQuery])  # a parameter given twice: 422
+        app.include_router(module.router, dependencies=[ReadAuth, SingleQuery],  # a parameter given twice: 422
+                           responses=problems(401))  # reads answer 401 too under NCSWEEP_AUTH_READS
     app.include_router(dashboard.router, dependencies=[SingleQuery])  # its pages and data take ReadAuth themselves
     return app

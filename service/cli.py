@@ -33,7 +33,8 @@ app.add_typer(token_app, name="token")
 
 @app.callback()
 def _root(ctx: typer.Context,
-          api: Optional[str] = typer.Option(None, "--api", envvar="NCSWEEP_API_URL", help="API base URL"),
+          api: Optional[str] = typer.Option(None, "--api", envvar="NCSWEEP_API_URL", help="API base URL (default: "
+                                            "<home>/api_url, which `ncsweep up` writes, else NCSWEEP_API_HOST:_PORT)"),
           home: Optional[Path] = typer.Option(None, "--home", envvar="NCSWEEP_HOME",
                                               help="state directory (default: .ncsweep)"),
           token: Optional[str] = typer.Option(None, "--token", help="bearer token (default: NCSWEEP_TOKEN or <home>/token)"),
@@ -57,8 +58,9 @@ def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-ex
        workers: Optional[int] = typer.Option(None, "--workers", callback=int_range(1), help="CPU workers when "
                                              "there is no GPU (default: 2, or 1 on a one-core machine)"),
        gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU indices, e.g. 0,1 (default: every GPU found)"),
-       port: Optional[int] = typer.Option(None, "--port", callback=int_range(1, 65535), help="API port, which must be free (default: "
-                                          "NCSWEEP_API_PORT, else 8765, or any free port if that one is taken)"),
+       port: Optional[int] = typer.Option(None, "--port", callback=int_range(1, 65535), help="API port; one given "
+                                          "must be free (default: NCSWEEP_API_PORT, else 8765, or any free port if "
+                                          "that one is taken)"),
        serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="keep serving after the example "
                                             "(default: serve only with --no-example)"),
        fresh: bool = typer.Option(False, "--fresh", help="submit the example again even if it already ran")):
@@ -168,7 +170,8 @@ def show(ctx: typer.Context, run: int = typer.Argument(..., help="run id")):
 
 @app.command()
 def results(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
-            group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all)"),
+            group_by: Optional[str] = typer.Option(None, "--group-by", help="comma-separated axes (default: all the "
+                                                   "sweep's axes)"),
             keys: Optional[str] = typer.Option(None, "--keys", help="comma-separated metric keys (default: "
                                                f"{','.join(HEADLINE_KEYS)}; 'all' for every key the sweep stores "
                                                "that has a defined value)"),

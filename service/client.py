@@ -39,8 +39,9 @@ class Unreachable(Exception):
 
 
 def resolve_token(settings: Settings) -> str | None:
-    """NCSWEEP_TOKEN (also settings.token), else the first line of <home>/token, else None."""
-    token = os.environ.get("NCSWEEP_TOKEN") or settings.token
+    """settings.token (the CLI's --token, else NCSWEEP_TOKEN, which Settings reads), else the first line of
+    <home>/token, else None."""
+    token = settings.token or os.environ.get("NCSWEEP_TOKEN")
     if token:
         return token.strip()
     path = Path(settings.home).expanduser() / "token"

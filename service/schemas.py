@@ -64,7 +64,8 @@ class ExtendRequest(_In):
 class ValidateRequest(_In):
     epochs: list[PositiveInt] | None = Field(default=None,
                                              description="checkpoint epochs; null = every stored checkpoint")
-    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1)
+    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["train", "test"], min_length=1,
+                                                   description="the splits to evaluate (default both)")
 
     @field_validator("epochs")
     @classmethod
@@ -189,10 +190,11 @@ class SweepMetricsPage(BaseModel):
 class ActionResult(BaseModel):
     """Outcome of cancel/retry: how many runs changed, and how."""
 
-    cancelled: int = 0
-    cancel_requested: int = 0
-    retried: int = 0
-    enqueued: bool | None = None
+    cancelled: int = Field(0, description="queued runs now cancelled")
+    cancel_requested: int = Field(0, description="running runs told to stop at their next step")
+    retried: int = Field(0, description="failed or cancelled runs queued again")
+    enqueued: bool | None = Field(None, description="retry: the runs were sent to the broker; false when it "
+                                  "failed (they stay queued and the reconciler re-sends them); null for a cancel")
     skipped: dict[int, int] = Field(default_factory=dict, description="sweep retry: runs left as they are "
                                     "because a queued or running validate job reads their checkpoints → that job")
 
@@ -242,12 +244,17 @@ _RESPONSES: dict[int, dict[str, Any]] = {
     404: {"model": Problem, "description": "no sweep or run with that id"},
     409: {"model": Conflict, "description": "illegal in the current state (a finished run, nothing to retry, …); "
                                             "nothing was changed"},
+    413: {"model": Problem, "description": "the request body is larger than NCSWEEP_MAX_BODY_BYTES; nothing was "
+                                           "changed"},
     422: {"model": ValidationProblems, "description": "invalid request: one item per problem, each naming its field"},
     503: {"model": Problem, "description": "the database is unreachable; nothing was changed, retry after "
                                            "Retry-After seconds",
           "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}},
 }
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+STREAMS_FULL = {503: {"model": Problem, "description": "the database is unreachable, or NCSWEEP_MAX_EVENT_STREAMS "
+                                                     "streams are open already; retry after Retry-After seconds",
+                     "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}}}
 EVENT_STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                       "description": "server-sent events: 'id:', 'event:' (status, progress, metric, worker) and "
                                      "'data:' (the event's JSON) lines; ': ping' comments keep it open"}}

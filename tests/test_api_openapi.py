@@ -91,3 +91,18 @@ def test_the_docs_offer_sweep_bodies_that_submit_as_pasted(app_client):
         assert resp.status_code == 201 and resp.json()["runs"] > 0, (name, resp.text)
     fields = app_client.get("/openapi.json").json()["components"]["schemas"]["SweepSpec"]["properties"]
     assert all(fields[f].get("description") for f in ("base", "grid", "zip", "seeds", "max_runs")), fields
+
+
+@SQLITE
+def test_the_document_lists_what_each_route_can_answer_and_says_what_it_does(app_client):
+    doc = app_client.get("/openapi.json").json()
+    paths = doc["paths"]
+    for route in ("/runs", "/sweeps/{sweep_id}/results", "/events", *PNG_ROUTES):  # reads: 401 under AUTH_READS
+        assert "401" in paths[route]["get"]["responses"], route
+    assert "503" in paths["/readyz"]["get"]["responses"]  # not ready, naming the failed checks
+    assert "NCSWEEP_MAX_EVENT_STREAMS" in paths["/events"]["get"]["responses"]["503"]["description"]
+    for route in ("/sweeps", "/sweeps/{sweep_id}/extend", "/sweeps/{sweep_id}/prune", "/runs/{run_id}/validate"):
+        assert "413" in paths[route]["post"]["responses"], route  # a body above NCSWEEP_MAX_BODY_BYTES
+    assert all(paths[route]["get"].get("description") for route in PNG_ROUTES)  # were empty
+    seeds = doc["components"]["schemas"]["SweepSpec"]["properties"]["seeds"]
+    assert "default [0]" in seeds["description"]  # a default_factory's value is not in the schema

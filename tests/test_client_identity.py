@@ -69,3 +69,14 @@ def test_the_api_itself_is_recognised_and_gets_the_token(tmp_path, app, monkeypa
         client = Client.from_settings(_home(tmp_path, url))
         answer = client.request("GET", "/runs")
     assert answer.headers["x-ncsweep-api"] == "1" and answer.status_code == 200
+
+
+def test_the_token_option_wins_over_the_environment(other_program, monkeypatch, capsys):  # noqa: ANN001
+    from service.cli import main
+
+    url, seen = other_program
+    monkeypatch.setenv("NCSWEEP_TOKEN", "from-env")
+    assert main(["--api", url, "--token", "from-flag", "runs"]) == 1  # the other program's 404: one line
+    assert main(["--api", url, "runs"]) == 1
+    assert seen == ["Bearer from-flag", "Bearer from-env"]  # before: --token was ignored while NCSWEEP_TOKEN was set
+    capsys.readouterr()

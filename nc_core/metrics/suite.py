@@ -265,7 +265,8 @@ def nc_metrics(features: Any, labels: Any, weight: Any = None, bias: Any = None,
     """One call: all metrics of a split from its features (N, d) and labels (N,) (numpy or torch, any
     device; computed in float64 on that device). ``weight`` (K, d) / ``bias`` (K,) add the classifier
     metrics; ``gof`` = {weight_decay, feature_decay, depth_linear[, class_counts]} adds the GOF metrics.
-    K defaults to max(label) + 1. Returns a :class:`MetricDict` (NaN values explained in ``.reasons``).
+    K defaults to the rows of ``weight``, else max(label) + 1. Returns a :class:`MetricDict` (NaN values
+    explained in ``.reasons``).
     """
     x = check_features(features)
     n, d = x.shape

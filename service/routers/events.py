@@ -18,7 +18,7 @@ from nc_core.db.session import session_factory
 from nc_core.settings import Settings, get_settings
 from service.deps import EVENT_ID_MAX, EventCursor, Id
 from service.errors import NotFound
-from service.schemas import EVENT_STREAM, problems
+from service.schemas import EVENT_STREAM, STREAMS_FULL, problems
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["events"])
@@ -112,7 +112,8 @@ async def event_stream(request: Request, url: str, cursor: int, sweep_id: int | 
         await asyncio.sleep(poll_s)
 
 
-@router.get("/events", response_class=StreamingResponse, responses=problems(404, 422, 503, ok=EVENT_STREAM))
+@router.get("/events", response_class=StreamingResponse,
+            responses=problems(404, 422, ok={**EVENT_STREAM, **STREAMS_FULL}))
 async def events(request: Request, sweep_id: Id | None = Query(None, description="only this sweep's events"),
                  since: EventCursor | None = Query(None, description="replay events after this id (default: only new)"),
                  last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> StreamingResponse:

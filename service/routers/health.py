@@ -20,7 +20,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: {status, checks, failed} naming each check "
+                                                              "(database, schema, broker) that failed"}})
 def readyz(request: Request) -> JSONResponse:
     """200 when the database answers SELECT 1 with this code's schema and the broker answers a ping; 503 naming
     what failed."""

@@ -134,6 +134,7 @@ def _exists(session: Session, model: type, obj_id: int) -> None:
 
 
 Split = Literal["train", "test"]
+_DEFAULT_KEYS = ",".join(plots.DEFAULT_KEYS)
 
 
 def _query_error(parse: Callable[[], Any]) -> Any:
@@ -144,7 +145,8 @@ def _query_error(parse: Callable[[], Any]) -> Any:
 
 
 @router.get("/sweeps/{sweep_id}/plots/dynamics.png", response_class=Response, responses=_PNG)
-def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, description="comma-separated metric keys"),
+def dynamics(request: Request, sweep_id: Id,
+             keys: str | None = Query(None, description=f"comma-separated metric keys (default {_DEFAULT_KEYS})"),
              split: Split | None = Query(None, description="one split for all panels (default: NC train, acc both; "
                                                            "train for a UFM sweep)"),
              group_by: str | None = Query(None, min_length=1, max_length=PARAM_LENGTH, description=(
@@ -157,6 +159,9 @@ def dynamics(request: Request, sweep_id: Id, keys: str | None = Query(None, desc
              log: str | None = Query(None, min_length=1, max_length=PARAM_LENGTH, description=(
                  "comma-separated metric keys drawn on a log y axis, or 'all' (a panel with a value ≤ 0 stays "
                  "linear and says so)"), examples=["nc1,nc2_w,nc3"])):
+    """PNG of the sweep's metrics vs epoch, a panel per key: mean ± sample std over the seeds of each configuration
+    (or over the runs of each `group_by` value), ▽ where a curve averages fewer runs; cached until the sweep's next
+    metric or status change."""
     key_list = parse_keys(keys)  # 422s before the 404 check, as on every route
     log_keys = ["all"] if log is not None and log.strip() == "all" else parse_metric_keys("log", log) or []
     paths = [p.strip() for p in group_by.split(",") if p.strip()] if group_by is not None else None
@@ -176,6 +181,9 @@ def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="gri
             split: Split | None = Query(None, description="default test; train for a UFM sweep"),
             mode: str = Query("value", pattern="^(value|diff_vs|variance)$"),
             ref: str | None = Query(None, description="diff_vs reference AXIS:VALUE, e.g. loss.name:ce")):
+    """PNG of `key` over two axes at each run's last measured epoch: `mode=value` the mean per cell,
+    `variance` its sample variance (ddof 1), `diff_vs` |key(ref) − key(other value)| per cell for each other
+    value of the ref axis (neither x nor y); a cell that includes a run that has not succeeded is marked *."""
     check_metric_keys("key", [key])
     if x == y:
         raise SpecError("y", f"expected an axis other than x, got {y!r} for both (a heatmap spans two axes)")
@@ -189,10 +197,14 @@ def heatmap(request: Request, sweep_id: Id, x: str = Query(..., description="gri
 
 @router.get("/runs/{run_id}/plots/margins.png", response_class=Response, responses=_PNG)
 def margins(request: Request, run_id: Id):
+    """PNG of the run's sorted per-sample cosine margins at its last stored epoch per split, and their lowest 2%
+    (without a stored distribution: cos_margin_mean, median and min vs epoch)."""
     return _render(request, Run, run_id, lambda s: plots.margins_png(s, run_id))
 
 
 @router.get("/runs/{run_id}/plots/curves.png", response_class=Response, responses=_PNG)
-def curves(request: Request, run_id: Id, keys: str | None = None):
+def curves(request: Request, run_id: Id,
+           keys: str | None = Query(None, description=f"comma-separated metric keys (default {_DEFAULT_KEYS})")):
+    """PNG of one run's metric curves: a panel per key, train and test lines."""
     key_list = parse_keys(keys)
     return _render(request, Run, run_id, lambda s: plots.run_curves_png(s, run_id, key_list))

@@ -132,7 +132,7 @@ def retry_run(run_id: Id, session: SessionDep, settings: SettingsDep, enqueuer: 
     return ActionResult(retried=1, enqueued=safe_enqueue(enqueuer, [job]))
 
 
-@router.post("/runs/{run_id}/validate", status_code=201, responses=problems(401, 403, 404, 409, 422, 503))
+@router.post("/runs/{run_id}/validate", status_code=201, responses=problems(401, 403, 404, 409, 413, 422, 503))
 def validate_run(run_id: Id, body: ValidateRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> dict[str, Any]:
     """A 'validate' job recomputing metrics from the checkpoints of a finished train run.

@@ -116,7 +116,8 @@ def _sweep_or_404(session, sweep_id: int, *, lock: bool = False) -> Sweep:  # no
     return sweep
 
 
-@router.post("/sweeps", status_code=201, response_model=SweepCreated, responses=problems(401, 403, 422, 503))
+@router.post("/sweeps", status_code=201, response_model=SweepCreated,
+             responses=problems(401, 403, 413, 422, 503))
 def submit_sweep(spec: Annotated[SweepSpec, Body(openapi_examples=SWEEP_EXAMPLES)], session: SessionDep,
                  settings: SettingsDep, enqueuer: EnqueuerDep, token: WriteAuth) -> SweepCreated:
     """Validate and expand the sweep, insert sweep + runs in one transaction, commit, then enqueue.
@@ -185,7 +186,7 @@ def retry_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, enqueu
 
 
 @router.post("/sweeps/{sweep_id}/extend", response_model=SweepExtended,
-             responses=problems(401, 403, 404, 409, 422, 503))
+             responses=problems(401, 403, 404, 409, 413, 422, 503))
 def extend_sweep(sweep_id: Id, body: ExtendRequest, session: SessionDep, settings: SettingsDep,
                  enqueuer: EnqueuerDep, _: WriteAuth) -> SweepExtended:
     """Add axis values / seeds: re-expand the merged spec and insert only runs with a new spec_hash."""
@@ -217,7 +218,8 @@ def delete_sweep(sweep_id: Id, session: SessionDep, settings: SettingsDep, _: Wr
     return SweepDeleted(sweep_id=sweep_id, **counts, **cleanup.remove_run_folders(settings, runs, recorded))
 
 
-@router.post("/sweeps/{sweep_id}/prune", response_model=SweepPruned, responses=problems(401, 403, 404, 422, 503))
+@router.post("/sweeps/{sweep_id}/prune", response_model=SweepPruned,
+             responses=problems(401, 403, 404, 413, 422, 503))
 def prune_sweep(sweep_id: Id, body: PruneRequest, session: SessionDep, settings: SettingsDep,
                 _: WriteAuth) -> SweepPruned:
     """Keep the newest keep_last checkpoints (rows and files) of each finished train/ufm run; metrics stay. A run
