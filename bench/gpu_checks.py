@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small metric check (the CPU smoke test)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
+    if args.device == "cuda":  # before the first GPU matrix product: torch reads it once per process, and the
+        # setdefault in fit()'s determinism(), after check_metrics' products, would come too late for the
+        # deterministic fits (a worker's job process runs fit() first: there it is in time)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_checks: --device cuda, but torch sees no CUDA device", file=sys.stderr)
         return 2

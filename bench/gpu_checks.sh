@@ -4,8 +4,8 @@
 # The device machine has torch, torchvision, numpy, scipy, scikit-learn, Pillow and threadpoolctl, but not
 # pydantic, pydantic-settings or python-dotenv, and cannot download. Once per checkout, here (pip reaches the package registry here; .whl/ is
 # git-ignored):  bash bench/gpu_checks.sh --fetch-wheels
-# then the device call: command "bash bench/gpu_checks.sh", carry [".whl"], timeout_s 360 (each step has its own
-# timeout below, so a hung step cannot spend the lease, and a failed first call leaves time to rerun).
+# then the device call: command "bash bench/gpu_checks.sh", carry [".whl"], timeout_s 420 (each step has its own
+# timeout below, 360 s in all, so a hung step cannot spend the lease; the rest covers the install and imports).
 # Output: the log and bench/gpu_checks.py's JSON under $OUT (or ./gpu-out outside the device tool).
 set -uo pipefail
 cd "$(dirname "$0")/.."

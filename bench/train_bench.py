@@ -120,7 +120,8 @@ def bench_loaders(args, device: torch.device) -> dict[str, float]:
     tfm = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment == "crop_flip" else []
     tfm += [transforms.ToTensor(), transforms.Normalize((0.5,) * shape[0], (0.25,) * shape[0])]
     loader = DataLoader(SyntheticImages(x, y, transforms.Compose(tfm)), batch_size=spec.batch_size, shuffle=True,
-                        num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=True)
+                        num_workers=args.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=args.workers > 0)  # torch refuses persistent workers without workers
     res_it = lambda: batches(tx, ty, spec.batch_size, shuffle=True, generator=gen, augment=augment)  # noqa: E731
     train_epoch(net, opt, loss_fn, res_it(), device, bf16, limit=20)  # warm-up (allocator, kernels, workers)
     train_epoch(net, opt, loss_fn, iter(loader), device, bf16, limit=20)

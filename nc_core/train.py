@@ -20,7 +20,7 @@ from nc_core.training.optim import build_optimizer, closure_weight_decay, featur
 from nc_core.training.report import (DivergenceWatch, NullReporter, Reporter, TrainingDiverged, divergence_remedy,
                                      report_metrics, resumable_epochs, workdir_wait_s)
 from nc_core.training.runtime import (autocast, determinism, epoch_seed, resolve_device, seed_everything,
-                                     warn_if_slow_bf16)
+                                     wants_channels_last, warn_if_slow_bf16)
 from nc_core.training.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _build(spec: RunSpec, device: torch.device, reporter: Any, workdir: str | Pa
     model = build_model(spec, data.input_shape, data.num_classes).to(device)
     _check_batch_norm_batches(spec, model, data.train_y.shape[0])
     x = {"train": data.train_x, "test": data.test_x}
-    if device.type == "cuda" and data.train_x.dim() == 4:  # conv nets: NHWC kernels
+    if wants_channels_last(device, model, data.train_x):  # conv nets on CUDA: NHWC kernels
         model = model.to(memory_format=torch.channels_last)
         x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
         data.train_x, data.test_x = x["train"], x["test"]  # the NCHW copies go: one copy of the data on the GPU

@@ -84,6 +84,17 @@ def test_channels_last_input_matches_contiguous(name):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mlp"])
+def test_only_conv_nets_go_channels_last_and_only_on_cuda(name):
+    # fit() stores a CUDA run's images NHWC for cuDNN; an MLP would only pay a copy per batch for it
+    from nc_core.training.runtime import wants_channels_last
+
+    net, images = build_model(_spec(name), (3, 16, 16), 10), torch.zeros(2, 3, 16, 16)
+    assert wants_channels_last(torch.device("cuda"), net, images) is (name != "mlp")
+    assert not wants_channels_last(torch.device("cpu"), net, images)
+    assert not wants_channels_last(torch.device("cuda"), net, images.flatten(1))  # (N, D) features
+
+
 def test_batch_norm_off_has_no_batchnorm():
     for name in ("mlp", "resnet18", "vgg11"):
         net = build_model(_spec(name, batch_norm=False), (3, 8, 8), 10)

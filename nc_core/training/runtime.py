@@ -82,6 +82,13 @@ def warn_if_slow_bf16(spec: RunSpec, device: torch.device) -> str | None:
     return msg
 
 
+def wants_channels_last(device: torch.device, model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether a run keeps its images (N, C, H, W) ``x`` and its conv weights channels_last: on CUDA, for a
+    network with convolutions (cuDNN's NHWC kernels). An MLP flattens its input first: NHWC images would cost
+    it a copy per batch (two with crop_flip's gather) and buy nothing."""
+    return device.type == "cuda" and x.dim() == 4 and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
 def autocast(spec: RunSpec, device: torch.device):
     """bf16 autocast (CUDA or CPU) when spec.precision == 'bf16', else a no-op context."""
     if spec.precision != "bf16":
