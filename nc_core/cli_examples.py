@@ -9,7 +9,7 @@ seed: 0                # a sweep takes its seeds from its `seeds:` list: leave t
 epochs: 30
 batch_size: 128
 device: auto           # auto | cpu | cuda
-precision: fp32        # fp32 | bf16 (autocast)
+precision: fp32        # fp32 | tf32 (a GPU's TF32 tensor cores) | bf16 (autocast)
 deterministic: true    # torch.use_deterministic_algorithms; resumed runs reproduce bitwise on CPU
 data:
   name: digits         # mnist | fashion_mnist | cifar10 | cifar100 | svhn | digits | gaussian

@@ -237,7 +237,7 @@ class RunSpec(_Frozen):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 128
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # tf32: float32 with TF32 tensor cores on CUDA
     deterministic: bool = True
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)

@@ -185,7 +185,8 @@ def fit(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | Path,
         raise ValueError(f"kind: fit() trains kind='train' specs, got {spec.kind!r}; use run_spec()")
     reporter = reporter or NullReporter()
     device = resolve_device(spec)
-    with ck.workdir_lock(workdir, workdir_wait_s(reporter), reporter.should_stop), determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir, workdir_wait_s(reporter), reporter.should_stop), \
+            determinism(spec.deterministic, device, spec.precision):
         r = _build(spec, device, reporter, workdir)
         start, final = 0, {}
         # on the CPU: RNG states must stay CPU tensors; only checkpoints the reporter's record vouches for
@@ -239,7 +240,7 @@ def validate_checkpoints(spec: RunSpec, workdir: str | Path, *, epochs: list[int
     available, want = _validation_epochs(spec, workdir, epochs)
     device = resolve_device(spec)
     results: dict[int, dict[str, dict[str, float]]] = {}
-    with determinism(spec.deterministic, device):
+    with determinism(spec.deterministic, device, spec.precision):
         r = _build(spec, device, reporter, workdir)
         reporter.on_start(len(want), 1)
         t0 = time.perf_counter()

@@ -96,7 +96,8 @@ def fit_ufm(spec: RunSpec, reporter: Reporter | None = None, *, workdir: str | P
     reporter, u = reporter or NullReporter(), spec.ufm
     device = resolve_device(spec)
     keep_last = spec.checkpoint.keep_last
-    with ck.workdir_lock(workdir, workdir_wait_s(reporter), reporter.should_stop), determinism(spec.deterministic, device):
+    with ck.workdir_lock(workdir, workdir_wait_s(reporter), reporter.should_stop), \
+            determinism(spec.deterministic, device, spec.precision):
         seed_everything(spec.seed)
         g = torch.Generator().manual_seed(spec.seed)
         model = UFM(u.class_counts, u.dim, u.depth_linear, u.bias, g).to(device)
