@@ -21,6 +21,7 @@ from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
 from service.cli_results import (body_counts, empty_header, results_caveat, results_filter, results_hint, results_json,
                                  results_table, shown_results)
+from service.cli_sweeps import sweeps
 from service.cli_tokens import token_app
 from service.cli_views import _enrich_workers, parse_filter, run_detail, runs_table, watch_view, workers_table
 from service.cli_watch import sweep_finished, watch_rows
@@ -140,6 +141,9 @@ def watch(ctx: typer.Context, sweep: int = typer.Argument(..., help="sweep id"),
         wait(lambda _: None)
         out.print(view)
     out.print(f"sweep {sweep} finished", highlight=False)
+
+
+app.command()(sweeps)  # service.cli_sweeps' command, before runs in --help
 
 
 @app.command()

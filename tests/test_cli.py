@@ -575,3 +575,26 @@ def test_show_says_cancel_requested_only_of_a_run_still_stopping() -> None:
     # a queued run cancelled, or a running one that has stopped since: the flag stays set, the run is just cancelled
     assert "cancel" in status_line({**run, "status": "cancelled"})
     assert "requested" not in status_line({**run, "status": "cancelled"})
+
+
+@SQLITE
+def test_sweeps_lists_the_newest_first_with_their_runs_and_progress(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    rc, out, _ = ncsweep(capsys, "sweeps")
+    assert rc == 0 and "0 sweeps" in out and "ncsweep submit sweep.yaml" in " ".join(out.split())
+    first, _ = seed_sweep(db_url, name="widths")  # 8 runs, all succeeded
+    second, _ = seed_sweep(db_url, name="losses", statuses={0: "running", 1: "failed"})
+    rc, out, _ = ncsweep(capsys, "sweeps")
+    lines = [line for line in out.splitlines() if "widths" in line or "losses" in line]
+    assert rc == 0 and "2 sweeps" in out and len(lines) == 2 and "losses" in lines[0], out  # newest first
+    assert "100%" in lines[1] and "succeeded 8" in " ".join(lines[1].split())
+    assert "failed 1" in lines[0] and "running 1" in lines[0] and "succeeded 6" in lines[0]
+    rc, out, err = ncsweep(capsys, "sweeps", "--limit", "1")
+    assert rc == 0 and "sweeps (1 of 2)" in out and "losses" in out and "widths" not in out
+    assert "showing the newest 1 of 2 sweeps (--limit 1)" in err
+    rc, out, _ = ncsweep(capsys, "sweeps", "--json")
+    import json
+
+    page = json.loads(out)
+    assert rc == 0 and [s["id"] for s in page["items"]] == [second, first] and page["total"] == 2
+    rc, _, err = ncsweep(capsys, "sweeps", "--limit", "0")
+    assert rc == 2 and "--limit" in err
