@@ -21,6 +21,7 @@ from service.cli_context import invocation as _ctx
 from service.cli_output import export, plot
 from service.cli_results import (body_counts, empty_header, results_caveat, results_filter, results_hint, results_json,
                                  results_table, shown_results)
+from service.cli_stack import down
 from service.cli_sweeps import sweeps
 from service.cli_tokens import token_app
 from service.cli_views import _enrich_workers, parse_filter, run_detail, runs_table, watch_view, workers_table
@@ -72,6 +73,9 @@ def up(ctx: typer.Context, example: bool = typer.Option(True, "--example/--no-ex
                        gpus=_ints(gpus, "--gpus") if gpus else None, api_port=port, fresh=fresh)
     if rc:
         raise typer.Exit(rc)
+
+
+app.command()(down)  # service.cli_stack's command, after up in --help
 
 
 @app.command()

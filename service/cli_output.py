@@ -96,4 +96,5 @@ def png_note(png: bytes) -> str | None:
     from PIL import Image
 
     with Image.open(io.BytesIO(png)) as image:
-        return image.text.get("ncsweep-note")  # service.plots.NOTE_KEY (that module loads matplotlib)
+        return image.info.get("ncsweep-note")  # service.plots.NOTE_KEY (that module loads matplotlib); a text
+        # chunk before the image data: read without decoding the image

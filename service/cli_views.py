@@ -235,6 +235,11 @@ def spec_changes(spec: dict) -> str:
         "every field at its default"
 
 
+#: What a run's cancel_requested flag means in each unfinished status (a finished run's flag says nothing more).
+CANCEL_NOTE = {"running": " (cancel requested: it stops at its next step)",
+               "queued": " (cancel requested: it is cancelled before it starts)"}
+
+
 def run_detail(run: dict, metrics: list[dict]) -> Any:
     """One run in full: status, config, progress, worker, times, the whole error and its last metrics."""
     from rich.text import Text
@@ -242,8 +247,8 @@ def run_detail(run: dict, metrics: list[dict]) -> Any:
     head = Table.grid(padding=(0, 2))
     parent = f" (validates run {run['parent_run_id']})" if run.get("parent_run_id") else ""
     rows = [("run", f"{run['id']} of sweep {run['sweep_id']}, {run.get('kind', 'train')}{parent}"),
-            ("status", _run_status(run) + (" (cancel requested: it stops at its next step)"
-                                           if run.get("cancel_requested") and run.get("status") == "running" else "")),
+            ("status", _run_status(run) + (CANCEL_NOTE.get(run.get("status"), "") if run.get("cancel_requested")
+                                           else "")),
             ("config", _grid(run)), *((("spec", spec_changes(run["spec"])),) if isinstance(run.get("spec"), dict) else ()),
             ("spec hash", run.get("spec_hash", "")),
             ("progress", f"{RUN_UNITS.get(run.get('kind'), RUN_UNITS['train'])[0]} {run.get('epoch', 0)}/"
@@ -296,7 +301,7 @@ def action_line(action: str, res: dict) -> str:
              if v not in (None, 0, False, {}) and k not in ("skipped", "enqueued")]
     if res.get("enqueued") is not None and res.get("retried"):
         parts.append("sent to the workers" if res["enqueued"] else "saved, but the broker was unreachable: the "
-                     "reconciler will send them")
+                     "reconciler will send " + ("it" if res["retried"] == 1 else "them"))
     parts += [f"skipped: run {run} (its validate job {job} reads its checkpoints)"
               for run, job in (res.get("skipped") or {}).items()]
     return f"{action}: " + (", ".join(parts) if parts else "nothing to do")

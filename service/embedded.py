@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nc_core.settings import Settings, get_settings
-from service.embedded_procs import ChildRecord, stop_leftovers
+from service.embedded_procs import LOCK, ChildRecord, launcher_record, stop_leftovers
 from service.embedded_redis import (StackError, redis_password, redis_server_binary,  # noqa: F401 - re-exported
                                     start_redis, write_private)
 
@@ -134,11 +134,17 @@ def _lock_home(home: Path) -> Any:
             home.chmod(0o700)  # its database, checkpoints, logs and broker data are this user's alone
     except OSError as exc:
         raise StackError(f"--home: cannot create the directory {home} ({exc.strerror or exc})") from None
-    fh = open(home / ".lock", "w")
+    fh = open(home / LOCK, "a+")  # not "w": a start refused here must not erase the running stack's record
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise StackError(f"another ncsweep stack is running with home {home}; stop it first") from None
+        fh.close()
+        raise StackError(f"another ncsweep stack is running with home {home}; stop it first (`ncsweep down`, or "
+                         "Ctrl-C where it runs)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(launcher_record())  # who holds the lock: what `ncsweep down` signals
+    fh.flush()
     return fh
 
 

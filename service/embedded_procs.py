@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 PIDS = "stack.pids"
+LOCK = ".lock"  # held by the running stack's launcher, which records itself in it (launcher_record)
 
 
 class ChildRecord:
@@ -40,6 +41,54 @@ class ChildRecord:
         """Forget the children once they have all exited (a stop cut short keeps them on record)."""
         if not _alive(_read(self.path)):
             self.path.unlink(missing_ok=True)
+
+
+def launcher_record() -> str:
+    """This process as the lock file records it: its pid and start time (JSON)."""
+    import psutil
+
+    return json.dumps({"pid": os.getpid(), "created": psutil.Process().create_time()}) + "\n"
+
+
+def stop_stack(home: Path, timeout: float = 120.0) -> str | None:
+    """Stop the stack running with ``home`` as Ctrl-C does (SIGTERM to its launcher: the workers' running jobs
+    checkpoint their last completed epoch and give their runs back), and wait until it has released the home's
+    lock. Returns "pid N" of the launcher stopped, or None when no stack runs with ``home``. StackStopError when
+    the lock's holder is not on record (an older ncsweep started it) or does not stop within ``timeout``."""
+    import fcntl
+
+    path = home / LOCK
+    if not path.is_file():
+        return None
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it (closing the file lets it go again)
+        except OSError:
+            pass
+        try:
+            row = json.loads(fh.read() or "{}")
+        except ValueError:
+            row = {}
+    alive = _alive([row]) if isinstance(row, dict) else []
+    if not alive:
+        raise StackStopError(f"a stack runs with home {home}, but {path} does not say which process it is (one "
+                             "started by an older ncsweep): stop it with Ctrl-C where it runs")
+    alive[0].terminate()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return f"pid {alive[0].pid}"
+            except OSError:
+                time.sleep(0.2)
+    raise StackStopError(f"the stack of {home} (pid {alive[0].pid}) is still stopping after {timeout:g} s (a job "
+                         "writing its checkpoint?); run `ncsweep down` again to keep waiting")
+
+
+class StackStopError(Exception):
+    """`ncsweep down` could not stop the stack: says why and what to do."""
 
 
 def stop_leftovers(home: Path, timeout: float = 30.0) -> list[str]:

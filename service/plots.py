@@ -233,6 +233,12 @@ def heatmap_png(session: Session, sweep_id: int, x: str, y: str, key: str = "acc
     return _png(heatmap_figure(heatmap_cells(session, sweep_id, x, y, key, split, mode, ref), x, y, ref, key, mode))
 
 
+def _unfinished(session: Session, run_id: int) -> bool:
+    """Whether the run may still store values (queued or running): an empty figure then says "yet"."""
+    run = session.get(Run, run_id)
+    return run is not None and run.status in ("queued", "running")
+
+
 def margins_png(session: Session, run_id: int) -> bytes:
     """The run's cosine-margin figure (sorted distribution, or statistics); drawn in service/plots_margins.py."""
     from service.plots_margins import margins_png as draw  # it imports this module: load it lazily
@@ -245,7 +251,7 @@ def run_curves_png(session: Session, run_id: int, keys: list[str] | None = None)
     keys = list(keys or DEFAULT_KEYS)
     by = run_series(session, run_id, keys)
     if not by:
-        return _message_png(f"run {run_id}: no metrics stored yet")
+        return _message_png(f"run {run_id}: no metrics stored" + (" yet" if _unfinished(session, run_id) else ""))
     present = [k for k in keys if any(kk == k for _, kk in by)]
     unit = run_step(session, run_id)
     fig, axes = new_figure(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from nc_core.db import distributions_repo
 from nc_core.db.models import Run
 from nc_core.spec import RunSpec
-from service.plots import _message_png, _png, new_figure, plot_epochs, run_series, run_step
+from service.plots import _message_png, _unfinished, _png, new_figure, plot_epochs, run_series, run_step
 
 MARGIN_KEYS = ("cos_margin_mean", "cos_margin_median", "cos_margin_min")
 TAIL = 0.02  # the hardest-samples panel shows the lowest 2% of the sorted margins
@@ -65,7 +65,8 @@ def _statistics_png(session: Session, run_id: int) -> bytes:
     """Cosine-margin statistics (mean, median, min) vs epoch per split (runs without a stored distribution)."""
     by = run_series(session, run_id, MARGIN_KEYS)
     if not by:
-        return _message_png(f"run {run_id}: no cosine-margin metrics stored yet")
+        return _message_png(f"run {run_id}: no cosine-margin metrics stored" +
+                            (" yet" if _unfinished(session, run_id) else ""))
     splits = sorted({sp for sp, _ in by})
     unit = run_step(session, run_id)
     fig, axes = new_figure(1, len(splits), figsize=(5.5 * len(splits), 3.8), squeeze=False)

@@ -14,7 +14,7 @@ JOB_QUEUE = "celery"  # worker.celery_app.TRAIN_QUEUE: send_task and the fast pa
 QUEUE_KEYS = (JOB_QUEUE, *(f"{JOB_QUEUE}\x06\x16{p}" for p in range(1, 10)))
 JOB_TASKS = frozenset({"ncsweep.train", "ncsweep.ufm", "ncsweep.validate"})  # service.enqueue.TASK_BY_KIND
 SCAN_CHUNK = 1000  # messages per LRANGE: a long queue is read in pieces, not in one reply
-REMOVE_BATCH = 500  # messages per call of the removal script (each call walks the list once)
+REMOVE_BATCH = 5000  # messages per call of the removal script (each call walks the list once: ~2 µs an element)
 
 #: {run id: {(queue key, exact message)}}: job messages found waiting in the queue lists
 Waiting = dict[int, set[tuple[str, bytes]]]
@@ -59,7 +59,8 @@ def job_run_id(raw: bytes) -> int | None:
 def find_waiting(client: Any, run_ids: Iterable[int]) -> Waiting:
     """The messages of ``run_ids`` waiting in the queue lists now. Read from the head in chunks while producers
     push at the head and workers pop at the tail: a push shifts the unread part towards the tail (a message may
-    be read twice: kept once), a pop only shortens it, so no message present throughout is missed."""
+    be read twice: kept once), a pop only shortens it, so no message present throughout is missed, unless another
+    cancel's removal shifts unread ones into the part already read (those are left to admission)."""
     wanted, found = set(run_ids), {}
     if not wanted:
         return found

@@ -7,7 +7,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from service.enqueue import TASK_BY_KIND, CeleryEnqueuer, clone_message, message_template
+from service.enqueue import TASK_BY_KIND, CeleryEnqueuer, RecordingEnqueuer, clone_message, message_template
 from service.withdraw import JOB_TASKS, QUEUE_KEYS, find_waiting, job_run_id, remove_waiting
 from tests.helpers_stack import ApiServer, local_redis_url, make_settings, postgres_db
 from tests.test_integration_stack import SWEEP
@@ -115,3 +115,39 @@ def test_job_messages_are_recognised_by_task_and_single_run_id():
     template = message_template("ncsweep.reconcile")  # another task: never a run's message
     assert job_run_id(clone_message(template, 42).encode()) is None
     assert job_run_id(FOREIGN) is None and job_run_id(b'{"headers": {}}') is None
+
+
+class ConnectionCountingEnqueuer(RecordingEnqueuer):
+    """Records how many database connections the API has checked out while a cancel reads or edits the
+    broker's queue (a slow or hung Redis keeps it there for up to its socket timeout)."""
+
+    def __init__(self, engine):  # noqa: ANN001 - sqlalchemy Engine
+        super().__init__()
+        self.engine, self.held = engine, []
+
+    def find_waiting(self, run_ids):  # noqa: ANN001, ANN201
+        self.held.append(("find", self.engine.pool.checkedout()))
+        return {rid: {("celery", b"message of %d" % rid)} for rid in run_ids}
+
+    def withdraw(self, waiting, run_ids):  # noqa: ANN001, ANN201
+        self.held.append(("withdraw", self.engine.pool.checkedout()))
+        return len(run_ids)
+
+
+def test_a_cancel_holds_no_database_connection_while_it_reads_the_broker(settings, write_token):  # noqa: ANN001
+    # the queue scan ran inside the request's open read transaction: on PostgreSQL a connection idle in
+    # transaction (holding its locks) for as long as Redis took to answer, per concurrent cancel
+    from starlette.testclient import TestClient
+
+    from nc_core.db.session import make_engine
+    from service.app import create_app
+
+    counting = ConnectionCountingEnqueuer(make_engine(settings.resolved_database_url()))
+    app = create_app(settings, enqueuer=counting, broker_check=lambda: None)
+    with TestClient(app, headers={"Authorization": f"Bearer {write_token}"}) as api:
+        created = api.post("/sweeps", json={**SWEEP, "name": "held", "grid": {}, "seeds": [0, 1, 2]})
+        sweep_id = created.json()["sweep_id"]
+        runs = api.get("/runs", params={"sweep_id": sweep_id}).json()["items"]
+        assert api.post(f"/runs/{runs[0]['id']}/cancel").json()["cancelled"] == 1
+        assert api.post(f"/sweeps/{sweep_id}/cancel").json()["cancelled"] == 2
+    assert counting.held == [("find", 0), ("withdraw", 0)] * 2, counting.held

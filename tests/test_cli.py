@@ -555,7 +555,7 @@ def test_a_retry_line_names_the_runs_it_left_for_their_validate_jobs() -> None:
                                  "skipped": {"5": 9}})
     assert line == "retry: retried: 2, sent to the workers, skipped: run 5 (its validate job 9 reads its checkpoints)"
     unsent = action_line("retry", {"retried": 1, "enqueued": False})  # said in words, not as a Python bool
-    assert unsent == "retry: retried: 1, saved, but the broker was unreachable: the reconciler will send them"
+    assert unsent == "retry: retried: 1, saved, but the broker was unreachable: the reconciler will send it"
     assert action_line("retry", {"retried": 0, "skipped": {}}) == "retry: nothing to do"
 
 
@@ -572,6 +572,8 @@ def test_show_says_cancel_requested_only_of_a_run_still_stopping() -> None:
     run = {"id": 7, "sweep_id": 2, "kind": "train", "grid": {}, "spec": {}, "epoch": 2, "epochs_total": 9,
            "attempt": 1, "max_attempts": 3, "cancel_requested": True}
     assert "cancel requested: it stops at its next step" in status_line({**run, "status": "running"})
+    # queued with the flag (a run given back while its cancel was requested): no worker starts it
+    assert "cancel requested: it is cancelled before it starts" in status_line({**run, "status": "queued"})
     # a queued run cancelled, or a running one that has stopped since: the flag stays set, the run is just cancelled
     assert "cancel" in status_line({**run, "status": "cancelled"})
     assert "requested" not in status_line({**run, "status": "cancelled"})

@@ -366,3 +366,23 @@ def test_metric_curves_mark_their_points_so_one_point_shows(sqlite_app_client, m
         assert all(line.get_marker() not in (None, "", "None", " ") for line in lines), url
         assert all(0 < line.get_markersize() <= 4 for line in lines), url  # small: multi-point curves stay lines
         lines.clear()
+
+
+def test_an_empty_run_figure_says_yet_only_while_the_run_may_store_values(sqlite_app_client) -> None:  # noqa: ANN001
+    from PIL import Image
+
+    client, db = sqlite_app_client, sqlite_app_client.db_url
+    _, runs = seed_sweep(db, statuses={0: "queued"})  # the queued run has no metric yet
+
+    def note(path: str) -> str:
+        response = client.get(path)
+        assert response.status_code == 200, response.text
+        return Image.open(io.BytesIO(response.content)).info.get("ncsweep-note", "")
+
+    assert note(f"/runs/{runs[0]}/plots/curves.png") == f"run {runs[0]}: no metrics stored yet"
+    assert note(f"/runs/{runs[0]}/plots/margins.png") == f"run {runs[0]}: no cosine-margin metrics stored yet"
+    with session_scope(db) as s:
+        s.get(Run, runs[0]).status = "cancelled"  # it will never store any
+    assert note(f"/runs/{runs[0]}/plots/curves.png") == f"run {runs[0]}: no metrics stored"
+    assert note(f"/runs/{runs[0]}/plots/margins.png") == f"run {runs[0]}: no cosine-margin metrics stored"
+    assert note(f"/runs/{runs[1]}/plots/curves.png") == ""  # a drawn figure carries no note

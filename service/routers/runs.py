@@ -111,8 +111,9 @@ def get_run(run_id: Id, session: SessionDep) -> Run:
 def cancel_run(run_id: Id, session: SessionDep, enqueuer: EnqueuerDep, _: WriteAuth) -> ActionResult:
     """queued → cancelled; running → cancel_requested; finished → 409. A cancelled run's messages waiting in
     the broker's queue are then taken out of it (as a sweep cancel does)."""
-    waiting = safe_find_waiting(enqueuer, actions_repo.queued_run_ids(session, Run.id == run_id))
-    session.rollback()  # end the read: the lock below starts the cancel's own transaction
+    queued = actions_repo.queued_run_ids(session, Run.id == run_id)
+    session.rollback()  # end the read before the broker is asked: no connection held while Redis answers
+    waiting = safe_find_waiting(enqueuer, queued)  # the lock below starts the cancel's own transaction
     _run_or_404(session, run_id, lock=True)
     outcome = actions_repo.cancel_run(session, run_id)
     session.commit()

@@ -159,8 +159,9 @@ def cancel_sweep(sweep_id: Id, session: SessionDep, enqueuer: EnqueuerDep, _: Wr
     sweep's lock, so a concurrent retry or extend of the sweep acts wholly before or after it. The cancelled
     runs' messages waiting in the broker's queue are then taken out of it (service.withdraw: best effort, read
     before the lock; a message it misses is dropped unrun by the worker that takes it)."""
-    waiting = safe_find_waiting(enqueuer, actions_repo.queued_run_ids(session, Run.sweep_id == sweep_id))
-    session.rollback()  # end the read: the lock below starts the cancel's own transaction
+    queued = actions_repo.queued_run_ids(session, Run.sweep_id == sweep_id)
+    session.rollback()  # end the read before the broker is asked: no connection held while Redis answers
+    waiting = safe_find_waiting(enqueuer, queued)  # the lock below starts the cancel's own transaction
     _sweep_or_404(session, sweep_id, lock=True)
     counts, cancelled = actions_repo.cancel_sweep(session, sweep_id)
     session.commit()
