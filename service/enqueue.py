@@ -76,10 +76,10 @@ class CeleryEnqueuer:
     def _client(self):  # noqa: ANN202 - redis.Redis, imported lazily
         with self._lock:
             if self._redis is None:
-                import redis
+                from nc_core.broker_client import redis_client
 
-                self._redis = redis.Redis.from_url(self.broker_url, socket_timeout=self.timeout,
-                                                   socket_connect_timeout=self.timeout)
+                self._redis = redis_client(self.broker_url, socket_timeout=self.timeout,
+                                           socket_connect_timeout=self.timeout)
             return self._redis
 
     def _send_fast(self, jobs: Sequence[Job]) -> None:

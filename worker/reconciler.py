@@ -95,10 +95,10 @@ def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery",
     `unacked_index` holds the delivery time): a worker claims within seconds of delivery, so a run still
     queued whose message was delivered before the grace period lost its worker (the message would come
     back only after the visibility timeout). None when the broker cannot be inspected (then re-send all)."""
-    import redis
+    from nc_core.broker_client import redis_client
 
     try:
-        client = redis.Redis.from_url(broker_url, socket_timeout=5)
+        client = redis_client(broker_url, socket_timeout=5)
         keys = [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
         if sum(client.llen(k) for k in keys) >= backlog:
             return _AllPresent()

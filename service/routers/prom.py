@@ -27,9 +27,9 @@ def redis_queue_lengths(broker_url: str, queues: tuple[str, ...] = REDIS_QUEUES)
     if not broker_url.startswith(("redis://", "rediss://", "unix://")):
         return None
     try:
-        import redis
+        from nc_core.broker_client import redis_client
 
-        client = redis.Redis.from_url(broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis_client(broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
             return {q: int(client.llen(q)) for q in queues}
         finally:
