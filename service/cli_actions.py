@@ -7,7 +7,6 @@ import typer
 
 from service.cli_args import comma_ints, comma_items
 from service.cli_context import invocation, out
-from service.cli_views import action_line
 
 # service.cli registers these commands on its app, each in its place in the listing of `ncsweep --help`
 
@@ -43,3 +42,15 @@ def _need_one(sweep: Optional[int], run: Optional[int]) -> None:
     if (sweep is None) == (run is None):
         given = "both" if sweep is not None else "neither"
         raise typer.BadParameter(f"expected a SWEEP id or --run ID (one of them), got {given}")
+
+
+def action_line(action: str, res: dict) -> str:
+    """'retry: retried: 3, sent to the workers, skipped: run 5 (its validate job 9 reads its checkpoints)'."""
+    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items()
+             if v not in (None, 0, False, {}) and k not in ("skipped", "enqueued")]
+    if res.get("enqueued") is not None and res.get("retried"):
+        parts.append("sent to the workers" if res["enqueued"] else "saved, but the broker was unreachable: the "
+                     "reconciler will send " + ("it" if res["retried"] == 1 else "them"))
+    parts += [f"skipped: run {run} (its validate job {job} reads its checkpoints)"
+              for run, job in (res.get("skipped") or {}).items()]
+    return f"{action}: " + (", ".join(parts) if parts else "nothing to do")

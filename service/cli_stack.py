@@ -21,9 +21,10 @@ def down(ctx: typer.Context, home: Optional[Path] = typer.Option(None, "--home",
 
     where = Path(home or invocation(ctx).settings.home).expanduser().resolve()
     try:
-        stopped = stop_stack(where, timeout)
+        stopped, leftovers = stop_stack(where, timeout)
     except StackStopError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None
-    out.print(f"stopped the stack of {where} ({stopped})" if stopped else f"no stack is running with home {where}",
+    out.print(f"stopped the stack of {where} ({stopped})" if stopped else f"no stack is running with home {where}"
+              + (f"; stopped what one killed outright had left running: {', '.join(leftovers)}" if leftovers else ""),
               highlight=False)

@@ -26,7 +26,9 @@ def sweeps(ctx: typer.Context, limit: int = typer.Option(20, "--limit", callback
 
 
 def sweeps_table(items: list[dict], total: int):  # noqa: ANN201 - a rich Table
-    """A row per sweep: id, name, owner, created (UTC, to the minute), axes, runs, runs per status, progress."""
+    """A row per sweep: id, name, owner, created (UTC, to the minute), axes, runs, runs per status, progress (the
+    users' words as written: never read as rich markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from service.cli_views import _bar, _count_text
@@ -37,8 +39,8 @@ def sweeps_table(items: list[dict], total: int):  # noqa: ANN201 - a rich Table
         table.add_column(col, no_wrap=col in ("sweep", "created", "progress"))
     for s in items:
         progress = float(s.get("progress") or 0.0)
-        table.add_row(str(s["id"]), s["name"], s.get("owner", ""), _minute(s.get("created_at", "")),
-                      ", ".join(map(str, s.get("axes") or [])) or "—", str(s.get("runs", 0)),
+        table.add_row(str(s["id"]), escape(s["name"]), escape(s.get("owner", "")), _minute(s.get("created_at", "")),
+                      escape(", ".join(map(str, s.get("axes") or []))) or "—", str(s.get("runs", 0)),
                       _count_text(s.get("counts") or {}), _bar(progress, width=16), f"{100 * progress:.0f}%")
     if not items:
         table.caption = "no sweep yet: `ncsweep submit sweep.yaml` submits one"

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Group
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -141,7 +142,7 @@ def watch_view(detail: dict, runs: list[dict], workers: list[dict], max_rows: in
     summary = _count_text(counts) if counts is not None else _counts(primary)
     job_summary = _count_text(job_counts) if job_counts is not None else _counts(jobs)
     summary += f"  [dim]validate jobs:[/] {job_summary}" if totals[1] else ""
-    head.add_row(f"[bold]sweep {detail['id']}[/] {detail.get('name', '')}", _bar(frac, 40),
+    head.add_row(f"[bold]sweep {detail['id']}[/] {escape(str(detail.get('name', '')))}", _bar(frac, 40),
                  f"{100 * frac:5.1f}%", f"ETA {_eta(detail.get('eta_s')) or '?'}", summary)
     order = {status: i for i, status in enumerate(WATCH_ORDER)}
     parts: list[Any] = [head]
@@ -293,15 +294,3 @@ def parse_filter(text: str) -> tuple[str, str]:
         raise typer.BadParameter(f"expected AXIS=VALUE such as loss.name=mse, got {text!r}", param_hint="--filter")
     path, value = text.split("=", 1)
     return path.strip(), value.strip()
-
-
-def action_line(action: str, res: dict) -> str:
-    """'retry: retried: 3, sent to the workers, skipped: run 5 (its validate job 9 reads its checkpoints)'."""
-    parts = [f"{k.replace('_', ' ')}: {v}" for k, v in res.items()
-             if v not in (None, 0, False, {}) and k not in ("skipped", "enqueued")]
-    if res.get("enqueued") is not None and res.get("retried"):
-        parts.append("sent to the workers" if res["enqueued"] else "saved, but the broker was unreachable: the "
-                     "reconciler will send " + ("it" if res["retried"] == 1 else "them"))
-    parts += [f"skipped: run {run} (its validate job {job} reads its checkpoints)"
-              for run, job in (res.get("skipped") or {}).items()]
-    return f"{action}: " + (", ".join(parts) if parts else "nothing to do")

@@ -139,8 +139,8 @@ def _lock_home(home: Path) -> Any:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
-        raise StackError(f"another ncsweep stack is running with home {home}; stop it first (`ncsweep down`, or "
-                         "Ctrl-C where it runs)") from None
+        raise StackError(f"another ncsweep stack is running with home {home}; stop it first (`ncsweep down --home "
+                         f"{home}`, or Ctrl-C where it runs)") from None
     fh.seek(0)
     fh.truncate()
     fh.write(launcher_record())  # who holds the lock: what `ncsweep down` signals
@@ -265,8 +265,11 @@ def _migrate(url: str) -> None:
 
 
 def _interrupt(signum: int, _frame: Any = None) -> None:
-    if signum == signal.SIGHUP:  # the terminal is gone: the stop that follows runs to its end, whatever comes next
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # the stop that follows runs to its end: a second `kill` or `ncsweep down` (which says "again to keep waiting"),
+    # or the terminal closing meanwhile, must not cut it short (Ctrl-C still does)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is _interrupt:
+            signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

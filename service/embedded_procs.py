@@ -50,20 +50,23 @@ def launcher_record() -> str:
     return json.dumps({"pid": os.getpid(), "created": psutil.Process().create_time()}) + "\n"
 
 
-def stop_stack(home: Path, timeout: float = 120.0) -> str | None:
+def stop_stack(home: Path, timeout: float = 120.0) -> tuple[str | None, list[str]]:
     """Stop the stack running with ``home`` as Ctrl-C does (SIGTERM to its launcher: the workers' running jobs
     checkpoint their last completed epoch and give their runs back), and wait until it has released the home's
-    lock. Returns "pid N" of the launcher stopped, or None when no stack runs with ``home``. StackStopError when
-    the lock's holder is not on record (an older ncsweep started it) or does not stop within ``timeout``."""
+    lock. Returns ("pid N" of the launcher stopped, or None when no stack runs with ``home``; what a launcher
+    killed outright had left running and was stopped now, :func:`stop_leftovers`). StackStopError when the
+    lock's holder is not on record (an older ncsweep started it) or does not stop within ``timeout``."""
     import fcntl
+
+    import psutil
 
     path = home / LOCK
     if not path.is_file():
-        return None
+        return None, []
     with open(path) as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None  # nobody holds it (closing the file lets it go again)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no launcher holds it: what a dead one left may go
+            return None, stop_leftovers(home, timeout)  # closing the file lets the lock go again
         except OSError:
             pass
         try:
@@ -74,17 +77,20 @@ def stop_stack(home: Path, timeout: float = 120.0) -> str | None:
     if not alive:
         raise StackStopError(f"a stack runs with home {home}, but {path} does not say which process it is (one "
                              "started by an older ncsweep): stop it with Ctrl-C where it runs")
-    alive[0].terminate()
+    try:
+        alive[0].terminate()
+    except psutil.NoSuchProcess:
+        pass  # it has exited since (its example finished, another `down`): the wait below sees the lock free
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open(path) as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return f"pid {alive[0].pid}"
+                return f"pid {alive[0].pid}", []
             except OSError:
                 time.sleep(0.2)
     raise StackStopError(f"the stack of {home} (pid {alive[0].pid}) is still stopping after {timeout:g} s (a job "
-                         "writing its checkpoint?); run `ncsweep down` again to keep waiting")
+                         f"writing its checkpoint?); run `ncsweep down --home {home}` again to keep waiting")
 
 
 class StackStopError(Exception):

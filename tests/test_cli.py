@@ -549,7 +549,7 @@ def test_show_lists_the_spec_fields_that_differ_from_the_defaults() -> None:
 
 
 def test_a_retry_line_names_the_runs_it_left_for_their_validate_jobs() -> None:
-    from service.cli_views import action_line
+    from service.cli_actions import action_line
 
     line = action_line("retry", {"cancelled": 0, "cancel_requested": 0, "retried": 2, "enqueued": True,
                                  "skipped": {"5": 9}})
@@ -600,3 +600,21 @@ def test_sweeps_lists_the_newest_first_with_their_runs_and_progress(live: str, d
     assert rc == 0 and [s["id"] for s in page["items"]] == [second, first] and page["total"] == 2
     rc, _, err = ncsweep(capsys, "sweeps", "--limit", "0")
     assert rc == 2 and "--limit" in err
+
+
+@SQLITE
+def test_sweeps_and_watch_show_names_with_brackets_as_written(live: str, db_url: str, capsys) -> None:  # noqa: ANN001
+    # the name went into the table as rich markup: "lr [red]" lost its tag, "[/b]" stopped the whole listing
+    # with "error: unexpected MarkupError"
+    seed_sweep(db_url, name="lr [red] sweep")
+    seed_sweep(db_url, name="grid [/b] x", widths=(32,))
+    rc, out, err = ncsweep(capsys, "sweeps")
+    flat = " ".join(out.split())
+    assert rc == 0 and "lr [red] sweep" in flat and "grid [/b] x" in flat, err
+    from rich.console import Console
+
+    from service.cli_views import watch_view
+
+    console = Console(width=120, record=True)  # `ncsweep watch` of that sweep: its header line, the same way
+    console.print(watch_view({"id": 2, "name": "grid [/b] x", "progress": 0.5, "eta_s": 10}, [], []))
+    assert "sweep 2 grid [/b] x" in console.export_text()

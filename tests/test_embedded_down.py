@@ -39,7 +39,7 @@ def test_a_refused_start_keeps_the_running_launchers_record(tmp_path) -> None:  
     try:
         record = json.loads((home / ".lock").read_text())
         assert record["pid"] == os.getpid() and record["created"] > 0
-        with pytest.raises(StackError, match="another ncsweep stack is running .*`ncsweep down`"):
+        with pytest.raises(StackError, match="another ncsweep stack is running .*`ncsweep down --home .*/home`"):
             _lock_home(home)
         assert json.loads((home / ".lock").read_text()) == record  # was: truncated by the refused start's open
     finally:
@@ -74,3 +74,90 @@ def test_down_says_so_when_the_holder_is_not_on_record(tmp_path, capsys) -> None
         assert rc == 1 and "does not say which process it is" in " ".join(err.split()) and "Ctrl-C" in err
     finally:
         held.close()
+
+
+# the real launcher (embedded.main, its signal handlers) around a stand-in stack whose stop takes as long as the
+# test wants: its last step waits for a file, as a worker's job writing its checkpoint keeps sup.stop waiting
+SLOW_STOP = TERMINAL_SIGNALS + """
+import sys, time
+from pathlib import Path
+import service.embedded as embedded
+def start(stack, home, *_):
+    stack.enter_context(embedded._lock_home(home))
+    def stop():
+        print("stopping", flush=True)
+        while not (home / "release").exists():
+            time.sleep(0.05)
+        print("stopped cleanly", flush=True)
+    stack.callback(stop)
+    print("holding", flush=True)
+    return embedded.get_settings()
+embedded._start = start
+sys.exit(embedded.main(Path(sys.argv[1]), example=False, keep_running=True))
+"""
+
+
+def test_down_again_keeps_waiting_and_does_not_cut_the_stop_short(tmp_path, capsys) -> None:  # noqa: ANN001
+    # "run `ncsweep down` again to keep waiting": the second SIGTERM raised KeyboardInterrupt inside the stop in
+    # progress (a worker's checkpoint wait), so the launcher skipped the rest of it and exited
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STOP, str(home)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        rc, _, err = ncsweep(capsys, "down", "--home", home, "--timeout", "0.2")
+        assert rc == 1 and "still stopping" in err and f"`ncsweep down --home {home}` again" in " ".join(err.split())
+        assert "stopping" in iter(lambda: proc.stdout.readline().strip(), "")  # its stop has begun
+        rc, _, err = ncsweep(capsys, "down", "--home", home, "--timeout", "0.2")  # as the message says
+        assert rc == 1 and "still stopping" in err
+        (home / "release").touch()
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "stopped cleanly" in out, out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_down_of_a_launcher_that_exits_meanwhile_says_it_stopped(tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    # the launcher exits between `down` reading its record and signalling it (its example finished, or another
+    # `down` stopped it): psutil.NoSuchProcess escaped as "unexpected error ... a bug in ncsweep"
+    from service import embedded_procs
+
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    real_alive = embedded_procs._alive
+
+    def alive_then_gone(rows):  # noqa: ANN001, ANN202
+        found = real_alive(rows)
+        proc.kill()
+        proc.wait()
+        return found
+
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        monkeypatch.setattr(embedded_procs, "_alive", alive_then_gone)
+        rc, out, err = ncsweep(capsys, "down", "--home", home, "--timeout", "10")
+        assert rc == 0 and f"stopped the stack of {home} (pid {proc.pid})" in " ".join(out.split()), err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_down_with_no_launcher_stops_what_one_killed_outright_left(tmp_path, capsys) -> None:  # noqa: ANN001
+    from service.embedded_procs import ChildRecord
+
+    home = tmp_path / "home"
+    _lock_home(home).close()  # a stack ran here; its launcher was killed (the lock went with it)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        ChildRecord(home).add(child)  # e.g. its redis-server, still running
+        rc, out, err = ncsweep(capsys, "down", "--home", home)
+        assert rc == 0, err
+        assert f"no stack is running with home {home}; stopped what one killed outright had left running: pid " \
+               f"{child.pid}" in " ".join(out.split())
+        assert child.wait(10) is not None  # stopped
+    finally:
+        child.kill()
+        child.wait()

@@ -1,5 +1,5 @@
 """`precision`: fp32 is IEEE float32 on CUDA too, tf32 asks for TF32 tensor cores, bf16 keeps torch's defaults;
-every run restores the process's flags (they are process-wide)."""
+every run restores the process's flags (they are process-wide), and every torch getter of them stays readable."""
 from __future__ import annotations
 
 import pytest
@@ -10,19 +10,41 @@ from nc_core.spec import RunSpec
 from nc_core.train import NullReporter, fit
 from nc_core.training.runtime import determinism
 
-
-def _flags() -> tuple[str, str, str]:
-    b = torch.backends
-    return b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision
+B = torch.backends
+DEFAULTS = (B.cudnn.allow_tf32, B.cuda.matmul.allow_tf32)  # this process's, at import
 
 
-@pytest.mark.parametrize("precision, inside", [("fp32", ("ieee",) * 3), ("tf32", ("tf32",) * 3), ("bf16", None)])
+def _flags() -> tuple[bool, bool, str]:
+    """What the run's convolutions and matmuls would do, through the getters a library may call."""
+    return B.cudnn.allow_tf32, B.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+
+
+@pytest.fixture(autouse=True)
+def _process_state(monkeypatch):  # noqa: ANN001, ANN202
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # determinism(cuda) sets it: put back after
+    yield
+    B.cudnn.allow_tf32, B.cuda.matmul.allow_tf32 = DEFAULTS  # the older flags again, whatever a test set
+
+
+@pytest.mark.parametrize("precision, inside", [("fp32", (False, False, "highest")), ("tf32", (True, True, "high")),
+                                               ("bf16", None)])
 def test_a_run_sets_its_float32_math_and_restores_the_process_flags(precision: str, inside) -> None:  # noqa: ANN001
     before = _flags()
     seen = []
     with determinism(True, torch.device("cuda"), precision):  # flags only: no CUDA needed, none initialised
         seen.append(_flags())
     assert seen == [inside or before] and _flags() == before and not torch.cuda.is_initialized()
+
+
+def test_a_process_that_set_torchs_newer_flags_gets_them_set_and_restored(monkeypatch) -> None:  # noqa: ANN001
+    backends = B.cudnn.conv, B.cudnn.rnn, B.cuda.matmul
+    for backend in backends:
+        backend.fp32_precision = "ieee"  # the newer API, against the older flags: their getters refuse to answer
+    with pytest.raises(RuntimeError):
+        B.cudnn.allow_tf32  # noqa: B018 - torch's refusal is what this path is for
+    with determinism(True, torch.device("cuda"), "tf32"):
+        assert [b.fp32_precision for b in backends] == ["tf32"] * 3
+    assert [b.fp32_precision for b in backends] == ["ieee"] * 3
 
 
 def test_fit_runs_under_its_precisions_flags(tmp_path, monkeypatch) -> None:  # noqa: ANN001
@@ -35,7 +57,7 @@ def test_fit_runs_under_its_precisions_flags(tmp_path, monkeypatch) -> None:  # 
                                    "model": {"name": "mlp", "width": 16, "depth": 1}})
     before = _flags()
     fit(spec, NullReporter(), workdir=tmp_path)
-    assert seen == [("tf32",) * 3] and _flags() == before
+    assert seen == [(True, True, "high")] and _flags() == before
 
 
 def test_an_unknown_precision_lists_the_choices() -> None:

@@ -38,29 +38,49 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(a) << 31) ^ int(b)  # < 2**63
 
 
-#: The float32 math of a run's CUDA convolutions and matmuls by its precision (bf16: torch's defaults), set through
-#: torch's fp32_precision flags (mixing them with the legacy allow_tf32 ones is an error in torch ≥ 2.9).
-FP32_MATH = {"fp32": "ieee", "tf32": "tf32"}
+#: Whether a run's float32 CUDA convolutions and matmuls may use TF32, by its precision (bf16: torch's defaults).
+TF32_BY_PRECISION = {"fp32": False, "tf32": True}
 
 
-def _fp32_backends() -> tuple:
-    """The fp32_precision flags a run sets: cuDNN's convolutions and RNNs (set alike: torch refuses to read its
-    legacy cudnn.allow_tf32 while they differ) and cuBLAS's matmuls."""
-    return torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul
+@contextmanager
+def float32_math(precision: str) -> Iterator[None]:
+    """The float32 math ``precision`` asks for on CUDA, for the block (flags only: nothing here initialises CUDA):
+    'fp32' IEEE float32 (cuDNN's default lets convolutions round their inputs to TF32's 10-bit mantissa), 'tf32'
+    TF32 tensor cores for convolutions and matmuls, 'bf16' torch's defaults for what runs outside autocast.
+
+    Set through torch's allow_tf32 flags, which keep its newer per-backend fp32_precision flags consistent and
+    every getter readable (torch.get_float32_matmul_precision, TunableOp's); in a process that set the newer
+    flags itself (the older getters then raise), through those."""
+    if precision not in TF32_BY_PRECISION:
+        yield
+        return
+    b, tf32 = torch.backends, TF32_BY_PRECISION[precision]
+    try:
+        prev = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    except RuntimeError:  # fp32_precision flags set by the process: set and restore those instead
+        backends = b.cudnn.conv, b.cudnn.rnn, b.cuda.matmul
+        before = [backend.fp32_precision for backend in backends]
+        for backend in backends:
+            backend.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            for backend, value in zip(backends, before):
+                backend.fp32_precision = value
+        return
+    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = prev
 
 
 @contextmanager
 def determinism(enabled: bool, device: torch.device, precision: str = "fp32") -> Iterator[None]:
     """torch.use_deterministic_algorithms (strict on CPU, warn-only on CUDA) for the block, and the float32 math
-    ``precision`` asks for: 'fp32' is IEEE float32 on CUDA too (cuDNN's default lets convolutions round their
-    inputs to TF32's 10-bit mantissa), 'tf32' lets convolutions and matmuls use TF32 tensor cores, 'bf16'
-    (autocast) keeps torch's defaults for what runs outside autocast. Restored after."""
+    ``precision`` asks for (:func:`float32_math`); restored after."""
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    prev_fp32 = [backend.fp32_precision for backend in _fp32_backends()]
-    if precision in FP32_MATH:  # flags only: nothing here initialises CUDA
-        for backend in _fp32_backends():
-            backend.fp32_precision = FP32_MATH[precision]
     if enabled:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -69,12 +89,11 @@ def determinism(enabled: bool, device: torch.device, precision: str = "fp32") ->
     else:
         torch.backends.cudnn.benchmark = device.type == "cuda"
     try:
-        yield
+        with float32_math(precision):
+            yield
     finally:
         torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]
-        for backend, value in zip(_fp32_backends(), prev_fp32):
-            backend.fp32_precision = value
 
 
 def bf16_is_fast(device: torch.device) -> bool:
