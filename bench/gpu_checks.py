@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_checks on {name}, torch {torch.__version__}")
     checks = {"metrics equal the CPU's": lambda: check_metrics(device, args.quick),
               "fit fp32": lambda: check_fit(device, "fp32"),
+              "fit tf32": lambda: check_fit(device, "tf32"),
               "fit bf16": lambda: check_fit(device, "bf16"),
               "resume equals uninterrupted": lambda: check_resume(device)}
     if device.type == "cpu":

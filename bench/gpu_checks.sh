@@ -32,7 +32,7 @@ fi
 python3 -c "import nc_core.settings, nc_core.train, nc_core.metrics" || { echo "imports failed: fetch the wheels"; exit 1; }
 {
   nvidia-smi -L
-  timeout 150 python3 bench/gpu_checks.py --device cuda --json "$out/gpu_checks.json"; checks=$?
+  timeout 150 python3 bench/gpu_checks.py --device cuda --json "$out/gpu_checks.json"; checks=$?  # fit fp32/tf32/bf16
   timeout 60 python3 bench/train_bench.py --device cuda --epochs 3 --repeats 5    # MLP: goal >= 20x, eval <= 1.4x
   timeout 90 python3 bench/train_bench.py --device cuda --workload resnet18 --epochs 2 --repeats 3 --eval-n 10000  # >= 3x
   timeout 60 python3 bench/train_bench.py --device cuda --workload resnet18 --epochs 2 --skip-eval --workers 8
