@@ -103,6 +103,7 @@ def test_scale_free_metrics_do_not_change_with_a_scale_whose_squares_would_overf
         assert scaled[key] == pytest.approx(plain[key], rel=1e-9), key  # nc2_h was 1.0 at 1e77, NaN at 1e-77
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # refused with one message, no numpy overflow warning first
 @pytest.mark.parametrize("scale", [1e155, 1e-160])
 def test_features_beyond_float64_squares_are_refused_naming_the_range(scale):  # noqa: ANN001
     rng = np.random.default_rng(2)
@@ -112,6 +113,7 @@ def test_features_beyond_float64_squares_are_refused_naming_the_range(scale):  #
         nc_metrics(X, y, num_classes=3)  # 1e155 was a LinAlgError traceback
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_two_entries_at_the_float64_limit_are_refused_not_scored():
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1, 2, 3], [30, 20, 25, 40])

@@ -144,9 +144,9 @@ def add_gram(C: torch.Tensor, R: torch.Tensor) -> None:
             C.addmm_(R.T, R)
         return
     r = R.numpy()
-    with _blas_threads():
+    with _blas_threads(), np.errstate(over="ignore", invalid="ignore"):  # inf/NaN: the callers' checks name them
         gram = r.T @ r  # (d, d) numpy calls DSYRK for a matrix times its own transpose, then mirrors it
-    C.numpy()[...] += gram
+        C.numpy()[...] += gram
 
 
 def symmetric(C: torch.Tensor) -> torch.Tensor:
@@ -162,5 +162,6 @@ def column_sums(X: torch.Tensor) -> torch.Tensor:
     row-wise accumulation (float32 rows are widened on the fly): ~2× torch's float64 sum and ~6× its
     float32 → float64 one."""
     if X.device.type == "cpu" and X.dtype in (torch.float32, F64) and not X.requires_grad:
-        return torch.from_numpy(X.numpy().sum(0, dtype=np.float64))  # (d,)
+        with np.errstate(over="ignore", invalid="ignore"):  # as torch's sum: inf/NaN, which the callers check
+            return torch.from_numpy(X.numpy().sum(0, dtype=np.float64))  # (d,)
     return X.sum(0, dtype=F64)
