@@ -35,8 +35,8 @@ def sweeps_table(items: list[dict], total: int):  # noqa: ANN201 - a rich Table
 
     shown = f"{len(items)} sweep{'' if len(items) == 1 else 's'}"
     table = Table(title=shown if total <= len(items) else f"sweeps ({len(items)} of {total})", title_justify="left")
-    for col in ("sweep", "name", "owner", "created", "axes", "runs", "status", "", "progress"):
-        table.add_column(col, no_wrap=col in ("sweep", "created", "progress"))
+    for col in ("sweep", "name", "owner", "created (UTC)", "axes", "runs", "status", "", "progress"):
+        table.add_column(col, no_wrap=col in ("sweep", "created (UTC)", "progress"))
     for s in items:
         progress = float(s.get("progress") or 0.0)
         table.add_row(str(s["id"]), escape(s["name"]), escape(s.get("owner", "")), _minute(s.get("created_at", "")),
