@@ -164,20 +164,23 @@ def main(home: Path | str | None = None, example: bool = True, *, keep_running: 
         console.width = max(console.width, 120)  # logs and pipes: keep the results table unwrapped
     home = Path(home or get_settings().home).expanduser().resolve()
     keep_running = (not example) if keep_running is None else keep_running
-    previous = {}
+    previous, _STOP.requested = {}, False
     if threading.current_thread() is threading.main_thread():  # `kill` and a closed terminal stop as Ctrl-C does
         stops = [signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else [])
         previous = {sig: signal.signal(sig, _interrupt) for sig in stops}  # under nohup a hangup stays ignored
     try:
         with ExitStack() as stack:
             settings = _start(stack, home, workers, gpus, api_port, console)
+            _raise_if_stop_requested()
             if example:
                 from service.examples import run_example
 
                 run_example(settings, console, fresh=fresh)
             if keep_running:
                 console.print(f"serving {settings.resolved_api_url()} (Ctrl-C stops)")
-                threading.Event().wait()
+                while True:
+                    _raise_if_stop_requested()
+                    time.sleep(0.5)
         return 0
     except KeyboardInterrupt:
         console.print("\ninterrupted: stopped the workers (a running job first checkpoints its last completed "
@@ -264,13 +267,26 @@ def _migrate(url: str) -> None:
         raise StackError(f"migrating {url.removeprefix('sqlite:///')} stopped: {exc}") from None
 
 
+class _STOP:
+    """Whether SIGTERM or SIGHUP asked this launcher to stop (main() resets it)."""
+
+    requested = False
+
+
 def _interrupt(signum: int, _frame: Any = None) -> None:
     # the stop that follows runs to its end: a second `kill` or `ncsweep down` (which says "again to keep waiting"),
-    # or the terminal closing meanwhile, must not cut it short (Ctrl-C still does)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is _interrupt:
-            signal.signal(sig, signal.SIG_IGN)
+    # or the terminal closing meanwhile, must not cut it short (Ctrl-C still does). Recorded, not only raised: a
+    # KeyboardInterrupt raised in a finaliser (a __del__ or weakref callback the garbage collector runs) is only
+    # printed, and main() would go on to serve, deaf to any later SIGTERM, had it not read the record
+    if _STOP.requested:
+        return
+    _STOP.requested = True
     raise KeyboardInterrupt
+
+
+def _raise_if_stop_requested() -> None:
+    if _STOP.requested:
+        raise KeyboardInterrupt
 
 
 def _stop_proc(proc: subprocess.Popen) -> None:

@@ -99,8 +99,9 @@ class StackStopError(Exception):
 
 def stop_leftovers(home: Path, timeout: float = 30.0) -> list[str]:
     """Stop the recorded children of an earlier launcher of ``home`` that are still alive (the same pid and start
-    time: never a process that merely reuses a pid): SIGTERM to each process group — a worker's running job
-    checkpoints and returns its run — then SIGKILL after ``timeout``. Returns what was stopped ("pid N (name)").
+    time: never a process that merely reuses a pid): SIGTERM to each of them — a worker's warm shutdown: its running
+    job checkpoints and returns its run — then SIGKILL to each process group after ``timeout``. Not SIGTERM to the
+    group: a Celery pool process (the job) dies of it before it can. Returns what was stopped ("pid N (name)").
     The caller holds the home's lock, so no live stack owns them."""
     import psutil
 
@@ -108,7 +109,10 @@ def stop_leftovers(home: Path, timeout: float = 30.0) -> list[str]:
     alive = _alive(_read(path))
     stopped = [f"pid {p.pid} ({_name(p)})" for p in alive]
     for proc in alive:
-        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
     deadline = time.monotonic() + timeout
     for proc in alive:
         try:

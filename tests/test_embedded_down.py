@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -161,3 +162,90 @@ def test_down_with_no_launcher_stops_what_one_killed_outright_left(tmp_path, cap
     finally:
         child.kill()
         child.wait()
+
+
+# a Celery worker stand-in: a process-group leader whose job runs in a child of the same group that keeps SIGTERM's
+# default action (as Celery's pool processes do); the leader's SIGTERM (warm shutdown) tells the job to stop, which
+# then gives its run back and exits — a SIGTERM to the whole group kills the job before it can
+WORKER = """
+import signal, subprocess, sys, time
+from pathlib import Path
+d = Path(sys.argv[1])
+job = subprocess.Popen([sys.executable, "-c", '''
+import sys, time
+from pathlib import Path
+d = Path(sys.argv[1])
+(d / "job-started").touch()
+while not (d / "stop").exists():
+    time.sleep(0.05)
+(d / "released").write_text("checkpointed, run given back")
+''', str(d)])
+def warm_shutdown(*_):
+    (d / "stop").touch()
+    sys.exit(job.wait())
+signal.signal(signal.SIGTERM, warm_shutdown)
+while not (d / "job-started").exists():
+    time.sleep(0.05)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_leftover_workers_get_a_warm_shutdown_that_lets_their_job_give_its_run_back(tmp_path) -> None:  # noqa: ANN001
+    # `up` (or `down`) after a launcher killed outright: stop_leftovers sent SIGTERM to each worker's whole process
+    # group, killing its running job (Celery's pool process) mid-stop: the run stayed 'running', its attempt spent
+    from service.embedded_procs import ChildRecord, stop_leftovers
+
+    home = tmp_path / "home"
+    home.mkdir()
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        ChildRecord(home).add(worker)
+        assert [s.split(" (")[0] for s in stop_leftovers(home, timeout=60)] == [f"pid {worker.pid}"]
+        assert worker.wait(10) is not None
+        assert (tmp_path / "released").exists(), "the worker's job was killed instead of stopping"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+# the launcher around a stand-in start whose SIGTERM lands in a finaliser (a __del__, a weakref callback run by the
+# garbage collector): Python only prints an exception raised there, so the KeyboardInterrupt of the stop is lost
+SWALLOWED = TERMINAL_SIGNALS + """
+import sys, time
+from pathlib import Path
+import service.embedded as embedded
+class Garbage:
+    def __del__(self):
+        print("in a finaliser", flush=True)
+        while True:
+            time.sleep(0.05)
+def start(stack, home, *_):
+    stack.enter_context(embedded._lock_home(home))
+    stack.callback(print, "stopped cleanly", flush=True)
+    Garbage()
+    return embedded.get_settings()
+embedded._start = start
+sys.exit(embedded.main(Path(sys.argv[1]), example=False, keep_running=True))
+"""
+
+
+def test_down_stops_a_launcher_whose_interrupt_was_swallowed_by_a_finaliser(tmp_path, capsys) -> None:  # noqa: ANN001
+    # `ncsweep down` right after `ncsweep up`: the launcher went on to serve, and ignored every later SIGTERM
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SWALLOWED, str(home)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "in a finaliser"
+        rc, _, err = ncsweep(capsys, "down", "--home", home, "--timeout", "30")
+        assert rc == 0, err
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and "stopped cleanly" in out, out
+    finally:
+        proc.kill()
+        proc.wait()
