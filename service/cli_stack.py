@@ -25,6 +25,6 @@ def down(ctx: typer.Context, home: Optional[Path] = typer.Option(None, "--home",
     except StackStopError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None
-    out.print(f"stopped the stack of {where} ({stopped})" if stopped else f"no stack is running with home {where}"
-              + (f"; stopped what one killed outright had left running: {', '.join(leftovers)}" if leftovers else ""),
-              highlight=False)
+    said = f"stopped the stack of {where} ({stopped})" if stopped else f"no stack is running with home {where}"
+    out.print(said + (f"; stopped what one killed outright had left running: {', '.join(leftovers)}"
+                      if leftovers else ""), highlight=False)

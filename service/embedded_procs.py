@@ -60,6 +60,8 @@ def stop_stack(home: Path, timeout: float = 120.0) -> tuple[str | None, list[str
 
     import psutil
 
+    if home.exists() and not home.is_dir():
+        raise StackStopError(f"--home: {home} is a file, expected a directory (a stack's state directory)")
     path = home / LOCK
     if not path.is_file():
         return None, []
@@ -85,8 +87,8 @@ def stop_stack(home: Path, timeout: float = 120.0) -> tuple[str | None, list[str
     while time.monotonic() < deadline:
         with open(path) as fh:
             try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return f"pid {alive[0].pid}", []
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released; if it was killed meanwhile, what it left
+                return f"pid {alive[0].pid}", stop_leftovers(home, max(1.0, deadline - time.monotonic()))
             except OSError:
                 time.sleep(0.2)
     raise StackStopError(f"the stack of {home} (pid {alive[0].pid}) is still stopping after {timeout:g} s (a job "

@@ -249,3 +249,35 @@ def test_down_stops_a_launcher_whose_interrupt_was_swallowed_by_a_finaliser(tmp_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_down_of_a_file_says_it_is_not_a_stacks_directory(tmp_path, capsys) -> None:  # noqa: ANN001
+    home = tmp_path / "notes.txt"
+    home.write_text("not a home")
+    rc, _, err = ncsweep(capsys, "down", "--home", home)
+    assert rc == 1 and f"--home: {home} is a file, expected a directory" in " ".join(err.split())
+
+
+def test_down_stops_what_its_launcher_left_when_it_is_killed_during_the_wait(tmp_path, capsys) -> None:  # noqa: ANN001
+    # the launcher is kill -9'd while `down` waits for it: `down` said "stopped" and left its children running
+    from service.embedded_procs import ChildRecord
+
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.replace("sys.exit(130)", "time.sleep(120)"), str(home)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        ChildRecord(home).add(child)  # e.g. its redis-server
+        import threading
+
+        threading.Timer(1.0, proc.kill).start()  # SIGTERM is ignored by this launcher; it dies during the wait
+        rc, out, err = ncsweep(capsys, "down", "--home", home, "--timeout", "30")
+        said = " ".join(out.split())
+        assert rc == 0 and f"stopped the stack of {home} (pid {proc.pid})" in said, err
+        assert f"stopped what one killed outright had left running: pid {child.pid}" in said
+        assert child.wait(10) is not None
+    finally:
+        for p in (proc, child):
+            p.kill()
+            p.wait()
