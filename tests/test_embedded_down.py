@@ -28,6 +28,12 @@ time.sleep(120)
 """
 
 
+def launcher(code: str, home, **popen) -> subprocess.Popen:  # noqa: ANN001
+    """A Python ``code`` process given ``home`` (this checkout on its path), its stdout a text pipe."""
+    return subprocess.Popen([sys.executable, "-c", code, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
+
+
 def ncsweep(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     rc = cli.main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -51,8 +57,7 @@ def test_down_stops_the_launcher_holding_the_home_and_waits_for_it(tmp_path, cap
     home = tmp_path / "home"
     rc, out, _ = ncsweep(capsys, "down", "--home", home)
     assert rc == 0 and f"no stack is running with home {home}" in " ".join(out.split())
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = launcher(HOLDER, home)
     try:
         assert proc.stdout.readline().strip() == "holding"
         rc, out, err = ncsweep(capsys, "down", "--home", home)
@@ -103,8 +108,7 @@ def test_down_again_keeps_waiting_and_does_not_cut_the_stop_short(tmp_path, caps
     # progress (a worker's checkpoint wait), so the launcher skipped the rest of it and exited
     home = tmp_path / "home"
     home.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_STOP, str(home)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = launcher(SLOW_STOP, home)
     try:
         assert proc.stdout.readline().strip() == "holding"
         rc, _, err = ncsweep(capsys, "down", "--home", home, "--timeout", "0.2")
@@ -126,8 +130,7 @@ def test_down_of_a_launcher_that_exits_meanwhile_says_it_stopped(tmp_path, capsy
     from service import embedded_procs
 
     home = tmp_path / "home"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = launcher(HOLDER, home)
     real_alive = embedded_procs._alive
 
     def alive_then_gone(rows):  # noqa: ANN001, ANN202
@@ -238,8 +241,7 @@ def test_down_stops_a_launcher_whose_interrupt_was_swallowed_by_a_finaliser(tmp_
     # `ncsweep down` right after `ncsweep up`: the launcher went on to serve, and ignored every later SIGTERM
     home = tmp_path / "home"
     home.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", SWALLOWED, str(home)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = launcher(SWALLOWED, home, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout.readline().strip() == "in a finaliser"
         rc, _, err = ncsweep(capsys, "down", "--home", home, "--timeout", "30")
@@ -263,8 +265,7 @@ def test_down_stops_what_its_launcher_left_when_it_is_killed_during_the_wait(tmp
     from service.embedded_procs import ChildRecord
 
     home = tmp_path / "home"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER.replace("sys.exit(130)", "time.sleep(120)"), str(home)],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = launcher(HOLDER.replace("sys.exit(130)", "time.sleep(120)"), home)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "holding"
