@@ -25,3 +25,25 @@ def redis_client(url: str, **kwargs: Any) -> Any:
     import redis
 
     return redis.Redis.from_url(redis_url(url), **kwargs)
+
+
+def queue_keys(queue: str) -> tuple[str, ...]:
+    """The Redis lists of a Celery queue: the queue's own and kombu's priority sub-queues (``<queue>\\x06\\x16<p>``,
+    priorities 1-9; priority 0 is the queue's own list)."""
+    return (queue, *(f"{queue}\x06\x16{p}" for p in range(1, 10)))
+
+
+def message_task_args(message: Any) -> tuple[Any, Any] | None:
+    """(task name, positional args) of a Celery message (its raw JSON bytes or the parsed dict; a base64 body
+    decoded), or None when it is not one."""
+    import base64
+    import json
+
+    try:
+        payload = message if isinstance(message, dict) else json.loads(message)
+        body = payload["body"]
+        if payload.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return payload.get("headers", {}).get("task"), json.loads(body)[0]
+    except Exception:  # noqa: BLE001 - not a Celery message
+        return None

@@ -1,17 +1,17 @@
 """Take cancelled runs' waiting job messages out of the broker's Redis queues (best effort: admission drops the rest)."""
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import uuid
 from typing import Any, Iterable
+
+from nc_core.broker_client import message_task_args, queue_keys
 
 log = logging.getLogger(__name__)
 
 JOB_QUEUE = "celery"  # worker.celery_app.TRAIN_QUEUE: send_task and the fast path put every job message there
 #: the queue's list and kombu's priority sub-queues (``<queue>\x06\x16<priority>``; priority 0 is the list itself)
-QUEUE_KEYS = (JOB_QUEUE, *(f"{JOB_QUEUE}\x06\x16{p}" for p in range(1, 10)))
+QUEUE_KEYS = queue_keys(JOB_QUEUE)
 JOB_TASKS = frozenset({"ncsweep.train", "ncsweep.ufm", "ncsweep.validate"})  # service.enqueue.TASK_BY_KIND
 SCAN_CHUNK = 1000  # messages per LRANGE: a long queue is read in pieces, not in one reply
 REMOVE_BATCH = 5000  # messages per call of the removal script (each call walks the list once: ~2 µs an element)
@@ -41,17 +41,8 @@ return marked
 def job_run_id(raw: bytes) -> int | None:
     """The run id of an ncsweep job message (a train/ufm/validate task whose only argument is the run id, as
     both enqueue paths send it), else None: another task's message, or not a Celery message at all."""
-    try:
-        message = json.loads(raw)
-        if message["headers"]["task"] not in JOB_TASKS:
-            return None
-        body = message["body"]
-        if message["properties"].get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
-    except Exception:  # noqa: BLE001 - not one of ours: never touched
-        return None
-    if isinstance(args, list) and len(args) == 1 and type(args[0]) is int:
+    task, args = message_task_args(raw) or (None, None)
+    if task in JOB_TASKS and isinstance(args, list) and len(args) == 1 and type(args[0]) is int:
         return args[0]
     return None
 

@@ -1,7 +1,6 @@
 """Reconciler: re-queue runs whose lease expired (or fail them), re-send lost messages, prune old events."""
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -95,11 +94,11 @@ def broker_run_ids(broker_url: str, backlog: int, queue: str = "celery",
     `unacked_index` holds the delivery time): a worker claims within seconds of delivery, so a run still
     queued whose message was delivered before the grace period lost its worker (the message would come
     back only after the visibility timeout). None when the broker cannot be inspected (then re-send all)."""
-    from nc_core.broker_client import redis_client
+    from nc_core.broker_client import queue_keys, redis_client
 
     try:
         client = redis_client(broker_url, socket_timeout=5)
-        keys = [queue] + [f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+        keys = queue_keys(queue)
         if sum(client.llen(k) for k in keys) >= backlog:
             return _AllPresent()
         payloads = [m for k in keys for m in client.lrange(k, 0, -1)]
@@ -127,12 +126,10 @@ def _unacked_payload(value: bytes) -> Any:
 
 def _run_id_of(message: Any) -> int | None:
     """The run id of a Celery message (raw JSON bytes or an already parsed dict), else None."""
+    from nc_core.broker_client import message_task_args
+
+    _, args = message_task_args(message) or (None, None)
     try:
-        payload = message if isinstance(message, dict) else json.loads(message)
-        body = payload["body"]
-        if payload.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
         return int(args[0])
     except Exception:  # noqa: BLE001 - not one of ours
         return None
